@@ -1,0 +1,64 @@
+# The two commands of the README, each self-contained on a machine with Python 3.11 and pip:
+#   make demo   create .venv, install the package, run the main job on the embedded default
+#   make test   create .venv, install with dev extras, check notebooks and modules are in sync, run all tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
+export MPLBACKEND := Agg
+
+.PHONY: demo test sync-check nbtest pytest docs docs-serve browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.py settings.ini
+	$(PIP) install -e . 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -e ".[dev]" 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/deeplense simulate --preset model_ii --n 64 --seed 0 --out runs/demo_model_ii --classes no_sub,cdm,axion
+	$(BIN)/deeplense info runs/demo_model_ii
+
+# Fails if nbdev-export or nbdev-clean would change a tracked file (or create an untracked one).
+sync-check: $(VENV)/.installed-dev
+	@git ls-files -z | xargs -0 sha1sum > .cache-sync-before 2>/dev/null || true
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	@git ls-files -z | xargs -0 sha1sum > .cache-sync-after 2>/dev/null || true
+	@if ! cmp -s .cache-sync-before .cache-sync-after; then \
+	  echo "nbdev-export/nbdev-clean changed tracked files (run them and commit):"; \
+	  diff .cache-sync-before .cache-sync-after | grep '^>' ; rm -f .cache-sync-*; exit 1; fi
+	@rm -f .cache-sync-*
+	@untracked=$$(git ls-files --others --exclude-standard deeplense_fastai nbs); \
+	  if [ -n "$$untracked" ]; then echo "untracked generated files (commit them): $$untracked"; exit 1; fi
+
+nbtest: $(VENV)/.installed-dev
+	$(BIN)/nbdev-test --n-workers 2 --timing
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the browser test will say so and skip"; \
+	    else echo "chromium absent and not installable here: the browser test will say so and skip"; fi; }
+
+pytest: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests
+
+test: sync-check nbtest browser pytest
+
+docs: $(VENV)/.installed-dev
+	$(BIN)/python tools/build_docs.py
+
+docs-serve: docs
+	$(BIN)/python -m http.server -d _site 8000
+
+clean:
+	rm -rf _proc _docs _site .docs_build .pytest_cache
