@@ -55,7 +55,7 @@ pytest: $(VENV)/.installed-dev
 test: sync-check nbtest browser pytest
 
 docs: $(VENV)/.installed-dev
-	$(BIN)/python tools/build_docs.py
+	$(BIN)/python tools/docs.py site
 
 docs-serve: docs
 	$(BIN)/python -m http.server -d _site 8000

@@ -1,0 +1,91 @@
+"""The documentation site: built offline from the notebooks, every notebook a page, and pages that load cleanly in a
+real browser (headless Chromium) with no console errors and every image present."""
+import functools
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "docs.py"), "site", "--out", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+def notebooks():
+    return sorted(p.relative_to(ROOT / "nbs") for p in (ROOT / "nbs").rglob("*.ipynb")
+                  if ".ipynb_checkpoints" not in p.parts)
+
+
+def test_every_notebook_has_a_page(site):
+    for nb in notebooks():
+        page = site / nb.with_suffix(".html")
+        assert page.exists(), f"no page for {nb}"
+        assert "<nav" in page.read_text(), f"{page} has no navigation"
+    assert (site / "index.html").exists()
+    assert (site / "search" / "search_index.json").exists()
+
+
+def test_readme_is_rendered_from_index_notebook():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "docs.py"), "readme", "--check"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def server(site):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def browser_pages():
+    pages = ["index.html"] + [str(nb.with_suffix(".html")) for nb in notebooks() if nb.parts[0] == "tutorials"]
+    return pages + ["02_simulate.html"]
+
+
+@pytest.mark.parametrize("page", browser_pages())
+def test_page_loads_in_headless_chromium(server, page):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`; `make test` installs it where it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (dev dependency) drives Chromium")
+    errors, failed = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page()
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("requestfailed", lambda r: failed.append(r.url))
+        pg.goto(f"{server}/{page}", wait_until="networkidle")
+        pg.wait_for_timeout(300)
+        images = pg.eval_on_selector_all("img", "els => els.map(e => [e.src.slice(0, 60), e.complete && e.naturalWidth > 0])")
+        title = pg.title()
+        has_nav = pg.locator("nav.md-nav").count() > 0
+        browser.close()
+    assert not failed, f"failed requests on {page}: {failed}"
+    assert not errors, f"console errors on {page}: {errors}"
+    broken = [src for src, ok in images if not ok]
+    assert not broken, f"images that did not load on {page}: {broken}"
+    assert has_nav and "deeplense_fastai" in title
+    if page == "02_simulate.html":
+        assert sum(ok for _, ok in images) >= 2, "the simulator page should show its figures"
