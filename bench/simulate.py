@@ -1,6 +1,6 @@
 """Simulator speed: deeplense_fastai against lenstronomy making the same images in the same run.
 
-    python bench/simulate.py [--n 512] [--n-lenstronomy 48] [--device cpu] [--threads 2]
+    python bench/simulate.py [--n 512] [--n-lenstronomy 48] [--device cpu] [--threads 2] [--compile]
 
 Prints one table row per (preset, class, vortex mode): images per second for our batched simulator and for
 lenstronomy rendering the identical parameters one image at a time, as DeepLenseSim does (ImageModel for Model I,
@@ -17,12 +17,12 @@ import torch
 from deeplense_fastai.simulate import PRESETS, get_preset, make_images, draw_parameters, preset_physics, _vortex_points
 
 
-def ours(preset, n, cls, device, repeats=2):
-    make_images(preset, 0, 16, 0, (cls,), True, device)            # warm-up: caches the main-lens field
+def ours(preset, n, cls, device, compile=False, repeats=2):
+    make_images(preset, 0, 64, 0, (cls,), True, device, compile=compile)   # warm-up: main-lens field, compilation
     best = 0.
     for _ in range(repeats):
         t0 = time.perf_counter()
-        img, _ = make_images(preset, 0, n, 0, (cls,), True, device)
+        img, _ = make_images(preset, 0, n, 0, (cls,), True, device, compile=compile)
         if img.is_cuda: torch.cuda.synchronize()
         best = max(best, n / (time.perf_counter() - t0))
     return best
@@ -47,6 +47,10 @@ def lenstronomy_rate(preset, n, cls):
     """DeepLenseSim's per-image lenstronomy pipeline on the same parameters (noise included)."""
     from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LightModel.light_model import LightModel
+    lenstronomy_rate.warm = getattr(lenstronomy_rate, "warm", False)
+    if not lenstronomy_rate.warm:        # numba compiles lenstronomy's kernels on first use: keep that out of the timing
+        lenstronomy_rate.warm = True
+        lenstronomy_rate(PRESETS["model_i"], 2, "cdm"); lenstronomy_rate(PRESETS["model_ii"], 2, "cdm")
     prm = draw_parameters(preset, np.arange(n), 0, (cls,))
     src = lambda b, key, val: [{key: val, "R_sersic": preset.source_R, "n_sersic": preset.source_n, "e1": preset.source_e1,
                                 "e2": preset.source_e2, "center_x": prm["source_x"][b], "center_y": prm["source_y"][b]}]
@@ -97,14 +101,15 @@ def main():
     ap.add_argument("--presets", default="model_i,model_ii")
     ap.add_argument("--classes", default="no_sub,cdm,axion")
     ap.add_argument("--no-lenstronomy", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also measure with torch.compile (first call compiles)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     warnings_off()
     dev = torch.device(a.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"# machine: {name}; torch {torch.__version__}; float32")
-    print(f"| preset | class | vortex | ours img/s | lenstronomy img/s | ratio |")
-    print(f"|---|---|---|---|---|---|")
+    print(f"| preset | class | vortex | ours img/s | ours + torch.compile img/s | lenstronomy img/s | ratio (eager / compiled) |")
+    print(f"|---|---|---|---|---|---|---|")
     for pname in a.presets.split(","):
         for cls in a.classes.split(","):
             modes = ["points", "segment"] if cls == "axion" else ["points"]
@@ -112,9 +117,11 @@ def main():
             for mode in modes:
                 p = get_preset(pname, vortex=mode)
                 r = ours(p, a.n, cls, dev)
+                rc = ours(p, a.n, cls, dev, compile=True) if a.compile else None
                 lts = f"{lt:.0f}" if lt else "-"
-                ratio = f"{r / lt:.1f}x" if lt else "-"
-                print(f"| {pname} ({p.npix}x{p.npix}) | {cls} | {mode if cls == 'axion' else '-'} | {r:.0f} | {lts} | {ratio} |", flush=True)
+                ratio = (f"{r / lt:.1f}x" + (f" / {rc / lt:.1f}x" if rc else "")) if lt else "-"
+                rcs = f"{rc:.0f}" if rc else "-"
+                print(f"| {pname} ({p.npix}x{p.npix}) | {cls} | {mode if cls == 'axion' else '-'} | {r:.0f} | {rcs} | {lts} | {ratio} |", flush=True)
 
 
 def warnings_off():
