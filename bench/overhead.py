@@ -1,0 +1,81 @@
+"""fastai's training-loop overhead against a bare PyTorch loop on the same model, data and batches.
+
+    python bench/overhead.py [--arch resnet18] [--bs 64] [--batches 40] [--repeats 3]
+
+Both loops consume the same fastai DataLoader (the same memory-mapped images, min-max normalisation and square
+symmetries) and train the same model with the same optimiser (Adam, fixed learning rate); the fastai side is
+`regression_learner(...).fit(1)` with its metrics, recorder and callbacks, the bare side is a plain
+forward/backward/step loop. The ratio of the two times is fastai's overhead; the target is at most 1.10.
+The two loops alternate `--repeats` times and the best time of each is kept (shared machines are noisy).
+"""
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--bs", type=int, default=64)
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    import warnings; warnings.filterwarnings("ignore")
+    from deeplense_fastai.simulate import write_dataset
+    from deeplense_fastai.data import lens_dataloaders
+    from deeplense_fastai.learner import regression_learner
+    from fastai.optimizer import Adam
+    root = Path(tempfile.mkdtemp())
+    n = int(a.bs * a.batches / 0.9) + a.bs
+    write_dataset(root / "d", "model_ii", n=n, seed=0, progress=False)
+    dls = lens_dataloaders(root / "d", bs=a.bs, valid_pct=0.1, seed=0)
+    dls.train.drop_last = True
+    n_batches = len(dls.train)
+
+    def fastai_epoch():
+        learn = regression_learner(dls, a.arch, opt="adam", path=root / "run", metrics=[])
+        learn.fit(1, 1e-3)                     # build the optimiser outside the timing
+        t0 = time.perf_counter()
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 1e-3)
+        return time.perf_counter() - t0 - valid_time(learn)
+
+    def valid_time(learn):
+        t0 = time.perf_counter()
+        with learn.no_bar(), learn.no_logging(), torch.no_grad():
+            learn.model.eval()
+            for xb, yb in dls.valid: learn.loss_func(learn.model(xb), yb)
+        return time.perf_counter() - t0
+
+    def bare_epoch():
+        from deeplense_fastai.models import get_model
+        model = get_model(a.arch)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-5)
+        loss_fn = torch.nn.MSELoss()
+        model.train()
+        t0 = time.perf_counter()
+        for xb, yb in dls.train:
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return time.perf_counter() - t0
+
+    fa, ba = [], []
+    for _ in range(a.repeats):
+        ba.append(bare_epoch()); fa.append(fastai_epoch())
+    f, b = min(fa), min(ba)
+    print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {a.arch}, "
+          f"bs {a.bs}, {n_batches} training batches of 64x64 Model II images; best of {a.repeats}")
+    print("| loop | seconds per epoch (training only) | images/s | ratio |")
+    print("|---|---|---|---|")
+    print(f"| bare PyTorch | {b:.2f} | {n_batches * a.bs / b:.0f} | 1.00 |")
+    print(f"| fastai Learner | {f:.2f} | {n_batches * a.bs / f:.0f} | {f / b:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
