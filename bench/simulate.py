@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from deeplense_fastai.simulate import PRESETS, get_preset, make_images, draw_parameters, preset_physics, _vortex_points
+from deeplense_fastai.simulate import PRESETS, get_preset, make_images, draw_parameters, lenstronomy_kwargs
 
 
 def ours(preset, n, cls, device, compile=False, repeats=2):
@@ -29,18 +29,8 @@ def ours(preset, n, cls, device, compile=False, repeats=2):
 
 
 def _lens(preset, prm, b):
-    phys = preset_physics(preset)
-    models = ["SIE", "SHEAR"]
-    kwargs = [dict(theta_E=phys["theta_E"], e1=preset.halo_e1, e2=preset.halo_e2, center_x=0, center_y=0),
-              dict(gamma1=preset.gamma1, gamma2=preset.gamma2)]
-    if prm["cls"][b] == "cdm":
-        for te, x, y in zip(prm["sub_theta_E"][b], prm["sub_x"][b], prm["sub_y"][b]):
-            if te > 0: models.append("POINT_MASS"); kwargs.append(dict(theta_E=te, center_x=x, center_y=y))
-    if prm["cls"][b] == "axion":
-        te, px, py = _vortex_points({k: v[b:b + 1] for k, v in prm.items()}, preset)
-        for t, x, y in zip(te[0], px[0], py[0]):
-            models.append("POINT_MASS"); kwargs.append(dict(theta_E=t, center_x=x, center_y=y))
-    return models, kwargs
+    lk = lenstronomy_kwargs(preset, prm, b)
+    return lk["lens_model_list"], lk["kwargs_lens"]
 
 
 def lenstronomy_rate(preset, n, cls):

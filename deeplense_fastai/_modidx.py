@@ -369,6 +369,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.labels_frame': ( 'simulate.html#labels_frame',
                                                                                        'deeplense_fastai/simulate.py'),
+                                           'deeplense_fastai.simulate.lenstronomy_kwargs': ( 'simulate.html#lenstronomy_kwargs',
+                                                                                             'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.make_images': ( 'simulate.html#make_images',
                                                                                       'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.open_dataset': ( 'simulate.html#open_dataset',

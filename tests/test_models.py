@@ -22,6 +22,10 @@ def test_overfits_16_images(name):
     x, y = _data()
     model = get_model(name, n_out=2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = next(p for p in model.parameters() if p.ndim == 4)      # the first convolution's weights
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    assert first.grad is not None and first.grad.abs().sum() > 0, f"{name}: no gradient reaches the first layer"
+    opt.zero_grad()
     t0, losses = time.time(), []
     for step in range(400):
         loss = torch.nn.functional.mse_loss(model(x), y)

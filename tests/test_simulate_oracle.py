@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeplense_fastai.simulate import PRESETS, draw_parameters, render, preset_physics, _vortex_points
+from deeplense_fastai.simulate import PRESETS, draw_parameters, render, lenstronomy_kwargs
 
 pytest.importorskip("lenstronomy", reason="lenstronomy (a dev dependency) is the oracle for these tests")
 from lenstronomy.LensModel.lens_model import LensModel
@@ -12,24 +12,14 @@ from lenstronomy.LightModel.light_model import LightModel
 
 def lenstronomy_lens(preset, prm, b):
     """DeepLenseSim's lens model list and kwargs for image b of a parameter batch."""
-    phys = preset_physics(preset)
-    models = ["SIE", "SHEAR"]
-    kwargs = [dict(theta_E=phys["theta_E"], e1=preset.halo_e1, e2=preset.halo_e2, center_x=0, center_y=0),
-              dict(gamma1=preset.gamma1, gamma2=preset.gamma2)]
-    if prm["cls"][b] == "cdm":
-        for te, x, y in zip(prm["sub_theta_E"][b], prm["sub_x"][b], prm["sub_y"][b]):
-            if te > 0:
-                models.append("POINT_MASS"); kwargs.append(dict(theta_E=te, center_x=x, center_y=y))
-    if prm["cls"][b] == "axion":
-        te, px, py = _vortex_points({k: v[b:b + 1] for k, v in prm.items()}, preset)
-        for t, x, y in zip(te[0], px[0], py[0]):
-            models.append("POINT_MASS"); kwargs.append(dict(theta_E=t, center_x=x, center_y=y))
-    return models, kwargs
+    lk = lenstronomy_kwargs(preset, prm, b)
+    return lk["lens_model_list"], lk["kwargs_lens"]
 
 
 def source_kwargs(preset, prm, b, amp_key="amp", amp=None):
-    return [{amp_key: amp, "R_sersic": preset.source_R, "n_sersic": preset.source_n, "e1": preset.source_e1,
-             "e2": preset.source_e2, "center_x": prm["source_x"][b], "center_y": prm["source_y"][b]}]
+    src = dict(lenstronomy_kwargs(preset, prm, b)["kwargs_source"][0])
+    src.pop("amp", None); src.pop("magnitude", None)
+    return [dict(src, **{amp_key: amp})]
 
 
 @pytest.mark.parametrize("cls", ["no_sub", "cdm", "axion"])

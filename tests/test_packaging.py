@@ -1,0 +1,50 @@
+"""settings.ini is the single source of the package metadata; the few values nbdev needs repeated in pyproject.toml
+and the version in the package must agree with it."""
+import configparser
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings():
+    cfg = configparser.ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini")
+    return cfg["DEFAULT"]
+
+
+def test_pyproject_holds_only_build_system_and_nbdev():
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert set(py) == {"build-system", "tool"} and set(py["tool"]) == {"nbdev"}
+
+
+def test_repeated_values_agree_with_settings_ini():
+    s, nb = settings(), tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbdev"]
+    for key in ("lib_path", "title", "nbs_path", "doc_path", "branch"):
+        assert str(nb[key]) == s[key], key
+    init = (ROOT / s["lib_path"] / "__init__.py").read_text()
+    assert re.search(r'__version__\s*=\s*"([^"]+)"', init).group(1) == s["version"]
+
+
+def test_installed_metadata_comes_from_settings_ini():
+    from importlib.metadata import metadata, requires, entry_points
+    s = settings()
+    md = metadata(s["lib_name"])
+    assert md["Version"] == s["version"] and md["Summary"] == s["description"]
+    reqs = {re.split(r"[<>=;\[ ]", r)[0].lower() for r in requires(s["lib_name"]) if "extra ==" not in r}
+    assert reqs == {re.split(r"[<>= ]", r)[0].lower() for r in s["requirements"].split()}
+    assert any(ep.name == "deeplense" for ep in entry_points(group="console_scripts"))
+
+
+def test_every_exported_public_name_has_a_docstring():
+    import importlib
+    mods = [p.stem for p in (ROOT / "deeplense_fastai").glob("*.py") if not p.stem.startswith("_")]
+    missing = []
+    for m in mods:
+        mod = importlib.import_module(f"deeplense_fastai.{m}")
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name)
+            if callable(obj) and not (getattr(obj, "__doc__", None) or "").strip():
+                missing.append(f"{m}.{name}")
+    assert not missing, f"no docstring: {missing}"
