@@ -40,8 +40,10 @@ sync-check: $(VENV)/.installed-dev
 	@untracked=$$(git ls-files --others --exclude-standard deeplense_fastai nbs); \
 	  if [ -n "$$untracked" ]; then echo "untracked generated files (commit them): $$untracked"; exit 1; fi
 
+# One notebook at a time: two notebooks training at once on a 2-core machine oversubscribe torch's OpenMP threads,
+# which made them ten times slower when measured.
 nbtest: $(VENV)/.installed-dev
-	$(BIN)/nbdev-test --n-workers 2 --timing
+	$(BIN)/nbdev-test --n-workers 1 --timing
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \

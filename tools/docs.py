@@ -123,10 +123,12 @@ def build_site(out: Path) -> list[str]:
         entry = {title or rel.stem: str(rel)}
         (nav_tut if rel.parts[0] == "tutorials" else nav_main).append(entry)
     mathjax = vendor_mathjax()
-    extra = {}
     if mathjax:
         shutil.copytree(mathjax, docs / "assets" / "mathjax", ignore=shutil.ignore_patterns("*.map"))
-        extra["custom_mathjax_url"] = "MATHJAX_PLACEHOLDER"
+    else:   # no npm here: formulas stay as TeX source rather than pulling MathJax from a CDN the reader may not reach
+        (docs / "assets" / "mathjax").mkdir(parents=True)
+        (docs / "assets" / "mathjax" / "tex-mml-chtml.js").write_text("/* MathJax unavailable at build time */\n")
+    extra = {"custom_mathjax_url": "MATHJAX_PLACEHOLDER"}
     nav = [nav_main[0], {"API": nav_main[1:]}] + ([{"Tutorials": nav_tut}] if nav_tut else [])
     cfg = {
         "site_name": SITE_NAME,
