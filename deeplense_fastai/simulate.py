@@ -13,10 +13,11 @@ import numpy as np
 from .core import DeepLenseError, image_seed, atomic_write
 
 # %% auto #0
-__all__ = ['CLASSES', 'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'FORMAT', 'counter_uniforms', 'Preset',
-           'register_preset', 'get_preset', 'preset_physics', 'draw_parameters', 'labels_frame', 'render',
-           'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate', 'shard_range', 'write_dataset',
-           'NativeDataset', 'open_dataset']
+__all__ = ['EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'CLASSES',
+           'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'FORMAT', 'counter_uniforms', 'ccd_background_rms',
+           'Band', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters', 'labels_frame',
+           'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate', 'shard_range',
+           'write_dataset', 'NativeDataset', 'open_dataset']
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -41,26 +42,102 @@ def counter_uniforms(seed:int, # Dataset seed
         h = _splitmix64(_splitmix64(key ^ idx) ^ (j * np.uint64(0xD1B54A32D192ED03)))
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
+# %% ../nbs/02_simulate.ipynb #f314403b
+def ccd_background_rms(read_noise:float, # Read noise per exposure, electrons
+                       exposure_time:float, # Exposure time of one exposure, seconds
+                       num_exposures:int, # Number of co-added exposures
+                       sky_brightness:float, # Sky brightness, mag/arcsec^2
+                       zero_point:float, # Magnitude giving one electron per second
+                       pixel_scale:float, # Pixel size, arcsec
+                      ) -> float:
+    "Background rms per pixel (electrons/s) of a co-add: read noise once per exposure plus the sky's Poisson noise."
+    t_tot = num_exposures * exposure_time
+    sky_per_pixel = 10**(-0.4 * (sky_brightness - zero_point)) * pixel_scale**2
+    return math.sqrt(num_exposures * read_noise**2 + t_tot * sky_per_pixel) / t_tot
+
+@dataclass(frozen=True)
+class Band:
+    "An imaging band as lenstronomy's `ObservationConfig` describes it: frozen numbers and the file they come from."
+    name: str                       # short name
+    source: str                     # lenstronomy version(s) and file the numbers were copied from
+    pixel_scale: float              # arcsec per pixel
+    exposure_time: float            # seconds per exposure
+    num_exposures: int              # exposures co-added
+    sky_brightness: float           # mag/arcsec^2
+    magnitude_zero_point: float     # magnitude of one electron per second
+    read_noise: float               # electrons per exposure
+    ccd_gain: float                 # electrons per ADU (images here are in electrons, so unused)
+    seeing: float | None            # Gaussian PSF FWHM, arcsec (None: the band has no Gaussian PSF)
+
+    @property
+    def total_exposure(self) -> float:
+        "Exposure time of the co-add, seconds."
+        return self.num_exposures * self.exposure_time
+
+    @property
+    def background_rms(self) -> float:
+        "Background rms per pixel in electrons per second (lenstronomy's `SingleBand.background_noise`)."
+        return ccd_background_rms(self.read_noise, self.exposure_time, self.num_exposures, self.sky_brightness,
+                                  self.magnitude_zero_point, self.pixel_scale)
+
+    def kwargs_single_band(self) -> dict:
+        "The band as lenstronomy's `kwargs_single_band` dictionary (Gaussian PSF)."
+        return dict(pixel_scale=self.pixel_scale, exposure_time=self.exposure_time, num_exposures=self.num_exposures,
+                    sky_brightness=self.sky_brightness, magnitude_zero_point=self.magnitude_zero_point,
+                    read_noise=self.read_noise, ccd_gain=self.ccd_gain, seeing=self.seeing, psf_type='GAUSSIAN')
+
+    def preset_fields(self) -> dict:
+        "The `Preset` fields this band fixes: pixel size, PSF, background, exposure and zero point."
+        return dict(pixel_scale=self.pixel_scale, psf_fwhm=self.seeing, background_rms=self.background_rms,
+                    exposure=(self.total_exposure, self.total_exposure), zero_point=self.magnitude_zero_point)
+
+EUCLID_VIS_2021 = Band('euclid_vis_2021',
+    "lenstronomy 1.9.2 (identical up to 1.14.0), lenstronomy/SimulationAPI/ObservationConfig/Euclid.py, VIS_obs and "
+    "camera; Euclid(band='VIS', psf_type='GAUSSIAN', coadd_years=6) as DeepLenseSim's set_instrument('euclid') ran it",
+    pixel_scale=0.101, exposure_time=565., num_exposures=4, sky_brightness=22.35, magnitude_zero_point=24.0,
+    read_noise=4.2, ccd_gain=3.1, seeing=0.16)
+EUCLID_VIS_2026 = Band('euclid_vis_2026',
+    "lenstronomy 1.14.1 (June 2026), lenstronomy/SimulationAPI/ObservationConfig/Euclid.py, VIS_band_obs and VIS_camera",
+    pixel_scale=0.101, exposure_time=566., num_exposures=4, sky_brightness=22.3, magnitude_zero_point=25.72,
+    read_noise=4.2, ccd_gain=3.1, seeing=0.16)
+HST_WFC3_F160W = Band('hst_wfc3_f160w',
+    "lenstronomy 1.9.2 (identical up to 1.14.2), lenstronomy/SimulationAPI/ObservationConfig/HST.py, "
+    "WFC3_F160W_band_obs and camera; HST(band='WFC3_F160W', psf_type='GAUSSIAN')",
+    pixel_scale=0.08, exposure_time=5400., num_exposures=1, sky_brightness=22.3, magnitude_zero_point=25.96,
+    read_noise=4., ccd_gain=2.5, seeing=0.08)
+HST_TDLMC_F160W = Band('hst_tdlmc_f160w',
+    "lenstronomy 1.9.2 (identical up to 1.14.2), lenstronomy/SimulationAPI/ObservationConfig/HST.py, "
+    "TDLMC_F160W_band_obs and camera (a pixelated PSF supplied by the user; no Gaussian seeing)",
+    pixel_scale=0.08, exposure_time=5400., num_exposures=1, sky_brightness=22.0, magnitude_zero_point=25.9463,
+    read_noise=4., ccd_gain=2.5, seeing=None)
+BANDS = {b.name: b for b in (EUCLID_VIS_2021, EUCLID_VIS_2026, HST_WFC3_F160W, HST_TDLMC_F160W)}
+
+# DeepLenseSim deeplense/lens.py, DeepLens.simple_sim (Model I: lenstronomy ImageModel, no ObservationConfig)
+DEEPLENSESIM_MODEL_I = dict(npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., supersample=1,
+                            background_rms=0.01, exposure=(10**3, 10**3.5), source_amp=20.)
+
 # %% ../nbs/02_simulate.ipynb #935739ef
 CLASSES = ('no_sub', 'cdm', 'axion')
-LABEL_COLUMNS = ('index', 'class', 'log10_m_axion', 'f_sub', 'n_sub', 'theta_E', 'source_x', 'source_y', 'exposure')
+LABEL_COLUMNS = ('index', 'class', 'log10_m_axion', 'f_sub', 'n_sub', 'theta_E', 'theta_E_eff', 'source_x', 'source_y',
+                 'exposure')
 
 @dataclass(frozen=True)
 class Preset:
     "A complete simulation recipe: instrument, noise, cosmology, lens, source and substructure."
     name: str = 'custom'
     description: str = ''
-    # instrument
+    source: str = ''                    # where the instrument numbers come from (file and version)
+    # instrument (defaults: Euclid VIS as DeepLenseSim ran it, `EUCLID_VIS_2021`)
     npix: int = 64                      # pixels per side
-    pixel_scale: float = 0.101          # arcsec per pixel
-    psf_fwhm: float | None = 0.16       # Gaussian PSF FWHM, arcsec (None: no PSF)
+    pixel_scale: float = EUCLID_VIS_2021.pixel_scale  # arcsec per pixel
+    psf_fwhm: float | None = EUCLID_VIS_2021.seeing  # Gaussian PSF FWHM, arcsec (None: no PSF)
     psf_truncation: float = 5.          # PSF truncation in standard deviations
     supersample: int = 1                # sub-pixels per pixel and axis for ray shooting
     # noise: 'counts' (Model I: Poisson counts), 'ccd' (SimAPI: Gaussian, counts/s) or 'none'
     noise: str = 'ccd'
-    background_rms: float = 0.010904381528349648  # counts/s per pixel
-    exposure: tuple = (2264., 2264.)    # exposure time drawn log-uniformly in [lo, hi] seconds
-    noiseless_scale: float = 1.         # factor on images made without noise (DeepLenseSim Model II stored 2x)
+    background_rms: float = EUCLID_VIS_2021.background_rms  # counts/s per pixel
+    exposure: tuple = (EUCLID_VIS_2021.total_exposure,) * 2  # exposure time drawn log-uniformly in [lo, hi] s
+    noiseless_scale: float = 1.         # factor on images made without noise (DeepLenseSim's SimAPI models stored 2x)
     # cosmology and geometry
     H0: float = 70.
     Om0: float = 0.3
@@ -77,7 +154,7 @@ class Preset:
     # source (give either amp or magnitude + zero_point)
     source_amp: float | None = None     # Sersic amplitude at the half-light radius
     source_magnitude: float | None = 20.
-    zero_point: float | None = 25.72    # magnitude of one count per second
+    zero_point: float | None = EUCLID_VIS_2021.magnitude_zero_point  # magnitude of one count per second
     source_R: float = 0.25              # half-light radius, arcsec
     source_n: float = 1.
     source_e1: float = -0.1
@@ -150,19 +227,20 @@ def get_preset(name:str|Preset, # A preset name or a Preset
     return p
 
 _deeplense = dict(distances='deeplensesim', classes=('axion',))
-register_preset(Preset(name='model_i', npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., noise='counts',
-    background_rms=0.01, exposure=(10**3, 10**3.5), source_amp=20., source_magnitude=None, zero_point=None,
+_simapi = dict(npix=64, psf_truncation=5., noise='ccd', source_magnitude=20., z_source_convention=2.5, noiseless_scale=2.)
+register_preset(Preset(name='model_i', noise='counts', source_magnitude=None, zero_point=None, **DEEPLENSESIM_MODEL_I,
+    source="DeepLenseSim deeplense/lens.py, DeepLens.simple_sim (DEEPLENSESIM_MODEL_I)",
     description="DeepLense Model I: 150x150, 0.05\"/px, Gaussian PSF 0.087\", Poisson counts", **_deeplense))
-register_preset(Preset(name='model_ii', npix=64, pixel_scale=0.101, psf_fwhm=0.16, psf_truncation=5., noise='ccd',
-    background_rms=0.010904381528349648, exposure=(2264., 2264.), source_magnitude=20., zero_point=25.72,
-    z_source_convention=2.5, noiseless_scale=2.,
-    description="DeepLense Model II: Euclid VIS, 64x64, 0.101\"/px, PSF 0.16\", 6-year co-add (noise added)", **_deeplense))
-register_preset(Preset(name='model_iii', npix=64, pixel_scale=0.08, psf_fwhm=0.15, psf_truncation=5., noise='ccd',
-    background_rms=0.006742023978168953, exposure=(5400., 5400.), source_magnitude=20., zero_point=25.9463,
-    z_source_convention=2.5,
-    description="DeepLense Model III (HST-like): 64x64, 0.08\"/px (WFC3/IR F160W), PSF 0.15\", 5400 s", **_deeplense))
+register_preset(Preset(name='model_ii', **_simapi, **EUCLID_VIS_2021.preset_fields(), source=EUCLID_VIS_2021.source,
+    description="DeepLense Model II: Euclid VIS as in lenstronomy <= 1.14.0, 64x64, 0.101\"/px, PSF 0.16\" (noise added)",
+    **_deeplense))
+register_preset(Preset(name='model_iii', **_simapi, **HST_WFC3_F160W.preset_fields(), source=HST_WFC3_F160W.source,
+    description="DeepLense Model III (HST WFC3/IR F160W): 64x64, 0.08\"/px, Gaussian PSF 0.08\", 5400 s (noise added)",
+    **_deeplense))
 register_preset(replace(PRESETS['model_i'], name='fsub', classes=('cdm',), n_sub_poisson=True, target='f_sub',
     description="f_sub regression: Model I instrument, CDM subhalos only, Poisson(25) count, target f_sub"))
+register_preset(replace(PRESETS['model_ii'], name='euclid_2026', **EUCLID_VIS_2026.preset_fields(), source=EUCLID_VIS_2026.source,
+    description="Model II with today's Euclid VIS numbers (lenstronomy 1.14.1: zero point 25.72, 4 x 566 s, sky 22.3)"))
 
 # %% ../nbs/02_simulate.ipynb #17754dce
 @functools.cache
@@ -192,7 +270,7 @@ def draw_parameters(preset:Preset, # The recipe
                     seed:int=0, # Dataset seed
                     classes=None, # Classes to cycle through (default: the preset's)
                    ) -> dict:
-    "All random parameters and labels of images `indices` (dict of NumPy arrays; subhalo arrays are (B, K))."
+    "All random parameters and labels of images `indices` (dict of NumPy arrays; subhalo arrays are (B, K), zero-padded)."
     p, idx = preset, np.asarray(indices, dtype=np.int64)
     classes = tuple(classes or p.classes)
     for c in classes:
@@ -219,16 +297,15 @@ def draw_parameters(preset:Preset, # The recipe
     f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / p.halo_mass
     return dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
                 vortex_half_length=np.where(is_ax, _axion_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
-                vortex_angle=vortex_angle, n_sub=n_sub, f_sub=f_sub,
+                vortex_angle=vortex_angle, n_sub=n_sub, f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
                 sub_theta_E=np.sqrt(m_sub) * phys['theta_E_per_sqrt_msun'],
-                sub_x=r * np.sin(th), sub_y=r * np.cos(th), theta_E=np.full(B, phys['theta_E']))
+                sub_x=r * np.sin(th), sub_y=r * np.cos(th), theta_E=np.full(B, phys['theta_E']),
+                theta_E_eff=np.full(B, phys['theta_E'] * phys['deflection_scale']))
 
 def labels_frame(params:dict) -> 'pd.DataFrame':
     "The label table (one row per image, columns `LABEL_COLUMNS`) of parameters from `draw_parameters`."
     import pandas as pd
-    return pd.DataFrame({'index': params['index'], 'class': params['cls'], 'log10_m_axion': params['log10_m_axion'],
-                         'f_sub': params['f_sub'], 'n_sub': params['n_sub'], 'theta_E': params['theta_E'],
-                         'source_x': params['source_x'], 'source_y': params['source_y'], 'exposure': params['exposure']})
+    return pd.DataFrame({c: params[{'class': 'cls'}.get(c, c)] for c in LABEL_COLUMNS})
 
 # %% ../nbs/02_simulate.ipynb #84cd79de
 _MACRO_CACHE: dict = {}
@@ -475,10 +552,11 @@ def _write_native(out, p, ident, start, stop, shard, nshards, seed, classes, noi
     prog.unlink(missing_ok=True)
     return m
 
-def _deeplense_label(p:Preset, row) -> float:
-    "The label DeepLense stored: axion mass in eV for axion presets, f_sub for the f_sub preset."
-    if p.target == 'f_sub': return float(row.f_sub)
-    return float(10**row.log10_m_axion) if np.isfinite(row.log10_m_axion) else float('nan')
+def _deeplense_payload(p:Preset, img:np.ndarray, row) -> np.ndarray:
+    "What one DeepLense file holds: `[image, label]` (object array) where DeepLenseSim stored a label, else the bare image."
+    if p.target == 'f_sub': return np.array([img, float(row.f_sub)], dtype=object)
+    if row._2 == 'axion': return np.array([img, float(10**row.log10_m_axion)], dtype=object)
+    return img          # no_sub and cdm: DeepLenseSim saved `lens.image_real` alone
 
 def _write_deeplense(out, p, ident, start, stop, shard, nshards, seed, classes, noise, device, batch_size, progress, log, compile):
     names = _names(shard, nshards)
@@ -500,7 +578,8 @@ def _write_deeplense(out, p, ident, start, stop, shard, nshards, seed, classes, 
             if path.exists(): continue
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:
-                with open(tmp, 'wb') as f: np.save(f, np.array([img, _deeplense_label(p, row)], dtype=object), allow_pickle=True)
+                payload = _deeplense_payload(p, img, row)
+                with open(tmp, 'wb') as f: np.save(f, payload, allow_pickle=payload.dtype == object)
     labels = labels_frame(draw_parameters(p, np.arange(start, stop), seed, classes))
     with atomic_write(out/names['labels']) as tmp: labels.to_csv(tmp, index=False)
     from deeplense_fastai import __version__

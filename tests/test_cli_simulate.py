@@ -99,13 +99,13 @@ def test_deeplense_layout(tmp_path):
     assert [f.parent.name for f in files] == ["axion"] * 3 + ["cdm"] * 3
     labels = pd.read_csv(out / "labels.csv").set_index("index")
     for f in files:
-        image, label = np.load(f, allow_pickle=True)   # our own freshly written file, read as DeepLense tools read it
-        assert image.shape == (150, 150) and image.dtype == np.int64 and (image >= 0).all()
         i = int(f.stem.split("_")[-1])
-        if f.parent.name == "axion":
+        if f.parent.name == "axion":               # DeepLenseSim: np.array([image, axion mass in eV], dtype=object)
+            image, label = np.load(f, allow_pickle=True)   # our own freshly written file, read as DeepLense tools read it
             assert np.isclose(label, 10 ** labels.loc[i, "log10_m_axion"])
-        else:
-            assert np.isnan(label)
+        else:                                      # DeepLenseSim's sim_cdm.py / sim_no_sub.py: the bare image
+            image = np.load(f, allow_pickle=False)
+        assert image.shape == (150, 150) and image.dtype == np.int64 and (image >= 0).all()
 
 
 @pytest.mark.parametrize("args,message", [

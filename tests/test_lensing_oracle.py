@@ -75,8 +75,9 @@ def test_sersic_matches_lenstronomy():
 
 def test_magnitude_to_amp_matches_lenstronomy():
     from lenstronomy.SimulationAPI.sim_api import SimAPI
-    from lenstronomy.SimulationAPI.ObservationConfig.Euclid import Euclid
-    band = Euclid(band="VIS", psf_type="GAUSSIAN", coadd_years=6).kwargs_single_band()
+    # Euclid VIS as lenstronomy <= 1.14.0 configured it (ObservationConfig/Euclid.py), handed over explicitly
+    band = dict(exposure_time=565.0, sky_brightness=22.35, magnitude_zero_point=24.0, num_exposures=4, seeing=0.16,
+                psf_type="GAUSSIAN", read_noise=4.2, pixel_scale=0.101, ccd_gain=3.1)
     sim = SimAPI(num_pix=64, kwargs_single_band=band, kwargs_model={"source_light_model_list": ["SERSIC_ELLIPSE"]})
     kw = dict(magnitude=20, R_sersic=0.25, n_sersic=1, e1=-0.1, e2=0.1, center_x=0, center_y=0)
     _, kws, _ = sim.magnitude2amplitude(None, [kw])
