@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #828ccc05
 from __future__ import annotations
-import contextlib, hashlib, io, json, os, pickle, shutil, tempfile
+import contextlib, hashlib, io, json, os, pickle, shutil, sys, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +14,11 @@ import pandas as pd
 from .core import DeepLenseError, cache_dir
 
 # %% auto #0
-__all__ = ['RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'LensSource', 'convert_deeplense_dir', 'detect_source',
-           'open_source', 'resolve_targets', 'check_source', 'minmax_scale', 'resize_images', 'PerImageMinMax',
-           'TargetScaler', 'ResizeBatch', 'SquareSymmetry', 'without_data', 'lens_dataloaders']
+__all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'load_image_file',
+           'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets',
+           'check_pixels', 'check_source', 'minmax_scale', 'resize_images', 'PerImageMinMax', 'target_title',
+           'LensTarget', 'TargetScaler', 'ResizeBatch', 'SquareSymmetry', 'raw_image', 'without_data',
+           'lens_dataloaders', 'show_results']
 
 # %% ../nbs/03_data.ipynb #32c538a1
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -38,14 +40,25 @@ class SafeUnpickler(pickle.Unpickler):
         import _codecs
         return _codecs.encode
 
+def _header(f):
+    "(shape, fortran_order, dtype) of an open .npy file, left positioned at its data."
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0): return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0): return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f".npy format version {version} is not supported")
+
+def _read_npy_header(path:Path):
+    "(shape, fortran_order, dtype) of a .npy file, or one clear error."
+    try:
+        with open(path, 'rb') as f: return _header(f)
+    except (ValueError, EOFError, OSError) as e:
+        raise DeepLenseError(f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from None
+
 def _read_npy(path:Path):
     "A .npy file as an array, unpickling object arrays with `SafeUnpickler` only."
     try:
         with open(path, 'rb') as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0): shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0): shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else: raise ValueError(f".npy format version {version} is not supported")
+            shape, fortran, dtype = _header(f)
             if not dtype.hasobject:
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
@@ -78,13 +91,41 @@ def load_deeplense_file(path:str|Path, # One DeepLense .npy file
         return image, label
     return _as_image(arr, path), float('nan')
 
+# %% ../nbs/03_data.ipynb #1ac7d71c
+FITS_SUFFIXES = ('.fits', '.fit', '.fts', '.fits.gz', '.fit.gz', '.fts.gz')
+
+def is_fits(path:str|Path) -> bool:
+    "Whether `path` is named like a FITS file."
+    return str(path).lower().endswith(FITS_SUFFIXES)
+
+def read_fits(path:str|Path, # A FITS file
+             ) -> np.ndarray:
+    "The data of the first image HDU of a FITS file (needs astropy: the `fits` extra)."
+    try: from astropy.io import fits
+    except ImportError:
+        raise DeepLenseError(f'{path}: reading FITS needs astropy: pip install "deeplense_fastai[fits]"') from None
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = next((np.array(h.data) for h in hdul if h.is_image and h.data is not None), None)
+    except (OSError, ValueError, TypeError, IndexError) as e:
+        raise DeepLenseError(f"{path}: unreadable FITS file ({e})") from None
+    if data is None: raise DeepLenseError(f"{path}: no image data in any HDU")
+    return data
+
+def load_image_file(path:str|Path, # A DeepLense .npy file, a plain .npy image or a FITS image
+                   ) -> tuple[np.ndarray, float]:
+    "One image (2-d) and its label (NaN if the file has none) from a .npy or FITS file."
+    path = Path(path)
+    if is_fits(path): return _as_image(read_fits(path), path), float('nan')
+    return load_deeplense_file(path)
+
 # %% ../nbs/03_data.ipynb #4b9158a3
 @dataclass
 class LensSource:
     "Images (indexable, (N, 1, H, W) or (N, H, W)) and a label table with one row per image."
     images: object            # array-like with __len__ and __getitem__(i) -> array
     labels: pd.DataFrame
-    kind: str                 # 'native', 'deeplense', 'memmap' or 'arrays'
+    kind: str                 # 'native', 'deeplense', 'memmap', 'arrays', 'fits' or 'memory'
     path: Path
     default_target: str|None = None
     meta: dict = field(default_factory=dict)
@@ -149,23 +190,82 @@ def _memmap_source(path:Path, shape=None) -> LensSource:
     log_m = masses if (masses < 0).all() else np.log10(np.where(masses > 0, masses, np.nan))
     return LensSource(images, pd.DataFrame({'mass': masses, 'log10_m_axion': log_m}), 'memmap', d, 'log10_m_axion')
 
+def _check_pixel_type(a, where) -> None:
+    "Refuse complex, object or non-numeric pixels, naming `where`."
+    dt = np.asarray(a).dtype if not hasattr(a, 'dtype') else np.dtype(a.dtype)
+    if np.issubdtype(dt, np.complexfloating):
+        raise DeepLenseError(f"{where}: complex pixels ({dt}); give real images (the modulus or the real part, as you intend)")
+    if not (np.issubdtype(dt, np.number) or dt == np.bool_): raise DeepLenseError(f"{where}: pixels of type {dt}, not numbers")
+
+def _as_stack(a, where):
+    "An image stack (N, H, W) or (N, 1, H, W) from a stack or a single (H, W) image."
+    if a.ndim == 2: a = a[None]
+    if a.ndim not in (3, 4) or (a.ndim == 4 and a.shape[1] != 1):
+        raise DeepLenseError(f"{where}: expected an image (H, W) or a stack (N, H, W) or (N, 1, H, W), got shape {a.shape}")
+    if a.shape[0] == 0 or min(a.shape[-2:]) == 0: raise DeepLenseError(f"{where}: holds no images (shape {a.shape})")
+    _check_pixel_type(a, where)
+    return a
+
+def _unlabelled(n:int) -> pd.DataFrame: return pd.DataFrame({'index': np.arange(n)})
+
+def _read_labels(csv:Path, n:int, images_name:str) -> pd.DataFrame:
+    "A CSV of targets with one row per image, or one clear error."
+    try: frame = pd.read_csv(csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise DeepLenseError(f"{csv}: not a readable CSV table of labels ({type(e).__name__})") from None
+    if len(frame) != n: raise DeepLenseError(f"{csv}: {len(frame)} rows of labels for {n} images in {images_name}")
+    return frame
+
 def _arrays_source(path:Path, labels=None) -> LensSource:
-    try: images = np.load(path, mmap_mode='r', allow_pickle=False)
+    with open(path, 'rb') as f: magic = f.read(6)
+    if magic != b'\x93NUMPY': raise DeepLenseError(f"{path}: not a .npy file (it has no NumPy header)")
+    header = _read_npy_header(path)
+    if header[2].hasobject:                           # a single DeepLense file: [image, label]
+        image, label = load_deeplense_file(path)
+        return LensSource(image[None], _label_columns(pd.DataFrame({'file': [path.name], 'label': [label]})), 'arrays',
+                          path, None if np.isnan(label) else _default_target([label]))
+    try: images = _as_stack(np.load(path, mmap_mode='r', allow_pickle=False), path)
     except (ValueError, OSError) as e: raise DeepLenseError(f"{path}: unreadable or truncated .npy file ({e})") from None
-    if images.ndim == 4 and images.shape[1] != 1: raise DeepLenseError(f"{path}: expected (N, H, W) or (N, 1, H, W), got {images.shape}")
-    if images.ndim not in (3, 4): raise DeepLenseError(f"{path}: expected (N, H, W) or (N, 1, H, W), got {images.shape}")
     csv = Path(labels) if labels is not None else path.with_suffix('.csv')
-    if not csv.exists(): raise DeepLenseError(f"{path}: no targets; give a CSV (labels=...) or put {csv.name} beside it")
-    frame = pd.read_csv(csv)
-    if len(frame) != len(images): raise DeepLenseError(f"{csv}: {len(frame)} rows of labels for {len(images)} images in {path.name}")
+    if labels is not None and not csv.exists(): raise DeepLenseError(f"{csv}: no such labels file")
+    if not csv.exists(): return LensSource(images, _unlabelled(len(images)), 'arrays', path, None, dict(labelled=False))
+    frame = _read_labels(csv, len(images), path.name)
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     return LensSource(images, frame, 'arrays', path, numeric[0] if len(numeric) == 1 else None)
 
+def _fits_source(path:Path) -> LensSource:
+    images = _as_stack(read_fits(path), path)
+    return LensSource(images, _unlabelled(len(images)), 'fits', path, None, dict(labelled=False))
+
+def as_source(x, # Images in memory: a numpy array or torch tensor (H, W), (N, H, W) or (N, 1, H, W), or a list of (H, W)
+              name:str='array', # What to call it in messages and outputs
+             ) -> LensSource:
+    "Unlabelled images in memory as a `LensSource` (for `predict`)."
+    if isinstance(x, LensSource): return x
+    if isinstance(x, (list, tuple)): x = [np.asarray(o.detach().cpu() if hasattr(o, 'detach') else o) for o in x]
+    if hasattr(x, 'detach'): x = x.detach().cpu().numpy()
+    try: a = np.stack(x) if isinstance(x, list) else np.asarray(x)
+    except ValueError as e: raise DeepLenseError(f"{name}: images of different shapes ({e})") from None
+    a = _as_stack(a, name)
+    return LensSource(a, _unlabelled(len(a)), 'memory', Path(name), None, dict(labelled=False))
+
 # %% ../nbs/03_data.ipynb #6b6efc6a
 def _deeplense_files(path:Path) -> list[Path]:
-    files = sorted(p for p in path.rglob('*.npy') if not any(part.startswith('.') for part in p.relative_to(path).parts))
-    if not files: raise DeepLenseError(f"{path}: no .npy files (empty directory?)")
+    "The .npy and FITS files under `path` (class sub-folders included, hidden ones not), sorted."
+    files = sorted(p for p in path.rglob('*') if (p.suffix == '.npy' or is_fits(p))
+                   and not any(part.startswith('.') for part in p.relative_to(path).parts))
+    if not files: raise DeepLenseError(f"{path}: no .npy or FITS files (empty directory?)")
+    for f in files:
+        if not f.is_file(): raise DeepLenseError(f"{f}: not a readable file (a dangling link?)")
     return files
+
+def _progress(it, total:int, comment:str):
+    "fastprogress's bar (a console bar on stderr outside notebooks, so that stdout stays clean for results)."
+    from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
+    bar = progress_bar(it, total=total)
+    bar.comment = comment
+    if IN_NOTEBOOK: yield from bar; return
+    with contextlib.redirect_stdout(sys.stderr): yield from bar
 
 def _cache_key(path:Path, files:list[Path]) -> str:
     h = hashlib.sha256(b'deeplense-files-v1')
@@ -184,18 +284,20 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
     if (target/'labels.csv').exists(): return target
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=target.parent))
     try:
-        first, _ = load_deeplense_file(files[0])
+        first, _ = load_image_file(files[0])
         shape = first.shape
         arr = np.lib.format.open_memmap(tmp/'images.npy', mode='w+', dtype=np.float32, shape=(len(files), 1, *shape))
         labels = np.empty(len(files))
         it = range(len(files))
-        if progress:
-            from fastprogress.fastprogress import progress_bar
-            it = progress_bar(it, comment='caching DeepLense files')
-        for i in it:
-            img, labels[i] = load_deeplense_file(files[i])
-            if img.shape != shape: raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: mixed image sizes")
-            arr[i, 0] = img
+        if progress: it = _progress(it, len(files), f'caching {len(files)} files of {path.name}')
+        try:
+            for i in it:
+                img, labels[i] = load_image_file(files[i])
+                if img.shape != shape: raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: mixed image sizes")
+                _check_pixel_type(img, files[i])
+                arr[i, 0] = img
+        finally:
+            if hasattr(it, 'close'): it.close()      # ends the progress bar (and its redirection) on errors too
         arr.flush(); del arr
         rel = [str(f.relative_to(path)) for f in files]
         cls = [Path(r).parts[0] if len(Path(r).parts) > 1 else '' for r in rel]
@@ -208,20 +310,30 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
         raise
     return target
 
-def _deeplense_source(path:Path, progress:bool=True) -> LensSource:
-    cache = convert_deeplense_dir(path, progress)
-    frame = pd.read_csv(cache/'labels.csv')
+def _label_columns(frame:pd.DataFrame) -> pd.DataFrame:
+    "Add `log10_m_axion` (labels that are axion masses in eV) and `f_sub` (labels in [1e-10, 1)) to a DeepLense table."
     lab = frame['label'].to_numpy(dtype=np.float64)
     axion = (lab > 0) & (lab < 1e-10)
     frame['log10_m_axion'] = np.where(axion, np.log10(np.where(axion, lab, 1.)), np.nan)
     frame['f_sub'] = np.where((lab >= 1e-10) & (lab < 1), lab, np.nan)
-    default = 'log10_m_axion' if axion.any() else ('f_sub' if frame['f_sub'].notna().any() else None)
+    return frame
+
+def _default_target(labels) -> str|None:
+    "The natural target of DeepLense labels: the axion mass if any label is one, else f_sub, else none."
+    lab = np.asarray(labels, dtype=np.float64)
+    if ((lab > 0) & (lab < 1e-10)).any(): return 'log10_m_axion'
+    return 'f_sub' if ((lab >= 1e-10) & (lab < 1)).any() else None
+
+def _deeplense_source(path:Path, progress:bool=True) -> LensSource:
+    cache = convert_deeplense_dir(path, progress)
+    frame = _label_columns(pd.read_csv(cache/'labels.csv'))
     images = np.load(cache/'images.npy', mmap_mode='r')
-    return LensSource(images, frame, 'deeplense', path, default, dict(cache=str(cache)))
+    return LensSource(images, frame, 'deeplense', path, _default_target(frame['label']),
+                      dict(cache=str(cache), labelled=bool(frame['label'].notna().any())))
 
 # %% ../nbs/03_data.ipynb #15ecf578
 def detect_source(path:str|Path) -> str:
-    "Which kind of source `path` is: 'native', 'memmap', 'deeplense' or 'arrays'."
+    "Which kind of source `path` is: 'native', 'memmap', 'deeplense', 'arrays' or 'fits'."
     path = Path(path)
     if not path.exists(): raise DeepLenseError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -233,15 +345,17 @@ def detect_source(path:str|Path) -> str:
         return 'deeplense'
     if path.name.endswith('_mmep.npy'): return 'memmap'
     if path.suffix == '.npy': return 'arrays'
-    raise DeepLenseError(f"{path}: not a dataset (expected a directory or a .npy file)")
+    if is_fits(path): return 'fits'
+    raise DeepLenseError(f"{path}: not a dataset or image file (expected a directory, a .npy or a FITS file)")
 
-def open_source(path:str|Path, # Dataset path
-                kind:str|None=None, # Force 'native', 'deeplense', 'memmap' or 'arrays'
+def open_source(path, # Dataset path, or images in memory (numpy array, torch tensor)
+                kind:str|None=None, # Force 'native', 'deeplense', 'memmap', 'arrays' or 'fits'
                 shape=None, # (N, H, W) of a raw memmap
                 labels=None, # CSV of targets for 'arrays'
                 progress:bool=True, # Progress bar while caching DeepLense files
                ) -> LensSource:
-    "Open any supported dataset as a `LensSource`."
+    "Open any supported dataset (or images in memory) as a `LensSource`."
+    if isinstance(path, LensSource) or hasattr(path, 'shape') or isinstance(path, list): return as_source(path)
     path = Path(path)
     kind = kind or detect_source(path)
     if not path.exists(): raise DeepLenseError(f"{path}: no such file or directory")
@@ -249,11 +363,14 @@ def open_source(path:str|Path, # Dataset path
     if kind == 'memmap': return _memmap_source(path, shape)
     if kind == 'deeplense': return _deeplense_source(path, progress)
     if kind == 'arrays': return _arrays_source(path, labels)
-    raise DeepLenseError(f"unknown source kind {kind!r}; use native, deeplense, memmap or arrays")
+    if kind == 'fits': return _fits_source(path)
+    raise DeepLenseError(f"unknown source kind {kind!r}; use native, deeplense, memmap, arrays or fits")
 
 # %% ../nbs/03_data.ipynb #847fdf91
 def resolve_targets(src:LensSource, targets=None) -> list[str]:
     "The target column names: given, or the source's default (an error lists the available columns)."
+    if src.meta.get('labelled') is False:
+        raise DeepLenseError(f"{src.path}: these images carry no labels (nothing to train or score on); predict them instead")
     if targets is None:
         if src.default_target is None:
             raise DeepLenseError(f"{src.path}: say which target column(s) to learn; available: {', '.join(src.labels.columns)}")
@@ -263,28 +380,37 @@ def resolve_targets(src:LensSource, targets=None) -> list[str]:
     if missing: raise DeepLenseError(f"{src.path}: target column {missing[0]!r} does not exist; available: {', '.join(src.labels.columns)}")
     return targets
 
+def check_pixels(src:LensSource, # The source
+                 idx=None, # Indices of the images to check (default: all)
+                 chunk:int=1024, # Images per read
+                ) -> None:
+    "Refuse complex or non-numeric pixels, and name the first image with NaN or Inf pixels."
+    idx = np.arange(len(src)) if idx is None else np.asarray(idx)
+    if len(src.images) != len(src.labels): raise DeepLenseError(f"{src.path}: {len(src.images)} images but {len(src.labels)} labels")
+    _check_pixel_type(np.asarray(src.images[0]), src.path)
+    if not np.issubdtype(np.asarray(src.images[0]).dtype, np.floating): return
+    for s in range(0, len(idx), chunk):
+        part = idx[s:s + chunk]
+        block = np.stack([np.asarray(src.images[i]) for i in part]) if not isinstance(src.images, np.ndarray) else src.images[part]
+        bad = ~np.isfinite(block.reshape(len(part), -1)).all(1)
+        if bad.any():
+            i = int(part[np.argmax(bad)])
+            name = src.labels['file'].iloc[i] if 'file' in src.labels else f"index {i}"
+            raise DeepLenseError(f"{src.path}: image {name} has NaN or Inf pixels")
+
 def check_source(src:LensSource, targets:list[str], chunk:int=1024) -> np.ndarray:
     "Indices of the images with finite targets, after checking every kept image's pixels are finite."
     y = src.labels[targets].to_numpy(dtype=np.float64)
     keep = np.flatnonzero(np.isfinite(y).all(1))
     if len(keep) == 0: raise DeepLenseError(f"{src.path}: no image has a finite value of {', '.join(targets)}")
-    if len(src.images) != len(src.labels): raise DeepLenseError(f"{src.path}: {len(src.images)} images but {len(src.labels)} labels")
-    if np.issubdtype(np.asarray(src.images[0]).dtype, np.floating):
-        for s in range(0, len(keep), chunk):
-            idx = keep[s:s + chunk]
-            block = np.stack([np.asarray(src.images[i]) for i in idx]) if not isinstance(src.images, np.ndarray) else src.images[idx]
-            bad = ~np.isfinite(block.reshape(len(idx), -1)).all(1)
-            if bad.any():
-                i = int(idx[np.argmax(bad)])
-                name = src.labels['file'].iloc[i] if 'file' in src.labels else f"index {i}"
-                raise DeepLenseError(f"{src.path}: image {name} has NaN or Inf pixels")
+    check_pixels(src, keep, chunk)
     return keep
 
 # %% ../nbs/03_data.ipynb #ae38fb22
-import warnings
-warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)  # from a dependency
-from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TransformBlock, DataBlock, RandomSplitter,
-                               FuncSplitter, IndexSplitter, Normalize, Rotate, RegressionSetup, Categorize)
+with warnings.catch_warnings():   # fastai 2.8's layers.py applies torch.jit.script at import, which torch 2.10+ deprecates
+    warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
+    from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TensorBase, TransformBlock, DataBlock,
+                                   RandomSplitter, FuncSplitter, Normalize, Rotate, show_title)
 from fastcore.basics import store_attr
 import torch
 import torch.nn.functional as F
@@ -305,14 +431,42 @@ class PerImageMinMax(DisplayedTransform):
     order = 1
     def encodes(self, x:TensorImage): return minmax_scale(x)
 
+_TITLES = {'log10_m_axion': ('log10 m', '{:.2f}'), 'f_sub': ('f_sub', '{:.3f}'), 'theta_E': ('theta_E', '{:.2f}"')}
+
+def target_title(names, # Target column names
+                 values, # One value per target
+                 pred=None, # Predicted values, to show beside the true ones
+                ) -> str:
+    "A readable label such as `log10 m = -22.50` (one line per target), or `log10 m: -22.50, pred -22.61`."
+    lines = []
+    vals = np.ravel(np.asarray(values, dtype=np.float64))
+    preds = None if pred is None else np.ravel(np.asarray(pred, dtype=np.float64))
+    for j, (n, v) in enumerate(zip(names, vals)):
+        label, fmt = _TITLES.get(n, (n, '{:.4g}'))
+        lines.append(f"{label} = {fmt.format(v)}" if preds is None else f"{label}: {fmt.format(v)}, pred {fmt.format(preds[j])}")
+    return '\n'.join(lines)
+
+class LensTarget(TensorBase):
+    "Decoded regression targets in their physical units, shown as `log10 m = -22.50`."
+    def show(self, ctx=None, **kwargs):
+        "Title `ctx` with the values; a second call on the same axes (fastai's `show_results`) adds the prediction."
+        names = getattr(self, 'names', None) or [f't{j}' for j in range(self.shape[-1])]
+        values, true = self.detach().cpu().numpy(), getattr(ctx, '_lens_true', None)
+        text = target_title(names, values) if true is None else target_title(names, true, pred=values)
+        ctx = show_title(text, ctx=ctx)
+        if ctx is not None and true is None: ctx._lens_true = values
+        return ctx
+
 class TargetScaler(Transform):
-    "Standardise regression targets with fixed statistics; `decodes` restores the original units."
+    "Standardise regression targets with fixed statistics; `decodes` restores the original units as a `LensTarget`."
     order = 10
-    def __init__(self, mean, std):
+    def __init__(self, mean, std, names=None):
         self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
         self.std = torch.as_tensor(np.asarray(std, dtype=np.float32))
-    def encodes(self, y:torch.Tensor): return (y - self.mean.to(y.device)) / self.std.to(y.device)
-    def decodes(self, y:torch.Tensor): return y * self.std.to(y.device) + self.mean.to(y.device)
+        self.names, self.c = list(names or []), len(np.atleast_1d(mean))
+    def encodes(self, y:torch.Tensor): return ((y.float() - self.mean.to(y.device)) / self.std.to(y.device)).as_subclass(torch.Tensor)
+    def decodes(self, y:torch.Tensor):
+        return LensTarget(y.float() * self.std.to(y.device) + self.mean.to(y.device), names=getattr(self, 'names', None))
 
 # %% ../nbs/03_data.ipynb #5d886958
 class ResizeBatch(DisplayedTransform):
@@ -339,18 +493,32 @@ def _locate(offsets, item:int) -> tuple[int, int]:
     s = int(np.searchsorted(offsets, item, side='right') - 1)
     return s, int(item - offsets[s])
 
-class _ImageGetter:
-    "Item -> float TensorImage (1, H, W). Items are global numbers over the training and validation sources."
-    def __init__(self, srcs, offsets): self.srcs, self.offsets = srcs, offsets
-    def __call__(self, item):
-        if self.srcs is None: raise DeepLenseError("this exported learner carries no data: predict with deeplense_fastai.learner.predict")
+def raw_image(item, # A 2-d array or tensor ((1, H, W) too), or the path of a .npy or FITS image
+             ) -> np.ndarray:
+    "One raw image as float32 (1, H, W), checked for complex and non-finite pixels."
+    if isinstance(item, (str, Path)): img, where = load_image_file(item)[0], item
+    else:
+        where = 'image'
+        img = _as_image(item.detach().cpu().numpy() if hasattr(item, 'detach') else np.asarray(item), where)
+    _check_pixel_type(img, where)
+    img = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(img).all(): raise DeepLenseError(f"{where}: has NaN or Inf pixels")
+    return img[None]
+
+class _ImageGetter(Transform):
+    "Item -> float TensorImage (1, H, W). Items are global numbers over the training and validation sources, or raw images."
+    input_types = (int, np.integer, np.ndarray, torch.Tensor, str, Path)   # what fastai's test_dl may hand us
+    def __init__(self, srcs, offsets): super().__init__(); self.srcs, self.offsets = srcs, offsets
+    def encodes(self, item):
+        if not isinstance(item, (int, np.integer)): return TensorImage(torch.from_numpy(raw_image(item)))
+        if self.srcs is None: raise DeepLenseError("this exported learner carries no data: give it images (learn.predict(image)), not indices")
         s, i = _locate(self.offsets, item)
         return TensorImage(torch.from_numpy(self.srcs[s].image(i)))
 
-class _TargetGetter:
+class _TargetGetter(Transform):
     "Item -> float tensor of the target columns."
-    def __init__(self, ys, offsets): self.ys, self.offsets = ys, offsets
-    def __call__(self, item):
+    def __init__(self, ys, offsets): super().__init__(); self.ys, self.offsets = ys, offsets
+    def encodes(self, item):
         if self.ys is None: raise DeepLenseError("this exported learner carries no data")
         s, i = _locate(self.offsets, item)
         return torch.from_numpy(np.array(self.ys[s][i]))
@@ -414,7 +582,7 @@ def lens_dataloaders(source, # A path (or LensSource): native dir, DeepLense dir
     train_idx, _ = splitter(items)
     train_y = np.stack([ys[s][i] for s, i in (_locate(offsets, items[j]) for j in train_idx)])
     t_mean, t_std = (train_y.mean(0), train_y.std(0) + 1e-12) if standardize_targets else (np.zeros(len(targets)), np.ones(len(targets)))
-    y_block = TransformBlock(type_tfms=[TargetScaler(t_mean, t_std), RegressionSetup(c=len(targets))])
+    y_block = TransformBlock(type_tfms=[TargetScaler(t_mean, t_std, targets)])
     batch_tfms, stats = [], None
     if norm == 'minmax': batch_tfms.append(PerImageMinMax())
     else:
@@ -430,3 +598,14 @@ def lens_dataloaders(source, # A path (or LensSource): native dir, DeepLense dir
                            target_std=[float(v) for v in t_std], image_shape=list(src.image_shape), source=str(src.path),
                            kind=src.kind, n_train=len(train_idx), n_valid=len(items) - len(train_idx), size=size)
     return dls
+
+# %% ../nbs/03_data.ipynb #2157159b
+from fastai.vision.all import dispatch, get_grid
+
+@dispatch
+def show_results(x:TensorImage, y:torch.Tensor, samples, outs, ctxs=None, max_n=9, nrows=None, ncols=None, figsize=None, **kwargs):
+    "fastai's `show_results` for image regression: every image titled with its true and its predicted targets."
+    if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
+    ctxs = [s[0].show(ctx=c, **kwargs) for s, c, _ in zip(samples, ctxs, range(max_n))]
+    ctxs = [s[1].show(ctx=c) for s, c in zip(samples, ctxs)]
+    return [o[0].show(ctx=c) for o, c in zip(outs, ctxs)]

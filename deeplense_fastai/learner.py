@@ -14,24 +14,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastai.learner import Learner
-from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
-from fastai.callback.progress import CSVLogger
-from fastai.callback.schedule import ParamScheduler
-from fastai.metrics import AccumMetric
-from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
+import warnings
+with warnings.catch_warnings():   # fastai 2.8's layers.py applies torch.jit.script at import, which torch 2.10+ deprecates
+    warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback, CancelFitException
+    from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
+    from fastai.callback.progress import CSVLogger
+    from fastai.callback.schedule import ParamScheduler
+    from fastai.metrics import AccumMetric
+    from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
 
 from .core import DeepLenseError
 from .models import get_model, MODELS
-import warnings
-warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'get_opt_func',
+__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
-           'regression_learner', 'fit', 'predict_batches', 'get_predictions', 'export_run', 'load_run', 'predict',
-           'distributed']
+           'body_head_splitter', 'load_init', 'regression_learner', 'fit', 'predict_batches', 'get_predictions',
+           'export_run', 'check_run_config', 'read_run_config', 'load_run', 'input_size', 'predict', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -68,8 +69,19 @@ class _Ranger21Factory:
         epochs, batches = self.plan
         def build(ps, lr, **k):
             with contextlib.redirect_stdout(io.StringIO()):      # Ranger21 prints its whole configuration
-                return Ranger21(ps, lr=lr, num_epochs=epochs, num_batches_per_epoch=batches, **k)
+                return Ranger21(ps, lr=lr, num_epochs=epochs, num_batches_per_epoch=batches,
+                                warmdown_min_lr=warmdown_floor(lr), **k)
         return OptimWrapper(params, build, lr=lr, **{k: v for k, v in kw.items() if k in ('weight_decay',)})
+
+def warmdown_floor(lr:float, # Ranger21's starting learning rate
+                   min_lr:float=3e-5, # Its default warm-down floor
+                  ) -> float:
+    "The float nearest `min_lr` (from below) for which `lr - (lr - floor) >= floor` holds exactly."
+    floor = min_lr
+    for _ in range(64):
+        if lr - (lr - floor) >= floor: return floor
+        floor = math.nextafter(floor, 0.)
+    return floor
 
 def get_opt_func(name:str):
     "fastai optimiser function by name: adam, radam, ranger or ranger21."
@@ -159,6 +171,43 @@ class Checkpoint(Callback):
         meta.write_text(json.dumps(dict(epoch=self.epoch, n_epoch=self.n_epoch, best_valid_loss=best)))
 
 # %% ../nbs/05_learner.ipynb #a123110d
+def body_head_splitter(model:nn.Module) -> list:
+    "Two parameter groups: the body (convolutions, normalisation) and the head (the fully connected layers)."
+    head = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+    params = [p for p in model.parameters()]
+    return [[p for p in params if id(p) not in head], [p for p in params if id(p) in head]]
+
+def _last_linear(model:nn.Module, n_out:int) -> nn.Linear:
+    "The output layer: the last `nn.Linear` with `n_out` outputs."
+    lin = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == n_out]
+    if not lin: raise DeepLenseError(f"cannot find the output layer ({n_out} outputs) of this model")
+    return lin[-1]
+
+@torch.no_grad()
+def _rescale_output(model:nn.Module, old:dict, new:dict, n_out:int) -> None:
+    "Rewrite the output layer so the model, under the new target statistics, predicts what it did under the old ones."
+    lin, n = _last_linear(model, n_out), len(new['targets'])
+    a = torch.tensor(old['target_std']) / torch.tensor(new['target_std'])
+    b = (torch.tensor(old['target_mean']) - torch.tensor(new['target_mean'])) / torch.tensor(new['target_std'])
+    lin.weight[:n] *= a[:, None]; lin.bias[:n] = lin.bias[:n] * a + b
+    if n_out == 2 * n: lin.bias[n:] += 2 * torch.log(a)       # log-variances scale with the square of the std
+
+def load_init(model:nn.Module, # A freshly built model
+              init:str|Path, # A run directory whose weights start this training
+              cfg:dict, # The new run's configuration (arch, targets, n_out, target statistics)
+             ) -> dict:
+    "Load a trained run's weights into `model` after checking that architecture, targets and outputs fit."
+    from safetensors.torch import load_file
+    old = read_run_config(init)
+    for key in ('arch', 'n_out', 'targets'):
+        if old[key] != cfg[key]:
+            raise DeepLenseError(f"--init {init}: its {key} is {old[key]!r}, this run's is {cfg[key]!r}")
+    if old.get('model_kw', {}) != cfg.get('model_kw', {}):
+        raise DeepLenseError(f"--init {init}: built with model options {old.get('model_kw')}, this run with {cfg.get('model_kw')}")
+    model.load_state_dict(load_file(str(Path(init)/'weights.safetensors')))
+    _rescale_output(model, old, cfg, cfg['n_out'])
+    return old
+
 def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        arch:str='resnet18', # A name from `MODELS`
                        loss:str='mse', # mse, rmse, mae, huber or gaussian_nll
@@ -167,6 +216,7 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
                        wd:float|None=None, # Weight decay (None: the optimiser's default)
                        cbs=None, # Extra callbacks
+                       init:str|Path|None=None, # Start from this trained run's weights (transfer, fine-tuning)
                        **model_kw, # Passed to the model constructor
                       ) -> Learner:
     "A fastai Learner for lensing regression with the DeepLense recipe as default (Ranger, metrics in target units)."
@@ -176,10 +226,12 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     loss_fn = get_loss(loss)
     n_out = len(cfg['targets']) * outputs_per_target(loss_fn)
     model = get_model(arch, n_in=1, n_out=n_out, **model_kw)
+    run_cfg = dict(cfg, arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw)
+    if init is not None: run_cfg['init'] = str(init); load_init(model, init, run_cfg)
     cbs = [Ranger21Guard(), LRTrace()] + list(cbs or [])
     learn = Learner(dls, model, loss_func=loss_fn, opt_func=get_opt_func(opt), path=Path(path), wd=wd,
-                    metrics=regression_metrics(cfg) if metrics is None else metrics, cbs=cbs)
-    learn.lens_config = dict(cfg, arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw)
+                    metrics=regression_metrics(cfg) if metrics is None else metrics, cbs=cbs, splitter=body_head_splitter)
+    learn.lens_config = run_cfg
     if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.to_fp16()
     return learn
 
@@ -196,6 +248,7 @@ def fit(learn:Learner, # From `regression_learner`
         checkpoint:bool=True, # Save a resumable checkpoint after every epoch
         resume:bool=False, # Continue from models/checkpoint.pth
         verbose:bool=False, # Say when a better epoch is saved
+        freeze_epochs:int=0, # First train only the head (body frozen) for this many epochs, as fastai's `fine_tune`
        ) -> Learner:
     "Train `learn` with the chosen schedule, best-epoch tracking, CSV log, checkpoints and optional early stopping."
     is_r21 = isinstance(learn.opt_func, _Ranger21Factory)
@@ -204,18 +257,21 @@ def fit(learn:Learner, # From `regression_learner`
     if is_r21 != (schedule == 'ranger21'):
         raise DeepLenseError("schedule 'ranger21' goes with opt='ranger21' and only with it (Ranger21 schedules its own learning rate)")
     if epochs <= 0: raise DeepLenseError(f"epochs must be positive, got {epochs}")
+    if freeze_epochs and schedule == 'ranger21': raise DeepLenseError("freeze_epochs goes with the one_cycle or flat_cos schedule")
     from fastai.torch_core import rank_distrib
     if not rank_distrib(): Path(learn.path).mkdir(parents=True, exist_ok=True)
     start, best = 0, None
     if resume:
         meta = learn.path/learn.model_dir/'checkpoint.json'
         if not meta.exists(): raise DeepLenseError(f"nothing to resume: {meta} does not exist")
-        if is_r21: learn.opt_func.plan = (epochs, len(learn.dls.train))
+        if is_r21: learn.opt_func.plan, learn.lr = (epochs, len(learn.dls.train)), lr
         learn.create_opt()
         learn.load('checkpoint', with_opt=True)
         info = json.loads(meta.read_text())
         start, best = info['epoch'] + 1, info.get('best_valid_loss')
         if start >= epochs: return learn
+    if freeze_epochs and not resume:            # fastai's fine_tune recipe: the head first, on a frozen body
+        learn.freeze(); learn.fit_one_cycle(freeze_epochs, lr, pct_start=0.99); learn.unfreeze()
     cbs = []
     if save_best: cbs.append(SaveBest(start, best, verbose))
     if early_stopping: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=early_stopping))
@@ -225,7 +281,7 @@ def fit(learn:Learner, # From `regression_learner`
     elif schedule == 'flat_cos': learn.fit_flat_cos(epochs, lr, cbs=cbs, start_epoch=start)
     else:
         learn.opt_func.plan = (epochs, len(learn.dls.train))
-        if not resume: learn.opt = None
+        if not resume: learn.opt, learn.lr = None, lr      # Ranger21 warms down from the rate it is built with
         learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
     return learn
 
@@ -298,51 +354,106 @@ def export_run(learn:Learner, # A trained learner
             learn.export(run_dir.absolute()/'model.pkl')
     return run_dir
 
+def _finite_list(v, n:int, positive:bool=False) -> bool:
+    ok = isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e30 for x in v)
+    return ok and (not positive or all(x > 0 for x in v))
+
+def check_run_config(cfg, # The parsed config.json
+                     where:str='config.json', # Its path, for messages
+                    ) -> dict:
+    "Validate a run's configuration (types, ranges, consistency) and return it; one clear error otherwise."
+    def bad(msg): raise DeepLenseError(f"{where}: {msg}")
+    if not isinstance(cfg, dict): bad(f"expected a JSON object, got a {type(cfg).__name__}")
+    for key in ('arch', 'targets', 'n_out', 'norm', 'target_mean', 'target_std'):
+        if key not in cfg: bad(f"missing the key {key!r} (not a complete deeplense_fastai run)")
+    if cfg['arch'] not in MODELS: bad(f"unknown architecture {cfg['arch']!r}; known: {', '.join(MODELS)}")
+    t = cfg['targets']
+    if not (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)): bad(f"targets must be a list of column names, got {t!r}")
+    n_out = cfg['n_out']
+    if not (isinstance(n_out, int) and n_out in (len(t), 2 * len(t))): bad(f"n_out must be {len(t)} or {2 * len(t)} for {len(t)} target(s), got {n_out!r}")
+    if cfg['norm'] not in ('minmax', 'meanstd'): bad(f"unknown norm {cfg['norm']!r} (minmax or meanstd)")
+    if cfg['norm'] == 'meanstd' and not _finite_list(cfg.get('image_stats'), 2) or (cfg['norm'] == 'meanstd' and not cfg['image_stats'][1] > 0):
+        bad(f"norm 'meanstd' needs image_stats [mean, std > 0], got {cfg.get('image_stats')!r}")
+    if not _finite_list(cfg['target_mean'], len(t)): bad(f"target_mean must be {len(t)} finite number(s), got {cfg['target_mean']!r}")
+    if not _finite_list(cfg['target_std'], len(t), positive=True): bad(f"target_std must be {len(t)} positive number(s), got {cfg['target_std']!r}")
+    size = cfg.get('size')
+    if size is not None and not (isinstance(size, int) and 8 <= size <= 4096): bad(f"size must be an integer in [8, 4096] or null, got {size!r}")
+    shape = cfg.get('image_shape')
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and 1 <= v <= 16384 for v in shape)):
+        bad(f"image_shape must be [H, W], got {shape!r}")
+    if not isinstance(cfg.get('model_kw', {}), dict): bad(f"model_kw must be an object, got {cfg['model_kw']!r}")
+    return cfg
+
+def read_run_config(run_dir:str|Path, # A run directory
+                   ) -> dict:
+    "The validated `config.json` of a run directory (checking that its weights file is there too)."
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir(): raise DeepLenseError(f"{run_dir}: no such run directory")
+    for f in ('config.json', 'weights.safetensors'):
+        if not (run_dir/f).is_file(): raise DeepLenseError(f"{run_dir}: no {f} (not a deeplense_fastai run directory)")
+    try: cfg = json.loads((run_dir/'config.json').read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{run_dir/'config.json'}: not valid JSON ({e})") from None
+    return check_run_config(cfg, run_dir/'config.json')
+
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
              device=None, # Device for the model
             ):
     "Model (eval mode) and config from a run directory, without unpickling anything."
     from safetensors.torch import load_file
     run_dir = Path(run_dir)
-    for f in ('config.json', 'weights.safetensors'):
-        if not (run_dir/f).exists(): raise DeepLenseError(f"--model {run_dir}: no {f} (not a deeplense_fastai run directory)")
-    try: cfg = json.loads((run_dir/'config.json').read_text())
-    except ValueError as e: raise DeepLenseError(f"{run_dir/'config.json'}: not valid JSON ({e})") from None
-    model = get_model(cfg['arch'], n_in=1, n_out=cfg['n_out'], **cfg.get('model_kw', {}))
+    cfg = read_run_config(run_dir)
+    try: model = get_model(cfg['arch'], n_in=1, n_out=cfg['n_out'], **cfg.get('model_kw', {}))
+    except TypeError as e: raise DeepLenseError(f"{run_dir/'config.json'}: model_kw does not fit {cfg['arch']} ({e})") from None
     try: model.load_state_dict(load_file(str(run_dir/'weights.safetensors')))
-    except Exception as e: raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg['arch']} ({e})") from None
+    except Exception as e: raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg['arch']} ({type(e).__name__})") from None
     return model.to(device or 'cpu').eval(), cfg
 
 # %% ../nbs/05_learner.ipynb #7de7f649
-def _normalise(x:torch.Tensor, cfg:dict) -> torch.Tensor:
+def _normalise(x:torch.Tensor, cfg:dict, size:int|None=None) -> torch.Tensor:
     "Raw images (B, 1, H, W) prepared as the run's DataLoaders prepared them (normalisation, then resizing)."
     from deeplense_fastai.data import minmax_scale, resize_images
     if cfg['norm'] == 'minmax': x = minmax_scale(x)
     else:
         mean, std = cfg['image_stats']
         x = (x - mean) / std
-    return resize_images(x, cfg['size']) if cfg.get('size') else x
+    return resize_images(x, size) if size else x
+
+def _notice(msg:str): print(msg, file=sys.stderr)
+
+def input_size(shape, # (H, W) of the images to predict
+               cfg:dict, # The run's configuration
+               where='images', # What to call them in messages
+               notice=_notice, # Called with a one-line notice when images are resized
+              ) -> int|None:
+    "The size the model's input is resized to: the run's `size`, its training size if `shape` differs, or None."
+    if cfg.get('size'): return cfg['size']
+    want = cfg.get('image_shape')
+    if not want or list(shape) == list(want): return None
+    if want[0] != want[1] or shape[0] != shape[1]:
+        raise DeepLenseError(f"{where}: images are {shape[0]}x{shape[1]} and the model was trained on {want[0]}x{want[1]}; only square images can be resized")
+    notice(f"note: {where}: images are {shape[0]}x{shape[1]}, the model was trained on {want[0]}x{want[1]}: "
+           f"resizing them (bilinear, antialiased) after normalisation, as training resizes")
+    return want[0]
 
 def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json)
-            source, # Any source `open_source` reads (path), or a LensSource
+            source, # A path `open_source` reads (dataset, image stack, image folder, FITS), a LensSource, or an array/tensor
             bs:int=64, # Batch size
             tta:bool=False, # Average over the eight symmetries of the square
             device=None, # Device
             progress:bool=False, # Progress bar while caching DeepLense files
+            notice=_notice, # Where one-line notices go (default: stderr)
            ) -> pd.DataFrame:
     "Predictions (and standard deviations for Gaussian-NLL runs) for every image of `source`, one row per image."
-    from deeplense_fastai.data import open_source, LensSource
+    from deeplense_fastai.data import open_source, check_pixels
     model, cfg = load_run(run_dir, device)
-    src = source if isinstance(source, LensSource) else open_source(source, progress=progress)
-    h, w = src.image_shape
-    want = cfg.get('image_shape')
-    if want and (not cfg.get('size')) and [h, w] != list(want):
-        raise DeepLenseError(f"{src.path}: images are {h}x{w} but the model {run_dir} was trained on {want[0]}x{want[1]}")
+    src = open_source(source, progress=progress)
+    size = input_size(src.image_shape, cfg, src.path, notice)
+    check_pixels(src)                              # NaN, Inf or complex pixels are named before any work
     dev = next(model.parameters()).device
     def batches():
         for s in range(0, len(src), bs):
             x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
-            yield _normalise(x, cfg)
+            yield _normalise(x, cfg, size)
     mu, sd, _ = predict_batches(model, batches(), cfg, tta)
     out = pd.DataFrame({'index': np.arange(len(src))})
     if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
