@@ -382,8 +382,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                          'deeplense_fastai/online.py'),
                                          'deeplense_fastai.online.OnlineSim._block': ( 'online.html#onlinesim._block',
                                                                                        'deeplense_fastai/online.py'),
-                                         'deeplense_fastai.online.OnlineSim.images_of': ( 'online.html#onlinesim.images_of',
-                                                                                          'deeplense_fastai/online.py'),
                                          'deeplense_fastai.online.OnlineSim.indices': ( 'online.html#onlinesim.indices',
                                                                                         'deeplense_fastai/online.py'),
                                          'deeplense_fastai.online._Fixed': ('online.html#_fixed', 'deeplense_fastai/online.py'),
