@@ -11,8 +11,8 @@ from .core import DeepLenseError
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_N', 'build_parser', 'cmd_simulate', 'cmd_info', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_presets',
-           'main']
+__all__ = ['DEFAULT_N', 'build_parser', 'cmd_simulate', 'cmd_info', 'pd_numeric', 'cmd_train', 'cmd_evaluate', 'cmd_predict',
+           'cmd_presets', 'main']
 
 # %% ../nbs/07_cli.ipynb #efd7baff
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--early-stopping', type=_positive, default=None, metavar='EPOCHS')
     t.add_argument('--out', type=Path, default=None, help='run directory (default runs/<timestamp>)')
     t.add_argument('--resume', action='store_true', help='continue an interrupted run in --out')
+    t.add_argument('--init', type=Path, default=None, metavar='RUN', help="start from a trained run's weights (same arch and targets)")
+    t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init: train only the head for N epochs first')
     t.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
     t.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     t.add_argument('--quiet', action='store_true', help='no progress bar (one line of metrics per epoch)')
@@ -101,13 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--device', default=None)
     pr = sub.add_parser('predict', help='predict for every image of one or more datasets')
     pr.add_argument('--model', required=True, type=Path, help='run directory')
-    pr.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='datasets (any kind the data module reads)')
+    pr.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='datasets, image stacks (.npy), image folders or FITS files, '
+                    'labelled or not')
     pr.add_argument('--out', type=Path, help='write predictions to this CSV (default: print them)')
     pr.add_argument('--tta', action='store_true', help='average over the eight symmetries of the square')
     pr.add_argument('--bs', type=_positive, default=64)
     pr.add_argument('--device', default=None)
-    i = sub.add_parser('info', help='describe a dataset directory')
-    i.add_argument('path', type=Path, help='dataset directory')
+    i = sub.add_parser('info', help='describe a dataset or image file (any kind the data module reads)')
+    i.add_argument('path', type=Path, help='dataset directory, DeepLense folder, memmap pair, .npy or FITS file')
     sub.add_parser('presets', help='list the simulation presets')
     return p
 
@@ -118,6 +121,7 @@ def cmd_simulate(a) -> int:
     from deeplense_fastai.simulate import get_preset, write_dataset
     preset = get_preset(a.preset, **({'vortex': a.vortex} if a.vortex else {}))
     device = get_device(a.device)
+    _check_space(a.out, _dataset_bytes(preset, a.n, a.shard, a.fmt), f"--n {a.n}")
     log = (lambda *args: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
     m = write_dataset(a.out, preset, a.n, a.seed, a.classes, a.fmt, a.shard, noise=not a.no_noise, device=device,
                       batch_size=a.batch_size, progress=not a.quiet, log=log, compile=a.compile)
@@ -125,18 +129,48 @@ def cmd_simulate(a) -> int:
           f"format {a.fmt}")
     return 0
 
+def _dataset_bytes(preset, n:int, shard, fmt:str) -> int:
+    "Bytes a (part of a) dataset takes on disk: float32 pixels (native) or float64 pixels plus a header per file (deeplense)."
+    from deeplense_fastai.simulate import shard_range
+    start, stop = shard_range(n, *shard)
+    per_image = preset.npix**2 * (4 if fmt == 'native' else 8) + (0 if fmt == 'native' else 4096)
+    return (stop - start) * (per_image + 200)
+
+def _check_space(out:Path, need:int, what:str) -> None:
+    "Refuse to start when the file system of `out` has less free space than `need` bytes (both numbers said)."
+    import shutil
+    if str(out) == '': raise DeepLenseError("--out: an empty path; name a directory")
+    d = Path(out).absolute()
+    while not d.exists(): d = d.parent
+    if not os.access(d, os.W_OK): raise DeepLenseError(f"--out {out}: {d} is not writable")
+    free = shutil.disk_usage(d).free
+    if need > free: raise DeepLenseError(f"{what}: the dataset needs {need / 1e9:,.2f} GB and {d} has {free / 1e9:,.2f} GB free")
+
 def cmd_info(a) -> int:
-    "`deeplense info`: summary of a native dataset directory."
-    from deeplense_fastai.simulate import open_dataset
-    ds = open_dataset(a.path)
-    lab = ds.labels
-    print(f"{a.path}: {len(ds)} images of {ds.preset.npix}x{ds.preset.npix}, preset {ds.preset.name}, seed "
-          f"{ds.manifest['seed']}, {len(ds.parts)} part(s), noise {'on' if ds.manifest['noise'] else 'off'}")
-    print("classes: " + ", ".join(f"{c} {n}" for c, n in lab['class'].value_counts().sort_index().items()))
-    for col in ('log10_m_axion', 'f_sub'):
+    "`deeplense info`: what a dataset holds (kind, images, classes, label ranges), for every kind the data module reads."
+    from deeplense_fastai.data import detect_source, open_source
+    kind = detect_source(a.path)
+    if kind == 'native':
+        from deeplense_fastai.simulate import open_dataset
+        ds = open_dataset(a.path)
+        print(f"{a.path}: {len(ds)} images of {ds.preset.npix}x{ds.preset.npix}, preset {ds.preset.name}, seed "
+              f"{ds.manifest['seed']}, {len(ds.parts)} part(s), noise {'on' if ds.manifest['noise'] else 'off'}")
+    with contextlib.redirect_stdout(sys.stderr): src = open_source(a.path, progress=True)
+    lab = src.labels
+    if kind != 'native':
+        h, w = src.image_shape
+        print(f"{a.path}: {len(src)} images of {h}x{w}, {kind}, {'labelled' if src.meta.get('labelled', True) else 'unlabelled'}")
+    if 'class' in lab and lab['class'].astype(str).str.len().gt(0).any():
+        print("classes: " + ", ".join(f"{c} {n}" for c, n in lab['class'].value_counts().sort_index().items()))
+    for col in [c for c in lab.columns if c not in ('index', 'file', 'class') and pd_numeric(lab[c])]:
         v = lab[col].dropna()
-        if len(v): print(f"{col}: min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g}")
+        if len(v): print(f"{col}: {len(v)} values, min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g}")
     return 0
+
+def pd_numeric(col) -> bool:
+    "Whether a label column holds numbers."
+    import pandas as pd
+    return pd.api.types.is_numeric_dtype(col)
 
 DEFAULT_N = 6000
 
@@ -173,7 +207,13 @@ def _check_train_args(a):
     if a.schedule not in SCHEDULES: raise DeepLenseError(f"--schedule: unknown schedule {a.schedule!r}; use one of {', '.join(SCHEDULES)}")
     if (a.opt == 'ranger21') != (a.schedule == 'ranger21'):
         raise DeepLenseError("--schedule ranger21 goes with --opt ranger21 and only with it (Ranger21 schedules its own learning rate)")
-    if not a.lr > 0: raise DeepLenseError(f"--lr must be positive, got {a.lr}")
+    if not (a.lr > 0 and np.isfinite(a.lr)): raise DeepLenseError(f"--lr must be a positive number, got {a.lr}")
+    if a.freeze_epochs < 0: raise DeepLenseError(f"--freeze-epochs must be 0 or more, got {a.freeze_epochs}")
+    if a.freeze_epochs and a.init is None: raise DeepLenseError("--freeze-epochs goes with --init (the head of a pretrained run is trained first)")
+    if a.init is not None:
+        from deeplense_fastai.learner import read_run_config
+        read_run_config(a.init)
+    if a.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {a.workers}")
     if a.data is not None and a.preset is not None: raise DeepLenseError("give --data or --preset, not both")
     for f in ('data', 'test'):
         p = getattr(a, f)
@@ -215,12 +255,13 @@ def cmd_train(a) -> int:
     dls = lens_dataloaders(train, a.target, bs=a.bs, valid_pct=0.1, seed=a.seed, norm=a.norm, augment=not a.no_augment,
                            size=a.size, num_workers=a.workers, device=device)
     test = open_source(test_path) if test_path is not None else test_src
-    learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out)
+    learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
         f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {device}")
     with distributed(learn, cpu=device.type == 'cpu'), (learn.no_bar() if a.quiet else contextlib.nullcontext()):
-        fit(learn, a.epochs, a.lr, a.schedule, early_stopping=a.early_stopping, resume=a.resume, verbose=True)
+        fit(learn, a.epochs, a.lr, a.schedule, early_stopping=a.early_stopping, resume=a.resume, verbose=True,
+            freeze_epochs=a.freeze_epochs)
     model = learn.model.module if hasattr(learn.model, 'module') else learn.model
     digest = hashlib.sha256(b''.join(v.detach().cpu().float().numpy().tobytes() for v in model.state_dict().values())).hexdigest()
     if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {digest}")
@@ -267,33 +308,56 @@ def cmd_evaluate(a) -> int:
     from deeplense_fastai.data import open_source, resolve_targets
     device = get_device(a.device)
     _, cfg = load_run(a.model)
+    if a.json is not None:
+        if a.json.is_dir(): raise DeepLenseError(f"--json {a.json}: is a directory; give a file name")
+        if not os.access(a.json.absolute().parent, os.W_OK): raise DeepLenseError(f"--json {a.json}: its directory is missing or not writable")
     src = open_source(a.data)
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
         raise DeepLenseError(f"--target: the model predicts {len(cfg['targets'])} target(s), got {len(cols)} column(s)")
+    from deeplense_fastai.simulate import LABEL_COLUMNS
+    for c, t in zip(cols, cfg['targets']):
+        if c != t and c in LABEL_COLUMNS and t in LABEL_COLUMNS:
+            raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
     rep, _ = _score(a.model, src, cols, cfg, a.bs, device, tta=a.tta)
     rep['tta'] = bool(a.tta)
     _print_report(rep, cols)
     if a.json:
         from deeplense_fastai.core import atomic_write
         with atomic_write(a.json) as tmp: tmp.write_text(json.dumps(rep, indent=1))
+        print(f"wrote {a.json}")
     return 0
 
+def _writable_file(path:Path, flag:str) -> None:
+    "Refuse an output file that exists, is a directory, or cannot be created (before any work)."
+    if path.is_dir(): raise DeepLenseError(f"{flag} {path}: is a directory; give a file name")
+    if path.exists(): raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it")
+    d = path.absolute().parent
+    if not d.is_dir(): raise DeepLenseError(f"{flag} {path}: the directory {d} does not exist")
+    if not os.access(d, os.W_OK): raise DeepLenseError(f"{flag} {path}: the directory {d} is not writable")
+
 def cmd_predict(a) -> int:
-    "`deeplense predict`: one row per image with the prediction (and its standard deviation)."
+    "`deeplense predict`: one row per image (source, index, file, prediction and its std) of labelled or unlabelled inputs."
     from deeplense_fastai.core import get_device, atomic_write
-    from deeplense_fastai.learner import load_run, predict
+    from deeplense_fastai.learner import load_run, predict, input_size
+    from deeplense_fastai.data import open_source, check_pixels
     import pandas as pd
     device = get_device(a.device)
-    load_run(a.model)
-    for p in a.paths:
-        if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-    if a.out is not None and a.out.exists(): raise DeepLenseError(f"--out {a.out}: exists; refusing to overwrite it")
-    frames = []
-    for p in a.paths:
-        df = predict(a.model, p, bs=a.bs, tta=a.tta, device=device)
-        df.insert(0, 'source', str(p))
-        frames.append(df)
+    _, cfg = load_run(a.model)
+    if a.out is not None: _writable_file(a.out, '--out')
+    srcs = []
+    with contextlib.redirect_stdout(sys.stderr):         # progress bars and notices never mix with a CSV on stdout
+        for p in a.paths:                                # every input opened and checked before any prediction
+            if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
+            src = open_source(p, progress=True)
+            input_size(src.image_shape, cfg, p)
+            check_pixels(src)
+            srcs.append((p, src))
+        frames = []
+        for p, src in srcs:
+            df = predict(a.model, src, bs=a.bs, tta=a.tta, device=device, notice=lambda *_: None)
+            df.insert(0, 'source', str(p))
+            frames.append(df)
     out = pd.concat(frames, ignore_index=True)
     if a.out is None: print(out.to_csv(index=False), end='')
     else:
@@ -321,7 +385,8 @@ def main(argv:list[str]|None=None, # Arguments (default: sys.argv[1:])
         sys.stderr.write(f"deeplense {a.command}: error: {e}\n")
         return e.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("deeplense: interrupted (re-run the same command to resume)\n")
+        sys.stderr.write("deeplense: interrupted (a train run continues with the same command and --resume; "
+                         "simulate resumes with the same command)\n")
         return 130
 
 # %% ../nbs/07_cli.ipynb #b4bef67f

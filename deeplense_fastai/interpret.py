@@ -15,6 +15,11 @@ __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_m
            'plot_calibration', 'save_report_plots']
 
 # %% ../nbs/06_interpret.ipynb #7cd278f0
+def _r2(y, err) -> float:
+    "R^2, or NaN when it is undefined (fewer than two images, or all true values equal)."
+    ss = float(np.sum((y - y.mean())**2))
+    return float(1 - np.sum(err**2) / ss) if len(y) > 1 and ss > 0 else float('nan')
+
 def regression_report(y_true, # True values (N,) or (N, T)
                       y_pred, # Predicted means, same shape
                       y_std=None, # Predicted standard deviations (Gaussian NLL models), same shape
@@ -31,7 +36,7 @@ def regression_report(y_true, # True values (N,) or (N, T)
         err = pj - yj
         mse = float(np.mean(err**2))
         return dict(mae=float(np.mean(np.abs(err))), mse=mse, rmse=float(np.sqrt(mse)),
-                    r2=float(1 - np.sum(err**2) / max(np.sum((yj - yj.mean())**2), 1e-300)))
+                    r2=_r2(yj, err))
     out = {}
     for j, name in enumerate(names):
         m = metrics(y[:, j], p[:, j])

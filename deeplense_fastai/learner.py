@@ -99,7 +99,10 @@ def _decoded(pred, targ, cfg, j):
 
 def _mae(p, t): return (p - t).abs().mean()
 def _mse(p, t): return ((p - t)**2).mean()
-def _r2(p, t): return 1 - ((p - t)**2).sum() / ((t - t.mean())**2).sum().clamp_min(1e-30)
+def _r2(p, t):
+    "R^2; undefined (NaN) for fewer than two images or constant targets, instead of a huge meaningless number."
+    ss = ((t - t.mean())**2).sum()
+    return 1 - ((p - t)**2).sum() / ss if t.numel() > 1 and ss > 0 else torch.tensor(float('nan'))
 
 def regression_metrics(cfg:dict, # `dls.lens_config`
                        which=('mae', 'rmse', 'mse', 'r2'), # Metrics to compute

@@ -76,7 +76,7 @@ def test_predict_rows_and_no_overwrite(run_dir, data, tmp_path):
     (["train", "--loss", "l4"], "unknown loss"),
     (["train", "--opt", "ranger21", "--schedule", "one_cycle"], "goes with --opt ranger21"),
     (["train", "--epochs", "0"], "must be positive"),
-    (["evaluate", "--model", "/nonexistent", "--data", "."], "not a deeplense_fastai run directory"),
+    (["evaluate", "--model", "/nonexistent", "--data", "."], "no such run directory"),
 ])
 def test_train_errors_are_one_line(args, message, tmp_path):
     r = run(*args, check=False, cwd=tmp_path)
@@ -88,8 +88,8 @@ def test_train_errors_are_one_line(args, message, tmp_path):
 def test_data_specific_errors(run_dir, data, tmp_path):
     r = run("train", "--data", data / "train", "--target", "mass_of_the_sun", "--out", tmp_path / "x", check=False)
     assert r.returncode == 2 and "target column 'mass_of_the_sun' does not exist" in r.stderr
-    r = run("predict", "--model", run_dir, data / "big", check=False)
-    assert r.returncode == 2 and "images are 150x150 but the model" in r.stderr
+    r = run("predict", "--model", run_dir, data / "big")         # other sizes are resized as training does, with a notice
+    assert "images are 150x150, the model was trained on 64x64: resizing" in r.stderr and len(r.stdout.splitlines()) == 5
     r = run("train", "--data", data / "train", "--out", run_dir, check=False)
     assert r.returncode == 2 and "exists and is not empty" in r.stderr
 

@@ -1,0 +1,235 @@
+"""Every `deeplense` command on every input kind it accepts, run as a user runs it: a subprocess without a TTY,
+default flags (progress bars on), tiny sizes. What a command cannot take must exit 2 with one line naming it.
+
+The inputs are built here from their published layouts (not through the library's writers, except where the
+command under test is `simulate` itself): DeepLense per-file directories with class folders, where `no_sub`/`cdm`
+files hold a bare image array (as DeepLenseSim writes them) and axion files hold `[image, mass]`; the DeepLense
+2022 memmap pair; `.npy` + CSV; unlabelled stacks (N,H,W), (N,1,H,W), a single (H,W) image, a folder of `.npy`
+images; FITS files and a folder of them.
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+N_PIX = 64
+
+
+def run(*args, cwd=None, env=None):
+    "`deeplense ARGS` as a subprocess with no TTY and default flags."
+    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def refused(r, *words):
+    "Exit 2, one line on stderr that names what is wrong, no traceback."
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for w in words: assert w in lines[0], lines[0]
+
+
+def lens_like(rng, n, npix=N_PIX):
+    "Ring-like positive images with noise (enough structure for min-max scaling)."
+    y, x = np.mgrid[:npix, :npix] - (npix - 1) / 2
+    r = np.hypot(x, y)
+    ring = np.exp(-0.5 * ((r - npix / 4) / 1.5) ** 2)
+    return (ring[None] * rng.uniform(5, 20, (n, 1, 1)) + rng.normal(0, 0.3, (n, npix, npix))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("matrix")
+    e = dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"))
+    e.pop("PYTHONWARNINGS", None)
+    return root, e
+
+
+@pytest.fixture(scope="module")
+def inputs(env):
+    "Every input kind, written directly in its published layout."
+    root, _ = env
+    rng = np.random.default_rng(0)
+    d = {}
+    # DeepLense per-file layout: bare arrays for no_sub/cdm (DeepLenseSim), [image, mass] for axion
+    dl = root / "deeplense"
+    for cls in ("no_sub", "cdm", "axion"):
+        (dl / cls).mkdir(parents=True)
+    imgs = lens_like(rng, 60)
+    masses = 10 ** rng.uniform(-24, -22, 60)
+    for i in range(20):
+        np.save(dl / "no_sub" / f"no_sub_sim_{i}.npy", imgs[i].astype(np.float64))
+        np.save(dl / "cdm" / f"cdm_sim_{i}.npy", imgs[20 + i].astype(np.float64))
+    for i in range(40):
+        np.save(dl / "axion" / f"axion_sim_{i}.npy", np.array([imgs[20 + i].astype(np.float64), masses[i]], dtype=object),
+                allow_pickle=True)
+    d["deeplense"] = dl
+    # the DeepLense 2022 memmap pair (raw int16 images, float32 masses) with a shape sidecar
+    mm = root / "memmap"; mm.mkdir()
+    (np.clip(imgs[:40], 0, None) * 100).astype(np.int16).tofile(mm / "images_mmep.npy")
+    masses[:40].astype(np.float32).tofile(mm / "masses_mmep.npy")
+    (mm / "images_mmep.npy.json").write_text(json.dumps({"shape": [40, N_PIX, N_PIX], "dtype": "int16"}))
+    d["memmap"] = mm
+    # .npy + CSV
+    np.save(root / "mine.npy", imgs[:40])
+    pd.DataFrame({"log10_m_axion": np.log10(masses[:40])}).to_csv(root / "mine.csv", index=False)
+    d["npy_csv"] = root / "mine.npy"
+    # unlabelled inputs
+    np.save(root / "stack.npy", imgs[:5]); d["stack"] = root / "stack.npy"
+    np.save(root / "stack4.npy", imgs[:3, None]); d["stack4"] = root / "stack4.npy"
+    np.save(root / "single.npy", imgs[0]); d["single"] = root / "single.npy"
+    folder = root / "folder"; folder.mkdir()
+    for i in range(4): np.save(folder / f"lens_{i}.npy", imgs[i])
+    d["folder"] = folder
+    from astropy.io import fits
+    fits.PrimaryHDU(imgs[0]).writeto(root / "one.fits"); d["fits"] = root / "one.fits"
+    fits.PrimaryHDU(imgs[:3]).writeto(root / "cube.fits"); d["fits_cube"] = root / "cube.fits"
+    ff = root / "fits_folder"; ff.mkdir()
+    for i in range(3): fits.PrimaryHDU(imgs[i]).writeto(ff / f"lens_{i}.fits")
+    d["fits_folder"] = ff
+    return d
+
+
+@pytest.fixture(scope="module")
+def native(env):
+    "`deeplense simulate` with default flags: one part, two shards, and the DeepLense layout."
+    root, e = env
+    ok(run("simulate", "--n", 48, "--out", root / "native", env=e))
+    for s in ("0/2", "1/2"): ok(run("simulate", "--n", 48, "--shard", s, "--out", root / "shards", env=e))
+    r = ok(run("simulate", "--n", 12, "--format", "deeplense", "--classes", "no_sub,cdm,axion", "--out", root / "sim_dl", env=e))
+    assert "wrote" in r.stdout
+    return dict(native=root / "native", shards=root / "shards", sim_deeplense=root / "sim_dl")
+
+
+def test_simulate_outputs(native):
+    assert (native["native"] / "images.npy").exists() and (native["native"] / "manifest.json").exists()
+    assert len(list(native["shards"].glob("manifest*.json"))) == 2
+    assert {p.name for p in native["sim_deeplense"].iterdir()} >= {"axion", "cdm", "no_sub"}
+
+
+LABELLED = ["native", "shards", "sim_deeplense", "deeplense", "memmap", "npy_csv"]
+UNLABELLED = ["stack", "stack4", "single", "folder", "fits", "fits_cube", "fits_folder"]
+
+
+def path_of(kind, inputs, native):
+    return native[kind] if kind in native else inputs[kind]
+
+
+@pytest.mark.parametrize("kind", LABELLED + UNLABELLED)
+def test_info(kind, inputs, native, env):
+    r = ok(run("info", path_of(kind, inputs, native), env=env[1]))
+    assert "images of" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def model(env, native):
+    "A tiny model trained on the native set with default flags (progress bars on)."
+    root, e = env
+    r = ok(run("train", "--data", native["native"], "--arch", "xresnet_small", "--epochs", 1, "--bs", 8,
+               "--out", root / "run", env=e))
+    assert "MAE" in r.stdout and "baseline" in r.stdout
+    return root / "run"
+
+
+@pytest.mark.parametrize("kind", ["shards", "deeplense", "memmap", "npy_csv"])
+def test_train_on_every_labelled_kind(kind, inputs, native, env):
+    root, e = env
+    out = root / f"train_{kind}"
+    r = ok(run("train", "--data", path_of(kind, inputs, native), "--arch", "xresnet_small", "--epochs", 1, "--bs", 8,
+               "--out", out, env=e))
+    assert "test images" in r.stdout and (out / "weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["stack", "folder", "fits"])
+def test_train_refuses_unlabelled(kind, inputs, native, env):
+    root, e = env
+    refused(run("train", "--data", path_of(kind, inputs, native), "--out", root / f"no_{kind}", env=e), "no labels")
+    assert not (root / f"no_{kind}").exists()
+
+
+@pytest.mark.parametrize("kind", ["native", "shards", "sim_deeplense", "deeplense", "npy_csv"])
+def test_evaluate_on_labelled_kinds(kind, inputs, native, env, model, tmp_path):
+    r = ok(run("evaluate", "--model", model, "--data", path_of(kind, inputs, native), "--json", tmp_path / "m.json",
+               env=env[1]))
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["n"] > 0 and "MAE" in r.stdout
+
+
+def test_evaluate_refuses_unlabelled(inputs, env, model):
+    refused(run("evaluate", "--model", model, "--data", inputs["stack"], env=env[1]), "no labels")
+
+
+PREDICT_COUNTS = dict(native=48, shards=48, sim_deeplense=12, deeplense=80, npy_csv=40, memmap=40, stack=5, stack4=3,
+                      single=1, folder=4, fits=1, fits_cube=3, fits_folder=3)
+
+
+def test_predict_every_kind_to_stdout(inputs, native, env, model):
+    "One `deeplense predict` over every input kind at once: the CSV on stdout has one row per image of each."
+    paths = {k: path_of(k, inputs, native) for k in PREDICT_COUNTS}
+    r = ok(run("predict", "--model", model, *paths.values(), env=env[1]))
+    df = pd.read_csv(io.StringIO(r.stdout))               # stdout is the CSV and nothing else
+    assert {"source", "index", "pred_log10_m_axion"} <= set(df.columns)
+    assert df["pred_log10_m_axion"].notna().all()
+    counts = df.groupby("source").size()
+    for k, p in paths.items():
+        assert counts[str(p)] == PREDICT_COUNTS[k], k
+    for k in ("folder", "deeplense", "fits_folder"):
+        assert df.loc[df["source"] == str(paths[k]), "file"].notna().all()
+
+
+def test_predict_several_inputs_to_file_and_resize_notice(inputs, native, env, model, tmp_path):
+    big = tmp_path / "small.npy"
+    np.save(big, np.load(inputs["stack"])[:, ::2, ::2])                                     # 32x32 images
+    r = ok(run("predict", "--model", model, inputs["stack"], big, "--out", tmp_path / "p.csv", env=env[1]))
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert len(df) == 10 and set(df["source"]) == {str(inputs["stack"]), str(big)}
+    assert "resizing" in r.stderr and "32x32" in r.stderr
+
+
+def test_predict_refuses_bad_images(inputs, env, model, tmp_path):
+    nan = tmp_path / "nan.npy"; a = np.load(inputs["stack"]); a[2, 3, 3] = np.nan; np.save(nan, a)
+    refused(run("predict", "--model", model, nan, env=env[1]), "index 2", "NaN")
+    cplx = tmp_path / "c.npy"; np.save(cplx, np.load(inputs["stack"]) + 1j)
+    refused(run("predict", "--model", model, cplx, env=env[1]), "complex")
+    junk = tmp_path / "junk.npy"; junk.write_bytes(os.urandom(300))
+    r = run("predict", "--model", model, junk, env=env[1])
+    refused(r, "junk.npy", "no NumPy header"); assert "pickle" not in r.stderr
+    refused(run("predict", "--model", model, inputs["stack"], "--out", tmp_path, env=env[1]), "is a directory")
+
+
+def test_bad_run_directories(env, model, inputs, tmp_path):
+    import shutil
+    for change, words in [(lambda c: c.pop("arch"), ("missing the key 'arch'",)),
+                          (lambda c: c.update(arch="vgg99"), ("unknown architecture",))]:
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(model, bad)
+        cfg = json.loads((bad / "config.json").read_text()); change(cfg)
+        (bad / "config.json").write_text(json.dumps(cfg))
+        refused(run("predict", "--model", bad, inputs["stack"], env=env[1]), "config.json", *words)
+
+
+def test_simulate_refuses_more_than_the_disk_holds(env):
+    root, e = env
+    r = run("simulate", "--n", 100_000_000_000, "--out", root / "huge", env=e)
+    refused(r, "GB free")
+    assert not (root / "huge").exists()
+
+
+def test_fine_tune_from_a_run(env, model, inputs):
+    root, e = env
+    out = root / "ft"
+    r = ok(run("train", "--data", inputs["deeplense"], "--init", model, "--freeze-epochs", 1, "--arch", "xresnet_small",
+               "--epochs", 1, "--bs", 8, "--out", out, env=e))
+    assert json.loads((out / "config.json").read_text())["init"] == str(model)
+    refused(run("train", "--data", inputs["deeplense"], "--init", model, "--out", root / "ft2", env=e), "its arch is")
