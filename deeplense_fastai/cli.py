@@ -187,10 +187,11 @@ def _wait_for(path:Path, timeout:float=3600.):
 def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
     "Train and test sets simulated once into the cache (verified, not rewritten, on later runs)."
     from deeplense_fastai.core import cache_dir
-    from deeplense_fastai.simulate import write_dataset
+    from deeplense_fastai.simulate import write_dataset, get_preset
     n_test = max(1000, n // 6)
-    train = cache_dir('sims')/f'{preset}-n{n}-seed{seed}'
-    test = cache_dir('sims')/f'{preset}-n{n_test}-seed{seed + 10_000}'
+    recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]   # a changed preset gets a new cache
+    train = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
+    test = cache_dir('sims')/f'{preset}-{recipe}-n{n_test}-seed{seed + 10_000}'
     for path, nn, s in ((train, n, seed), (test, n_test, seed + 10_000)):
         if _is_rank0(): write_dataset(path, preset, nn, s, progress=False, log=lambda *a: None, device=device)
         else: _wait_for(path/'manifest.json')

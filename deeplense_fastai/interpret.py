@@ -12,7 +12,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
-           'plot_calibration', 'save_report_plots']
+           'plot_calibration', 'save_report_plots', 'show_predictions', 'plot_worst']
 
 # %% ../nbs/06_interpret.ipynb #7cd278f0
 def _r2(y, err) -> float:
@@ -133,3 +133,43 @@ def save_report_plots(run_dir, y_true, y_pred, y_std=None, name:str='target', ba
         fig.savefig(p, dpi=110); plt.close(fig)
         paths.append(p)
     return paths
+
+# %% ../nbs/06_interpret.ipynb #1ce54a5d
+def show_predictions(images, # Images (N, H, W) or (N, 1, H, W)
+                     y_true, # True values (N,) or (N, T); None for unlabelled images
+                     y_pred, # Predicted values, (N,) or (N, T)
+                     y_std=None, # Predicted standard deviations, same shape, or None
+                     names=('log10_m_axion',), # Target names (for labels and formatting)
+                     idx=None, # Which images to draw (default: the first `n`)
+                     n:int=9, # How many
+                     ncols:int=3, # Columns of the grid
+                     cmap:str='magma', # Colour map
+                     size:float=2.6, # Inches per panel
+                    ):
+    "A grid of images titled with the true value, the prediction and its standard deviation."
+    import matplotlib.pyplot as plt
+    from deeplense_fastai.data import _TITLES
+    imgs = np.asarray(images).reshape(len(images), *np.shape(images)[-2:])
+    col = lambda a: None if a is None else np.asarray(a, dtype=np.float64).reshape(len(imgs), -1)
+    y, p, s = col(y_true), col(y_pred), col(y_std)
+    idx = list(range(min(n, len(imgs)))) if idx is None else list(idx)
+    nrows = -(-len(idx) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.12), squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    for ax, i in zip(axs.flat, idx):
+        ax.imshow(imgs[i], cmap=cmap, origin='lower')
+        lines = []
+        for j, name in enumerate(names):
+            label, fmt = _TITLES.get(name, (name, '{:.4g}'))
+            line = f"{label}: " + ('' if y is None else f"true {fmt.format(y[i, j])}, ") + f"pred {fmt.format(p[i, j])}"
+            if s is not None: line += " ± " + fmt.format(s[i, j])
+            lines.append(line)
+        ax.set_title('\n'.join(lines), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+def plot_worst(images, y_true, y_pred, y_std=None, names=('log10_m_axion',), k:int=9, **kwargs):
+    "The `k` images with the largest absolute error (first target), worst first, as `show_predictions` draws them."
+    err = np.abs(np.asarray(y_pred, dtype=np.float64).reshape(len(images), -1)[:, 0]
+                 - np.asarray(y_true, dtype=np.float64).reshape(len(images), -1)[:, 0])
+    return show_predictions(images, y_true, y_pred, y_std, names, idx=np.argsort(-err)[:k], **kwargs)

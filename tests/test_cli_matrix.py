@@ -233,3 +233,10 @@ def test_fine_tune_from_a_run(env, model, inputs):
                "--epochs", 1, "--bs", 8, "--out", out, env=e))
     assert json.loads((out / "config.json").read_text())["init"] == str(model)
     refused(run("train", "--data", inputs["deeplense"], "--init", model, "--out", root / "ft2", env=e), "its arch is")
+
+
+def test_fits_without_astropy_names_the_extra(inputs, monkeypatch):
+    from deeplense_fastai.core import DeepLenseError
+    from deeplense_fastai.data import read_fits
+    for m in ("astropy", "astropy.io", "astropy.io.fits"): monkeypatch.setitem(sys.modules, m, None)
+    with pytest.raises(DeepLenseError, match=r'pip install "deeplense_fastai\[fits\]"'): read_fits(inputs["fits"])

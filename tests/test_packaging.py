@@ -48,3 +48,10 @@ def test_every_exported_public_name_has_a_docstring():
             if callable(obj) and not (getattr(obj, "__doc__", None) or "").strip():
                 missing.append(f"{m}.{name}")
     assert not missing, f"no docstring: {missing}"
+
+
+def test_fits_extra_is_declared():
+    from importlib.metadata import requires
+    s = settings()
+    fits = [r for r in requires(s["lib_name"]) if 'extra == "fits"' in r]
+    assert any(r.lower().startswith("astropy") for r in fits), fits
