@@ -1,0 +1,209 @@
+"""Online simulation against a fixed training set at equal wall-clock time (ResNet18, Model II), and the simulation's
+share of a training step at 64x64 and 150x150.
+
+    OMP_NUM_THREADS=1 python bench/online.py --minutes 6 --json bench/results/online.json
+    python bench/online.py --smoke                  # a few seconds per run: checks that the script works
+
+Protocol (the data of bench/accuracy.py --small): 8,000 Model II training images of seed 0, 10% of them held out for
+validation; 2,000 test images of seed 99 (both written once into the cache). The fixed run trains on the 7,200 fixed
+images (lens_dataloaders); the online run on images simulated as needed (online_dataloaders, epochs of the same size,
+never an image twice). Both: ResNet18, Ranger, one-cycle at 3e-3 whose schedule follows the wall clock (the learning
+rate at time t is the one-cycle value at t / budget), bs 64, per-image min-max, the square's symmetries, the same
+800 validation images, stopped when the budget is spent (the epoch in progress is cut short and validated); the final
+weights are scored on the 2,000 test images. The simulation's share is the time spent inside OnlineSim (rendering,
+noise, labels) divided by the training phase's time, simulating in the main process (num_workers=0).
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def versions():
+    import fastai, deeplense_fastai
+    return dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__, numpy=np.__version__,
+                deeplense_fastai=deeplense_fastai.__version__)
+
+
+def machine():
+    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+                load_average_at_start=list(os.getloadavg()))
+
+
+def make_callbacks():
+    from fastai.callback.core import Callback, CancelTrainException, CancelFitException
+
+    class TimeBudget(Callback):
+        "One-cycle by the clock: pct_train = elapsed / budget; stop when the budget is spent. Times the training phases."
+        order = 55                                     # after TrainEvalCallback, before ParamScheduler (60)
+
+        def __init__(self, budget): self.budget = budget
+
+        def before_fit(self): self.t0, self.train_s, self.images, self.curve = time.perf_counter(), 0., 0, []
+
+        def elapsed(self): return time.perf_counter() - self.t0
+
+        def before_train(self): self.tt = time.perf_counter()
+
+        def after_train(self): self.train_s += time.perf_counter() - self.tt
+
+        def before_batch(self):
+            if self.training:
+                self.learn.pct_train = min(self.elapsed() / self.budget, 0.999)
+                if self.elapsed() >= self.budget: raise CancelTrainException
+
+        def after_batch(self):
+            if self.training: self.images += len(self.yb[0])
+
+        def after_epoch(self):
+            vals = self.recorder.values[-1] if self.recorder.values else []
+            names = self.recorder.metric_names[1:-1]       # a cut-short epoch has no train_loss: align from the right
+            self.curve.append(dict(epoch=self.epoch, seconds=round(self.elapsed(), 1), images=self.images,
+                                   **{n: float(v) for n, v in zip(names[len(names) - len(vals):], vals)}))
+            if self.elapsed() >= self.budget: raise CancelFitException
+
+    return TimeBudget
+
+
+def score(learn, test, device):
+    from deeplense_fastai.learner import predict_batches, _normalise
+    from deeplense_fastai.interpret import regression_report
+    cfg = learn.lens_config
+
+    def batches():
+        for s in range(0, len(test), 256):
+            x = torch.from_numpy(np.stack([test.image(i) for i in range(s, min(s + 256, len(test)))])).to(device)
+            yield _normalise(x, cfg)
+    mu, _, _ = predict_batches(learn.model, batches(), cfg)
+    y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
+    keep = np.isfinite(y).all(1)
+    rep = regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])
+    return {k: float(rep[k]) for k in ("mae", "rmse", "r2", "mse", "baseline_mae")}
+
+
+def train_run(mode, dls, arch, budget, lr, test, device, path):
+    from deeplense_fastai.core import set_seed
+    from deeplense_fastai.learner import regression_learner
+    TimeBudget = make_callbacks()
+    set_seed(0)
+    learn = regression_learner(dls, arch, path=path)
+    tb = TimeBudget(budget)
+    t0 = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(10_000, lr, cbs=[tb])
+    seconds = time.perf_counter() - t0
+    row = dict(mode=mode, arch=arch, seconds=round(seconds, 1), train_seconds=round(tb.train_s, 1), images_seen=tb.images,
+               train_img_per_s=round(tb.images / tb.train_s, 1), epochs_started=len(tb.curve),
+               distinct_images=tb.images if mode == "online" else min(tb.images, dls.lens_config["n_train"]),
+               n_train=dls.lens_config["n_train"], n_valid=dls.lens_config["n_valid"], curve=tb.curve, test=score(learn, test, device))
+    sim = getattr(dls.train, "sim", None)
+    if sim is not None:
+        row.update(sim_seconds=round(sim.seconds, 2), sim_images=sim.images, sim_share=round(sim.seconds / tb.train_s, 4))
+    return row
+
+
+def sim_share(preset, arch, n_batches, bs, device, path):
+    "Simulation's share of ResNet18 training steps on online batches (first batch excluded as warm-up)."
+    from fastai.callback.core import Callback, CancelFitException
+    from deeplense_fastai.learner import regression_learner
+    from deeplense_fastai.online import online_dataloaders
+    from deeplense_fastai.core import set_seed
+    set_seed(0)
+    dls = online_dataloaders(preset, epoch_size=(n_batches + 1) * bs, bs=bs, valid=bs, device=device)
+    sim = dls.train.sim
+
+    class Clock(Callback):
+        "From the end of the first (warm-up) batch to the end of the training phase: batches 1..n, simulation included."
+        order = 55
+
+        def after_batch(self):
+            if self.training and self.iter == 0: self.t0, self.s0, self.n0 = time.perf_counter(), sim.seconds, sim.images
+
+        def after_train(self):
+            self.t1 = time.perf_counter()
+            raise CancelFitException
+    clock = Clock()
+    learn = regression_learner(dls, arch, path=path)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3, cbs=[clock])
+    total = clock.t1 - clock.t0
+    sim_s = sim.seconds - clock.s0
+    imgs = sim.images - clock.n0
+    p = dls.lens_config["image_shape"]
+    return dict(preset=getattr(preset, "name", preset), image_px=p[0], arch=arch, bs=bs, batches=n_batches, sim_seconds=round(sim_s, 2),
+                step_seconds=round(total, 2), sim_share=round(sim_s / total, 4), sim_img_per_s=round(imgs / sim_s, 1),
+                train_img_per_s=round(n_batches * bs / total, 1))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=6., help="wall-clock budget of each run")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--bs", type=int, default=64)
+    ap.add_argument("--share-batches", type=int, default=6, help="training steps timed for the 150x150 share")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: fixed, online, share")
+    ap.add_argument("--smoke", action="store_true", help="tiny data and budget: checks that the script runs")
+    ap.add_argument("--json", default=None, help="write the results here (e.g. bench/results/online.json)")
+    a = ap.parse_args()
+    import warnings; warnings.filterwarnings("ignore")
+    from deeplense_fastai.core import cache_dir
+    from deeplense_fastai.simulate import write_dataset, get_preset
+    from deeplense_fastai.data import lens_dataloaders, open_source
+    from deeplense_fastai.online import online_dataloaders
+    device = torch.device("cpu")
+    n_train, n_test = (256, 64) if a.smoke else (8000, 2000)
+    budget = 10. if a.smoke else a.minutes * 60
+    skip = set(filter(None, a.skip.split(",")))
+    train_dir = cache_dir("bench") / f"model_ii-n{n_train}-seed0"
+    test_dir = cache_dir("bench") / f"model_ii-n{n_test}-seed99"
+    write_dataset(train_dir, "model_ii", n_train, 0, progress=False, log=lambda *x: None)
+    write_dataset(test_dir, "model_ii", n_test, 99, progress=False, log=lambda *x: None)
+    test = open_source(test_dir)
+    out = dict(command=" ".join([Path(sys.executable).name] + sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               machine=machine(), versions=versions(), budget_seconds=budget, arch=a.arch, bs=a.bs, lr=a.lr,
+               protocol=__doc__.split("Protocol")[1].strip() if "Protocol" in __doc__ else "", runs=[])
+    runs = Path(cache_dir("bench", "runs"))
+    fixed = lens_dataloaders(train_dir, bs=a.bs, seed=0, device=device)
+    valid = open_source(train_dir).subset(np.sort(np.asarray(fixed.valid.items)))
+    print(f"# budget {budget / 60:.1f} min per run; {a.arch}; {torch.get_num_threads()} torch threads; torch {torch.__version__}", flush=True)
+    if "fixed" not in skip:
+        r = train_run("fixed", fixed, a.arch, budget, a.lr, test, device, runs / "online-bench-fixed")
+        out["runs"].append(r)
+        print(f"fixed : test MAE {r['test']['mae']:.4f}  {r['images_seen']} images seen ({r['distinct_images']} distinct), "
+              f"{r['epochs_started']} epochs, {r['train_img_per_s']:.0f} img/s", flush=True)
+    if "online" not in skip:
+        dls = online_dataloaders("model_ii", epoch_size=fixed.lens_config["n_train"], bs=a.bs, valid=valid, seed=0, device=device)
+        r = train_run("online", dls, a.arch, budget, a.lr, test, device, runs / "online-bench-online")
+        out["runs"].append(r)
+        print(f"online: test MAE {r['test']['mae']:.4f}  {r['images_seen']} images seen (all distinct), {r['epochs_started']} epochs, "
+              f"{r['train_img_per_s']:.0f} img/s, simulation {r['sim_share']:.1%} of the training time", flush=True)
+    by = {r["mode"]: r for r in out["runs"]}
+    if len(by) == 2:
+        out["mae_ratio_online_over_fixed"] = round(by["online"]["test"]["mae"] / by["fixed"]["test"]["mae"], 4)
+        print(f"online / fixed test MAE: {out['mae_ratio_online_over_fixed']:.3f} (target <= 0.85)", flush=True)
+    if "share" not in skip:
+        nb = 2 if a.smoke else a.share_batches
+        out["share"] = []
+        for preset in ("model_ii", "model_i"):
+            s = sim_share(preset, a.arch, nb, a.bs, device, runs / "online-bench-share")
+            out["share"].append(s)
+            target = 0.15 if s["image_px"] <= 64 else 0.30
+            print(f"share {preset} ({s['image_px']}px): simulation {s['sim_share']:.1%} of a training step (target <= {target:.0%}); "
+                  f"sim {s['sim_img_per_s']:.0f} img/s, training {s['train_img_per_s']:.1f} img/s", flush=True)
+    out["targets"] = dict(mae_ratio="<= 0.85", sim_share_64px="<= 0.15", sim_share_150px="<= 0.30")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1))
+        print(f"written {a.json}")
+
+
+if __name__ == "__main__":
+    main()
