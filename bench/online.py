@@ -2,6 +2,7 @@
 share of a training step at 64x64 and 150x150.
 
     OMP_NUM_THREADS=1 python bench/online.py --minutes 6 --json bench/results/online.json
+    OMP_NUM_THREADS=1 python bench/online.py --gap 1024 --gap-epochs 20 --json bench/results/online.json
     python bench/online.py --smoke                  # a few seconds per run: checks that the script works
 
 Protocol (the data of bench/accuracy.py --small): 8,000 Model II training images of seed 0, 10% of them held out for
@@ -12,6 +13,11 @@ rate at time t is the one-cycle value at t / budget), bs 64, per-image min-max, 
 800 validation images, stopped when the budget is spent (the epoch in progress is cut short and validated); the final
 weights are scored on the 2,000 test images. The simulation's share is the time spent inside OnlineSim (rendering,
 noise, labels) divided by the training phase's time, simulating in the main process (num_workers=0).
+
+--gap N: the generalisation gap instead, at equal steps: ResNet18 on N fixed training images (of the same 8,000) for
+--gap-epochs epochs, against the same number of epochs of N new images each, one-cycle at 3e-3, the same 800 validation
+images; per-epoch training and validation losses and the final test MAE are merged into the JSON file under
+"gap" -> "N" (with their own command, date and machine), leaving the equal-time results in it untouched.
 """
 import argparse
 import json
@@ -142,6 +148,31 @@ def sim_share(preset, arch, n_batches, bs, device, path):
                 train_img_per_s=round(n_batches * bs / total, 1))
 
 
+def gap_runs(src, valid, n_fixed, epochs, arch, bs, lr, test, device, path):
+    "Fixed N images for E epochs against E epochs of N new images: per-epoch losses and the final test scores."
+    from deeplense_fastai.core import set_seed
+    from deeplense_fastai.data import lens_dataloaders
+    from deeplense_fastai.learner import regression_learner, fit
+    from deeplense_fastai.online import online_dataloaders, OnlineEpoch
+    rows = []
+    for mode in ("fixed", "online"):
+        set_seed(0)
+        if mode == "fixed": dls = lens_dataloaders(src.subset(np.arange(n_fixed)), bs=bs, valid=valid, seed=0, device=device)
+        else: dls = online_dataloaders("model_ii", epoch_size=n_fixed, bs=bs, valid=valid, seed=0, device=device)
+        learn = regression_learner(dls, arch, path=path / mode, cbs=[OnlineEpoch()])
+        t0 = time.perf_counter()
+        with learn.no_bar(), learn.no_logging():
+            fit(learn, epochs, lr, log=None, checkpoint=False, save_best=False)
+        names = learn.recorder.metric_names[1:-1]
+        curve = [dict(epoch=i, **{n: float(v) for n, v in zip(names, vals)}) for i, vals in enumerate(learn.recorder.values)]
+        rows.append(dict(mode=mode, arch=arch, n_train_per_epoch=dls.lens_config["n_train"], epochs=epochs,
+                         distinct_images=dls.lens_config["n_train"] * (epochs if mode == "online" else 1),
+                         seconds=round(time.perf_counter() - t0, 1), curve=curve, test=score(learn, test, device)))
+        print(f"gap {mode}: final train loss {curve[-1]['train_loss']:.3f}, valid loss {curve[-1]['valid_loss']:.3f}, "
+              f"test MAE {rows[-1]['test']['mae']:.4f}", flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=6., help="wall-clock budget of each run")
@@ -150,6 +181,8 @@ def main():
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--share-batches", type=int, default=6, help="training steps timed for the 150x150 share")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: fixed, online, share")
+    ap.add_argument("--gap", type=int, default=None, help="run the generalisation-gap comparison on this many fixed images")
+    ap.add_argument("--gap-epochs", type=int, default=20)
     ap.add_argument("--smoke", action="store_true", help="tiny data and budget: checks that the script runs")
     ap.add_argument("--json", default=None, help="write the results here (e.g. bench/results/online.json)")
     a = ap.parse_args()
@@ -173,6 +206,22 @@ def main():
     runs = Path(cache_dir("bench", "runs"))
     fixed = lens_dataloaders(train_dir, bs=a.bs, seed=0, device=device)
     valid = open_source(train_dir).subset(np.sort(np.asarray(fixed.valid.items)))
+    if a.gap:
+        n_fixed = min(a.gap, 64) if a.smoke else a.gap
+        epochs = 2 if a.smoke else a.gap_epochs
+        train_src = open_source(train_dir)
+        keep = np.setdiff1d(np.arange(len(train_src)), np.asarray(fixed.valid.items))[:n_fixed]
+        gap = dict(command=out["command"], date=out["date"], machine=machine(), versions=versions(), n_fixed=n_fixed,
+                   epochs=epochs, arch=a.arch, bs=a.bs, lr=a.lr,
+                   runs=gap_runs(train_src.subset(keep), valid, n_fixed, epochs, a.arch, a.bs, a.lr, test, device, runs / "online-bench-gap"))
+        if a.json:
+            path = Path(a.json)
+            old = json.loads(path.read_text()) if path.exists() else {}
+            old.setdefault("gap", {})[str(n_fixed)] = gap       # one entry per fixed-set size
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(old, indent=1))
+            print(f"written {a.json} (key gap.{n_fixed})")
+        return
     print(f"# budget {budget / 60:.1f} min per run; {a.arch}; {torch.get_num_threads()} torch threads; torch {torch.__version__}", flush=True)
     if "fixed" not in skip:
         r = train_run("fixed", fixed, a.arch, budget, a.lr, test, device, runs / "online-bench-fixed")
