@@ -135,3 +135,17 @@ def test_learner_trains_and_exports(tmp_path):
     assert (run / "model.pkl").stat().st_size < 4 * (run / "weights.safetensors").stat().st_size + 2**20   # no images inside
     pred = predict(run, dls.valid.dataset.src)
     assert len(pred) == 64 and pred["pred_log10_m_axion"].between(-26, -20).all()
+
+
+def test_gpu_bench_smoke_on_cpu(tmp_path):
+    "bench/gpu.py --smoke runs on a CPU and writes its JSON (simulation rates, training rates and shares)."
+    out = tmp_path / "gpu.json"
+    bench = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+    r = subprocess.run([sys.executable, str(bench), "--smoke", "--device", "cpu", "--json", str(out)], capture_output=True,
+                       text=True, env=dict(ENV, TMPDIR=str(tmp_path)), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {s["image_px"] for s in res["simulation"]} == {64, 150} and all(s["img_per_s"] > 0 for s in res["simulation"])
+    assert [t["arch"] for t in res["training"]] == ["resnet18", "attention_unet_small"] * 2
+    assert all(0 < t["sim_share"] < 1 and t["train_img_per_s"] > 0 for t in res["training"])
+    assert res["smoke"] and res["device"] and res["versions"]["torch"] == torch.__version__
