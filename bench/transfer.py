@@ -3,9 +3,10 @@ and compare with training from scratch on the same files, all scored on the same
 
     python bench/transfer.py [--pretrain 4000] [--files 400] [--test 600] [--epochs 8] [--json bench/results/transfer.json]
 
-Model II as DeepLense stored it: noiseless (DeepLenseSim wrote `model + model`, see REFERENCES.md), 64x64, axion
-class only (the only class with a mass). The "user's files" are written by the simulator in the DeepLense per-file
-layout with other seeds than the pretraining set. Recipe: xresnet_small, Ranger, one-cycle; fine-tuning starts from
+Pretraining: Model II as DeepLense stored it, noiseless (DeepLenseSim wrote `model + model`, see REFERENCES.md),
+64x64, axion class only (the only class with a mass). The "user's files" are written by the simulator in the
+DeepLense per-file layout with other seeds, in two scenarios: noiseless like the pretraining set, and with Model
+II's noise (a shift the pretrained model never saw). Recipe: xresnet_small, Ranger, one-cycle; fine-tuning starts from
 the pretrained run (`init=`), trains the head alone for one epoch (`freeze_epochs=1`), then the whole network at a
 third of the learning rate. Scratch uses the same epochs and the full learning rate. Results (per-epoch validation
 MAE, final test MAE/RMSE/R^2 beside the constant-mean baseline) go to a JSON file with machine, versions, command and date.
@@ -60,31 +61,37 @@ def main():
     root = cache_dir("bench_transfer")
     pre, files, test = root / f"pre-n{a.pretrain}", root / f"files-n{a.files}", root / f"test-n{a.test}"
     write_dataset(pre, "model_ii", n=a.pretrain, seed=0, noise=False, progress=False)
-    write_dataset(files, "model_ii", n=a.files, seed=101, fmt="deeplense", classes=("axion",), noise=False, progress=False)
-    write_dataset(test, "model_ii", n=a.test, seed=202, fmt="deeplense", classes=("axion",), noise=False, progress=False)
-    test_src = open_source(test, progress=False)
-    y = test_src.labels["log10_m_axion"].to_numpy()
     out = dict(command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads()),
-               versions=versions(), settings=vars(a), runs={})
+               versions=versions(), settings=vars(a), scenarios={})
     work = Path(tempfile.mkdtemp())
     set_seed(0)
-    learn, curve, secs = train(pre, a.epochs, a.lr, work / "pre")
+    learn, pre_curve, pre_secs = train(pre, a.epochs, a.lr, work / "pre")
     export_run(learn, work / "pre_run", pickle=False)
-    runs = {"pretrained only (zero-shot)": (work / "pre_run", curve, secs)}
-    set_seed(0)
-    learn, curve, secs = train(files, a.epochs, a.lr, work / "scratch")
-    export_run(learn, work / "scratch_run", pickle=False)
-    runs["from scratch on the files"] = (work / "scratch_run", curve, secs)
-    set_seed(0)
-    learn, curve, secs = train(files, a.epochs, a.lr / 3, work / "ft", init=work / "pre_run", freeze=1)
-    export_run(learn, work / "ft_run", pickle=False)
-    runs["pretrained, fine-tuned on the files"] = (work / "ft_run", curve, secs)
-    for name, (run, curve, secs) in runs.items():
-        mu = predict(run, test_src, notice=lambda *_: None)["pred_log10_m_axion"].to_numpy()
-        rep = regression_report(y, mu)
-        out["runs"][name] = dict(valid_mae_per_epoch=curve, train_seconds=round(secs, 1), test=rep)
-        print(f"{name:40s} test MAE {rep['mae']:.3f} (baseline {rep['baseline_mae']:.3f})  R^2 {rep['r2']:.3f}  {secs:.0f} s")
+    # two kinds of "your files": the same recipe as the pretraining set (noiseless, as DeepLense stored Model II),
+    # and the same lenses observed with Model II's noise, a shift the pretrained model has never seen
+    for scenario, noise in (("files like the simulations (noiseless)", False), ("noisy files (a shift from the simulations)", True)):
+        tag = "noisy" if noise else "clean"
+        files, test = root / f"files-{tag}-n{a.files}", root / f"test-{tag}-n{a.test}"
+        write_dataset(files, "model_ii", n=a.files, seed=101, fmt="deeplense", classes=("axion",), noise=noise, progress=False)
+        write_dataset(test, "model_ii", n=a.test, seed=202, fmt="deeplense", classes=("axion",), noise=noise, progress=False)
+        test_src = open_source(test, progress=False)
+        y = test_src.labels["log10_m_axion"].to_numpy()
+        runs = {"pretrained only (zero-shot)": (work / "pre_run", pre_curve, pre_secs)}
+        set_seed(0)
+        learn, curve, secs = train(files, a.epochs, a.lr, work / f"scratch-{tag}")
+        export_run(learn, work / f"scratch_run-{tag}", pickle=False)
+        runs["from scratch on the files"] = (work / f"scratch_run-{tag}", curve, secs)
+        set_seed(0)
+        learn, curve, secs = train(files, a.epochs, a.lr / 3, work / f"ft-{tag}", init=work / "pre_run", freeze=1)
+        export_run(learn, work / f"ft_run-{tag}", pickle=False)
+        runs["pretrained, fine-tuned on the files"] = (work / f"ft_run-{tag}", curve, secs)
+        out["scenarios"][scenario] = {}
+        for name, (run, curve, secs) in runs.items():
+            mu = predict(run, test_src, notice=lambda *_: None)["pred_log10_m_axion"].to_numpy()
+            rep = regression_report(y, mu)
+            out["scenarios"][scenario][name] = dict(valid_mae_per_epoch=curve, train_seconds=round(secs, 1), test=rep)
+            print(f"{scenario[:20]:20s} {name:38s} test MAE {rep['mae']:.3f} (baseline {rep['baseline_mae']:.3f})  R^2 {rep['r2']:.3f}  {secs:.0f} s")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.json}")

@@ -34,6 +34,16 @@ def _positive(text:str) -> int:
     if v <= 0: raise argparse.ArgumentTypeError(f"must be positive, got {v}")
     return v
 
+def _seed(text:str) -> int:
+    try: v = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= v < 2**63: raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2**63, got {v}")
+    return v
+
+def _path(text:str) -> Path:
+    if not text.strip(): raise argparse.ArgumentTypeError("an empty path; name a directory")
+    return Path(text)
+
 def _classes(text:str) -> tuple[str, ...]:
     names = tuple(c.strip() for c in text.split(',') if c.strip())
     bad = [c for c in names if c not in ('no_sub', 'cdm', 'axion')]
@@ -52,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description='Simulate a DeepLense-style dataset (see `deeplense presets`).')
     s.add_argument('--preset', default='model_ii', help='preset name (default: model_ii)')
     s.add_argument('--n', type=_positive, required=True, help='number of images in the whole dataset')
-    s.add_argument('--seed', type=int, default=0, help='dataset seed (default: 0)')
-    s.add_argument('--out', required=True, type=Path, help='output directory')
+    s.add_argument('--seed', type=_seed, default=0, help='dataset seed (default: 0)')
+    s.add_argument('--out', required=True, type=_path, help='output directory')
     s.add_argument('--classes', type=_classes, default=None, help="comma-separated classes, e.g. no_sub,cdm,axion "
                    "(equal numbers of each; default: the preset's)")
     s.add_argument('--format', dest='fmt', choices=['native', 'deeplense'], default='native',
@@ -82,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--bs', type=_positive, default=64)
     t.add_argument('--lr', type=float, default=3e-3)
     t.add_argument('--size', type=_positive, default=None, help='resize images to SIZE x SIZE')
-    t.add_argument('--seed', type=int, default=0)
+    t.add_argument('--seed', type=_seed, default=0)
     t.add_argument('--norm', choices=['minmax', 'meanstd'], default='minmax')
     t.add_argument('--no-augment', action='store_true', help='no random symmetries of the square')
     t.add_argument('--early-stopping', type=_positive, default=None, metavar='EPOCHS')
-    t.add_argument('--out', type=Path, default=None, help='run directory (default runs/<timestamp>)')
+    t.add_argument('--out', type=_path, default=None, help='run directory (default runs/<timestamp>)')
     t.add_argument('--resume', action='store_true', help='continue an interrupted run in --out')
     t.add_argument('--init', type=Path, default=None, metavar='RUN', help="start from a trained run's weights (same arch and targets)")
     t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init: train only the head for N epochs first')
@@ -224,6 +234,9 @@ def _check_train_args(a):
         get_preset(a.preset or 'model_ii')
     elif a.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
     if a.out is None: a.out = Path('runs')/time.strftime('%Y%m%d-%H%M%S')
+    if a.out.exists() and not a.out.is_dir(): raise DeepLenseError(f"--out {a.out}: exists and is not a directory")
+    parent = next(p for p in [a.out.absolute(), *a.out.absolute().parents] if p.exists())
+    if not os.access(parent, os.W_OK): raise DeepLenseError(f"--out {a.out}: {parent} is not writable")
     if a.resume and not (a.out/'models'/'checkpoint.json').exists():
         raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models")
     if not a.resume and a.out.exists() and any(a.out.iterdir()):
@@ -256,6 +269,12 @@ def cmd_train(a) -> int:
     dls = lens_dataloaders(train, a.target, bs=a.bs, valid_pct=0.1, seed=a.seed, norm=a.norm, augment=not a.no_augment,
                            size=a.size, num_workers=a.workers, device=device)
     test = open_source(test_path) if test_path is not None else test_src
+    if test_path is not None:                    # the test set is checked before training, not after
+        from deeplense_fastai.data import resolve_targets, check_source
+        check_source(test, resolve_targets(test, dls.lens_config['targets']))
+        if test.image_shape != train.image_shape and not a.size:
+            raise DeepLenseError(f"--test {test_path}: images are {test.image_shape[0]}x{test.image_shape[1]}, the training "
+                                 f"images {train.image_shape[0]}x{train.image_shape[1]} (give --size to train and test at one size)")
     learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
@@ -297,8 +316,9 @@ def _print_report(rep:dict, targets):
     per = rep['targets'] if 'targets' in rep else {targets[0]: rep}
     print(f"test images: {rep['n']}")
     for t, m in per.items():
+        r2 = 'undefined (fewer than two images)' if not np.isfinite(m['r2']) else f"{m['r2']:.3f}"
         line = (f"{t}: MAE {m['mae']:.4f} (baseline {m['baseline_mae']:.4f})  RMSE {m['rmse']:.4f} "
-                f"(baseline {m['baseline_rmse']:.4f})  R^2 {m['r2']:.3f}")
+                f"(baseline {m['baseline_rmse']:.4f})  R^2 {r2}")
         if 'coverage_68' in m: line += f"  coverage 68%: {m['coverage_68']:.3f}, 95%: {m['coverage_95']:.3f}"
         print(line)
 

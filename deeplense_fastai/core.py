@@ -51,9 +51,13 @@ def get_device(device:str|None=None, # 'cpu', 'cuda', 'cuda:1', ... or None for 
     import torch
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try: dev = torch.device(device)
-    except RuntimeError: raise DeepLenseError(f"--device: unknown device {device!r} (use cpu or cuda)") from None
+    except (RuntimeError, TypeError): raise DeepLenseError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type not in ('cpu', 'cuda', 'mps'): raise DeepLenseError(f"device {device!r} cannot run models (use cpu, cuda or cuda:N)")
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise DeepLenseError(f"--device {device}: CUDA is not available on this machine")
+        raise DeepLenseError(f"device {device!r}: CUDA is not available on this machine")
+    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeepLenseError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise DeepLenseError(f"device {device!r}: MPS is not available")
     return dev
 
 # %% ../nbs/00_core.ipynb #c96c05e4
@@ -79,8 +83,10 @@ def atomic_write(path:str|Path, # The file to create or replace
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0); os.umask(umask)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp (and some writers, e.g. safetensors) make 0600; shared files get the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()

@@ -60,11 +60,13 @@ def _read_npy(path:Path):
         with open(path, 'rb') as f:
             shape, fortran, dtype = _header(f)
             if not dtype.hasobject:
+                need, have = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize, path.stat().st_size - f.tell()
+                if need != have: raise ValueError(f"its header announces shape {shape} ({need:,} bytes) but {have:,} bytes follow")
                 f.seek(0)
                 return np.load(f, allow_pickle=False)
             arr = SafeUnpickler(f).load()
     except RefusedPickle as e: raise DeepLenseError(f"{path}: not a plain DeepLense file ({e}); nothing from it was run") from None
-    except (ValueError, EOFError, OSError, pickle.PickleError, IndexError, TypeError, AttributeError) as e:
+    except (ValueError, EOFError, OSError, pickle.PickleError, IndexError, TypeError, AttributeError, MemoryError) as e:
         raise DeepLenseError(f"{path}: unreadable or truncated .npy file ({type(e).__name__}: {e})") from None
     if not isinstance(arr, np.ndarray): raise DeepLenseError(f"{path}: holds a {type(arr).__name__}, not an array")
     return arr
@@ -87,7 +89,8 @@ def load_deeplense_file(path:str|Path, # One DeepLense .npy file
         if arr.size < 1: raise DeepLenseError(f"{path}: empty object array")
         items = list(arr.ravel())
         image = _as_image(items[0], path)
-        label = float(np.asarray(items[1], dtype=np.float64).ravel()[0]) if len(items) > 1 else float('nan')
+        try: label = float(np.asarray(items[1], dtype=np.float64).ravel()[0]) if len(items) > 1 else float('nan')
+        except (ValueError, TypeError, IndexError): raise DeepLenseError(f"{path}: the label {items[1]!r} is not a number") from None
         return image, label
     return _as_image(arr, path), float('nan')
 
@@ -178,8 +181,11 @@ def _memmap_source(path:Path, shape=None) -> LensSource:
         if not f.exists(): raise DeepLenseError(f"{f}: missing (the memmap pair needs images_mmep.npy and masses_mmep.npy)")
     sidecar, dtype = img_f.with_name(img_f.name + '.json'), 'int16'
     if shape is None and sidecar.exists():
-        meta = json.loads(sidecar.read_text())
-        shape, dtype = meta.get('shape'), meta.get('dtype', dtype)
+        try:
+            meta = json.loads(sidecar.read_text())
+            shape, dtype = tuple(int(v) for v in meta['shape']), np.dtype(meta.get('dtype', dtype))
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError):
+            raise DeepLenseError(f"{sidecar}: expected JSON like {{\"shape\": [N, H, W], \"dtype\": \"int16\"}}") from None
     with open(img_f, 'rb') as f: is_npy = f.read(6) == b'\x93NUMPY'
     if shape is None and not is_npy:
         raise DeepLenseError(f"{img_f}: a raw memmap; give its shape (shape=(N, H, W)) or a sidecar {sidecar.name}")
@@ -265,13 +271,27 @@ def _progress(it, total:int, comment:str):
     bar = progress_bar(it, total=total)
     bar.comment = comment
     if IN_NOTEBOOK: yield from bar; return
-    with contextlib.redirect_stdout(sys.stderr): yield from bar
+    try:
+        with contextlib.redirect_stdout(sys.stderr): yield from bar
+    finally: sys.stderr.write('\n')              # whatever follows (a result, an error) starts on its own line
+
+def _content_sample(f:Path, block:int=4096, n:int=8) -> bytes:
+    "The whole file if small (the usual DeepLense file), else its header and `n` evenly spaced blocks."
+    size = f.stat().st_size
+    with open(f, 'rb') as fh:
+        if size <= 256 * 1024: return fh.read()
+        parts = []
+        for k in range(n + 1):
+            fh.seek(0 if k == 0 else (size - block) * k // n); parts.append(fh.read(block))
+        return b''.join(parts)
 
 def _cache_key(path:Path, files:list[Path]) -> str:
-    h = hashlib.sha256(b'deeplense-files-v1')
+    "Names, sizes, times and contents (sampled for large files): an edit that keeps size and time still shows."
+    h = hashlib.sha256(b'deeplense-files-v2')
     for f in files:
         st = f.stat()
-        h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|".encode())
+        h.update(hashlib.sha256(_content_sample(f)).digest())
     return h.hexdigest()[:24]
 
 def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (class sub-folders allowed)
@@ -378,6 +398,8 @@ def resolve_targets(src:LensSource, targets=None) -> list[str]:
     targets = [targets] if isinstance(targets, str) else list(targets)
     missing = [t for t in targets if t not in src.labels.columns]
     if missing: raise DeepLenseError(f"{src.path}: target column {missing[0]!r} does not exist; available: {', '.join(src.labels.columns)}")
+    words = [t for t in targets if not pd.api.types.is_numeric_dtype(src.labels[t])]
+    if words: raise DeepLenseError(f"{src.path}: target column {words[0]!r} holds non-numbers (e.g. {src.labels[words[0]].iloc[0]!r})")
     return targets
 
 def check_pixels(src:LensSource, # The source
@@ -577,9 +599,15 @@ def lens_dataloaders(source, # A path (or LensSource): native dir, DeepLense dir
         items += [len(src) + int(i) for i in check_source(vsrc, targets)]
         splitter = FuncSplitter(lambda o: o >= len(src))
     else:
-        splitter = RandomSplitter(valid_pct, seed=seed)
+        splitter = RandomSplitter(max(valid_pct, 1.000001 / len(items)), seed=seed)   # at least one validation image
     ys = [s.labels[targets].to_numpy(dtype=np.float32) for s in srcs]
-    train_idx, _ = splitter(items)
+    train_idx, valid_idx = splitter(items)
+    if len(train_idx) < 2 or len(valid_idx) < 1:
+        raise DeepLenseError(f"{src.path}: {len(items)} usable images give {len(train_idx)} to train and {len(valid_idx)} "
+                             f"to validate; need at least 2 and 1")
+    if bs > len(train_idx):       # fastai drops the last incomplete batch: with bs > images, no step would be taken
+        print(f"note: batch size {bs} is larger than the {len(train_idx)} training images; using {len(train_idx)}", file=sys.stderr)
+        bs = len(train_idx)
     train_y = np.stack([ys[s][i] for s, i in (_locate(offsets, items[j]) for j in train_idx)])
     t_mean, t_std = (train_y.mean(0), train_y.std(0) + 1e-12) if standardize_targets else (np.zeros(len(targets)), np.ones(len(targets)))
     y_block = TransformBlock(type_tfms=[TargetScaler(t_mean, t_std, targets)])

@@ -269,9 +269,15 @@ def fit(learn:Learner, # From `regression_learner`
         if not meta.exists(): raise DeepLenseError(f"nothing to resume: {meta} does not exist")
         if is_r21: learn.opt_func.plan, learn.lr = (epochs, len(learn.dls.train)), lr
         learn.create_opt()
-        learn.load('checkpoint', with_opt=True)
-        info = json.loads(meta.read_text())
-        start, best = info['epoch'] + 1, info.get('best_valid_loss')
+        try:
+            with warnings.catch_warnings():             # torch warns about the pickle protocol before refusing a foreign one
+                warnings.simplefilter('ignore')
+                learn.load('checkpoint', with_opt=True)  # torch.load with weights_only: tensors only, nothing runs
+            info = json.loads(meta.read_text())
+            start, best = int(info['epoch']) + 1, info.get('best_valid_loss')
+        except Exception as e:
+            raise DeepLenseError(f"{learn.path/learn.model_dir}: the checkpoint cannot be resumed ({type(e).__name__}); "
+                                 f"nothing in it was run") from None
         if start >= epochs: return learn
     if freeze_epochs and not resume:            # fastai's fine_tune recipe: the head first, on a frozen body
         learn.freeze(); learn.fit_one_cycle(freeze_epochs, lr, pct_start=0.99); learn.unfreeze()
@@ -466,7 +472,6 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
     return out
 
 # %% ../nbs/05_learner.ipynb #41715ce7
-from fastai.distributed import DistributedDL
 from fastai.torch_core import num_distrib, rank_distrib
 
 def _broadcast_any_backend(self, t, rank):
@@ -477,8 +482,6 @@ def _broadcast_any_backend(self, t, rank):
     dist.broadcast(t, rank)
     return t.cpu().tolist()
 
-DistributedDL._broadcast = _broadcast_any_backend
-
 @contextlib.contextmanager
 def distributed(learn:Learner, # The learner
                 cpu:bool|None=None, # Force CPU processes (default: when CUDA is unavailable)
@@ -487,6 +490,10 @@ def distributed(learn:Learner, # The learner
     if num_distrib() <= 1:
         yield learn
         return
+    from fastai.distributed import DistributedDL       # imported here: it pulls in accelerate (and tqdm's notebook warning)
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     if cpu: os.environ.setdefault('ACCELERATE_USE_CPU', '1')
-    with learn.distrib_ctx(sync_bn=False, cpu=cpu) as l: yield l
+    saved, DistributedDL._broadcast = DistributedDL._broadcast, _broadcast_any_backend   # gloo as well as NCCL, for this run only
+    try:
+        with learn.distrib_ctx(sync_bn=False, cpu=cpu) as l: yield l
+    finally: DistributedDL._broadcast = saved

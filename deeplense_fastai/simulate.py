@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_simulate.ipynb #bd0b7f42
 from __future__ import annotations
-import dataclasses, functools, hashlib, json, math, os, time
+import contextlib, dataclasses, functools, hashlib, json, math, os, time
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 
@@ -14,10 +14,10 @@ from .core import DeepLenseError, image_seed, atomic_write
 
 # %% auto #0
 __all__ = ['EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'CLASSES',
-           'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'FORMAT', 'counter_uniforms', 'ccd_background_rms',
-           'Band', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters', 'labels_frame',
-           'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate', 'shard_range',
-           'write_dataset', 'NativeDataset', 'open_dataset']
+           'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'FORMAT', 'MARKER', 'counter_uniforms',
+           'ccd_background_rms', 'Band', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters',
+           'labels_frame', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate',
+           'shard_range', 'write_dataset', 'NativeDataset', 'open_dataset']
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -492,8 +492,18 @@ def _identity(p:Preset, n, seed, classes, noise, fmt) -> dict:
     "What makes two runs the same dataset."
     return dict(format=fmt, preset=p.to_dict(), n=int(n), seed=int(seed), classes=list(classes), noise=bool(noise))
 
+def _read_json(f:Path):
+    "A JSON file of ours, or one clear error naming it."
+    try: return json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as e: raise DeepLenseError(f"{f}: unreadable ({type(e).__name__}); not ours, or damaged") from None
+
 def _existing_manifests(out:Path) -> list[dict]:
-    return [json.loads(f.read_text()) for f in sorted(out.glob('manifest*.json'))]
+    ms = [_read_json(f) for f in sorted(out.glob('manifest*.json'))]
+    for m in ms:
+        if not isinstance(m, dict): raise DeepLenseError(f"{out}: a manifest*.json there is not a JSON object")
+    return ms
+
+MARKER = '.deeplense_fastai.json'   # written first into every dataset directory: whose it is, and which dataset
 
 def _check_directory(out:Path, ident:dict) -> None:
     "Refuse a directory that holds anything but (parts of) this same dataset."
@@ -504,11 +514,29 @@ def _check_directory(out:Path, ident:dict) -> None:
             raise DeepLenseError(f"--out {out}: holds a different dataset (preset {m.get('preset', {}).get('name')}, "
                                  f"n={m.get('n')}, seed={m.get('seed')}); choose another directory")
     for f in out.glob('.*.progress.json'):
-        if json.loads(f.read_text()).get('identity') != ident:
+        if _read_json(f).get('identity') != ident:
             raise DeepLenseError(f"--out {out}: holds an unfinished different dataset ({f.name}); choose another directory")
-    ours = ('images', 'labels', 'manifest', '.images', 'no_sub', 'cdm', 'axion')
-    strangers = [f.name for f in out.iterdir() if not f.name.startswith(ours)]
+    marker = _read_json(out/MARKER) if (out/MARKER).exists() else None
+    if marker is not None and marker.get('identity') != ident:
+        raise DeepLenseError(f"--out {out}: holds a different unfinished dataset; choose another directory")
+    entries = [f.name for f in out.iterdir() if not f.name.startswith('.lock-')]
+    if entries and marker is None and not list(out.glob('manifest*.json')):
+        raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({sorted(entries)[0]}); "
+                             f"nothing was changed; choose an empty or new directory")
+    ours = ('images', 'labels', 'manifest', '.images', '.deeplense_fastai', 'no_sub', 'cdm', 'axion')
+    strangers = [f for f in entries if not f.startswith(ours)]
     if strangers: raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({strangers[0]})")
+
+@contextlib.contextmanager
+def _writer_lock(out:Path, shard:int, nshards:int):
+    "Hold an exclusive lock on part `shard` of `out`: a second writer of the same part is refused, not crashed."
+    import fcntl
+    f = open(out/f'.lock-{shard}-{nshards}', 'w')
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError: raise DeepLenseError(f"--out {out}: another process is writing part {shard}/{nshards} there now") from None
+        yield
+    finally: f.close()
 
 # %% ../nbs/02_simulate.ipynb #6b929a94
 def _write_native(out, p, ident, start, stop, shard, nshards, seed, classes, noise, device, batch_size, progress, log, compile):
@@ -606,6 +634,7 @@ def write_dataset(out:str|Path, # Directory to write (created if missing)
     "Write (part of) a simulated dataset to `out`; resumes an interrupted run and verifies a finished one."
     p = get_preset(preset)
     if int(n) <= 0: raise DeepLenseError(f"--n must be a positive number of images, got {n}")
+    if not 0 <= int(seed) < 2**63: raise DeepLenseError(f"--seed must be a non-negative integer below 2**63, got {seed}")
     if batch_size <= 0: raise DeepLenseError(f"--batch-size must be positive, got {batch_size}")
     if fmt not in ('native', 'deeplense'): raise DeepLenseError(f"--format must be 'native' or 'deeplense', got {fmt!r}")
     classes = tuple(classes or p.classes)
@@ -618,7 +647,14 @@ def write_dataset(out:str|Path, # Directory to write (created if missing)
     if stop == start: raise DeepLenseError(f"--shard {shard[0]}/{shard[1]}: this part of {n} images is empty")
     out.mkdir(parents=True, exist_ok=True)
     writer = _write_native if fmt == 'native' else _write_deeplense
-    return writer(out, p, ident, start, stop, shard[0], shard[1], seed, classes, noise, device, batch_size, progress, log, compile)
+    with _writer_lock(out, *shard):
+        _check_directory(out, ident)                 # again, under the lock: another writer may have started meanwhile
+        if not (out/MARKER).exists():
+            with atomic_write(out/MARKER) as tmp: tmp.write_text(json.dumps(dict(identity=ident)))
+        m = writer(out, p, ident, start, stop, shard[0], shard[1], seed, classes, noise, device, batch_size, progress, log, compile)
+        (out/MARKER).unlink(missing_ok=True)         # the manifest says whose the directory is from now on
+    (out/f'.lock-{shard[0]}-{shard[1]}').unlink(missing_ok=True)
+    return m
 
 # %% ../nbs/02_simulate.ipynb #37384755
 class NativeDataset:

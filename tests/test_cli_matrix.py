@@ -35,7 +35,7 @@ def ok(r):
 def refused(r, *words):
     "Exit 2, one line on stderr that names what is wrong, no traceback."
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [l for l in r.stderr.splitlines() if l.strip() and "% [" not in l]      # progress bars are on
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     for w in words: assert w in lines[0], lines[0]
 
