@@ -159,23 +159,35 @@ def build_site(out: Path) -> list[str]:
     return html_pages
 
 
-def readme_text() -> str:
-    """README.md rendered from the processed index notebook: markdown cells, code, and text outputs."""
+IMAGES = "images"     # README figures, written beside README.md from the index notebook's image outputs
+
+
+def readme_text() -> tuple[str, dict]:
+    """README.md rendered from the processed index notebook (markdown cells, code, text and markdown outputs, figures
+    as PNG files), and the figures as {relative path: bytes}."""
+    import base64
     proc = processed_notebooks()
     nb, _ = prepare(json.loads((proc / "index.ipynb").read_text()))
     parts = ["<!-- Generated from nbs/index.ipynb by `python tools/docs.py readme`: edit the notebook, not this file. -->"]
+    figures = {}
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
             parts.append(cell["source"].strip())
-        elif "hide_code" not in cell["metadata"].get("tags", []):
-            parts.append(f"```python\n{cell['source']}\n```")
-            for o in cell.get("outputs", []):
-                text = o.get("text") or o.get("data", {}).get("text/plain")
-                if o.get("data", {}).get("text/markdown"):
-                    parts.append("".join(o["data"]["text/markdown"]).strip())
-                elif text:
-                    parts.append("```\n" + "".join(text).rstrip() + "\n```")
-    return "\n\n".join(parts) + "\n"
+            continue
+        hidden = "hide_code" in cell["metadata"].get("tags", [])
+        if not hidden: parts.append(f"```python\n{cell['source']}\n```")
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            if data.get("image/png"):
+                name = f"{IMAGES}/readme_{len(figures) + 1}.png"
+                figures[name] = base64.b64decode("".join(data["image/png"]))
+                parts.append(f"![figure {len(figures)}]({name})")
+            elif data.get("text/markdown"):
+                parts.append("".join(data["text/markdown"]).strip())
+            elif not hidden and (o.get("text") or data.get("text/plain")):
+                text = "".join(o.get("text") or data.get("text/plain"))
+                if not text.startswith("<Figure size"): parts.append("```\n" + text.rstrip() + "\n```")
+    return "\n\n".join(parts) + "\n", figures
 
 
 def main(argv=None):
@@ -190,14 +202,19 @@ def main(argv=None):
         pages = build_site(a.out)
         print(f"built {len(pages)} pages into {a.out}")
         return 0
-    text, readme = readme_text(), ROOT / "README.md"
+    (text, figures), readme = readme_text(), ROOT / "README.md"
     if a.check:
-        if not readme.exists() or readme.read_text() != text:
-            print("README.md is stale: run `python tools/docs.py readme` and commit it", file=sys.stderr)
+        stale = not readme.exists() or readme.read_text() != text
+        stale |= any(not (ROOT / n).exists() or (ROOT / n).read_bytes() != b for n, b in figures.items())
+        if stale:
+            print("README.md or its figures are stale: run `python tools/docs.py readme` and commit them", file=sys.stderr)
             return 1
         return 0
     readme.write_text(text)
-    print("wrote README.md")
+    for name, data in figures.items():
+        (ROOT / name).parent.mkdir(exist_ok=True)
+        (ROOT / name).write_bytes(data)
+    print(f"wrote README.md and {len(figures)} figure(s)")
     return 0
 
 
