@@ -16,7 +16,8 @@ noise, labels) divided by the training phase's time, simulating in the main proc
 
 --gap N: the generalisation gap instead, at equal steps: ResNet18 on N fixed training images (of the same 8,000) for
 --gap-epochs epochs, against the same number of epochs of N new images each, one-cycle at 3e-3, the same 800 validation
-images; per-epoch training and validation losses and the final test MAE are merged into the JSON file under
+images; per epoch the loss on the images just trained on (eval mode: the fixed set, or that epoch's online images;
+fastai's own train_loss is a running average lagging ~50 batches), the validation loss, and the final test MAE are merged into the JSON file under
 "gap" -> "N" (with their own command, date and machine), leaving the equal-time results in it untouched.
 """
 import argparse
@@ -148,27 +149,52 @@ def sim_share(preset, arch, n_batches, bs, device, path):
                 train_img_per_s=round(n_batches * bs / total, 1))
 
 
+def make_train_set_loss():
+    from fastai.callback.core import Callback
+
+    class TrainSetLoss(Callback):
+        "After each epoch, the loss (eval mode) on the images just trained on: the fixed set, or this epoch's online images."
+        order = 65
+
+        def before_fit(self): self.losses = []
+
+        def after_epoch(self):
+            dl = self.dls.train.new(shuffle=False, drop_last=False)
+            if hasattr(dl, "set_epoch"): dl.set_epoch(self.epoch)
+            self.model.eval()
+            tot, n = 0., 0
+            with torch.no_grad():
+                for xb, yb in dl:
+                    tot += float(self.loss_func(self.model(xb), yb)) * len(yb); n += len(yb)
+            self.losses.append(tot / n)
+
+    return TrainSetLoss
+
+
 def gap_runs(src, valid, n_fixed, epochs, arch, bs, lr, test, device, path):
     "Fixed N images for E epochs against E epochs of N new images: per-epoch losses and the final test scores."
     from deeplense_fastai.core import set_seed
     from deeplense_fastai.data import lens_dataloaders
     from deeplense_fastai.learner import regression_learner, fit
     from deeplense_fastai.online import online_dataloaders, OnlineEpoch
+    TrainSetLoss = make_train_set_loss()
     rows = []
     for mode in ("fixed", "online"):
         set_seed(0)
         if mode == "fixed": dls = lens_dataloaders(src.subset(np.arange(n_fixed)), bs=bs, valid=valid, seed=0, device=device)
         else: dls = online_dataloaders("model_ii", epoch_size=n_fixed, bs=bs, valid=valid, seed=0, device=device)
-        learn = regression_learner(dls, arch, path=path / mode, cbs=[OnlineEpoch()])
+        tsl = TrainSetLoss()
+        learn = regression_learner(dls, arch, path=path / mode, cbs=[OnlineEpoch(), tsl])
         t0 = time.perf_counter()
         with learn.no_bar(), learn.no_logging():
             fit(learn, epochs, lr, log=None, checkpoint=False, save_best=False)
         names = learn.recorder.metric_names[1:-1]
-        curve = [dict(epoch=i, **{n: float(v) for n, v in zip(names, vals)}) for i, vals in enumerate(learn.recorder.values)]
+        curve = [dict(epoch=i, train_set_loss=tsl.losses[i], **{n: float(v) for n, v in zip(names, vals)})
+                 for i, vals in enumerate(learn.recorder.values)]
         rows.append(dict(mode=mode, arch=arch, n_train_per_epoch=dls.lens_config["n_train"], epochs=epochs,
                          distinct_images=dls.lens_config["n_train"] * (epochs if mode == "online" else 1),
                          seconds=round(time.perf_counter() - t0, 1), curve=curve, test=score(learn, test, device)))
-        print(f"gap {mode}: final train loss {curve[-1]['train_loss']:.3f}, valid loss {curve[-1]['valid_loss']:.3f}, "
+        print(f"gap {mode}: final loss on the training images {curve[-1]['train_set_loss']:.3f}, valid loss {curve[-1]['valid_loss']:.3f}, "
               f"test MAE {rows[-1]['test']['mae']:.4f}", flush=True)
     return rows
 
