@@ -1,0 +1,132 @@
+"""Where the simulator's time goes, stage by stage, beside what the arithmetic allows on this machine (measures only).
+
+    OMP_NUM_THREADS=2 python bench/profile_sim.py [--preset model_i] [--block 16] [--repeats 5] [--json out.json]
+
+For one canonical block of images (16 on a CPU) of the preset (Model I: 150x150, DeepLenseSim's 100-point vortex,
+Poisson counts), each stage of `simulate.render` / `simulate.add_noise` is timed on its own (best of --repeats):
+parameter draws, SIE and shear on the grid (cached per preset inside the simulator, so free per image there), 25 CDM
+subhalos, the 100 vortex points, ray shooting, the Sersic source, the PSF and the noise; then the whole `make_images`
+for the same block. Beside each stage: an arithmetic minimum, max(flops / F, bytes / M), where F is this machine's
+float32 rate measured on a large matrix product (its best case) and M its memory rate measured on a large a*b+c. The
+flop counts are per pixel and per mass, stated in FLOPS below (a division, square root or transcendental counted as
+the number written there); they are estimates of what the formula needs, not of what torch does. The byte counts
+assume DRAM traffic, so a stage whose arrays stay in cache can beat its 'minimum' (ratio below 1).
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+# float32 operations per element (per pixel, or per pixel and mass); transcendentals (atan, atanh, exp, log, pow, sqrt,
+# division) counted as 4 -- a vectorised polynomial or a hardware reciprocal with one refinement step.
+T = 4
+FLOPS = dict(
+    sie=2 + 4 + 5 + T + 2 * (2 + T) + 6,          # centre, rotate, psi, atan/atanh of the ratios, rotate back
+    shear=6,
+    point_mass=2 + 3 + T + 2 + 2,                 # dx, dy; r^2; te^2 / r^2; w dx, w dy; accumulate
+    ray_shoot=4,
+    sersic=2 + 4 + 3 + T + T + 2,                 # shift, rotate, elliptical radius, (r/R)^(1/n), exp
+    noise_counts=2 * (T + 2) + 8 + 3 * T,         # two normals (Box-Muller), the rate, a Poisson draw (~3 transcendentals)
+    noise_ccd=2 * (T + 2) + 8,
+)
+
+
+def best(f, repeats):
+    f()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def machine_rates(repeats):
+    "float32 FLOP/s of a large matmul and bytes/s of a large a*b+c on this machine."
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    t = best(lambda: a @ b, repeats)
+    flops = 2 * 1024**3 / t
+    x, y, z = (torch.randn(2**23) for _ in range(3))
+    t = best(lambda: torch.addcmul(z, x, y), repeats)
+    return flops, 4 * 4 * 2**23 / t                 # three reads and one write of 4 bytes
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="model_i")
+    ap.add_argument("--block", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    import warnings; warnings.filterwarnings("ignore")
+    from deeplense_fastai.simulate import get_preset, draw_parameters, preset_physics, make_images, add_noise, _vortex_points
+    from deeplense_fastai import lensing as L
+    p = get_preset(a.preset)
+    B, R = a.block, a.repeats
+    F, M = machine_rates(R)
+    phys = preset_physics(p)
+    x, y = L.pixel_grid(p.npix, p.pixel_scale, p.supersample)
+    P = x.numel()
+    idx = np.arange(B)
+    cdm = draw_parameters(p, idx, 0, ("cdm",))
+    ax_ = draw_parameters(p, idx, 0, ("axion",))
+    Tn = lambda v: torch.as_tensor(np.asarray(v, dtype=np.float64)).float()
+    te, px, py = _vortex_points(ax_, p)
+    K_sub = int(cdm["n_sub"].max())
+    stages = []
+
+    def stage(name, fn, flops, bytes_, note=""):
+        t = best(fn, R)
+        tmin = max(flops / F, bytes_ / M)
+        stages.append(dict(stage=name, ms_per_block=round(1e3 * t, 3), ms_per_image=round(1e3 * t / B, 4),
+                           min_ms_per_image=round(1e3 * tmin / B, 4) if tmin else None,
+                           ratio_to_minimum=round(t / tmin, 1) if tmin else None, note=note))
+
+    stage("parameter draws (NumPy)", lambda: draw_parameters(p, idx, 0, ("axion",)), 0, 0, "counter-based uniforms; not arithmetic-bound")
+    stage("SIE on the grid", lambda: L.sie_deflection(x, y, phys["theta_E"], p.halo_e1, p.halo_e2), P * FLOPS["sie"], P * 4 * 4,
+          "cached per preset in the simulator: once, not per image")
+    stage("shear on the grid", lambda: L.shear_deflection(x, y, p.gamma1, p.gamma2), P * FLOPS["shear"], P * 4 * 4, "cached per preset")
+    ax0 = torch.zeros(B, p.npix, p.npix); ay0 = torch.zeros(B, p.npix, p.npix)
+    stage(f"{K_sub} CDM subhalos (point masses)", lambda: L.point_mass_deflection(x, y, Tn(cdm["sub_theta_E"][:, :K_sub]),
+          Tn(cdm["sub_x"][:, :K_sub]), Tn(cdm["sub_y"][:, :K_sub])), B * P * K_sub * FLOPS["point_mass"], B * P * 2 * 4,
+          "cdm images only")
+    stage(f"{p.vortex_points} vortex points", lambda: L.point_mass_deflection(x, y, Tn(te), Tn(px), Tn(py)),
+          B * P * p.vortex_points * FLOPS["point_mass"], B * P * 2 * 4, "axion images only")
+    stage("ray shooting", lambda: L.ray_shoot(x, y, ax0, ay0, phys["deflection_scale"]), B * P * FLOPS["ray_shoot"], B * P * 4 * 4)
+    bx, by = L.ray_shoot(x, y, ax0 + 0.1, ay0, phys["deflection_scale"])
+    stage("Sersic source", lambda: L.sersic(bx, by, phys["source_amp"], p.source_R, p.source_n, p.source_e1, p.source_e2,
+          Tn(ax_["source_x"]), Tn(ax_["source_y"])), B * P * FLOPS["sersic"], B * P * 3 * 4)
+    img = L.sersic(bx, by, phys["source_amp"], p.source_R, p.source_n, p.source_e1, p.source_e2, Tn(ax_["source_x"]), Tn(ax_["source_y"]))
+    k = len(L.gaussian_kernel1d(p.psf_fwhm, p.pixel_scale, p.psf_truncation)) if p.psf_fwhm else 0
+    stage(f"PSF ({k}-tap separable)", lambda: L.convolve_psf(img, p.psf_fwhm, p.pixel_scale, p.psf_truncation),
+          B * P * 2 * 2 * k, B * P * 2 * 4)
+    model = img * phys["pixel_area"]
+    nf = FLOPS["noise_counts" if p.noise == "counts" else "noise_ccd"]
+    stage(f"noise ({p.noise}, one generator per image)", lambda: add_noise(p, model, ax_, 0), B * P * nf, B * P * 3 * 4)
+    t_all = best(lambda: make_images(p, 0, B, 0, ("axion",)), R)
+    t_cdm = best(lambda: make_images(p, 0, B, 0, ("cdm",)), R)
+    out = dict(command=" ".join([os.path.basename(sys.executable)] + sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               machine=dict(processor=platform.processor() or platform.machine(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                            matmul_gflops=round(F / 1e9, 1), stream_gb_s=round(M / 1e9, 1)),
+               versions=dict(torch=torch.__version__, numpy=np.__version__), preset=p.name, image_px=p.npix, block=B,
+               flops_per_element=FLOPS, stages=stages,
+               make_images_axion_ms_per_image=round(1e3 * t_all / B, 4), make_images_cdm_ms_per_image=round(1e3 * t_cdm / B, 4),
+               make_images_axion_img_per_s=round(B / t_all, 1), make_images_cdm_img_per_s=round(B / t_cdm, 1))
+    print(f"# {p.name} {p.npix}x{p.npix}, block of {B}; {torch.get_num_threads()} threads; matmul {F / 1e9:.0f} GFLOP/s, "
+          f"a*b+c {M / 1e9:.1f} GB/s; torch {torch.__version__}")
+    print("| stage | ms / image | arithmetic minimum ms / image | ratio | note |\n|---|---|---|---|---|")
+    for s in stages:
+        mn, ra = (f"{s['min_ms_per_image']:.4f}", f"{s['ratio_to_minimum']:.1f}x") if s['ratio_to_minimum'] else ("-", "-")
+        print(f"| {s['stage']} | {s['ms_per_image']:.4f} | {mn} | {ra} | {s['note']} |")
+    print(f"| make_images, axion (all stages) | {out['make_images_axion_ms_per_image']:.4f} | | | {out['make_images_axion_img_per_s']:.0f} img/s |")
+    print(f"| make_images, cdm (all stages) | {out['make_images_cdm_ms_per_image']:.4f} | | | {out['make_images_cdm_img_per_s']:.0f} img/s |")
+    if a.json:
+        with open(a.json, "w") as f: json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
