@@ -71,6 +71,9 @@ DDP_SCRIPT = textwrap.dedent("""
         fit(learn, 2, 1e-3, log=None, checkpoint=False, save_best=False)
     out = os.path.join(sys.argv[1], f"seen-{os.environ['RANK']}.json")
     with open(out, 'w') as f: json.dump(dict(n_train=dls.lens_config['n_train'], seen=seen), f)
+    import torch.distributed as dist
+    if dist.is_initialized():          # a clean shutdown: gloo threads left running abort the process at exit
+        dist.barrier(); dist.destroy_process_group()
 """)
 
 
