@@ -3,6 +3,7 @@
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': '', 'lib_path': 'deeplense_fastai'},
   'syms': { 'deeplense_fastai.cli': { 'deeplense_fastai.cli._Parser': ('cli.html#_parser', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._Parser.error': ('cli.html#_parser.error', 'deeplense_fastai/cli.py'),
+                                      'deeplense_fastai.cli._cached_sim': ('cli.html#_cached_sim', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._check_space': ('cli.html#_check_space', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._check_train_args': ('cli.html#_check_train_args', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._classes': ('cli.html#_classes', 'deeplense_fastai/cli.py'),

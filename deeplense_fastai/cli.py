@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--test', type=Path, help='held-out test set (default: 10%% of --data, or a simulated test set)')
     t.add_argument('--preset', default=None, help='simulate the data with this preset instead of --data (default model_ii)')
     t.add_argument('--n', type=_positive, default=None, help='images to simulate for --preset (default 6000)')
+    t.add_argument('--online', action='store_true', help='simulate new training images for every batch instead of a fixed set')
+    t.add_argument('--epoch-size', type=_positive, default=None, help='with --online: training images per epoch (default 6000)')
     t.add_argument('--target', action='append', help='target column (repeat for several)')
     t.add_argument('--arch', default='resnet18', help='architecture (see deeplense_fastai.models.MODELS)')
     t.add_argument('--loss', default='mse', help='mse, rmse, mae, huber or gaussian_nll')
@@ -194,18 +196,19 @@ def _wait_for(path:Path, timeout:float=3600.):
         if time.time() - t0 > timeout: raise DeepLenseError(f"timed out waiting for {path}")
         time.sleep(0.5)
 
-def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
-    "Train and test sets simulated once into the cache (verified, not rewritten, on later runs)."
+def _cached_sim(preset:str, n:int, seed:int, device) -> Path:
+    "A dataset simulated once into the cache (verified, not rewritten, on later runs), keyed by the preset's recipe."
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.simulate import write_dataset, get_preset
-    n_test = max(1000, n // 6)
     recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]   # a changed preset gets a new cache
-    train = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
-    test = cache_dir('sims')/f'{preset}-{recipe}-n{n_test}-seed{seed + 10_000}'
-    for path, nn, s in ((train, n, seed), (test, n_test, seed + 10_000)):
-        if _is_rank0(): write_dataset(path, preset, nn, s, progress=False, log=lambda *a: None, device=device)
-        else: _wait_for(path/'manifest.json')
-    return train, test
+    path = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
+    if _is_rank0(): write_dataset(path, preset, n, seed, progress=False, log=lambda *a: None, device=device)
+    else: _wait_for(path/'manifest.json')
+    return path
+
+def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
+    "Train and test sets of the embedded default (the test set from a disjoint seed)."
+    return _cached_sim(preset, n, seed, device), _cached_sim(preset, max(1000, n // 6), seed + 10_000, device)
 
 def _check_train_args(a):
     "Every argument checked before any work starts."
@@ -233,6 +236,9 @@ def _check_train_args(a):
         from deeplense_fastai.simulate import get_preset
         get_preset(a.preset or 'model_ii')
     elif a.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
+    if a.online and a.data is not None: raise DeepLenseError("--online simulates the training data: give --preset (or nothing), not --data")
+    if a.online and a.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
+    if a.epoch_size is not None and not a.online: raise DeepLenseError("--epoch-size goes with --online")
     if a.out is None: a.out = Path('runs')/time.strftime('%Y%m%d-%H%M%S')
     if a.out.exists() and not a.out.is_dir(): raise DeepLenseError(f"--out {a.out}: exists and is not a directory")
     parent = next(p for p in [a.out.absolute(), *a.out.absolute().parents] if p.exists())
@@ -253,7 +259,18 @@ def cmd_train(a) -> int:
     device = get_device(a.device)
     set_seed(a.seed)
     say = print if _is_rank0() else (lambda *x, **k: None)
-    if a.data is None:
+    if a.online:
+        from deeplense_fastai.online import online_dataloaders
+        preset = a.preset or 'model_ii'
+        epoch = a.epoch_size or DEFAULT_N
+        n_valid, n_test = min(1024, max(256, epoch // 8)), max(1000, epoch // 6)
+        say(f"online {preset}: new training images every batch, {epoch} per epoch, {n_valid} fixed validation images; "
+            f"test on {a.test or f'{n_test} images (cached)'} ...")
+        test_path = a.test or _cached_sim(preset, n_test, a.seed + 10_000, device)
+        dls = online_dataloaders(preset, a.target, epoch_size=epoch, bs=a.bs, valid=n_valid, seed=a.seed, norm=a.norm,
+                                 augment=not a.no_augment, size=a.size, num_workers=a.workers, device=device)
+        train = None
+    elif a.data is None:
         preset, n = a.preset or 'model_ii', a.n or DEFAULT_N
         say(f"simulating {preset}: {n} training and {max(1000, n // 6)} test images (cached after the first run) ...")
         train_path, test_path = _simulated(preset, n, a.seed, device)
@@ -266,13 +283,14 @@ def cmd_train(a) -> int:
             perm = rng.permutation(len(train))
             k = max(1, len(train) // 10)
             train, test_src = train.subset(np.sort(perm[k:])), train.subset(np.sort(perm[:k]))
-    dls = lens_dataloaders(train, a.target, bs=a.bs, valid_pct=0.1, seed=a.seed, norm=a.norm, augment=not a.no_augment,
-                           size=a.size, num_workers=a.workers, device=device)
+    if not a.online:
+        dls = lens_dataloaders(train, a.target, bs=a.bs, valid_pct=0.1, seed=a.seed, norm=a.norm, augment=not a.no_augment,
+                               size=a.size, num_workers=a.workers, device=device)
     test = open_source(test_path) if test_path is not None else test_src
     if test_path is not None:                    # the test set is checked before training, not after
         from deeplense_fastai.data import resolve_targets, check_source
         check_source(test, resolve_targets(test, dls.lens_config['targets']))
-        if test.image_shape != train.image_shape and not a.size:
+        if train is not None and test.image_shape != train.image_shape and not a.size:
             raise DeepLenseError(f"--test {test_path}: images are {test.image_shape[0]}x{test.image_shape[1]}, the training "
                                  f"images {train.image_shape[0]}x{train.image_shape[1]} (give --size to train and test at one size)")
     learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)

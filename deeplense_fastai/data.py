@@ -564,7 +564,7 @@ def _image_stats(src:LensSource, idx:np.ndarray, n:int=2000, seed:int=0) -> tupl
     block = np.stack([src.image(int(i)) for i in np.sort(sample)]).astype(np.float64)
     return float(block.mean()), float(block.std())
 
-def lens_dataloaders(source, # A path (or LensSource): native dir, DeepLense dir, memmap pair, or .npy with CSV
+def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLense dir, memmap pair, or .npy with CSV
                      targets=None, # Target column(s); default: the source's natural target
                      bs:int=64, # Batch size
                      valid_pct:float=0.1, # Random validation fraction (ignored with `valid=`)
@@ -581,9 +581,18 @@ def lens_dataloaders(source, # A path (or LensSource): native dir, DeepLense dir
                      num_workers:int=0, # DataLoader worker processes
                      device=None, # Device of the batches
                      progress:bool=True, # Progress bar while caching DeepLense files
+                     online:str|None=None, # Instead of `source`: a preset whose training images are simulated as needed
+                     epoch_size:int=8192, # With `online`: training images per epoch
                      **kw, # Passed to `DataBlock.dataloaders`
                     ):
     "fastai DataLoaders for lensing regression from any supported source (checked before anything trains)."
+    if online is not None:                        # unlimited data: see the online module
+        if source is not None: raise DeepLenseError("give a source or online=PRESET, not both")
+        from deeplense_fastai.online import online_dataloaders
+        return online_dataloaders(online, targets, epoch_size=epoch_size, bs=bs, valid=1024 if valid is None else valid, seed=seed,
+                                  norm=norm, augment=augment, rotate=rotate, size=size, standardize_targets=standardize_targets,
+                                  num_workers=num_workers, device=device, progress=progress)
+    if source is None: raise DeepLenseError("give a dataset (a path, a LensSource) or online=PRESET")
     if norm not in ('minmax', 'meanstd'): raise DeepLenseError(f"norm must be 'minmax' or 'meanstd', got {norm!r}")
     if not 0 <= valid_pct < 1: raise DeepLenseError(f"valid_pct must be in [0, 1), got {valid_pct}")
     src = source if isinstance(source, LensSource) else open_source(source, kind, shape, labels, progress)

@@ -232,6 +232,9 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     run_cfg = dict(cfg, arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw)
     if init is not None: run_cfg['init'] = str(init); load_init(model, init, run_cfg)
     cbs = [Ranger21Guard(), LRTrace()] + list(cbs or [])
+    if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
+        from deeplense_fastai.online import OnlineEpoch
+        if not any(isinstance(c, OnlineEpoch) for c in cbs): cbs.append(OnlineEpoch())
     learn = Learner(dls, model, loss_func=loss_fn, opt_func=get_opt_func(opt), path=Path(path), wd=wd,
                     metrics=regression_metrics(cfg) if metrics is None else metrics, cbs=cbs, splitter=body_head_splitter)
     learn.lens_config = run_cfg

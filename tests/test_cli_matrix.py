@@ -240,3 +240,18 @@ def test_fits_without_astropy_names_the_extra(inputs, monkeypatch):
     from deeplense_fastai.data import read_fits
     for m in ("astropy", "astropy.io", "astropy.io.fits"): monkeypatch.setitem(sys.modules, m, None)
     with pytest.raises(DeepLenseError, match=r'pip install "deeplense_fastai\[fits\]"'): read_fits(inputs["fits"])
+
+
+def test_train_online_from_the_cli(env, native):
+    "`deeplense train --online`: new simulated training images every batch, nothing written but the run."
+    root, e = env
+    out = root / "online_run"
+    before = set((root / "cache").rglob("*")) if (root / "cache").exists() else set()
+    r = ok(run("train", "--online", "--epoch-size", 128, "--test", native["native"], "--arch", "xresnet_small", "--epochs", 1,
+               "--bs", 16, "--out", out, env=e))
+    assert "online model_ii" in r.stdout and "test images: 48" in r.stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["kind"] == "online"
+    new = {p for p in set((root / "cache").rglob("*")) - before if p.is_file()}
+    assert not new, new                                           # no training data on disk
+    refused(run("train", "--online", "--data", root / "online_run", "--out", root / "o2", env=e), "--online")
