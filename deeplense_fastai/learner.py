@@ -499,4 +499,8 @@ def distributed(learn:Learner, # The learner
     saved, DistributedDL._broadcast = DistributedDL._broadcast, _broadcast_any_backend   # gloo as well as NCCL, for this run only
     try:
         with learn.distrib_ctx(sync_bn=False, cpu=cpu) as l: yield l
-    finally: DistributedDL._broadcast = saved
+    finally:
+        DistributedDL._broadcast = saved
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():      # an orderly exit: without it gloo runs abort now and then
+            dist.barrier(); dist.destroy_process_group()
