@@ -23,7 +23,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 # The main job on the embedded default: simulate (and cache) 6,000 Model II axion images and a test set, train a
-# ResNet18 on the CPU (about 3 minutes on 2 cores), print test MAE/RMSE/R^2 beside the baseline, write runs/<timestamp>.
+# ResNet18 on the CPU (minutes on 2 cores: bench/default.py measures it), print test MAE/RMSE/R^2 beside the baseline,
+# write runs/<timestamp>.
 demo: $(VENV)/.installed
 	$(BIN)/deeplense train
 

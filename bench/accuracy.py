@@ -41,7 +41,7 @@ def main():
     from deeplense_fastai.core import cache_dir, get_device, set_seed
     from deeplense_fastai.simulate import write_dataset, get_preset
     from deeplense_fastai.data import lens_dataloaders, open_source
-    from deeplense_fastai.learner import regression_learner, fit, predict_batches, _normalise
+    from deeplense_fastai.learner import regression_learner, fit, predict_source
     from deeplense_fastai.models import count_parameters
     from deeplense_fastai.interpret import regression_report
     preset = a.preset or "model_ii"
@@ -71,11 +71,7 @@ def main():
             fit(learn, epochs, a.lr, log=None, checkpoint=False)
         dt = time.perf_counter() - t0
         cfg = learn.lens_config
-        def batches():
-            for s in range(0, len(test), 256):
-                x = torch.from_numpy(np.stack([test.image(i) for i in range(s, min(s + 256, len(test)))])).to(device)
-                yield _normalise(x, cfg)
-        mu, _, _ = predict_batches(learn.model, batches(), cfg)
+        mu, _ = predict_source(learn.model, cfg, test, bs=256)
         y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
         keep = np.isfinite(y).all(1)
         rep = regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])

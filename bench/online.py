@@ -80,15 +80,11 @@ def make_callbacks():
 
 
 def score(learn, test, device):
-    from deeplense_fastai.learner import predict_batches, _normalise
+    from deeplense_fastai.learner import predict_source
     from deeplense_fastai.interpret import regression_report
     cfg = learn.lens_config
 
-    def batches():
-        for s in range(0, len(test), 256):
-            x = torch.from_numpy(np.stack([test.image(i) for i in range(s, min(s + 256, len(test)))])).to(device)
-            yield _normalise(x, cfg)
-    mu, _, _ = predict_batches(learn.model, batches(), cfg)
+    mu, _ = predict_source(learn.model, cfg, test, bs=256)
     y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
     keep = np.isfinite(y).all(1)
     rep = regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])

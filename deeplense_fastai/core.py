@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['DeepLenseError', 'image_seed', 'image_rng', 'set_seed', 'get_device', 'cache_dir', 'atomic_write']
+__all__ = ['DeepLenseError', 'image_seed', 'image_rng', 'set_seed', 'get_device', 'cache_dir', 'atomic_write', 'fastai_import']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -90,3 +90,12 @@ def atomic_write(path:str|Path, # The file to create or replace
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_core.ipynb #6fa2296d
+@contextlib.contextmanager
+def fastai_import():
+    "Context manager around the library's fastai imports: hides fastai 2.8's torch.jit.script FutureWarning, nothing else."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
+        yield

@@ -429,8 +429,8 @@ def check_source(src:LensSource, targets:list[str], chunk:int=1024) -> np.ndarra
     return keep
 
 # %% ../nbs/03_data.ipynb #ae38fb22
-with warnings.catch_warnings():   # fastai 2.8's layers.py applies torch.jit.script at import, which torch 2.10+ deprecates
-    warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
+from .core import fastai_import
+with fastai_import():
     from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TensorBase, TransformBlock, DataBlock,
                                    RandomSplitter, FuncSplitter, Normalize, Rotate, show_title)
 from fastcore.basics import store_attr

@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import warnings
-with warnings.catch_warnings():   # fastai 2.8's layers.py applies torch.jit.script at import, which torch 2.10+ deprecates
-    warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
+from .core import fastai_import
+with fastai_import():
     from fastai.learner import Learner
     from fastai.callback.core import Callback, CancelFitException
     from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
@@ -32,7 +32,8 @@ from .models import get_model, MODELS
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
            'body_head_splitter', 'load_init', 'regression_learner', 'fit', 'predict_batches', 'get_predictions',
-           'export_run', 'check_run_config', 'read_run_config', 'load_run', 'input_size', 'predict', 'distributed']
+           'export_run', 'check_run_config', 'read_run_config', 'load_run', 'input_size', 'predict_source', 'predict',
+           'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -447,6 +448,22 @@ def input_size(shape, # (H, W) of the images to predict
            f"resizing them (bilinear, antialiased) after normalisation, as training resizes")
     return want[0]
 
+def predict_source(model:nn.Module, # A regression model (a run's, or `learn.model`)
+                   cfg:dict, # Its configuration (`load_run`'s, or `learn.lens_config`)
+                   src, # A LensSource
+                   bs:int=64, # Batch size
+                   tta:bool=False, # Average over the eight symmetries of the square
+                   size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
+                  ):
+    "Decoded (mean, std or None) of `model` on every image of `src`, normalised as the run's DataLoaders did."
+    dev, size = next(model.parameters()).device, size or cfg.get('size')
+    def batches():
+        for s in range(0, len(src), bs):
+            x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
+            yield _normalise(x, cfg, size)
+    mu, sd, _ = predict_batches(model, batches(), cfg, tta)
+    return mu, sd
+
 def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json)
             source, # A path `open_source` reads (dataset, image stack, image folder, FITS), a LensSource, or an array/tensor
             bs:int=64, # Batch size
@@ -461,12 +478,7 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
     src = open_source(source, progress=progress)
     size = input_size(src.image_shape, cfg, src.path, notice)
     check_pixels(src)                              # NaN, Inf or complex pixels are named before any work
-    dev = next(model.parameters()).device
-    def batches():
-        for s in range(0, len(src), bs):
-            x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
-            yield _normalise(x, cfg, size)
-    mu, sd, _ = predict_batches(model, batches(), cfg, tta)
+    mu, sd = predict_source(model, cfg, src, bs, tta, size)
     out = pd.DataFrame({'index': np.arange(len(src))})
     if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
     for j, t in enumerate(cfg['targets']):

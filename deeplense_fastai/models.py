@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import DeepLenseError
+from .core import DeepLenseError, fastai_import
 
 # %% auto #0
 __all__ = ['MODELS', 'register_model', 'load_weights', 'get_model', 'RegressionHead', 'resnet18', 'resnet34', 'resnet50',
@@ -88,13 +88,13 @@ def resnet101(n_in=1, n_out=1): "ResNet-101 regressor."; import torchvision; ret
 @register_model('xresnet18')
 def xresnet18(n_in=1, n_out=1, **kw):
     "fastai's XResNet-18 regressor."
-    from fastai.vision.models.xresnet import xresnet18 as _x
+    with fastai_import(): from fastai.vision.models.xresnet import xresnet18 as _x
     return _x(c_in=n_in, n_out=n_out, **kw)
 
 @register_model('xresnet_small')
 def xresnet_small(n_in=1, n_out=1, **kw):
     "A small XResNet (one block per stage, half width) for CPU runs."
-    from fastai.vision.models.xresnet import XResNet, ResBlock
+    with fastai_import(): from fastai.vision.models.xresnet import XResNet, ResBlock
     return XResNet(ResBlock, 1, [1, 1, 1, 1], c_in=n_in, n_out=n_out, widen=0.5, stem_szs=(16, 32, 64), **kw)
 
 # %% ../nbs/04_models.ipynb #00facb13

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import store_attr
-from fastai.callback.core import Callback
-from fastai.data.core import TfmdDL, DataLoaders
-from fastai.torch_core import TensorImage, default_device, num_distrib
+from .core import DeepLenseError, fastai_import
+with fastai_import():
+    from fastai.callback.core import Callback
+    from fastai.data.core import TfmdDL, DataLoaders
+    from fastai.torch_core import TensorImage, default_device, num_distrib
 
-from .core import DeepLenseError
 from .simulate import Preset, LABEL_COLUMNS, get_preset, make_images, draw_parameters, labels_frame, block_size
 from .data import (LensSource, open_source, resolve_targets, check_source, PerImageMinMax, SquareSymmetry,
                                    ResizeBatch)
