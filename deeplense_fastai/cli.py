@@ -224,9 +224,10 @@ def _check_train_args(a):
     if not (a.lr > 0 and np.isfinite(a.lr)): raise DeepLenseError(f"--lr must be a positive number, got {a.lr}")
     if a.freeze_epochs < 0: raise DeepLenseError(f"--freeze-epochs must be 0 or more, got {a.freeze_epochs}")
     if a.freeze_epochs and a.init is None: raise DeepLenseError("--freeze-epochs goes with --init (the head of a pretrained run is trained first)")
-    if a.init is not None:
+    if a.init is not None:                       # the pretrained run must fit this one: said before any data is read
         from deeplense_fastai.learner import read_run_config
-        read_run_config(a.init)
+        if (arch := read_run_config(a.init)['arch']) != a.arch:
+            raise DeepLenseError(f"--init {a.init}: its arch is {arch!r}, this run's is {a.arch!r} (give --arch {arch})")
     if a.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {a.workers}")
     if a.data is not None and a.preset is not None: raise DeepLenseError("give --data or --preset, not both")
     for f in ('data', 'test'):

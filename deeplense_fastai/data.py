@@ -523,7 +523,7 @@ def raw_image(item, # A 2-d array or tensor ((1, H, W) too), or the path of a .n
         where = 'image'
         img = _as_image(item.detach().cpu().numpy() if hasattr(item, 'detach') else np.asarray(item), where)
     _check_pixel_type(img, where)
-    img = np.asarray(img, dtype=np.float32)
+    img = np.array(img, dtype=np.float32)           # a copy: memory maps are read-only, torch wants writable arrays
     if not np.isfinite(img).all(): raise DeepLenseError(f"{where}: has NaN or Inf pixels")
     return img[None]
 

@@ -35,7 +35,7 @@ def ok(r):
 def refused(r, *words):
     "Exit 2, one line on stderr that names what is wrong, no traceback."
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [l for l in r.stderr.splitlines() if l.strip() and "% [" not in l]      # progress bars are on
+    lines = [l for l in r.stderr.splitlines() if l.strip() and "% [" not in l and not l.startswith("note:")]  # bars are on
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     for w in words: assert w in lines[0], lines[0]
 
@@ -158,7 +158,7 @@ def test_train_refuses_unlabelled(kind, inputs, native, env):
     assert not (root / f"no_{kind}").exists()
 
 
-@pytest.mark.parametrize("kind", ["native", "shards", "sim_deeplense", "deeplense", "npy_csv"])
+@pytest.mark.parametrize("kind", ["native", "shards", "sim_deeplense", "deeplense", "memmap", "npy_csv"])
 def test_evaluate_on_labelled_kinds(kind, inputs, native, env, model, tmp_path):
     r = ok(run("evaluate", "--model", model, "--data", path_of(kind, inputs, native), "--json", tmp_path / "m.json",
                env=env[1]))

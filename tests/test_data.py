@@ -89,7 +89,7 @@ def test_bad_input_is_named_before_training(tmp_path, case):
     d.mkdir()
     kw = {}
     if case == "empty":
-        path, msg = d, "no .npy files"
+        path, msg = d, "no .npy or FITS files"
     elif case == "mixed_sizes":
         np.save(d / "a.npy", np.array([np.zeros((8, 8)), 1e-23], dtype=object), allow_pickle=True)
         np.save(d / "b.npy", np.array([np.zeros((9, 9)), 1e-23], dtype=object), allow_pickle=True)
