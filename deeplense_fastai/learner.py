@@ -169,10 +169,13 @@ class Checkpoint(Callback):
     def after_epoch(self):
         from fastai.torch_core import rank_distrib
         if rank_distrib() or self.epoch < self.start_epoch: return
-        self.learn.save(self.fname, with_opt=True)
+        from deeplense_fastai.core import atomic_write
+        d = self.learn.path/self.learn.model_dir
+        self.learn.save(f'{self.fname}.partial', with_opt=True)     # then renamed: a Ctrl-C mid-write keeps the last one whole
+        os.replace(d/f'{self.fname}.partial.pth', d/f'{self.fname}.pth')
         best = next((float(cb.best) for cb in self.learn.cbs if isinstance(cb, SaveBest)), None)
-        meta = self.learn.path/self.learn.model_dir/f'{self.fname}.json'
-        meta.write_text(json.dumps(dict(epoch=self.epoch, n_epoch=self.n_epoch, best_valid_loss=best)))
+        with atomic_write(d/f'{self.fname}.json') as tmp:
+            tmp.write_text(json.dumps(dict(epoch=self.epoch, n_epoch=self.n_epoch, best_valid_loss=best)))
 
 # %% ../nbs/05_learner.ipynb #a123110d
 def body_head_splitter(model:nn.Module) -> list:
