@@ -11,8 +11,8 @@ from .core import DeepLenseError
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_N', 'build_parser', 'cmd_simulate', 'cmd_info', 'pd_numeric', 'cmd_train', 'cmd_evaluate', 'cmd_predict',
-           'cmd_presets', 'main']
+__all__ = ['DEFAULT_N', 'build_parser', 'cmd_simulate', 'cmd_info', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_presets',
+           'main']
 
 # %% ../nbs/07_cli.ipynb #efd7baff
 class _Parser(argparse.ArgumentParser):
@@ -174,15 +174,11 @@ def cmd_info(a) -> int:
         print(f"{a.path}: {len(src)} images of {h}x{w}, {kind}, {'labelled' if src.meta.get('labelled', True) else 'unlabelled'}")
     if 'class' in lab and lab['class'].astype(str).str.len().gt(0).any():
         print("classes: " + ", ".join(f"{c} {n}" for c, n in lab['class'].value_counts().sort_index().items()))
-    for col in [c for c in lab.columns if c not in ('index', 'file', 'class') and pd_numeric(lab[c])]:
+    import pandas as pd
+    for col in [c for c in lab.columns if c not in ('index', 'file', 'class') and pd.api.types.is_numeric_dtype(lab[c])]:
         v = lab[col].dropna()
         if len(v): print(f"{col}: {len(v)} values, min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g}")
     return 0
-
-def pd_numeric(col) -> bool:
-    "Whether a label column holds numbers."
-    import pandas as pd
-    return pd.api.types.is_numeric_dtype(col)
 
 DEFAULT_N = 6000
 
