@@ -4,27 +4,31 @@
 
 # %% ../nbs/01_lensing.ipynb #949a3510
 from __future__ import annotations
-import math
+import functools, math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['C_KM_S', 'G_SI', 'C_SI', 'M_SUN_KG', 'MPC_M', 'ARCSEC_PER_RAD', 'comoving_distance', 'angular_diameter_distance',
-           'luminosity_distance', 'lensing_distances', 'einstein_radius', 'deflection_scaling', 'pixel_grid',
-           'downsample', 'ellipticity_to_phi_q', 'sie_deflection', 'shear_deflection', 'point_mass_deflection',
-           'line_mass_deflection', 'truncated_sis_deflection', 'ray_shoot', 'sersic', 'sersic_total_flux',
-           'magnitude_to_amp', 'gaussian_kernel1d', 'convolve_psf', 'counts_noise', 'ccd_noise']
+__all__ = ['C_KM_S', 'G_SI', 'C_SI', 'M_SUN_KG', 'MPC_M', 'ARCSEC_PER_RAD', 'DEEPLENSESIM_ARCSEC_PER_RAD', 'comoving_distance',
+           'angular_diameter_distance', 'luminosity_distance', 'lensing_distances', 'einstein_radius',
+           'deflection_scaling', 'pixel_grid', 'downsample', 'ellipticity_to_phi_q', 'to_lens_frame', 'from_lens_frame',
+           'sie_deflection', 'shear_deflection', 'point_mass_deflection', 'line_mass_deflection',
+           'truncated_sis_deflection', 'ray_shoot', 'sersic', 'sersic_total_flux', 'magnitude_to_amp',
+           'gaussian_kernel1d', 'convolve_psf', 'counts_noise', 'ccd_noise']
 
 # %% ../nbs/01_lensing.ipynb #cb4e08b8
-C_KM_S = 299_792.458                   # speed of light, km/s
+C_KM_S = 299_792.458                   # speed of light, km/s (exact: SI definition of the metre)
 G_SI = 6.67430e-11                     # CODATA 2018, m^3 kg^-1 s^-2 (astropy's value)
-C_SI = 299_792_458.0                   # m/s
+C_SI = 299_792_458.0                   # m/s (exact)
 M_SUN_KG = 1.988409870698051e30        # IAU 2015 nominal solar mass (astropy's value)
-MPC_M = 3.0856775814913673e22          # metres per megaparsec
-ARCSEC_PER_RAD = 180 / math.pi * 3600  # 206264.806...
+MPC_M = 3.0856775814913673e22          # metres per megaparsec: 1e6 * 648000/pi au, au = 149 597 870 700 m (IAU 2012)
+ARCSEC_PER_RAD = 180 / math.pi * 3600  # 206264.806...: exact, from pi
+DEEPLENSESIM_ARCSEC_PER_RAD = 206265.  # the rounded value DeepLenseSim's mass_to_radius (deeplense/lens.py) used
 
+# the distance integrand is smooth in z, so 64 Gauss-Legendre nodes reach float64 rounding (astropy is the oracle
+# in tests/test_lensing_oracle.py)
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(64)
 
 def comoving_distance(z, # Redshift(s), float or array
@@ -82,7 +86,7 @@ def einstein_radius(mass, # Mass in solar masses (float or array)
     "Einstein radius in arcsec of a point mass (or the SIS of the same Einstein mass) of `mass` solar masses."
     d_l, d_s, d_ls = lensing_distances(z_lens, z_source, distances, H0, Om0)
     theta = np.sqrt(4 * G_SI * np.asarray(mass, dtype=np.float64) * M_SUN_KG / C_SI**2 * d_ls / (d_l * d_s * MPC_M))
-    return theta * (206265. if distances == 'deeplensesim' else ARCSEC_PER_RAD)
+    return theta * (DEEPLENSESIM_ARCSEC_PER_RAD if distances == 'deeplensesim' else ARCSEC_PER_RAD)
 
 def deflection_scaling(z_lens:float, # Lens redshift
                        z_source:float, # Redshift of the source actually imaged
@@ -128,8 +132,28 @@ def ellipticity_to_phi_q(e1, # First ellipticity component
     "Orientation angle `phi` (radian) and axis ratio `q` from lenstronomy's ellipticities (e1, e2)."
     e1, e2 = torch.as_tensor(e1), torch.as_tensor(e2)
     phi = torch.atan2(e2, e1) / 2
-    c = torch.sqrt(e1**2 + e2**2).clamp(max=0.9999)
+    c = torch.sqrt(e1**2 + e2**2).clamp(max=0.9999)   # lenstronomy's cap (1.14.2, Util/param_util.py, ellipticity2phi_q)
     return phi, (1 - c) / (1 + c)
+
+# %% ../nbs/01_lensing.ipynb #f2c6bd57
+def to_lens_frame(x:torch.Tensor, # Sky x positions, arcsec
+                  y:torch.Tensor, # Sky y positions, arcsec
+                  center_x, # Lens centre x, arcsec (tensor broadcastable to x, or float)
+                  center_y, # Lens centre y, arcsec
+                  angle:torch.Tensor, # Lens angle from the x axis, radian (broadcastable to x)
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Positions `(x', y')` in the lens frame: shifted by the lens centre, then rotated by `-angle`."
+    dx, dy = x - center_x, y - center_y
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return cos * dx + sin * dy, -sin * dx + cos * dy
+
+def from_lens_frame(vx:torch.Tensor, # Vector x' component in the lens frame (e.g. a deflection), arcsec
+                    vy:torch.Tensor, # Vector y' component in the lens frame
+                    angle:torch.Tensor, # Lens angle from the x axis, radian
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "A vector field from the lens frame back to the sky frame: rotated by `angle`."
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return cos * vx - sin * vy, sin * vx + cos * vy
 
 # %% ../nbs/01_lensing.ipynb #a3975da4
 _SIS_EPS = 1e-3
@@ -156,14 +180,12 @@ def sie_deflection(x:torch.Tensor, # x positions, arcsec, (H, W) or (B, H, W)
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     "Deflection (arcsec) of a singular isothermal ellipsoid (Keeton's formulas; exact SIS limit at q=1)."
     phi, q = ellipticity_to_phi_q(_bc(e1, x), _bc(e2, x))
-    dx, dy = x - _bc(center_x, x), y - _bc(center_y, x)
-    cos, sin = torch.cos(phi), torch.sin(phi)
-    xr, yr = cos * dx + sin * dy, -sin * dx + cos * dy
-    psi = torch.sqrt(q**2 * xr**2 + yr**2).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
+    xr, yr = to_lens_frame(x, y, _bc(center_x, x), _bc(center_y, x), phi)
+    psi = torch.sqrt(q**2 * xr**2 + yr**2).clamp_min(torch.finfo(x.dtype).tiny ** 0.5)   # finite at the centre
     s = torch.sqrt((1 - q**2).clamp_min(0))
     b = _bc(theta_E, x) * torch.sqrt(q)
     ax_r, ay_r = b * _atan_over(s, xr / psi), b * _atanh_over(s, yr / psi)
-    return cos * ax_r - sin * ay_r, sin * ax_r + cos * ay_r
+    return from_lens_frame(ax_r, ay_r, phi)
 
 # %% ../nbs/01_lensing.ipynb #76227054
 def shear_deflection(x:torch.Tensor, # x positions, arcsec
@@ -181,7 +203,10 @@ def _point_mass_sum(xf, yf, te2, cx, cy, tiny:float):
     w = te2 / (dx * dx + dy * dy).clamp_min(tiny)
     return (w * dx).sum(1), (w * dy).sum(1)
 
-_COMPILED = {}
+@functools.cache
+def _compiled_point_mass_sum():
+    "`_point_mass_sum` fused by `torch.compile`, built on first use and kept for the process (compiling takes seconds)."
+    return torch.compile(_point_mass_sum, dynamic=True)
 
 def point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
                           y:torch.Tensor, # y positions, arcsec, (H, W)
@@ -202,9 +227,7 @@ def point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
     xf, yf = x.reshape(1, 1, -1), y.reshape(1, 1, -1)
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     kernel = _point_mass_sum
-    if compile:
-        if 'pm' not in _COMPILED: _COMPILED['pm'] = torch.compile(_point_mass_sum, dynamic=True)
-        kernel, max_elements = _COMPILED['pm'], 2**62
+    if compile: kernel, max_elements = _compiled_point_mass_sum(), 2**62   # fused: no intermediate to chunk
     # chunk over images, and over pixels when one image alone is too big, so that intermediates stay in cache
     step_b = max(1, max_elements // (K * P))
     step_p = P if K * P <= max_elements else max(1, max_elements // K)
@@ -226,13 +249,11 @@ def line_mass_deflection(x:torch.Tensor, # x positions, arcsec
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     "Deflection (arcsec) of a uniform line mass (segment of length 2L): the continuum limit of the axion vortex."
     te2, L, ang = _bc(theta_E, x)**2, _bc(half_length, x).clamp_min(1e-12), _bc(angle, x)
-    dx, dy = x - _bc(center_x, x), y - _bc(center_y, x)
-    cos, sin = torch.cos(ang), torch.sin(ang)
-    u, v = cos * dx + sin * dy, -sin * dx + cos * dy
+    u, v = to_lens_frame(x, y, _bc(center_x, x), _bc(center_y, x), ang)
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     a_u = te2 / (4 * L) * torch.log(((u + L)**2 + v**2).clamp_min(tiny) / ((u - L)**2 + v**2).clamp_min(tiny))
     a_v = te2 / (2 * L) * (torch.atan2(v, u - L) - torch.atan2(v, u + L))
-    return cos * a_u - sin * a_v, sin * a_u + cos * a_v
+    return from_lens_frame(a_u, a_v, ang)
 
 # %% ../nbs/01_lensing.ipynb #7396fad3
 def truncated_sis_deflection(x:torch.Tensor, # x positions, arcsec
@@ -262,7 +283,11 @@ def ray_shoot(x:torch.Tensor, # Image-plane x, arcsec
     return x - s * alpha_x, y - s * alpha_y
 
 # %% ../nbs/01_lensing.ipynb #6547c01c
-def _b_n(n): return (1.9992 * n - 0.3271).clamp_min(1e-5) if torch.is_tensor(n) else max(1.9992 * n - 0.3271, 1e-5)
+def _b_n(n):
+    "b_n such that R_sersic holds half the light: Capaccioli (1989)'s linear fit, floored at 1e-5 for tiny n."
+    # the fit (for 0.5 < n < 10) and the floor exactly as lenstronomy 1.14.2 has them
+    # (LensModel/Profiles/sersic_utils.py, SersicUtil.b_n), so that an amplitude means the same in both codes
+    return (1.9992 * n - 0.3271).clamp_min(1e-5) if torch.is_tensor(n) else max(1.9992 * n - 0.3271, 1e-5)
 
 def sersic(x:torch.Tensor, # Source-plane x, arcsec
            y:torch.Tensor, # Source-plane y, arcsec
@@ -276,9 +301,8 @@ def sersic(x:torch.Tensor, # Source-plane x, arcsec
           ) -> torch.Tensor:
     "Surface brightness of an elliptical Sersic profile (lenstronomy's SERSIC_ELLIPSE convention)."
     phi, q = ellipticity_to_phi_q(_bc(e1, x), _bc(e2, x))
-    dx, dy = x - _bc(center_x, x), y - _bc(center_y, x)
-    cos, sin = torch.cos(phi), torch.sin(phi)
-    xr, yr = cos * dx + sin * dy, -sin * dx + cos * dy
+    xr, yr = to_lens_frame(x, y, _bc(center_x, x), _bc(center_y, x), phi)
+    # 1e-4 arcsec: lenstronomy's smoothing radius of the centre (SersicUtil(smoothing=0.0001)), same floor on R_sersic
     R = torch.sqrt(q * xr**2 + yr**2 / q).clamp_min(1e-4)
     frac = R / _bc(R_sersic, x).clamp_min(1e-4)
     if torch.is_tensor(n_sersic) and n_sersic.ndim:
