@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #828ccc05
 from __future__ import annotations
-import contextlib, hashlib, io, json, os, pickle, shutil, sys, tempfile, warnings
+import contextlib, hashlib, json, os, pickle, shutil, sys, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -433,7 +433,6 @@ from .core import fastai_import
 with fastai_import():
     from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TensorBase, TransformBlock, DataBlock,
                                    RandomSplitter, FuncSplitter, Normalize, Rotate, show_title)
-from fastcore.basics import store_attr
 import torch
 import torch.nn.functional as F
 

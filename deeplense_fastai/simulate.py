@@ -5,7 +5,7 @@
 # %% ../nbs/02_simulate.ipynb #bd0b7f42
 from __future__ import annotations
 import contextlib, dataclasses, functools, hashlib, json, math, os, time
-from dataclasses import dataclass, field, asdict, replace
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +14,12 @@ from .core import DeepLenseError, image_seed, atomic_write
 
 # %% auto #0
 __all__ = ['EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'CLASSES',
-           'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'FORMAT', 'MARKER', 'counter_uniforms',
-           'ccd_background_rms', 'Band', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters',
-           'labels_frame', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate',
-           'shard_range', 'write_dataset', 'NativeDataset', 'open_dataset']
+           'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'MARKER', 'counter_uniforms', 'ccd_background_rms',
+           'Band', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters', 'labels_frame',
+           'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate', 'shard_range',
+           'write_dataset', 'NativeDataset', 'open_dataset']
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
 def _splitmix64(z:np.ndarray) -> np.ndarray:
     "SplitMix64 finaliser, element-wise on uint64 arrays (wrapping arithmetic)."
     with np.errstate(over='ignore'):
@@ -466,8 +464,6 @@ def simulate(preset:str|Preset='model_ii', # Preset name or recipe
     return out, labels_frame(draw_parameters(p, np.arange(start, start + n), seed, classes))
 
 # %% ../nbs/02_simulate.ipynb #d6ded6f5
-FORMAT = 'deeplense_fastai/native'
-
 def shard_range(n:int, # Images in the whole dataset
                 shard:int, # Which part, 0-based
                 nshards:int, # Number of parts
