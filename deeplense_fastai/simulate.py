@@ -13,11 +13,16 @@ import numpy as np
 from .core import DeepLenseError, image_seed, atomic_write
 
 # %% auto #0
-__all__ = ['EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'CLASSES',
-           'LABEL_COLUMNS', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'MARKER', 'counter_uniforms', 'ccd_background_rms',
+__all__ = ['CLASSES', 'LABEL_COLUMNS', 'EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS',
+           'DEEPLENSESIM_MODEL_I', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'MARKER', 'counter_uniforms', 'ccd_background_rms',
            'Band', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters', 'labels_frame',
            'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate', 'shard_range',
            'write_dataset', 'NativeDataset', 'open_dataset']
+
+# %% ../nbs/02_simulate.ipynb #0dd256b0
+CLASSES = ('no_sub', 'cdm', 'axion')
+LABEL_COLUMNS = ('index', 'class', 'log10_m_axion', 'f_sub', 'n_sub', 'theta_E', 'theta_E_eff', 'source_x', 'source_y',
+                 'exposure')
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 def _splitmix64(z:np.ndarray) -> np.ndarray:
@@ -40,7 +45,7 @@ def counter_uniforms(seed:int, # Dataset seed
         h = _splitmix64(_splitmix64(key ^ idx) ^ (j * np.uint64(0xD1B54A32D192ED03)))
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
-# %% ../nbs/02_simulate.ipynb #f314403b
+# %% ../nbs/02_simulate.ipynb #d0c52746
 def ccd_background_rms(read_noise:float, # Read noise per exposure, electrons
                        exposure_time:float, # Exposure time of one exposure, seconds
                        num_exposures:int, # Number of co-added exposures
@@ -53,6 +58,7 @@ def ccd_background_rms(read_noise:float, # Read noise per exposure, electrons
     sky_per_pixel = 10**(-0.4 * (sky_brightness - zero_point)) * pixel_scale**2
     return math.sqrt(num_exposures * read_noise**2 + t_tot * sky_per_pixel) / t_tot
 
+# %% ../nbs/02_simulate.ipynb #9edafef3
 @dataclass(frozen=True)
 class Band:
     "An imaging band as lenstronomy's `ObservationConfig` describes it: frozen numbers and the file they come from."
@@ -89,6 +95,7 @@ class Band:
         return dict(pixel_scale=self.pixel_scale, psf_fwhm=self.seeing, background_rms=self.background_rms,
                     exposure=(self.total_exposure, self.total_exposure), zero_point=self.magnitude_zero_point)
 
+# %% ../nbs/02_simulate.ipynb #bed50088
 EUCLID_VIS_2021 = Band('euclid_vis_2021',
     "lenstronomy 1.9.2 (identical up to 1.14.0), lenstronomy/SimulationAPI/ObservationConfig/Euclid.py, VIS_obs and "
     "camera; Euclid(band='VIS', psf_type='GAUSSIAN', coadd_years=6) as DeepLenseSim's set_instrument('euclid') ran it",
@@ -114,11 +121,7 @@ BANDS = {b.name: b for b in (EUCLID_VIS_2021, EUCLID_VIS_2026, HST_WFC3_F160W, H
 DEEPLENSESIM_MODEL_I = dict(npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., supersample=1,
                             background_rms=0.01, exposure=(10**3, 10**3.5), source_amp=20.)
 
-# %% ../nbs/02_simulate.ipynb #935739ef
-CLASSES = ('no_sub', 'cdm', 'axion')
-LABEL_COLUMNS = ('index', 'class', 'log10_m_axion', 'f_sub', 'n_sub', 'theta_E', 'theta_E_eff', 'source_x', 'source_y',
-                 'exposure')
-
+# %% ../nbs/02_simulate.ipynb #c4cfa698
 @dataclass(frozen=True)
 class Preset:
     "A complete simulation recipe: instrument, noise, cosmology, lens, source and substructure."
@@ -200,7 +203,7 @@ class Preset:
         if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-# %% ../nbs/02_simulate.ipynb #28501ac0
+# %% ../nbs/02_simulate.ipynb #0731d3ad
 PRESETS: dict[str, Preset] = {}
 
 def register_preset(preset:Preset, # The recipe; its `name` is the key
@@ -224,6 +227,7 @@ def get_preset(name:str|Preset, # A preset name or a Preset
         p = replace(p, **overrides)
     return p
 
+# %% ../nbs/02_simulate.ipynb #24a04ce5
 _deeplense = dict(distances='deeplensesim', classes=('axion',))
 _simapi = dict(npix=64, psf_truncation=5., noise='ccd', source_magnitude=20., z_source_convention=2.5, noiseless_scale=2.)
 register_preset(Preset(name='model_i', noise='counts', source_magnitude=None, zero_point=None, **DEEPLENSESIM_MODEL_I,
@@ -251,7 +255,7 @@ def preset_physics(p:Preset) -> dict:
     return dict(theta_E=float(te(p.halo_mass)), theta_E_per_sqrt_msun=float(te(1.0)), deflection_scale=scale,
                 source_amp=float(amp), pixel_area=p.pixel_scale**2)
 
-# %% ../nbs/02_simulate.ipynb #5d431125
+# %% ../nbs/02_simulate.ipynb #db5a65af
 def _axion_half_length(log10_m):
     "Half-length lambda of the vortex in arcsec for log10(m/eV): 0.03\" * (1e-22 eV / m) (DeepLenseSim)."
     return 0.06 / 2 * 10.0**(-22 - np.asarray(log10_m))
@@ -263,6 +267,19 @@ def _poisson_inverse(u, mean, kmax):
     cdf = np.cumsum(np.exp(logpmf))
     return np.minimum(np.searchsorted(cdf, u, side='right'), kmax)
 
+# %% ../nbs/02_simulate.ipynb #d38a733d
+def _draw_subhalos(p:Preset, u:np.ndarray, kmax:int, is_cdm:np.ndarray) -> dict:
+    "Subhalo count, masses (zero-padded), radii and angles, (B, kmax), from uniform columns 5 and 6.. of `u`."
+    n_sub = (_poisson_inverse(u[:, 5], p.n_sub, kmax) if p.n_sub_poisson else np.full(len(u), p.n_sub)) * is_cdm
+    a = p.m_sub_slope + 1
+    lo_u, hi_u = p.m_sub_min**a, p.m_sub_max**a
+    m_sub = (lo_u + (hi_u - lo_u) * u[:, 6:6 + kmax])**(1 / a)
+    m_sub = np.where(np.arange(kmax)[None] < n_sub[:, None], m_sub, 0.)
+    r = p.r_sub_min + (p.r_sub_max - p.r_sub_min) * u[:, 6 + kmax:6 + 2 * kmax]
+    th = 2 * np.pi * u[:, 6 + 2 * kmax:6 + 3 * kmax]
+    return dict(n_sub=n_sub, sub_mass=m_sub, sub_r=r, sub_phi=th)
+
+# %% ../nbs/02_simulate.ipynb #2b2da250
 def draw_parameters(preset:Preset, # The recipe
                     indices, # Global image indices, (B,)
                     seed:int=0, # Dataset seed
@@ -284,43 +301,34 @@ def draw_parameters(preset:Preset, # The recipe
     exposure = 10**(lo + (hi - lo) * u[:, 2]) if hi > lo else np.full(B, float(p.exposure[0]))
     is_ax, is_cdm = cls == 'axion', cls == 'cdm'
     log10_m = np.where(is_ax, p.log10_m_axion[0] + (p.log10_m_axion[1] - p.log10_m_axion[0]) * u[:, 3], np.nan)
-    vortex_angle = 2 * np.pi * u[:, 4]
-    n_sub = (_poisson_inverse(u[:, 5], p.n_sub, kmax) if p.n_sub_poisson else np.full(B, p.n_sub)) * is_cdm
-    a = p.m_sub_slope + 1
-    lo_u, hi_u = p.m_sub_min**a, p.m_sub_max**a
-    m_sub = (lo_u + (hi_u - lo_u) * u[:, 6:6 + kmax])**(1 / a)
-    m_sub = np.where(np.arange(kmax)[None] < n_sub[:, None], m_sub, 0.)
-    r = p.r_sub_min + (p.r_sub_max - p.r_sub_min) * u[:, 6 + kmax:6 + 2 * kmax]
-    th = 2 * np.pi * u[:, 6 + 2 * kmax:6 + 3 * kmax]
+    sub = _draw_subhalos(p, u, kmax, is_cdm)
+    m_sub, r, th = sub['sub_mass'], sub['sub_r'], sub['sub_phi']
     f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / p.halo_mass
     return dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
                 vortex_half_length=np.where(is_ax, _axion_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
-                vortex_angle=vortex_angle, n_sub=n_sub, f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
+                vortex_angle=2 * np.pi * u[:, 4], n_sub=sub['n_sub'], f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
                 sub_theta_E=np.sqrt(m_sub) * phys['theta_E_per_sqrt_msun'],
                 sub_x=r * np.sin(th), sub_y=r * np.cos(th), theta_E=np.full(B, phys['theta_E']),
                 theta_E_eff=np.full(B, phys['theta_E'] * phys['deflection_scale']))
 
+# %% ../nbs/02_simulate.ipynb #15ea8a63
 def labels_frame(params:dict) -> 'pd.DataFrame':
     "The label table (one row per image, columns `LABEL_COLUMNS`) of parameters from `draw_parameters`."
     import pandas as pd
     return pd.DataFrame({c: params[{'class': 'cls'}.get(c, c)] for c in LABEL_COLUMNS})
 
-# %% ../nbs/02_simulate.ipynb #84cd79de
-_MACRO_CACHE: dict = {}
-
+# %% ../nbs/02_simulate.ipynb #67b942f8
+@functools.lru_cache(maxsize=1)
 def _macro_field(p:Preset, device, dtype):
-    "Grid and main-lens (SIE + shear) deflection of a preset, cached per (preset, device, dtype)."
+    "Grid and main-lens (SIE + shear) deflection `(x, y, alpha_x, alpha_y)` of a preset on `device` in `dtype`."
     import torch
     from deeplense_fastai.lensing import pixel_grid, sie_deflection, shear_deflection
-    key = (p, str(device), dtype)
-    if key not in _MACRO_CACHE:
-        x, y = pixel_grid(p.npix, p.pixel_scale, p.supersample, device=device, dtype=torch.float64)
-        ax, ay = sie_deflection(x, y, preset_physics(p)['theta_E'], p.halo_e1, p.halo_e2)
-        sx, sy = shear_deflection(x, y, p.gamma1, p.gamma2)
-        _MACRO_CACHE.clear()
-        _MACRO_CACHE[key] = tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
-    return _MACRO_CACHE[key]
+    x, y = pixel_grid(p.npix, p.pixel_scale, p.supersample, device=device, dtype=torch.float64)
+    ax, ay = sie_deflection(x, y, preset_physics(p)['theta_E'], p.halo_e1, p.halo_e2)
+    sx, sy = shear_deflection(x, y, p.gamma1, p.gamma2)
+    return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
 
+# %% ../nbs/02_simulate.ipynb #48a2d5e5
 def _vortex_points(params, p:Preset):
     "Positions and Einstein radii (B, N) of the vortex as `vortex_points` equal point masses."
     t = np.linspace(-1, 1, p.vortex_points)[None] * params['vortex_half_length'][:, None]
@@ -328,21 +336,9 @@ def _vortex_points(params, p:Preset):
     ang = params['vortex_angle'][:, None]
     return np.full(t.shape, te), t * np.cos(ang), t * np.sin(ang)
 
-def render(preset:Preset, # The recipe
-           params:dict, # Parameters from `draw_parameters`
-           device=None, # torch device
-           dtype=None, # torch dtype (default float32)
-           compile:bool=False, # Fuse the point-mass sums with torch.compile
-          ) -> 'torch.Tensor':
-    "Noiseless images (B, H, W) in counts/s per pixel for the parameters of a batch."
-    import torch
-    from deeplense_fastai.lensing import (point_mass_deflection, line_mass_deflection, ray_shoot, sersic,
-                                          downsample, convolve_psf)
-    p, dtype = preset, dtype or torch.float32
-    x, y, mx, my = _macro_field(p, device, dtype)
-    B = len(params['index'])
-    T = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), device=device).to(dtype)
-    ax, ay = mx.expand(B, *mx.shape).clone(), my.expand(B, *my.shape).clone()
+def _add_substructure(p:Preset, params:dict, x, y, ax, ay, T, compile:bool) -> None:
+    "Add the deflections of the CDM subhalos and of the axion vortex to `ax`, `ay` (B, H, W), in place."
+    from deeplense_fastai.lensing import point_mass_deflection, line_mass_deflection
     cdm = np.flatnonzero(params['cls'] == 'cdm')
     if len(cdm):
         keep = max(1, int(params['n_sub'][cdm].max()))
@@ -359,6 +355,23 @@ def render(preset:Preset, # The recipe
             te, px, py = _vortex_points(sub, p)
             vx, vy = point_mass_deflection(x, y, T(te), T(px), T(py), compile=compile)
         ax[axion] += vx; ay[axion] += vy
+
+# %% ../nbs/02_simulate.ipynb #837211af
+def render(preset:Preset, # The recipe
+           params:dict, # Parameters from `draw_parameters`
+           device=None, # torch device
+           dtype=None, # torch dtype (default float32)
+           compile:bool=False, # Fuse the point-mass sums with torch.compile
+          ) -> 'torch.Tensor':
+    "Noiseless images (B, H, W) in counts/s per pixel for the parameters of a batch."
+    import torch
+    from deeplense_fastai.lensing import ray_shoot, sersic, downsample, convolve_psf
+    p, dtype = preset, dtype or torch.float32
+    x, y, mx, my = _macro_field(p, device, dtype)
+    B = len(params['index'])
+    T = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), device=device).to(dtype)
+    ax, ay = mx.expand(B, *mx.shape).clone(), my.expand(B, *my.shape).clone()
+    _add_substructure(p, params, x, y, ax, ay, T, compile)
     phys = preset_physics(p)
     bx, by = ray_shoot(x, y, ax, ay, phys['deflection_scale'])
     img = sersic(bx, by, phys['source_amp'], p.source_R, p.source_n, p.source_e1, p.source_e2,
@@ -390,7 +403,7 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
     source.update(amp=p.source_amp) if p.source_amp is not None else source.update(magnitude=p.source_magnitude)
     return dict(lens_model_list=models, kwargs_lens=kwargs, source_model_list=['SERSIC_ELLIPSE'], kwargs_source=[source])
 
-# %% ../nbs/02_simulate.ipynb #9d5419fc
+# %% ../nbs/02_simulate.ipynb #9d9db20c
 def add_noise(preset:Preset, # The recipe
               model:'torch.Tensor', # Noiseless images from `render`, (B, H, W)
               params:dict, # Parameters of the batch (for exposure times and indices)
@@ -406,6 +419,7 @@ def add_noise(preset:Preset, # The recipe
     if preset.noise == 'counts': return counts_noise(model, t, preset.background_rms, gens)
     return ccd_noise(model, t, preset.background_rms, gens)
 
+# %% ../nbs/02_simulate.ipynb #c71d495e
 BLOCK = 16          # images per canonical block on a CPU (cache-sized)
 CUDA_BLOCK = 512    # on a GPU, where bigger blocks keep the device busy
 
@@ -435,6 +449,7 @@ def make_images(preset:Preset, # The recipe
     prm = draw_parameters(preset, np.arange(start, stop), seed, classes)
     return torch.cat(imgs)[start - b0:stop - b0], prm
 
+# %% ../nbs/02_simulate.ipynb #438c867e
 def simulate(preset:str|Preset='model_ii', # Preset name or recipe
              n:int=16, # Number of images
              seed:int=0, # Dataset seed
