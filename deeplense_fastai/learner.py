@@ -27,13 +27,15 @@ with fastai_import():
 
 from .core import DeepLenseError
 from .models import get_model, MODELS
+from .posterior import (FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS, target_grid,
+                                       run_log_posterior, quantile_columns, grid_quantiles, grid_sample)
 
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
-           'body_head_splitter', 'load_init', 'regression_learner', 'fit', 'predict_batches', 'get_predictions',
-           'export_run', 'check_run_config', 'read_run_config', 'load_run', 'input_size', 'predict_source', 'predict',
-           'distributed']
+           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'posterior_batches',
+           'predict_batches', 'get_predictions', 'export_run', 'check_calibration', 'check_run_config',
+           'read_run_config', 'load_run', 'input_size', 'predict_source', 'posterior_source', 'predict', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -46,11 +48,17 @@ class GaussianNLL(nn.Module):
 
 def _rmse(pred, targ): return torch.sqrt(F.mse_loss(pred, targ))
 
-LOSSES = dict(mse=nn.MSELoss, rmse=lambda: _rmse, mae=nn.L1Loss, huber=partial(nn.SmoothL1Loss, beta=1.0), gaussian_nll=GaussianNLL)
+LOSSES = dict(mse=nn.MSELoss, rmse=lambda: _rmse, mae=nn.L1Loss, huber=partial(nn.SmoothL1Loss, beta=1.0), gaussian_nll=GaussianNLL,
+              flow=FlowNLL)
 
-def get_loss(name:str) -> nn.Module:
-    "A loss by name: mse, rmse, mae, huber or gaussian_nll."
+def get_loss(name:str, # mse, rmse, mae, huber, gaussian_nll or flow
+             model=None, # With 'flow': the `FlowRegressor` whose posterior the loss scores
+            ) -> nn.Module:
+    "A loss by name: mse, rmse, mae, huber, gaussian_nll, or flow (the negative log posterior of a `FlowRegressor`)."
     if name not in LOSSES: raise DeepLenseError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    if name == 'flow':
+        if not isinstance(model, FlowRegressor): raise DeepLenseError("loss 'flow' scores a FlowRegressor's posterior: pass model=")
+        return FlowNLL(model)
     return LOSSES[name]()
 
 def outputs_per_target(loss) -> int:
@@ -107,14 +115,16 @@ def _r2(p, t):
 
 def regression_metrics(cfg:dict, # `dls.lens_config`
                        which=('mae', 'rmse', 'mse', 'r2'), # Metrics to compute
+                       point=None, # Maps the model's outputs to standardised point estimates (a flow's: posterior medians)
                       ) -> list:
     "fastai metrics computed on decoded predictions, one set per target."
     fns = dict(mae=_mae, mse=_mse, rmse=lambda p, t: _mse(p, t).sqrt(), r2=_r2)
+    point = point or (lambda p: p)
     out = []
     for j, name in enumerate(cfg['targets']):
         sfx = '' if len(cfg['targets']) == 1 else f'_{name}'
         for w in which:
-            f = lambda p, t, j=j, w=w: fns[w](*_decoded(p, t, cfg, j))
+            f = lambda p, t, j=j, w=w: fns[w](*_decoded(point(p), t, cfg, j))
             out.append(AccumMetric(f, flatten=False, name=f'{w}{sfx}'))
     return out
 
@@ -211,36 +221,61 @@ def load_init(model:nn.Module, # A freshly built model
             raise DeepLenseError(f"--init {init}: its {key} is {old[key]!r}, this run's is {cfg[key]!r}")
     if old.get('model_kw', {}) != cfg.get('model_kw', {}):
         raise DeepLenseError(f"--init {init}: built with model options {old.get('model_kw')}, this run with {cfg.get('model_kw')}")
+    if (old.get('loss') == 'flow') != (cfg.get('loss') == 'flow') or old.get('flow') != cfg.get('flow'):
+        raise DeepLenseError(f"--init {init}: its loss is {old.get('loss')!r}, this run's is {cfg.get('loss')!r}: a flow "
+                             f"posterior head and a point head (or two different flows) do not share weights")
     model.load_state_dict(load_file(str(Path(init)/'weights.safetensors')))
-    _rescale_output(model, old, cfg, cfg['n_out'])
+    if cfg.get('loss') != 'flow': _rescale_output(model, old, cfg, cfg['n_out'])   # a flow's head is retrained (freeze_epochs)
     return old
+
+class TargetRange(Callback):
+    "Records the range of the training targets (target units) in `learn.lens_config['target_range']`: a flow run's prior support."
+    order = 0
+    def after_batch(self):
+        if not self.training: return
+        cfg = self.learn.lens_config
+        y = self.yb[0].detach().float().cpu() * torch.tensor(cfg['target_std']) + torch.tensor(cfg['target_mean'])
+        old = torch.tensor(cfg.get('target_range') or [[math.inf, -math.inf]] * y.shape[1])
+        lo, hi = torch.minimum(old[:, 0], y.min(0).values), torch.maximum(old[:, 1], y.max(0).values)
+        cfg['target_range'] = [[float(a), float(b)] for a, b in zip(lo, hi)]
+
+def _regression_model(arch:str, loss:str, targets:list, flow:dict|None, model_kw:dict):
+    "Model, loss function, outputs and extra config entries for a loss; loss 'flow' builds the posterior head."
+    if loss == 'flow':
+        fk = dict(FLOW_DEFAULTS, **(flow or {}))
+        model = flow_regressor(arch, len(targets), flow=fk, **model_kw)
+        return model, get_loss('flow', model), fk['n_ctx'], dict(flow=fk)
+    if flow: raise DeepLenseError("flow settings go with loss='flow'")
+    loss_fn = get_loss(loss)
+    n_out = len(targets) * outputs_per_target(loss_fn)
+    return get_model(arch, n_in=1, n_out=n_out, **model_kw), loss_fn, n_out, {}
 
 def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        arch:str='resnet18', # A name from `MODELS`
-                       loss:str='mse', # mse, rmse, mae, huber or gaussian_nll
+                       loss:str='mse', # mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: see `posterior`)
                        opt:str='ranger', # adam, radam, ranger or ranger21
                        metrics=None, # fastai metrics; default MAE, RMSE, MSE, R^2 per target in the target's units
                        path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
                        wd:float|None=None, # Weight decay (None: the optimiser's default)
                        cbs=None, # Extra callbacks
                        init:str|Path|None=None, # Start from this trained run's weights (transfer, fine-tuning)
+                       flow:dict|None=None, # With loss='flow': flow settings (keys of `FLOW_DEFAULTS`)
                        **model_kw, # Passed to the model constructor
                       ) -> Learner:
     "A fastai Learner for lensing regression with the DeepLense recipe as default (Ranger, metrics in target units)."
     cfg = getattr(dls, 'lens_config', None)
     if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders")
     if arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
-    loss_fn = get_loss(loss)
-    n_out = len(cfg['targets']) * outputs_per_target(loss_fn)
-    model = get_model(arch, n_in=1, n_out=n_out, **model_kw)
-    run_cfg = dict(cfg, arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw)
+    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, model_kw)
+    run_cfg = dict(cfg, arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     if init is not None: run_cfg['init'] = str(init); load_init(model, init, run_cfg)
-    cbs = [Ranger21Guard(), LRTrace()] + list(cbs or [])
+    cbs = [Ranger21Guard(), LRTrace()] + ([TargetRange()] if loss == 'flow' else []) + list(cbs or [])
+    point = partial(flow_median, model) if loss == 'flow' else None
     if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
         from deeplense_fastai.online import OnlineEpoch
         if not any(isinstance(c, OnlineEpoch) for c in cbs): cbs.append(OnlineEpoch())
     learn = Learner(dls, model, loss_func=loss_fn, opt_func=get_opt_func(opt), path=Path(path), wd=wd,
-                    metrics=regression_metrics(cfg) if metrics is None else metrics, cbs=cbs, splitter=body_head_splitter)
+                    metrics=regression_metrics(cfg, point=point) if metrics is None else metrics, cbs=cbs, splitter=body_head_splitter)
     learn.lens_config = run_cfg
     if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.to_fp16()
     return learn
@@ -318,13 +353,43 @@ def _split_outputs(raw:torch.Tensor, cfg:dict):
     if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * s
     return mu, None
 
+def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model
+
+def _decode_targets(y:torch.Tensor, cfg:dict) -> torch.Tensor:
+    "Standardised targets back in their own units."
+    return y.float().cpu() * torch.tensor(cfg['target_std']) + torch.tensor(cfg['target_mean'])
+
+@torch.no_grad()
+def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.model`)
+                      batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
+                      cfg:dict, # The run's configuration
+                      tta:bool=False, # Mix the posteriors of the eight symmetries of the square
+                     ):
+    "Grid posteriors of a flow run: (grid (T, G), log densities (N, T, G), decoded targets or None)."
+    model.eval()
+    flow, grid, lps, ys = _unwrap(model), target_grid(cfg), [], []
+    for b in batches:
+        x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
+        views = _square_views(x) if tta else [x]
+        lp = torch.stack([run_log_posterior(flow, model(v), cfg, grid) for v in views])
+        lps.append(torch.logsumexp(lp, 0) - math.log(len(views)))
+        if y is not None: ys.append(_decode_targets(y, cfg))
+    return grid, torch.cat(lps), (torch.cat(ys).numpy() if ys else None)
+
+def _medians(grid:torch.Tensor, logp:torch.Tensor) -> np.ndarray:
+    "Posterior medians (N, T) from grid posteriors."
+    return torch.stack([grid_quantiles(logp[:, j], grid[j], [0.5])[:, 0] for j in range(grid.shape[0])], 1).numpy()
+
 @torch.no_grad()
 def predict_batches(model:nn.Module, # A regression model
                     batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
                     cfg:dict, # lens_config (targets and their statistics)
                     tta:bool=False, # Average over the eight symmetries of the square
                    ):
-    "Decoded predictions (mean, std or None, targets or None) over an iterable of batches."
+    "Decoded predictions (mean, std or None, targets or None) over an iterable of batches; a flow's mean is its median."
+    if isinstance(_unwrap(model), FlowRegressor):
+        grid, logp, y = posterior_batches(model, batches, cfg, tta)
+        return _medians(grid, logp), None, y
     model.eval()
     mus, sds, ys = [], [], []
     for b in batches:
@@ -337,7 +402,7 @@ def predict_batches(model:nn.Module, # A regression model
             var = torch.stack([o[1]**2 for o in outs]).mean(0) + torch.stack([o[0] for o in outs]).var(0, unbiased=False)
             sd = var.sqrt()
         mus.append(mu); sds.append(sd)
-        if y is not None: ys.append(_split_outputs(y.float().cpu(), dict(cfg, targets=cfg['targets']))[0])
+        if y is not None: ys.append(_decode_targets(y, cfg))
     cat = lambda l: torch.cat(l).numpy() if l and l[0] is not None else None
     return cat(mus), cat(sds), cat(ys)
 
@@ -374,6 +439,29 @@ def _finite_list(v, n:int, positive:bool=False) -> bool:
     ok = isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e30 for x in v)
     return ok and (not positive or all(x > 0 for x in v))
 
+def _check_flow(cfg:dict, bad) -> None:
+    "The flow settings and prior range of a flow run's configuration."
+    fk = cfg.get('flow')
+    if not (isinstance(fk, dict) and set(fk) == set(FLOW_DEFAULTS)
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in fk.values())):
+        bad(f"flow must be an object with the integers {', '.join(FLOW_DEFAULTS)}, got {fk!r}")
+    if cfg['n_out'] != fk['n_ctx']: bad(f"n_out must equal flow n_ctx ({fk['n_ctx']}), got {cfg['n_out']!r}")
+    r = cfg.get('target_range')
+    if r is not None and not (isinstance(r, list) and len(r) == len(cfg['targets']) and all(_finite_list(v, 2) and v[0] < v[1] for v in r)):
+        bad(f"target_range must be one [low, high] pair per target, got {r!r}")
+
+def check_calibration(cal, # The parsed calibration.json
+                      n_targets:int, # The run's number of targets
+                      where='calibration.json', # Its path, for messages
+                     ) -> list:
+    "The recalibration knots of a flow run (per target: strictly increasing from 0 to 1); one clear error otherwise."
+    knots = cal.get('knots') if isinstance(cal, dict) else None
+    ok = isinstance(knots, list) and len(knots) == n_targets and all(
+        isinstance(k, list) and len(k) >= 2 and _finite_list(k, len(k)) and k[0] == 0 and k[-1] == 1
+        and all(a < b for a, b in zip(k, k[1:])) for k in knots)
+    if not ok: raise DeepLenseError(f"{where}: 'knots' must be {n_targets} list(s) rising strictly from 0 to 1")
+    return knots
+
 def check_run_config(cfg, # The parsed config.json
                      where:str='config.json', # Its path, for messages
                     ) -> dict:
@@ -386,7 +474,8 @@ def check_run_config(cfg, # The parsed config.json
     t = cfg['targets']
     if not (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)): bad(f"targets must be a list of column names, got {t!r}")
     n_out = cfg['n_out']
-    if not (isinstance(n_out, int) and n_out in (len(t), 2 * len(t))): bad(f"n_out must be {len(t)} or {2 * len(t)} for {len(t)} target(s), got {n_out!r}")
+    if cfg.get('loss') == 'flow': _check_flow(cfg, bad)
+    elif not (isinstance(n_out, int) and n_out in (len(t), 2 * len(t))): bad(f"n_out must be {len(t)} or {2 * len(t)} for {len(t)} target(s), got {n_out!r}")
     if cfg['norm'] not in ('minmax', 'meanstd'): bad(f"unknown norm {cfg['norm']!r} (minmax or meanstd)")
     if cfg['norm'] == 'meanstd' and not _finite_list(cfg.get('image_stats'), 2) or (cfg['norm'] == 'meanstd' and not cfg['image_stats'][1] > 0):
         bad(f"norm 'meanstd' needs image_stats [mean, std > 0], got {cfg.get('image_stats')!r}")
@@ -418,10 +507,16 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
     from safetensors.torch import load_file
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    try: model = get_model(cfg['arch'], n_in=1, n_out=cfg['n_out'], **cfg.get('model_kw', {}))
+    kw, flow = cfg.get('model_kw', {}), cfg.get('loss') == 'flow'
+    try: model = flow_regressor(cfg['arch'], len(cfg['targets']), flow=cfg['flow'], **kw) if flow else get_model(cfg['arch'], n_in=1, n_out=cfg['n_out'], **kw)
     except TypeError as e: raise DeepLenseError(f"{run_dir/'config.json'}: model_kw does not fit {cfg['arch']} ({e})") from None
     try: model.load_state_dict(load_file(str(run_dir/'weights.safetensors')))
     except Exception as e: raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg['arch']} ({type(e).__name__})") from None
+    if (f := run_dir/'calibration.json').is_file():          # written by `calibrate`: plain numbers
+        if not flow: raise DeepLenseError(f"{f}: only flow runs (loss 'flow') are recalibrated")
+        try: cal = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
+        cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
     return model.to(device or 'cpu').eval(), cfg
 
 # %% ../nbs/05_learner.ipynb #7de7f649
@@ -459,13 +554,37 @@ def predict_source(model:nn.Module, # A regression model (a run's, or `learn.mod
                    size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
                   ):
     "Decoded (mean, std or None) of `model` on every image of `src`, normalised as the run's DataLoaders did."
-    dev, size = next(model.parameters()).device, size or cfg.get('size')
-    def batches():
-        for s in range(0, len(src), bs):
-            x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
-            yield _normalise(x, cfg, size)
-    mu, sd, _ = predict_batches(model, batches(), cfg, tta)
+    mu, sd, _ = predict_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
     return mu, sd
+
+def _source_batches(model:nn.Module, cfg:dict, src, bs:int, size:int|None):
+    "Batches of `src`'s images on the model's device, normalised (and resized) as the run's DataLoaders did."
+    dev, size = next(model.parameters()).device, size or cfg.get('size')
+    for s in range(0, len(src), bs):
+        x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
+        yield _normalise(x, cfg, size)
+
+def posterior_source(model:FlowRegressor, # A flow run's model
+                     cfg:dict, # Its configuration
+                     src, # A LensSource
+                     bs:int=64, # Batch size
+                     tta:bool=False, # Mix the posteriors of the eight symmetries of the square
+                     size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
+                    ):
+    "Grid posteriors (grid (T, G), log densities (N, T, G)) of a flow run on every image of `src`."
+    grid, logp, _ = posterior_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
+    return grid, logp
+
+def _posterior_columns(grid:torch.Tensor, logp:torch.Tensor, targets, samples:int=0) -> dict:
+    "Per target: pred_ (the median), q05_ ... q95_, and `samples` draws sample<k>_ from its marginal posterior."
+    q, out = quantile_columns(logp, grid, targets), {}
+    for j, t in enumerate(targets):
+        out[f'pred_{t}'] = q[f'q50_{t}']
+        out.update({k: v for k, v in q.items() if k.endswith(f'_{t}')})
+        if samples:
+            s = grid_sample(logp[:, j], grid[j], samples, torch.Generator().manual_seed(j)).numpy()
+            out.update({f'sample{k}_{t}': s[k] for k in range(samples)})
+    return out
 
 def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json)
             source, # A path `open_source` reads (dataset, image stack, image folder, FITS), a LensSource, or an array/tensor
@@ -474,16 +593,21 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             device=None, # Device
             progress:bool=False, # Progress bar while caching DeepLense files
             notice=_notice, # Where one-line notices go (default: stderr)
+            samples:int=0, # Flow runs: also this many posterior samples per image and target (columns sample<k>_<target>)
            ) -> pd.DataFrame:
-    "Predictions (and standard deviations for Gaussian-NLL runs) for every image of `source`, one row per image."
+    "One row per image of `source`: predictions, and the std (Gaussian NLL) or posterior quantiles q05..q95 (flow)."
     from deeplense_fastai.data import open_source, check_pixels
     model, cfg = load_run(run_dir, device)
     src = open_source(source, progress=progress)
     size = input_size(src.image_shape, cfg, src.path, notice)
     check_pixels(src)                              # NaN, Inf or complex pixels are named before any work
-    mu, sd = predict_source(model, cfg, src, bs, tta, size)
     out = pd.DataFrame({'index': np.arange(len(src))})
     if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
+    if isinstance(model, FlowRegressor):
+        cols = _posterior_columns(*posterior_source(model, cfg, src, bs, tta, size), cfg['targets'], samples)
+        return pd.concat([out, pd.DataFrame(cols)], axis=1)
+    if samples: raise DeepLenseError(f"samples: {run_dir} is not a flow run (train with loss 'flow' for posteriors)")
+    mu, sd = predict_source(model, cfg, src, bs, tta, size)
     for j, t in enumerate(cfg['targets']):
         out[f'pred_{t}'] = mu[:, j]
         if sd is not None: out[f'std_{t}'] = sd[:, j]
