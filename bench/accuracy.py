@@ -6,16 +6,17 @@
 Data come from the simulator (train: seed 0; test: a disjoint seed), are written once into the cache and reused.
 Each architecture trains with the DeepLense recipe (Ranger, one-cycle at 3e-3, per-image min-max, the square's
 symmetries) for the same number of epochs; the table gives test MAE, RMSE and R^2 of log10(m/eV) (or f_sub for the
-fsub preset) beside the constant-mean baseline, the parameter count and the training throughput.
+fsub preset) beside the constant-mean baseline, the parameter count and the training throughput. The rows are written
+to bench/results/accuracy.json after each architecture (with machine, versions, date and command).
 """
 import argparse
-import json
-import os
 import platform
 import time
 
 import numpy as np
 import torch
+
+from _results import save
 
 PUBLISHED = {"model_i": "MAE 0.274 (XResNet18 hybrid)", "model_ii": "MAE 0.216 (ResNet34)", "model_iii": "MAE 0.126 (XResNet18 hybrid)",
              "fsub": "MSE 6.1e-5, R^2 0.72 (ResNet18)"}
@@ -35,7 +36,7 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--size", type=int, default=None, help="resize images (e.g. 64 for Model I on a CPU)")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--json", default=None, help="also write the rows as JSON")
+    ap.add_argument("--json", default=None, help="results file (default bench/results/accuracy.json)")
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir, get_device, set_seed
@@ -80,8 +81,8 @@ def main():
         rows.append(row)
         print(f"| {arch} | {row['params'] / 1e6:.2f}M | {row['mae']:.4f} | {row['rmse']:.4f} | {row['r2']:.3f} | "
               f"{row['baseline_mae']:.4f} | {row['img_per_s']:.0f} | {dt / 60:.1f} min |", flush=True)
-    if a.json:
-        with open(a.json, "w") as f: json.dump(rows, f, indent=1)
+        save("accuracy", a.json, device=name, preset=preset, n_train=n_train, n_test=n_test, epochs=epochs,
+             published=PUBLISHED.get(preset), settings=vars(a), table=rows)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ For each source kind (native dataset, DeepLense per-file directory through its c
 arrays) at 64x64 and for a native 150x150 set, prints the batches per second the training DataLoader delivers
 (augmentation and normalisation included) next to the steps per second of a ResNet18 training step (forward,
 backward, Adam) at the same batch size on the same machine. Data loading must never be the bottleneck: the ratio
-should be at least 5.
+should be at least 5. The rows go to bench/results/data.json (with machine, versions, date and command).
 """
 import argparse
 import os
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from _results import save
 
 
 def loader_rate(dls, batches):
@@ -50,6 +52,7 @@ def main():
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--json", default=None, help="results file (default bench/results/data.json)")
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.simulate import write_dataset
@@ -75,10 +78,14 @@ def main():
           f"workers {a.workers}; minmax + square symmetries")
     print("| source | image | loader batches/s | ResNet18 train steps/s | ratio |")
     print("|---|---|---|---|---|")
+    rows = []
     for name, path, size, kw in sources:
         dls = lens_dataloaders(path, bs=a.bs, num_workers=a.workers, progress=False, **kw)
         r = loader_rate(dls, a.batches)
+        rows.append(dict(source=name, image_px=size, loader_batches_s=round(r, 1), train_steps_s=round(steps[size], 2),
+                         ratio=round(r / steps[size], 1)))
         print(f"| {name} | {size}x{size} | {r:.1f} | {steps[size]:.2f} | {r / steps[size]:.0f}x |", flush=True)
+    save("data", a.json, bs=a.bs, workers=a.workers, batches=a.batches, table=rows)
 
 
 if __name__ == "__main__":

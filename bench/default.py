@@ -18,7 +18,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default="bench/results/default.json")
     a = ap.parse_args()
-    import torch, fastai, deeplense_fastai
+    import torch  # noqa: F401  (so that the header records torch's threads)
+    from _results import header, write_json
     out = Path(tempfile.mkdtemp()) / "run"
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", "train", "--out", str(out), "--quiet"],
@@ -26,15 +27,11 @@ def main():
     if r.returncode: sys.exit(r.stderr[-3000:])
     wall = time.time() - t0
     m = json.loads((out / "metrics.json").read_text())
-    res = dict(command="deeplense train", date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds_including_simulation=round(wall, 1),
+    res = dict(header("default"), measured_command="deeplense train", wall_seconds_including_simulation=round(wall, 1),
                note="the first run also simulates and caches the data; later runs reuse the cache",
-               machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                            cuda=torch.cuda.is_available()),
-               versions=dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__,
-                             deeplense_fastai=deeplense_fastai.__version__),
                test=dict(n=m["n"], mae=m["mae"], rmse=m["rmse"], r2=m["r2"], baseline_mae=m["baseline_mae"]),
                test_tta=dict(mae=m["tta"]["mae"], r2=m["tta"]["r2"]))
-    Path(a.json).write_text(json.dumps(res, indent=1))
+    write_json(a.json, res)
     print(json.dumps(res, indent=1))
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _results  # noqa: E402  (bench/ is on the path when this script runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))           # the one reference pipeline, shared with the tests
 
@@ -70,8 +72,8 @@ def compare(ours, theirs):
 
 def versions():
     import importlib.metadata as md
-    v = {"python": platform.python_version()}
-    for pkg in ("deeplense_fastai", "torch", "numpy", "scipy", "lenstronomy", "astropy"):
+    v = _results.versions()
+    for pkg in ("scipy", "astropy"):
         try: v[pkg] = md.version(pkg)
         except md.PackageNotFoundError: v[pkg] = None
     return v
@@ -125,17 +127,12 @@ def transfer(a):
                r2_lenstronomy_test=r_ref["r2"], baseline_mae=r_ours["baseline_mae"],
                mae_ratio=r_ref["mae"] / r_ours["mae"], criterion="mae_lenstronomy_test <= 1.1 * mae_ours_test",
                passed=bool(r_ref["mae"] <= 1.1 * r_ours["mae"]), seconds=dict(fit=round(t_fit, 1), lenstronomy=round(t_ref, 1)),
-               command="python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads()),
-               versions=versions())
+               **dict(_results.header("fidelity"), versions=versions()))
     print(json.dumps(out, indent=1))
     path = Path(a.out)
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc["transfer"] = out
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    _results.write_json(path, doc)
     print(f"# added 'transfer' to {path}")
 
 
@@ -187,11 +184,7 @@ def main():
             if not noise:
                 d = entry["paired_max_abs_diff_of_peak"]
                 print(f"| {name} | {variant} | paired max pixel diff / peak | median {d['median']:.2e}, max {d['max']:.2e} | | | | |")
-    doc = dict(benchmark="fidelity", command="python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                            cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads()),
-               versions=versions(), n_per_preset=a.n, seed=a.seed, dtype_ours="float32", dtype_lenstronomy="float64",
+    doc = dict(_results.header("fidelity"), versions=versions(), n_per_preset=a.n, seed=a.seed, dtype_ours="float32", dtype_lenstronomy="float64",
                statistics=dict(peak="largest pixel", background_std="std of the outer frame of width npix/8",
                                total_flux="sum of all pixels", ring_radius="flux-weighted mean distance from the centre "
                                "of the pixels above 10% of the peak, arcsec"),
@@ -200,10 +193,7 @@ def main():
     out = Path(a.out)
     if out.exists() and "transfer" in json.loads(out.read_text()):       # keep a recorded --transfer run
         doc["transfer"] = json.loads(out.read_text())["transfer"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)
+    _results.write_json(out, doc)
     print(f"# wrote {out} ({doc['wall_seconds']} s)")
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _results import header, write_json
+
 
 def sync(device):
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -105,9 +107,7 @@ def main():
     json_path = a.json or (None if a.smoke else "bench/results/gpu.json")
     t_start = time.perf_counter()
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    out = dict(command=" ".join([Path(sys.executable).name] + sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               device=card, smoke=a.smoke, versions=dict(python=platform.python_version(), torch=torch.__version__,
-               cuda=torch.version.cuda, fastai=fastai.__version__, deeplense_fastai=deeplense_fastai.__version__),
+    out = dict(header("gpu"), device=card, smoke=a.smoke, cuda=torch.version.cuda,
                goals=dict(sim_img_per_s_150px=20000, resnet18_sim_share=0.10, on="one H100"), simulation=[], training=[])
     print(f"# {card}; torch {torch.__version__}", flush=True)
     print("| preset | px | vortex | compile | simulated img/s |\n|---|---|---|---|---|", flush=True)
@@ -127,8 +127,7 @@ def main():
     out["total_seconds"] = round(time.perf_counter() - t_start, 1)
     print(f"# total {out['total_seconds']:.0f} s", flush=True)
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(out, indent=1))
+        write_json(json_path, out)
         print(f"written {json_path}")
 
 

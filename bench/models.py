@@ -3,13 +3,16 @@
     python bench/models.py [--size 64] [--bs 32] [--steps 3]
 
 Training throughput is forward + backward + Adam step on (bs, 1, size, size) batches; inference is a forward pass
-in eval mode under no_grad. Both are the best of `--steps` timed steps after one warm-up step.
+in eval mode under no_grad. Both are the best of `--steps` timed steps after one warm-up step. The rows go to
+bench/results/models.json (with machine, versions, date and command).
 """
 import argparse
 import platform
 import time
 
 import torch
+
+from _results import save
 
 
 def rate(f, n, steps):
@@ -25,6 +28,7 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--json", default=None, help="results file (default bench/results/models.json)")
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.models import MODELS, get_model, count_parameters, count_macs
@@ -33,6 +37,7 @@ def main():
     print("| model | params | GMACs at 150x150 | train img/s | inference img/s |")
     print("|---|---|---|---|---|")
     x, y = torch.rand(a.bs, 1, a.size, a.size), torch.rand(a.bs, 1)
+    rows = []
     for name in MODELS:
         torch.manual_seed(0)
         m = get_model(name)
@@ -43,8 +48,12 @@ def main():
         def infer():
             m.eval()
             with torch.no_grad(): m(x)
-        print(f"| {name} | {count_parameters(m) / 1e6:.2f}M | {macs / 1e9:.2f} | {rate(train_step, a.bs, a.steps):.0f} | "
-              f"{rate(infer, a.bs, a.steps):.0f} |", flush=True)
+        row = dict(model=name, params=count_parameters(m), gmacs_150px=round(macs / 1e9, 2),
+                   train_img_s=round(rate(train_step, a.bs, a.steps), 1), infer_img_s=round(rate(infer, a.bs, a.steps), 1))
+        rows.append(row)
+        print(f"| {name} | {row['params'] / 1e6:.2f}M | {row['gmacs_150px']:.2f} | {row['train_img_s']:.0f} | "
+              f"{row['infer_img_s']:.0f} |", flush=True)
+    save("models", a.json, image_px=a.size, bs=a.bs, steps=a.steps, table=rows)
 
 
 if __name__ == "__main__":

@@ -32,16 +32,7 @@ import numpy as np
 import torch
 
 
-def versions():
-    import fastai, deeplense_fastai
-    return dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__, numpy=np.__version__,
-                deeplense_fastai=deeplense_fastai.__version__)
-
-
-def machine():
-    return dict(platform=platform.platform(), processor=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                torch_threads=torch.get_num_threads(), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-                load_average_at_start=list(os.getloadavg()))
+from _results import header, machine, versions, write_json   # noqa: F401 (bench/ is on the path)
 
 
 def make_callbacks():
@@ -222,8 +213,7 @@ def main():
     write_dataset(train_dir, "model_ii", n_train, 0, progress=False, log=lambda *x: None)
     write_dataset(test_dir, "model_ii", n_test, 99, progress=False, log=lambda *x: None)
     test = open_source(test_dir)
-    out = dict(command=" ".join([Path(sys.executable).name] + sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               machine=machine(), versions=versions(), budget_seconds=budget, arch=a.arch, bs=a.bs, lr=a.lr,
+    out = dict(header("online"), budget_seconds=budget, arch=a.arch, bs=a.bs, lr=a.lr,
                protocol=__doc__.split("Protocol")[1].strip() if "Protocol" in __doc__ else "", runs=[])
     runs = Path(cache_dir("bench", "runs"))
     fixed = lens_dataloaders(train_dir, bs=a.bs, seed=0, device=device)
@@ -240,8 +230,7 @@ def main():
             path = Path(a.json)
             old = json.loads(path.read_text()) if path.exists() else {}
             old.setdefault("gap", {})[str(n_fixed)] = gap       # one entry per fixed-set size
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(old, indent=1))
+            write_json(path, old)
             print(f"written {a.json} (key gap.{n_fixed})")
         return
     print(f"# budget {budget / 60:.1f} min per run; {a.arch}; {torch.get_num_threads()} torch threads; torch {torch.__version__}", flush=True)
@@ -271,8 +260,7 @@ def main():
                   f"sim {s['sim_img_per_s']:.0f} img/s, training {s['train_img_per_s']:.1f} img/s", flush=True)
     out["targets"] = dict(mae_ratio="<= 0.85", sim_share_64px="<= 0.15", sim_share_150px="<= 0.30")
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        write_json(a.json, out)
         print(f"written {a.json}")
 
 

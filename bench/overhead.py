@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from _results import save
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +25,7 @@ def main():
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", default=None, help="results file (default bench/results/overhead.json)")
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.simulate import write_dataset
@@ -75,6 +78,9 @@ def main():
     print("|---|---|---|---|")
     print(f"| bare PyTorch | {b:.2f} | {n_batches * a.bs / b:.0f} | 1.00 |")
     print(f"| fastai Learner | {f:.2f} | {n_batches * a.bs / f:.0f} | {f / b:.3f} |")
+    save("overhead", a.json, arch=a.arch, bs=a.bs, batches=n_batches, repeats=a.repeats, table=[
+        dict(loop="bare PyTorch", seconds_per_epoch=round(b, 3), img_s=round(n_batches * a.bs / b, 1), ratio=1.0),
+        dict(loop="fastai Learner", seconds_per_epoch=round(f, 3), img_s=round(n_batches * a.bs / f, 1), ratio=round(f / b, 3))])
 
 
 if __name__ == "__main__":

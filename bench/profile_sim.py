@@ -1,6 +1,6 @@
 """Where the simulator's time goes, stage by stage, beside what the arithmetic allows on this machine (measures only).
 
-    OMP_NUM_THREADS=2 python bench/profile_sim.py [--preset model_i] [--block 16] [--repeats 5] [--json out.json]
+    OMP_NUM_THREADS=2 python bench/profile_sim.py [--preset model_i] [--block 16] [--repeats 5] [--json PATH]   # default bench/results/profile_sim_<preset>.json
 
 For one canonical block of images (16 on a CPU) of the preset (Model I: 150x150, DeepLenseSim's 100-point vortex,
 Poisson counts), each stage of `simulate.render` / `simulate.add_noise` is timed on its own (best of --repeats):
@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 import torch
+
+from _results import header, write_json
 
 # float32 operations per element (per pixel, or per pixel and mass); transcendentals (atan, atanh, exp, log, pow, sqrt,
 # division) counted as 4 -- a vectorised polynomial or a hardware reciprocal with one refinement step.
@@ -109,10 +111,9 @@ def main():
     stage(f"noise ({p.noise}, one generator per image)", lambda: add_noise(p, model, ax_, 0), B * P * nf, B * P * 3 * 4)
     t_all = best(lambda: make_images(p, 0, B, 0, ("axion",)), R)
     t_cdm = best(lambda: make_images(p, 0, B, 0, ("cdm",)), R)
-    out = dict(command=" ".join([os.path.basename(sys.executable)] + sys.argv), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               machine=dict(processor=platform.processor() or platform.machine(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                            matmul_gflops=round(F / 1e9, 1), stream_gb_s=round(M / 1e9, 1)),
-               versions=dict(torch=torch.__version__, numpy=np.__version__), preset=p.name, image_px=p.npix, block=B,
+    out = header("profile_sim")
+    out["machine"].update(matmul_gflops=round(F / 1e9, 1), stream_gb_s=round(M / 1e9, 1))
+    out.update(preset=p.name, image_px=p.npix, block=B,
                flops_per_element=FLOPS, stages=stages,
                make_images_axion_ms_per_image=round(1e3 * t_all / B, 4), make_images_cdm_ms_per_image=round(1e3 * t_cdm / B, 4),
                make_images_axion_img_per_s=round(B / t_all, 1), make_images_cdm_img_per_s=round(B / t_cdm, 1))
@@ -124,8 +125,9 @@ def main():
         print(f"| {s['stage']} | {s['ms_per_image']:.4f} | {mn} | {ra} | {s['note']} |")
     print(f"| make_images, axion (all stages) | {out['make_images_axion_ms_per_image']:.4f} | | | {out['make_images_axion_img_per_s']:.0f} img/s |")
     print(f"| make_images, cdm (all stages) | {out['make_images_cdm_ms_per_image']:.4f} | | | {out['make_images_cdm_img_per_s']:.0f} img/s |")
-    if a.json:
-        with open(a.json, "w") as f: json.dump(out, f, indent=1)
+    out["table"] = [dict(stage=s["stage"], ms_per_image=s["ms_per_image"], min_ms_per_image=s.get("min_ms_per_image"),
+                         ratio_to_minimum=s.get("ratio_to_minimum")) for s in stages]
+    write_json(a.json or f"bench/results/profile_sim_{p.name}.json", out)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Simulator speed: deeplense_fastai against lenstronomy making the same images in the same run.
 
-    python bench/simulate.py [--n 512] [--n-lenstronomy 48] [--device cpu] [--threads 2] [--compile]
+    python bench/simulate.py [--n 512] [--n-lenstronomy 48] [--device cpu] [--threads 2] [--compile] [--json PATH]
 
 Prints one table row per (preset, class, vortex mode): images per second for our batched simulator and for
 lenstronomy rendering the identical parameters one image at a time, as DeepLenseSim does (the reference pipeline
 of tests/_lenstronomy_ref.py: ImageModel for Model I, SimAPI with the frozen band for Models II/III), noise included,
 and their ratio. Both run in this process on the same machine, so the ratio is
-meaningful even on a shared, noisy machine; absolute rates are not.
+meaningful even on a shared, noisy machine; absolute rates are not. The rows are written to
+bench/results/simulate.json (machine, versions, date and command with them; `--json ''` writes nothing).
 """
 import argparse
 import platform
@@ -20,6 +21,8 @@ import torch
 from deeplense_fastai.simulate import PRESETS, get_preset, make_images, draw_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the one reference pipeline, shared with the tests
+import _lenstronomy_ref as ref  # noqa: E402
+from _results import save  # noqa: E402  (bench/ is on the path when this script runs)
 
 
 def ours(preset, n, cls, device, compile=False, repeats=2):
@@ -36,7 +39,6 @@ def ours(preset, n, cls, device, compile=False, repeats=2):
 def lenstronomy_rate(name, n, cls):
     """DeepLenseSim's per-image lenstronomy pipeline (tests/_lenstronomy_ref.py: ImageModel for Model I, SimAPI with
     the frozen band for Models II/III) on the same parameters, noise included."""
-    import _lenstronomy_ref as ref
     lenstronomy_rate.warm = getattr(lenstronomy_rate, "warm", False)
     if not lenstronomy_rate.warm:        # numba compiles lenstronomy's kernels on first use: keep that out of the timing
         lenstronomy_rate.warm = True
@@ -58,6 +60,7 @@ def main():
     ap.add_argument("--classes", default="no_sub,cdm,axion")
     ap.add_argument("--no-lenstronomy", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also measure with torch.compile (first call compiles)")
+    ap.add_argument("--json", default=None, help="results file (default bench/results/simulate.json; '' for none)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     warnings_off()
@@ -66,6 +69,7 @@ def main():
     print(f"# machine: {name}; torch {torch.__version__}; float32")
     print(f"| preset | class | vortex | ours img/s | ours + torch.compile img/s | lenstronomy img/s | ratio (eager / compiled) |")
     print(f"|---|---|---|---|---|---|---|")
+    rows = []
     for pname in a.presets.split(","):
         for cls in a.classes.split(","):
             modes = ["points", "segment"] if cls == "axion" else ["points"]
@@ -78,6 +82,12 @@ def main():
                 ratio = (f"{r / lt:.1f}x" + (f" / {rc / lt:.1f}x" if rc else "")) if lt else "-"
                 rcs = f"{rc:.0f}" if rc else "-"
                 print(f"| {pname} ({p.npix}x{p.npix}) | {cls} | {mode if cls == 'axion' else '-'} | {r:.0f} | {rcs} | {lts} | {ratio} |", flush=True)
+                rows.append(dict(preset=pname, npix=p.npix, cls=cls, vortex=mode if cls == "axion" else None,
+                                 ours_img_s=round(r, 1), ours_compiled_img_s=round(rc, 1) if rc else None,
+                                 lenstronomy_img_s=round(lt, 1) if lt else None,
+                                 ratio=round(r / lt, 2) if lt else None, ratio_compiled=round(rc / lt, 2) if lt and rc else None))
+    if a.json != "":
+        save("simulate", a.json, device=name, dtype="float32", settings=vars(a), table=rows)
 
 
 def warnings_off():

@@ -23,11 +23,7 @@ from pathlib import Path
 import numpy as np
 
 
-def versions():
-    import fastai, torch
-    import deeplense_fastai
-    return dict(python=platform.python_version(), torch=torch.__version__, fastai=fastai.__version__,
-                deeplense_fastai=deeplense_fastai.__version__)
+from _results import header, write_json   # bench/ is on the path when this script runs
 
 
 def train(src, epochs, lr, path, init=None, freeze=0, valid=None):
@@ -61,9 +57,7 @@ def main():
     root = cache_dir("bench_transfer")
     pre, files, test = root / f"pre-n{a.pretrain}", root / f"files-n{a.files}", root / f"test-n{a.test}"
     write_dataset(pre, "model_ii", n=a.pretrain, seed=0, noise=False, progress=False)
-    out = dict(command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads()),
-               versions=versions(), settings=vars(a), scenarios={})
+    out = dict(header("transfer"), settings=vars(a), scenarios={})
     work = Path(tempfile.mkdtemp())
     set_seed(0)
     learn, pre_curve, pre_secs = train(pre, a.epochs, a.lr, work / "pre")
@@ -92,8 +86,7 @@ def main():
             rep = regression_report(y, mu)
             out["scenarios"][scenario][name] = dict(valid_mae_per_epoch=curve, train_seconds=round(secs, 1), test=rep)
             print(f"{scenario[:20]:20s} {name:38s} test MAE {rep['mae']:.3f} (baseline {rep['baseline_mae']:.3f})  R^2 {rep['r2']:.3f}  {secs:.0f} s")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1))
+    write_json(a.json, out)
     print(f"wrote {a.json}")
 
 
