@@ -61,7 +61,8 @@ def command(argv: list[str] | None = None) -> str:
     """The command line that ran the benchmark, with the script's path relative to the repository."""
     argv = sys.argv if argv is None else argv
     script = os.path.relpath(os.path.abspath(argv[0]), ROOT) if argv and argv[0] else "?"
-    return " ".join(["python", script] + list(argv[1:]))
+    env = [f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"] if os.environ.get("OMP_NUM_THREADS") else []
+    return " ".join(env + ["python", script] + list(argv[1:]))
 
 
 def header(name: str) -> dict:
