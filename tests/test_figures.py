@@ -49,13 +49,21 @@ def recorded(value, tol, values):
     return any(abs(v - value) <= tol * (1 + 1e-9) + 1e-12 or math.isclose(v, value, rel_tol=1e-9) for v in values)
 
 
+def _commands(x):
+    """Every `command` string recorded anywhere in a results document (a file may merge several runs)."""
+    if isinstance(x, dict):
+        own = [x["command"]] if isinstance(x.get("command"), str) else []
+        return own + [c for v in x.values() for c in _commands(v)]
+    return [c for v in x for c in _commands(v)] if isinstance(x, list) else []
+
+
 @pytest.fixture(scope="module")
-def values():
+def results():
+    """{name: (document, all its numbers)} of every results file."""
     files = sorted(RESULTS.glob("*.json"))
     assert files, "no results files in bench/results"
-    out = []
-    for f in files: _values(json.loads(f.read_text()), out)
-    return out
+    docs = {f.stem: json.loads(f.read_text()) for f in files}
+    return {k: (d, _values(d, [])) for k, d in docs.items()}
 
 
 def readme_performance_table():
@@ -72,11 +80,18 @@ def test_number_parsing():
     assert recorded(997, 0.5, [996.8]) and recorded(-4.1e-3, 0.05e-3, [-0.0041186])
 
 
-def test_readme_performance_figures_are_recorded(values):
+def test_readme_performance_figures_are_recorded(results):
+    """Each row names its command; every number in the row is a value of the results file that command wrote."""
     rows = readme_performance_table()
     assert rows, "the README has no performance table"
-    missing = [(row[0], v) for row in rows for cell in row for v, tol in _numbers(cell) if not recorded(v, tol, values)]
-    assert not missing, f"README performance figures not found in bench/results/*.json: {missing}"
+    for row in rows:
+        cmd = re.findall(r"`([^`]*)`", row[-1])
+        assert cmd, f"README performance row names no command: {row}"
+        owners = [v for d, v in results.values() if any(c == cmd[0] or cmd[0].endswith("/" + c) for c in _commands(d))]
+        assert owners, f"no results file was written by `{cmd[0]}` (README row {row[0]!r})"
+        values = [x for v in owners for x in v]
+        missing = [v for cell in row for v, tol in _numbers(cell) if not recorded(v, tol, values)]
+        assert not missing, f"README row {row[0]!r}: {missing} not in the results of `{cmd[0]}`"
 
 
 def _perf_notebook():
@@ -91,10 +106,18 @@ def test_performance_page_types_no_figures():
     assert not typed, f"numbers typed into performance.ipynb's markdown (cell, number): {typed}"
 
 
-def test_performance_page_sentences_quote_recorded_figures(values):
-    """Sentences the page generates (markdown outputs) quote only values that are in a results file."""
-    texts = ["".join(o["data"]["text/markdown"]) for c in _perf_notebook() if c["cell_type"] == "code"
-             for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
-    assert texts, "performance.ipynb has no generated sentences: execute it before committing"
-    missing = [(t[:60], v) for t in texts for v, tol in _numbers(t) if not recorded(v, tol, values)]
-    assert not missing, f"performance page figures not found in bench/results/*.json: {missing}"
+def test_performance_page_sentences_quote_recorded_figures(results):
+    """Sentences the page generates (markdown outputs) quote only values of the results files their cell reads
+    (named in the cell as results['name'], results.get('name') or show_results('name'); else the previous cell's)."""
+    names, checked = [], 0
+    for cell in _perf_notebook():
+        if cell["cell_type"] != "code": continue
+        src = "".join(cell["source"])
+        names = re.findall(r"(?:results\[|results\.get\(|show_results\()'(\w+)'", src) or names
+        values = [x for n in names if n in results for x in results[n][1]]
+        for o in cell.get("outputs", []):
+            if "text/markdown" not in o.get("data", {}): continue
+            text, checked = "".join(o["data"]["text/markdown"]), checked + 1
+            missing = [v for v, tol in _numbers(text) if not recorded(v, tol, values)]
+            assert not missing, f"performance page: {missing} in {text[:80]!r} not in bench/results/{names}"
+    assert checked, "performance.ipynb has no generated sentences: execute it before committing"
