@@ -158,7 +158,7 @@ class _Indexed:
 
 # %% ../nbs/03_data.ipynb #5b558ca9
 def _native_source(path:Path) -> LensSource:
-    from deeplense_fastai.simulate import open_dataset
+    from deeplense_fastai.dataset import open_dataset
     ds = open_dataset(path)
     return LensSource(ds, ds.labels, 'native', path, ds.manifest.get('target', 'log10_m_axion'),
                       dict(preset=ds.preset.name))
