@@ -33,7 +33,8 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    """Where the benchmark ran: platform, CPU model and cores, torch threads, GPU (None without CUDA), load average."""
+    """Where the benchmark ran: platform, CPU model and cores, torch threads, GPU (None without CUDA), and the load
+    average when the results are written (other jobs on a shared machine slow a measurement down)."""
     out = dict(platform=platform.platform(), cpu=cpu_model(), cpus=os.cpu_count(), gpu=None,
                omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     if "torch" in sys.modules:        # report torch's state only where the benchmark uses torch
