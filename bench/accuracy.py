@@ -40,7 +40,8 @@ def main():
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir, get_device, set_seed
-    from deeplense_fastai.simulate import write_dataset, get_preset
+    from deeplense_fastai.simulate import get_preset
+    from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders, open_source
     from deeplense_fastai.learner import regression_learner, fit, predict_source
     from deeplense_fastai.models import count_parameters

@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--json", default=None, help="results file (default bench/results/data.json)")
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
-    from deeplense_fastai.simulate import write_dataset
+    from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders
     tmp = Path(tempfile.mkdtemp())
     os.environ["DEEPLENSE_CACHE"] = str(tmp / "cache")

@@ -83,7 +83,8 @@ def transfer(a):
     """Train on our images, evaluate on ours and on lenstronomy's (same draws): the accuracy protocol of bench/accuracy.py."""
     import _lenstronomy_ref as ref
     from deeplense_fastai.core import cache_dir, get_device, set_seed
-    from deeplense_fastai.simulate import PRESETS, write_dataset, draw_parameters, labels_frame
+    from deeplense_fastai.simulate import PRESETS, draw_parameters, labels_frame
+    from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders, open_source
     from deeplense_fastai.learner import regression_learner, fit, predict_batches, _normalise
     from deeplense_fastai.interpret import regression_report

@@ -201,7 +201,8 @@ def main():
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
-    from deeplense_fastai.simulate import write_dataset, get_preset
+    from deeplense_fastai.simulate import get_preset
+    from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders, open_source
     from deeplense_fastai.online import online_dataloaders
     device = torch.device("cpu")

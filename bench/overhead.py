@@ -28,7 +28,7 @@ def main():
     ap.add_argument("--json", default=None, help="results file (default bench/results/overhead.json)")
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
-    from deeplense_fastai.simulate import write_dataset
+    from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders
     from deeplense_fastai.learner import regression_learner
     from fastai.optimizer import Adam

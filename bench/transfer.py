@@ -50,7 +50,7 @@ def main():
     import warnings; warnings.filterwarnings("ignore")
     import torch
     from deeplense_fastai.core import cache_dir, set_seed
-    from deeplense_fastai.simulate import write_dataset
+    from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import open_source
     from deeplense_fastai.learner import export_run, predict
     from deeplense_fastai.interpret import regression_report

@@ -121,3 +121,20 @@ def test_performance_page_sentences_quote_recorded_figures(results):
             missing = [v for v, tol in _numbers(text) if not recorded(v, tol, values)]
             assert not missing, f"performance page: {missing} in {text[:80]!r} not in bench/results/{names}"
     assert checked, "performance.ipynb has no generated sentences: execute it before committing"
+
+
+def test_benchmarks_import_what_exists():
+    """The scripts that write the results still run against the library: every `from deeplense_fastai.X import name`
+    in bench/*.py (also inside functions) names something the module has (a module move would otherwise surface
+    only when a benchmark is next run, hours in)."""
+    import ast
+    import importlib
+    import importlib.util
+    missing = []
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deeplense_fastai"):
+                mod = importlib.import_module(node.module)
+                missing += [f"{script.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(mod, a.name) and importlib.util.find_spec(f"{node.module}.{a.name}") is None]
+    assert not missing, f"benchmarks import names that no longer exist: {missing}"
