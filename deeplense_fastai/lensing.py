@@ -197,6 +197,7 @@ def shear_deflection(x:torch.Tensor, # x positions, arcsec
     g1, g2 = _bc(gamma1, x), _bc(gamma2, x)
     return g1 * x + g2 * y, g2 * x - g1 * y
 
+# %% ../nbs/01_lensing.ipynb #1565645e
 def _point_mass_sum(xf, yf, te2, cx, cy, tiny:float):
     "Sum over K of te2 * r / |r|^2 for pixels (1, 1, P) and masses (b, K, 1): the kernel `torch.compile` can fuse."
     dx, dy = xf - cx, yf - cy

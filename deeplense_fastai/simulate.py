@@ -14,8 +14,8 @@ from .core import DeepLenseError, image_seed
 # %% auto #0
 __all__ = ['CLASSES', 'LABEL_COLUMNS', 'EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS',
            'DEEPLENSESIM_MODEL_I', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms', 'Band',
-           'Preset', 'register_preset', 'get_preset', 'preset_physics', 'draw_parameters', 'labels_frame', 'render',
-           'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate']
+           'Preset', 'register_preset', 'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters',
+           'labels_frame', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -254,10 +254,12 @@ def preset_physics(p:Preset) -> dict:
                 source_amp=float(amp), pixel_area=p.pixel_scale**2)
 
 # %% ../nbs/02_simulate.ipynb #db5a65af
-def _axion_half_length(log10_m):
-    "Half-length lambda of the vortex in arcsec for log10(m/eV): 0.03\" * (1e-22 eV / m) (DeepLenseSim)."
+def axion_vortex_half_length(log10_m, # log10 of the axion mass in eV, float or array
+                            ) -> np.ndarray:
+    "Half-length lambda of the axion vortex in arcsec: 0.03\" * (1e-22 eV / m) (DeepLenseSim)."
     return 0.06 / 2 * 10.0**(-22 - np.asarray(log10_m))
 
+# %% ../nbs/02_simulate.ipynb #dfbe7012
 def _poisson_inverse(u, mean, kmax):
     "Poisson(mean) by inversion of uniforms u (vectorised, exact up to kmax)."
     k = np.arange(kmax + 1)
@@ -303,7 +305,7 @@ def draw_parameters(preset:Preset, # The recipe
     m_sub, r, th = sub['sub_mass'], sub['sub_r'], sub['sub_phi']
     f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / p.halo_mass
     return dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
-                vortex_half_length=np.where(is_ax, _axion_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
+                vortex_half_length=np.where(is_ax, axion_vortex_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
                 vortex_angle=2 * np.pi * u[:, 4], n_sub=sub['n_sub'], f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
                 sub_theta_E=np.sqrt(m_sub) * phys['theta_E_per_sqrt_msun'],
                 sub_x=r * np.sin(th), sub_y=r * np.cos(th), theta_E=np.full(B, phys['theta_E']),
