@@ -27,10 +27,11 @@ _ATTR = re.compile(r"\s*\{[#.][^}]*\}\s*$")          # Pandoc attributes after a
 _DIRECTIVE = re.compile(r"^\s*#\|.*$\n?", re.MULTILINE)
 
 
-def processed_notebooks() -> Path:
-    """Run nbdev's processing (show_doc, hidden cells, front matter) into _proc/."""
+def processed_notebooks(file_glob: str = "") -> Path:
+    """Run nbdev's processing (show_doc, hidden cells, front matter) into _proc/ (only the notebooks matching
+    `file_glob`, if given)."""
     from nbdev.serve import proc_nbs
-    return Path(proc_nbs(n_workers=0))
+    return Path(proc_nbs(n_workers=0, file_glob=file_glob))
 
 
 def _front_matter(cell) -> dict:
@@ -166,7 +167,7 @@ def readme_text() -> tuple[str, dict]:
     """README.md rendered from the processed index notebook (markdown cells, code, text and markdown outputs, figures
     as PNG files), and the figures as {relative path: bytes}."""
     import base64
-    proc = processed_notebooks()
+    proc = processed_notebooks("index.ipynb")      # the README needs only the index, whatever state the others are in
     nb, _ = prepare(json.loads((proc / "index.ipynb").read_text()))
     parts = ["<!-- Generated from nbs/index.ipynb by `python tools/docs.py readme`: edit the notebook, not this file. -->"]
     figures = {}
