@@ -39,9 +39,9 @@ def counter_uniforms(seed:int, # Dataset seed
     idx = np.asarray(indices, dtype=np.uint64)[:, None]
     j = np.arange(n, dtype=np.uint64)[None]
     with np.errstate(over='ignore'):
-        key = _splitmix64(np.array([seed], dtype=np.uint64) ^ np.uint64(0x5DEECE66D))
-        h = _splitmix64(_splitmix64(key ^ idx) ^ (j * np.uint64(0xD1B54A32D192ED03)))
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        key = _splitmix64(np.array([seed], dtype=np.uint64) ^ np.uint64(0x5DEECE66D))      # seed salt (frozen)
+        h = _splitmix64(_splitmix64(key ^ idx) ^ (j * np.uint64(0xD1B54A32D192ED03)))   # column salt (frozen)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53                             # top 53 bits: a double
 
 # %% ../nbs/02_simulate.ipynb #d0c52746
 def ccd_background_rms(read_noise:float, # Read noise per exposure, electrons
@@ -291,6 +291,7 @@ def draw_parameters(preset:Preset, # The recipe
     for c in classes:
         if c not in CLASSES: raise DeepLenseError(f"unknown class {c!r}; use some of {', '.join(CLASSES)}")
     phys = preset_physics(p)
+    # room for a Poisson count up to mean + 10 sigma + 10: a larger draw has probability below 1e-20
     kmax = int(p.n_sub + 10 * math.sqrt(p.n_sub) + 10) if p.n_sub_poisson else p.n_sub
     u = counter_uniforms(seed, idx, 6 + 3 * kmax)
     cls = np.array(classes, dtype=object)[idx % len(classes)]
