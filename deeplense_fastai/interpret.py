@@ -12,7 +12,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
-           'plot_calibration', 'save_report_plots', 'show_predictions', 'plot_worst']
+           'plot_calibration', 'save_report_plots', 'plot_coverage', 'plot_sbc', 'plot_tarp', 'plot_binned_calibration',
+           'plot_joint_posterior', 'show_predictions', 'plot_worst']
 
 # %% ../nbs/06_interpret.ipynb #7cd278f0
 def _r2(y, err) -> float:
@@ -133,6 +134,69 @@ def save_report_plots(run_dir, y_true, y_pred, y_std=None, name:str='target', ba
         fig.savefig(p, dpi=110); plt.close(fig)
         paths.append(p)
     return paths
+
+# %% ../nbs/06_interpret.ipynb #d7cfae50
+def plot_coverage(levels, # Nominal levels (K,)
+                  curves:dict, # Label -> empirical coverage (K,)
+                  ax=None):
+    "Expected coverage of central intervals against the nominal level, one line per label, with the diagonal."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
+    for label, c in curves.items(): ax.plot(levels, c, 'o-', ms=3, label=label)
+    ax.plot([0, 1], [0, 1], 'k--', lw=1); ax.set_xlabel('nominal coverage'); ax.set_ylabel('empirical coverage')
+    ax.legend(fontsize=7)
+    return ax
+
+def plot_sbc(ranks, # Ranks (N,) of the truths among `n_samples` posterior samples
+             n_samples:int, # Samples per posterior
+             bins:int=20, ax=None):
+    "SBC rank histogram with the 99% band of a calibrated posterior (binomial per bin)."
+    import matplotlib.pyplot as plt
+    from scipy.stats import binom
+    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
+    n, p = len(ranks), 1 / bins
+    ax.axhspan(binom.ppf(0.005, n, p), binom.ppf(0.995, n, p), color='gray', alpha=0.3, label='99% band if calibrated')
+    ax.hist(ranks, bins=bins, range=(0, n_samples + 1), histtype='step', lw=1.5)
+    ax.set_xlabel(f'rank of the truth among {n_samples} samples'); ax.set_ylabel('images'); ax.legend(fontsize=7)
+    return ax
+
+def plot_tarp(ecp, alpha, ax=None, label:str='TARP'):
+    "TARP expected coverage probability against credibility level."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
+    ax.plot(alpha, ecp, label=label); ax.plot([0, 1], [0, 1], 'k--', lw=1)
+    ax.set_xlabel('credibility level'); ax.set_ylabel('expected coverage'); ax.legend(fontsize=7)
+    return ax
+
+def plot_binned_calibration(binned:pd.DataFrame, # From `calibration_report`: centre, bias, coverage68, coverage95
+                            name:str='target', axs=None):
+    "Two panels: bias of the posterior median, and coverage of the 68% and 95% intervals, in bins of the true value."
+    import matplotlib.pyplot as plt
+    axs = axs if axs is not None else plt.subplots(1, 2, figsize=(8, 3.2))[1]
+    axs[0].axhline(0, color='k', lw=1); axs[0].plot(binned.centre, binned.bias, 'o-')
+    axs[0].set_xlabel(f'true {name}'); axs[0].set_ylabel('median - truth')
+    for col, nominal, c in (('coverage68', 0.68, 'C0'), ('coverage95', 0.95, 'C1')):
+        axs[1].plot(binned.centre, binned[col], 'o-', color=c, label=f'{round(nominal * 100)}% interval')
+        axs[1].axhline(nominal, color=c, ls='--', lw=1)
+    axs[1].set_xlabel(f'true {name}'); axs[1].set_ylabel('coverage'); axs[1].set_ylim(0, 1.02); axs[1].legend(fontsize=7)
+    return axs
+
+def plot_joint_posterior(jp, # A `JointPosterior` (from `inference.combine`)
+                         ax=None, truth:float|None=None, # The true value, if known
+                         max_lenses:int=30, # Per-lens posteriors drawn (thin grey)
+                        ):
+    "Per-lens posteriors (thin) and their joint posterior (bold) with its 68% and 95% intervals shaded."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
+    g, joint = jp.grid, np.exp(jp.logp)
+    for lp in jp.per_lens[:max_lenses]: ax.plot(g, np.exp(lp) * joint.max() / max(np.exp(lp).max(), 1e-300) * 0.3, color='gray', lw=0.6, alpha=0.6)
+    s = jp.summary
+    ax.fill_between(g, 0, joint, where=(g >= s['lo95']) & (g <= s['hi95']), color='C0', alpha=0.15, label='95%')
+    ax.fill_between(g, 0, joint, where=(g >= s['lo68']) & (g <= s['hi68']), color='C0', alpha=0.35, label='68%')
+    ax.plot(g, joint, color='C0', lw=2, label=f'joint, {jp.n} lens{"es" if jp.n > 1 else ""}')
+    if truth is not None: ax.axvline(truth, color='C3', ls='--', label='truth')
+    ax.set_xlabel(jp.target); ax.set_ylabel('posterior density'); ax.set_yticks([]); ax.legend(fontsize=7)
+    return ax
 
 # %% ../nbs/06_interpret.ipynb #1ce54a5d
 def show_predictions(images, # Images (N, H, W) or (N, 1, H, W)

@@ -283,6 +283,22 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
 # %% ../nbs/05_learner.ipynb #980f6e5c
 SCHEDULES = ('one_cycle', 'flat_cos', 'ranger21')
 
+def _resume(learn:Learner, epochs:int, lr:float, is_r21:bool) -> tuple[int, float|None]:
+    "Load models/checkpoint.pth (tensors only) into `learn`: the epoch to start from and the best validation loss so far."
+    meta = learn.path/learn.model_dir/'checkpoint.json'
+    if not meta.exists(): raise DeepLenseError(f"nothing to resume: {meta} does not exist")
+    if is_r21: learn.opt_func.plan, learn.lr = (epochs, len(learn.dls.train)), lr
+    learn.create_opt()
+    try:
+        with warnings.catch_warnings():             # torch warns about the pickle protocol before refusing a foreign one
+            warnings.simplefilter('ignore')
+            learn.load('checkpoint', with_opt=True)  # torch.load with weights_only: tensors only, nothing runs
+        info = json.loads(meta.read_text())
+        return int(info['epoch']) + 1, info.get('best_valid_loss')
+    except Exception as e:
+        raise DeepLenseError(f"{learn.path/learn.model_dir}: the checkpoint cannot be resumed ({type(e).__name__}); "
+                             f"nothing in it was run") from None
+
 def fit(learn:Learner, # From `regression_learner`
         epochs:int, # Number of epochs
         lr:float=3e-3, # Peak (one-cycle), flat (flat-cos) or starting (Ranger21) learning rate
@@ -305,26 +321,11 @@ def fit(learn:Learner, # From `regression_learner`
     if freeze_epochs and schedule == 'ranger21': raise DeepLenseError("freeze_epochs goes with the one_cycle or flat_cos schedule")
     from fastai.torch_core import rank_distrib
     if not rank_distrib(): Path(learn.path).mkdir(parents=True, exist_ok=True)
-    start, best = 0, None
-    if resume:
-        meta = learn.path/learn.model_dir/'checkpoint.json'
-        if not meta.exists(): raise DeepLenseError(f"nothing to resume: {meta} does not exist")
-        if is_r21: learn.opt_func.plan, learn.lr = (epochs, len(learn.dls.train)), lr
-        learn.create_opt()
-        try:
-            with warnings.catch_warnings():             # torch warns about the pickle protocol before refusing a foreign one
-                warnings.simplefilter('ignore')
-                learn.load('checkpoint', with_opt=True)  # torch.load with weights_only: tensors only, nothing runs
-            info = json.loads(meta.read_text())
-            start, best = int(info['epoch']) + 1, info.get('best_valid_loss')
-        except Exception as e:
-            raise DeepLenseError(f"{learn.path/learn.model_dir}: the checkpoint cannot be resumed ({type(e).__name__}); "
-                                 f"nothing in it was run") from None
-        if start >= epochs: return learn
+    start, best = _resume(learn, epochs, lr, is_r21) if resume else (0, None)
+    if start >= epochs: return learn
     if freeze_epochs and not resume:            # fastai's fine_tune recipe: the head first, on a frozen body
         learn.freeze(); learn.fit_one_cycle(freeze_epochs, lr, pct_start=0.99); learn.unfreeze()
-    cbs = []
-    if save_best: cbs.append(SaveBest(start, best, verbose))
+    cbs = [SaveBest(start, best, verbose)] if save_best else []
     if early_stopping: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=early_stopping))
     if log and not rank_distrib(): cbs.append(HistoryCSV(log, start))
     if checkpoint: cbs.append(Checkpoint(start_epoch=start))

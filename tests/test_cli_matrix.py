@@ -255,3 +255,67 @@ def test_train_online_from_the_cli(env, native):
     new = {p for p in set((root / "cache").rglob("*")) - before if p.is_file()}
     assert not new, new                                           # no training data on disk
     refused(run("train", "--online", "--data", root / "online_run", "--out", root / "o2", env=e), "--online")
+
+
+# --- posteriors: train --loss flow, predict quantiles and samples, calibrate, combine (issue 13) -------------------
+
+QCOLS = ["q05_log10_m_axion", "q16_log10_m_axion", "q50_log10_m_axion", "q84_log10_m_axion", "q95_log10_m_axion"]
+
+
+@pytest.fixture(scope="module")
+def flow_model(env, native):
+    "A tiny posterior model trained with default flags and --loss flow."
+    root, e = env
+    r = ok(run("train", "--data", native["native"], "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--loss", "flow",
+               "--out", root / "flow", env=e))
+    assert "coverage 68%" in r.stdout and "90%" in r.stdout
+    cfg = json.loads((root / "flow" / "config.json").read_text())
+    assert cfg["loss"] == "flow" and len(cfg["target_range"][0]) == 2
+    return root / "flow"
+
+
+def test_predict_posterior_quantiles_on_every_kind(inputs, native, env, flow_model):
+    paths = {k: path_of(k, inputs, native) for k in PREDICT_COUNTS}
+    r = ok(run("predict", "--model", flow_model, *paths.values(), "--samples", 3, env=env[1]))
+    df = pd.read_csv(io.StringIO(r.stdout))
+    assert set(QCOLS) <= set(df.columns) and {f"sample{k}_log10_m_axion" for k in range(3)} <= set(df.columns)
+    q = df[QCOLS].to_numpy()
+    assert (np.diff(q, axis=1) >= -1e-6).all()                            # quantiles in order
+    assert np.allclose(df["pred_log10_m_axion"], df["q50_log10_m_axion"])  # the point summary is the median
+    lo, hi = json.loads((flow_model / "config.json").read_text())["target_range"][0]
+    assert ((q >= lo - 1e-6) & (q <= hi + 1e-6)).all()                    # inside the prior's range
+    assert df.groupby("source").size()[str(paths["fits_cube"])] == PREDICT_COUNTS["fits_cube"]
+
+
+def test_predict_samples_needs_a_flow_run(inputs, env, model):
+    refused(run("predict", "--model", model, inputs["stack"], "--samples", 2, env=env[1]), "--samples", "not a flow run")
+
+
+def test_calibrate_then_predict(inputs, native, env, flow_model, tmp_path):
+    import shutil
+    run_dir = tmp_path / "flow"; shutil.copytree(flow_model, run_dir)
+    before = pd.read_csv(io.StringIO(ok(run("predict", "--model", run_dir, inputs["stack"], env=env[1])).stdout))
+    r = ok(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], env=env[1]))
+    assert "wrote" in r.stdout and (run_dir / "calibration.json").exists()
+    knots = json.loads((run_dir / "calibration.json").read_text())["knots"]
+    assert knots[0][0] == 0 and knots[0][-1] == 1 and all(a < b for a, b in zip(knots[0], knots[0][1:]))
+    refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], env=env[1]), "already recalibrated")
+    after = pd.read_csv(io.StringIO(ok(run("predict", "--model", run_dir, inputs["stack"], env=env[1])).stdout))
+    assert not np.allclose(before[QCOLS].to_numpy(), after[QCOLS].to_numpy())   # the recalibration is used
+    refused(run("calibrate", "--model", run_dir, "--data", inputs["stack"], "--force", env=env[1]), "no labels")
+    (run_dir / "calibration.json").write_text(json.dumps(dict(knots=[[0, 0.7, 0.5, 1]])))
+    refused(run("predict", "--model", run_dir, inputs["stack"], env=env[1]), "calibration.json", "knots")
+
+
+def test_combine_every_kind(inputs, native, env, flow_model, tmp_path):
+    paths = [path_of(k, inputs, native) for k in ("native", "deeplense", "stack", "folder", "fits_cube")]
+    r = ok(run("combine", "--model", flow_model, *paths, "--json", tmp_path / "j.json", "--plot", tmp_path / "j.png", env=env[1]))
+    j = json.loads((tmp_path / "j.json").read_text())["log10_m_axion"]
+    assert j["n"] == 48 + 80 + 5 + 4 + 3 and j["lo95"] <= j["lo68"] <= j["median"] <= j["hi68"] <= j["hi95"]
+    assert "from 140 lenses" in r.stdout and (tmp_path / "j.png").stat().st_size > 1000
+    refused(run("combine", "--model", flow_model, inputs["stack"], "--json", tmp_path / "j.json", env=env[1]), "--json", "exists")
+    refused(run("combine", "--model", flow_model, inputs["stack"], "--target", "f_sub", env=env[1]), "--target f_sub")
+
+
+def test_combine_needs_a_flow_run(inputs, env, model):
+    refused(run("combine", "--model", model, inputs["stack"], env=env[1]), "loss 'flow'")
