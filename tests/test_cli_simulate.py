@@ -59,7 +59,7 @@ def test_shards_reassemble_into_the_same_dataset(tmp_path):
     for i in (3, 1, 0, 2):
         run("simulate", "--preset", "model_i", "--n", 20, "--seed", 7, "--out", tmp_path / "parts", "--shard", f"{i}/4",
             "--batch-size", 3, "--quiet")
-    from deeplense_fastai.simulate import open_dataset
+    from deeplense_fastai.dataset import open_dataset
     a, b = open_dataset(tmp_path / "whole"), open_dataset(tmp_path / "parts")
     assert len(b.parts) == 4
     np.testing.assert_array_equal(a.images(), b.images())

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deeplense_fastai.simulate import write_dataset
+from deeplense_fastai.dataset import write_dataset
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 

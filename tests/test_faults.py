@@ -44,7 +44,7 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(env):
     root, e = env
-    from deeplense_fastai.simulate import write_dataset
+    from deeplense_fastai.dataset import write_dataset
     write_dataset(root / "train", "model_ii", n=48, seed=0, progress=False)
     write_dataset(root / "test150", "model_i", n=4, seed=1, progress=False)
     return root

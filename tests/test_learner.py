@@ -10,7 +10,7 @@ from fastai.callback.core import Callback
 from deeplense_fastai.core import DeepLenseError
 from deeplense_fastai.data import lens_dataloaders
 from deeplense_fastai.learner import regression_learner, fit, LRTrace, get_predictions, export_run, predict, load_run
-from deeplense_fastai.simulate import write_dataset
+from deeplense_fastai.dataset import write_dataset
 
 
 @pytest.fixture(scope="module")
