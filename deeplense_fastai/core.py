@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['DeepLenseError', 'image_seed', 'image_rng', 'set_seed', 'get_device', 'cache_dir', 'atomic_write', 'fastai_import']
+__all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'cache_dir', 'atomic_write', 'fastai_import']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -25,13 +25,6 @@ def image_seed(seed:int, # The dataset's seed
     "A 63-bit seed for image `index` of dataset `seed`, independent of batch size, shard and device."
     state = np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-def image_rng(seed:int, # The dataset's seed
-              index:int, # The image's index in the dataset
-              stream:int=0, # Which independent stream
-             ) -> np.random.Generator:
-    "NumPy generator for image `index` of dataset `seed` (see `image_seed`)."
-    return np.random.default_rng(image_seed(seed, index, stream))
 
 # %% ../nbs/00_core.ipynb #00a8fecd
 def set_seed(seed:int, # Seed for Python's, NumPy's and torch's global generators

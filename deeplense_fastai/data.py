@@ -18,7 +18,7 @@ __all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_fi
            'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets',
            'check_pixels', 'check_source', 'minmax_scale', 'resize_images', 'PerImageMinMax', 'target_title',
            'LensTarget', 'TargetScaler', 'ResizeBatch', 'SquareSymmetry', 'raw_image', 'without_data',
-           'lens_dataloaders', 'show_results']
+           'lens_dataloaders', 'show_results', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #32c538a1
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -563,6 +563,60 @@ def _image_stats(src:LensSource, idx:np.ndarray, n:int=2000, seed:int=0) -> tupl
     block = np.stack([src.image(int(i)) for i in np.sort(sample)]).astype(np.float64)
     return float(block.mean()), float(block.std())
 
+def _check_lens_args(source, norm:str, valid_pct:float):
+    "Refuse a missing source, an unknown normalisation or a validation fraction outside [0, 1)."
+    if source is None: raise DeepLenseError("give a dataset (a path, a LensSource) or online=PRESET")
+    _check_norm(norm)
+    if not 0 <= valid_pct < 1: raise DeepLenseError(f"valid_pct must be in [0, 1), got {valid_pct}")
+
+def _check_norm(norm:str):
+    if norm not in ('minmax', 'meanstd'): raise DeepLenseError(f"norm must be 'minmax' or 'meanstd', got {norm!r}")
+
+def _sources_and_split(src:LensSource, targets, valid, valid_pct:float, seed:int, shape, labels, progress:bool):
+    "(sources, offsets, usable items, targets per source, splitter): `src` alone with a random split, or `src` + `valid`."
+    srcs, offsets = [src], [0, len(src)]
+    items = [int(i) for i in check_source(src, targets)]
+    if valid is not None:
+        vsrc = valid if isinstance(valid, LensSource) else open_source(valid, None, shape, labels, progress)
+        resolve_targets(vsrc, targets)
+        if vsrc.image_shape != src.image_shape:
+            raise DeepLenseError(f"{vsrc.path}: images are {vsrc.image_shape}, training images are {src.image_shape}")
+        srcs.append(vsrc)
+        items += [len(src) + int(i) for i in check_source(vsrc, targets)]
+        splitter = FuncSplitter(lambda o: o >= len(src))
+    else:
+        splitter = RandomSplitter(max(valid_pct, 1.000001 / len(items)), seed=seed)   # at least one validation image
+    ys = [s.labels[targets].to_numpy(dtype=np.float32) for s in srcs]
+    return srcs, offsets, items, ys, splitter
+
+def _usable_bs(src:LensSource, n_items:int, n_train:int, n_valid:int, bs:int) -> int:
+    "The batch size, after checking that the split leaves something to train on and to validate."
+    if n_train < 2 or n_valid < 1:
+        raise DeepLenseError(f"{src.path}: {n_items} usable images give {n_train} to train and {n_valid} "
+                             f"to validate; need at least 2 and 1")
+    if bs > n_train:       # fastai drops the last incomplete batch: with bs > images, no step would be taken
+        print(f"note: batch size {bs} is larger than the {n_train} training images; using {n_train}", file=sys.stderr)
+        bs = n_train
+    return bs
+
+def _target_scaling(train_y:np.ndarray, standardize:bool) -> tuple:
+    "Mean and std that standardise the training targets (0 and 1 when not standardising)."
+    if not standardize: return np.zeros(train_y.shape[1]), np.ones(train_y.shape[1])
+    return train_y.mean(0), train_y.std(0) + 1e-12
+
+def _batch_tfms(stats, augment:bool, rotate:float, size) -> list:
+    "Batch transforms: per-image min-max (`stats` None) or `Normalize` by `stats`, then symmetries, rotation, resize."
+    tfms = [PerImageMinMax() if stats is None else Normalize.from_stats(stats[0], stats[1])]
+    if augment: tfms.append(SquareSymmetry())
+    if rotate: tfms.append(Rotate(max_deg=rotate, p=1., pad_mode='zeros'))
+    if size: tfms.append(ResizeBatch(int(size)))
+    return tfms
+
+def _lens_config(targets, norm:str, stats, t_mean, t_std, **rest) -> dict:
+    "What prediction needs later: targets, their scaling, the image normalisation, and `rest` (shape, sizes, source)."
+    return dict(targets=targets, norm=norm, image_stats=stats, target_mean=[float(v) for v in t_mean],
+                target_std=[float(v) for v in t_std], **rest)
+
 def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLense dir, memmap pair, or .npy with CSV
                      targets=None, # Target column(s); default: the source's natural target
                      bs:int=64, # Batch size
@@ -585,55 +639,31 @@ def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLens
                      **kw, # Passed to `DataBlock.dataloaders`
                     ):
     "fastai DataLoaders for lensing regression from any supported source (checked before anything trains)."
-    if online is not None:                        # unlimited data: see the online module
-        if source is not None: raise DeepLenseError("give a source or online=PRESET, not both")
-        from deeplense_fastai.online import online_dataloaders
-        return online_dataloaders(online, targets, epoch_size=epoch_size, bs=bs, valid=1024 if valid is None else valid, seed=seed,
-                                  norm=norm, augment=augment, rotate=rotate, size=size, standardize_targets=standardize_targets,
-                                  num_workers=num_workers, device=device, progress=progress)
-    if source is None: raise DeepLenseError("give a dataset (a path, a LensSource) or online=PRESET")
-    if norm not in ('minmax', 'meanstd'): raise DeepLenseError(f"norm must be 'minmax' or 'meanstd', got {norm!r}")
-    if not 0 <= valid_pct < 1: raise DeepLenseError(f"valid_pct must be in [0, 1), got {valid_pct}")
+    if online is not None: return _online_instead(source, online, targets, epoch_size, bs, valid, seed, norm, augment,
+                                                  rotate, size, standardize_targets, num_workers, device, progress)
+    _check_lens_args(source, norm, valid_pct)
     src = source if isinstance(source, LensSource) else open_source(source, kind, shape, labels, progress)
     targets = resolve_targets(src, targets)
-    srcs, offsets = [src], [0, len(src)]
-    items = [int(i) for i in check_source(src, targets)]
-    if valid is not None:
-        vsrc = valid if isinstance(valid, LensSource) else open_source(valid, None, shape, labels, progress)
-        resolve_targets(vsrc, targets)
-        if vsrc.image_shape != src.image_shape:
-            raise DeepLenseError(f"{vsrc.path}: images are {vsrc.image_shape}, training images are {src.image_shape}")
-        srcs.append(vsrc)
-        items += [len(src) + int(i) for i in check_source(vsrc, targets)]
-        splitter = FuncSplitter(lambda o: o >= len(src))
-    else:
-        splitter = RandomSplitter(max(valid_pct, 1.000001 / len(items)), seed=seed)   # at least one validation image
-    ys = [s.labels[targets].to_numpy(dtype=np.float32) for s in srcs]
+    srcs, offsets, items, ys, splitter = _sources_and_split(src, targets, valid, valid_pct, seed, shape, labels, progress)
     train_idx, valid_idx = splitter(items)
-    if len(train_idx) < 2 or len(valid_idx) < 1:
-        raise DeepLenseError(f"{src.path}: {len(items)} usable images give {len(train_idx)} to train and {len(valid_idx)} "
-                             f"to validate; need at least 2 and 1")
-    if bs > len(train_idx):       # fastai drops the last incomplete batch: with bs > images, no step would be taken
-        print(f"note: batch size {bs} is larger than the {len(train_idx)} training images; using {len(train_idx)}", file=sys.stderr)
-        bs = len(train_idx)
-    train_y = np.stack([ys[s][i] for s, i in (_locate(offsets, items[j]) for j in train_idx)])
-    t_mean, t_std = (train_y.mean(0), train_y.std(0) + 1e-12) if standardize_targets else (np.zeros(len(targets)), np.ones(len(targets)))
-    y_block = TransformBlock(type_tfms=[TargetScaler(t_mean, t_std, targets)])
-    batch_tfms, stats = [], None
-    if norm == 'minmax': batch_tfms.append(PerImageMinMax())
-    else:
-        stats = _image_stats(src, np.array([items[j] for j in train_idx if items[j] < len(src)]), seed=seed)
-        batch_tfms.append(Normalize.from_stats(stats[0], stats[1]))
-    if augment: batch_tfms.append(SquareSymmetry())
-    if rotate: batch_tfms.append(Rotate(max_deg=rotate, p=1., pad_mode='zeros'))
-    if size: batch_tfms.append(ResizeBatch(int(size)))
-    dblock = DataBlock(blocks=(TransformBlock(), y_block), get_x=_ImageGetter(srcs, offsets), get_y=_TargetGetter(ys, offsets),
-                       splitter=splitter, batch_tfms=batch_tfms, n_inp=1)
+    bs = _usable_bs(src, len(items), len(train_idx), len(valid_idx), bs)
+    t_mean, t_std = _target_scaling(np.stack([ys[s][i] for s, i in (_locate(offsets, items[j]) for j in train_idx)]), standardize_targets)
+    stats = _image_stats(src, np.array([items[j] for j in train_idx if items[j] < len(src)]), seed=seed) if norm == 'meanstd' else None
+    dblock = DataBlock(blocks=(TransformBlock(), TransformBlock(type_tfms=[TargetScaler(t_mean, t_std, targets)])), n_inp=1,
+                       get_x=_ImageGetter(srcs, offsets), get_y=_TargetGetter(ys, offsets), splitter=splitter,
+                       batch_tfms=_batch_tfms(stats, augment, rotate, size))
     dls = dblock.dataloaders(items, bs=bs, num_workers=num_workers, device=device, seed=seed, **kw)
-    dls.lens_config = dict(targets=targets, norm=norm, image_stats=stats, target_mean=[float(v) for v in t_mean],
-                           target_std=[float(v) for v in t_std], image_shape=list(src.image_shape), source=str(src.path),
-                           kind=src.kind, n_train=len(train_idx), n_valid=len(items) - len(train_idx), size=size)
+    dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=list(src.image_shape), source=str(src.path),
+                                   kind=src.kind, n_train=len(train_idx), n_valid=len(items) - len(train_idx), size=size)
     return dls
+
+def _online_instead(source, online, targets, epoch_size, bs, valid, seed, norm, augment, rotate, size, standardize_targets,
+                    num_workers, device, progress):
+    "`lens_dataloaders(online=PRESET)`: the same call, answered by `online_dataloaders`."
+    if source is not None: raise DeepLenseError("give a source or online=PRESET, not both")
+    return online_dataloaders(online, targets, epoch_size=epoch_size, bs=bs, valid=1024 if valid is None else valid, seed=seed,
+                              norm=norm, augment=augment, rotate=rotate, size=size, standardize_targets=standardize_targets,
+                              num_workers=num_workers, device=device, progress=progress)
 
 # %% ../nbs/03_data.ipynb #2157159b
 from fastai.vision.all import dispatch, get_grid
@@ -645,3 +675,111 @@ def show_results(x:TensorImage, y:torch.Tensor, samples, outs, ctxs=None, max_n=
     ctxs = [s[0].show(ctx=c, **kwargs) for s, c, _ in zip(samples, ctxs, range(max_n))]
     ctxs = [s[1].show(ctx=c) for s, c in zip(samples, ctxs)]
     return [o[0].show(ctx=c) for o, c in zip(outs, ctxs)]
+
+# %% ../nbs/03_data.ipynb #7b66f3b3
+from .simulate import Preset, get_preset, make_images, labels_frame
+from .online import TRAIN_START, TARGETS, PILOT, PILOT_IMAGES, OnlineSim, OnlineDL, Positions, target_moments
+with fastai_import():
+    from fastai.data.core import TfmdDL, DataLoaders
+    from fastai.torch_core import default_device, num_distrib
+
+def _check_online_args(norm:str, epoch_size, bs, num_workers:int):
+    _check_norm(norm)
+    for name, v in (('epoch_size', epoch_size), ('bs', bs)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise DeepLenseError(f"{name} must be a positive integer, got {v!r}")
+    if num_workers < 0: raise DeepLenseError(f"num_workers must be >= 0, got {num_workers}")
+
+def _online_targets(p:Preset, targets) -> list[str]:
+    "The target list (default: the preset's), each one a simulated label."
+    targets = [p.target] if targets is None else ([targets] if isinstance(targets, str) else list(targets))
+    bad = [t for t in targets if t not in TARGETS]
+    if bad: raise DeepLenseError(f"target {bad[0]!r} is not simulated; online targets: {', '.join(TARGETS)}")
+    return targets
+
+def _online_devices(device, sim_device, num_workers:int) -> tuple:
+    "(device of the batches, device that simulates): workers simulate on the CPU."
+    device = default_device() if device is None else torch.device(device)
+    sim_device = torch.device(sim_device if sim_device is not None else (device if num_workers == 0 else 'cpu'))
+    if sim_device.type != 'cpu' and num_workers:
+        raise DeepLenseError(f"sim_device {sim_device}: worker processes simulate on the CPU; use num_workers=0 to simulate on {sim_device}")
+    return device, sim_device
+
+def _valid_source(valid, p:Preset, targets, seed, classes, noise, device, progress) -> LensSource:
+    "The validation set: `valid` images simulated once, or a dataset on disk."
+    if isinstance(valid, (int, np.integer)) and not isinstance(valid, bool):
+        if not 0 < valid <= TRAIN_START: raise DeepLenseError(f"valid must be a positive number of images or a dataset, got {valid}")
+        imgs, prm = make_images(p, 0, int(valid), seed, classes, noise, device)
+        return LensSource(imgs.float().cpu().numpy()[:, None], labels_frame(prm), 'online', Path(f'online:{p.name}'),
+                          targets[0], dict(seed=seed, start=0, stop=int(valid)))
+    src = valid if isinstance(valid, LensSource) else open_source(valid, progress=progress)
+    if src.image_shape != (p.npix, p.npix):
+        raise DeepLenseError(f"{src.path}: images are {src.image_shape[0]}x{src.image_shape[1]}, preset {p.name} makes {p.npix}x{p.npix}")
+    return src
+
+def _online_valid(valid, p:Preset, targets, seed, classes, noise, device, progress, t_mean, t_std) -> tuple:
+    "(validation source with usable images only, its standardised targets)."
+    vsrc = _valid_source(valid, p, targets, seed, classes, noise, device, progress)
+    vt = resolve_targets(vsrc, targets)
+    keep = check_source(vsrc, vt)
+    if len(keep) < len(vsrc): vsrc = vsrc.subset(keep)
+    return vsrc, ((vsrc.labels[vt].to_numpy(np.float64) - t_mean) / t_std).astype(np.float32)
+
+def _pilot_stats(p:Preset, seed:int, classes, noise:bool, device) -> tuple[float, float]:
+    "Pixel mean and std of the first `PILOT_IMAGES` training images (for norm='meanstd')."
+    x = make_images(p, TRAIN_START, TRAIN_START + PILOT_IMAGES, seed, classes, noise, device)[0].double()
+    return float(x.mean()), float(x.std())
+
+class _Fixed:
+    "A fixed (validation) set: a LensSource's images with standardised targets."
+    split_idx = 1
+    def __init__(self, src, y): self.src, self.y = src, y
+    def __len__(self): return len(self.y)
+    def __getitem__(self, i): return TensorImage(torch.from_numpy(self.src.image(i))), torch.from_numpy(self.y[i])
+    def new_empty(self): return _Fixed(None, self.y[:0])
+
+def _online_record(p:Preset, seed:int, epoch_size:int, classes, noise:bool, vsrc:LensSource) -> dict:
+    "The `online` entry of `lens_config`: how to simulate the run's images again."
+    return dict(seed=int(seed), epoch_size=epoch_size, train_start=TRAIN_START, classes=list(classes), noise=bool(noise),
+                valid=str(vsrc.path), target_moments=f'{PILOT} parameter draws', preset=p.to_dict())
+
+# %% ../nbs/03_data.ipynb #5cd35189
+def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of every image
+                       targets=None, # Target(s) among `TARGETS`; default: the preset's
+                       epoch_size:int=8192, # Training images per epoch, all processes together (rounded up to whole batches)
+                       bs:int=64, # Batch size (per process)
+                       valid=1024, # Validation: n images simulated once (indices [0, n) of `seed`), or a dataset path / LensSource
+                       seed:int=0, # Seed of every image
+                       norm:str='minmax', # 'minmax' (per image) or 'meanstd' (pixel statistics of a pilot batch)
+                       augment:bool=True, # Random symmetries of the square on training batches
+                       rotate:float=0., # Also rotate training images by up to this many degrees (interpolates)
+                       size:int|None=None, # Resize images to size x size on the device (None: keep)
+                       classes=None, # Classes to cycle through (default: the preset's)
+                       noise:bool=True, # Add the preset's noise
+                       standardize_targets:bool=True, # Train on (y - mean) / std (moments of `PILOT` parameter draws)
+                       num_workers:int=0, # DataLoader processes that simulate on the CPU while the main process trains
+                       device=None, # Device of the batches (default: fastai's default device)
+                       sim_device=None, # Where to simulate (default: `device` without workers, the CPU with them)
+                       compile:bool=False, # Fuse the point-mass sums with torch.compile
+                       progress:bool=True, # Progress bar while caching a DeepLense validation directory
+                      ) -> DataLoaders:
+    "fastai DataLoaders whose training batches are simulated as they are needed (new every epoch), with a fixed validation set."
+    p = get_preset(preset)
+    _check_online_args(norm, epoch_size, bs, num_workers)
+    classes, targets = tuple(classes or p.classes), _online_targets(p, targets)
+    device, sim_device = _online_devices(device, sim_device, num_workers)
+    step = bs * max(num_distrib(), 1)
+    epoch_size = -(-int(epoch_size) // step) * step
+    t_mean, t_std = target_moments(p, targets, seed, classes, standardize_targets)
+    sim = OnlineSim(p, targets, seed, classes, noise, t_mean, t_std, epoch_size, TRAIN_START, sim_device, compile)
+    vsrc, vy = _online_valid(valid, p, targets, seed, classes, noise, sim_device, progress, t_mean, t_std)
+    stats = _pilot_stats(p, seed, classes, noise, sim_device) if norm == 'meanstd' else None
+    tfms = _batch_tfms(stats, augment, rotate, size)
+    train = OnlineDL(Positions(epoch_size), sim=sim, bs=bs, shuffle=False, drop_last=False, num_workers=num_workers,
+                     after_batch=tfms, device=device)
+    valid_dl = TfmdDL(_Fixed(vsrc, vy), bs=bs, shuffle=False, num_workers=0, after_batch=tfms, device=device)
+    dls = DataLoaders(train, valid_dl, device=device)
+    dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=[p.npix, p.npix], size=size,
+                                   n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online',
+                                   preset=p.name, online=_online_record(p, seed, epoch_size, classes, noise, vsrc))
+    return dls

@@ -6,7 +6,6 @@
 # %% ../nbs/03b_online.ipynb #6211e96c
 from __future__ import annotations
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,16 +13,14 @@ from fastcore.basics import store_attr
 from .core import DeepLenseError, fastai_import
 with fastai_import():
     from fastai.callback.core import Callback
-    from fastai.data.core import TfmdDL, DataLoaders
-    from fastai.torch_core import TensorImage, default_device, num_distrib
+    from fastai.data.core import TfmdDL
+    from fastai.torch_core import TensorImage
 
-from .simulate import Preset, LABEL_COLUMNS, get_preset, make_images, draw_parameters, labels_frame, block_size
-from .data import (LensSource, open_source, resolve_targets, check_source, PerImageMinMax, SquareSymmetry,
-                                   ResizeBatch)
+from .simulate import Preset, LABEL_COLUMNS, get_preset, make_images, draw_parameters, block_size
 
 # %% auto #0
-__all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', 'OnlineSim', 'OnlineDL', 'OnlineEpoch',
-           'online_dataloaders']
+__all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', 'OnlineSim', 'Positions', 'OnlineDL',
+           'OnlineEpoch', 'target_moments']
 
 # %% ../nbs/03b_online.ipynb #215c4db3
 TRAIN_START = 2**32   # first index of online training images; [0, TRAIN_START) is for fixed (validation, test) sets
@@ -104,18 +101,18 @@ class OnlineSim:
         return TensorImage(x[:, None].float()), y
 
 # %% ../nbs/03b_online.ipynb #51737fd7
-class _Positions:
+class Positions:
     "The positions 0 .. n-1 of one training epoch (what fastai batches and `DistributedDL` splits)."
     split_idx = 0                     # training: the random symmetries apply
     tls = ()                          # nothing for `data.without_data` to detach: no images are held
-    def __init__(self, n:int): self.n = n
+    def __init__(self, n:int): self.n = n   # n: images in the epoch
     def __len__(self): return self.n
     def __getitem__(self, i): return int(i)
-    def new_empty(self): return _Positions(0)
+    def new_empty(self): return Positions(0)
 
 class OnlineDL(TfmdDL):
     "A training DataLoader whose batches are simulated when asked for: new images every epoch."
-    def __init__(self, dataset=None, # `_Positions` of one epoch
+    def __init__(self, dataset=None, # `Positions` of one epoch
                  sim:OnlineSim=None, # Renders the batches
                  epoch:int=0, # Epoch of the next pass
                  **kwargs, # Passed to `TfmdDL`
@@ -134,14 +131,6 @@ class OnlineDL(TfmdDL):
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **dict(dict(sim=self.sim, epoch=self.epoch), **kwargs))
 
-class _Fixed:
-    "A fixed (validation) set: a LensSource's images with standardised targets."
-    split_idx = 1
-    def __init__(self, src, y): self.src, self.y = src, y
-    def __len__(self): return len(self.y)
-    def __getitem__(self, i): return TensorImage(torch.from_numpy(self.src.image(i))), torch.from_numpy(self.y[i])
-    def new_empty(self): return _Fixed(None, self.y[:0])
-
 class OnlineEpoch(Callback):
     "Set an online training DataLoader's epoch to the Learner's before each epoch (resumed runs get new images)."
     order = -20
@@ -153,20 +142,13 @@ class OnlineEpoch(Callback):
 PILOT = 16384       # parameter draws (no images) for the target moments
 PILOT_IMAGES = 256  # images for the pixel statistics of norm='meanstd'
 
-def _valid_source(valid, p:Preset, targets, seed, classes, noise, device, progress) -> LensSource:
-    "The validation set: `valid` images simulated once, or a dataset on disk."
-    if isinstance(valid, (int, np.integer)) and not isinstance(valid, bool):
-        if not 0 < valid <= TRAIN_START: raise DeepLenseError(f"valid must be a positive number of images or a dataset, got {valid}")
-        imgs, prm = make_images(p, 0, int(valid), seed, classes, noise, device)
-        return LensSource(imgs.float().cpu().numpy()[:, None], labels_frame(prm), 'online', Path(f'online:{p.name}'),
-                          targets[0], dict(seed=seed, start=0, stop=int(valid)))
-    src = valid if isinstance(valid, LensSource) else open_source(valid, progress=progress)
-    if src.image_shape != (p.npix, p.npix):
-        raise DeepLenseError(f"{src.path}: images are {src.image_shape[0]}x{src.image_shape[1]}, preset {p.name} makes {p.npix}x{p.npix}")
-    return src
-
-def _target_moments(p:Preset, targets, seed, classes, standardize:bool):
-    "Mean and std of the targets over `PILOT` parameter draws of the training indices."
+def target_moments(p:Preset, # The recipe
+                   targets, # Target columns, e.g. ['log10_m_axion']
+                   seed:int, # Seed of every image
+                   classes, # Classes to cycle through
+                   standardize:bool=True, # False: (0, 1), targets left as they are
+                  ) -> tuple:
+    "Mean and std of the targets over `PILOT` parameter draws of the training indices (no image rendered)."
     prm = draw_parameters(p, TRAIN_START + np.arange(PILOT), seed, classes)
     pilot = np.stack([np.asarray(prm[t], dtype=np.float64) for t in targets], 1)
     ok = np.isfinite(pilot).all(0)
@@ -175,71 +157,3 @@ def _target_moments(p:Preset, targets, seed, classes, standardize:bool):
                              f"with classes {', '.join(classes)}")
     if not standardize: return np.zeros(len(targets)), np.ones(len(targets))
     return pilot.mean(0), pilot.std(0) + 1e-12
-
-# %% ../nbs/03b_online.ipynb #27c99b28
-def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of every image
-                       targets=None, # Target(s) among `TARGETS`; default: the preset's
-                       epoch_size:int=8192, # Training images per epoch, all processes together (rounded up to whole batches)
-                       bs:int=64, # Batch size (per process)
-                       valid=1024, # Validation: n images simulated once (indices [0, n) of `seed`), or a dataset path / LensSource
-                       seed:int=0, # Seed of every image
-                       norm:str='minmax', # 'minmax' (per image) or 'meanstd' (pixel statistics of a pilot batch)
-                       augment:bool=True, # Random symmetries of the square on training batches
-                       rotate:float=0., # Also rotate training images by up to this many degrees (interpolates)
-                       size:int|None=None, # Resize images to size x size on the device (None: keep)
-                       classes=None, # Classes to cycle through (default: the preset's)
-                       noise:bool=True, # Add the preset's noise
-                       standardize_targets:bool=True, # Train on (y - mean) / std (moments of `PILOT` parameter draws)
-                       num_workers:int=0, # DataLoader processes that simulate on the CPU while the main process trains
-                       device=None, # Device of the batches (default: fastai's default device)
-                       sim_device=None, # Where to simulate (default: `device` without workers, the CPU with them)
-                       compile:bool=False, # Fuse the point-mass sums with torch.compile
-                       progress:bool=True, # Progress bar while caching a DeepLense validation directory
-                      ) -> DataLoaders:
-    "fastai DataLoaders whose training batches are simulated as they are needed (new every epoch), with a fixed validation set."
-    p = get_preset(preset)
-    if norm not in ('minmax', 'meanstd'): raise DeepLenseError(f"norm must be 'minmax' or 'meanstd', got {norm!r}")
-    for name, v in (('epoch_size', epoch_size), ('bs', bs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-            raise DeepLenseError(f"{name} must be a positive integer, got {v!r}")
-    if num_workers < 0: raise DeepLenseError(f"num_workers must be >= 0, got {num_workers}")
-    classes = tuple(classes or p.classes)
-    targets = [p.target] if targets is None else ([targets] if isinstance(targets, str) else list(targets))
-    bad = [t for t in targets if t not in TARGETS]
-    if bad: raise DeepLenseError(f"target {bad[0]!r} is not simulated; online targets: {', '.join(TARGETS)}")
-    device = default_device() if device is None else torch.device(device)
-    sim_device = torch.device(sim_device if sim_device is not None else (device if num_workers == 0 else 'cpu'))
-    if sim_device.type != 'cpu' and num_workers:
-        raise DeepLenseError(f"sim_device {sim_device}: worker processes simulate on the CPU; use num_workers=0 to simulate on {sim_device}")
-    step = bs * max(num_distrib(), 1)
-    epoch_size = -(-int(epoch_size) // step) * step
-    t_mean, t_std = _target_moments(p, targets, seed, classes, standardize_targets)
-    sim = OnlineSim(p, targets, seed, classes, noise, t_mean, t_std, epoch_size, TRAIN_START, sim_device, compile)
-    vsrc = _valid_source(valid, p, targets, seed, classes, noise, sim_device, progress)
-    vt = resolve_targets(vsrc, targets)
-    keep = check_source(vsrc, vt)
-    if len(keep) < len(vsrc): vsrc = vsrc.subset(keep)
-    vy = ((vsrc.labels[vt].to_numpy(np.float64) - t_mean) / t_std).astype(np.float32)
-    stats = None
-    if norm == 'minmax': tfms = [PerImageMinMax()]
-    else:
-        from fastai.vision.all import Normalize
-        x = make_images(p, TRAIN_START, TRAIN_START + PILOT_IMAGES, seed, classes, noise, sim_device)[0].double()
-        stats = (float(x.mean()), float(x.std()))
-        tfms = [Normalize.from_stats(*stats)]
-    if augment: tfms.append(SquareSymmetry())
-    if rotate:
-        from fastai.vision.all import Rotate
-        tfms.append(Rotate(max_deg=rotate, p=1., pad_mode='zeros'))
-    if size: tfms.append(ResizeBatch(int(size)))
-    train = OnlineDL(_Positions(epoch_size), sim=sim, bs=bs, shuffle=False, drop_last=False, num_workers=num_workers,
-                     after_batch=tfms, device=device)
-    valid_dl = TfmdDL(_Fixed(vsrc, vy), bs=bs, shuffle=False, num_workers=0, after_batch=tfms, device=device)
-    dls = DataLoaders(train, valid_dl, device=device)
-    dls.lens_config = dict(targets=targets, norm=norm, image_stats=stats, target_mean=[float(v) for v in t_mean],
-                           target_std=[float(v) for v in t_std], image_shape=[p.npix, p.npix], size=size,
-                           n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online', preset=p.name,
-                           online=dict(seed=int(seed), epoch_size=epoch_size, train_start=TRAIN_START, classes=list(classes),
-                                       noise=bool(noise), valid=str(vsrc.path), target_moments=f'{PILOT} parameter draws',
-                                       preset=p.to_dict()))
-    return dls

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from deeplense_fastai.simulate import get_preset, make_images, draw_parameters
-from deeplense_fastai.online import online_dataloaders, OnlineEpoch
+from deeplense_fastai.data import online_dataloaders
+from deeplense_fastai.online import OnlineEpoch
 
 START = 2**32                       # the documented first training index
 SMALL = get_preset("model_ii", npix=32)
@@ -58,7 +59,8 @@ def test_reproducible_from_seed_and_new_every_epoch():
 
 DDP_SCRIPT = textwrap.dedent("""
     import json, os, sys
-    from deeplense_fastai.online import online_dataloaders, OnlineSim, OnlineEpoch
+    from deeplense_fastai.data import online_dataloaders
+    from deeplense_fastai.online import OnlineSim, OnlineEpoch
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.learner import regression_learner, fit, distributed
     seen, call = [], OnlineSim.__call__
@@ -100,7 +102,7 @@ def test_disjoint_shares_across_two_processes(tmp_path):
 
 
 NO_WRITES = textwrap.dedent("""
-    from deeplense_fastai.online import online_dataloaders
+    from deeplense_fastai.data import online_dataloaders
     from deeplense_fastai.simulate import get_preset
     for workers in (0, 2):
         dls = online_dataloaders(get_preset('model_ii', npix=32), epoch_size=64, bs=16, valid=16, device='cpu',
