@@ -217,7 +217,7 @@ def summarise(logp:torch.Tensor, # Normalised log density (G,)
 @torch.no_grad()
 def flow_median(model:FlowRegressor, # A flow model
                 ctx:torch.Tensor, # Contexts (B, n_ctx), on any device
-                n:int=512, # Grid points over [-6, 6] standard deviations (one target)
+                n:int=256, # Grid points over [-6, 6] standard deviations (one target)
                ) -> torch.Tensor:
     "Posterior medians (B, T) of the standardised targets, on the CPU."
     dev = next(model.parameters()).device

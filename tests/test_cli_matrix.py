@@ -271,6 +271,9 @@ def flow_model(env, native):
     assert "coverage 68%" in r.stdout and "90%" in r.stdout
     cfg = json.loads((root / "flow" / "config.json").read_text())
     assert cfg["loss"] == "flow" and len(cfg["target_range"][0]) == 2
+    assert "posterior calibration on the test set" in r.stdout and (root / "flow" / "calibration_log10_m_axion.png").exists()
+    cal = json.loads((root / "flow" / "metrics.json").read_text())["calibration"]
+    assert len(cal["coverage"]["log10_m_axion"]) == len(cal["levels"]) == 19
     return root / "flow"
 
 
