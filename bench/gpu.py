@@ -48,7 +48,7 @@ def train_rate(preset, arch, bs, batches, warm, max_seconds, device):
     from fastai.callback.core import Callback, CancelFitException
     from deeplense_fastai.core import set_seed
     from deeplense_fastai.learner import regression_learner
-    from deeplense_fastai.online import online_dataloaders
+    from deeplense_fastai.data import online_dataloaders
     set_seed(0)
     dls = online_dataloaders(preset, epoch_size=(batches + warm + 1) * bs, bs=bs, valid=bs, device=device, augment=True)
     sim = dls.train.sim

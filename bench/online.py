@@ -107,7 +107,7 @@ def sim_share(preset, arch, n_batches, bs, device, path):
     "Simulation's share of ResNet18 training steps on online batches (first batch excluded as warm-up)."
     from fastai.callback.core import Callback, CancelFitException
     from deeplense_fastai.learner import regression_learner
-    from deeplense_fastai.online import online_dataloaders
+    from deeplense_fastai.data import online_dataloaders
     from deeplense_fastai.core import set_seed
     set_seed(0)
     dls = online_dataloaders(preset, epoch_size=(n_batches + 1) * bs, bs=bs, valid=bs, device=device)
@@ -163,7 +163,8 @@ def gap_runs(src, valid, n_fixed, epochs, arch, bs, lr, test, device, path):
     from deeplense_fastai.core import set_seed
     from deeplense_fastai.data import lens_dataloaders
     from deeplense_fastai.learner import regression_learner, fit
-    from deeplense_fastai.online import online_dataloaders, OnlineEpoch
+    from deeplense_fastai.data import online_dataloaders
+    from deeplense_fastai.online import OnlineEpoch
     TrainSetLoss = make_train_set_loss()
     rows = []
     for mode in ("fixed", "online"):
@@ -204,7 +205,7 @@ def main():
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders, open_source
-    from deeplense_fastai.online import online_dataloaders
+    from deeplense_fastai.data import online_dataloaders
     device = torch.device("cpu")
     n_train, n_test = (256, 64) if a.smoke else (8000, 2000)
     budget = 10. if a.smoke else a.minutes * 60

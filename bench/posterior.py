@@ -64,9 +64,12 @@ def trained(tag, train, target, loss, epochs, size, log):
 def per_lens(run, test, cal, log):
     "Calibration on the test set before and after recalibration on the calibration split."
     from deeplense_fastai.inference import calibration_report, calibrate
+    (run / "calibration.json").unlink(missing_ok=True)       # a rerun starts from the raw posteriors
     before = calibration_report(run, test, raw=True)
+    widths = dict(raw=float(np.median(_halfwidths(run, test, before))))
     calibrate(run, cal, force=True)
     after = calibration_report(run, test)
+    widths["recalibrated"] = float(np.median(_halfwidths(run, test, after)))
     out = {}
     for name, r in (("raw", before), ("recalibrated", after)):
         t = r["targets"][0]
@@ -74,7 +77,7 @@ def per_lens(run, test, cal, log):
                          sbc_hist=np.histogram(r["sbc"][:, 0], bins=20, range=(0, 201))[0].tolist(),
                          tarp_ecp=np.asarray(r["tarp"][0]).round(4).tolist(), tarp_alpha=np.asarray(r["tarp"][1]).round(4).tolist(),
                          binned=r["binned"][t].round(4).to_dict("records"), points=r["points"],
-                         interval68_halfwidth=float(np.median(_halfwidths(run, test, r))))
+                         interval68_halfwidth=widths[name])
         log(f"  {name}: max |coverage - nominal| {r['max_coverage_error']:.3f}; median MAE {r['points']['mae']:.4f}")
     return out
 

@@ -277,7 +277,7 @@ def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
 # %% ../nbs/07_cli.ipynb #0282aba9
 def _online_data(a, device, say):
     "Online DataLoaders (new images every batch) and the path of the fixed test set."
-    from deeplense_fastai.online import online_dataloaders
+    from deeplense_fastai.data import online_dataloaders
     preset, epoch = a.preset or 'model_ii', a.epoch_size or DEFAULT_N
     n_valid, n_test = min(1024, max(256, epoch // 8)), max(1000, epoch // 6)
     say(f"online {preset}: new training images every batch, {epoch} per epoch, {n_valid} fixed validation images; "
