@@ -345,6 +345,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'deeplense_fastai.learner._rescale_output': ( 'learner.html#_rescale_output',
                                                                                         'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner._resume': ('learner.html#_resume', 'deeplense_fastai/learner.py'),
+                                          'deeplense_fastai.learner._reused': ('learner.html#_reused', 'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner._rmse': ('learner.html#_rmse', 'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner._source_batches': ( 'learner.html#_source_batches',
                                                                                         'deeplense_fastai/learner.py'),
