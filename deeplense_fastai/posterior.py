@@ -166,7 +166,8 @@ def tarp_coverage(samples, # Posterior samples (L, N, T) in target units
                  ) -> tuple[np.ndarray, np.ndarray]:
     "TARP expected coverage and credibility levels (the `tarp` package, targets rescaled to the unit cube)."
     from tarp import get_tarp_coverage
-    ecp, alpha = get_tarp_coverage(np.asarray(samples), np.asarray(y), norm=True, seed=seed)
+    y = np.asarray(y)
+    ecp, alpha = get_tarp_coverage(np.asarray(samples), y, num_alpha_bins=max(2, len(y) // 10), norm=True, seed=seed)
     return ecp, alpha
 
 # %% ../nbs/04b_posterior.ipynb #f754ddc9
