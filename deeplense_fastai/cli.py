@@ -475,16 +475,12 @@ def _predict_args(pr):
 
 def _opened_inputs(paths, cfg:dict) -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
-    from deeplense_fastai.learner import input_size
-    from deeplense_fastai.data import open_source, check_pixels
+    from deeplense_fastai.learner import open_checked
     srcs = []
     with contextlib.redirect_stdout(sys.stderr):
         for p in paths:
             if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-            src = open_source(p, progress=True)
-            input_size(src.image_shape, cfg, p)
-            check_pixels(src)
-            srcs.append((p, src))
+            srcs.append((p, open_checked(p, cfg, progress=True)[0]))
     return srcs
 
 def cmd_predict(a) -> int:

@@ -18,7 +18,7 @@ __all__ = ['run_posteriors', 'calibration_report', 'calibrate', 'JointPosterior'
 from .core import DeepLenseError, atomic_write
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, expected_coverage,
                                        sbc_ranks, tarp_coverage, fit_recalibration, combine_log_posteriors, summarise)
-from .learner import load_run, posterior_source, input_size
+from .learner import load_run, posterior_source, open_checked
 
 # %% ../nbs/05b_inference.ipynb #4762bc69
 def _flow_run(run_dir, device=None, raw:bool=False):
@@ -28,14 +28,6 @@ def _flow_run(run_dir, device=None, raw:bool=False):
         raise DeepLenseError(f"{run_dir}: trained with loss {cfg.get('loss', 'mse')!r}; posteriors need a run trained with loss 'flow'")
     if raw: cfg.pop('recalibration', None)
     return model, cfg
-
-def _opened(source, cfg:dict, progress:bool=False, notice=None):
-    "A source opened and checked as `predict` does (size, pixels), with its resize size."
-    from deeplense_fastai.data import open_source, check_pixels
-    src = open_source(source, progress=progress)
-    size = input_size(src.image_shape, cfg, src.path, **({} if notice is None else dict(notice=notice)))
-    check_pixels(src)
-    return src, size
 
 def run_posteriors(run_dir:str|Path, # A flow run's directory
                    source, # Anything `predict` reads, or a list of them (concatenated)
@@ -47,7 +39,7 @@ def run_posteriors(run_dir:str|Path, # A flow run's directory
                   ):
     "Grid posteriors of every image: (grid (T, G), log densities (N, T, G), the opened sources, the run's config)."
     model, cfg = _flow_run(run_dir, device, raw)
-    opened = [_opened(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
+    opened = [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
     parts = [posterior_source(model, cfg, src, bs, tta, size) for src, size in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
 

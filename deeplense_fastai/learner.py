@@ -35,7 +35,8 @@ __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outp
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
            'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'posterior_batches',
            'predict_batches', 'get_predictions', 'export_run', 'check_calibration', 'check_run_config',
-           'read_run_config', 'load_run', 'input_size', 'predict_source', 'posterior_source', 'predict', 'distributed']
+           'read_run_config', 'load_run', 'input_size', 'open_checked', 'predict_source', 'posterior_source', 'predict',
+           'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -242,7 +243,7 @@ class TargetRange(Callback):
     def after_batch(self):
         if not self.training: return
         cfg = self.learn.lens_config
-        y = self.yb[0].detach().float().cpu() * torch.tensor(cfg['target_std']) + torch.tensor(cfg['target_mean'])
+        y = _decode_targets(self.yb[0].detach(), cfg)
         old = torch.tensor(cfg.get('target_range') or [[math.inf, -math.inf]] * y.shape[1])
         lo, hi = torch.minimum(old[:, 0], y.min(0).values), torch.maximum(old[:, 1], y.max(0).values)
         cfg['target_range'] = [[float(a), float(b)] for a, b in zip(lo, hi)]
@@ -357,9 +358,8 @@ def _square_views(x:torch.Tensor) -> list[torch.Tensor]:
 def _split_outputs(raw:torch.Tensor, cfg:dict):
     "Decoded (mean, std or None) from raw model outputs."
     n = len(cfg['targets'])
-    m, s = torch.tensor(cfg['target_mean']), torch.tensor(cfg['target_std'])
-    mu = raw[:, :n] * s + m
-    if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * s
+    mu = _decode_targets(raw[:, :n], cfg)
+    if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * torch.tensor(cfg['target_std'])
     return mu, None
 
 def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model
@@ -433,7 +433,7 @@ def export_run(learn:Learner, # A trained learner
     from deeplense_fastai import __version__
     from deeplense_fastai.core import atomic_write
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    model = learn.model.module if hasattr(learn.model, 'module') else learn.model
+    model = _unwrap(learn.model)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(run_dir/'weights.safetensors') as tmp: save_file(state, str(tmp))
     cfg = dict(learn.lens_config, package_version=__version__, format='deeplense_fastai/run', format_version=1)
@@ -555,6 +555,18 @@ def input_size(shape, # (H, W) of the images to predict
            f"resizing them (bilinear, antialiased) after normalisation, as training resizes")
     return want[0]
 
+def open_checked(source, # A path `open_source` reads, a LensSource, or an array/tensor
+                 cfg:dict, # The run's configuration
+                 progress:bool=False, # Progress bar while caching DeepLense files
+                 notice=None, # Where one-line notices go (default: stderr)
+                ):
+    "`source` opened for a run: (LensSource, the size to resize to); wrong sizes and NaN, Inf or complex pixels refused first."
+    from deeplense_fastai.data import open_source, check_pixels
+    src = open_source(source, progress=progress)
+    size = input_size(src.image_shape, cfg, src.path, notice or _notice)
+    check_pixels(src)                              # named before any work
+    return src, size
+
 def predict_source(model:nn.Module, # A regression model (a run's, or `learn.model`)
                    cfg:dict, # Its configuration (`load_run`'s, or `learn.lens_config`)
                    src, # A LensSource
@@ -605,11 +617,8 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             samples:int=0, # Flow runs: also this many posterior samples per image and target (columns sample<k>_<target>)
            ) -> pd.DataFrame:
     "One row per image of `source`: predictions, and the std (Gaussian NLL) or posterior quantiles q05..q95 (flow)."
-    from deeplense_fastai.data import open_source, check_pixels
     model, cfg = load_run(run_dir, device)
-    src = open_source(source, progress=progress)
-    size = input_size(src.image_shape, cfg, src.path, notice)
-    check_pixels(src)                              # NaN, Inf or complex pixels are named before any work
+    src, size = open_checked(source, cfg, progress, notice)
     out = pd.DataFrame({'index': np.arange(len(src))})
     if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
     if isinstance(model, FlowRegressor):
