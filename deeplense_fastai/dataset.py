@@ -84,7 +84,8 @@ def _check_directory(out:Path, ident:dict) -> None:
         raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({sorted(entries)[0]}); "
                              f"nothing was changed; choose an empty or new directory")
     ours = ('images', 'labels', 'manifest', '.images', '.deeplense_fastai', 'no_sub', 'cdm', 'axion')
-    strangers = [f for f in entries if not f.startswith(ours)]
+    tmp = lambda f: f.endswith('.tmp') and f[1:].startswith(ours)   # atomic_write's temporary of one of ours, left by a kill mid-write
+    strangers = [f for f in entries if not (f.startswith(ours) or tmp(f))]
     if strangers: raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({strangers[0]})")
 
 @contextlib.contextmanager
