@@ -12,13 +12,16 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['run_posteriors', 'calibration_report', 'calibrate', 'JointPosterior', 'combine', 'joint_posterior']
+__all__ = ['run_posteriors', 'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine',
+           'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, expected_coverage,
-                                       sbc_ranks, tarp_coverage, fit_recalibration, combine_log_posteriors, summarise)
-from .learner import load_run, posterior_source, open_checked
+                                       sbc_ranks, tarp_coverage, fit_recalibration, combine_log_posteriors, summarise,
+                                       aggregate_log_posterior, fit_systematic)
+from .simulate import get_preset
+from .learner import load_run, read_run_config, posterior_source, open_checked, _notice
 
 # %% ../nbs/05b_inference.ipynb #4762bc69
 def _flow_run(run_dir, device=None, raw:bool=False):
@@ -91,21 +94,55 @@ def calibration_report(run_dir:str|Path, # A flow run
     return out
 
 # %% ../nbs/05b_inference.ipynb #c73e3f65
+def _population_preset(preset:str, cfg:dict):
+    "The preset of the populations; one clear error unless it holds log10_m_axion, which the run predicts, fixed across lenses."
+    p = get_preset(preset)
+    if p.target != 'log10_m_axion' or 'log10_m_axion' not in cfg['targets']:
+        raise DeepLenseError(f"populations {preset!r}: only log10_m_axion, shared by every lens, can be held fixed across a population "
+                             f"(the run predicts {', '.join(cfg['targets'])}; the preset's target is {p.target})")
+    return p
+
+def _population_posteriors(run_dir, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta, device):
+    "Raw posteriors (K, N, G) of `trials` simulated populations of `lenses` lenses sharing one axion mass, and the K masses."
+    from dataclasses import replace
+    from deeplense_fastai.simulate import simulate
+    p = _population_preset(preset, cfg)
+    truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
+    imgs = np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
+                           for k, m in enumerate(truths)])
+    grid, logp, _, _ = run_posteriors(run_dir, imgs, bs, tta, device, raw=True, notice=lambda *_: None)
+    j = cfg['targets'].index('log10_m_axion')
+    return logp[:, j].reshape(trials, lenses, -1), truths, j
+
 def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
-              source, # A labelled calibration split, separate from training and from the test set
+              source, # A labelled calibration split drawn from the training prior, separate from training and from the test set
               bs:int=64, # Batch size
               tta:bool=False, # Mix the eight symmetries' posteriors (use the same setting when predicting)
               device=None, # Device
               force:bool=False, # Replace an existing calibration.json
+              populations:str|None=None, # A preset: fit the joint posterior's systematic floor on populations simulated from it
+              trials:int=200, # Number of simulated populations
+              lenses:int=50, # Lenses per population
+              seed:int=20_000, # Seed of the populations (not a seed used for training or testing)
              ) -> dict:
-    "Fit quantile recalibration on `source`, write `calibration.json`; returns the knots and the coverage before."
+    "Fit quantile recalibration and the joint calibration on `source`, write `calibration.json`; returns what was fitted."
     f = Path(run_dir)/'calibration.json'
     if f.exists() and not force: raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass force")
+    if populations is not None: _population_preset(populations, read_run_config(run_dir))   # named before any work
     grid, logp, srcs, cfg = run_posteriors(run_dir, source, bs, tta, device, raw=True)
-    pit = _pits(grid, *_labelled(logp, srcs, cfg['targets']))
+    lp, y = _labelled(logp, srcs, cfg['targets'])
+    pit = _pits(grid, lp, y)
     knots = fit_recalibration(pit)
-    with atomic_write(f) as tmp: tmp.write_text(json.dumps(dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs])))
-    return dict(knots=knots, n=len(pit), coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']))
+    joint = {t: dict(log_aggregate=aggregate_log_posterior(lp[:, j], grid[j]).tolist(), systematic=0.) for j, t in enumerate(cfg['targets'])}
+    floor = None
+    if populations is not None:
+        pop, truths, j = _population_posteriors(run_dir, cfg, populations, trials, lenses, seed, bs, tta, device)
+        width, floor = fit_systematic(pop, truths, grid[j], torch.tensor(joint['log10_m_axion']['log_aggregate']))
+        joint['log10_m_axion'].update(systematic=width, populations=dict(preset=populations, trials=trials, lenses=lenses, seed=seed))
+    with atomic_write(f) as tmp:
+        tmp.write_text(json.dumps(dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], joint=joint)))
+    return dict(knots=knots, n=len(pit), coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']),
+                joint=joint, floor=floor)
 
 # %% ../nbs/05b_inference.ipynb #8efb2f32
 @dataclass
@@ -116,8 +153,29 @@ class JointPosterior:
     logp: np.ndarray # (G,) normalised log density of the joint posterior
     per_lens: np.ndarray # (N, G) normalised log densities of each lens
     summary: dict = field(default_factory=dict) # median, lo68, hi68, lo95, hi95
+    systematic: float = 0. # The systematic floor applied (0 without a joint calibration)
+    calibrated: bool = False # Whether the run's joint calibration (network prior, floor) was applied
     @property
     def n(self) -> int: return len(self.per_lens)
+
+def joint_posteriors(run_dir:str|Path, # A flow run
+                     images, # Anything `predict` reads, or a list of them: every image is one lens
+                     targets:list|None=None, # The shared targets (default: all of the run's)
+                     bs:int=64, # Batch size
+                     tta:bool=False, # Mix the eight symmetries' posteriors of each lens
+                     device=None, # Device
+                     notice=None, # Where one-line notices go (default: stderr)
+                    ) -> dict:
+    "Joint posterior of each target shared by all the lenses in `images`, with the run's joint calibration where it has one."
+    _, cfg = _flow_run(run_dir)
+    for t in targets or []:
+        if t not in cfg['targets']: raise DeepLenseError(f"target {t!r}: the run predicts {', '.join(cfg['targets'])}")
+    joint = cfg.get('joint_calibration')
+    grid, logp, _, cfg = run_posteriors(run_dir, images, bs, tta, device, raw=bool(joint), notice=notice)
+    if not joint:
+        (notice or _notice)(f"{run_dir}: no joint calibration (run `calibrate` with populations); the joint intervals of many "
+                            f"lenses can be far too narrow")
+    return {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg['targets'])}
 
 def combine(run_dir:str|Path, # A flow run
             images, # Anything `predict` reads, or a list of them: every image is one lens
@@ -127,17 +185,21 @@ def combine(run_dir:str|Path, # A flow run
             device=None, # Device
             notice=None, # Where one-line notices go (default: stderr)
            ) -> JointPosterior:
-    "Joint posterior of a target shared by all the lenses in `images` (flat training prior divided out)."
-    grid, logp, _, cfg = run_posteriors(run_dir, images, bs, tta, device, notice=notice)
-    return joint_posterior(grid, logp, cfg, target or cfg['targets'][0])
+    "Joint posterior of a target shared by all the lenses in `images` (see `joint_posteriors`)."
+    return next(iter(joint_posteriors(run_dir, images, [target] if target else None, bs, tta, device, notice).values()))
 
 def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
-                    logp:torch.Tensor, # (N, T, G) from `run_posteriors`
+                    logp:torch.Tensor, # (N, T, G) from `run_posteriors` (raw, when the run has a joint calibration)
                     cfg:dict, # The run's configuration
                     target:str, # The shared target
                    ) -> JointPosterior:
-    "The joint posterior of `target` from per-lens grid posteriors."
+    "The joint posterior of `target` from per-lens grid posteriors, divided by the network's prior and widened by the floor if calibrated."
     if target not in cfg['targets']: raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg['targets'])}")
     j = cfg['targets'].index(target)
-    joint = combine_log_posteriors(logp[:, j], grid[j])
-    return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]))
+    cal = (cfg.get('joint_calibration') or {}).get(target)
+    agg = None if cal is None else torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
+    if agg is not None and len(agg) != grid.shape[1]:
+        raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, the posteriors {grid.shape[1]}")
+    width = 0. if cal is None else float(cal['systematic'])
+    joint = combine_log_posteriors(logp[:, j], grid[j], log_aggregate=agg, systematic=width)
+    return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width, cal is not None)

@@ -34,9 +34,9 @@ from .posterior import (FlowRegressor, FlowNLL, flow_regressor, flow_median, FLO
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
            'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'posterior_batches',
-           'predict_batches', 'get_predictions', 'export_run', 'check_calibration', 'check_run_config',
-           'read_run_config', 'load_run', 'input_size', 'open_checked', 'predict_source', 'posterior_source', 'predict',
-           'distributed']
+           'predict_batches', 'get_predictions', 'export_run', 'check_calibration', 'check_joint_calibration',
+           'check_run_config', 'read_run_config', 'load_run', 'input_size', 'open_checked', 'predict_source',
+           'posterior_source', 'predict', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -471,6 +471,20 @@ def check_calibration(cal, # The parsed calibration.json
     if not ok: raise DeepLenseError(f"{where}: 'knots' must be {n_targets} list(s) rising strictly from 0 to 1")
     return knots
 
+def check_joint_calibration(cal, # The parsed calibration.json
+                            targets:list, # The run's targets
+                            where='calibration.json', # Its path, for messages
+                           ) -> dict|None:
+    "The joint calibration of a flow run (per target: the network's log prior on the grid and a systematic floor), or None."
+    joint = cal.get('joint') if isinstance(cal, dict) else None
+    if joint is None: return None
+    ok = isinstance(joint, dict) and set(joint) <= set(targets) and all(
+        isinstance(v, dict) and isinstance(v.get('log_aggregate'), list) and len(v['log_aggregate']) >= 2
+        and _finite_list(v['log_aggregate'], len(v['log_aggregate'])) and _finite_list([v.get('systematic')], 1)
+        and v['systematic'] >= 0 for v in joint.values())
+    if not ok: raise DeepLenseError(f"{where}: 'joint' must map targets to a finite 'log_aggregate' list and a 'systematic' width >= 0")
+    return joint
+
 def check_run_config(cfg, # The parsed config.json
                      where:str='config.json', # Its path, for messages
                     ) -> dict:
@@ -526,6 +540,7 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
         try: cal = json.loads(f.read_text())
         except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
         cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
+        if (joint := check_joint_calibration(cal, cfg['targets'], f)): cfg['joint_calibration'] = joint
     return model.to(device or 'cpu').eval(), cfg
 
 # %% ../nbs/05_learner.ipynb #7de7f649

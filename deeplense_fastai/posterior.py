@@ -13,8 +13,9 @@ import torch.nn as nn
 # %% auto #0
 __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'QUANTILES', 'FlowRegressor', 'flow_regressor', 'FlowNLL', 'target_grid',
            'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage',
-           'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp', 'combine_log_posteriors', 'summarise',
-           'flow_median', 'quantile_columns', 'run_log_posterior']
+           'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp', 'smooth_log_density',
+           'combine_log_posteriors', 'summarise', 'aggregate_log_posterior', 'fit_systematic', 'flow_median',
+           'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
@@ -198,14 +199,31 @@ def recalibrate_logp(logp:torch.Tensor, # Normalised log densities (B, G) of one
     return _normalised((logp + torch.log(slope))[:, None], grid[None])[:, 0]
 
 # %% ../nbs/04b_posterior.ipynb #a0763eca
+def smooth_log_density(logp:torch.Tensor, # Normalised log densities (B, G)
+                       grid:torch.Tensor, # Evenly spaced grid (G,)
+                       width:float, # Standard deviation of the Gaussian kernel, in the grid's units
+                      ) -> torch.Tensor:
+    "Each row convolved with a Gaussian of `width` (kept inside the grid) and renormalised."
+    if width <= 0: return logp
+    dx = float(grid[1] - grid[0])
+    half = max(1, min(int(4 * width / dx), len(grid) - 1))
+    k = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=logp.dtype) * dx / width)**2)
+    top = logp.max(-1, keepdim=True).values
+    dens = torch.nn.functional.conv1d(torch.exp(logp - top)[:, None], (k / k.sum())[None, None], padding=half)[:, 0]
+    return _normalised((torch.log(dens.clamp_min(1e-300)) + top)[:, None], grid[None])[:, 0]
+
 def combine_log_posteriors(logp:torch.Tensor, # Normalised per-lens log densities (N, G) of one shared parameter
                            grid:torch.Tensor, # Grid (G,)
                            log_prior:torch.Tensor|None=None, # The training prior's log density on the grid (default flat)
+                           log_aggregate:torch.Tensor|None=None, # The network's own prior (`aggregate_log_posterior`; default: log_prior)
+                           systematic:float=0., # Width of the systematic floor, in the target's units (`fit_systematic`)
                           ) -> torch.Tensor:
-    "Normalised log density (G,) of the joint posterior: product of the per-lens posteriors over the prior N-1 times."
-    joint = logp.sum(0)
-    if log_prior is not None: joint = joint - (logp.shape[0] - 1) * log_prior
-    return _normalised(joint[None, None], grid[None])[0, 0]
+    "Normalised log density (G,) of the joint posterior: prior times the product of each lens's posterior over the network's prior."
+    prior = torch.zeros_like(grid) if log_prior is None else log_prior
+    own = prior if log_aggregate is None else log_aggregate
+    joint = prior + (logp - own).sum(0)
+    joint = _normalised(joint[None, None], grid[None])[0]
+    return smooth_log_density(joint, grid, systematic)[0]
 
 def summarise(logp:torch.Tensor, # Normalised log density (G,)
               grid:torch.Tensor, # Grid (G,)
@@ -213,6 +231,44 @@ def summarise(logp:torch.Tensor, # Normalised log density (G,)
     "Median and central 68% and 95% intervals of a grid posterior."
     q = grid_quantiles(logp[None], grid, [0.5, 0.16, 0.84, 0.025, 0.975])[0].tolist()
     return dict(zip(('median', 'lo68', 'hi68', 'lo95', 'hi95'), q))
+
+# %% ../nbs/04b_posterior.ipynb #7a52233e
+def aggregate_log_posterior(logp:torch.Tensor, # Normalised per-lens log densities (M, G) of lenses drawn from the prior
+                            grid:torch.Tensor, # Grid (G,)
+                           ) -> torch.Tensor:
+    "Log density (G,) of the mean of the per-lens posteriors: the prior the network has actually learnt."
+    mean = torch.logsumexp(logp, 0) - math.log(len(logp))
+    return _normalised(mean[None, None], grid[None])[0, 0]
+
+def _joint_coverage(logp, truths, grid, log_aggregate, ns, width):
+    "Coverage of the joint 68% and 95% intervals, per population size, for one systematic width."
+    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
+    cum = (logp - own).cumsum(1)                                   # (K, N, G): the first n lenses of each population
+    rows = []
+    for n in ns:
+        joint = _normalised((own + cum[:, n - 1])[:, None], grid[None])[:, 0]
+        q = grid_quantiles(smooth_log_density(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
+        t = torch.as_tensor(truths, dtype=q.dtype)
+        rows.append(dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
+                         coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
+                         halfwidth68=float(((q[:, 1] - q[:, 0]) / 2).median())))
+    return rows
+
+def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K simulated populations of N lenses, each sharing one truth
+                   truths, # The K true values
+                   grid:torch.Tensor, # Grid (G,)
+                   log_aggregate:torch.Tensor|None=None, # The network's own prior (`aggregate_log_posterior`)
+                   ns=None, # Population sizes to check (default: 10, 25 and N, those up to N)
+                   widths=None, # Candidate floors (default: 0 to 0.1 of the grid's span, 41 values)
+                  ) -> tuple[float, pd.DataFrame]:
+    "The smallest systematic floor whose joint 68% and 95% intervals cover as claimed (least worst error), and the table."
+    N = logp.shape[1]
+    ns = sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N})
+    span = float(grid[-1] - grid[0])
+    widths = np.linspace(0, 0.1 * span, 41) if widths is None else widths
+    table = pd.DataFrame([r for w in widths for r in _joint_coverage(logp, truths, grid, log_aggregate, ns, float(w))])
+    err = np.maximum((table.coverage68 - 0.68).abs(), (table.coverage95 - 0.95).abs()).groupby(table.width).max()
+    return float(err.idxmin()), table
 
 # %% ../nbs/04b_posterior.ipynb #82050243
 @torch.no_grad()

@@ -322,3 +322,25 @@ def test_combine_every_kind(inputs, native, env, flow_model, tmp_path):
 
 def test_combine_needs_a_flow_run(inputs, env, model):
     refused(run("combine", "--model", model, inputs["stack"], env=env[1]), "loss 'flow'")
+
+
+def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_path):
+    "calibrate --populations (default trials and lenses) fits the joint calibration that combine then applies."
+    import shutil
+    run_dir = tmp_path / "flow"; shutil.copytree(flow_model, run_dir)
+    r = ok(run("combine", "--model", run_dir, inputs["stack"], env=env[1]))
+    assert "no joint calibration" in r.stdout + r.stderr and "(no joint calibration)" in r.stdout
+    refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "fsub", env=env[1]), "only log10_m_axion")
+    refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_9", env=env[1]), "model_9")
+    assert not (run_dir / "calibration.json").exists()                  # refused before any work: nothing written
+    r = ok(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_ii", env=env[1]))
+    assert "systematic floor" in r.stdout and "50 lenses' 68% and 95% intervals" in r.stdout
+    joint = json.loads((run_dir / "calibration.json").read_text())["joint"]["log10_m_axion"]
+    assert joint["populations"] == dict(preset="model_ii", trials=200, lenses=50, seed=20000)
+    assert 0 <= joint["systematic"] <= 0.2 and len(joint["log_aggregate"]) == 512
+    r = ok(run("combine", "--model", run_dir, inputs["stack"], env=env[1]))
+    assert f"(systematic floor {joint['systematic']:.4f})" in r.stdout and "no joint calibration" not in r.stderr
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    cal["joint"]["log10_m_axion"]["systematic"] = -1
+    (run_dir / "calibration.json").write_text(json.dumps(cal))
+    refused(run("combine", "--model", run_dir, inputs["stack"], env=env[1]), "calibration.json", "'joint'")
