@@ -1,0 +1,76 @@
+"""Where do the attention models look? Attention maps of the architectures trained by bench/accuracy.py.
+
+    python bench/attention.py [--images 4] [--json bench/results/attention.json]
+
+For each attention model whose trained run bench/accuracy.py exported into the cache (runs/accuracy-<preset>-<arch>/run:
+Attention U-Net and mResUNet gates, Residual Attention masks), the attention coefficients of every gate or mask on the
+same few test images of the accuracy protocol (seed 99), chosen to span the axion mass, are written at 32x32 (mean
+pooled) beside the images, their true and predicted log10 m, and a summary that needs no figure: the fraction of the
+attention that falls on the brightest 10% of the pixels (the Einstein ring) against the 10% that a uniform map would
+give there. The architectures tutorial draws the maps with colour bars.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from _results import save
+
+ATTENTION_ARCHS = ("attention_unet", "mresunet_att", "residual_attention_56", "residual_attention_92",
+                   "attention_unet_small", "mresunet_att_small", "residual_attention_small")
+
+
+def pick_images(test, target, k):
+    "Indices of k test images whose true values are spread evenly over their range."
+    y = test.labels[target].to_numpy()
+    return [int(np.nanargmin(np.abs(y - v))) for v in np.linspace(np.nanmin(y), np.nanmax(y), k)]
+
+
+def ring_fraction(maps, x):
+    "Share of each map's attention that falls on the image's brightest 10% of pixels (0.1 for a uniform map)."
+    bright = x >= torch.quantile(x.flatten(1), 0.9, dim=1)[:, None, None]
+    return [float(((m * bright).flatten(1).sum(1) / m.flatten(1).sum(1)).mean()) for m in maps]
+
+
+def pooled(t, n=32):
+    return F.adaptive_avg_pool2d(t[:, None], n)[:, 0].numpy().round(4).tolist()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="model_ii")
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--json", default=None, help="results file (default bench/results/attention.json)")
+    a = ap.parse_args()
+    import warnings; warnings.filterwarnings("ignore")
+    from deeplense_fastai.core import cache_dir
+    from deeplense_fastai.data import open_source
+    from deeplense_fastai.learner import load_run, predict_source, _normalise
+    from deeplense_fastai.models import attention_maps
+    test = open_source(cache_dir("bench") / f"{a.preset}-n2000-seed99")
+    rows = []
+    for arch in ATTENTION_ARCHS:
+        run = cache_dir("bench", "runs", f"accuracy-{a.preset}-{arch}", "run")
+        if not (run / "weights.safetensors").exists(): continue
+        model, cfg = load_run(run)
+        idx = pick_images(test, cfg["targets"][0], a.images)
+        raw = torch.from_numpy(np.stack([test.image(i) for i in idx]))
+        x = _normalise(raw, cfg, cfg.get("size"))
+        maps = attention_maps(model, x)
+        with torch.no_grad(): pred = predict_source(model, cfg, test.subset(idx), bs=len(idx))[0][:, 0]
+        rows.append(dict(arch=arch, indices=idx, truth=[float(v) for v in test.labels[cfg["targets"][0]].to_numpy()[idx]],
+                         prediction=[float(v) for v in pred],
+                         layers=len(maps), ring_fraction=ring_fraction(maps, x[:, 0]),
+                         images=pooled(x[:, 0]), maps=[pooled(m) for m in maps]))
+        print(f"{arch}: {len(maps)} attention layers; share of attention on the brightest 10% of pixels: "
+              + ", ".join(f"{v:.2f}" for v in rows[-1]["ring_fraction"]), flush=True)
+    if not rows: raise SystemExit("no trained attention model in the cache: run bench/accuracy.py --small first")
+    save("attention", a.json, preset=a.preset, table=[{k: v for k, v in r.items() if k not in ("images", "maps")} for r in rows],
+         maps={r["arch"]: dict(images=r["images"], maps=r["maps"]) for r in rows})
+
+
+if __name__ == "__main__":
+    main()
