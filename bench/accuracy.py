@@ -64,7 +64,7 @@ def protocol(a, preset, n_train, n_test, epochs):
 
 
 def score(model, cfg, test, tta):
-    from deeplense_fastai.learner import predict_source
+    from deeplense_fastai.inference import predict_source
     from deeplense_fastai.interpret import regression_report
     mu, _ = predict_source(model, cfg, test, bs=128, tta=tta)
     y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)

@@ -48,7 +48,7 @@ def main():
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.data import open_source
-    from deeplense_fastai.learner import load_run, predict_source, _normalise
+    from deeplense_fastai.inference import load_run, predict_source, _normalise
     from deeplense_fastai.models import attention_maps
     test = open_source(cache_dir("bench") / f"{a.preset}-n2000-seed99")
     rows = []

@@ -93,14 +93,14 @@ def per_lens(run, test, cal, log, populations=None):
 
 def _halfwidths(run, test, rep):
     "Per-image half-widths of the central 68% intervals."
-    from deeplense_fastai.learner import predict
+    from deeplense_fastai.inference import predict
     t = rep["targets"][0]
     df = predict(run, test, notice=lambda *_: None)
     return (df[f"q84_{t}"] - df[f"q16_{t}"]).to_numpy() / 2
 
 
 def point_mae(run, test, target):
-    from deeplense_fastai.learner import predict
+    from deeplense_fastai.inference import predict
     import pandas as pd
     df = predict(run, test, notice=lambda *_: None)
     y = pd.read_csv(test.with_suffix(".csv"))[target].to_numpy()

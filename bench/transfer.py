@@ -52,7 +52,8 @@ def main():
     from deeplense_fastai.core import cache_dir, set_seed
     from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import open_source
-    from deeplense_fastai.learner import export_run, predict
+    from deeplense_fastai.learner import export_run
+    from deeplense_fastai.inference import predict
     from deeplense_fastai.interpret import regression_report
     root = cache_dir("bench_transfer")
     pre, files, test = root / f"pre-n{a.pretrain}", root / f"files-n{a.files}", root / f"test-n{a.test}"

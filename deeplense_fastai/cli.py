@@ -332,7 +332,7 @@ def _interval_coverage(rep:dict, preds, y, targets) -> dict:
 
 def _score(run_dir, src, cols, cfg, bs, device, tta=False):
     "Predict `src` with a run and report against its columns `cols`; also returns (y, mean, std) of the scored images."
-    from deeplense_fastai.learner import predict
+    from deeplense_fastai.inference import predict
     from deeplense_fastai.interpret import regression_report
     preds = predict(run_dir, src, bs=bs, tta=tta, device=device)
     y = src.labels[cols].to_numpy(dtype=np.float64)
@@ -438,7 +438,7 @@ def _evaluate_args(e):
 def cmd_evaluate(a) -> int:
     "`deeplense evaluate`: metrics of a trained model on a labelled dataset (and --json)."
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.learner import load_run
+    from deeplense_fastai.inference import load_run
     from deeplense_fastai.data import open_source, resolve_targets
     device = get_device(a.device)
     _, cfg = load_run(a.model)
@@ -475,7 +475,7 @@ def _predict_args(pr):
 
 def _opened_inputs(paths, cfg:dict) -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
-    from deeplense_fastai.learner import open_checked
+    from deeplense_fastai.inference import open_checked
     srcs = []
     with contextlib.redirect_stdout(sys.stderr):
         for p in paths:
@@ -486,7 +486,7 @@ def _opened_inputs(paths, cfg:dict) -> list:
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
     from deeplense_fastai.core import get_device, atomic_write
-    from deeplense_fastai.learner import load_run, predict
+    from deeplense_fastai.inference import load_run, predict
     import pandas as pd
     device = get_device(a.device)
     _, cfg = load_run(a.model)

@@ -4,12 +4,10 @@
 
 # %% ../nbs/05_learner.ipynb #47d59a81
 from __future__ import annotations
-import contextlib, io, json, math, os, sys, time
+import contextlib, io, json, math, os
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,25 +16,21 @@ import warnings
 from .core import fastai_import
 with fastai_import():
     from fastai.learner import Learner
-    from fastai.callback.core import Callback, CancelFitException
+    from fastai.callback.core import Callback
     from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
-    from fastai.callback.progress import CSVLogger
     from fastai.callback.schedule import ParamScheduler
     from fastai.metrics import AccumMetric
     from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
 
 from .core import DeepLenseError
 from .models import get_model, MODELS
-from .posterior import (FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS, target_grid,
-                                       run_log_posterior, quantile_columns, grid_quantiles, grid_sample)
+from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS
 
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
-           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'posterior_batches',
-           'predict_batches', 'get_predictions', 'export_run', 'check_calibration', 'check_joint_calibration',
-           'check_run_config', 'read_run_config', 'load_run', 'input_size', 'open_checked', 'predict_source',
-           'posterior_source', 'predict', 'distributed']
+           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'export_run',
+           'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -102,10 +96,16 @@ def get_opt_func(name:str):
     raise DeepLenseError(f"unknown optimiser {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 # %% ../nbs/05_learner.ipynb #d47b9167
-def _decoded(pred, targ, cfg, j):
-    "Column j of predictions (means) and targets in the target's own units."
-    m, s = cfg['target_mean'][j], cfg['target_std'][j]
-    return pred[:, j].float() * s + m, targ[:, j].float() * s + m
+def _split_outputs(raw:torch.Tensor, cfg:dict):
+    "Decoded (mean, std or None) from raw model outputs."
+    n = len(cfg['targets'])
+    mu = _decode_targets(raw[:, :n], cfg)
+    if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * torch.tensor(cfg['target_std'])
+    return mu, None
+
+def _decode_targets(y:torch.Tensor, cfg:dict) -> torch.Tensor:
+    "Standardised targets back in their own units."
+    return y.float().cpu() * torch.tensor(cfg['target_std']) + torch.tensor(cfg['target_mean'])
 
 def _mae(p, t): return (p - t).abs().mean()
 def _mse(p, t): return ((p - t)**2).mean()
@@ -133,7 +133,7 @@ def regression_metrics(cfg:dict, # `dls.lens_config`
     for j, name in enumerate(cfg['targets']):
         sfx = '' if len(cfg['targets']) == 1 else f'_{name}'
         for w in which:
-            f = lambda p, t, j=j, w=w: fns[w](*_decoded(point(p), t, cfg, j))
+            f = lambda p, t, j=j, w=w: fns[w](_decode_targets(point(p), cfg)[:, j], _decode_targets(t, cfg)[:, j])
             out.append(AccumMetric(f, flatten=False, name=f'{w}{sfx}'))
     return out
 
@@ -346,83 +346,6 @@ def fit(learn:Learner, # From `regression_learner`
         learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
     return learn
 
-# %% ../nbs/05_learner.ipynb #789069e8
-def _square_views(x:torch.Tensor) -> list[torch.Tensor]:
-    "The eight images of x under the symmetries of the square."
-    out = []
-    for k in range(4):
-        r = torch.rot90(x, k, (-2, -1))
-        out += [r, r.flip(-1)]
-    return out
-
-def _split_outputs(raw:torch.Tensor, cfg:dict):
-    "Decoded (mean, std or None) from raw model outputs."
-    n = len(cfg['targets'])
-    mu = _decode_targets(raw[:, :n], cfg)
-    if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * torch.tensor(cfg['target_std'])
-    return mu, None
-
-def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model
-
-def _decode_targets(y:torch.Tensor, cfg:dict) -> torch.Tensor:
-    "Standardised targets back in their own units."
-    return y.float().cpu() * torch.tensor(cfg['target_std']) + torch.tensor(cfg['target_mean'])
-
-@torch.no_grad()
-def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.model`)
-                      batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
-                      cfg:dict, # The run's configuration
-                      tta:bool=False, # Mix the posteriors of the eight symmetries of the square
-                     ):
-    "Grid posteriors of a flow run: (grid (T, G), log densities (N, T, G), decoded targets or None)."
-    model.eval()
-    flow, grid, lps, ys = _unwrap(model), target_grid(cfg), [], []
-    for b in batches:
-        x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
-        views = _square_views(x) if tta else [x]
-        lp = torch.stack([run_log_posterior(flow, model(v), cfg, grid) for v in views])
-        lps.append(torch.logsumexp(lp, 0) - math.log(len(views)))
-        if y is not None: ys.append(_decode_targets(y, cfg))
-    return grid, torch.cat(lps), (torch.cat(ys).numpy() if ys else None)
-
-def _medians(grid:torch.Tensor, logp:torch.Tensor) -> np.ndarray:
-    "Posterior medians (N, T) from grid posteriors."
-    return torch.stack([grid_quantiles(logp[:, j], grid[j], [0.5])[:, 0] for j in range(grid.shape[0])], 1).numpy()
-
-@torch.no_grad()
-def predict_batches(model:nn.Module, # A regression model
-                    batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
-                    cfg:dict, # lens_config (targets and their statistics)
-                    tta:bool=False, # Average over the eight symmetries of the square
-                   ):
-    "Decoded predictions (mean, std or None, targets or None) over an iterable of batches; a flow's mean is its median."
-    if isinstance(_unwrap(model), FlowRegressor):
-        grid, logp, y = posterior_batches(model, batches, cfg, tta)
-        return _medians(grid, logp), None, y
-    model.eval()
-    mus, sds, ys = [], [], []
-    for b in batches:
-        x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
-        views = _square_views(x) if tta else [x]
-        outs = [_split_outputs(model(v).float().cpu(), cfg) for v in views]
-        mu = torch.stack([o[0] for o in outs]).mean(0)
-        sd = None
-        if outs[0][1] is not None:
-            var = torch.stack([o[1]**2 for o in outs]).mean(0) + torch.stack([o[0] for o in outs]).var(0, unbiased=False)
-            sd = var.sqrt()
-        mus.append(mu); sds.append(sd)
-        if y is not None: ys.append(_decode_targets(y, cfg))
-    cat = lambda l: torch.cat(l).numpy() if l and l[0] is not None else None
-    return cat(mus), cat(sds), cat(ys)
-
-def get_predictions(learn:Learner, # A trained learner
-                    dl=None, # DataLoader (default: the validation set)
-                    tta:bool=False, # Test-time augmentation over the square's symmetries
-                   ):
-    "Decoded (mean, std or None, targets) of `learn` on `dl`."
-    dl = dl if dl is not None else learn.dls.valid
-    return predict_batches(learn.model, dl, learn.lens_config, tta)
-
 # %% ../nbs/05_learner.ipynb #6502c816
 def export_run(learn:Learner, # A trained learner
                run_dir:str|Path, # Directory to write into
@@ -443,6 +366,8 @@ def export_run(learn:Learner, # A trained learner
         with contextlib.redirect_stderr(io.StringIO()), without_data(learn.dls):
             learn.export(run_dir.absolute()/'model.pkl')
     return run_dir
+
+def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model
 
 def _finite_list(v, n:int, positive:bool=False) -> bool:
     ok = isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e30 for x in v)
@@ -523,128 +448,6 @@ def read_run_config(run_dir:str|Path, # A run directory
     except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{run_dir/'config.json'}: not valid JSON ({e})") from None
     return check_run_config(cfg, run_dir/'config.json')
 
-def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
-             device=None, # Device for the model
-            ):
-    "Model (eval mode) and config from a run directory, without unpickling anything."
-    from safetensors.torch import load_file
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    kw, flow = cfg.get('model_kw', {}), cfg.get('loss') == 'flow'
-    try: model = flow_regressor(cfg['arch'], len(cfg['targets']), flow=cfg['flow'], **kw) if flow else get_model(cfg['arch'], n_in=1, n_out=cfg['n_out'], **kw)
-    except TypeError as e: raise DeepLenseError(f"{run_dir/'config.json'}: model_kw does not fit {cfg['arch']} ({e})") from None
-    try: model.load_state_dict(load_file(str(run_dir/'weights.safetensors')))
-    except Exception as e: raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg['arch']} ({type(e).__name__})") from None
-    if (f := run_dir/'calibration.json').is_file():          # written by `calibrate`: plain numbers
-        if not flow: raise DeepLenseError(f"{f}: only flow runs (loss 'flow') are recalibrated")
-        try: cal = json.loads(f.read_text())
-        except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
-        cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
-        if (joint := check_joint_calibration(cal, cfg['targets'], f)): cfg['joint_calibration'] = joint
-    return model.to(device or 'cpu').eval(), cfg
-
-# %% ../nbs/05_learner.ipynb #7de7f649
-def _normalise(x:torch.Tensor, cfg:dict, size:int|None=None) -> torch.Tensor:
-    "Raw images (B, 1, H, W) prepared as the run's DataLoaders prepared them (normalisation, then resizing)."
-    from deeplense_fastai.data import minmax_scale, resize_images
-    if cfg['norm'] == 'minmax': x = minmax_scale(x)
-    else:
-        mean, std = cfg['image_stats']
-        x = (x - mean) / std
-    return resize_images(x, size) if size else x
-
-def _notice(msg:str): print(msg, file=sys.stderr)
-
-def input_size(shape, # (H, W) of the images to predict
-               cfg:dict, # The run's configuration
-               where='images', # What to call them in messages
-               notice=_notice, # Called with a one-line notice when images are resized
-              ) -> int|None:
-    "The size the model's input is resized to: the run's `size`, its training size if `shape` differs, or None."
-    if cfg.get('size'): return cfg['size']
-    want = cfg.get('image_shape')
-    if not want or list(shape) == list(want): return None
-    if want[0] != want[1] or shape[0] != shape[1]:
-        raise DeepLenseError(f"{where}: images are {shape[0]}x{shape[1]} and the model was trained on {want[0]}x{want[1]}; only square images can be resized")
-    notice(f"note: {where}: images are {shape[0]}x{shape[1]}, the model was trained on {want[0]}x{want[1]}: "
-           f"resizing them (bilinear, antialiased) after normalisation, as training resizes")
-    return want[0]
-
-def open_checked(source, # A path `open_source` reads, a LensSource, or an array/tensor
-                 cfg:dict, # The run's configuration
-                 progress:bool=False, # Progress bar while caching DeepLense files
-                 notice=None, # Where one-line notices go (default: stderr)
-                ):
-    "`source` opened for a run: (LensSource, the size to resize to); wrong sizes and NaN, Inf or complex pixels refused first."
-    from deeplense_fastai.data import open_source, check_pixels
-    src = open_source(source, progress=progress)
-    size = input_size(src.image_shape, cfg, src.path, notice or _notice)
-    check_pixels(src)                              # named before any work
-    return src, size
-
-def predict_source(model:nn.Module, # A regression model (a run's, or `learn.model`)
-                   cfg:dict, # Its configuration (`load_run`'s, or `learn.lens_config`)
-                   src, # A LensSource
-                   bs:int=64, # Batch size
-                   tta:bool=False, # Average over the eight symmetries of the square
-                   size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
-                  ):
-    "Decoded (mean, std or None) of `model` on every image of `src`, normalised as the run's DataLoaders did."
-    mu, sd, _ = predict_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
-    return mu, sd
-
-def _source_batches(model:nn.Module, cfg:dict, src, bs:int, size:int|None):
-    "Batches of `src`'s images on the model's device, normalised (and resized) as the run's DataLoaders did."
-    dev, size = next(model.parameters()).device, size or cfg.get('size')
-    for s in range(0, len(src), bs):
-        x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
-        yield _normalise(x, cfg, size)
-
-def posterior_source(model:FlowRegressor, # A flow run's model
-                     cfg:dict, # Its configuration
-                     src, # A LensSource
-                     bs:int=64, # Batch size
-                     tta:bool=False, # Mix the posteriors of the eight symmetries of the square
-                     size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
-                    ):
-    "Grid posteriors (grid (T, G), log densities (N, T, G)) of a flow run on every image of `src`."
-    grid, logp, _ = posterior_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
-    return grid, logp
-
-def _posterior_columns(grid:torch.Tensor, logp:torch.Tensor, targets, samples:int=0) -> dict:
-    "Per target: pred_ (the median), q05_ ... q95_, and `samples` draws sample<k>_ from its marginal posterior."
-    q, out = quantile_columns(logp, grid, targets), {}
-    for j, t in enumerate(targets):
-        out[f'pred_{t}'] = q[f'q50_{t}']
-        out.update({k: v for k, v in q.items() if k.endswith(f'_{t}')})
-        if samples:
-            s = grid_sample(logp[:, j], grid[j], samples, torch.Generator().manual_seed(j)).numpy()
-            out.update({f'sample{k}_{t}': s[k] for k in range(samples)})
-    return out
-
-def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json)
-            source, # A path `open_source` reads (dataset, image stack, image folder, FITS), a LensSource, or an array/tensor
-            bs:int=64, # Batch size
-            tta:bool=False, # Average over the eight symmetries of the square
-            device=None, # Device
-            progress:bool=False, # Progress bar while caching DeepLense files
-            notice=_notice, # Where one-line notices go (default: stderr)
-            samples:int=0, # Flow runs: also this many posterior samples per image and target (columns sample<k>_<target>)
-           ) -> pd.DataFrame:
-    "One row per image of `source`: predictions, and the std (Gaussian NLL) or posterior quantiles q05..q95 (flow)."
-    model, cfg = load_run(run_dir, device)
-    src, size = open_checked(source, cfg, progress, notice)
-    out = pd.DataFrame({'index': np.arange(len(src))})
-    if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
-    if isinstance(model, FlowRegressor):
-        cols = _posterior_columns(*posterior_source(model, cfg, src, bs, tta, size), cfg['targets'], samples)
-        return pd.concat([out, pd.DataFrame(cols)], axis=1)
-    if samples: raise DeepLenseError(f"samples: {run_dir} is not a flow run (train with loss 'flow' for posteriors)")
-    mu, sd = predict_source(model, cfg, src, bs, tta, size)
-    for j, t in enumerate(cfg['targets']):
-        out[f'pred_{t}'] = mu[:, j]
-        if sd is not None: out[f'std_{t}'] = sd[:, j]
-    return out
 
 # %% ../nbs/05_learner.ipynb #41715ce7
 from fastai.torch_core import num_distrib, rank_distrib

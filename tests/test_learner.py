@@ -9,7 +9,8 @@ from fastai.callback.core import Callback
 
 from deeplense_fastai.core import DeepLenseError
 from deeplense_fastai.data import lens_dataloaders
-from deeplense_fastai.learner import regression_learner, fit, LRTrace, get_predictions, export_run, predict, load_run
+from deeplense_fastai.learner import regression_learner, fit, LRTrace, export_run
+from deeplense_fastai.inference import get_predictions, predict, load_run
 from deeplense_fastai.dataset import write_dataset
 
 

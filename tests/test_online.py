@@ -127,7 +127,8 @@ def test_no_disk_writes(tmp_path):
 
 def test_learner_trains_and_exports(tmp_path):
     "The library's Learner, fit, export_run and predict on online data; OnlineEpoch keeps epochs in step."
-    from deeplense_fastai.learner import regression_learner, fit, export_run, predict
+    from deeplense_fastai.learner import regression_learner, fit, export_run
+    from deeplense_fastai.inference import predict
     dls = online_dataloaders(SMALL, epoch_size=128, bs=32, valid=64, device="cpu")
     learn = regression_learner(dls, "xresnet_small", path=tmp_path, cbs=[OnlineEpoch()])
     with learn.no_bar(), learn.no_logging():
