@@ -79,15 +79,48 @@ def versions():
     return v
 
 
+def lenstronomy_test_set(name="model_ii", n=2000, seed=99, log=print):
+    """The test set `write_dataset(..., name, n, seed)` holds, made again by the lenstronomy reference pipeline (same
+    draws, noise included, image b's noise seeded 10_000 + b), float32 (n, 1, H, W), and its labels (n, targets frame).
+    Cached once as a .npy beside our cached test set (cache_dir('bench')/lenstronomy-<name>-n<n>-seed<seed>.npy): the
+    one place benches (this --transfer, bench/online.py) get it from."""
+    import _lenstronomy_ref as ref
+    from deeplense_fastai.core import atomic_write, cache_dir
+    from deeplense_fastai.simulate import PRESETS, draw_parameters, labels_frame
+    prm = draw_parameters(PRESETS[name], np.arange(n), seed)
+    path = cache_dir("bench") / f"lenstronomy-{name}-n{n}-seed{seed}.npy"
+    if not path.exists():
+        t0 = time.perf_counter()
+        images = np.stack([ref.deeplensesim_image(name, prm, b, noise=True, seed=10_000 + b) for b in range(n)])
+        with atomic_write(path) as tmp:
+            with open(tmp, "wb") as f: np.save(f, images.astype(np.float32)[:, None])
+        log(f"# lenstronomy test set: {n} {name} images in {time.perf_counter() - t0:.0f} s -> {path}")
+    return np.load(path), labels_frame(prm)
+
+
+class _Images:
+    "Raw images (n, 1, H, W) seen as a source: what `predict_source` reads (len and image(i))."
+    def __init__(self, images): self.images = images
+    def __len__(self): return len(self.images)
+    def image(self, i): return np.ascontiguousarray(self.images[i])
+
+
+def score_images(model, cfg, images, y, device=None, bs=256):
+    """regression_report of `model` on raw images (n, 1, H, W), normalised as the run's DataLoaders did (predict_source)."""
+    from deeplense_fastai.inference import predict_source
+    from deeplense_fastai.interpret import regression_report
+    mu, _ = predict_source(model, cfg, _Images(images), bs=bs)
+    keep = np.isfinite(y).all(1)
+    return regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])
+
+
 def transfer(a):
     """Train on our images, evaluate on ours and on lenstronomy's (same draws): the accuracy protocol of bench/accuracy.py."""
-    import _lenstronomy_ref as ref
     from deeplense_fastai.core import cache_dir, get_device, set_seed
-    from deeplense_fastai.simulate import PRESETS, draw_parameters, labels_frame
+    from deeplense_fastai.simulate import PRESETS
     from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders, open_source
-    from deeplense_fastai.learner import regression_learner, fit, predict_batches, _normalise
-    from deeplense_fastai.interpret import regression_report
+    from deeplense_fastai.learner import regression_learner, fit
     name, n_train, n_test, arch = "model_ii", a.n_train, a.n_test, "resnet18"
     p, device = PRESETS[name], get_device(a.device)
     train_dir = cache_dir("bench") / f"fidelity-{name}-n{n_train}-seed0"
@@ -95,11 +128,9 @@ def transfer(a):
     write_dataset(train_dir, p, n_train, 0, progress=False, log=lambda *x: None, device=device)
     write_dataset(test_dir, p, n_test, 99, progress=False, log=lambda *x: None, device=device)
     test = open_source(test_dir)
-    prm = draw_parameters(p, np.arange(n_test), 99)
     t0 = time.perf_counter()
-    ref_images = np.stack([ref.deeplensesim_image(name, prm, b, noise=True, seed=10_000 + b) for b in range(n_test)])
-    t_ref = time.perf_counter() - t0
-    ref_images = ref_images.astype(np.float32)[:, None]
+    ref_images, ref_labels = lenstronomy_test_set(name, n_test, 99)
+    t_ref = time.perf_counter() - t0                   # the build time when not cached yet, else the load time
     set_seed(0)
     dls = lens_dataloaders(train_dir, bs=64, seed=0, device=device)
     learn = regression_learner(dls, arch, path=cache_dir("bench", "runs", f"fidelity-{name}-{arch}"))
@@ -109,16 +140,10 @@ def transfer(a):
     t_fit = time.perf_counter() - t0
     cfg = learn.lens_config
 
-    def score(images, y):
-        def batches():
-            for s in range(0, len(images), 256):
-                yield _normalise(torch.from_numpy(np.ascontiguousarray(images[s:s + 256])).to(device), cfg)
-        mu, _, _ = predict_batches(learn.model, batches(), cfg)
-        keep = np.isfinite(y).all(1)
-        return regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])
+    def score(images, y): return score_images(learn.model, cfg, images, y, device)
 
     y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
-    y_ref = labels_frame(prm)[cfg["targets"]].to_numpy(dtype=np.float64)
+    y_ref = ref_labels[cfg["targets"]].to_numpy(dtype=np.float64)
     assert np.allclose(y, y_ref, equal_nan=True), "test labels differ between the two test sets"
     ours_images = np.stack([test.image(i) for i in range(len(test))])
     r_ours, r_ref = score(ours_images, y), score(ref_images, y_ref)
