@@ -48,7 +48,7 @@ def main():
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.data import open_source
-    from deeplense_fastai.inference import load_run, predict_source, _normalise
+    from deeplense_fastai.inference import load_run, predict_source
     from deeplense_fastai.models import attention_maps
     test = open_source(cache_dir("bench") / f"{a.preset}-n2000-seed99")
     rows = []
@@ -58,7 +58,7 @@ def main():
         model, cfg = load_run(run)
         idx = pick_images(test, cfg["targets"][0], a.images)
         raw = torch.from_numpy(np.stack([test.image(i) for i in idx]))
-        x = _normalise(raw, cfg, cfg.get("size"))
+        x = cfg.normalise(raw)
         maps = attention_maps(model, x)
         with torch.no_grad(): pred = predict_source(model, cfg, test.subset(idx), bs=len(idx))[0][:, 0]
         rows.append(dict(arch=arch, indices=idx, truth=[float(v) for v in test.labels[cfg["targets"][0]].to_numpy()[idx]],

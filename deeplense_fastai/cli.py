@@ -322,29 +322,6 @@ def _train_data(a, device, say):
     return dls, test
 
 # %% ../nbs/07_cli.ipynb #0e4564d1
-def _interval_coverage(rep:dict, preds, y, targets) -> dict:
-    "Add to a report, per target, how often the truth lies in a flow's central 68% (q16-q84) and 90% (q05-q95) intervals."
-    per = rep['targets'] if 'targets' in rep else {targets[0]: rep}
-    for j, (t, m) in enumerate(zip(targets, per.values())):
-        for lo, hi, k in (('q16', 'q84', 'coverage_68'), ('q05', 'q95', 'coverage_90')):
-            m[k] = float(((preds[f'{lo}_{t}'] <= y[:, j]) & (y[:, j] <= preds[f'{hi}_{t}'])).mean())
-    return rep
-
-def _score(run_dir, src, cols, cfg, bs, device, tta=False):
-    "Predict `src` with a run and report against its columns `cols`; also returns (y, mean, std) of the scored images."
-    from deeplense_fastai.inference import predict
-    from deeplense_fastai.interpret import regression_report
-    preds = predict(run_dir, src, bs=bs, tta=tta, device=device)
-    y = src.labels[cols].to_numpy(dtype=np.float64)
-    keep = np.isfinite(y).all(1)
-    if not keep.any(): raise DeepLenseError(f"{src.path}: no image has a finite {', '.join(cols)}")
-    preds, y = preds[keep].reset_index(drop=True), y[keep]
-    mu = preds[[f'pred_{t}' for t in cfg['targets']]].to_numpy()
-    sd = preds[[f'std_{t}' for t in cfg['targets']]].to_numpy() if f"std_{cfg['targets'][0]}" in preds else None
-    rep = regression_report(y, mu, sd, baseline=cfg['target_mean'], targets=cols)
-    if f"q16_{cfg['targets'][0]}" in preds: rep = _interval_coverage(rep, preds, y, cfg['targets'])
-    return rep, (y, mu, sd)
-
 def _print_report(rep:dict, targets):
     per = rep['targets'] if 'targets' in rep else {targets[0]: rep}
     print(f"test images: {rep['n']}")
@@ -365,10 +342,11 @@ def _weights_digest(learn) -> str:
 def _test_report(a, cfg:dict, test) -> None:
     "Score the exported run on the test set (plain and with TTA), write metrics.json and the plots, print the report."
     from deeplense_fastai.core import atomic_write
+    from deeplense_fastai.inference import score_run
     from deeplense_fastai.interpret import save_report_plots
     targets = cfg['targets']
-    rep, (y, mu, sd) = _score(a.out, test, targets, cfg, a.bs, a.device)
-    rep_tta, _ = _score(a.out, test, targets, cfg, a.bs, a.device, tta=True)   # averaged over the square's symmetries
+    rep, (y, mu, sd) = score_run(a.out, test, targets, a.bs, a.device)
+    rep_tta, _ = score_run(a.out, test, targets, a.bs, a.device, tta=True)   # averaged over the square's symmetries
     if cfg.get('loss') == 'flow': rep['calibration'] = _calibration_plots(a.out, test, a.bs, a.device)
     with atomic_write(a.out/'metrics.json') as tmp: tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
     for j, t in enumerate(targets):
@@ -438,7 +416,7 @@ def _evaluate_args(e):
 def cmd_evaluate(a) -> int:
     "`deeplense evaluate`: metrics of a trained model on a labelled dataset (and --json)."
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.inference import load_run, score_run
     from deeplense_fastai.data import open_source, resolve_targets
     device = get_device(a.device)
     _, cfg = load_run(a.model)
@@ -451,7 +429,7 @@ def cmd_evaluate(a) -> int:
     for c, t in zip(cols, cfg['targets']):
         if c != t and c in LABEL_COLUMNS and t in LABEL_COLUMNS:
             raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
-    rep, _ = _score(a.model, src, cols, cfg, a.bs, device, tta=a.tta)
+    rep, _ = score_run(a.model, src, cols, a.bs, device, tta=a.tta)
     rep['tta'] = bool(a.tta)
     _print_report(rep, cols)
     if a.json:

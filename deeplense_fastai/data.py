@@ -16,9 +16,9 @@ from .core import DeepLenseError, cache_dir
 # %% auto #0
 __all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'load_image_file',
            'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets',
-           'check_pixels', 'check_source', 'minmax_scale', 'resize_images', 'PerImageMinMax', 'target_title',
-           'LensTarget', 'TargetScaler', 'ResizeBatch', 'SquareSymmetry', 'raw_image', 'without_data',
-           'lens_dataloaders', 'show_results', 'online_dataloaders']
+           'check_pixels', 'check_source', 'PerImageMinMax', 'target_title', 'LensTarget', 'TargetScaler',
+           'ResizeBatch', 'SquareSymmetry', 'raw_image', 'without_data', 'lens_dataloaders', 'show_results',
+           'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #32c538a1
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -434,18 +434,7 @@ with fastai_import():
     from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TensorBase, TransformBlock, DataBlock,
                                    RandomSplitter, FuncSplitter, Normalize, Rotate, show_title)
 import torch
-import torch.nn.functional as F
-
-def minmax_scale(x:torch.Tensor) -> torch.Tensor:
-    "Images (B, C, H, W) scaled to [0, 1] each by its own minimum and maximum."
-    lo = x.amin(dim=(-3, -2, -1), keepdim=True)
-    hi = x.amax(dim=(-3, -2, -1), keepdim=True)
-    return (x - lo) / (hi - lo).clamp_min(1e-12)
-
-def resize_images(x:torch.Tensor, size:int) -> torch.Tensor:
-    "Images (B, C, H, W) resized to size x size (bilinear, antialiased); unchanged if already that size."
-    if tuple(x.shape[-2:]) == (size, size): return x
-    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
+from .config import RunConfig, minmax_scale, resize_images   # the one image preparation, shared with prediction
 
 class PerImageMinMax(DisplayedTransform):
     "Scale every image to [0, 1] by its own minimum and maximum (DeepLense's normalisation)."
@@ -612,10 +601,10 @@ def _batch_tfms(stats, augment:bool, rotate:float, size) -> list:
     if size: tfms.append(ResizeBatch(int(size)))
     return tfms
 
-def _lens_config(targets, norm:str, stats, t_mean, t_std, **rest) -> dict:
-    "What prediction needs later: targets, their scaling, the image normalisation, and `rest` (shape, sizes, source)."
-    return dict(targets=targets, norm=norm, image_stats=stats, target_mean=[float(v) for v in t_mean],
-                target_std=[float(v) for v in t_std], **rest)
+def _lens_config(targets, norm:str, stats, t_mean, t_std, **rest) -> RunConfig:
+    "What prediction needs later: targets, their scaling, the image normalisation, and `rest` (shape, sizes, source; others kept in `extra`)."
+    return RunConfig.from_json(dict(targets=list(targets), norm=norm, image_stats=None if stats is None else [float(v) for v in stats],
+                                    target_mean=[float(v) for v in t_mean], target_std=[float(v) for v in t_std], **rest), 'DataLoaders')
 
 def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLense dir, memmap pair, or .npy with CSV
                      targets=None, # Target column(s); default: the source's natural target

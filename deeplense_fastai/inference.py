@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['load_run', 'input_size', 'open_checked', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
-           'posterior_source', 'predict', 'run_posteriors', 'calibration_report', 'calibrate', 'JointPosterior',
-           'joint_posteriors', 'combine', 'joint_posterior']
+           'posterior_source', 'predict', 'score_run', 'run_posteriors', 'calibration_report', 'calibrate',
+           'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write
@@ -24,10 +24,10 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles
 from .simulate import get_preset
 import torch.nn as nn
 from fastai.learner import Learner
+from .config import RunConfig
 from .models import get_model
 from .posterior import (flow_regressor, target_grid, run_log_posterior, quantile_columns)
-from .learner import (read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs,
-                                      _decode_targets)
+from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs
 
 # %% ../nbs/05b_inference.ipynb #5fab6f6c
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
@@ -52,19 +52,10 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
 
 
 # %% ../nbs/05b_inference.ipynb #0b7b1b17
-def _normalise(x:torch.Tensor, cfg:dict, size:int|None=None) -> torch.Tensor:
-    "Raw images (B, 1, H, W) prepared as the run's DataLoaders prepared them (normalisation, then resizing)."
-    from deeplense_fastai.data import minmax_scale, resize_images
-    if cfg['norm'] == 'minmax': x = minmax_scale(x)
-    else:
-        mean, std = cfg['image_stats']
-        x = (x - mean) / std
-    return resize_images(x, size) if size else x
-
 def _notice(msg:str): print(msg, file=sys.stderr)
 
 def input_size(shape, # (H, W) of the images to predict
-               cfg:dict, # The run's configuration
+               cfg:RunConfig, # The run's configuration
                where='images', # What to call them in messages
                notice=_notice, # Called with a one-line notice when images are resized
               ) -> int|None:
@@ -81,7 +72,7 @@ def input_size(shape, # (H, W) of the images to predict
 
 # %% ../nbs/05b_inference.ipynb #11bc74aa
 def open_checked(source, # A path `open_source` reads, a LensSource, or an array/tensor
-                 cfg:dict, # The run's configuration
+                 cfg:RunConfig, # The run's configuration
                  progress:bool=False, # Progress bar while caching DeepLense files
                  notice=None, # Where one-line notices go (default: stderr)
                 ):
@@ -105,7 +96,7 @@ def _square_views(x:torch.Tensor) -> list[torch.Tensor]:
 @torch.no_grad()
 def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.model`)
                       batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
-                      cfg:dict, # The run's configuration
+                      cfg:RunConfig, # The run's configuration
                       tta:bool=False, # Mix the posteriors of the eight symmetries of the square
                      ):
     "Grid posteriors of a flow run: (grid (T, G), log densities (N, T, G), decoded targets or None)."
@@ -116,7 +107,7 @@ def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.m
         views = _square_views(x) if tta else [x]
         lp = torch.stack([run_log_posterior(flow, model(v), cfg, grid) for v in views])
         lps.append(torch.logsumexp(lp, 0) - math.log(len(views)))
-        if y is not None: ys.append(_decode_targets(y, cfg))
+        if y is not None: ys.append(cfg.decode(y))
     return grid, torch.cat(lps), (torch.cat(ys).numpy() if ys else None)
 
 def _medians(grid:torch.Tensor, logp:torch.Tensor) -> np.ndarray:
@@ -128,7 +119,7 @@ def _medians(grid:torch.Tensor, logp:torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def predict_batches(model:nn.Module, # A regression model
                     batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
-                    cfg:dict, # lens_config (targets and their statistics)
+                    cfg:RunConfig, # The run's configuration (`learn.lens_config`, or `load_run`'s)
                     tta:bool=False, # Average over the eight symmetries of the square
                    ):
     "Decoded predictions (mean, std or None, targets or None) over an iterable of batches; a flow's mean is its median."
@@ -147,7 +138,7 @@ def predict_batches(model:nn.Module, # A regression model
             var = torch.stack([o[1]**2 for o in outs]).mean(0) + torch.stack([o[0] for o in outs]).var(0, unbiased=False)
             sd = var.sqrt()
         mus.append(mu); sds.append(sd)
-        if y is not None: ys.append(_decode_targets(y, cfg))
+        if y is not None: ys.append(cfg.decode(y))
     cat = lambda l: torch.cat(l).numpy() if l and l[0] is not None else None
     return cat(mus), cat(sds), cat(ys)
 
@@ -162,7 +153,7 @@ def get_predictions(learn:Learner, # A trained learner
 
 # %% ../nbs/05b_inference.ipynb #0cf8947a
 def predict_source(model:nn.Module, # A regression model (a run's, or `learn.model`)
-                   cfg:dict, # Its configuration (`load_run`'s, or `learn.lens_config`)
+                   cfg:RunConfig, # Its configuration (`load_run`'s, or `learn.lens_config`)
                    src, # A LensSource
                    bs:int=64, # Batch size
                    tta:bool=False, # Average over the eight symmetries of the square
@@ -177,10 +168,10 @@ def _source_batches(model:nn.Module, cfg:dict, src, bs:int, size:int|None):
     dev, size = next(model.parameters()).device, size or cfg.get('size')
     for s in range(0, len(src), bs):
         x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
-        yield _normalise(x, cfg, size)
+        yield cfg.normalise(x, size)
 
 def posterior_source(model:FlowRegressor, # A flow run's model
-                     cfg:dict, # Its configuration
+                     cfg:RunConfig, # Its configuration
                      src, # A LensSource
                      bs:int=64, # Batch size
                      tta:bool=False, # Mix the posteriors of the eight symmetries of the square
@@ -226,6 +217,38 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
         out[f'pred_{t}'] = mu[:, j]
         if sd is not None: out[f'std_{t}'] = sd[:, j]
     return out
+
+
+# %% ../nbs/05b_inference.ipynb #8c512a27
+def _interval_coverage(rep:dict, preds, y, targets) -> dict:
+    "Add to a report, per target, how often the truth lies in a flow's central 68% (q16-q84) and 90% (q05-q95) intervals."
+    per = rep['targets'] if 'targets' in rep else {targets[0]: rep}
+    for j, (t, m) in enumerate(zip(targets, per.values())):
+        for lo, hi, k in (('q16', 'q84', 'coverage_68'), ('q05', 'q95', 'coverage_90')):
+            m[k] = float(((preds[f'{lo}_{t}'] <= y[:, j]) & (y[:, j] <= preds[f'{hi}_{t}'])).mean())
+    return rep
+
+def score_run(run_dir:str|Path, # A run directory
+              src, # A labelled LensSource
+              cols:list|None=None, # Its columns holding the run's targets, in the run's order (default: the targets' names)
+              bs:int=64, # Batch size
+              device=None, # Device
+              tta:bool=False, # Average over the eight symmetries of the square
+             ) -> tuple[dict, tuple]:
+    "Metrics of a run on the labelled images of `src` (and a flow's interval coverage); also (y, mean, std) of those images."
+    from deeplense_fastai.interpret import regression_report
+    cfg = read_run_config(run_dir)
+    cols = cols or cfg['targets']
+    preds = predict(run_dir, src, bs=bs, tta=tta, device=device)
+    y = src.labels[cols].to_numpy(dtype=np.float64)
+    keep = np.isfinite(y).all(1)
+    if not keep.any(): raise DeepLenseError(f"{src.path}: no image has a finite {', '.join(cols)}")
+    preds, y = preds[keep].reset_index(drop=True), y[keep]
+    mu = preds[[f'pred_{t}' for t in cfg['targets']]].to_numpy()
+    sd = preds[[f'std_{t}' for t in cfg['targets']]].to_numpy() if f"std_{cfg['targets'][0]}" in preds else None
+    rep = regression_report(y, mu, sd, baseline=cfg['target_mean'], targets=cols)
+    if f"q16_{cfg['targets'][0]}" in preds: rep = _interval_coverage(rep, preds, y, cfg['targets'])
+    return rep, (y, mu, sd)
 
 
 # %% ../nbs/05b_inference.ipynb #4762bc69
@@ -395,7 +418,7 @@ def combine(run_dir:str|Path, # A flow run
 
 def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
                     logp:torch.Tensor, # (N, T, G) from `run_posteriors` (raw, when the run has a joint calibration)
-                    cfg:dict, # The run's configuration
+                    cfg:RunConfig, # The run's configuration
                     target:str, # The shared target
                    ) -> JointPosterior:
     "The joint posterior of `target` from per-lens grid posteriors, divided by the network's prior and widened by the floor if calibrated."

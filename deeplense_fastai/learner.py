@@ -23,6 +23,7 @@ with fastai_import():
     from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
 
 from .core import DeepLenseError
+from .config import RunConfig, _finite_list
 from .models import get_model, MODELS
 from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS
 
@@ -99,13 +100,10 @@ def get_opt_func(name:str):
 def _split_outputs(raw:torch.Tensor, cfg:dict):
     "Decoded (mean, std or None) from raw model outputs."
     n = len(cfg['targets'])
-    mu = _decode_targets(raw[:, :n], cfg)
+    mu = cfg.decode(raw[:, :n])
     if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * torch.tensor(cfg['target_std'])
     return mu, None
 
-def _decode_targets(y:torch.Tensor, cfg:dict) -> torch.Tensor:
-    "Standardised targets back in their own units."
-    return y.float().cpu() * torch.tensor(cfg['target_std']) + torch.tensor(cfg['target_mean'])
 
 def _mae(p, t): return (p - t).abs().mean()
 def _mse(p, t): return ((p - t)**2).mean()
@@ -122,7 +120,7 @@ def _reused(f):
         return last['v']
     return g
 
-def regression_metrics(cfg:dict, # `dls.lens_config`
+def regression_metrics(cfg:RunConfig, # `dls.lens_config`
                        which=('mae', 'rmse', 'mse', 'r2'), # Metrics to compute
                        point=None, # Maps the model's outputs to standardised point estimates (a flow's: posterior medians)
                       ) -> list:
@@ -133,7 +131,7 @@ def regression_metrics(cfg:dict, # `dls.lens_config`
     for j, name in enumerate(cfg['targets']):
         sfx = '' if len(cfg['targets']) == 1 else f'_{name}'
         for w in which:
-            f = lambda p, t, j=j, w=w: fns[w](_decode_targets(point(p), cfg)[:, j], _decode_targets(t, cfg)[:, j])
+            f = lambda p, t, j=j, w=w: fns[w](cfg.decode(point(p))[:, j], cfg.decode(t)[:, j])
             out.append(AccumMetric(f, flatten=False, name=f'{w}{sfx}'))
     return out
 
@@ -220,7 +218,7 @@ def _rescale_output(model:nn.Module, old:dict, new:dict, n_out:int) -> None:
 
 def load_init(model:nn.Module, # A freshly built model
               init:str|Path, # A run directory whose weights start this training
-              cfg:dict, # The new run's configuration (arch, targets, n_out, target statistics)
+              cfg:RunConfig, # The new run's configuration (arch, targets, n_out, target statistics)
              ) -> dict:
     "Load a trained run's weights into `model` after checking that architecture, targets and outputs fit."
     from safetensors.torch import load_file
@@ -243,7 +241,7 @@ class TargetRange(Callback):
     def after_batch(self):
         if not self.training: return
         cfg = self.learn.lens_config
-        y = _decode_targets(self.yb[0].detach(), cfg)
+        y = cfg.decode(self.yb[0].detach())
         old = torch.tensor(cfg.get('target_range') or [[math.inf, -math.inf]] * y.shape[1])
         lo, hi = torch.minimum(old[:, 0], y.min(0).values), torch.maximum(old[:, 1], y.max(0).values)
         cfg['target_range'] = [[float(a), float(b)] for a, b in zip(lo, hi)]
@@ -276,8 +274,8 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders")
     if arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
     model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, model_kw)
-    run_cfg = dict(cfg, arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
-    if init is not None: run_cfg['init'] = str(init); load_init(model, init, run_cfg)
+    run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
+    if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
     cbs = [Ranger21Guard(), LRTrace()] + ([TargetRange()] if loss == 'flow' else []) + list(cbs or [])
     point = partial(flow_median, model) if loss == 'flow' else None
     if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
@@ -359,7 +357,7 @@ def export_run(learn:Learner, # A trained learner
     model = _unwrap(learn.model)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(run_dir/'weights.safetensors') as tmp: save_file(state, str(tmp))
-    cfg = dict(learn.lens_config, package_version=__version__, format='deeplense_fastai/run', format_version=1)
+    cfg = dict(learn.lens_config.to_json(), package_version=__version__, format='deeplense_fastai/run', format_version=1)
     with atomic_write(run_dir/'config.json') as tmp: tmp.write_text(json.dumps(cfg, indent=1))
     if pickle:
         from deeplense_fastai.data import without_data
@@ -369,10 +367,6 @@ def export_run(learn:Learner, # A trained learner
 
 def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model
 
-def _finite_list(v, n:int, positive:bool=False) -> bool:
-    ok = isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 1e30 for x in v)
-    return ok and (not positive or all(x > 0 for x in v))
-
 def _check_flow(cfg:dict, bad) -> None:
     "The flow settings and prior range of a flow run's configuration."
     fk = cfg.get('flow')
@@ -380,9 +374,6 @@ def _check_flow(cfg:dict, bad) -> None:
             and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in fk.values())):
         bad(f"flow must be an object with the integers {', '.join(FLOW_DEFAULTS)}, got {fk!r}")
     if cfg['n_out'] != fk['n_ctx']: bad(f"n_out must equal flow n_ctx ({fk['n_ctx']}), got {cfg['n_out']!r}")
-    r = cfg.get('target_range')
-    if r is not None and not (isinstance(r, list) and len(r) == len(cfg['targets']) and all(_finite_list(v, 2) and v[0] < v[1] for v in r)):
-        bad(f"target_range must be one [low, high] pair per target, got {r!r}")
 
 def check_calibration(cal, # The parsed calibration.json
                       n_targets:int, # The run's number of targets
@@ -412,33 +403,21 @@ def check_joint_calibration(cal, # The parsed calibration.json
 
 def check_run_config(cfg, # The parsed config.json
                      where:str='config.json', # Its path, for messages
-                    ) -> dict:
-    "Validate a run's configuration (types, ranges, consistency) and return it; one clear error otherwise."
+                    ) -> RunConfig:
+    "Validate a run's configuration (`RunConfig.from_json`, then the architecture, loss and outputs) and return it."
     def bad(msg): raise DeepLenseError(f"{where}: {msg}")
     if not isinstance(cfg, dict): bad(f"expected a JSON object, got a {type(cfg).__name__}")
     for key in ('arch', 'targets', 'n_out', 'norm', 'target_mean', 'target_std'):
         if key not in cfg: bad(f"missing the key {key!r} (not a complete deeplense_fastai run)")
-    if cfg['arch'] not in MODELS: bad(f"unknown architecture {cfg['arch']!r}; known: {', '.join(MODELS)}")
-    t = cfg['targets']
-    if not (isinstance(t, list) and t and all(isinstance(x, str) and x for x in t)): bad(f"targets must be a list of column names, got {t!r}")
-    n_out = cfg['n_out']
-    if cfg.get('loss') == 'flow': _check_flow(cfg, bad)
+    rc = RunConfig.from_json(cfg, where)
+    if rc.arch not in MODELS: bad(f"unknown architecture {rc.arch!r}; known: {', '.join(MODELS)}")
+    t, n_out = rc.targets, rc.n_out
+    if rc.loss == 'flow': _check_flow(cfg, bad)
     elif not (isinstance(n_out, int) and n_out in (len(t), 2 * len(t))): bad(f"n_out must be {len(t)} or {2 * len(t)} for {len(t)} target(s), got {n_out!r}")
-    if cfg['norm'] not in ('minmax', 'meanstd'): bad(f"unknown norm {cfg['norm']!r} (minmax or meanstd)")
-    if cfg['norm'] == 'meanstd' and not _finite_list(cfg.get('image_stats'), 2) or (cfg['norm'] == 'meanstd' and not cfg['image_stats'][1] > 0):
-        bad(f"norm 'meanstd' needs image_stats [mean, std > 0], got {cfg.get('image_stats')!r}")
-    if not _finite_list(cfg['target_mean'], len(t)): bad(f"target_mean must be {len(t)} finite number(s), got {cfg['target_mean']!r}")
-    if not _finite_list(cfg['target_std'], len(t), positive=True): bad(f"target_std must be {len(t)} positive number(s), got {cfg['target_std']!r}")
-    size = cfg.get('size')
-    if size is not None and not (isinstance(size, int) and 8 <= size <= 4096): bad(f"size must be an integer in [8, 4096] or null, got {size!r}")
-    shape = cfg.get('image_shape')
-    if shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and 1 <= v <= 16384 for v in shape)):
-        bad(f"image_shape must be [H, W], got {shape!r}")
-    if not isinstance(cfg.get('model_kw', {}), dict): bad(f"model_kw must be an object, got {cfg['model_kw']!r}")
-    return cfg
+    return rc
 
 def read_run_config(run_dir:str|Path, # A run directory
-                   ) -> dict:
+                   ) -> RunConfig:
     "The validated `config.json` of a run directory (checking that its weights file is there too)."
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): raise DeepLenseError(f"{run_dir}: no such run directory")
