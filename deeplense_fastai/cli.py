@@ -458,23 +458,23 @@ def _opened_inputs(paths, cfg:dict) -> list:
     with contextlib.redirect_stdout(sys.stderr):
         for p in paths:
             if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-            srcs.append((p, open_checked(p, cfg, progress=True)[0]))
+            srcs.append((p, *open_checked(p, cfg, progress=True)))
     return srcs
 
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
     from deeplense_fastai.core import get_device, atomic_write
-    from deeplense_fastai.inference import load_run, predict
+    from deeplense_fastai.inference import load_run, predict_opened
     import pandas as pd
     device = get_device(a.device)
-    _, cfg = load_run(a.model)
+    model, cfg = load_run(a.model, device)
     if a.out is not None: _writable_file(a.out, '--out')
     if a.samples < 0 or (a.samples and cfg.get('loss') != 'flow'):
         raise DeepLenseError(f"--samples {a.samples}: " + ("must be 0 or more" if a.samples < 0 else f"{a.model} is not a flow run (train with --loss flow)"))
     frames = []
     with contextlib.redirect_stdout(sys.stderr):         # progress bars and notices never mix with a CSV on stdout
-        for p, src in _opened_inputs(a.paths, cfg):
-            df = predict(a.model, src, bs=a.bs, tta=a.tta, device=device, notice=lambda *_: None, samples=a.samples)
+        for p, src, size in _opened_inputs(a.paths, cfg):
+            df = predict_opened(model, cfg, src, size, a.bs, a.tta, a.samples)
             df.insert(0, 'source', str(p))
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
@@ -534,8 +534,9 @@ def _combine_args(c):
 def cmd_combine(a) -> int:
     "`deeplense combine`: the joint posterior of the parameter(s) shared by all the lenses given."
     from deeplense_fastai.core import get_device, atomic_write
-    from deeplense_fastai.inference import joint_posteriors, _flow_run
-    _, cfg = _flow_run(a.model)
+    from deeplense_fastai.inference import joint_posteriors, read_run_config
+    cfg = read_run_config(a.model)
+    if cfg.loss != 'flow': raise DeepLenseError(f"{a.model}: trained with loss {cfg.loss or 'mse'!r}; posteriors need a run trained with loss 'flow'")
     for t in a.target or []:
         if t not in cfg['targets']: raise DeepLenseError(f"--target {t}: the run predicts {', '.join(cfg['targets'])}")
     for f, flag in ((a.json, '--json'), (a.plot, '--plot')):

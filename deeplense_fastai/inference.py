@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['load_run', 'input_size', 'open_checked', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
-           'posterior_source', 'predict', 'score_run', 'run_posteriors', 'calibration_report', 'calibrate',
-           'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
+           'posterior_source', 'predict', 'predict_opened', 'score_run', 'run_posteriors', 'calibration_report',
+           'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write
@@ -206,12 +206,23 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
     "One row per image of `source`: predictions, and the std (Gaussian NLL) or posterior quantiles q05..q95 (flow)."
     model, cfg = load_run(run_dir, device)
     src, size = open_checked(source, cfg, progress, notice)
+    return predict_opened(model, cfg, src, size, bs, tta, samples)
+
+def predict_opened(model:nn.Module, # A run's model (`load_run`)
+                   cfg:RunConfig, # Its configuration
+                   src, # A LensSource opened and checked by `open_checked`
+                   size:int|None=None, # The size `open_checked` returned
+                   bs:int=64, # Batch size
+                   tta:bool=False, # Average over the eight symmetries of the square
+                   samples:int=0, # Flow runs: posterior samples per image and target
+                  ) -> pd.DataFrame:
+    "`predict` for a run already loaded and a source already opened (many sources, one load, one pixel check each)."
     out = pd.DataFrame({'index': np.arange(len(src))})
     if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
     if isinstance(model, FlowRegressor):
         cols = _posterior_columns(*posterior_source(model, cfg, src, bs, tta, size), cfg['targets'], samples)
         return pd.concat([out, pd.DataFrame(cols)], axis=1)
-    if samples: raise DeepLenseError(f"samples: {run_dir} is not a flow run (train with loss 'flow' for posteriors)")
+    if samples: raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
     mu, sd = predict_source(model, cfg, src, bs, tta, size)
     for j, t in enumerate(cfg['targets']):
         out[f'pred_{t}'] = mu[:, j]
@@ -270,6 +281,10 @@ def run_posteriors(run_dir:str|Path, # A flow run's directory
                   ):
     "Grid posteriors of every image: (grid (T, G), log densities (N, T, G), the opened sources, the run's config)."
     model, cfg = _flow_run(run_dir, device, raw)
+    return _posteriors_of(model, cfg, source, bs, tta, notice)
+
+def _posteriors_of(model, cfg, source, bs, tta, notice):
+    "`run_posteriors` for a flow run already loaded."
     opened = [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
     parts = [posterior_source(model, cfg, src, bs, tta, size) for src, size in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
@@ -395,11 +410,12 @@ def joint_posteriors(run_dir:str|Path, # A flow run
                      notice=None, # Where one-line notices go (default: stderr)
                     ) -> dict:
     "Joint posterior of each target shared by all the lenses in `images`, with the run's joint calibration where it has one."
-    _, cfg = _flow_run(run_dir)
+    model, cfg = _flow_run(run_dir, device)
     for t in targets or []:
         if t not in cfg['targets']: raise DeepLenseError(f"target {t!r}: the run predicts {', '.join(cfg['targets'])}")
     joint = cfg.get('joint_calibration')
-    grid, logp, _, cfg = run_posteriors(run_dir, images, bs, tta, device, raw=bool(joint), notice=notice)
+    if joint: cfg.pop('recalibration')                   # the joint calibration was fitted on the raw posteriors
+    grid, logp, _, cfg = _posteriors_of(model, cfg, images, bs, tta, notice)
     if not joint:
         (notice or _notice)(f"{run_dir}: no joint calibration (run `calibrate` with populations); the joint intervals of many "
                             f"lenses can be far too narrow")

@@ -19,6 +19,7 @@ __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'QUANTILES', 'FlowRegressor', 'fl
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
+from .config import RunConfig
 from .models import get_model
 
 # %% ../nbs/04b_posterior.ipynb #732893ca
@@ -61,7 +62,7 @@ class FlowNLL:
     def __call__(self, ctx, targ): return -self.model.posterior(ctx).log_prob(targ.float()).mean()
 
 # %% ../nbs/04b_posterior.ipynb #91a4dff1
-def target_grid(cfg:dict, # A run's configuration (targets, target statistics, `target_range`)
+def target_grid(cfg:RunConfig, # A run's configuration (targets, target statistics, `target_range`)
                 n:int=512, # Grid points per target
                ) -> torch.Tensor:
     "An even grid (T, n) over each target's prior range in its own units (the run's `target_range`, else mean +- 5 std)."
@@ -86,19 +87,19 @@ def _kde_logpdf(samples:torch.Tensor, grid:torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def grid_log_posterior(model:FlowRegressor, # A trained flow model
                        ctx:torch.Tensor, # Contexts (B, n_ctx): `model(x)`
-                       cfg:dict, # The run's configuration
+                       cfg:RunConfig, # The run's configuration
                        grid:torch.Tensor|None=None, # (T, G) in target units (default `target_grid(cfg)`)
                        samples:int=1000, # With several targets: flow samples per image for each marginal
                       ) -> torch.Tensor:
     "Normalised log posterior density (B, T, G) of each target on the grid, in the target's own units."
     grid = target_grid(cfg) if grid is None else grid
-    m, s = torch.tensor(cfg['target_mean']), torch.tensor(cfg['target_std'])
     dist, T = model.posterior(ctx), grid.shape[0]
     if T == 1:
-        z = ((grid[0] - m[0]) / s[0]).to(ctx.device)[:, None, None]
+        z = cfg.encode(grid.T).to(ctx.device)[:, :, None]                          # (G, 1, 1): the grid, standardised
         logp = dist.log_prob(z).T.float().cpu()[:, None, :]
     else:
-        draws = dist.sample((samples,)).float().cpu() * s + m                  # (S, B, T)
+        draws = dist.sample((samples,))
+        draws = cfg.decode(draws.reshape(-1, T)).reshape(draws.shape)          # (S, B, T) in the targets' units
         logp = torch.stack([_kde_logpdf(draws[..., j], grid[j]) for j in range(T)], 1)
     return _normalised(logp, grid)
 
@@ -300,7 +301,7 @@ def quantile_columns(logp:torch.Tensor, # Normalised log densities (B, T, G)
 
 def run_log_posterior(model:FlowRegressor, # A trained flow model
                       ctx:torch.Tensor, # Contexts (B, n_ctx)
-                      cfg:dict, # The run's configuration (with `recalibration` if the run was recalibrated)
+                      cfg:RunConfig, # The run's configuration (with `recalibration` if the run was recalibrated)
                       grid:torch.Tensor, # (T, G)
                      ) -> torch.Tensor:
     "The run's per-image posteriors on the grid (B, T, G), recalibrated where the run carries a calibration."
