@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_cli.ipynb #de4cc0fe
 from __future__ import annotations
-import argparse, contextlib, hashlib, json, os, sys, time
+import argparse, contextlib, json, os, sys, time
 from pathlib import Path
 
 from .core import DeepLenseError
@@ -249,26 +249,10 @@ def _check_train_args(a):
 # %% ../nbs/07_cli.ipynb #7725c05f
 DEFAULT_N = 6000
 
-def _is_rank0() -> bool:
-    return int(os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0'))) == 0
-
-def _wait_for(path:Path, timeout:float=3600.):
-    "Other ranks wait for rank 0 to finish writing a dataset (its manifest is written last)."
-    t0 = time.time()
-    while not path.exists():
-        if time.time() - t0 > timeout: raise DeepLenseError(f"timed out waiting for {path}")
-        time.sleep(0.5)
-
 def _cached_sim(preset:str, n:int, seed:int, device) -> Path:
-    "A dataset simulated once into the cache (verified, not rewritten, on later runs), keyed by the preset's recipe."
-    from deeplense_fastai.core import cache_dir
-    from deeplense_fastai.simulate import get_preset
-    from deeplense_fastai.dataset import write_dataset
-    recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]   # a changed preset gets a new cache
-    path = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
-    if _is_rank0(): write_dataset(path, preset, n, seed, progress=False, log=lambda *a: None, device=device)
-    else: _wait_for(path/'manifest.json')
-    return path
+    "`dataset.cached_simulation`: simulated once into the cache."
+    from deeplense_fastai.dataset import cached_simulation
+    return cached_simulation(preset, n, seed, device)
 
 def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
     "Train and test sets of the embedded default (the test set from a disjoint seed)."
@@ -334,11 +318,6 @@ def _print_report(rep:dict, targets):
         else: print(line)
 
 # %% ../nbs/07_cli.ipynb #e3b2d7c5
-def _weights_digest(learn) -> str:
-    "SHA-256 of the final weights: printed by every rank of a multi-process run, so that a test can check they agree."
-    model = learn.model.module if hasattr(learn.model, 'module') else learn.model
-    return hashlib.sha256(b''.join(v.detach().cpu().float().numpy().tobytes() for v in model.state_dict().values())).hexdigest()
-
 def _test_report(a, cfg:dict, test) -> None:
     "Score the exported run on the test set (plain and with TTA), write metrics.json and the plots, print the report."
     from deeplense_fastai.core import atomic_write
@@ -380,9 +359,10 @@ def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
     from deeplense_fastai.core import get_device, set_seed
-    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed
+    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed, weights_digest
     a.device = get_device(a.device)
     set_seed(a.seed)
+    from deeplense_fastai.dataset import _is_rank0
     say = print if _is_rank0() else (lambda *x, **k: None)
     dls, test = _train_data(a, a.device, say)
     learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
@@ -392,7 +372,7 @@ def cmd_train(a) -> int:
     with distributed(learn, cpu=a.device.type == 'cpu'), (learn.no_bar() if a.quiet else contextlib.nullcontext()):
         fit(learn, a.epochs, a.lr, a.schedule, early_stopping=a.early_stopping, resume=a.resume, verbose=True,
             freeze_epochs=a.freeze_epochs)
-    if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {_weights_digest(learn)}")
+    if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {weights_digest(learn.model)}")
     if not _is_rank0(): return 0
     export_run(learn, a.out)
     _test_report(a, cfg, test)

@@ -16,7 +16,7 @@ from .core import DeepLenseError, atomic_write
 from .simulate import CLASSES, Preset, get_preset, draw_parameters, labels_frame, make_images
 
 # %% auto #0
-__all__ = ['MARKER', 'shard_range', 'DatasetWriter', 'write_dataset', 'NativeDataset', 'open_dataset']
+__all__ = ['MARKER', 'shard_range', 'DatasetWriter', 'write_dataset', 'NativeDataset', 'open_dataset', 'cached_simulation']
 
 # %% ../nbs/02b_dataset.ipynb #52a60938
 def shard_range(n:int, # Images in the whole dataset
@@ -324,3 +324,26 @@ class NativeDataset:
 def open_dataset(path:str|Path) -> NativeDataset:
     "Open a native dataset directory written by `write_dataset` (all shards)."
     return NativeDataset(path)
+
+# %% ../nbs/02b_dataset.ipynb #dc6a4a7c
+def _is_rank0() -> bool: return int(os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0'))) == 0
+
+def _wait_for(path:Path, timeout:float=3600.):
+    "Wait until `path` exists (another process is writing the dataset it belongs to)."
+    t0 = time.time()
+    while not path.exists():
+        if time.time() - t0 > timeout: raise DeepLenseError(f"timed out waiting for {path}")
+        time.sleep(0.5)
+
+def cached_simulation(preset:str, # A preset name
+                      n:int, # Images
+                      seed:int, # Seed
+                      device=None, # Device to simulate on
+                     ) -> Path:
+    "A native dataset of `preset` simulated once into the cache (verified, not rewritten, on later calls)."
+    from deeplense_fastai.core import cache_dir
+    recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]
+    path = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
+    if _is_rank0(): write_dataset(path, preset, n, seed, progress=False, log=lambda *a: None, device=device)
+    else: _wait_for(path/'manifest.json')
+    return path

@@ -30,8 +30,9 @@ from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
            'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
-           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'export_run',
-           'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config', 'distributed']
+           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'weights_digest',
+           'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config',
+           'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -345,6 +346,12 @@ def fit(learn:Learner, # From `regression_learner`
     return learn
 
 # %% ../nbs/05_learner.ipynb #6502c816
+def weights_digest(model:nn.Module, # A model (wrapped in DistributedDataParallel or not)
+                  ) -> str:
+    "SHA-256 of a model's weights: two processes of a data-parallel run must end with the same one."
+    import hashlib
+    return hashlib.sha256(b''.join(v.detach().cpu().float().numpy().tobytes() for v in _unwrap(model).state_dict().values())).hexdigest()
+
 def export_run(learn:Learner, # A trained learner
                run_dir:str|Path, # Directory to write into
                pickle:bool=True, # Also write fastai's model.pkl
