@@ -21,7 +21,7 @@ __all__ = ['MODELS', 'register_model', 'load_weights', 'get_model', 'RegressionH
            'residual_attention_56', 'residual_attention_92', 'residual_attention_small', 'attention_maps',
            'count_parameters', 'count_macs']
 
-# %% ../nbs/04_models.ipynb #20429bcb
+# %% ../nbs/04_models.ipynb #8a0d1c91
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 def register_model(name:str, # Registry key
@@ -32,6 +32,7 @@ def register_model(name:str, # Registry key
         return f
     return _inner
 
+# %% ../nbs/04_models.ipynb #1032ad47
 def load_weights(model:nn.Module, # The model to fill
                  path:str|Path, # A .safetensors file or a torch state dict (.pt/.pth), loaded with weights_only=True
                 ) -> nn.Module:
@@ -47,6 +48,7 @@ def load_weights(model:nn.Module, # The model to fill
     except Exception as e: raise DeepLenseError(f"weights file {path}: cannot be loaded into this model ({e})") from None
     return model
 
+# %% ../nbs/04_models.ipynb #2948fb13
 def get_model(name:str, # A key of `MODELS`
               n_in:int=1, # Input channels
               n_out:int=1, # Outputs (regression targets; twice the targets for a Gaussian NLL head)
@@ -58,7 +60,7 @@ def get_model(name:str, # A key of `MODELS`
     model = MODELS[name](n_in=n_in, n_out=n_out, **kw)
     return load_weights(model, weights) if weights else model
 
-# %% ../nbs/04_models.ipynb #d6f81c67
+# %% ../nbs/04_models.ipynb #18e38495
 class RegressionHead(nn.Sequential):
     "Global average pooling, then Linear-ReLU-Dropout-Linear to `n_out` numbers."
     def __init__(self, c_in:int, # Feature channels
@@ -69,7 +71,7 @@ class RegressionHead(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(p), nn.Linear(hidden, n_out))
 
-# %% ../nbs/04_models.ipynb #05c1336e
+# %% ../nbs/04_models.ipynb #13484a31
 def _torchvision_resnet(fn, n_in, n_out):
     m = fn(weights=None)
     m.conv1 = nn.Conv2d(n_in, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -78,13 +80,17 @@ def _torchvision_resnet(fn, n_in, n_out):
 
 @register_model('resnet18')
 def resnet18(n_in=1, n_out=1): "ResNet-18 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet18, n_in, n_out)
+
 @register_model('resnet34')
 def resnet34(n_in=1, n_out=1): "ResNet-34 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet34, n_in, n_out)
+
 @register_model('resnet50')
 def resnet50(n_in=1, n_out=1): "ResNet-50 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet50, n_in, n_out)
+
 @register_model('resnet101')
 def resnet101(n_in=1, n_out=1): "ResNet-101 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet101, n_in, n_out)
 
+# %% ../nbs/04_models.ipynb #c4bdc8c1
 @register_model('xresnet18')
 def xresnet18(n_in=1, n_out=1, **kw):
     "fastai's XResNet-18 regressor."
@@ -97,7 +103,7 @@ def xresnet_small(n_in=1, n_out=1, **kw):
     with fastai_import(): from fastai.vision.models.xresnet import XResNet, ResBlock
     return XResNet(ResBlock, 1, [1, 1, 1, 1], c_in=n_in, n_out=n_out, widen=0.5, stem_szs=(16, 32, 64), **kw)
 
-# %% ../nbs/04_models.ipynb #00facb13
+# %% ../nbs/04_models.ipynb #37f1e688
 class AttentionGate(nn.Module):
     "Additive attention gate (Oktay et al. 2018): alpha = sigmoid(psi(ReLU(W_x x + W_g g + b_g))); returns alpha * x."
     def __init__(self, c_x:int, # Channels of the skip features x
@@ -118,10 +124,14 @@ class AttentionGate(nn.Module):
         self.last_alpha = alpha.detach()
         return alpha * x
 
-# %% ../nbs/04_models.ipynb #42cdc782
+# %% ../nbs/04_models.ipynb #c4ed2dc3
 class DilatedResBlock(nn.Module):
     "Four residual sub-stages x = x + BN(ReLU(conv3x3_d(x))) at dilations d = 1, 2, 3, 4 (after a 1x1 projection if needed)."
-    def __init__(self, c_in:int, c_out:int, dilations=(1, 2, 3, 4), p:float=0.):
+    def __init__(self, c_in:int, # Input channels
+                 c_out:int, # Output channels
+                 dilations=(1, 2, 3, 4), # Dilation of each residual sub-stage
+                 p:float=0., # Dropout (2-d) after the block
+                ):
         super().__init__()
         self.proj = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
         self.stages = nn.ModuleList(nn.Sequential(nn.Conv2d(c_out, c_out, 3, padding=d, dilation=d, bias=False),
@@ -133,6 +143,7 @@ class DilatedResBlock(nn.Module):
         for stage in self.stages: x = x + stage(x)
         return self.drop(x)
 
+# %% ../nbs/04_models.ipynb #fe6ab254
 def _up_to(x, ref):
     "Resize x to ref's spatial size when odd sizes left them one pixel apart."
     return x if x.shape[-2:] == ref.shape[-2:] else F.interpolate(x, size=ref.shape[-2:], mode='bilinear', align_corners=False)
@@ -166,6 +177,7 @@ class UNetRegressor(nn.Module):
             x = dec(torch.cat([_up_to(up(x), skip), skip], 1))
         return self.head(x)
 
+# %% ../nbs/04_models.ipynb #0d7965b2
 class MResUNet(UNetRegressor):
     "mResUNet regressor (Gupta & Reichardt 2020): dilated residual blocks in a 4-level U-Net, optional attention gates."
     def __init__(self, n_in:int=1, # Input channels
@@ -176,18 +188,22 @@ class MResUNet(UNetRegressor):
                 ):
         super().__init__(lambda c_in, c_out, p: DilatedResBlock(c_in, c_out, p=p), n_in, n_out, base, attention, p)
 
+# %% ../nbs/04_models.ipynb #3790f71f
 @register_model('mresunet')
 def mresunet(n_in=1, n_out=1, **kw): "mResUNet regressor."; return MResUNet(n_in, n_out, **kw)
+
 @register_model('mresunet_att')
 def mresunet_att(n_in=1, n_out=1, **kw): "mResUNet with attention gates."; return MResUNet(n_in, n_out, attention=True, **kw)
+
 @register_model('mresunet_small')
 def mresunet_small(n_in=1, n_out=1, **kw): "A narrow mResUNet (base 8) for CPU runs."; return MResUNet(n_in, n_out, base=8, **kw)
+
 @register_model('mresunet_att_small')
 def mresunet_att_small(n_in=1, n_out=1, **kw):
     "A narrow mResUNet with attention gates for CPU runs."
     return MResUNet(n_in, n_out, base=8, attention=True, **kw)
 
-# %% ../nbs/04_models.ipynb #a8c55f45
+# %% ../nbs/04_models.ipynb #b77df10b
 def _double_conv(c_in, c_out, p=0.):
     "Two 3x3 convolution-BN-ReLU layers (the plain U-Net block; `p` is unused: the Attention U-Net has no dropout)."
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
@@ -201,15 +217,20 @@ class AttentionUNet(UNetRegressor):
                 ):
         super().__init__(_double_conv, n_in, n_out, base, attention=True)
 
+# %% ../nbs/04_models.ipynb #a2cb8763
 @register_model('attention_unet')
 def attention_unet(n_in=1, n_out=1, **kw): "Attention U-Net regressor."; return AttentionUNet(n_in, n_out, **kw)
+
 @register_model('attention_unet_small')
 def attention_unet_small(n_in=1, n_out=1, **kw): "A narrow Attention U-Net (base 8) for CPU runs."; return AttentionUNet(n_in, n_out, base=8, **kw)
 
-# %% ../nbs/04_models.ipynb #a3df6b1e
+# %% ../nbs/04_models.ipynb #22820032
 class PreActBottleneck(nn.Module):
     "Pre-activation bottleneck residual unit (BN-ReLU-conv 1x1, 3x3, 1x1) with a projection shortcut when needed."
-    def __init__(self, c_in:int, c_out:int, stride:int=1):
+    def __init__(self, c_in:int, # Input channels
+                 c_out:int, # Output channels (the bottleneck is a quarter of this)
+                 stride:int=1, # Stride of the 3x3 convolution (and of the shortcut)
+                ):
         super().__init__()
         mid = max(1, c_out // 4)
         self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, mid, 1, bias=False)
@@ -224,9 +245,12 @@ class PreActBottleneck(nn.Module):
         out = self.conv3(F.relu(self.bn3(out)))
         return out + (self.short(a) if self.short is not None else x)
 
+# %% ../nbs/04_models.ipynb #9db72ba4
 class SoftMask(nn.Module):
     "Bottom-up top-down mask trunk: max-pool, residual unit, (skip + deeper mask), residual unit, upsample."
-    def __init__(self, c:int, depth:int):
+    def __init__(self, c:int, # Channels
+                 depth:int, # Further scales below this one (each with a skip connection)
+                ):
         super().__init__()
         self.down = PreActBottleneck(c, c)
         self.skip = PreActBottleneck(c, c) if depth > 0 else None
@@ -238,6 +262,7 @@ class SoftMask(nn.Module):
         if self.inner is not None: y = self.inner(y) + self.skip(y)
         return F.interpolate(self.up(y), size=x.shape[-2:], mode='bilinear', align_corners=False)
 
+# %% ../nbs/04_models.ipynb #da4e6158
 class AttentionModule(nn.Module):
     "Residual attention module: H = (1 + M(x)) * T(x), with trunk T and soft mask M of the given depth."
     def __init__(self, c:int, # Channels
@@ -256,6 +281,7 @@ class AttentionModule(nn.Module):
         self.last_mask = m.detach()
         return self.post((1 + m) * self.trunk(x))
 
+# %% ../nbs/04_models.ipynb #00878ebe
 class ResidualAttentionNet(nn.Module):
     "Residual Attention Network regressor (Wang et al. 2017)."
     def __init__(self, n_in:int=1, # Input channels
@@ -281,16 +307,19 @@ class ResidualAttentionNet(nn.Module):
 
     def forward(self, x): return self.head(self.body(x))
 
+# %% ../nbs/04_models.ipynb #d2476a57
 @register_model('residual_attention_56')
 def residual_attention_56(n_in=1, n_out=1, **kw): "Attention-56 regressor."; return ResidualAttentionNet(n_in, n_out, (1, 1, 1), **kw)
+
 @register_model('residual_attention_92')
 def residual_attention_92(n_in=1, n_out=1, **kw): "Attention-92 regressor."; return ResidualAttentionNet(n_in, n_out, (1, 2, 3), **kw)
+
 @register_model('residual_attention_small')
 def residual_attention_small(n_in=1, n_out=1, **kw):
     "A narrow Residual Attention Network (width 8, one module per stage) for CPU runs."
     return ResidualAttentionNet(n_in, n_out, (1, 1, 1), width=8, **kw)
 
-# %% ../nbs/04_models.ipynb #e0fa0ebe
+# %% ../nbs/04_models.ipynb #5b354a2e
 @torch.no_grad()
 def attention_maps(model:nn.Module, # A model with AttentionGate or AttentionModule layers
                    x:torch.Tensor, # Images (B, C, H, W)
@@ -308,11 +337,12 @@ def attention_maps(model:nn.Module, # A model with AttentionGate or AttentionMod
         maps.append(F.interpolate(a.float(), size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0])
     return maps[::-1] if isinstance(layers[0], AttentionGate) else maps   # gates are built coarse-to-fine
 
-# %% ../nbs/04_models.ipynb #3fba2e6f
+# %% ../nbs/04_models.ipynb #c430d448
 def count_parameters(model:nn.Module) -> int:
     "Number of trainable parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+# %% ../nbs/04_models.ipynb #319a43a9
 @torch.no_grad()
 def count_macs(model:nn.Module, # The model
                size:int=150, # Square input size
