@@ -4,7 +4,6 @@
 
 # %% ../nbs/06_interpret.ipynb #bf793167
 from __future__ import annotations
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
-           'plot_calibration', 'save_report_plots', 'plot_coverage', 'plot_sbc', 'plot_tarp', 'plot_binned_calibration',
-           'plot_joint_posterior', 'show_predictions', 'plot_worst']
+           'plot_calibration', 'save_report_plots', 'show_predictions', 'plot_worst', 'plot_coverage', 'plot_sbc',
+           'plot_tarp', 'plot_binned_calibration', 'plot_joint_posterior']
 
-# %% ../nbs/06_interpret.ipynb #7cd278f0
+# %% ../nbs/06_interpret.ipynb #6d2f1e2f
 def _r2(y, err) -> float:
     "R^2, or NaN when it is undefined (fewer than two images, or all true values equal)."
     ss = float(np.sum((y - y.mean())**2))
@@ -51,13 +50,20 @@ def regression_report(y_true, # True values (N,) or (N, T)
     flat = dict(n=int(len(y)), **out[names[0]]) if len(names) == 1 else dict(n=int(len(y)), targets=out)
     return flat
 
-# %% ../nbs/06_interpret.ipynb #d29870a1
+# %% ../nbs/06_interpret.ipynb #5f98e37b
 def _bins(y, n):
+    "Equal-width bin edges over the range of `y`, and the bin (0 .. n-1) of every value."
     edges = np.linspace(np.min(y), np.max(y), n + 1)
     idx = np.clip(np.digitize(y, edges) - 1, 0, n - 1)
     return edges, idx
 
-def plot_pred_vs_true(y_true, y_pred, name:str='target', bins:int=10, ax=None):
+# %% ../nbs/06_interpret.ipynb #ad8a626a
+def plot_pred_vs_true(y_true, # True values (N,)
+                      y_pred, # Predicted values (N,)
+                      name:str='target', # Target name, for the axis labels
+                      bins:int=10, # Bins of the true value for the binned mean and spread
+                      ax=None, # Matplotlib axes to draw on (default: a new figure)
+                     ):
     "Predicted against true, with the binned mean and 16-84% spread."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(4.2, 4))[1]
@@ -73,7 +79,12 @@ def plot_pred_vs_true(y_true, y_pred, name:str='target', bins:int=10, ax=None):
     ax.legend(fontsize=7); ax.tick_params(axis='x', labelrotation=30)
     return ax
 
-def plot_residuals(y_true, y_pred, name:str='target', ax=None):
+# %% ../nbs/06_interpret.ipynb #c2b7f287
+def plot_residuals(y_true, # True values (N,)
+                   y_pred, # Predicted values (N,)
+                   name:str='target', # Target name, for the axis label
+                   ax=None, # Matplotlib axes to draw on (default: a new figure)
+                  ):
     "Histogram of the residuals predicted - true."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(4.2, 3))[1]
@@ -83,7 +94,12 @@ def plot_residuals(y_true, y_pred, name:str='target', ax=None):
     ax.set_title(f'mean {r.mean():+.3f}, std {r.std():.3f}', fontsize=9)
     return ax
 
-def binned_mae(y_true, y_pred, bins:int=10, baseline=None) -> pd.DataFrame:
+# %% ../nbs/06_interpret.ipynb #969da199
+def binned_mae(y_true, # True values (N,)
+               y_pred, # Predicted values (N,)
+               bins:int=10, # Equal-width bins of the true value
+               baseline=None, # Constant prediction of the baseline (default: the mean of y_true)
+              ) -> pd.DataFrame:
     "MAE of the model and of the constant baseline in bins of the true value."
     y, p = np.ravel(y_true), np.ravel(y_pred)
     base = np.mean(y) if baseline is None else baseline
@@ -92,7 +108,14 @@ def binned_mae(y_true, y_pred, bins:int=10, baseline=None) -> pd.DataFrame:
                  baseline_mae=float(np.mean(np.abs(base - y[idx == b])))) for b in range(bins) if np.any(idx == b)]
     return pd.DataFrame(rows)
 
-def plot_binned_mae(y_true, y_pred, name:str='target', bins:int=10, baseline=None, ax=None):
+# %% ../nbs/06_interpret.ipynb #7d3fa52c
+def plot_binned_mae(y_true, # True values (N,)
+                    y_pred, # Predicted values (N,)
+                    name:str='target', # Target name, for the axis label
+                    bins:int=10, # Equal-width bins of the true value
+                    baseline=None, # Constant prediction of the baseline (default: the mean of y_true)
+                    ax=None, # Matplotlib axes to draw on (default: a new figure)
+                   ):
     "MAE in bins of the true value, with the constant-mean baseline's."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(4.2, 3))[1]
@@ -102,14 +125,24 @@ def plot_binned_mae(y_true, y_pred, name:str='target', bins:int=10, baseline=Non
     ax.set_xlabel(f'true {name}'); ax.set_ylabel('MAE'); ax.legend(fontsize=7); ax.tick_params(axis='x', labelrotation=30)
     return ax
 
-def calibration_curve(y_true, y_pred, y_std, levels=np.linspace(0.05, 0.95, 19)) -> pd.DataFrame:
+# %% ../nbs/06_interpret.ipynb #1dd3f7fe
+def calibration_curve(y_true, # True values (N,)
+                      y_pred, # Predicted means (N,)
+                      y_std, # Predicted standard deviations (N,)
+                      levels=np.linspace(0.05, 0.95, 19), # Nominal probabilities of the central intervals
+                     ) -> pd.DataFrame:
     "Observed fraction inside the central Gaussian interval of each nominal probability."
     from statistics import NormalDist
     z = np.abs(np.ravel(y_pred) - np.ravel(y_true)) / np.maximum(np.ravel(y_std), 1e-30)
     half = [NormalDist().inv_cdf(0.5 + l / 2) for l in levels]
     return pd.DataFrame(dict(nominal=levels, observed=[float(np.mean(z <= h)) for h in half]))
 
-def plot_calibration(y_true, y_pred, y_std, ax=None):
+# %% ../nbs/06_interpret.ipynb #b1468938
+def plot_calibration(y_true, # True values (N,)
+                     y_pred, # Predicted means (N,)
+                     y_std, # Predicted standard deviations (N,)
+                     ax=None, # Matplotlib axes to draw on (default: a new figure)
+                    ):
     "Calibration plot of Gaussian predictive intervals."
     import matplotlib.pyplot as plt
     ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
@@ -118,7 +151,14 @@ def plot_calibration(y_true, y_pred, y_std, ax=None):
     ax.set_xlabel('nominal coverage'); ax.set_ylabel('observed coverage')
     return ax
 
-def save_report_plots(run_dir, y_true, y_pred, y_std=None, name:str='target', baseline=None) -> list[Path]:
+# %% ../nbs/06_interpret.ipynb #218c3cfd
+def save_report_plots(run_dir, # Directory to write the PNG files into
+                      y_true, # True values (N,)
+                      y_pred, # Predicted values (N,)
+                      y_std=None, # Predicted standard deviations (N,): adds the calibration plot
+                      name:str='target', # Target name, for the axis labels and the file names
+                      baseline=None, # Constant prediction of the baseline (default: the mean of y_true)
+                     ) -> list[Path]:
     "Write the evaluation plots of one target as PNG files into `run_dir`; returns their paths."
     import matplotlib
     import matplotlib.pyplot as plt
@@ -135,70 +175,7 @@ def save_report_plots(run_dir, y_true, y_pred, y_std=None, name:str='target', ba
         paths.append(p)
     return paths
 
-# %% ../nbs/06_interpret.ipynb #d7cfae50
-def plot_coverage(levels, # Nominal levels (K,)
-                  curves:dict, # Label -> empirical coverage (K,)
-                  ax=None):
-    "Expected coverage of central intervals against the nominal level, one line per label, with the diagonal."
-    import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
-    for label, c in curves.items(): ax.plot(levels, c, 'o-', ms=3, label=label)
-    ax.plot([0, 1], [0, 1], 'k--', lw=1); ax.set_xlabel('nominal coverage'); ax.set_ylabel('empirical coverage')
-    ax.legend(fontsize=7)
-    return ax
-
-def plot_sbc(ranks, # Ranks (N,) of the truths among `n_samples` posterior samples
-             n_samples:int, # Samples per posterior
-             bins:int=20, ax=None):
-    "SBC rank histogram with the 99% band of a calibrated posterior (binomial per bin)."
-    import matplotlib.pyplot as plt
-    from scipy.stats import binom
-    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
-    n, p = len(ranks), 1 / bins
-    ax.axhspan(binom.ppf(0.005, n, p), binom.ppf(0.995, n, p), color='gray', alpha=0.3, label='99% band if calibrated')
-    ax.hist(ranks, bins=bins, range=(0, n_samples + 1), histtype='step', lw=1.5)
-    ax.set_xlabel(f'rank of the truth among {n_samples} samples'); ax.set_ylabel('images'); ax.legend(fontsize=7)
-    return ax
-
-def plot_tarp(ecp, alpha, ax=None, label:str='TARP'):
-    "TARP expected coverage probability against credibility level."
-    import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
-    ax.plot(alpha, ecp, label=label); ax.plot([0, 1], [0, 1], 'k--', lw=1)
-    ax.set_xlabel('credibility level'); ax.set_ylabel('expected coverage'); ax.legend(fontsize=7)
-    return ax
-
-def plot_binned_calibration(binned:pd.DataFrame, # From `calibration_report`: centre, bias, coverage68, coverage95
-                            name:str='target', axs=None):
-    "Two panels: bias of the posterior median, and coverage of the 68% and 95% intervals, in bins of the true value."
-    import matplotlib.pyplot as plt
-    axs = axs if axs is not None else plt.subplots(1, 2, figsize=(8, 3.2))[1]
-    axs[0].axhline(0, color='k', lw=1); axs[0].plot(binned.centre, binned.bias, 'o-')
-    axs[0].set_xlabel(f'true {name}'); axs[0].set_ylabel('median - truth')
-    for col, nominal, c in (('coverage68', 0.68, 'C0'), ('coverage95', 0.95, 'C1')):
-        axs[1].plot(binned.centre, binned[col], 'o-', color=c, label=f'{round(nominal * 100)}% interval')
-        axs[1].axhline(nominal, color=c, ls='--', lw=1)
-    axs[1].set_xlabel(f'true {name}'); axs[1].set_ylabel('coverage'); axs[1].set_ylim(0, 1.02); axs[1].legend(fontsize=7)
-    return axs
-
-def plot_joint_posterior(jp, # A `JointPosterior` (from `inference.combine`)
-                         ax=None, truth:float|None=None, # The true value, if known
-                         max_lenses:int=30, # Per-lens posteriors drawn (thin grey)
-                        ):
-    "Per-lens posteriors (thin) and their joint posterior (bold) with its 68% and 95% intervals shaded."
-    import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
-    g, joint = jp.grid, np.exp(jp.logp)
-    for lp in jp.per_lens[:max_lenses]: ax.plot(g, np.exp(lp) * joint.max() / max(np.exp(lp).max(), 1e-300) * 0.3, color='gray', lw=0.6, alpha=0.6)
-    s = jp.summary
-    ax.fill_between(g, 0, joint, where=(g >= s['lo95']) & (g <= s['hi95']), color='C0', alpha=0.15, label='95%')
-    ax.fill_between(g, 0, joint, where=(g >= s['lo68']) & (g <= s['hi68']), color='C0', alpha=0.35, label='68%')
-    ax.plot(g, joint, color='C0', lw=2, label=f'joint, {jp.n} lens{"es" if jp.n > 1 else ""}')
-    if truth is not None: ax.axvline(truth, color='C3', ls='--', label='truth')
-    ax.set_xlabel(jp.target); ax.set_ylabel('posterior density'); ax.set_yticks([]); ax.legend(fontsize=7)
-    return ax
-
-# %% ../nbs/06_interpret.ipynb #1ce54a5d
+# %% ../nbs/06_interpret.ipynb #9b6e6631
 def show_predictions(images, # Images (N, H, W) or (N, 1, H, W)
                      y_true, # True values (N,) or (N, T); None for unlabelled images
                      y_pred, # Predicted values, (N,) or (N, T)
@@ -232,8 +209,93 @@ def show_predictions(images, # Images (N, H, W) or (N, 1, H, W)
     fig.tight_layout()
     return fig
 
-def plot_worst(images, y_true, y_pred, y_std=None, names=('log10_m_axion',), k:int=9, **kwargs):
+# %% ../nbs/06_interpret.ipynb #a65b24aa
+def plot_worst(images, # Images (N, H, W) or (N, 1, H, W)
+               y_true, # True values (N,) or (N, T)
+               y_pred, # Predicted values, same shape
+               y_std=None, # Predicted standard deviations, same shape, or None
+               names=('log10_m_axion',), # Target names (for labels and formatting)
+               k:int=9, # How many images
+               **kwargs, # Passed to `show_predictions` (ncols, cmap, size)
+              ):
     "The `k` images with the largest absolute error (first target), worst first, as `show_predictions` draws them."
     err = np.abs(np.asarray(y_pred, dtype=np.float64).reshape(len(images), -1)[:, 0]
                  - np.asarray(y_true, dtype=np.float64).reshape(len(images), -1)[:, 0])
     return show_predictions(images, y_true, y_pred, y_std, names, idx=np.argsort(-err)[:k], **kwargs)
+
+# %% ../nbs/06_interpret.ipynb #698a0bee
+def plot_coverage(levels, # Nominal levels (K,)
+                  curves:dict, # Label -> empirical coverage (K,)
+                  ax=None, # Matplotlib axes to draw on (default: a new figure)
+                 ):
+    "Expected coverage of central intervals against the nominal level, one line per label, with the diagonal."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
+    for label, c in curves.items(): ax.plot(levels, c, 'o-', ms=3, label=label)
+    ax.plot([0, 1], [0, 1], 'k--', lw=1); ax.set_xlabel('nominal coverage'); ax.set_ylabel('empirical coverage')
+    ax.legend(fontsize=7)
+    return ax
+
+# %% ../nbs/06_interpret.ipynb #ac1af76e
+def plot_sbc(ranks, # Ranks (N,) of the truths among `n_samples` posterior samples
+             n_samples:int, # Samples per posterior
+             bins:int=20, # Histogram bins
+             ax=None, # Matplotlib axes to draw on (default: a new figure)
+            ):
+    "SBC rank histogram with the 99% band of a calibrated posterior (binomial per bin)."
+    import matplotlib.pyplot as plt
+    from scipy.stats import binom
+    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
+    n, p = len(ranks), 1 / bins
+    ax.axhspan(binom.ppf(0.005, n, p), binom.ppf(0.995, n, p), color='gray', alpha=0.3, label='99% band if calibrated')
+    ax.hist(ranks, bins=bins, range=(0, n_samples + 1), histtype='step', lw=1.5)
+    ax.set_xlabel(f'rank of the truth among {n_samples} samples'); ax.set_ylabel('images'); ax.legend(fontsize=7)
+    return ax
+
+# %% ../nbs/06_interpret.ipynb #c9e38349
+def plot_tarp(ecp, # Expected coverage probability (K,)
+              alpha, # Credibility levels (K,)
+              ax=None, # Matplotlib axes to draw on (default: a new figure)
+              label:str='TARP', # Legend label
+             ):
+    "TARP expected coverage probability against credibility level."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(3.6, 3.4))[1]
+    ax.plot(alpha, ecp, label=label); ax.plot([0, 1], [0, 1], 'k--', lw=1)
+    ax.set_xlabel('credibility level'); ax.set_ylabel('expected coverage'); ax.legend(fontsize=7)
+    return ax
+
+# %% ../nbs/06_interpret.ipynb #ee615d08
+def plot_binned_calibration(binned:pd.DataFrame, # From `calibration_report`: centre, bias, coverage68, coverage95
+                            name:str='target', # Target name, for the axis labels
+                            axs=None, # Two matplotlib axes to draw on (default: a new figure)
+                           ):
+    "Two panels: bias of the posterior median, and coverage of the 68% and 95% intervals, in bins of the true value."
+    import matplotlib.pyplot as plt
+    axs = axs if axs is not None else plt.subplots(1, 2, figsize=(8, 3.2))[1]
+    axs[0].axhline(0, color='k', lw=1); axs[0].plot(binned.centre, binned.bias, 'o-')
+    axs[0].set_xlabel(f'true {name}'); axs[0].set_ylabel('median - truth')
+    for col, nominal, c in (('coverage68', 0.68, 'C0'), ('coverage95', 0.95, 'C1')):
+        axs[1].plot(binned.centre, binned[col], 'o-', color=c, label=f'{round(nominal * 100)}% interval')
+        axs[1].axhline(nominal, color=c, ls='--', lw=1)
+    axs[1].set_xlabel(f'true {name}'); axs[1].set_ylabel('coverage'); axs[1].set_ylim(0, 1.02); axs[1].legend(fontsize=7)
+    return axs
+
+# %% ../nbs/06_interpret.ipynb #8018b177
+def plot_joint_posterior(jp, # A `JointPosterior` (from `inference.combine`)
+                         ax=None, # Matplotlib axes to draw on (default: a new figure)
+                         truth:float|None=None, # The true value, if known
+                         max_lenses:int=30, # Per-lens posteriors drawn (thin grey)
+                        ):
+    "Per-lens posteriors (thin) and their joint posterior (bold) with its 68% and 95% intervals shaded."
+    import matplotlib.pyplot as plt
+    ax = ax or plt.subplots(figsize=(5, 3.4))[1]
+    g, joint = jp.grid, np.exp(jp.logp)
+    for lp in jp.per_lens[:max_lenses]: ax.plot(g, np.exp(lp) * joint.max() / max(np.exp(lp).max(), 1e-300) * 0.3, color='gray', lw=0.6, alpha=0.6)
+    s = jp.summary
+    ax.fill_between(g, 0, joint, where=(g >= s['lo95']) & (g <= s['hi95']), color='C0', alpha=0.15, label='95%')
+    ax.fill_between(g, 0, joint, where=(g >= s['lo68']) & (g <= s['hi68']), color='C0', alpha=0.35, label='68%')
+    ax.plot(g, joint, color='C0', lw=2, label=f'joint, {jp.n} lens{"es" if jp.n > 1 else ""}')
+    if truth is not None: ax.axvline(truth, color='C3', ls='--', label='truth')
+    ax.set_xlabel(jp.target); ax.set_ylabel('posterior density'); ax.set_yticks([]); ax.legend(fontsize=7)
+    return ax
