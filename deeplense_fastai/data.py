@@ -16,11 +16,11 @@ from .core import DeepLenseError, cache_dir
 # %% auto #0
 __all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'load_image_file',
            'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets',
-           'check_pixels', 'check_source', 'PerImageMinMax', 'target_title', 'LensTarget', 'TargetScaler',
-           'ResizeBatch', 'SquareSymmetry', 'raw_image', 'without_data', 'lens_dataloaders', 'show_results',
+           'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget',
+           'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'lens_dataloaders', 'show_results',
            'online_dataloaders']
 
-# %% ../nbs/03_data.ipynb #32c538a1
+# %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
             ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
             ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')}
@@ -40,6 +40,7 @@ class SafeUnpickler(pickle.Unpickler):
         import _codecs
         return _codecs.encode
 
+# %% ../nbs/03_data.ipynb #11c39e57
 def _header(f):
     "(shape, fortran_order, dtype) of an open .npy file, left positioned at its data."
     version = np.lib.format.read_magic(f)
@@ -71,6 +72,7 @@ def _read_npy(path:Path):
     if not isinstance(arr, np.ndarray): raise DeepLenseError(f"{path}: holds a {type(arr).__name__}, not an array")
     return arr
 
+# %% ../nbs/03_data.ipynb #13bc29a2
 def _as_image(a, path) -> np.ndarray:
     "A 2-d image from (H, W), (1, H, W) or (H, W, 1)."
     a = np.asarray(a)
@@ -94,13 +96,15 @@ def load_deeplense_file(path:str|Path, # One DeepLense .npy file
         return image, label
     return _as_image(arr, path), float('nan')
 
-# %% ../nbs/03_data.ipynb #1ac7d71c
+# %% ../nbs/03_data.ipynb #9c2d2c59
 FITS_SUFFIXES = ('.fits', '.fit', '.fts', '.fits.gz', '.fit.gz', '.fts.gz')
 
-def is_fits(path:str|Path) -> bool:
+def is_fits(path:str|Path, # A file name or path
+           ) -> bool:
     "Whether `path` is named like a FITS file."
     return str(path).lower().endswith(FITS_SUFFIXES)
 
+# %% ../nbs/03_data.ipynb #3b6cfff7
 def read_fits(path:str|Path, # A FITS file
              ) -> np.ndarray:
     "The data of the first image HDU of a FITS file (needs astropy: the `fits` extra)."
@@ -115,6 +119,7 @@ def read_fits(path:str|Path, # A FITS file
     if data is None: raise DeepLenseError(f"{path}: no image data in any HDU")
     return data
 
+# %% ../nbs/03_data.ipynb #eb188183
 def load_image_file(path:str|Path, # A DeepLense .npy file, a plain .npy image or a FITS image
                    ) -> tuple[np.ndarray, float]:
     "One image (2-d) and its label (NaN if the file has none) from a .npy or FITS file."
@@ -122,7 +127,7 @@ def load_image_file(path:str|Path, # A DeepLense .npy file, a plain .npy image o
     if is_fits(path): return _as_image(read_fits(path), path), float('nan')
     return load_deeplense_file(path)
 
-# %% ../nbs/03_data.ipynb #4b9158a3
+# %% ../nbs/03_data.ipynb #9a8d0132
 @dataclass
 class LensSource:
     "Images (indexable, (N, 1, H, W) or (N, H, W)) and a label table with one row per image."
@@ -156,13 +161,14 @@ class _Indexed:
     def __len__(self): return len(self.idx)
     def __getitem__(self, i): return self.images[int(self.idx[i])]
 
-# %% ../nbs/03_data.ipynb #5b558ca9
+# %% ../nbs/03_data.ipynb #d256aa9d
 def _native_source(path:Path) -> LensSource:
     from deeplense_fastai.dataset import open_dataset
     ds = open_dataset(path)
     return LensSource(ds, ds.labels, 'native', path, ds.manifest.get('target', 'log10_m_axion'),
                       dict(preset=ds.preset.name))
 
+# %% ../nbs/03_data.ipynb #0e015391
 def _npy_or_raw(path:Path, dtype, shape=None):
     "Memory-map a .npy file, or a raw memmap of `dtype` (shape given, or (N,) from the file size)."
     with open(path, 'rb') as f: magic = f.read(6)
@@ -196,6 +202,7 @@ def _memmap_source(path:Path, shape=None) -> LensSource:
     log_m = masses if (masses < 0).all() else np.log10(np.where(masses > 0, masses, np.nan))
     return LensSource(images, pd.DataFrame({'mass': masses, 'log10_m_axion': log_m}), 'memmap', d, 'log10_m_axion')
 
+# %% ../nbs/03_data.ipynb #ec468e1c
 def _check_pixel_type(a, where) -> None:
     "Refuse complex, object or non-numeric pixels, naming `where`."
     dt = np.asarray(a).dtype if not hasattr(a, 'dtype') else np.dtype(a.dtype)
@@ -212,6 +219,7 @@ def _as_stack(a, where):
     _check_pixel_type(a, where)
     return a
 
+# %% ../nbs/03_data.ipynb #e6d92abc
 def _unlabelled(n:int) -> pd.DataFrame: return pd.DataFrame({'index': np.arange(n)})
 
 def _read_labels(csv:Path, n:int, images_name:str) -> pd.DataFrame:
@@ -239,10 +247,12 @@ def _arrays_source(path:Path, labels=None) -> LensSource:
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     return LensSource(images, frame, 'arrays', path, numeric[0] if len(numeric) == 1 else None)
 
+# %% ../nbs/03_data.ipynb #3b502450
 def _fits_source(path:Path) -> LensSource:
     images = _as_stack(read_fits(path), path)
     return LensSource(images, _unlabelled(len(images)), 'fits', path, None, dict(labelled=False))
 
+# %% ../nbs/03_data.ipynb #8c94b623
 def as_source(x, # Images in memory: a numpy array or torch tensor (H, W), (N, H, W) or (N, 1, H, W), or a list of (H, W)
               name:str='array', # What to call it in messages and outputs
              ) -> LensSource:
@@ -255,7 +265,7 @@ def as_source(x, # Images in memory: a numpy array or torch tensor (H, W), (N, H
     a = _as_stack(a, name)
     return LensSource(a, _unlabelled(len(a)), 'memory', Path(name), None, dict(labelled=False))
 
-# %% ../nbs/03_data.ipynb #6b6efc6a
+# %% ../nbs/03_data.ipynb #3eedb60f
 def _deeplense_files(path:Path) -> list[Path]:
     "The .npy and FITS files under `path` (class sub-folders included, hidden ones not), sorted."
     files = sorted(p for p in path.rglob('*') if (p.suffix == '.npy' or is_fits(p))
@@ -265,6 +275,7 @@ def _deeplense_files(path:Path) -> list[Path]:
         if not f.is_file(): raise DeepLenseError(f"{f}: not a readable file (a dangling link?)")
     return files
 
+# %% ../nbs/03_data.ipynb #61198438
 def _progress(it, total:int, comment:str):
     "fastprogress's bar (a console bar on stderr outside notebooks, so that stdout stays clean for results)."
     from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
@@ -275,6 +286,7 @@ def _progress(it, total:int, comment:str):
         with contextlib.redirect_stdout(sys.stderr): yield from bar
     finally: sys.stderr.write('\n')              # whatever follows (a result, an error) starts on its own line
 
+# %% ../nbs/03_data.ipynb #550db8f2
 def _content_sample(f:Path, block:int=4096, n:int=8) -> bytes:
     "The whole file if small (the usual DeepLense file), else its header and `n` evenly spaced blocks."
     size = f.stat().st_size
@@ -294,6 +306,7 @@ def _cache_key(path:Path, files:list[Path]) -> str:
         h.update(hashlib.sha256(_content_sample(f)).digest())
     return h.hexdigest()[:24]
 
+# %% ../nbs/03_data.ipynb #615dee49
 def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (class sub-folders allowed)
                           progress:bool=True, # Show a progress bar
                          ) -> Path:
@@ -330,6 +343,7 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
         raise
     return target
 
+# %% ../nbs/03_data.ipynb #6ae2d62e
 def _label_columns(frame:pd.DataFrame) -> pd.DataFrame:
     "Add `log10_m_axion` (labels that are axion masses in eV) and `f_sub` (labels in [1e-10, 1)) to a DeepLense table."
     lab = frame['label'].to_numpy(dtype=np.float64)
@@ -344,6 +358,7 @@ def _default_target(labels) -> str|None:
     if ((lab > 0) & (lab < 1e-10)).any(): return 'log10_m_axion'
     return 'f_sub' if ((lab >= 1e-10) & (lab < 1)).any() else None
 
+# %% ../nbs/03_data.ipynb #9282d835
 def _deeplense_source(path:Path, progress:bool=True) -> LensSource:
     cache = convert_deeplense_dir(path, progress)
     frame = _label_columns(pd.read_csv(cache/'labels.csv'))
@@ -351,8 +366,9 @@ def _deeplense_source(path:Path, progress:bool=True) -> LensSource:
     return LensSource(images, frame, 'deeplense', path, _default_target(frame['label']),
                       dict(cache=str(cache), labelled=bool(frame['label'].notna().any())))
 
-# %% ../nbs/03_data.ipynb #15ecf578
-def detect_source(path:str|Path) -> str:
+# %% ../nbs/03_data.ipynb #b03d6640
+def detect_source(path:str|Path, # A dataset directory, a .npy file or a FITS file
+                 ) -> str:
     "Which kind of source `path` is: 'native', 'memmap', 'deeplense', 'arrays' or 'fits'."
     path = Path(path)
     if not path.exists(): raise DeepLenseError(f"{path}: no such file or directory")
@@ -368,6 +384,7 @@ def detect_source(path:str|Path) -> str:
     if is_fits(path): return 'fits'
     raise DeepLenseError(f"{path}: not a dataset or image file (expected a directory, a .npy or a FITS file)")
 
+# %% ../nbs/03_data.ipynb #b7512ebf
 def open_source(path, # Dataset path, or images in memory (numpy array, torch tensor)
                 kind:str|None=None, # Force 'native', 'deeplense', 'memmap', 'arrays' or 'fits'
                 shape=None, # (N, H, W) of a raw memmap
@@ -386,8 +403,10 @@ def open_source(path, # Dataset path, or images in memory (numpy array, torch te
     if kind == 'fits': return _fits_source(path)
     raise DeepLenseError(f"unknown source kind {kind!r}; use native, deeplense, memmap, arrays or fits")
 
-# %% ../nbs/03_data.ipynb #847fdf91
-def resolve_targets(src:LensSource, targets=None) -> list[str]:
+# %% ../nbs/03_data.ipynb #0bba4285
+def resolve_targets(src:LensSource, # The source
+                    targets=None, # A column name or a list of them; None for the source's default
+                   ) -> list[str]:
     "The target column names: given, or the source's default (an error lists the available columns)."
     if src.meta.get('labelled') is False:
         raise DeepLenseError(f"{src.path}: these images carry no labels (nothing to train or score on); predict them instead")
@@ -402,6 +421,7 @@ def resolve_targets(src:LensSource, targets=None) -> list[str]:
     if words: raise DeepLenseError(f"{src.path}: target column {words[0]!r} holds non-numbers (e.g. {src.labels[words[0]].iloc[0]!r})")
     return targets
 
+# %% ../nbs/03_data.ipynb #17d58567
 def check_pixels(src:LensSource, # The source
                  idx=None, # Indices of the images to check (default: all)
                  chunk:int=1024, # Images per read
@@ -420,7 +440,11 @@ def check_pixels(src:LensSource, # The source
             name = src.labels['file'].iloc[i] if 'file' in src.labels else f"index {i}"
             raise DeepLenseError(f"{src.path}: image {name} has NaN or Inf pixels")
 
-def check_source(src:LensSource, targets:list[str], chunk:int=1024) -> np.ndarray:
+# %% ../nbs/03_data.ipynb #756cfed1
+def check_source(src:LensSource, # The source
+                 targets:list[str], # Target columns (from `resolve_targets`)
+                 chunk:int=1024, # Images per read
+                ) -> np.ndarray:
     "Indices of the images with finite targets, after checking every kept image's pixels are finite."
     y = src.labels[targets].to_numpy(dtype=np.float64)
     keep = np.flatnonzero(np.isfinite(y).all(1))
@@ -428,7 +452,7 @@ def check_source(src:LensSource, targets:list[str], chunk:int=1024) -> np.ndarra
     check_pixels(src, keep, chunk)
     return keep
 
-# %% ../nbs/03_data.ipynb #ae38fb22
+# %% ../nbs/03_data.ipynb #5af72c52
 from .core import fastai_import
 with fastai_import():
     from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TensorBase, TransformBlock, DataBlock,
@@ -436,11 +460,28 @@ with fastai_import():
 import torch
 from .config import RunConfig, minmax_scale, resize_images   # the one image preparation, shared with prediction
 
+# %% ../nbs/03_data.ipynb #20d86689
 class PerImageMinMax(DisplayedTransform):
     "Scale every image to [0, 1] by its own minimum and maximum (DeepLense's normalisation)."
     order = 1
     def encodes(self, x:TensorImage): return minmax_scale(x)
 
+# %% ../nbs/03_data.ipynb #aa47fcbe
+class TargetScaler(Transform):
+    "Standardise regression targets with fixed statistics; `decodes` restores the original units as a `LensTarget`."
+    order = 10
+    def __init__(self, mean, # Mean of each target (training split)
+                 std, # Standard deviation of each target
+                 names=None, # Target column names, for the decoded `LensTarget`
+                ):
+        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        self.std = torch.as_tensor(np.asarray(std, dtype=np.float32))
+        self.names, self.c = list(names or []), len(np.atleast_1d(mean))
+    def encodes(self, y:torch.Tensor): return ((y.float() - self.mean.to(y.device)) / self.std.to(y.device)).as_subclass(torch.Tensor)
+    def decodes(self, y:torch.Tensor):
+        return LensTarget(y.float() * self.std.to(y.device) + self.mean.to(y.device), names=getattr(self, 'names', None))
+
+# %% ../nbs/03_data.ipynb #a9ebe53f
 _TITLES = {'log10_m_axion': ('log10 m', '{:.2f}'), 'f_sub': ('f_sub', '{:.3f}'), 'theta_E': ('theta_E', '{:.2f}"')}
 
 def target_title(names, # Target column names
@@ -456,6 +497,7 @@ def target_title(names, # Target column names
         lines.append(f"{label} = {fmt.format(v)}" if preds is None else f"{label}: {fmt.format(v)}, pred {fmt.format(preds[j])}")
     return '\n'.join(lines)
 
+# %% ../nbs/03_data.ipynb #8d8aa510
 class LensTarget(TensorBase):
     "Decoded regression targets in their physical units, shown as `log10 m = -22.50`."
     def show(self, ctx=None, **kwargs):
@@ -467,24 +509,7 @@ class LensTarget(TensorBase):
         if ctx is not None and true is None: ctx._lens_true = values
         return ctx
 
-class TargetScaler(Transform):
-    "Standardise regression targets with fixed statistics; `decodes` restores the original units as a `LensTarget`."
-    order = 10
-    def __init__(self, mean, std, names=None):
-        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
-        self.std = torch.as_tensor(np.asarray(std, dtype=np.float32))
-        self.names, self.c = list(names or []), len(np.atleast_1d(mean))
-    def encodes(self, y:torch.Tensor): return ((y.float() - self.mean.to(y.device)) / self.std.to(y.device)).as_subclass(torch.Tensor)
-    def decodes(self, y:torch.Tensor):
-        return LensTarget(y.float() * self.std.to(y.device) + self.mean.to(y.device), names=getattr(self, 'names', None))
-
-# %% ../nbs/03_data.ipynb #5d886958
-class ResizeBatch(DisplayedTransform):
-    "Resize a batch of images to size x size (bilinear, antialiased), e.g. to train Model I images at 64x64."
-    order = 3
-    def __init__(self, size:int): self.size = size
-    def encodes(self, x:TensorImage): return TensorImage(resize_images(x, self.size))
-
+# %% ../nbs/03_data.ipynb #0df46f47
 class SquareSymmetry(DisplayedTransform):
     "A random element of the square's symmetry group D4 per training image: exact flips and transposes."
     split_idx, order = 0, 2
@@ -497,12 +522,22 @@ class SquareSymmetry(DisplayedTransform):
         x = torch.where(m(1), x.flip(-2), x)
         return torch.where(m(2), x.transpose(-1, -2), x)
 
-# %% ../nbs/03_data.ipynb #29cc866c
+# %% ../nbs/03_data.ipynb #e7161419
+class ResizeBatch(DisplayedTransform):
+    "Resize a batch of images to size x size (bilinear, antialiased), e.g. to train Model I images at 64x64."
+    order = 3
+    def __init__(self, size:int, # Side of the resized square images, in pixels
+                ):
+        self.size = size
+    def encodes(self, x:TensorImage): return TensorImage(resize_images(x, self.size))
+
+# %% ../nbs/03_data.ipynb #64315e56
 def _locate(offsets, item:int) -> tuple[int, int]:
     "Global item number -> (source number, index in that source)."
     s = int(np.searchsorted(offsets, item, side='right') - 1)
     return s, int(item - offsets[s])
 
+# %% ../nbs/03_data.ipynb #83274a4d
 def raw_image(item, # A 2-d array or tensor ((1, H, W) too), or the path of a .npy or FITS image
              ) -> np.ndarray:
     "One raw image as float32 (1, H, W), checked for complex and non-finite pixels."
@@ -515,6 +550,7 @@ def raw_image(item, # A 2-d array or tensor ((1, H, W) too), or the path of a .n
     if not np.isfinite(img).all(): raise DeepLenseError(f"{where}: has NaN or Inf pixels")
     return img[None]
 
+# %% ../nbs/03_data.ipynb #4a52be44
 class _ImageGetter(Transform):
     "Item -> float TensorImage (1, H, W). Items are global numbers over the training and validation sources, or raw images."
     input_types = (int, np.integer, np.ndarray, torch.Tensor, str, Path)   # what fastai's test_dl may hand us
@@ -533,8 +569,10 @@ class _TargetGetter(Transform):
         s, i = _locate(self.offsets, item)
         return torch.from_numpy(np.array(self.ys[s][i]))
 
+# %% ../nbs/03_data.ipynb #dcdab446
 @contextlib.contextmanager
-def without_data(dls):
+def without_data(dls, # DataLoaders from `lens_dataloaders`
+                ):
     "Temporarily detach the images and labels from `dls` (so that exporting a learner does not pickle the dataset)."
     getters = [f for tl in dls.train_ds.tls for f in tl.tfms.fs if isinstance(f, (_ImageGetter, _TargetGetter))]
     saved = [dict(g.__dict__) for g in getters]
@@ -545,6 +583,7 @@ def without_data(dls):
     finally:
         for g, d in zip(getters, saved): g.__dict__.update(d)
 
+# %% ../nbs/03_data.ipynb #4d162f7c
 def _image_stats(src:LensSource, idx:np.ndarray, n:int=2000, seed:int=0) -> tuple[float, float]:
     "Mean and std of the pixels of (a sample of) the training images."
     rng = np.random.default_rng(seed)
@@ -552,6 +591,7 @@ def _image_stats(src:LensSource, idx:np.ndarray, n:int=2000, seed:int=0) -> tupl
     block = np.stack([src.image(int(i)) for i in np.sort(sample)]).astype(np.float64)
     return float(block.mean()), float(block.std())
 
+# %% ../nbs/03_data.ipynb #dcc2a566
 def _check_lens_args(source, norm:str, valid_pct:float):
     "Refuse a missing source, an unknown normalisation or a validation fraction outside [0, 1)."
     if source is None: raise DeepLenseError("give a dataset (a path, a LensSource) or online=PRESET")
@@ -561,6 +601,7 @@ def _check_lens_args(source, norm:str, valid_pct:float):
 def _check_norm(norm:str):
     if norm not in ('minmax', 'meanstd'): raise DeepLenseError(f"norm must be 'minmax' or 'meanstd', got {norm!r}")
 
+# %% ../nbs/03_data.ipynb #429c20d9
 def _sources_and_split(src:LensSource, targets, valid, valid_pct:float, seed:int, shape, labels, progress:bool):
     "(sources, offsets, usable items, targets per source, splitter): `src` alone with a random split, or `src` + `valid`."
     srcs, offsets = [src], [0, len(src)]
@@ -578,6 +619,7 @@ def _sources_and_split(src:LensSource, targets, valid, valid_pct:float, seed:int
     ys = [s.labels[targets].to_numpy(dtype=np.float32) for s in srcs]
     return srcs, offsets, items, ys, splitter
 
+# %% ../nbs/03_data.ipynb #c97bed70
 def _usable_bs(src:LensSource, n_items:int, n_train:int, n_valid:int, bs:int) -> int:
     "The batch size, after checking that the split leaves something to train on and to validate."
     if n_train < 2 or n_valid < 1:
@@ -588,11 +630,13 @@ def _usable_bs(src:LensSource, n_items:int, n_train:int, n_valid:int, bs:int) ->
         bs = n_train
     return bs
 
+# %% ../nbs/03_data.ipynb #703e6d44
 def _target_scaling(train_y:np.ndarray, standardize:bool) -> tuple:
     "Mean and std that standardise the training targets (0 and 1 when not standardising)."
     if not standardize: return np.zeros(train_y.shape[1]), np.ones(train_y.shape[1])
     return train_y.mean(0), train_y.std(0) + 1e-12
 
+# %% ../nbs/03_data.ipynb #31fc0bd4
 def _batch_tfms(stats, augment:bool, rotate:float, size) -> list:
     "Batch transforms: per-image min-max (`stats` None) or `Normalize` by `stats`, then symmetries, rotation, resize."
     tfms = [PerImageMinMax() if stats is None else Normalize.from_stats(stats[0], stats[1])]
@@ -601,11 +645,13 @@ def _batch_tfms(stats, augment:bool, rotate:float, size) -> list:
     if size: tfms.append(ResizeBatch(int(size)))
     return tfms
 
+# %% ../nbs/03_data.ipynb #ceb07251
 def _lens_config(targets, norm:str, stats, t_mean, t_std, **rest) -> RunConfig:
     "What prediction needs later: targets, their scaling, the image normalisation, and `rest` (shape, sizes, source; others kept in `extra`)."
     return RunConfig.from_json(dict(targets=list(targets), norm=norm, image_stats=None if stats is None else [float(v) for v in stats],
                                     target_mean=[float(v) for v in t_mean], target_std=[float(v) for v in t_std], **rest), 'DataLoaders')
 
+# %% ../nbs/03_data.ipynb #9212a552
 def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLense dir, memmap pair, or .npy with CSV
                      targets=None, # Target column(s); default: the source's natural target
                      bs:int=64, # Batch size
@@ -646,6 +692,7 @@ def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLens
                                    kind=src.kind, n_train=len(train_idx), n_valid=len(items) - len(train_idx), size=size)
     return dls
 
+# %% ../nbs/03_data.ipynb #4f916b29
 def _online_instead(source, online, targets, epoch_size, bs, valid, seed, norm, augment, rotate, size, standardize_targets,
                     num_workers, device, progress):
     "`lens_dataloaders(online=PRESET)`: the same call, answered by `online_dataloaders`."
@@ -654,7 +701,7 @@ def _online_instead(source, online, targets, epoch_size, bs, valid, seed, norm, 
                               norm=norm, augment=augment, rotate=rotate, size=size, standardize_targets=standardize_targets,
                               num_workers=num_workers, device=device, progress=progress)
 
-# %% ../nbs/03_data.ipynb #2157159b
+# %% ../nbs/03_data.ipynb #f51ee209
 from fastai.vision.all import dispatch, get_grid
 
 @dispatch
@@ -665,13 +712,14 @@ def show_results(x:TensorImage, y:torch.Tensor, samples, outs, ctxs=None, max_n=
     ctxs = [s[1].show(ctx=c) for s, c in zip(samples, ctxs)]
     return [o[0].show(ctx=c) for o, c in zip(outs, ctxs)]
 
-# %% ../nbs/03_data.ipynb #7b66f3b3
+# %% ../nbs/03_data.ipynb #cd31efd1
 from .simulate import Preset, get_preset, make_images, labels_frame
 from .online import TRAIN_START, TARGETS, PILOT, PILOT_IMAGES, OnlineSim, OnlineDL, Positions, target_moments
 with fastai_import():
     from fastai.data.core import TfmdDL, DataLoaders
     from fastai.torch_core import default_device, num_distrib
 
+# %% ../nbs/03_data.ipynb #0dc2e730
 def _check_online_args(norm:str, epoch_size, bs, num_workers:int):
     _check_norm(norm)
     for name, v in (('epoch_size', epoch_size), ('bs', bs)):
@@ -686,6 +734,7 @@ def _online_targets(p:Preset, targets) -> list[str]:
     if bad: raise DeepLenseError(f"target {bad[0]!r} is not simulated; online targets: {', '.join(TARGETS)}")
     return targets
 
+# %% ../nbs/03_data.ipynb #69857c25
 def _online_devices(device, sim_device, num_workers:int) -> tuple:
     "(device of the batches, device that simulates): workers simulate on the CPU."
     device = default_device() if device is None else torch.device(device)
@@ -694,6 +743,7 @@ def _online_devices(device, sim_device, num_workers:int) -> tuple:
         raise DeepLenseError(f"sim_device {sim_device}: worker processes simulate on the CPU; use num_workers=0 to simulate on {sim_device}")
     return device, sim_device
 
+# %% ../nbs/03_data.ipynb #f515cc4b
 def _valid_source(valid, p:Preset, targets, seed, classes, noise, device, progress) -> LensSource:
     "The validation set: `valid` images simulated once, or a dataset on disk."
     if isinstance(valid, (int, np.integer)) and not isinstance(valid, bool):
@@ -714,11 +764,7 @@ def _online_valid(valid, p:Preset, targets, seed, classes, noise, device, progre
     if len(keep) < len(vsrc): vsrc = vsrc.subset(keep)
     return vsrc, ((vsrc.labels[vt].to_numpy(np.float64) - t_mean) / t_std).astype(np.float32)
 
-def _pilot_stats(p:Preset, seed:int, classes, noise:bool, device) -> tuple[float, float]:
-    "Pixel mean and std of the first `PILOT_IMAGES` training images (for norm='meanstd')."
-    x = make_images(p, TRAIN_START, TRAIN_START + PILOT_IMAGES, seed, classes, noise, device)[0].double()
-    return float(x.mean()), float(x.std())
-
+# %% ../nbs/03_data.ipynb #a5ba226c
 class _Fixed:
     "A fixed (validation) set: a LensSource's images with standardised targets."
     split_idx = 1
@@ -727,12 +773,19 @@ class _Fixed:
     def __getitem__(self, i): return TensorImage(torch.from_numpy(self.src.image(i))), torch.from_numpy(self.y[i])
     def new_empty(self): return _Fixed(None, self.y[:0])
 
+# %% ../nbs/03_data.ipynb #46eb1833
+def _pilot_stats(p:Preset, seed:int, classes, noise:bool, device) -> tuple[float, float]:
+    "Pixel mean and std of the first `PILOT_IMAGES` training images (for norm='meanstd')."
+    x = make_images(p, TRAIN_START, TRAIN_START + PILOT_IMAGES, seed, classes, noise, device)[0].double()
+    return float(x.mean()), float(x.std())
+
+# %% ../nbs/03_data.ipynb #412b8e21
 def _online_record(p:Preset, seed:int, epoch_size:int, classes, noise:bool, vsrc:LensSource) -> dict:
     "The `online` entry of `lens_config`: how to simulate the run's images again."
     return dict(seed=int(seed), epoch_size=epoch_size, train_start=TRAIN_START, classes=list(classes), noise=bool(noise),
                 valid=str(vsrc.path), target_moments=f'{PILOT} parameter draws', preset=p.to_dict())
 
-# %% ../nbs/03_data.ipynb #5cd35189
+# %% ../nbs/03_data.ipynb #95deead3
 def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of every image
                        targets=None, # Target(s) among `TARGETS`; default: the preset's
                        epoch_size:int=8192, # Training images per epoch, all processes together (rounded up to whole batches)
