@@ -6,11 +6,13 @@ For one canonical block of images (16 on a CPU) of the preset (Model I: 150x150,
 Poisson counts), each stage of `simulate.render` / `simulate.add_noise` is timed on its own (best of --repeats):
 parameter draws, SIE and shear on the grid (cached per preset inside the simulator, so free per image there), 25 CDM
 subhalos, the 100 vortex points, ray shooting, the Sersic source, the PSF and the noise; then the whole `make_images`
-for the same block. Beside each stage: an arithmetic minimum, max(flops / F, bytes / M), where F is this machine's
+for the same block (the point-mass vortex both with the generic point-mass kernel and with the collinear kernel the
+simulator uses for it, where the library has it). Beside each stage: an arithmetic minimum, max(flops / F, bytes / M), where F is this machine's
 float32 rate measured on a large matrix product (its best case) and M its memory rate measured on a large a*b+c. The
 flop counts are per pixel and per mass, stated in FLOPS below (a division, square root or transcendental counted as
 the number written there); they are estimates of what the formula needs, not of what torch does. The byte counts
-assume DRAM traffic, so a stage whose arrays stay in cache can beat its 'minimum' (ratio below 1).
+assume DRAM traffic, so a stage whose arrays stay in cache can beat its 'minimum' (ratio below 1). An existing results
+file's figures are kept under "previous" in the new one (one level: the run just before).
 """
 import argparse
 import json
@@ -32,6 +34,7 @@ FLOPS = dict(
     sie=2 + 4 + 5 + T + 2 * (2 + T) + 6,          # centre, rotate, psi, atan/atanh of the ratios, rotate back
     shear=6,
     point_mass=2 + 3 + T + 2 + 2,                 # dx, dy; r^2; te^2 / r^2; w dx, w dy; accumulate
+    collinear_point_mass=1 + 2 + T + 1 + 2,       # along the line: d = u - t; d^2 + v^2; 1 / r^2; accumulate w; w d, accumulate
     ray_shoot=4,
     sersic=2 + 4 + 3 + T + T + 2,                 # shift, rotate, elliptical radius, (r/R)^(1/n), exp
     noise_counts=2 * (T + 2) + 8 + 3 * T,         # two normals (Box-Muller), the rate, a Poisson draw (~3 transcendentals)
@@ -66,6 +69,8 @@ def main():
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.simulate import get_preset, draw_parameters, preset_physics, make_images, add_noise, _vortex_points
+    from deeplense_fastai import simulate as S
+    _vortex_offsets = getattr(S, "_vortex_offsets", None)
     from deeplense_fastai import lensing as L
     p = get_preset(a.preset)
     B, R = a.block, a.repeats
@@ -96,8 +101,15 @@ def main():
     stage(f"{K_sub} CDM subhalos (point masses)", lambda: L.point_mass_deflection(x, y, Tn(cdm["sub_theta_E"][:, :K_sub]),
           Tn(cdm["sub_x"][:, :K_sub]), Tn(cdm["sub_y"][:, :K_sub])), B * P * K_sub * FLOPS["point_mass"], B * P * 2 * 4,
           "cdm images only")
-    stage(f"{p.vortex_points} vortex points", lambda: L.point_mass_deflection(x, y, Tn(te), Tn(px), Tn(py)),
-          B * P * p.vortex_points * FLOPS["point_mass"], B * P * 2 * 4, "axion images only")
+    generic = f"{p.vortex_points} vortex points" + (" (generic point-mass kernel)" if hasattr(L, "collinear_point_mass_deflection") else "")
+    stage(generic, lambda: L.point_mass_deflection(x, y, Tn(te), Tn(px), Tn(py)),
+          B * P * p.vortex_points * FLOPS["point_mass"], B * P * 2 * 4,
+          "axion images only" + ("; no longer used by the simulator" if hasattr(L, "collinear_point_mass_deflection") else ""))
+    if hasattr(L, "collinear_point_mass_deflection"):     # the simulator's kernel for the point-mass vortex
+        te1, off = _vortex_offsets(ax_, p)
+        stage(f"{p.vortex_points} vortex points (collinear kernel)",
+              lambda: L.collinear_point_mass_deflection(x, y, te1, off, ax_["vortex_angle"]),
+              B * P * p.vortex_points * FLOPS["collinear_point_mass"], B * P * 2 * 4, "axion images only: what the simulator uses")
     stage("ray shooting", lambda: L.ray_shoot(x, y, ax0, ay0, phys["deflection_scale"]), B * P * FLOPS["ray_shoot"], B * P * 4 * 4)
     bx, by = L.ray_shoot(x, y, ax0 + 0.1, ay0, phys["deflection_scale"])
     stage("Sersic source", lambda: L.sersic(bx, by, phys["source_amp"], p.source_R, p.source_n, p.source_e1, p.source_e2,
@@ -127,7 +139,12 @@ def main():
     print(f"| make_images, cdm (all stages) | {out['make_images_cdm_ms_per_image']:.4f} | | | {out['make_images_cdm_img_per_s']:.0f} img/s |")
     out["table"] = [dict(stage=s["stage"], ms_per_image=s["ms_per_image"], min_ms_per_image=s.get("min_ms_per_image"),
                          ratio_to_minimum=s.get("ratio_to_minimum")) for s in stages]
-    write_json(a.json or f"bench/results/profile_sim_{p.name}.json", out)
+    path = a.json or f"bench/results/profile_sim_{p.name}.json"
+    if os.path.exists(path):              # the run before this one, kept beside it (e.g. before a simulator change)
+        old = json.load(open(path))
+        out["previous"] = {k: old[k] for k in ("command", "date", "machine", "versions", "stages", "make_images_axion_ms_per_image",
+                           "make_images_cdm_ms_per_image", "make_images_axion_img_per_s", "make_images_cdm_img_per_s") if k in old}
+    write_json(path, out)
 
 
 if __name__ == "__main__":

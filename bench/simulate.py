@@ -7,7 +7,8 @@ lenstronomy rendering the identical parameters one image at a time, as DeepLense
 of tests/_lenstronomy_ref.py: ImageModel for Model I, SimAPI with the frozen band for Models II/III), noise included,
 and their ratio. Both run in this process on the same machine, so the ratio is
 meaningful even on a shared, noisy machine; absolute rates are not. The rows are written to
-bench/results/simulate.json (machine, versions, date and command with them; `--json ''` writes nothing).
+bench/results/simulate.json (machine, versions, date and command with them; `--json ''` writes nothing), with the
+issue's target and the previous run's rows (under "previous") kept beside them.
 """
 import argparse
 import platform
@@ -23,6 +24,10 @@ from deeplense_fastai.simulate import PRESETS, get_preset, make_images, draw_par
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the one reference pipeline, shared with the tests
 import _lenstronomy_ref as ref  # noqa: E402
 from _results import save  # noqa: E402  (bench/ is on the path when this script runs)
+
+
+# issue 14: at least 10x lenstronomy for Model I (150x150) with DeepLenseSim's 100-point vortex, on the CPU
+TARGETS = dict(model_i_axion_points_ratio=10.)
 
 
 def ours(preset, n, cls, device, compile=False, repeats=2):
@@ -87,7 +92,13 @@ def main():
                                  lenstronomy_img_s=round(lt, 1) if lt else None,
                                  ratio=round(r / lt, 2) if lt else None, ratio_compiled=round(rc / lt, 2) if lt and rc else None))
     if a.json != "":
-        save("simulate", a.json, device=name, dtype="float32", settings=vars(a), table=rows)
+        path = Path(a.json or Path(__file__).resolve().parent / "results" / "simulate.json")
+        extra = {}
+        if path.exists():            # the run before this one (e.g. before a simulator change), kept beside it
+            import json
+            old = json.loads(path.read_text())
+            extra["previous"] = {k: old[k] for k in ("command", "date", "machine", "versions", "table") if k in old}
+        save("simulate", path, device=name, dtype="float32", settings=vars(a), table=rows, targets=TARGETS, **extra)
 
 
 def warnings_off():
