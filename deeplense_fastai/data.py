@@ -474,12 +474,11 @@ class TargetScaler(Transform):
                  std, # Standard deviation of each target
                  names=None, # Target column names, for the decoded `LensTarget`
                 ):
-        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
-        self.std = torch.as_tensor(np.asarray(std, dtype=np.float32))
-        self.names, self.c = list(names or []), len(np.atleast_1d(mean))
-    def encodes(self, y:torch.Tensor): return ((y.float() - self.mean.to(y.device)) / self.std.to(y.device)).as_subclass(torch.Tensor)
-    def decodes(self, y:torch.Tensor):
-        return LensTarget(y.float() * self.std.to(y.device) + self.mean.to(y.device), names=getattr(self, 'names', None))
+        mean, std = [float(v) for v in np.atleast_1d(mean)], [float(v) for v in np.atleast_1d(std)]
+        self.names, self.c = list(names or []), len(mean)
+        self.scaling = RunConfig(self.names or [f't{j}' for j in range(self.c)], mean, std)   # the one encoding and decoding
+    def encodes(self, y:torch.Tensor): return self.scaling.encode(y.cpu()).to(y.device).as_subclass(torch.Tensor)
+    def decodes(self, y:torch.Tensor): return LensTarget(self.scaling.decode(y), names=getattr(self, 'names', None))
 
 # %% ../nbs/03_data.ipynb #a9ebe53f
 _TITLES = {'log10_m_axion': ('log10 m', '{:.2f}'), 'f_sub': ('f_sub', '{:.3f}'), 'theta_E': ('theta_E', '{:.2f}"')}
