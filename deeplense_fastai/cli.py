@@ -492,7 +492,7 @@ def cmd_calibrate(a) -> int:
               f"of them, the 70% intervals for {c.loc[0.7]:.1%}, the 95% intervals for {c.loc[0.95]:.1%}")
     if r['floor'] is not None:
         w = r['joint']['log10_m_axion']['systematic']; f = r['floor'][r['floor'].width == w]
-        print(f"joint posterior: systematic floor {w:.4f} dex, fitted on {a.trials} populations of {a.lenses} lenses; with it the "
+        print(f"joint posterior: systematic floor {w:.4f} dex, fitted on {a.trials} populations of {a.lenses} lenses; on them, with it, the "
               + ", ".join(f"{int(n)} lenses' 68% and 95% intervals held the truth in {c68:.0%} and {c95:.0%}" for n, c68, c95 in
                           zip(f.n, f.coverage68, f.coverage95)))
     print(f"wrote {a.model/'calibration.json'} ({r['n']} images)")
@@ -530,7 +530,8 @@ def cmd_combine(a) -> int:
         print(f"{t} from {jp.n} lenses: median {s['median']:.4f}, 68% [{s['lo68']:.4f}, {s['hi68']:.4f}], "
               f"95% [{s['lo95']:.4f}, {s['hi95']:.4f}]" + (f" (systematic floor {jp.systematic:.4f})" if jp.calibrated else " (no joint calibration)"))
     if a.json is not None:
-        with atomic_write(a.json) as tmp: tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n) for t, jp in joints.items()}, indent=1))
+        with atomic_write(a.json) as tmp:
+            tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic) for t, jp in joints.items()}, indent=1))
     if a.plot is not None: _plot_joints(joints, a.plot)
     return 0
 

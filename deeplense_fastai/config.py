@@ -75,7 +75,7 @@ class RunConfig:
 
     def with_model(self, **settings) -> RunConfig:
         "A copy with the model's settings (arch, loss, opt, n_out, model_kw, flow, init) added."
-        return replace(self, **settings)
+        return replace(self, **{'extra': dict(self.extra), 'model_kw': dict(self.model_kw), **settings})
 
 # %% ../nbs/02d_config.ipynb #102a2981
 def _field_names() -> tuple: return tuple(f.name for f in fields(RunConfig))

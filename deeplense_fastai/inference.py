@@ -376,14 +376,16 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     lp, y = _labelled(logp, srcs, cfg['targets'])
     pit = _pits(grid, lp, y)
     knots = fit_recalibration(pit)
-    joint = {t: dict(log_aggregate=aggregate_log_posterior(lp[:, j], grid[j]).tolist(), systematic=0.) for j, t in enumerate(cfg['targets'])}
-    floor = None
-    if populations is not None:
+    joint, floor = None, None
+    if populations is not None:                   # the joint calibration: the network's prior, then the floor fitted with it
+        j = cfg['targets'].index('log10_m_axion')
+        own = aggregate_log_posterior(lp[:, j], grid[j])
         pop, truths, j = _population_posteriors(run_dir, cfg, populations, trials, lenses, seed, bs, tta, device)
-        width, floor = fit_systematic(pop, truths, grid[j], torch.tensor(joint['log10_m_axion']['log_aggregate']))
-        joint['log10_m_axion'].update(systematic=width, populations=dict(preset=populations, trials=trials, lenses=lenses, seed=seed))
+        width, floor = fit_systematic(pop, truths, grid[j], own)
+        joint = {'log10_m_axion': dict(log_aggregate=own.tolist(), systematic=width, tta=tta,
+                                       populations=dict(preset=populations, trials=trials, lenses=lenses, seed=seed))}
     with atomic_write(f) as tmp:
-        tmp.write_text(json.dumps(dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], joint=joint)))
+        tmp.write_text(json.dumps(dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], **({'joint': joint} if joint else {}))))
     return dict(knots=knots, n=len(pit), coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']),
                 joint=joint, floor=floor)
 
@@ -417,8 +419,9 @@ def joint_posteriors(run_dir:str|Path, # A flow run
     if joint: cfg.pop('recalibration')                   # the joint calibration was fitted on the raw posteriors
     grid, logp, _, cfg = _posteriors_of(model, cfg, images, bs, tta, notice)
     if not joint:
-        (notice or _notice)(f"{run_dir}: no joint calibration (run `calibrate` with populations); the joint intervals of many "
-                            f"lenses can be far too narrow")
+        how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg['targets'] else
+               "only log10_m_axion, which every lens shares, can be calibrated; a target that differs from lens to lens has no joint value")
+        (notice or _notice)(f"{run_dir}: no joint calibration ({how}); the joint intervals of many lenses can be far too narrow")
     return {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg['targets'])}
 
 def combine(run_dir:str|Path, # A flow run

@@ -204,13 +204,15 @@ def smooth_log_density(logp:torch.Tensor, # Normalised log densities (B, G)
                        grid:torch.Tensor, # Evenly spaced grid (G,)
                        width:float, # Standard deviation of the Gaussian kernel, in the grid's units
                       ) -> torch.Tensor:
-    "Each row convolved with a Gaussian of `width` (kept inside the grid) and renormalised."
+    "Each row convolved with a Gaussian of `width`, reflected at the grid's edges (the prior's support), and renormalised."
     if width <= 0: return logp
     dx = float(grid[1] - grid[0])
     half = max(1, min(int(4 * width / dx), len(grid) - 1))
     k = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=logp.dtype) * dx / width)**2)
     top = logp.max(-1, keepdim=True).values
-    dens = torch.nn.functional.conv1d(torch.exp(logp - top)[:, None], (k / k.sum())[None, None], padding=half)[:, 0]
+    dens = torch.exp(logp - top)[:, None]
+    dens = torch.nn.functional.pad(dens, (half, half), mode='reflect')      # reflected at the prior's edges
+    dens = torch.nn.functional.conv1d(dens, (k / k.sum())[None, None])[:, 0]
     return _normalised((torch.log(dens.clamp_min(1e-300)) + top)[:, None], grid[None])[:, 0]
 
 def combine_log_posteriors(logp:torch.Tensor, # Normalised per-lens log densities (N, G) of one shared parameter
@@ -246,8 +248,8 @@ def _joint_coverage(logp, truths, grid, log_aggregate, ns, width):
     own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
     cum = (logp - own).cumsum(1)                                   # (K, N, G): the first n lenses of each population
     rows = []
-    for n in ns:
-        joint = _normalised((own + cum[:, n - 1])[:, None], grid[None])[:, 0]
+    for n in ns:                                                   # as `combine_log_posteriors` with a flat prior
+        joint = _normalised(cum[:, n - 1][:, None], grid[None])[:, 0]
         q = grid_quantiles(smooth_log_density(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
         t = torch.as_tensor(truths, dtype=q.dtype)
         rows.append(dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
