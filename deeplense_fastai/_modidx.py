@@ -442,6 +442,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._b_n': ('lensing.html#_b_n', 'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._bc': ('lensing.html#_bc', 'deeplense_fastai/lensing.py'),
+                                          'deeplense_fastai.lensing._chunks': ('lensing.html#_chunks', 'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._compiled_point_mass_sum': ( 'lensing.html#_compiled_point_mass_sum',
                                                                                                  'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._normal_pairs': ( 'lensing.html#_normal_pairs',

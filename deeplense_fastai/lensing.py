@@ -209,6 +209,13 @@ def _compiled_point_mass_sum():
     "`_point_mass_sum` fused by `torch.compile`, built on first use and kept for the process (compiling takes seconds)."
     return torch.compile(_point_mass_sum, dynamic=True)
 
+def _chunks(B:int, K:int, P:int, max_elements:int):
+    "(image slice, pixel slice) pairs covering B images x P pixels, so that no (images x K x pixels) intermediate exceeds `max_elements`: chunked over images, and over pixels when one image alone is too big (intermediates stay in cache)."
+    step_b = max(1, max_elements // (K * P))
+    step_p = P if K * P <= max_elements else max(1, max_elements // K)
+    for i in range(0, B, step_b):
+        for j in range(0, P, step_p): yield slice(i, i + step_b), slice(j, j + step_p)
+
 def point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
                           y:torch.Tensor, # y positions, arcsec, (H, W)
                           theta_E:torch.Tensor, # Einstein radii, arcsec, (B, K) (0 for an absent mass)
@@ -229,14 +236,8 @@ def point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
     tiny = torch.finfo(x.dtype).tiny ** 0.5
     kernel = _point_mass_sum
     if compile: kernel, max_elements = _compiled_point_mass_sum(), 2**62   # fused: no intermediate to chunk
-    # chunk over images, and over pixels when one image alone is too big, so that intermediates stay in cache
-    step_b = max(1, max_elements // (K * P))
-    step_p = P if K * P <= max_elements else max(1, max_elements // K)
-    for i in range(0, B, step_b):
-        sb = slice(i, i + step_b)
-        for j in range(0, P, step_p):
-            sp = slice(j, j + step_p)
-            ax[sb, sp], ay[sb, sp] = kernel(xf[..., sp], yf[..., sp], te2[sb, :, None], cx[sb, :, None], cy[sb, :, None], tiny)
+    for sb, sp in _chunks(B, K, P, max_elements):
+        ax[sb, sp], ay[sb, sp] = kernel(xf[..., sp], yf[..., sp], te2[sb, :, None], cx[sb, :, None], cy[sb, :, None], tiny)
     return ax.reshape(B, *x.shape), ay.reshape(B, *x.shape)
 
 # %% ../nbs/01_lensing.ipynb #0a19d399
@@ -261,16 +262,11 @@ def collinear_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W
     v2 = v * v + torch.finfo(dt).tiny ** 0.5
     P = u.shape[1]
     s_d, s_w = x.new_empty(B, P), x.new_empty(B, P)
-    step_b = max(1, max_elements // (K * P))
-    step_p = P if K * P <= max_elements else max(1, max_elements // K)
-    for i in range(0, B, step_b):
-        sb = slice(i, i + step_b)
-        for j in range(0, P, step_p):
-            sp = slice(j, j + step_p)
-            d = u[sb, None, sp] - t[sb, :, None]                       # (b, K, p)
-            w = torch.addcmul(v2[sb, None, sp], d, d).reciprocal_()   # 1 / |r|^2
-            s_w[sb, sp] = w.sum(1)
-            s_d[sb, sp] = d.mul_(w).sum(1)
+    for sb, sp in _chunks(B, K, P, max_elements):
+        d = u[sb, None, sp] - t[sb, :, None]                       # (b, K, p)
+        w = torch.addcmul(v2[sb, None, sp], d, d).reciprocal_()   # 1 / |r|^2
+        s_w[sb, sp] = w.sum(1)
+        s_d[sb, sp] = d.mul_(w).sum(1)
     a_u, a_v = te2 * s_d, te2 * v * s_w
     ax, ay = cos * a_u - sin * a_v, sin * a_u + cos * a_v
     return ax.reshape(B, *x.shape), ay.reshape(B, *x.shape)
