@@ -59,10 +59,11 @@ def _commands(x):
 
 @pytest.fixture(scope="module")
 def results():
-    """{name: (document, all its numbers)} of every results file."""
-    files = sorted(RESULTS.glob("*.json"))
+    """{name: (document, all its numbers)} of every results file (a benchmark may write one file per case into a
+    folder, as bench/accuracy.py does: bench/results/accuracy/<preset>-<arch>.json is named accuracy/<preset>-<arch>)."""
+    files = sorted(RESULTS.rglob("*.json"))
     assert files, "no results files in bench/results"
-    docs = {f.stem: json.loads(f.read_text()) for f in files}
+    docs = {str(f.relative_to(RESULTS).with_suffix("")): json.loads(f.read_text()) for f in files}
     return {k: (d, _values(d, [])) for k, d in docs.items()}
 
 
@@ -108,12 +109,15 @@ def test_performance_page_types_no_figures():
 
 def test_performance_page_sentences_quote_recorded_figures(results):
     """Sentences the page generates (markdown outputs) quote only values of the results files their cell reads
-    (named in the cell as results['name'], results.get('name') or show_results('name'); else the previous cell's)."""
+    (named in the cell as results['name'], results.get('name') or show_results('name'), or a folder of results files
+    read as R/'folder'; else the previous cell's)."""
     names, checked = [], 0
     for cell in _perf_notebook():
         if cell["cell_type"] != "code": continue
         src = "".join(cell["source"])
-        names = re.findall(r"(?:results\[|results\.get\(|show_results\()'(\w+)'", src) or names
+        folders = re.findall(r"R\s*/\s*'(\w+)'", src)
+        names = (re.findall(r"(?:results\[|results\.get\(|show_results\()'(\w+)'", src)
+                 + [k for f in folders for k in results if k.startswith(f + "/")]) or names
         values = [x for n in names if n in results for x in results[n][1]]
         for o in cell.get("outputs", []):
             if "text/markdown" not in o.get("data", {}): continue
