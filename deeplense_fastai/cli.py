@@ -249,24 +249,21 @@ def _check_train_args(a):
 # %% ../nbs/07_cli.ipynb #7725c05f
 DEFAULT_N = 6000
 
-def _cached_sim(preset:str, n:int, seed:int, device) -> Path:
-    "`dataset.cached_simulation`: simulated once into the cache."
-    from deeplense_fastai.dataset import cached_simulation
-    return cached_simulation(preset, n, seed, device)
-
 def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
     "Train and test sets of the embedded default (the test set from a disjoint seed)."
-    return _cached_sim(preset, n, seed, device), _cached_sim(preset, max(1000, n // 6), seed + 10_000, device)
+    from deeplense_fastai.dataset import cached_simulation
+    return cached_simulation(preset, n, seed, device), cached_simulation(preset, max(1000, n // 6), seed + 10_000, device)
 
 # %% ../nbs/07_cli.ipynb #0282aba9
 def _online_data(a, device, say):
     "Online DataLoaders (new images every batch) and the path of the fixed test set."
     from deeplense_fastai.data import online_dataloaders
+    from deeplense_fastai.dataset import cached_simulation
     preset, epoch = a.preset or 'model_ii', a.epoch_size or DEFAULT_N
     n_valid, n_test = min(1024, max(256, epoch // 8)), max(1000, epoch // 6)
     say(f"online {preset}: new training images every batch, {epoch} per epoch, {n_valid} fixed validation images; "
         f"test on {a.test or f'{n_test} images (cached)'} ...")
-    test_path = a.test or _cached_sim(preset, n_test, a.seed + 10_000, device)
+    test_path = a.test or cached_simulation(preset, n_test, a.seed + 10_000, device)
     dls = online_dataloaders(preset, a.target, epoch_size=epoch, bs=a.bs, valid=n_valid, seed=a.seed, norm=a.norm,
                              augment=not a.no_augment, size=a.size, num_workers=a.workers, device=device)
     return dls, test_path
@@ -274,11 +271,12 @@ def _online_data(a, device, say):
 def _fixed_data(a, device, say):
     "Training source and test (path or held-out tenth) of a fixed-set run: simulated (cached) or the user's --data."
     from deeplense_fastai.data import open_source
+    from deeplense_fastai.dataset import cached_simulation
     if a.data is None:
         preset, n = a.preset or 'model_ii', a.n or DEFAULT_N
         if a.test is not None:                   # the user's test set: only the training images are simulated
             say(f"simulating {preset}: {n} training images (cached after the first run) ...")
-            return open_source(_cached_sim(preset, n, a.seed, device)), a.test, None
+            return open_source(cached_simulation(preset, n, a.seed, device)), a.test, None
         say(f"simulating {preset}: {n} training and {max(1000, n // 6)} test images (cached after the first run) ...")
         train_path, test_path = _simulated(preset, n, a.seed, device)
         return open_source(train_path), test_path, None

@@ -163,7 +163,7 @@ def predict_source(model:nn.Module, # A regression model (a run's, or `learn.mod
     mu, sd, _ = predict_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
     return mu, sd
 
-def _source_batches(model:nn.Module, cfg:dict, src, bs:int, size:int|None):
+def _source_batches(model:nn.Module, cfg:RunConfig, src, bs:int, size:int|None):
     "Batches of `src`'s images on the model's device, normalised (and resized) as the run's DataLoaders did."
     dev, size = next(model.parameters()).device, size or cfg.get('size')
     for s in range(0, len(src), bs):
@@ -248,9 +248,9 @@ def score_run(run_dir:str|Path, # A run directory
              ) -> tuple[dict, tuple]:
     "Metrics of a run on the labelled images of `src` (and a flow's interval coverage); also (y, mean, std) of those images."
     from deeplense_fastai.interpret import regression_report
-    cfg = read_run_config(run_dir)
+    model, cfg = load_run(run_dir, device)
     cols = cols or cfg['targets']
-    preds = predict(run_dir, src, bs=bs, tta=tta, device=device)
+    preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
     y = src.labels[cols].to_numpy(dtype=np.float64)
     keep = np.isfinite(y).all(1)
     if not keep.any(): raise DeepLenseError(f"{src.path}: no image has a finite {', '.join(cols)}")

@@ -224,9 +224,11 @@ def combine_log_posteriors(logp:torch.Tensor, # Normalised per-lens log densitie
     "Normalised log density (G,) of the joint posterior: prior times the product of each lens's posterior over the network's prior."
     prior = torch.zeros_like(grid) if log_prior is None else log_prior
     own = prior if log_aggregate is None else log_aggregate
-    joint = prior + (logp - own).sum(0)
-    joint = _normalised(joint[None, None], grid[None])[0]
-    return smooth_log_density(joint, grid, systematic)[0]
+    return _widened_joint((prior + (logp - own).sum(0))[None], grid, systematic)[0]
+
+def _widened_joint(joint:torch.Tensor, grid:torch.Tensor, width:float) -> torch.Tensor:
+    "Unnormalised joint log densities (B, G), normalised and widened by the systematic floor: what `combine` reports."
+    return smooth_log_density(_normalised(joint[:, None], grid[None])[:, 0], grid, width)
 
 def summarise(logp:torch.Tensor, # Normalised log density (G,)
               grid:torch.Tensor, # Grid (G,)
@@ -243,19 +245,13 @@ def aggregate_log_posterior(logp:torch.Tensor, # Normalised per-lens log densiti
     mean = torch.logsumexp(logp, 0) - math.log(len(logp))
     return _normalised(mean[None, None], grid[None])[0, 0]
 
-def _joint_coverage(logp, truths, grid, log_aggregate, ns, width):
-    "Coverage of the joint 68% and 95% intervals, per population size, for one systematic width."
-    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
-    cum = (logp - own).cumsum(1)                                   # (K, N, G): the first n lenses of each population
-    rows = []
-    for n in ns:                                                   # as `combine_log_posteriors` with a flat prior
-        joint = _normalised(cum[:, n - 1][:, None], grid[None])[:, 0]
-        q = grid_quantiles(smooth_log_density(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
-        t = torch.as_tensor(truths, dtype=q.dtype)
-        rows.append(dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
-                         coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
-                         halfwidth68=float(((q[:, 1] - q[:, 0]) / 2).median())))
-    return rows
+def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:float) -> dict:
+    "Coverage of the joint 68% and 95% intervals of populations of n lenses (unnormalised joints (K, G)), for one floor."
+    q = grid_quantiles(_widened_joint(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
+    t = torch.as_tensor(truths, dtype=q.dtype)
+    return dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
+                coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
+                halfwidth68=float(((q[:, 1] - q[:, 0]) / 2).median()))
 
 def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K simulated populations of N lenses, each sharing one truth
                    truths, # The K true values
@@ -269,7 +265,9 @@ def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K simu
     ns = sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N})
     span = float(grid[-1] - grid[0])
     widths = np.linspace(0, 0.1 * span, 41) if widths is None else widths
-    table = pd.DataFrame([r for w in widths for r in _joint_coverage(logp, truths, grid, log_aggregate, ns, float(w))])
+    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
+    cum = (logp - own).cumsum(1)                     # (K, N, G): the first n lenses of each population, flat prior, once
+    table = pd.DataFrame([_joint_coverage(cum[:, n - 1], truths, grid, n, float(w)) for w in widths for n in ns])
     err = np.maximum((table.coverage68 - 0.68).abs(), (table.coverage95 - 0.95).abs()).groupby(table.width).max()
     return float(err.idxmin()), table
 
