@@ -16,6 +16,17 @@ One JSON file per architecture, bench/results/accuracy/<preset>-<arch>.json (mac
 when the architecture is done; an architecture whose file exists with the same protocol is skipped (the sweep resumes
 where it stopped; --force re-runs). The trained weights are exported (pickle-free) into the cache, runs/accuracy-*,
 for the attention maps (bench/attention.py).
+
+    python bench/accuracy.py --small --online [--archs ...]                  # the same table with online simulation
+
+--online: each architecture whose fixed-data result exists is trained again on images simulated as they are needed
+(online_dataloaders: 7,200 new images per epoch, never one twice; the same 800 validation images, the same test set,
+the same peak learning rate as its fixed run, the same recipe and best-epoch rule) for the same wall-clock budget as
+the fixed run: 8 epochs' worth of training steps, less the steps that the simulation's own time would have bought.
+Measured in the run itself, the budget is spent when images_seen * (1 + simulation seconds / other training seconds)
+reaches 8 * 7,200 (the one-cycle schedule follows that charged progress, and the epoch in progress is cut short and
+validated). Charging a ratio measured in the same process, rather than comparing clock readings taken months apart
+on a shared machine, keeps the budget equal however busy the machine is. Results: bench/results/accuracy_online/.
 """
 import argparse
 import platform
@@ -99,6 +110,72 @@ def run_arch(arch, a, preset, train_dir, test, epochs, device):
                 predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
 
 
+def charged_budget(total_images):
+    "Callback: one-cycle follows images * (1 + sim/other seconds) / total_images; training stops when it reaches 1."
+    from fastai.callback.core import Callback, CancelTrainException, CancelFitException
+
+    class ChargedBudget(Callback):
+        order = 55                                     # after TrainEvalCallback, before ParamScheduler (60)
+
+        def before_fit(self):
+            self.sim = self.dls.train.sim
+            self.images, self.train_s, self.s0 = 0, 0., self.sim.seconds
+
+        def progress(self):
+            sim_s = self.sim.seconds - self.s0
+            other = max(self.train_s + (time.perf_counter() - self.tt if self.training else 0.) - sim_s, 1e-9)
+            return self.images * (1 + sim_s / other) / total_images
+
+        def before_train(self): self.tt = time.perf_counter()
+
+        def after_train(self): self.train_s += time.perf_counter() - self.tt
+
+        def before_batch(self):
+            if not self.training: return
+            p = self.progress()
+            if p >= 1: raise CancelTrainException
+            self.learn.pct_train = min(p, 0.999)
+
+        def after_batch(self):
+            if self.training: self.images += len(self.yb[0])
+
+        def before_epoch(self):                         # not after_epoch: SaveBest must see the last epoch first
+            if self.epoch > 0 and self.progress() >= 1: raise CancelFitException
+
+    return ChargedBudget()
+
+
+def run_online(arch, fixed, a, preset, train_dir, test, epochs, device):
+    "The fixed run's architecture, learning rate and budget, on images simulated as they are needed."
+    from deeplense_fastai.core import cache_dir, set_seed
+    from deeplense_fastai.data import lens_dataloaders, online_dataloaders, open_source
+    from deeplense_fastai.learner import regression_learner, fit
+    set_seed(0)
+    fixed_dls = lens_dataloaders(train_dir, bs=a.bs, seed=0, size=a.size, device=device)
+    n_train = fixed_dls.lens_config["n_train"]
+    valid = open_source(train_dir).subset(np.sort(np.asarray(fixed_dls.valid.items)))
+    dls = online_dataloaders(preset, epoch_size=n_train, bs=a.bs, valid=valid, seed=0, size=a.size, device=device)
+    learn = regression_learner(dls, arch, path=cache_dir("bench", "runs", f"accuracy-online-{preset}-{arch}"))
+    total = epochs * n_train if a.max_images is None else a.max_images
+    cb = charged_budget(total)
+    learn.add_cb(cb)
+    t0 = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        fit(learn, epochs, fixed["lr"], log=None, checkpoint=False)
+    dt = time.perf_counter() - t0
+    learn.remove_cb(cb)
+    cfg = learn.lens_config
+    plain, pred, y = score(learn.model, cfg, test, tta=False)
+    tta, pred_tta, _ = score(learn.model, cfg, test, tta=True)
+    sim_s = cb.sim.seconds - cb.s0
+    return dict(arch=arch, params=fixed["params"], gmacs=fixed["gmacs"], image_px=fixed["image_px"], lr=fixed["lr"],
+                budget_images=total, images_seen=cb.images, distinct_images=cb.images, sim_seconds=sim_s,
+                sim_share=sim_s / cb.train_s, train_seconds=cb.train_s, seconds=dt,
+                train_img_per_s=cb.images / cb.train_s, fixed_train_seconds=fixed["train_seconds"],
+                fixed_train_img_per_s=fixed["train_img_per_s"], fixed_test=fixed["test"], fixed_test_tta=fixed["test_tta"],
+                test=plain, test_tta=tta, predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)
@@ -112,8 +189,13 @@ def main():
     ap.add_argument("--size", type=int, default=None, help="resize images (e.g. 64 for Model I on a CPU)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--force", action="store_true", help="re-run architectures whose results exist")
-    ap.add_argument("--out", default=str(RESULTS / "accuracy"), help="folder of the per-architecture results")
+    ap.add_argument("--out", default=None, help="folder of the per-architecture results (default: bench/results/accuracy, "
+                    "or accuracy_online with --online)")
+    ap.add_argument("--online", action="store_true", help="online simulation at each fixed run's wall-clock budget")
+    ap.add_argument("--fixed", default=str(RESULTS / "accuracy"), help="with --online: folder of the fixed-data results")
+    ap.add_argument("--max-images", type=int, default=None, help="with --online: cap the budget (a quick check of the script)")
     a = ap.parse_args()
+    a.out = a.out or str(RESULTS / ("accuracy_online" if a.online else "accuracy"))
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir, get_device
     from deeplense_fastai.simulate import get_preset
@@ -135,6 +217,7 @@ def main():
           f"lr {proto['lr']}; {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print("| architecture | params | GMACs | lr | test MAE (95% bootstrap) | MAE with TTA | R^2 | train img/s | time |")
     print("|---|---|---|---|---|---|---|---|---|")
+    if a.online: return main_online(a, archs, preset, train_dir, test, epochs, device, proto)
     for arch in archs:
         path = Path(a.out) / f"{preset}-{arch}.json"
         if path.exists() and not a.force and json.loads(path.read_text()).get("protocol") == proto:
@@ -145,6 +228,26 @@ def main():
               f"({t['mae_lo95']:.4f}-{t['mae_hi95']:.4f}) | {tt['mae']:.4f} | {t['r2']:.3f} | {row['train_img_per_s']:.0f} | "
               f"{row['train_seconds'] / 60:.1f} min |", flush=True)
         write_json(path, {**header("accuracy"), "protocol": proto, "published": PUBLISHED.get(preset), **row})
+
+
+def main_online(a, archs, preset, train_dir, test, epochs, device, proto):
+    "The online table: every architecture with a fixed-data result of the same protocol, at that run's budget."
+    print("| architecture | fixed MAE | online MAE (95% bootstrap) | MAE with TTA | images seen | simulation share | time |")
+    print("|---|---|---|---|---|---|---|")
+    for arch in archs:
+        src, path = Path(a.fixed) / f"{preset}-{arch}.json", Path(a.out) / f"{preset}-{arch}.json"
+        fixed = json.loads(src.read_text()) if src.exists() else None
+        if fixed is None or fixed.get("protocol") != proto:
+            print(f"| {arch} | (no fixed-data result of this protocol in {a.fixed}: run it first) |", flush=True); continue
+        online_proto = dict(proto, online=f"charged wall-clock budget of the fixed run ({a.max_images or epochs} "
+                            f"{'images' if a.max_images else 'epochs'})", fixed_date=fixed["date"])
+        if path.exists() and not a.force and json.loads(path.read_text()).get("protocol") == online_proto:
+            print(f"| {arch} | (done: {path.name}) |", flush=True); continue
+        row = run_online(arch, fixed, a, preset, train_dir, test, epochs, device)
+        t, tt = row["test"], row["test_tta"]
+        print(f"| {arch} | {fixed['test']['mae']:.4f} | {t['mae']:.4f} ({t['mae_lo95']:.4f}-{t['mae_hi95']:.4f}) | {tt['mae']:.4f} | "
+              f"{row['images_seen']} | {row['sim_share']:.1%} | {row['seconds'] / 60:.1f} min |", flush=True)
+        write_json(path, {**header("accuracy_online"), "protocol": online_proto, "published": PUBLISHED.get(preset), **row})
 
 
 if __name__ == "__main__":
