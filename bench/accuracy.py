@@ -176,6 +176,11 @@ def run_online(arch, fixed, a, preset, train_dir, test, epochs, device):
                 test=plain, test_tta=tta, predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
 
 
+def done(path, proto, force):
+    "Is this architecture's result already there, measured on the same protocol (the sweep resumes past it)?"
+    return path.exists() and not force and json.loads(path.read_text()).get("protocol") == proto
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)
@@ -215,12 +220,12 @@ def main():
     proto = protocol(a, preset, n_train, n_test, epochs)
     print(f"# {preset}: {n_train} training (10% for validation), {n_test} test images; {epochs} epochs, bs {a.bs}; "
           f"lr {proto['lr']}; {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    if a.online: return main_online(a, archs, preset, train_dir, test, epochs, device, proto)
     print("| architecture | params | GMACs | lr | test MAE (95% bootstrap) | MAE with TTA | R^2 | train img/s | time |")
     print("|---|---|---|---|---|---|---|---|---|")
-    if a.online: return main_online(a, archs, preset, train_dir, test, epochs, device, proto)
     for arch in archs:
         path = Path(a.out) / f"{preset}-{arch}.json"
-        if path.exists() and not a.force and json.loads(path.read_text()).get("protocol") == proto:
+        if done(path, proto, a.force):
             print(f"| {arch} | (done: {path.name}) |", flush=True); continue
         row = run_arch(arch, a, preset, train_dir, test, epochs, device)
         t, tt = row["test"], row["test_tta"]
@@ -241,7 +246,7 @@ def main_online(a, archs, preset, train_dir, test, epochs, device, proto):
             print(f"| {arch} | (no fixed-data result of this protocol in {a.fixed}: run it first) |", flush=True); continue
         online_proto = dict(proto, online=f"charged wall-clock budget of the fixed run ({a.max_images or epochs} "
                             f"{'images' if a.max_images else 'epochs'})", fixed_date=fixed["date"])
-        if path.exists() and not a.force and json.loads(path.read_text()).get("protocol") == online_proto:
+        if done(path, online_proto, a.force):
             print(f"| {arch} | (done: {path.name}) |", flush=True); continue
         row = run_online(arch, fixed, a, preset, train_dir, test, epochs, device)
         t, tt = row["test"], row["test_tta"]
