@@ -110,54 +110,20 @@ def run_arch(arch, a, preset, train_dir, test, epochs, device):
                 predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
 
 
-def charged_budget(total_images):
-    "Callback: one-cycle follows images * (1 + sim/other seconds) / total_images; training stops when it reaches 1."
-    from fastai.callback.core import Callback, CancelTrainException, CancelFitException
-
-    class ChargedBudget(Callback):
-        order = 55                                     # after TrainEvalCallback, before ParamScheduler (60)
-
-        def before_fit(self):
-            self.sim = self.dls.train.sim
-            self.images, self.train_s, self.s0 = 0, 0., self.sim.seconds
-
-        def progress(self):
-            sim_s = self.sim.seconds - self.s0
-            other = max(self.train_s + (time.perf_counter() - self.tt if self.training else 0.) - sim_s, 1e-9)
-            return self.images * (1 + sim_s / other) / total_images
-
-        def before_train(self): self.tt = time.perf_counter()
-
-        def after_train(self): self.train_s += time.perf_counter() - self.tt
-
-        def before_batch(self):
-            if not self.training: return
-            p = self.progress()
-            if p >= 1: raise CancelTrainException
-            self.learn.pct_train = min(p, 0.999)
-
-        def after_batch(self):
-            if self.training: self.images += len(self.yb[0])
-
-        def before_epoch(self):                         # not after_epoch: SaveBest must see the last epoch first
-            if self.epoch > 0 and self.progress() >= 1: raise CancelFitException
-
-    return ChargedBudget()
-
-
 def run_online(arch, fixed, a, preset, train_dir, test, epochs, device):
     "The fixed run's architecture, learning rate and budget, on images simulated as they are needed."
     from deeplense_fastai.core import cache_dir, set_seed
-    from deeplense_fastai.data import lens_dataloaders, online_dataloaders, open_source
+    from deeplense_fastai.data import online_dataloaders, open_source, split_indices
     from deeplense_fastai.learner import regression_learner, fit
+    from deeplense_fastai.online import Budget
     set_seed(0)
-    fixed_dls = lens_dataloaders(train_dir, bs=a.bs, seed=0, size=a.size, device=device)
-    n_train = fixed_dls.lens_config["n_train"]
-    valid = open_source(train_dir).subset(np.sort(np.asarray(fixed_dls.valid.items)))
+    train_src = open_source(train_dir)
+    train_idx, valid_idx = split_indices(train_src, seed=0)          # the fixed run's split: its validation images
+    n_train, valid = len(train_idx), train_src.subset(valid_idx)
     dls = online_dataloaders(preset, epoch_size=n_train, bs=a.bs, valid=valid, seed=0, size=a.size, device=device)
     learn = regression_learner(dls, arch, path=cache_dir("bench", "runs", f"accuracy-online-{preset}-{arch}"))
     total = epochs * n_train if a.max_images is None else a.max_images
-    cb = charged_budget(total)
+    cb = Budget.charged_images(total)
     learn.add_cb(cb)
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
@@ -167,9 +133,9 @@ def run_online(arch, fixed, a, preset, train_dir, test, epochs, device):
     cfg = learn.lens_config
     plain, pred, y = score(learn.model, cfg, test, tta=False)
     tta, pred_tta, _ = score(learn.model, cfg, test, tta=True)
-    sim_s = cb.sim.seconds - cb.s0
+    sim_s = cb.sim_seconds()
     return dict(arch=arch, params=fixed["params"], gmacs=fixed["gmacs"], image_px=fixed["image_px"], lr=fixed["lr"],
-                budget_images=total, images_seen=cb.images, distinct_images=cb.images, sim_seconds=sim_s,
+                budget_images=total, images_seen=cb.images, sim_seconds=sim_s,
                 sim_share=sim_s / cb.train_s, train_seconds=cb.train_s, seconds=dt,
                 train_img_per_s=cb.images / cb.train_s, fixed_train_seconds=fixed["train_seconds"],
                 fixed_train_img_per_s=fixed["train_img_per_s"], fixed_test=fixed["test"], fixed_test_tta=fixed["test_tta"],
@@ -206,6 +172,8 @@ def main():
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import open_source
+    import deeplense_fastai.inference, deeplense_fastai.interpret, deeplense_fastai.learner  # noqa: F401 (loaded now, so
+    # that a run of an hour scores with the code it started with, whatever is edited meanwhile)
     preset = a.preset or "model_ii"
     n_train, n_test = (8000, 2000) if a.small else (30000, 5000)
     epochs = a.epochs or (8 if a.small else 30)

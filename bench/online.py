@@ -28,9 +28,6 @@ and "archs".
 """
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -42,41 +39,6 @@ from _results import header, machine, versions, write_json   # noqa: F401 (bench
 
 
 DEFAULT_ARCH = "resnet18"
-
-
-def make_callbacks():
-    from fastai.callback.core import Callback, CancelTrainException, CancelFitException
-
-    class TimeBudget(Callback):
-        "One-cycle by the clock: pct_train = elapsed / budget; stop when the budget is spent. Times the training phases."
-        order = 55                                     # after TrainEvalCallback, before ParamScheduler (60)
-
-        def __init__(self, budget): self.budget = budget
-
-        def before_fit(self): self.t0, self.train_s, self.images, self.curve = time.perf_counter(), 0., 0, []
-
-        def elapsed(self): return time.perf_counter() - self.t0
-
-        def before_train(self): self.tt = time.perf_counter()
-
-        def after_train(self): self.train_s += time.perf_counter() - self.tt
-
-        def before_batch(self):
-            if self.training:
-                self.learn.pct_train = min(self.elapsed() / self.budget, 0.999)
-                if self.elapsed() >= self.budget: raise CancelTrainException
-
-        def after_batch(self):
-            if self.training: self.images += len(self.yb[0])
-
-        def after_epoch(self):
-            vals = self.recorder.values[-1] if self.recorder.values else []
-            names = self.recorder.metric_names[1:-1]       # a cut-short epoch has no train_loss: align from the right
-            self.curve.append(dict(epoch=self.epoch, seconds=round(self.elapsed(), 1), images=self.images,
-                                   **{n: float(v) for n, v in zip(names[len(names) - len(vals):], vals)}))
-            if self.elapsed() >= self.budget: raise CancelFitException
-
-    return TimeBudget
 
 
 KEYS = ("mae", "rmse", "r2", "mse", "baseline_mae")
@@ -101,10 +63,10 @@ def score(learn, test, device):
 def train_run(mode, dls, arch, budget, lr, test, device, path):
     from deeplense_fastai.core import set_seed
     from deeplense_fastai.learner import regression_learner
-    TimeBudget = make_callbacks()
+    from deeplense_fastai.online import Budget
     set_seed(0)
     learn = regression_learner(dls, arch, path=path)
-    tb = TimeBudget(budget)
+    tb = Budget.seconds(budget)
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(10_000, lr, cbs=[tb])
@@ -220,9 +182,8 @@ def main():
     a = ap.parse_args()
     import warnings; warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
-    from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.dataset import write_dataset
-    from deeplense_fastai.data import lens_dataloaders, open_source
+    from deeplense_fastai.data import lens_dataloaders, open_source, split_indices
     from deeplense_fastai.data import online_dataloaders
     import deeplense_fastai.inference, deeplense_fastai.interpret, deeplense_fastai.learner, fidelity  # noqa: F401 (loaded
     # now, so that a run of half an hour scores with the code it started with)
@@ -243,12 +204,13 @@ def main():
                protocol=__doc__.split("Protocol")[1].strip() if "Protocol" in __doc__ else "", runs=[])
     runs = Path(cache_dir("bench", "runs"))
     fixed = lens_dataloaders(train_dir, bs=a.bs, seed=0, device=device)
-    valid = open_source(train_dir).subset(np.sort(np.asarray(fixed.valid.items)))
+    train_src = open_source(train_dir)
+    train_idx, valid_idx = split_indices(train_src, seed=0)           # the split `fixed` trains and validates on
+    valid = train_src.subset(valid_idx)
     if a.gap:
         n_fixed = min(a.gap, 64) if a.smoke else a.gap
         epochs = 2 if a.smoke else a.gap_epochs
-        train_src = open_source(train_dir)
-        keep = np.setdiff1d(np.arange(len(train_src)), np.asarray(fixed.valid.items))[:n_fixed]
+        keep = train_idx[:n_fixed]
         gap = dict(command=out["command"], date=out["date"], machine=machine(), versions=versions(), n_fixed=n_fixed,
                    epochs=epochs, arch=a.arch, bs=a.bs, lr=a.lr,
                    runs=gap_runs(train_src.subset(keep), valid, n_fixed, epochs, a.arch, a.bs, a.lr, test, device, runs / "online-bench-gap"))

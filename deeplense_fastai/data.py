@@ -17,8 +17,8 @@ from .core import DeepLenseError, cache_dir
 __all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'load_image_file',
            'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets',
            'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget',
-           'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'lens_dataloaders', 'show_results',
-           'online_dataloaders']
+           'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices', 'lens_dataloaders',
+           'show_results', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -601,6 +601,10 @@ def _check_norm(norm:str):
     if norm not in ('minmax', 'meanstd'): raise DeepLenseError(f"norm must be 'minmax' or 'meanstd', got {norm!r}")
 
 # %% ../nbs/03_data.ipynb #429c20d9
+def _random_splitter(valid_pct:float, n_items:int, seed:int) -> RandomSplitter:
+    "fastai's seeded random split of `n_items`, keeping at least one image to validate."
+    return RandomSplitter(max(valid_pct, 1.000001 / n_items), seed=seed)
+
 def _sources_and_split(src:LensSource, targets, valid, valid_pct:float, seed:int, shape, labels, progress:bool):
     "(sources, offsets, usable items, targets per source, splitter): `src` alone with a random split, or `src` + `valid`."
     srcs, offsets = [src], [0, len(src)]
@@ -614,9 +618,22 @@ def _sources_and_split(src:LensSource, targets, valid, valid_pct:float, seed:int
         items += [len(src) + int(i) for i in check_source(vsrc, targets)]
         splitter = FuncSplitter(lambda o: o >= len(src))
     else:
-        splitter = RandomSplitter(max(valid_pct, 1.000001 / len(items)), seed=seed)   # at least one validation image
+        splitter = _random_splitter(valid_pct, len(items), seed)
     ys = [s.labels[targets].to_numpy(dtype=np.float32) for s in srcs]
     return srcs, offsets, items, ys, splitter
+
+# %% ../nbs/03_data.ipynb #40ce2aad
+def split_indices(source, # A path or LensSource
+                  targets=None, # Target column(s); default: the source's natural target
+                  valid_pct:float=0.1, # Random validation fraction
+                  seed:int=0, # Seed of the split
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    "The indices (sorted) of the images `lens_dataloaders(source, targets, valid_pct=, seed=)` trains and validates on."
+    src = source if isinstance(source, LensSource) else open_source(source)
+    _check_lens_args(src, 'minmax', valid_pct)
+    items = check_source(src, resolve_targets(src, targets))
+    train, valid = _random_splitter(valid_pct, len(items), seed)(list(items))
+    return np.sort(items[train]), np.sort(items[valid])
 
 # %% ../nbs/03_data.ipynb #c97bed70
 def _usable_bs(src:LensSource, n_items:int, n_train:int, n_valid:int, bs:int) -> int:

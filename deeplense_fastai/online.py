@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import store_attr
 from .core import DeepLenseError, fastai_import
 with fastai_import():
-    from fastai.callback.core import Callback
+    from fastai.callback.core import Callback, CancelTrainException, CancelFitException
     from fastai.data.core import TfmdDL
     from fastai.torch_core import TensorImage
 
@@ -20,7 +20,7 @@ from .simulate import Preset, LABEL_COLUMNS, get_preset, make_images, draw_param
 
 # %% auto #0
 __all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', 'OnlineSim', 'Positions', 'OnlineDL',
-           'OnlineEpoch', 'target_moments']
+           'OnlineEpoch', 'target_moments', 'Budget']
 
 # %% ../nbs/02c_online.ipynb #215c4db3
 TRAIN_START = 2**32   # first index of online training images; [0, TRAIN_START) is for fixed (validation, test) sets
@@ -157,3 +157,43 @@ def target_moments(p:Preset, # The recipe
                              f"with classes {', '.join(classes)}")
     if not standardize: return np.zeros(len(targets)), np.ones(len(targets))
     return pilot.mean(0), pilot.std(0) + 1e-12
+
+# %% ../nbs/02c_online.ipynb #48df6df6
+class Budget(Callback):
+    "Train until `progress(self)` reaches 1, with one-cycle following it: a budget of time or of images, not epochs."
+    order = 55                        # after TrainEvalCallback (which advances pct_train), before ParamScheduler (60)
+    def __init__(self, progress): self.progress = progress    # progress: Budget -> float, 1 when the budget is spent
+    def before_fit(self):
+        self.t0, self.train_s, self.images, self.curve = time.perf_counter(), 0., 0, []
+        self.sim = getattr(getattr(self.dls.train, 'dl', self.dls.train), 'sim', None)   # OnlineSim, or None
+        self.sim_s0 = self.sim.seconds if self.sim is not None else 0.
+    def elapsed(self) -> float: return time.perf_counter() - self.t0
+    def train_seconds(self) -> float: return self.train_s + (time.perf_counter() - self.tt if self.training else 0.)
+    def sim_seconds(self) -> float: return self.sim.seconds - self.sim_s0 if self.sim is not None else 0.
+    def before_train(self): self.tt = time.perf_counter()
+    def after_train(self): self.train_s += time.perf_counter() - self.tt
+    def before_epoch(self):
+        if self.epoch > 0 and self.progress(self) >= 1: raise CancelFitException
+    def before_batch(self):
+        if not self.training: return
+        p = self.progress(self)
+        if p >= 1: raise CancelTrainException
+        self.learn.pct_train = min(p, 0.999)
+    def after_batch(self):
+        if self.training: self.images += len(self.yb[0])
+    def after_epoch(self):
+        "Record the epoch: seconds, images so far and the recorder's values (a cut-short epoch has no train loss)."
+        vals = self.recorder.values[-1] if self.recorder.values else []
+        names = self.recorder.metric_names[1:-1]
+        self.curve.append(dict(epoch=self.epoch, seconds=round(self.elapsed(), 1), images=self.images,
+                               **{n: float(v) for n, v in zip(names[len(names) - len(vals):], vals)}))
+
+    @classmethod
+    def seconds(cls, budget:float): # Wall-clock seconds
+        "A budget of wall-clock seconds since `fit` began."
+        return cls(lambda b: b.elapsed() / budget)
+
+    @classmethod
+    def charged_images(cls, total:int): # Images, each charged for its share of the simulation
+        "A budget of `total` images, the simulation's time charged: images * (1 + sim / other seconds) / total."
+        return cls(lambda b: b.images * (1 + b.sim_seconds() / max(b.train_seconds() - b.sim_seconds(), 1e-9)) / total)
