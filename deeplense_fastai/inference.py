@@ -93,6 +93,11 @@ def _square_views(x:torch.Tensor) -> list[torch.Tensor]:
         out += [r, r.flip(-1)]
     return out
 
+def _views(b, tta:bool) -> tuple[list, torch.Tensor|None]:
+    "A batch (images, or (images, targets)) as the views to run (the eight symmetries with `tta`) and its targets or None."
+    x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
+    return (_square_views(x) if tta else [x]), y
+
 @torch.no_grad()
 def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.model`)
                       batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
@@ -103,8 +108,7 @@ def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.m
     model.eval()
     flow, grid, lps, ys = _unwrap(model), target_grid(cfg), [], []
     for b in batches:
-        x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
-        views = _square_views(x) if tta else [x]
+        views, y = _views(b, tta)
         lp = torch.stack([run_log_posterior(flow, model(v), cfg, grid) for v in views])
         lps.append(torch.logsumexp(lp, 0) - math.log(len(views)))
         if y is not None: ys.append(cfg.decode(y))
@@ -129,8 +133,7 @@ def predict_batches(model:nn.Module, # A regression model
     model.eval()
     mus, sds, ys = [], [], []
     for b in batches:
-        x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
-        views = _square_views(x) if tta else [x]
+        views, y = _views(b, tta)
         outs = [_split_outputs(model(v).float().cpu(), cfg) for v in views]
         mu = torch.stack([o[0] for o in outs]).mean(0)
         sd = None
@@ -239,6 +242,15 @@ def _interval_coverage(rep:dict, preds, y, targets) -> dict:
             m[k] = float(((preds[f'{lo}_{t}'] <= y[:, j]) & (y[:, j] <= preds[f'{hi}_{t}'])).mean())
     return rep
 
+def _finite_labels(srcs, cols) -> tuple[np.ndarray, np.ndarray]:
+    "True values (N, T) of columns `cols` over the sources, and which rows are finite; one clear error if a column is missing or no row is."
+    from deeplense_fastai.data import resolve_targets
+    cols = [cols] if isinstance(cols, str) else list(cols)
+    y = np.concatenate([s.labels[resolve_targets(s, cols)].to_numpy(dtype=np.float64) for s in srcs])
+    keep = np.isfinite(y).all(1)
+    if not keep.any(): raise DeepLenseError(f"{', '.join(str(s.path) for s in srcs)}: no image has a finite {', '.join(cols)}")
+    return y, keep
+
 def score_run(run_dir:str|Path, # A run directory
               src, # A labelled LensSource
               cols:list|None=None, # Its columns holding the run's targets, in the run's order (default: the targets' names)
@@ -251,9 +263,7 @@ def score_run(run_dir:str|Path, # A run directory
     model, cfg = load_run(run_dir, device)
     cols = cols or cfg['targets']
     preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
-    y = src.labels[cols].to_numpy(dtype=np.float64)
-    keep = np.isfinite(y).all(1)
-    if not keep.any(): raise DeepLenseError(f"{src.path}: no image has a finite {', '.join(cols)}")
+    y, keep = _finite_labels([src], cols)
     preds, y = preds[keep].reset_index(drop=True), y[keep]
     mu = preds[[f'pred_{t}' for t in cfg['targets']]].to_numpy()
     sd = preds[[f'std_{t}' for t in cfg['targets']]].to_numpy() if f"std_{cfg['targets'][0]}" in preds else None
@@ -291,11 +301,8 @@ def _posteriors_of(model, cfg, source, bs, tta, notice):
 
 # %% ../nbs/05b_inference.ipynb #947b9958
 def _labelled(logp:torch.Tensor, srcs, targets):
-    "The posteriors and true values (N, T) of the images whose labels are finite; one clear error if a column is missing or none is."
-    from deeplense_fastai.data import resolve_targets
-    y = np.concatenate([s.labels[resolve_targets(s, list(targets))].to_numpy(dtype=np.float64) for s in srcs])
-    keep = np.isfinite(y).all(1)
-    if not keep.any(): raise DeepLenseError(f"{', '.join(str(s.path) for s in srcs)}: no image has a finite {', '.join(targets)}")
+    "The posteriors and true values (N, T) of the images whose labels are finite (`_finite_labels`)."
+    y, keep = _finite_labels(srcs, targets)
     return logp[torch.from_numpy(keep)], y[keep]
 
 def _pits(grid, logp, y) -> np.ndarray:
