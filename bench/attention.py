@@ -8,7 +8,8 @@ same few test images of the accuracy protocol (seed 99), chosen to span the axio
 pooled) beside the images, their true and predicted log10 m, and a summary that needs no figure: the fraction of the
 attention that falls on the brightest 10% of the pixels (the Einstein ring) against the 10% that a uniform map would
 give there, and the fraction on the axion vortex itself (the pixels within 1.5 pixels of the segment the simulator drew
-for that image, rebuilt from the dataset's seed and the image's index) against the vortex's share of the pixels. The
+for that image, rebuilt from the dataset's seed and the image's index) against the same segment turned by 90 degrees
+about the lens centre, a control with the same centre and length and about the same overlap with the ring. The
 shares are averaged over the first 256 test images (--summary-images). The architectures tutorial draws the maps with
 colour bars and the vortex outlined.
 """
@@ -36,15 +37,17 @@ def ring_fraction(maps, x):
     return [float(((m * bright).flatten(1).sum(1) / m.flatten(1).sum(1)).mean()) for m in maps]
 
 
-def vortex_mask(preset, indices, seed, width_px=1.5):
+def vortex_mask(preset, indices, seed, width_px=1.5, turn=0.):
     """Pixels (B, H, W) within `width_px` pixels of each image's axion vortex: the segment of half-length lambda at the
     lens centre, at the angle the simulator drew for that image (`draw_parameters` again, from the dataset's seed and
-    the image indices), on the renderer's own pixel grid. Images without a vortex get an empty mask."""
+    the image indices), on the renderer's own pixel grid. Images without a vortex get an empty mask. `turn` rotates the
+    segment about the lens centre (radians): turned by pi/2 it is a control with the same centre, length and overlap
+    with the ring, but where the vortex is not."""
     from deeplense_fastai.lensing import pixel_grid
     from deeplense_fastai.simulate import draw_parameters
     par = draw_parameters(preset, indices, seed)
     x, y = pixel_grid(preset.npix, preset.pixel_scale, dtype=torch.float64)
-    ang = torch.as_tensor(par["vortex_angle"], dtype=torch.float64)[:, None, None]
+    ang = torch.as_tensor(par["vortex_angle"] + turn, dtype=torch.float64)[:, None, None]
     lam = torch.as_tensor(par["vortex_half_length"], dtype=torch.float64)[:, None, None]
     along, across = x * ang.cos() + y * ang.sin(), -x * ang.sin() + y * ang.cos()
     dist = ((along.abs() - lam).clamp(min=0) ** 2 + across ** 2).sqrt()
@@ -78,6 +81,7 @@ def main():
     test = open_source(cache_dir("bench") / f"{a.preset}-n2000-seed{seed}")
     many = np.arange(min(a.summary_images, len(test)))                 # the first test images: masses uniform in the prior
     vortex = vortex_mask(preset, test.labels["index"].to_numpy()[many], seed)
+    control = vortex_mask(preset, test.labels["index"].to_numpy()[many], seed, turn=np.pi / 2)
     rows = []
     for arch in ATTENTION_ARCHS:
         run = cache_dir("bench", "runs", f"accuracy-{a.preset}-{arch}", "run")
@@ -93,11 +97,13 @@ def main():
         rows.append(dict(arch=arch, indices=idx, truth=[float(v) for v in test.labels[cfg["targets"][0]].to_numpy()[idx]],
                          prediction=[float(v) for v in pred], layers=len(maps), summary_images=len(many),
                          ring_fraction=ring_fraction(mm, xs[:, 0]), vortex_fraction=share_on(mm, vortex),
+                         control_fraction=share_on(mm, control),
                          vortex_area=float(vortex.float().mean()), images=pooled(x[:, 0]), maps=[pooled(m) for m in maps],
                          vortex_masks=pooled(vortex_mask(preset, test.labels["index"].to_numpy()[idx], seed).double())))
         print(f"{arch}: {len(maps)} attention layers; share of attention on the brightest 10% of pixels: "
               + ", ".join(f"{v:.2f}" for v in rows[-1]["ring_fraction"]) + f"; on the vortex ({rows[-1]['vortex_area']:.3f} "
-              "of the pixels): " + ", ".join(f"{v:.3f}" for v in rows[-1]["vortex_fraction"]), flush=True)
+              "of the pixels): " + ", ".join(f"{v:.3f}" for v in rows[-1]["vortex_fraction"])
+              + "; on the same segment turned 90 degrees: " + ", ".join(f"{v:.3f}" for v in rows[-1]["control_fraction"]), flush=True)
     if not rows: raise SystemExit("no trained attention model in the cache: run bench/accuracy.py --small first")
     save("attention", a.json, preset=a.preset, table=[{k: v for k, v in r.items() if k not in ("images", "maps", "vortex_masks")} for r in rows],
          maps={r["arch"]: dict(images=r["images"], maps=r["maps"], vortex=r["vortex_masks"]) for r in rows})

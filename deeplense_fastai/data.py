@@ -629,8 +629,8 @@ def split_indices(source, # A path or LensSource
                   seed:int=0, # Seed of the split
                  ) -> tuple[np.ndarray, np.ndarray]:
     "The indices (sorted) of the images `lens_dataloaders(source, targets, valid_pct=, seed=)` trains and validates on."
+    _check_lens_args(source, 'minmax', valid_pct)
     src = source if isinstance(source, LensSource) else open_source(source)
-    _check_lens_args(src, 'minmax', valid_pct)
     items = check_source(src, resolve_targets(src, targets))
     train, valid = _random_splitter(valid_pct, len(items), seed)(list(items))
     return np.sort(items[train]), np.sort(items[valid])
