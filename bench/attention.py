@@ -33,16 +33,15 @@ def pick_images(test, target, k):
 
 def ring_fraction(maps, x):
     "Share of each map's attention that falls on the image's brightest 10% of pixels (0.1 for a uniform map)."
-    bright = x >= torch.quantile(x.flatten(1), 0.9, dim=1)[:, None, None]
-    return [float(((m * bright).flatten(1).sum(1) / m.flatten(1).sum(1)).mean()) for m in maps]
+    return share_on(maps, x >= torch.quantile(x.flatten(1), 0.9, dim=1)[:, None, None])
 
 
 def vortex_mask(preset, indices, seed, width_px=1.5, turn=0.):
     """Pixels (B, H, W) within `width_px` pixels of each image's axion vortex: the segment of half-length lambda at the
     lens centre, at the angle the simulator drew for that image (`draw_parameters` again, from the dataset's seed and
     the image indices), on the renderer's own pixel grid. Images without a vortex get an empty mask. `turn` rotates the
-    segment about the lens centre (radians): turned by pi/2 it is a control with the same centre, length and overlap
-    with the ring, but where the vortex is not."""
+    segment about the lens centre (radians): turned by pi/2 it is a control with the same centre and length and about
+    the same overlap with the ring, but where the vortex is not."""
     from deeplense_fastai.lensing import pixel_grid
     from deeplense_fastai.simulate import draw_parameters
     par = draw_parameters(preset, indices, seed)
