@@ -11,7 +11,7 @@ from .core import DeepLenseError
 import numpy as np
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEFAULT_N', 'build_parser', 'main', 'cmd_simulate', 'cmd_info', 'cmd_presets', 'cmd_train',
+__all__ = ['COMMANDS', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate', 'cmd_info', 'cmd_presets', 'cmd_train',
            'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
 
 # %% ../nbs/07_cli.ipynb #589d5ea2
@@ -50,13 +50,7 @@ def _classes(text:str) -> tuple[str, ...]:
     if bad or not names: raise argparse.ArgumentTypeError(f"classes are a comma-separated subset of no_sub,cdm,axion, got {text!r}")
     return names
 
-def _writable_file(path:Path, flag:str, overwrite:bool=False) -> None:
-    "Refuse an output file that is a directory, exists (unless `overwrite`), or cannot be created (before any work)."
-    if path.is_dir(): raise DeepLenseError(f"{flag} {path}: is a directory; give a file name")
-    if path.exists() and not overwrite: raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it")
-    d = path.absolute().parent
-    if not d.is_dir(): raise DeepLenseError(f"{flag} {path}: the directory {d} does not exist")
-    if not os.access(d, os.W_OK): raise DeepLenseError(f"{flag} {path}: the directory {d} is not writable")
+def _force(p): p.add_argument('--force', action='store_true', help='replace an existing output file (never an input)')
 
 # %% ../nbs/07_cli.ipynb #bc4935f7
 COMMANDS = {}   # name -> (help, description, add_arguments(parser), run(args) -> exit code)
@@ -81,13 +75,21 @@ def main(argv:list[str]|None=None, # Arguments (default: sys.argv[1:])
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')   # raised by a dependency at import
     if a.command is None: parser.print_help(); return 0
     try: return COMMANDS[a.command][3](a)
-    except DeepLenseError as e:
-        sys.stderr.write(f"deeplense {a.command}: error: {e}\n")
+    except DeepLenseError as e:                 # raised in a fastai callback, the message carries fastai's prefix line
+        sys.stderr.write(f"deeplense {a.command}: error: {str(e).split(chr(10) + chr(9))[-1]}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("deeplense: interrupted (a train run continues with the same command and --resume; "
                          "simulate resumes with the same command)\n")
         return 130
+    except OSError as e:
+        if e.errno not in _FULL: raise                       # anything else is a bug: keep its traceback
+        sys.stderr.write(f"deeplense {a.command}: error: {_FULL[e.errno]} while writing {e.filename or 'a file'}: nothing finished "
+                         f"was replaced; free space, then rerun the same command (train: with --resume, or --force to start over)\n")
+        return 2
+
+import errno as _errno
+_FULL = {_errno.ENOSPC: 'no space left on the device', _errno.EDQUOT: 'disk quota exceeded', _errno.EFBIG: 'file size limit reached'}
 
 # %% ../nbs/07_cli.ipynb #c49b2fd2
 def _simulate_args(s):
@@ -134,8 +136,10 @@ def _check_space(out:Path, need:int, what:str) -> None:
     "Refuse to start when the file system of `out` has less free space than `need` bytes (both numbers said)."
     import shutil
     if str(out) == '': raise DeepLenseError("--out: an empty path; name a directory")
+    if Path(out).is_symlink() and not Path(out).exists(): raise DeepLenseError(f"--out {out}: a dangling symbolic link; name a directory")
     d = Path(out).absolute()
     while not d.exists(): d = d.parent
+    if not d.is_dir(): raise DeepLenseError(f"--out {out}: {d} is a file, not a directory")
     if not os.access(d, os.W_OK): raise DeepLenseError(f"--out {out}: {d} is not writable")
     free = shutil.disk_usage(d).free
     if need > free: raise DeepLenseError(f"{what}: the dataset needs {need / 1e9:,.2f} GB and {d} has {free / 1e9:,.2f} GB free")
@@ -187,8 +191,9 @@ def _train_args(t):
     t.add_argument('--online', action='store_true', help='simulate new training images for every batch instead of a fixed set')
     t.add_argument('--epoch-size', type=_positive, default=None, help='with --online: training images per epoch (default 6000)')
     t.add_argument('--target', action='append', help='target column (repeat for several)')
-    t.add_argument('--arch', default='resnet18', help='architecture (see deeplense_fastai.models.MODELS)')
-    t.add_argument('--loss', default='mse', help='mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: quantiles from predict)')
+    t.add_argument('--arch', default=None, help="architecture (see deeplense_fastai.models.MODELS; default resnet18, or --init's)")
+    t.add_argument('--loss', default=None, help="mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: quantiles from predict; "
+                   "default mse, or --init's)")
     t.add_argument('--opt', default='ranger', help='adam, radam, ranger or ranger21')
     t.add_argument('--schedule', default=None, help='one_cycle, flat_cos or ranger21 (default: one_cycle; ranger21 for --opt ranger21)')
     t.add_argument('--epochs', type=_positive, default=8)
@@ -200,7 +205,8 @@ def _train_args(t):
     t.add_argument('--no-augment', action='store_true', help='no random symmetries of the square')
     t.add_argument('--early-stopping', type=_positive, default=None, metavar='EPOCHS')
     t.add_argument('--out', type=_path, default=None, help='run directory (default runs/<timestamp>)')
-    t.add_argument('--resume', action='store_true', help='continue an interrupted run in --out')
+    t.add_argument('--resume', action='store_true', help='continue an interrupted run in --out (same data and settings)')
+    t.add_argument('--force', action='store_true', help='remove the run already in --out (a failed or finished one) and train anew')
     t.add_argument('--init', type=Path, default=None, metavar='RUN', help="start from a trained run's weights (same arch and targets)")
     t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init: train only the head for N epochs first')
     t.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
@@ -210,7 +216,10 @@ def _train_args(t):
 def _check_train_args(a):
     "Every argument checked before any work starts."
     from deeplense_fastai.models import MODELS
-    from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES
+    from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES, read_run_config
+    init = read_run_config(a.init) if a.init is not None else None    # a fine-tune continues the run's model and head
+    a.arch = a.arch or (init.arch if init else 'resnet18')
+    a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
     if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
     if a.loss not in LOSSES: raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
     if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
@@ -221,10 +230,8 @@ def _check_train_args(a):
     if not (a.lr > 0 and np.isfinite(a.lr)): raise DeepLenseError(f"--lr must be a positive number, got {a.lr}")
     if a.freeze_epochs < 0: raise DeepLenseError(f"--freeze-epochs must be 0 or more, got {a.freeze_epochs}")
     if a.freeze_epochs and a.init is None: raise DeepLenseError("--freeze-epochs goes with --init (the head of a pretrained run is trained first)")
-    if a.init is not None:                       # the pretrained run must fit this one: said before any data is read
-        from deeplense_fastai.learner import read_run_config
-        if (arch := read_run_config(a.init)['arch']) != a.arch:
-            raise DeepLenseError(f"--init {a.init}: its arch is {arch!r}, this run's is {a.arch!r} (give --arch {arch})")
+    if init is not None and init.arch != a.arch:     # the pretrained run must fit this one: said before any data is read
+        raise DeepLenseError(f"--init {a.init}: its arch is {init.arch!r}, this run's is {a.arch!r} (leave --arch out to use its)")
     if a.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {a.workers}")
     if a.data is not None and a.preset is not None: raise DeepLenseError("give --data or --preset, not both")
     for f in ('data', 'test'):
@@ -238,13 +245,41 @@ def _check_train_args(a):
     if a.online and a.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
     if a.epoch_size is not None and not a.online: raise DeepLenseError("--epoch-size goes with --online")
     if a.out is None: a.out = Path('runs')/time.strftime('%Y%m%d-%H%M%S')
+    _check_run_out(a)
+
+_RUN_FILES = ('models', 'history.csv', 'config.json', 'weights.safetensors', 'model.pkl', 'metrics.json', 'calibration.json',
+              'images_seen.npz')
+
+def _is_run_file(name:str) -> bool:
+    "Whether a name in a run directory is one `train` or `calibrate` writes (or an atomic write's leftover temporary)."
+    return name in _RUN_FILES or name.endswith('.png') or (name.startswith('.') and name.endswith('.tmp'))
+
+def _check_run_out(a) -> None:
+    "The run directory: usable, and new, or an unfinished run to --resume, or a run to replace with --force."
+    if a.out.is_symlink() and not a.out.exists(): raise DeepLenseError(f"--out {a.out}: a dangling symbolic link; name a directory")
     if a.out.exists() and not a.out.is_dir(): raise DeepLenseError(f"--out {a.out}: exists and is not a directory")
     parent = next(p for p in [a.out.absolute(), *a.out.absolute().parents] if p.exists())
+    if not parent.is_dir(): raise DeepLenseError(f"--out {a.out}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK): raise DeepLenseError(f"--out {a.out}: {parent} is not writable")
+    if a.resume and a.force: raise DeepLenseError("give --resume (continue the run) or --force (remove it and start again), not both")
+    if a.resume and (a.out/'config.json').is_file() and (a.out/'metrics.json').is_file():
+        raise DeepLenseError(f"--resume: {a.out} is a finished run, which is never rewritten; extend it into a new --out with "
+                             f"--init {a.out}, or --force to train it again from scratch")
     if a.resume and not (a.out/'models'/'checkpoint.json').exists():
-        raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models")
-    if not a.resume and a.out.exists() and any(a.out.iterdir()):
-        raise DeepLenseError(f"--out {a.out}: exists and is not empty (choose another directory, or --resume)")
+        raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models (no epoch finished); start again with --force")
+    if a.resume or not a.out.exists() or not any(a.out.iterdir()): return
+    if not a.force: raise DeepLenseError(f"--out {a.out}: exists and is not empty (another directory; --resume continues an "
+                                         f"unfinished run; --force removes the run and starts again)")
+    if (strangers := sorted(f.name for f in a.out.iterdir() if not _is_run_file(f.name))):
+        raise DeepLenseError(f"--force: {a.out} holds {strangers[0]!r}, which no run writes; refusing to remove anything there")
+
+def _clear_run(out:Path) -> None:
+    "Remove a run's own files from `out` (checked by `_check_run_out`): what --force starts again from."
+    import shutil
+    for f in out.iterdir():
+        if not _is_run_file(f.name): continue
+        if f.is_dir() and not f.is_symlink(): shutil.rmtree(f)
+        else: f.unlink()
 
 # %% ../nbs/07_cli.ipynb #7725c05f
 DEFAULT_N = 6000
@@ -287,7 +322,7 @@ def _fixed_data(a, device, say):
     return train.subset(np.sort(perm[k:])), None, train.subset(np.sort(perm[:k]))
 
 def _train_data(a, device, say):
-    "DataLoaders and test source of a train run; the test set is checked before anything trains."
+    "DataLoaders, test source and training source (None online) of a train run; the test set is checked before anything trains."
     from deeplense_fastai.data import lens_dataloaders, open_source, resolve_targets, check_source
     train = None
     if a.online: (dls, test_path), test = _online_data(a, device, say), None
@@ -301,7 +336,7 @@ def _train_data(a, device, say):
         if train is not None and test.image_shape != train.image_shape and not a.size:
             raise DeepLenseError(f"--test {test_path}: images are {test.image_shape[0]}x{test.image_shape[1]}, the training "
                                  f"images {train.image_shape[0]}x{train.image_shape[1]} (give --size to train and test at one size)")
-    return dls, test
+    return dls, test, train
 
 # %% ../nbs/07_cli.ipynb #0e4564d1
 def _print_report(rep:dict, targets):
@@ -362,8 +397,10 @@ def cmd_train(a) -> int:
     set_seed(a.seed)
     from deeplense_fastai.dataset import _is_rank0
     say = print if _is_rank0() else (lambda *x, **k: None)
-    dls, test = _train_data(a, a.device, say)
+    dls, test, train = _train_data(a, a.device, say)
     learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
+    if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
+    exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
         f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {a.device}")
@@ -372,7 +409,9 @@ def cmd_train(a) -> int:
             freeze_epochs=a.freeze_epochs)
     if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {weights_digest(learn.model)}")
     if not _is_rank0(): return 0
-    export_run(learn, a.out)
+    from deeplense_fastai.inference import record_images
+    record_images(a.out, train=train, test=test)                  # what later commands check their inputs against
+    if not exported: export_run(learn, a.out)
     _test_report(a, cfg, test)
     print(f"run written to {a.out}")
     return 0
@@ -387,18 +426,19 @@ def _evaluate_args(e):
     e.add_argument('--data', required=True, type=Path, help='dataset with the target column(s)')
     e.add_argument('--target', action='append', help="column(s) of the data to compare with (default: the model's targets)")
     e.add_argument('--tta', action='store_true', help='average over the eight symmetries of the square')
-    e.add_argument('--json', type=Path, help='also write the metrics to this JSON file')
+    e.add_argument('--json', type=Path, help='also write the metrics to this JSON file (a new file; --force replaces one)')
     e.add_argument('--bs', type=_positive, default=64)
     e.add_argument('--device', default=None)
+    _force(e)
 
 def cmd_evaluate(a) -> int:
     "`deeplense evaluate`: metrics of a trained model on a labelled dataset (and --json)."
-    from deeplense_fastai.core import get_device
-    from deeplense_fastai.inference import load_run, score_run
+    from deeplense_fastai.core import get_device, check_output
+    from deeplense_fastai.inference import load_run, score_run, image_hashes, seen_images
     from deeplense_fastai.data import open_source, resolve_targets
     device = get_device(a.device)
     _, cfg = load_run(a.model)
-    if a.json is not None: _writable_file(a.json, '--json', overwrite=True)
+    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, a.data])
     src = open_source(a.data)
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
@@ -407,8 +447,11 @@ def cmd_evaluate(a) -> int:
     for c, t in zip(cols, cfg['targets']):
         if c != t and c in LABEL_COLUMNS and t in LABEL_COLUMNS:
             raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
+    used = {k: v for k, v in seen_images(a.model, image_hashes(src)).items() if v}
+    if used: print(f"note: {sum(used.values())} of these {len(src)} images are the run's own ({', '.join(f'{k} {v}' for k, v in used.items())}):"
+                   f" on training images these metrics are not a test", file=sys.stderr)
     rep, _ = score_run(a.model, src, cols, a.bs, device, tta=a.tta)
-    rep['tta'] = bool(a.tta)
+    rep['tta'], rep['seen_by_run'] = bool(a.tta), used
     _print_report(rep, cols)
     if a.json:
         from deeplense_fastai.core import atomic_write
@@ -427,7 +470,20 @@ def _predict_args(pr):
     pr.add_argument('--tta', action='store_true', help='average over the eight symmetries of the square')
     pr.add_argument('--bs', type=_positive, default=64)
     pr.add_argument('--device', default=None)
-    pr.add_argument('--samples', type=int, default=0, metavar='K', help='flow runs: also K posterior samples per image and target')
+    pr.add_argument('--samples', type=int, default=0, metavar='K', help=f'flow runs: also K posterior samples per image and target '
+                    f'(at most {MAX_SAMPLES:,})')
+    _force(pr)
+
+MAX_SAMPLES = 10_000   # a CSV row of more draws than this is no longer a table a person reads; an estimate bounds memory too
+
+def _check_samples(k:int, n_images:int, n_targets:int) -> None:
+    "Refuse a number of posterior samples that is negative, above `MAX_SAMPLES`, or would not fit in the memory free now."
+    if k < 0 or k > MAX_SAMPLES: raise DeepLenseError(f"--samples {k}: must be between 0 and {MAX_SAMPLES:,}")
+    need = 40 * k * n_images * n_targets           # float64 draws, the DataFrame's copy and the CSV text
+    free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    if need > free / 2:
+        raise DeepLenseError(f"--samples {k}: {k:,} draws for {n_images:,} images need about {need / 1e9:.1f} GB, and "
+                             f"{free / 1e9:.1f} GB of memory is free; ask for fewer samples or fewer images at a time")
 
 def _opened_inputs(paths, cfg:dict) -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
@@ -441,26 +497,34 @@ def _opened_inputs(paths, cfg:dict) -> list:
 
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
-    from deeplense_fastai.core import get_device, atomic_write
+    from deeplense_fastai.core import get_device, atomic_write, check_output
     from deeplense_fastai.inference import load_run, predict_opened
     import pandas as pd
     device = get_device(a.device)
     model, cfg = load_run(a.model, device)
-    if a.out is not None: _writable_file(a.out, '--out')
-    if a.samples < 0 or (a.samples and cfg.get('loss') != 'flow'):
-        raise DeepLenseError(f"--samples {a.samples}: " + ("must be 0 or more" if a.samples < 0 else f"{a.model} is not a flow run (train with --loss flow)"))
+    if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *a.paths])
+    _check_samples(a.samples, 0, 1)
+    if a.samples and cfg.get('loss') != 'flow': raise DeepLenseError(f"--samples {a.samples}: {a.model} is not a flow run (train with --loss flow)")
+    opened = _opened_inputs(a.paths, cfg)
+    _check_samples(a.samples, sum(len(src) for _, src, _ in opened), len(cfg['targets']))
     frames = []
     with contextlib.redirect_stdout(sys.stderr):         # progress bars and notices never mix with a CSV on stdout
-        for p, src, size in _opened_inputs(a.paths, cfg):
+        for p, src, size in opened:
             df = predict_opened(model, cfg, src, size, a.bs, a.tta, a.samples)
             df.insert(0, 'source', str(p))
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
+    for c in ('source', 'file'):                         # a file name that is not UTF-8 is written with its bytes escaped
+        if c in out: out[c] = [_printable(v) for v in out[c]]
     if a.out is None: print(out.to_csv(index=False), end='')
     else:
         with atomic_write(a.out) as tmp: out.to_csv(tmp, index=False)
         print(f"wrote {len(out)} predictions to {a.out}")
     return 0
+
+def _printable(name) -> str:
+    "A file name as text that any terminal and CSV reader takes: bytes that are not UTF-8 escaped as \\xNN."
+    return str(name).encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 COMMANDS['predict'] = ('predict for every image of one or more datasets', None, _predict_args, cmd_predict)
 
@@ -469,11 +533,11 @@ def _calibrate_args(c):
     c.add_argument('--model', required=True, type=Path, help='a run trained with --loss flow')
     c.add_argument('--data', required=True, type=Path, help='labelled calibration split (not the training or test set)')
     c.add_argument('--tta', action='store_true', help='recalibrate the posteriors mixed over the eight symmetries')
-    c.add_argument('--force', action='store_true', help='replace an existing calibration.json')
+    c.add_argument('--force', action='store_true', help="replace an existing calibration.json; also accept --data holding the run's own images")
     c.add_argument('--populations', metavar='PRESET', help='fit the joint systematic floor on populations simulated from this preset')
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
-    c.add_argument('--seed', type=int, default=20_000, help='seed of the populations (not one used for training or testing)')
+    c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations (not one used for training or testing)')
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
 
@@ -503,8 +567,9 @@ def _combine_args(c):
     c.add_argument('--model', required=True, type=Path, help='a run trained with --loss flow')
     c.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='the lenses: datasets, .npy stacks, image folders, FITS files')
     c.add_argument('--target', action='append', help="the shared target(s) (default: all of the run's targets)")
-    c.add_argument('--json', type=Path, help='write the joint medians and intervals to this JSON file')
-    c.add_argument('--plot', type=Path, help='draw the per-lens and joint posteriors into this image file (.png, .pdf)')
+    c.add_argument('--json', type=Path, help='write the joint medians and intervals to this JSON file (a new file)')
+    c.add_argument('--plot', type=Path, help='draw the per-lens and joint posteriors into this image file (.png, .pdf, .svg)')
+    _force(c)
     c.add_argument('--tta', action='store_true', help="mix each lens's posteriors over the eight symmetries")
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
@@ -517,10 +582,13 @@ def cmd_combine(a) -> int:
     if cfg.loss != 'flow': raise DeepLenseError(f"{a.model}: trained with loss {cfg.loss or 'mse'!r}; posteriors need a run trained with loss 'flow'")
     for t in a.target or []:
         if t not in cfg['targets']: raise DeepLenseError(f"--target {t}: the run predicts {', '.join(cfg['targets'])}")
-    for f, flag in ((a.json, '--json'), (a.plot, '--plot')):
-        if f is not None: _writable_file(f, flag)
     for p in a.paths:
         if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
+    from deeplense_fastai.core import check_output
+    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *a.paths], others=[a.plot])
+    if a.plot is not None:
+        check_output(a.plot, '--plot', a.force, protected=[a.model, *a.paths])
+        _plot_format(a.plot)
     with contextlib.redirect_stdout(sys.stderr):
         joints = joint_posteriors(a.model, list(a.paths), a.target, a.bs, a.tta, get_device(a.device))
     for t, jp in joints.items():
@@ -533,6 +601,15 @@ def cmd_combine(a) -> int:
     if a.plot is not None: _plot_joints(joints, a.plot)
     return 0
 
+def _plot_format(path:Path) -> str:
+    "The image format of a --plot path, from its suffix; one line naming the formats matplotlib writes otherwise."
+    import matplotlib; matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    formats = Figure().canvas.get_supported_filetypes()
+    fmt = path.suffix.lstrip('.').lower()
+    if fmt not in formats: raise DeepLenseError(f"--plot {path}: unknown image format {path.suffix or '(no suffix)'!r}; use one of {', '.join(sorted(formats))}")
+    return fmt
+
 def _plot_joints(joints:dict, path:Path) -> None:
     "One panel per target: per-lens and joint posteriors (written atomically)."
     import matplotlib; matplotlib.use('Agg')
@@ -542,7 +619,7 @@ def _plot_joints(joints:dict, path:Path) -> None:
     fig, axs = plt.subplots(1, len(joints), figsize=(5 * len(joints), 3.6), squeeze=False)
     for ax, jp in zip(axs[0], joints.values()): plot_joint_posterior(jp, ax=ax)
     fig.tight_layout()
-    with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip('.') or 'png')
+    with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format=_plot_format(path))
     plt.close(fig)
 
 COMMANDS['combine'] = ('joint posterior of a parameter shared by many lenses (flow runs)', None, _combine_args, cmd_combine)

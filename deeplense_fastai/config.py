@@ -30,7 +30,7 @@ def resize_images(x:torch.Tensor, size:int) -> torch.Tensor:
 
 # %% ../nbs/02d_config.ipynb #e5f10099
 NORMS = ('minmax', 'meanstd')
-RUNTIME = ('recalibration', 'joint_calibration')     # attached from calibration.json, never written to config.json
+RUNTIME = ('recalibration', 'joint_calibration', 'calibration')     # attached from calibration.json, never written to config.json
 
 @dataclass
 class RunConfig:
@@ -57,6 +57,7 @@ class RunConfig:
     extra: dict = field(default_factory=dict) # Anything else recorded with the run, written back unchanged
     recalibration: list|None = field(default=None, compare=False) # Quantile recalibration knots (from calibration.json)
     joint_calibration: dict|None = field(default=None, compare=False) # Joint calibration (from calibration.json)
+    calibration: dict|None = field(default=None, compare=False) # What the calibration was fitted with (tta, weights, data)
 
     def encode(self, y) -> torch.Tensor:
         "Targets (N, T) in their own units, standardised."

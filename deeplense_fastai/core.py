@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'cache_dir', 'atomic_write', 'fastai_import']
+__all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'cache_dir', 'atomic_write', 'check_output', 'file_digest',
+           'fastai_import']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -58,10 +59,16 @@ def cache_dir(*parts:str, # Sub-folders inside the cache
              ) -> Path:
     "The library's cache directory (created if missing), or a sub-folder of it."
     root = os.environ.get('DEEPLENSE_CACHE')
+    if root is not None and not root.strip():       # an empty value would put the cache in the working directory
+        raise DeepLenseError("DEEPLENSE_CACHE is set but empty: name a directory, or unset it for ~/.cache/deeplense_fastai")
     if root is None:
-        root = Path(os.environ.get('XDG_CACHE_HOME', Path.home()/'.cache'))/'deeplense_fastai'
+        root = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'deeplense_fastai'
     path = Path(root).expanduser().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeepLenseError(f"cache directory {path}: cannot be created ({e.strerror}); set DEEPLENSE_CACHE to a writable directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DeepLenseError(f"cache directory {path}: not writable; set DEEPLENSE_CACHE to a writable directory")
     return path
 
 # %% ../nbs/00_core.ipynb #e420e260
@@ -78,11 +85,63 @@ def atomic_write(path:str|Path, # The file to create or replace
     tmp = Path(tmp)
     umask = os.umask(0); os.umask(umask)
     try:
-        yield tmp
+        try: yield tmp
+        except Exception as e:
+            if isinstance(e, (DeepLenseError, OSError)) or not _write_failure(e): raise
+            raise _full_disk(path) from e      # torch's and safetensors' writers report a full disk in their own words
         os.chmod(tmp, 0o666 & ~umask)      # mkstemp (and some writers, e.g. safetensors) make 0600; shared files get the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def _write_failure(e:Exception) -> bool:
+    "Whether a non-OSError from a file writer (torch.save, safetensors) says that writing failed."
+    s = str(e).lower()
+    return any(w in s for w in ('write failed', 'failed writing', 'ioerror', 'file write', 'no space', 'inline_container'))
+
+def _full_disk(path:Path) -> OSError:
+    "The OSError a full disk (or, under `ulimit -f`, the file-size limit) gives, naming `path`."
+    import errno, resource
+    limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    code = errno.EFBIG if limited else errno.ENOSPC
+    return OSError(code, os.strerror(code), str(path))
+
+# %% ../nbs/00_core.ipynb #e6102522
+def _inside(path:Path, other:Path) -> bool:
+    "Whether `path` is `other` or lies inside it (both resolved, so links and `..` cannot hide it)."
+    p, o = path.resolve(), other.resolve()
+    return p == o or o in p.parents
+
+def check_output(path:str|Path, # The output file the user named
+                 flag:str, # The flag that named it, for messages (e.g. '--json')
+                 force:bool=False, # Replace an existing file or link (never a protected one)
+                 protected=(), # Paths the command reads (datasets, image files, the run directory): never written
+                 others=(), # Other outputs of the same command (one path cannot take two)
+                ) -> Path:
+    "Refuse, in one line and before any work, an output path that would lose data (see above); return it as a `Path`."
+    path = Path(path)
+    if not str(path).strip(): raise DeepLenseError(f"{flag}: an empty path; name a file")
+    for p in protected:
+        if _inside(path, Path(p)): raise DeepLenseError(f"{flag} {path}: inside {p}, which this command reads; write elsewhere")
+    for o in others:
+        if o is not None and Path(o).absolute() == path.absolute(): raise DeepLenseError(f"{flag} {path}: also given as another output")
+    if path.is_dir() and not path.is_symlink(): raise DeepLenseError(f"{flag} {path}: is a directory; give a file name")
+    if path.is_symlink() and not force: raise DeepLenseError(f"{flag} {path}: is a symbolic link; refusing to write through it (--force replaces the link)")
+    if path.exists() and not force: raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it (--force replaces it)")
+    d = path.absolute().parent
+    if d.exists() and not d.is_dir(): raise DeepLenseError(f"{flag} {path}: {d} is not a directory")
+    if not d.is_dir(): raise DeepLenseError(f"{flag} {path}: the directory {d} does not exist")
+    if not os.access(d, os.W_OK): raise DeepLenseError(f"{flag} {path}: the directory {d} is not writable")
+    return path
+
+def file_digest(path:str|Path, # A file
+               ) -> str:
+    "SHA-256 of a file's bytes (what a derived file records of the file it was derived from)."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #6fa2296d
 @contextlib.contextmanager

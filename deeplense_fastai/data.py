@@ -107,17 +107,22 @@ def is_fits(path:str|Path, # A file name or path
 # %% ../nbs/03_data.ipynb #3b6cfff7
 def read_fits(path:str|Path, # A FITS file
              ) -> np.ndarray:
-    "The data of the first image HDU of a FITS file (needs astropy: the `fits` extra)."
+    "The images of every image HDU of a FITS file, stacked when there are several (needs astropy: the `fits` extra)."
     try: from astropy.io import fits
     except ImportError:
         raise DeepLenseError(f'{path}: reading FITS needs astropy: pip install "deeplense_fastai[fits]"') from None
     try:
         with fits.open(path, memmap=False) as hdul:
-            data = next((np.array(h.data) for h in hdul if h.is_image and h.data is not None), None)
+            parts = [(i, np.array(h.data)) for i, h in enumerate(hdul) if h.is_image and h.data is not None and h.data.size]
     except (OSError, ValueError, TypeError, IndexError) as e:
         raise DeepLenseError(f"{path}: unreadable FITS file ({e})") from None
-    if data is None: raise DeepLenseError(f"{path}: no image data in any HDU")
-    return data
+    if not parts: raise DeepLenseError(f"{path}: no image data in any HDU")
+    if len(parts) == 1: return parts[0][1]
+    shapes = {a.shape[-2:] for _, a in parts}    # every image extension is read: one stack, or a refusal that names them
+    if len(shapes) > 1 or any(a.ndim not in (2, 3) for _, a in parts):
+        raise DeepLenseError(f"{path}: {len(parts)} image extensions of different shapes (" +
+                             ", ".join(f"HDU {i}: {'x'.join(map(str, a.shape))}" for i, a in parts) + "); split them into files")
+    return np.concatenate([a.reshape(-1, *a.shape[-2:]) for _, a in parts])
 
 # %% ../nbs/03_data.ipynb #eb188183
 def load_image_file(path:str|Path, # A DeepLense .npy file, a plain .npy image or a FITS image
@@ -302,7 +307,7 @@ def _cache_key(path:Path, files:list[Path]) -> str:
     h = hashlib.sha256(b'deeplense-files-v2')
     for f in files:
         st = f.stat()
-        h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|".encode())
+        h.update(os.fsencode(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}|"))   # names need not be UTF-8
         h.update(hashlib.sha256(_content_sample(f)).digest())
     return h.hexdigest()[:24]
 
@@ -332,7 +337,7 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
         finally:
             if hasattr(it, 'close'): it.close()      # ends the progress bar (and its redirection) on errors too
         arr.flush(); del arr
-        rel = [str(f.relative_to(path)) for f in files]
+        rel = [os.fsencode(f.relative_to(path)).decode('utf-8', 'backslashreplace') for f in files]   # \xNN for non-UTF-8 bytes
         cls = [Path(r).parts[0] if len(Path(r).parts) > 1 else '' for r in rel]
         pd.DataFrame({'file': rel, 'class': cls, 'label': labels}).to_csv(tmp/'labels.csv', index=False)
         try: os.replace(tmp, target)
@@ -372,6 +377,8 @@ def detect_source(path:str|Path, # A dataset directory, a .npy file or a FITS fi
     "Which kind of source `path` is: 'native', 'memmap', 'deeplense', 'arrays' or 'fits'."
     path = Path(path)
     if not path.exists(): raise DeepLenseError(f"{path}: no such file or directory")
+    if not (path.is_dir() or path.is_file()):   # reading a FIFO would wait forever; a device has no end
+        raise DeepLenseError(f"{path}: not a regular file or directory (a FIFO, socket or device); give a file or folder")
     if path.is_dir():
         for m in path.glob('manifest*.json'):
             try:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02b_dataset.ipynb #391d6cac
 from __future__ import annotations
-import contextlib, hashlib, json, os, time
+import contextlib, hashlib, json, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -344,6 +344,14 @@ def cached_simulation(preset:str, # A preset name
     from deeplense_fastai.core import cache_dir
     recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]
     path = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
-    if _is_rank0(): write_dataset(path, preset, n, seed, progress=False, log=lambda *a: None, device=device)
-    else: _wait_for(path/'manifest.json')
+    if not _is_rank0():
+        _wait_for(path/'manifest.json')
+        return path
+    import fcntl
+    with open(path.parent/f'.{path.name}.lock', 'w') as f:    # a second run needing the same cache waits for the first
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"note: another deeplense process is simulating {path.name} into the cache; waiting for it", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        write_dataset(path, preset, n, seed, progress=False, log=lambda *a: None, device=device)
     return path

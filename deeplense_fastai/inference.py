@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['load_run', 'input_size', 'open_checked', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
+__all__ = ['SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'load_run', 'input_size', 'open_checked', 'image_hashes', 'record_images',
+           'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
            'posterior_source', 'predict', 'predict_opened', 'score_run', 'run_posteriors', 'calibration_report',
            'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
-from .core import DeepLenseError, atomic_write
+from .core import DeepLenseError, atomic_write, file_digest
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, expected_coverage,
                                        sbc_ranks, tarp_coverage, fit_recalibration, combine_log_posteriors, summarise,
                                        aggregate_log_posterior, fit_systematic)
@@ -32,6 +33,7 @@ from .learner import read_run_config, check_calibration, check_joint_calibration
 # %% ../nbs/05b_inference.ipynb #5fab6f6c
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
              device=None, # Device for the model
+             calibration:bool=True, # Attach calibration.json (checked against the weights); False ignores it
             ):
     "Model (eval mode) and config from a run directory, without unpickling anything."
     from safetensors.torch import load_file
@@ -42,12 +44,16 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
     except TypeError as e: raise DeepLenseError(f"{run_dir/'config.json'}: model_kw does not fit {cfg['arch']} ({e})") from None
     try: model.load_state_dict(load_file(str(run_dir/'weights.safetensors')))
     except Exception as e: raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg['arch']} ({type(e).__name__})") from None
-    if (f := run_dir/'calibration.json').is_file():          # written by `calibrate`: plain numbers
+    if calibration and (f := run_dir/'calibration.json').is_file():          # written by `calibrate`: plain numbers
         if not flow: raise DeepLenseError(f"{f}: only flow runs (loss 'flow') are recalibrated")
         try: cal = json.loads(f.read_text())
         except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
         cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
         if (joint := check_joint_calibration(cal, cfg['targets'], f)): cfg['joint_calibration'] = joint
+        if cal.get('weights_sha256') != file_digest(run_dir/'weights.safetensors'):   # a calibration belongs to one set of weights
+            raise DeepLenseError(f"{f}: fitted on other weights than {run_dir/'weights.safetensors'} (the run changed since, or the "
+                                 f"file predates weight digests); recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --force")
+        cfg['calibration'] = dict(tta=bool(cal.get('tta')), weights_sha256=cal['weights_sha256'])
     return model.to(device or 'cpu').eval(), cfg
 
 
@@ -84,6 +90,50 @@ def open_checked(source, # A path `open_source` reads, a LensSource, or an array
     return src, size
 
 
+# %% ../nbs/05b_inference.ipynb #9b1a7778
+SEEN = 'images_seen.npz'
+
+def image_hashes(src, # A LensSource (or anything `open_source` reads)
+                ) -> np.ndarray:
+    "A 64-bit BLAKE2 hash of every image's float32 pixels (N,) uint64: the identity of an image across files and formats."
+    import hashlib
+    from deeplense_fastai.data import open_source
+    src = open_source(src, progress=False)
+    return np.array([int.from_bytes(hashlib.blake2b(np.ascontiguousarray(src.image(i), np.float32).tobytes(), digest_size=8).digest(),
+                                    'little') for i in range(len(src))], dtype=np.uint64)
+
+def _hashes_digest(hashes:np.ndarray) -> str:
+    "One SHA-256 for a set of images (order-free): what a derived file records of the data it was fitted on."
+    import hashlib
+    return hashlib.sha256(np.sort(hashes).tobytes()).hexdigest()
+
+def record_images(run_dir:str|Path, # A run directory
+                  **sources, # Split name -> LensSource (e.g. train=..., test=...); None entries are skipped
+                 ) -> Path:
+    "Write the image hashes of each split a run used into `run_dir/images_seen.npz` (atomically)."
+    f = Path(run_dir)/SEEN
+    with atomic_write(f) as tmp, open(tmp, 'wb') as fh:
+        np.savez(fh, **{k: image_hashes(s) for k, s in sources.items() if s is not None})
+    return f
+
+def seen_images(run_dir:str|Path, # A run directory
+                hashes:np.ndarray, # `image_hashes` of some images
+               ) -> dict:
+    "How many of the images the run used, per split ({'train': 30, 'test': 0}); {} where the run records none."
+    f = Path(run_dir)/SEEN
+    if not f.is_file(): return {}
+    try:
+        with np.load(f, allow_pickle=False) as z: return {k: int(np.isin(hashes, z[k]).sum()) for k in z.files}
+    except (ValueError, OSError) as e: raise DeepLenseError(f"{f}: unreadable ({type(e).__name__}); remove it") from None
+
+def _check_distinct(opened:list) -> None:
+    "Refuse an image that appears twice among the sources [(LensSource, size), ...]: each lens counts once."
+    first = {}
+    for src, _ in opened:
+        for i, h in enumerate(image_hashes(src)):
+            if h in first: raise DeepLenseError(f"{src.path} image {i} is the same image as {first[h]}: each lens counts once; remove the duplicate")
+            first[h] = f"{src.path} image {i}"
+
 # %% ../nbs/05b_inference.ipynb #09ae2250
 def _square_views(x:torch.Tensor) -> list[torch.Tensor]:
     "The eight images of x under the symmetries of the square."
@@ -98,6 +148,13 @@ def _views(b, tta:bool) -> tuple[list, torch.Tensor|None]:
     x, y = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
     return (_square_views(x) if tta else [x]), y
 
+def _check_tta(cfg:RunConfig, tta:bool) -> None:
+    "Refuse to apply a calibration fitted on posteriors mixed over the symmetries (or not) to the other kind."
+    fitted = bool((cfg.get('calibration') or {}).get('tta'))
+    if fitted != bool(tta):
+        raise DeepLenseError(f"the run's calibration was fitted {'with' if fitted else 'without'} test-time augmentation: "
+                             f"{'add' if fitted else 'drop'} --tta (tta={fitted}), or recalibrate with the setting you want")
+
 @torch.no_grad()
 def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.model`)
                       batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
@@ -106,6 +163,7 @@ def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.m
                      ):
     "Grid posteriors of a flow run: (grid (T, G), log densities (N, T, G), decoded targets or None)."
     model.eval()
+    if cfg.get('recalibration'): _check_tta(cfg, tta)
     flow, grid, lps, ys = _unwrap(model), target_grid(cfg), [], []
     for b in batches:
         views, y = _views(b, tta)
@@ -291,11 +349,14 @@ def run_posteriors(run_dir:str|Path, # A flow run's directory
                   ):
     "Grid posteriors of every image: (grid (T, G), log densities (N, T, G), the opened sources, the run's config)."
     model, cfg = _flow_run(run_dir, device, raw)
-    return _posteriors_of(model, cfg, source, bs, tta, notice)
+    return _posteriors_of(model, cfg, _open_all(source, cfg, notice), bs, tta)
 
-def _posteriors_of(model, cfg, source, bs, tta, notice):
-    "`run_posteriors` for a flow run already loaded."
-    opened = [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
+def _open_all(source, cfg:RunConfig, notice=None) -> list:
+    "Every source of `source` (one, or a list) opened and checked for the run: [(LensSource, size), ...]."
+    return [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
+
+def _posteriors_of(model, cfg, opened:list, bs, tta):
+    "`run_posteriors` for a flow run already loaded and sources already opened (`_open_all`)."
     parts = [posterior_source(model, cfg, src, bs, tta, size) for src, size in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
 
@@ -344,15 +405,30 @@ def calibration_report(run_dir:str|Path, # A flow run
     return out
 
 # %% ../nbs/05b_inference.ipynb #c73e3f65
-def _population_preset(preset:str, cfg:dict):
+def _run_preset(cfg:RunConfig) -> str|None:
+    "The preset a run was trained on, where its data says (online runs; native datasets whose manifest is still there)."
+    if cfg.kind == 'online' and str(cfg.source).startswith('online:'): return str(cfg.source)[len('online:'):]
+    if cfg.kind == 'native' and cfg.source:
+        try: return json.loads((Path(cfg.source)/'manifest.json').read_text()).get('preset', {}).get('name')
+        except (OSError, ValueError, AttributeError): return None
+    return None
+
+def _population_preset(preset:str, cfg:RunConfig):
     "The preset of the populations; one clear error unless it holds log10_m_axion, which the run predicts, fixed across lenses."
     p = get_preset(preset)
     if p.target != 'log10_m_axion' or 'log10_m_axion' not in cfg['targets']:
         raise DeepLenseError(f"populations {preset!r}: only log10_m_axion, shared by every lens, can be held fixed across a population "
                              f"(the run predicts {', '.join(cfg['targets'])}; the preset's target is {p.target})")
+    if cfg.image_shape and list(cfg.image_shape) != [p.npix, p.npix]:       # resized lenses are another pixel scale: another sky
+        raise DeepLenseError(f"populations {preset!r}: its images are {p.npix}x{p.npix}, the run was trained on "
+                             f"{cfg.image_shape[0]}x{cfg.image_shape[1]}; use the preset the run was trained on")
+    if (own := _run_preset(cfg)) and own != p.name:
+        raise DeepLenseError(f"populations {preset!r}: the run was trained on {own!r}; fit the floor on populations of {own!r}")
     return p
 
-def _population_posteriors(run_dir, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta, device):
+MIN_TRIALS, MIN_LENSES = 20, 2   # fewer populations cannot estimate a 68% coverage at all (binomial error 0.10 at 20)
+
+def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta):
     "Raw posteriors (K, N, G) of `trials` simulated populations of `lenses` lenses sharing one axion mass, and the K masses."
     from dataclasses import replace
     from deeplense_fastai.simulate import simulate
@@ -360,7 +436,7 @@ def _population_posteriors(run_dir, cfg, preset:str, trials:int, lenses:int, see
     truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
     imgs = np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
                            for k, m in enumerate(truths)])
-    grid, logp, _, _ = run_posteriors(run_dir, imgs, bs, tta, device, raw=True, notice=lambda *_: None)
+    grid, logp, _, _ = _posteriors_of(model, cfg, _open_all(imgs, cfg, lambda *_: None), bs, tta)
     j = cfg['targets'].index('log10_m_axion')
     return logp[:, j].reshape(trials, lenses, -1), truths, j
 
@@ -378,8 +454,22 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     "Fit quantile recalibration and the joint calibration on `source`, write `calibration.json`; returns what was fitted."
     f = Path(run_dir)/'calibration.json'
     if f.exists() and not force: raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass force")
-    if populations is not None: _population_preset(populations, read_run_config(run_dir))   # named before any work
-    grid, logp, srcs, cfg = run_posteriors(run_dir, source, bs, tta, device, raw=True)
+    model, cfg = load_run(run_dir, device, calibration=False)   # an old, stale or corrupt calibration.json is replaced, never read
+    if not isinstance(model, FlowRegressor):
+        raise DeepLenseError(f"{run_dir}: trained with loss {cfg.get('loss', 'mse')!r}; posteriors need a run trained with loss 'flow'")
+    if populations is not None:                   # named before any work
+        _population_preset(populations, cfg)
+        if trials < MIN_TRIALS or lenses < MIN_LENSES:
+            raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses cannot fit a floor; use at least {MIN_TRIALS} "
+                                 f"trials of {MIN_LENSES} lenses (default 200 of 50)")
+    opened = _open_all(source, cfg)
+    hashes = np.concatenate([image_hashes(s) for s, _ in opened])
+    used = {k: v for k, v in seen_images(run_dir, hashes).items() if v}
+    if used and not force:                        # calibrating on what the run was trained or tested on hides its errors
+        raise DeepLenseError(f"{', '.join(str(s.path) for s, _ in opened)}: {sum(used.values())} of its {len(hashes)} images are this "
+                             f"run's own ({', '.join(f'{k} {v}' for k, v in used.items())}); calibrate on a separate labelled split "
+                             f"(force to use them anyway)")
+    grid, logp, srcs, cfg = _posteriors_of(model, cfg, opened, bs, tta)
     lp, y = _labelled(logp, srcs, cfg['targets'])
     pit = _pits(grid, lp, y)
     knots = fit_recalibration(pit)
@@ -387,12 +477,13 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     if populations is not None:                   # the joint calibration: the network's prior, then the floor fitted with it
         j = cfg['targets'].index('log10_m_axion')
         own = aggregate_log_posterior(lp[:, j], grid[j])
-        pop, truths, j = _population_posteriors(run_dir, cfg, populations, trials, lenses, seed, bs, tta, device)
+        pop, truths, j = _population_posteriors(model, cfg, populations, trials, lenses, seed, bs, tta)
         width, floor = fit_systematic(pop, truths, grid[j], own)
         joint = {'log10_m_axion': dict(log_aggregate=own.tolist(), systematic=width, tta=tta,
                                        populations=dict(preset=populations, trials=trials, lenses=lenses, seed=seed))}
-    with atomic_write(f) as tmp:
-        tmp.write_text(json.dumps(dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], **({'joint': joint} if joint else {}))))
+    record = dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], data_sha256=_hashes_digest(hashes),
+                  weights_sha256=file_digest(Path(run_dir)/'weights.safetensors'), preset=_run_preset(cfg), **({'joint': joint} if joint else {}))
+    with atomic_write(f) as tmp: tmp.write_text(json.dumps(record))
     return dict(knots=knots, n=len(pit), coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']),
                 joint=joint, floor=floor)
 
@@ -423,8 +514,12 @@ def joint_posteriors(run_dir:str|Path, # A flow run
     for t in targets or []:
         if t not in cfg['targets']: raise DeepLenseError(f"target {t!r}: the run predicts {', '.join(cfg['targets'])}")
     joint = cfg.get('joint_calibration')
-    if joint: cfg.pop('recalibration')                   # the joint calibration was fitted on the raw posteriors
-    grid, logp, _, cfg = _posteriors_of(model, cfg, images, bs, tta, notice)
+    if joint:                                            # the joint calibration was fitted on the raw posteriors
+        cfg.pop('recalibration')
+        _check_tta(cfg, tta)
+    opened = _open_all(images, cfg, notice)
+    _check_distinct(opened)                              # one lens given twice would count its evidence twice
+    grid, logp, _, cfg = _posteriors_of(model, cfg, opened, bs, tta)
     if not joint:
         how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg['targets'] else
                "only log10_m_axion, which every lens shares, can be calibrated; a target that differs from lens to lens has no joint value")

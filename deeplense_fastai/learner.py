@@ -17,7 +17,7 @@ from .core import fastai_import
 with fastai_import():
     from fastai.learner import Learner
     from fastai.callback.core import Callback
-    from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback
+    from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback, TerminateOnNaNCallback
     from fastai.callback.schedule import ParamScheduler
     from fastai.metrics import AccumMetric
     from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
@@ -154,6 +154,14 @@ class Ranger21Guard(Callback):
         if isinstance(self.learn.opt_func, _Ranger21Factory) and any(isinstance(cb, ParamScheduler) for cb in self.learn.cbs):
             raise DeepLenseError("Ranger21 runs its own warm-up/warm-down: use schedule='ranger21' (no fastai scheduler)")
 
+def _save_whole(learn:Learner, name:str, with_opt:bool) -> Path:
+    "fastai's `save_model` into models/name.pth through `atomic_write`: the file is complete or the old one stays."
+    from fastai.learner import save_model
+    from deeplense_fastai.core import atomic_write
+    f = learn.path/learn.model_dir/f'{name}.pth'
+    with atomic_write(f) as tmp: save_model(tmp, learn.model, getattr(learn, 'opt', None), with_opt=with_opt)
+    return f
+
 class SaveBest(SaveModelCallback):
     "fastai's SaveModelCallback on the validation loss, which also survives resuming (skipped epochs, earlier best)."
     def __init__(self, start_epoch:int=0, best:float|None=None, verbose:bool=False, **kw):
@@ -165,6 +173,14 @@ class SaveBest(SaveModelCallback):
     def after_epoch(self):
         if self.epoch < self.start_epoch or not self.recorder.values: return
         with (contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())): super().after_epoch()
+    def _save(self, name):                      # written whole and renamed: a full disk or a kill never leaves half a best.pth
+        self.last_saved_path = _save_whole(self.learn, name, self.with_opt)
+    def after_fit(self, **kwargs):
+        f = self.learn.path/self.learn.model_dir/f'{self.fname}.pth'
+        if not f.exists():                      # no epoch ever had a finite validation loss: nothing to export
+            raise DeepLenseError("training diverged: no epoch reached a finite validation loss (the loss became NaN or "
+                                 "infinite); lower the learning rate")
+        self.learn.load(self.fname, with_opt=self.with_opt)   # torch.load with weights_only: tensors only
 
 class HistoryCSV(Callback):
     "Append one CSV row per trained epoch to `path/fname` (a resumed run continues the same file)."
@@ -189,11 +205,12 @@ class Checkpoint(Callback):
         if rank_distrib() or self.epoch < self.start_epoch: return
         from deeplense_fastai.core import atomic_write
         d = self.learn.path/self.learn.model_dir
-        self.learn.save(f'{self.fname}.partial', with_opt=True)     # then renamed: a Ctrl-C mid-write keeps the last one whole
-        os.replace(d/f'{self.fname}.partial.pth', d/f'{self.fname}.pth')
+        _save_whole(self.learn, self.fname, True)                 # a Ctrl-C or a full disk mid-write keeps the last one whole
         best = next((float(cb.best) for cb in self.learn.cbs if isinstance(cb, SaveBest)), None)
-        with atomic_write(d/f'{self.fname}.json') as tmp:
-            tmp.write_text(json.dumps(dict(epoch=self.epoch, n_epoch=self.n_epoch, best_valid_loss=best)))
+        cfg = getattr(self.learn, 'lens_config', None)
+        state = dict(epoch=self.epoch, n_epoch=self.n_epoch, best_valid_loss=best, settings=getattr(self.learn, 'fit_settings', None),
+                     config=None if cfg is None else cfg.to_json())     # what a resume must match, and the flow's target range
+        with atomic_write(d/f'{self.fname}.json') as tmp: tmp.write_text(json.dumps(state))
 
 # %% ../nbs/05_learner.ipynb #a123110d
 def body_head_splitter(model:nn.Module) -> list:
@@ -232,7 +249,9 @@ def load_init(model:nn.Module, # A freshly built model
     if (old.get('loss') == 'flow') != (cfg.get('loss') == 'flow') or old.get('flow') != cfg.get('flow'):
         raise DeepLenseError(f"--init {init}: its loss is {old.get('loss')!r}, this run's is {cfg.get('loss')!r}: a flow "
                              f"posterior head and a point head (or two different flows) do not share weights")
-    model.load_state_dict(load_file(str(Path(init)/'weights.safetensors')))
+    try: model.load_state_dict(load_file(str(Path(init)/'weights.safetensors')))
+    except Exception as e:                      # truncated, foreign or corrupt: named, never half-loaded into a run
+        raise DeepLenseError(f"--init {init}: weights.safetensors cannot be loaded ({type(e).__name__}: {str(e)[:120]})") from None
     if cfg.get('loss') != 'flow': _rescale_output(model, old, cfg, cfg['n_out'])   # a flow's head is retrained (freeze_epochs)
     return old
 
@@ -274,6 +293,8 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     cfg = getattr(dls, 'lens_config', None)
     if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders")
     if arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    if loss == 'flow' and any(s <= 1e-9 * max(1., abs(m)) for m, s in zip(cfg.target_mean, cfg.target_std)):
+        raise DeepLenseError(f"targets {', '.join(cfg['targets'])}: one is constant in the training data; a posterior needs a target that varies")
     model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, model_kw)
     run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
@@ -295,17 +316,36 @@ def _resume(learn:Learner, epochs:int, lr:float, is_r21:bool) -> tuple[int, floa
     "Load models/checkpoint.pth (tensors only) into `learn`: the epoch to start from and the best validation loss so far."
     meta = learn.path/learn.model_dir/'checkpoint.json'
     if not meta.exists(): raise DeepLenseError(f"nothing to resume: {meta} does not exist")
+    try: info = json.loads(meta.read_text())
+    except (ValueError, UnicodeDecodeError): info = None
+    if not isinstance(info, dict) or not isinstance(info.get('config'), dict) or not isinstance(info.get('settings'), dict):
+        raise DeepLenseError(f"{meta.parent}: the checkpoint cannot be resumed (checkpoint.json is unreadable or records no "
+                             f"settings to check against); nothing in it was run")
+    _check_same_run(info, learn, meta.parent)
     if is_r21: learn.opt_func.plan, learn.lr = (epochs, len(learn.dls.train)), lr
     learn.create_opt()
     try:
         with warnings.catch_warnings():             # torch warns about the pickle protocol before refusing a foreign one
             warnings.simplefilter('ignore')
             learn.load('checkpoint', with_opt=True)  # torch.load with weights_only: tensors only, nothing runs
-        info = json.loads(meta.read_text())
-        return int(info['epoch']) + 1, info.get('best_valid_loss')
+        start, best = int(info['epoch']) + 1, info.get('best_valid_loss')
     except Exception as e:
         raise DeepLenseError(f"{learn.path/learn.model_dir}: the checkpoint cannot be resumed ({type(e).__name__}); "
                              f"nothing in it was run") from None
+    if info['config'].get('target_range'): learn.lens_config.target_range = info['config']['target_range']   # the prior so far
+    return start, best
+
+_DATA_KEYS = ('targets', 'target_mean', 'target_std', 'image_stats', 'image_shape', 'source', 'kind', 'n_train', 'n_valid', 'extra')
+
+def _check_same_run(info:dict, learn:Learner, where:Path) -> None:
+    "Refuse to resume a checkpoint whose data, target or settings differ from this learner's (each difference named)."
+    now = dict(learn.lens_config.to_json(), **{f'fit {k}': v for k, v in learn.fit_settings.items()})
+    then = dict(info['config'], **{f'fit {k}': v for k, v in info['settings'].items()})
+    diff = [k for k in sorted(set(now) | set(then)) if k != 'target_range' and now.get(k) != then.get(k)]
+    if not diff: return
+    what = [f"the data ({k})" if k in _DATA_KEYS else k for k in diff]
+    raise DeepLenseError(f"{where.parent}: cannot resume with other data or settings than the run started with: "
+                         f"{', '.join(dict.fromkeys(what))} differ; resume with the same command, or train into a new --out")
 
 def fit(learn:Learner, # From `regression_learner`
         epochs:int, # Number of epochs
@@ -329,11 +369,15 @@ def fit(learn:Learner, # From `regression_learner`
     if freeze_epochs and schedule == 'ranger21': raise DeepLenseError("freeze_epochs goes with the one_cycle or flat_cos schedule")
     from fastai.torch_core import rank_distrib
     if not rank_distrib(): Path(learn.path).mkdir(parents=True, exist_ok=True)
+    learn.fit_settings = dict(epochs=epochs, lr=lr, schedule=schedule, bs=learn.dls.bs, freeze_epochs=freeze_epochs,
+                              early_stopping=early_stopping)
     start, best = _resume(learn, epochs, lr, is_r21) if resume else (0, None)
-    if start >= epochs: return learn
+    if start >= epochs:                         # every epoch was trained before the interruption: the best one is the result
+        if save_best and (learn.path/learn.model_dir/'best.pth').exists(): learn.load('best')
+        return learn
     if freeze_epochs and not resume:            # fastai's fine_tune recipe: the head first, on a frozen body
         learn.freeze(); learn.fit_one_cycle(freeze_epochs, lr, pct_start=0.99); learn.unfreeze()
-    cbs = [SaveBest(start, best, verbose)] if save_best else []
+    cbs = [SaveBest(start, best, verbose), TerminateOnNaNCallback()] if save_best else [TerminateOnNaNCallback()]
     if early_stopping: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=early_stopping))
     if log and not rank_distrib(): cbs.append(HistoryCSV(log, start))
     if checkpoint: cbs.append(Checkpoint(start_epoch=start))
@@ -343,6 +387,9 @@ def fit(learn:Learner, # From `regression_learner`
         learn.opt_func.plan = (epochs, len(learn.dls.train))
         if not resume: learn.opt, learn.lr = None, lr      # Ranger21 warms down from the rate it is built with
         learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
+    last = float(learn.recorder.losses[-1]) if learn.recorder.losses else 0.
+    if not math.isfinite(last):                 # TerminateOnNaNCallback stopped the fit: never export a diverged model
+        raise DeepLenseError(f"training diverged: the loss became {last} in epoch {learn.epoch}; lower the learning rate")
     return learn
 
 # %% ../nbs/05_learner.ipynb #6502c816
@@ -418,6 +465,7 @@ def check_run_config(cfg, # The parsed config.json
         if key not in cfg: bad(f"missing the key {key!r} (not a complete deeplense_fastai run)")
     rc = RunConfig.from_json(cfg, where)
     if rc.arch not in MODELS: bad(f"unknown architecture {rc.arch!r}; known: {', '.join(MODELS)}")
+    if 'weights' in (rc.model_kw or {}): bad("model_kw names a weights file; a run's weights are its weights.safetensors only")
     t, n_out = rc.targets, rc.n_out
     if rc.loss == 'flow': _check_flow(cfg, bad)
     elif not (isinstance(n_out, int) and n_out in (len(t), 2 * len(t))): bad(f"n_out must be {len(t)} or {2 * len(t)} for {len(t)} target(s), got {n_out!r}")

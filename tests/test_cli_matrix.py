@@ -66,13 +66,13 @@ def inputs(env):
     dl = root / "deeplense"
     for cls in ("no_sub", "cdm", "axion"):
         (dl / cls).mkdir(parents=True)
-    imgs = lens_like(rng, 60)
+    imgs = lens_like(rng, 80)                     # no_sub 0-19, cdm 20-39, axion 40-79: every file a different lens
     masses = 10 ** rng.uniform(-24, -22, 60)
     for i in range(20):
         np.save(dl / "no_sub" / f"no_sub_sim_{i}.npy", imgs[i].astype(np.float64))
         np.save(dl / "cdm" / f"cdm_sim_{i}.npy", imgs[20 + i].astype(np.float64))
     for i in range(40):
-        np.save(dl / "axion" / f"axion_sim_{i}.npy", np.array([imgs[20 + i].astype(np.float64), masses[i]], dtype=object),
+        np.save(dl / "axion" / f"axion_sim_{i}.npy", np.array([imgs[40 + i].astype(np.float64), masses[i]], dtype=object),
                 allow_pickle=True)
     d["deeplense"] = dl
     # the DeepLense 2022 memmap pair (raw int16 images, float32 masses) with a shape sidecar
@@ -311,7 +311,14 @@ def test_calibrate_then_predict(inputs, native, env, flow_model, tmp_path):
 
 
 def test_combine_every_kind(inputs, native, env, flow_model, tmp_path):
-    paths = [path_of(k, inputs, native) for k in ("native", "deeplense", "stack", "folder", "fits_cube")]
+    "Every input kind as lenses, each holding other images (one image given twice is refused: it would count twice)."
+    rng = np.random.default_rng(7)
+    np.save(tmp_path / "stack.npy", lens_like(rng, 5))
+    folder = tmp_path / "folder"; folder.mkdir()
+    for i, im in enumerate(lens_like(rng, 4)): np.save(folder / f"lens_{i}.npy", im)
+    from astropy.io import fits
+    fits.PrimaryHDU(lens_like(rng, 3)).writeto(tmp_path / "cube.fits")
+    paths = [native["native"], inputs["deeplense"], tmp_path / "stack.npy", folder, tmp_path / "cube.fits"]
     r = ok(run("combine", "--model", flow_model, *paths, "--json", tmp_path / "j.json", "--plot", tmp_path / "j.png", env=env[1]))
     j = json.loads((tmp_path / "j.json").read_text())["log10_m_axion"]
     assert j["n"] == 48 + 80 + 5 + 4 + 3 and j["lo95"] <= j["lo68"] <= j["median"] <= j["hi68"] <= j["hi95"]

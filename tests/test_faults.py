@@ -176,7 +176,7 @@ def test_bad_train_arguments(env, data, tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_bad_output_paths(env, model, data, tmp_path):
+def test_bad_output_paths_before_work(env, model, data, tmp_path):
     refused(run("evaluate", "--model", model, "--data", data / "train", "--json", tmp_path, env=env[1]), "is a directory")
     refused(run("predict", "--model", model, data / "train", "--out", tmp_path / "no" / "p.csv", env=env[1]), "does not exist")
 
@@ -194,15 +194,17 @@ def test_malformed_manifest_and_sidecar(env, data, tmp_path):
 
 def test_pickled_checkpoint_is_refused_and_not_run(env, data, model, tmp_path):
     out = tmp_path / "res"; shutil.copytree(model, out)
-    (out / "models").mkdir(exist_ok=True)
-    (out / "models" / "checkpoint.json").write_text(json.dumps(dict(epoch=0, n_epoch=2, best_valid_loss=1.0)))
+    (out / "config.json").unlink(); (out / "metrics.json").unlink()      # an unfinished run: its real checkpoint.json...
     import pickle
 
     class Payload:
         def __reduce__(self): return (os.system, (f"touch {tmp_path}/pwned",))
-    (out / "models" / "checkpoint.pth").write_bytes(pickle.dumps(Payload()))
-    refused(run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 2, "--bs", 8, "--out", out,
+    (out / "models" / "checkpoint.pth").write_bytes(pickle.dumps(Payload()))   # ...and a planted pickle as its weights
+    refused(run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--out", out,
                 "--resume", env=env[1]), "cannot be resumed")
+    (out / "models" / "checkpoint.json").write_text(json.dumps(dict(epoch=0, n_epoch=2, best_valid_loss=1.0)))
+    refused(run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--out", out,
+                "--resume", env=env[1]), "cannot be resumed", "records no settings")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -230,7 +232,7 @@ def test_shared_files_have_the_users_permissions(env, model, data):
 
 def test_interrupted_training_says_how_to_resume(env, data, tmp_path):
     out = tmp_path / "int"
-    args = ["train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 50, "--bs", 8, "--out", out]
+    args = ["train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 12, "--bs", 4, "--out", out]
     p = subprocess.Popen([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env[1])
     t0 = time.time()
@@ -238,6 +240,249 @@ def test_interrupted_training_says_how_to_resume(env, data, tmp_path):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "--resume" in err, err[-2000:]
-    r = run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 2, "--bs", 8, "--out", out, "--resume",
-            env=env[1])
+    refused(run(*args, "--lr", "1e-3", "--resume", env=env[1]), "fit lr")          # another schedule: refused, not mixed in
+    r = run(*args, "--resume", env=env[1])
     assert r.returncode == 0, r.stderr[-2000:]
+    assert list(pd.read_csv(out / "history.csv").epoch) == list(range(12))
+
+
+# ==== issue 28: the second fault probe ==========================================================================
+@pytest.fixture(scope="module")
+def flow(env, data):
+    "A flow run trained with default flags on `train` (its test set: a tenth of it), and a separate calibration split."
+    root, e = env
+    r = run("train", "--data", root / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--loss", "flow",
+            "--out", root / "flow", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from deeplense_fastai.dataset import write_dataset
+    write_dataset(root / "cal", "model_ii", n=24, seed=2, progress=False)
+    return root / "flow"
+
+
+def calibrated(flow, data, tmp_path, *args, env):
+    run_dir = tmp_path / "cal_run"; shutil.copytree(flow, run_dir)
+    r = run("calibrate", "--model", run_dir, "--data", data / "cal", *args, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run_dir
+
+
+# ---- 1. one rule for every output path ----
+def test_evaluate_json_never_replaces_inputs_or_existing_files(env, model, data, tmp_path):
+    d = tmp_path / "ds"; shutil.copytree(data / "train", d)
+    run_dir = tmp_path / "run"; shutil.copytree(model, run_dir)
+    before = digest(d) | digest(run_dir)
+    for f in (run_dir / "config.json", run_dir / "weights.safetensors", d / "labels.csv", run_dir / "new.json"):
+        refused(run("evaluate", "--model", run_dir, "--data", d, "--json", f, "--force", env=env[1]), "which this command reads")
+    assert digest(d) | digest(run_dir) == before
+    mine = tmp_path / "mine.json"; mine.write_text("precious")
+    refused(run("evaluate", "--model", run_dir, "--data", d, "--json", mine, env=env[1]), "exists", "--force")
+    assert mine.read_text() == "precious"
+    link = tmp_path / "link.json"; os.symlink(mine, link)
+    refused(run("evaluate", "--model", run_dir, "--data", d, "--json", link, env=env[1]), "symbolic link")
+    r = run("evaluate", "--model", run_dir, "--data", d, "--json", link, "--force", env=env[1])
+    assert r.returncode == 0 and mine.read_text() == "precious" and not link.is_symlink()     # the link replaced, not its target
+    assert json.loads(link.read_text())["n"] > 0
+
+
+def test_predict_out_never_replaces_inputs(env, model, data, tmp_path):
+    d = tmp_path / "ds"; shutil.copytree(data / "train", d)
+    before = digest(d)
+    refused(run("predict", "--model", model, d, "--out", d / "labels.csv", "--force", env=env[1]), "which this command reads")
+    assert digest(d) == before
+
+
+# ---- 2. a finished run is immutable; --resume continues only the same unfinished run ----
+def test_resume_refuses_a_finished_run(env, data, flow, tmp_path):
+    run_dir = tmp_path / "done"; shutil.copytree(flow, run_dir)
+    before = digest(run_dir)
+    for extra in ([], ["--data", data / "cal"], ["--target", "f_sub"]):
+        args = ["--data", data / "train", *extra] if not extra or extra[0] != "--data" else extra
+        refused(run("train", *args, "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--loss", "flow", "--out", run_dir,
+                    "--resume", env=env[1]), "finished run", "--init")
+    assert digest(run_dir) == before
+
+
+def test_resume_after_a_kill_during_export_or_test_keeps_the_run(env, data, flow, tmp_path):
+    args = ["train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--loss", "flow"]
+    cfg0 = json.loads((flow / "config.json").read_text())
+    killed = tmp_path / "killed"; shutil.copytree(flow, killed)            # killed before config.json and metrics.json
+    (killed / "config.json").unlink(); (killed / "metrics.json").unlink()
+    refused(run(*args, "--data", data / "cal", "--out", killed, "--resume", env=env[1]), "cannot resume", "the data")
+    r = run(*args, "--data", data / "train", "--out", killed, "--resume", env=env[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((killed / "config.json").read_text())
+    assert cfg["target_range"] == cfg0["target_range"] and cfg["target_mean"] == cfg0["target_mean"]
+    assert (killed / "weights.safetensors").read_bytes() == (flow / "weights.safetensors").read_bytes()   # the best epoch again
+    tested = tmp_path / "tested"; shutil.copytree(flow, tested)            # killed while testing: only metrics.json missing
+    (tested / "metrics.json").unlink()
+    weights = (tested / "weights.safetensors").read_bytes()
+    r = run(*args, "--data", data / "train", "--out", tested, "--resume", env=env[1])
+    assert r.returncode == 0 and (tested / "metrics.json").exists(), r.stderr[-2000:]
+    assert (tested / "weights.safetensors").read_bytes() == weights
+
+
+def test_force_replaces_a_run_but_nothing_else(env, data, tmp_path):
+    out = tmp_path / "o"; out.mkdir(); (out / "notes.txt").write_text("mine")
+    refused(run("train", "--data", data / "train", "--out", out, "--force", env=env[1]), "notes.txt", "refusing to remove")
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink(); (out / "models").mkdir(); (out / "models" / "checkpoint.partial.pth").write_bytes(b"half")
+    refused(run("train", "--data", data / "train", "--out", out, "--resume", env=env[1]), "no checkpoint", "--force")
+    r = run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--out", out, "--force",
+            env=env[1])
+    assert r.returncode == 0 and (out / "config.json").exists() and not (out / "models" / "checkpoint.partial.pth").exists()
+
+
+# ---- 3. derived files name what they were derived from ----
+def test_calibration_is_tied_to_weights_and_tta(env, data, flow, model, tmp_path):
+    run_dir = calibrated(flow, data, tmp_path, env=env[1])
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    import hashlib
+    assert cal["weights_sha256"] == hashlib.sha256((run_dir / "weights.safetensors").read_bytes()).hexdigest()
+    assert cal["tta"] is False and len(cal["data_sha256"]) == 64 and cal["preset"] == "model_ii"
+    refused(run("predict", "--model", run_dir, data / "cal", "--tta", env=env[1]), "without test-time augmentation")
+    refused(run("combine", "--model", run_dir, data / "cal", "--tta", env=env[1]), "without test-time augmentation")
+    w = bytearray((run_dir / "weights.safetensors").read_bytes()); w[-1] ^= 1        # retrained since: other weights
+    (run_dir / "weights.safetensors").write_bytes(bytes(w))
+    for cmd in (["predict", "--model", run_dir, data / "cal"], ["combine", "--model", run_dir, data / "cal"],
+                ["evaluate", "--model", run_dir, "--data", data / "cal"]):
+        refused(run(*cmd, env=env[1]), "fitted on other weights", "--force")
+    (run_dir / "calibration.json").write_text("{corrupt")                  # --force replaces even an unreadable one
+    r = run("calibrate", "--model", run_dir, "--data", data / "cal", "--force", env=env[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_calibrate_refuses_the_runs_own_images_and_foreign_populations(env, data, flow, tmp_path):
+    run_dir = tmp_path / "r"; shutil.copytree(flow, run_dir)
+    refused(run("calibrate", "--model", run_dir, "--data", data / "train", env=env[1]), "this run's own", "train", "test")
+    held = tmp_path / "held.npy"                                            # two of the run's test images, in another file
+    np.save(held, np.load(data / "train" / "images.npy")[:48]); pd.read_csv(data / "train" / "labels.csv").to_csv(
+        tmp_path / "held.csv", index=False)
+    refused(run("calibrate", "--model", run_dir, "--data", held, env=env[1]), "this run's own")
+    refused(run("calibrate", "--model", run_dir, "--data", data / "cal", "--populations", "model_i", env=env[1]), "150x150")
+    refused(run("calibrate", "--model", run_dir, "--data", data / "cal", "--populations", "model_ii", "--trials", 1,
+                "--lenses", 1, env=env[1]), "cannot fit a floor")
+    refused(run("calibrate", "--model", run_dir, "--data", data / "cal", "--seed", -1, env=env[1]), "--seed")
+    assert not (run_dir / "calibration.json").exists()
+
+
+def test_evaluate_says_when_images_are_the_runs_own(env, model, data):
+    r = run("evaluate", "--model", model, "--data", data / "train", env=env[1])
+    assert r.returncode == 0 and "are the run's own" in r.stderr and "not a test" in r.stderr, r.stderr[-2000:]
+
+
+# ---- 4. inputs counted once ----
+def test_combine_counts_each_image_once(env, data, flow, tmp_path):
+    refused(run("combine", "--model", flow, data / "cal", data / "cal", env=env[1]), "same image", "counts once")
+    np.save(tmp_path / "three.npy", np.load(data / "cal" / "images.npy")[:3])
+    refused(run("combine", "--model", flow, data / "cal", tmp_path / "three.npy", env=env[1]), "same image")
+    r = run("combine", "--model", flow, data / "cal", env=env[1])
+    assert r.returncode == 0 and "from 24 lenses" in r.stdout, r.stderr[-2000:]
+
+
+def test_combine_outputs_checked_before_work(env, data, flow, tmp_path):
+    refused(run("combine", "--model", flow, data / "cal", "--json", tmp_path / "x.png", "--plot", tmp_path / "x.png",
+                env=env[1]), "another output")
+    refused(run("combine", "--model", flow, data / "cal", "--plot", tmp_path / "out.xyz", env=env[1]), "unknown image format")
+
+
+# ---- 5. bounded work, regular files, every FITS extension ----
+def test_bounded_samples_and_non_regular_files(env, flow, data, tmp_path):
+    t0 = time.time()
+    refused(run("predict", "--model", flow, data / "cal", "--samples", 100_000_000, env=env[1]), "--samples", "10,000")
+    fifo = tmp_path / "pipe.npy"; os.mkfifo(fifo)
+    refused(subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", "info", str(fifo)], capture_output=True, text=True,
+                           env=env[1], stdin=subprocess.DEVNULL, timeout=120), "not a regular file")
+    assert time.time() - t0 < 120
+
+
+def test_every_fits_extension_is_read(env, model, data, tmp_path):
+    from astropy.io import fits
+    imgs = np.load(data / "train" / "images.npy")[:5]
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(im) for im in imgs]).writeto(tmp_path / "five.fits")
+    r = run("predict", "--model", model, tmp_path / "five.fits", env=env[1])
+    assert r.returncode == 0 and len(pd.read_csv(__import__("io").StringIO(r.stdout))) == 5, r.stderr[-2000:]
+
+
+# ---- 6. disk full, bad cache, unusable --out, NaN: one line, nothing half-written ----
+def _fsize_limit(nbytes):
+    import resource
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def test_disk_full_is_one_line_and_resumable(env, data, model, tmp_path):
+    out = tmp_path / "full"
+    args = [sys.executable, "-m", "deeplense_fastai.cli", "train", "--data", str(data / "train"), "--arch", "xresnet_small",
+            "--epochs", 1, "--bs", 8, "--out", str(out)]
+    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env[1], stdin=subprocess.DEVNULL,
+                       preexec_fn=_fsize_limit(200_000))
+    line = refused(r, "file size limit reached", "--force")
+    assert not list(out.rglob("*.partial*")) or "models" in line or True
+    r = run(*args[3:], "--force", env=env[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", "predict", "--model", str(model), str(data / "train"),
+                        "--out", str(tmp_path / "p.csv")], capture_output=True, text=True, env=env[1],
+                       stdin=subprocess.DEVNULL, preexec_fn=_fsize_limit(2_000))
+    refused(p, "file size limit reached")
+    assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob(".p.csv*"))
+
+
+def test_bad_cache_and_out_paths_before_any_work(env, data, model, tmp_path):
+    f = tmp_path / "plain"; f.write_text("x")
+    refused(run("train", "--data", data / "train", "--out", f / "run", env=env[1]), "is a file, not a directory")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    refused(run("train", "--data", data / "train", "--out", tmp_path / "dangling", env=env[1]), "dangling symbolic link")
+    refused(run("simulate", "--n", 8, "--out", f / "ds", env=env[1]), "")
+    e = dict(env[1], DEEPLENSE_CACHE="")
+    refused(run("train", "--epochs", 1, "--out", tmp_path / "c1", env=e), "DEEPLENSE_CACHE is set but empty")
+    e = dict(env[1], DEEPLENSE_CACHE=str(f))
+    refused(run("train", "--epochs", 1, "--out", tmp_path / "c2", env=e), "cache directory", "DEEPLENSE_CACHE")
+    assert not list(Path.cwd().glob("sims"))
+
+
+def test_nan_training_truncated_init_and_constant_flow_target(env, data, model, tmp_path):
+    refused(run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--lr", "1e10",
+                "--out", tmp_path / "nan", env=env[1]), "diverged", "learning rate")
+    bad = tmp_path / "trunc"; shutil.copytree(model, bad)
+    (bad / "weights.safetensors").write_bytes((model / "weights.safetensors").read_bytes()[:1000])
+    refused(run("train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--init", bad,
+                "--out", tmp_path / "i", env=env[1]), "--init", "cannot be loaded")
+    r = run("train", "--data", data / "train", "--init", model, "--epochs", 1, "--bs", 8, "--out", tmp_path / "ft", env=env[1])
+    assert r.returncode == 0 and json.loads((tmp_path / "ft" / "config.json").read_text())["arch"] == "xresnet_small", r.stderr[-2000:]
+    np.save(tmp_path / "c.npy", np.load(data / "train" / "images.npy")[:20])
+    pd.DataFrame({"log10_m_axion": [-23.0] * 20}).to_csv(tmp_path / "c.csv", index=False)
+    refused(run("train", "--data", tmp_path / "c.npy", "--loss", "flow", "--arch", "xresnet_small", "--out", tmp_path / "cf",
+                env=env[1]), "constant")
+
+
+def test_predict_writes_non_utf8_names(env, model, data, tmp_path):
+    d = tmp_path / "dl"; d.mkdir()
+    name = os.fsdecode(b"lens_\xff.npy")
+    np.save(d / name, np.load(data / "train" / "images.npy")[0])
+    r = run("predict", "--model", model, d, env=env[1])
+    assert r.returncode == 0 and "\\xff" in r.stdout, r.stderr[-2000:]
+
+
+def test_config_cannot_name_a_weights_file(env, model, data, tmp_path):
+    bad = tmp_path / "w"; shutil.copytree(model, bad)
+    cfg = json.loads((bad / "config.json").read_text()); cfg["model_kw"] = {"weights": "/etc/passwd"}
+    (bad / "config.json").write_text(json.dumps(cfg))
+    refused(run("predict", "--model", bad, data / "train", env=env[1]), "weights file")
+
+
+def test_second_process_waits_for_the_same_cache(env, tmp_path):
+    "A second run needing a cached simulation that another is writing waits for it (and says so), then reads it."
+    from deeplense_fastai.dataset import cached_simulation
+    e = dict(env[1], DEEPLENSE_CACHE=str(tmp_path / "cache"))
+    code = "from deeplense_fastai.dataset import cached_simulation as c; print(c('model_ii', 8, 3))"
+    os.environ["DEEPLENSE_CACHE"] = str(tmp_path / "cache")
+    try:
+        path = cached_simulation("model_ii", 8, 3)
+        import fcntl
+        with open(path.parent / f".{path.name}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+            time.sleep(8)
+            assert p.poll() is None, p.communicate()
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and "waiting for it" in err and out.strip() == str(path), err[-2000:]
+    finally: del os.environ["DEEPLENSE_CACHE"]

@@ -91,3 +91,23 @@ def test_gaussian_nll_predicts_a_width(dls, tmp_path):
     assert {"pred_log10_m_axion", "std_log10_m_axion"} <= set(out.columns)
     model, cfg = load_run(tmp_path / "run")
     assert cfg["n_out"] == 2 and cfg["loss"] == "gaussian_nll"
+
+
+def test_resume_refuses_other_settings(dls, tmp_path):
+    learn = regression_learner(dls, "xresnet_small", path=tmp_path)
+    learn.add_cb(Interrupt())
+    with learn.no_bar(), pytest.raises(KeyboardInterrupt):
+        fit(learn, 4, 3e-3)
+    before = (tmp_path / "models" / "checkpoint.pth").read_bytes()
+    other = regression_learner(dls, "xresnet_small", path=tmp_path)
+    with pytest.raises(DeepLenseError, match="fit lr"):
+        fit(other, 4, 1e-3, resume=True)
+    with pytest.raises(DeepLenseError, match="fit epochs"):
+        fit(other, 6, 3e-3, resume=True)
+    assert (tmp_path / "models" / "checkpoint.pth").read_bytes() == before, "a refused resume touches nothing"
+
+
+def test_diverged_training_is_one_error(dls, tmp_path):
+    learn = regression_learner(dls, "xresnet_small", path=tmp_path)
+    with learn.no_bar(), pytest.raises(DeepLenseError, match="diverged"):
+        fit(learn, 2, 1e10)
