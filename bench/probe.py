@@ -426,8 +426,76 @@ def training_tries() -> list:
     return t
 
 
+def _killed(argv, wait_for, extra_wait=0.0):
+    "Run `deeplense argv` and kill -9 it once `wait_for` (fixture-relative) exists: a crash in the middle of the work."
+    def f(p):
+        import signal
+        proc = subprocess.Popen([*PY, *fill(argv, p)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, **ENV), cwd=p["W"], stdin=subprocess.DEVNULL)
+        target, t0 = Path(fill([wait_for], p)[0]), time.time()
+        while not target.exists() and proc.poll() is None and time.time() - t0 < 300: time.sleep(0.05)
+        time.sleep(extra_wait)
+        if proc.poll() is None: proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return f
+
+
+def _same_dataset(name, n, seed):
+    "The resumed dataset has the bytes of one simulated without interruption."
+    def f(p, r):
+        ref = p["W"] / "ref"
+        rr = run(["simulate", "--n", n, "--seed", seed, "--out", ref], dict(os.environ, **ENV), p["W"])
+        if rr is None or rr.returncode: return "the reference could not be simulated"
+        a, b = np.load(p["W"] / name / "images.npy"), np.load(ref / "images.npy")
+        if not np.array_equal(a, b): return "images differ from an uninterrupted run"
+        if (p["W"] / name / "labels.csv").read_text() != (ref / "labels.csv").read_text(): return "labels differ"
+    return f
+
+
+def kill_tries() -> list:
+    "kill -9 in each phase of each command that writes, then what a user does next."
+    train = ["train", "--data", "{TRAIN}", "--arch", "xresnet_small", "--epochs", 3, "--bs", 4, "--out", "{W}/k"]
+    ck = "{W}/k/models/checkpoint.json"
+    hist = lambda p, r: None if list(pd.read_csv(p["W"] / "k" / "history.csv").epoch) == [0, 1, 2] else "history is not epochs 0-2"
+    t = [Try("kill -9", "train killed after an epoch, then --resume", train + ["--resume"], "ok", setup=_killed(train, ck),
+             outputs=("k/",), check=hist),
+         Try("kill -9", "train killed after an epoch, then --resume at another rate", train + ["--lr", "1e-2", "--resume"], "refuse",
+             ("cannot resume",), setup=_killed(train, ck)),
+         Try("kill -9", "train killed after an epoch, then the plain command", train, "refuse", ("not empty",), setup=_killed(train, ck)),
+         Try("kill -9", "train killed after an epoch, then --force", train + ["--force"], "ok", setup=_killed(train, ck), outputs=("k/",)),
+         Try("kill -9", "train killed while exporting, then --resume", train + ["--resume"], "ok",
+             setup=_killed(train, "{W}/k/weights.safetensors"), outputs=("k/",), check=hist),
+         Try("kill -9", "train killed while testing, then --resume", train + ["--resume"], "ok",
+             setup=_killed(train, "{W}/k/config.json"), outputs=("k/",), check=hist)]
+    sim = ["simulate", "--n", 600, "--seed", 5, "--out", "{W}/s"]
+    t += [Try("kill -9", f"simulate killed {w:.1f} s in, then the same command", sim, "ok", setup=_killed(sim, "{W}/s", w),
+              outputs=("s/",), check=_same_dataset("s", 600, 5)) for w in (1.0, 3.0)]
+    for name, argv, out in (("predict --out", ["predict", "--model", "{RUN}", "{TRAIN}", "--out", "{W}/p.csv"], "p.csv"),
+                            ("calibrate", ["calibrate", "--model", "{FLOW}", "--data", "{CAL}"], "flow/calibration.json"),
+                            ("combine --json", ["combine", "--model", "{FLOW}", "{CAL}", "--json", "{W}/j.json"], "j.json")):
+        t.append(Try("kill -9", f"{name} killed at start, then the same command", argv, "ok", setup=_killed(argv, "{W}", 2.5),
+                     outputs=(out,)))
+    return t
+
+
+def directory_tries() -> list:
+    "Output directories that hold something else: datasets, runs, the user's files."
+    return [Try("output dirs", "simulate into another dataset", ["simulate", "--n", 8, "--out", "{CAL}"], "refuse"),
+            Try("output dirs", "simulate into a run", ["simulate", "--n", 8, "--out", "{RUN}"], "refuse", ("not a deeplense_fastai dataset",)),
+            Try("output dirs", "train into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}"], "refuse", ("not empty",)),
+            Try("output dirs", "train --force into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--force"],
+                "refuse", ("refusing to remove",)),
+            Try("output dirs", "train --force into its own data", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{TRAIN}", "--force"],
+                "refuse", ("refusing to remove",)),
+            Try("output dirs", "train --resume into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--resume"],
+                "refuse", ("no checkpoint",)),
+            Try("output dirs", "train into the user's folder", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}"], "refuse",
+                ("not empty",))]
+
+
 CATEGORIES = dict(outputs=output_tries, resume=resume_tries, calibration=calibration_tries, duplicates=duplicate_tries,
-                  bounded=bounded_tries, disk=disk_tries, environment=environment_tries, training=training_tries)
+                  bounded=bounded_tries, disk=disk_tries, environment=environment_tries, training=training_tries,
+                  kill=kill_tries, dirs=directory_tries)
 
 
 def one(t: Try, fixture: Path, base_env: dict) -> dict:
