@@ -52,6 +52,23 @@ def _classes(text:str) -> tuple[str, ...]:
 
 def _force(p): p.add_argument('--force', action='store_true', help='replace an existing output file (never an input)')
 
+def _scale(text:str) -> float:
+    try: v = float(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected arcsec per pixel, such as 0.101, got {text!r}") from None
+    if not (v > 0 and np.isfinite(v)): raise argparse.ArgumentTypeError(f"must be a positive number of arcsec per pixel, got {text!r}")
+    return v
+
+def _pixel_scale(p): p.add_argument('--pixel-scale', type=_scale, default=None, metavar='ARCSEC',
+                                    help="arcsec per pixel of inputs whose files do not say (FITS WCS and simulated datasets do); "
+                                         "images are resampled to the run's scale and cropped or padded to its field, never resized")
+
+def _scaled(path, scale:float|None, progress:bool=True):
+    "`path` opened, with `scale` as its pixel scale where the file records none (progress bars on stderr)."
+    from deeplense_fastai.data import open_source
+    with contextlib.redirect_stdout(sys.stderr): src = open_source(path, progress=progress)
+    if scale and not src.meta.get('pixel_scale'): src.meta['pixel_scale'] = scale
+    return src
+
 # %% ../nbs/07_cli.ipynb #bc4935f7
 COMMANDS = {}   # name -> (help, description, add_arguments(parser), run(args) -> exit code)
 
@@ -212,6 +229,8 @@ def _train_args(t):
     t.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
     t.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     t.add_argument('--quiet', action='store_true', help='no progress bar (one line of metrics per epoch)')
+    t.add_argument('--pixel-scale', type=_scale, default=None, metavar='ARCSEC',
+                   help="arcsec per pixel of --data whose files do not say (recorded in the run; predictions use it)")
 
 def _check_train_args(a):
     "Every argument checked before any work starts."
@@ -315,7 +334,7 @@ def _fixed_data(a, device, say):
         say(f"simulating {preset}: {n} training and {max(1000, n // 6)} test images (cached after the first run) ...")
         train_path, test_path = _simulated(preset, n, a.seed, device)
         return open_source(train_path), test_path, None
-    train = open_source(a.data)
+    train = _scaled(a.data, a.pixel_scale, progress=True)
     if a.test is not None: return train, a.test, None
     perm = np.random.default_rng(a.seed).permutation(len(train))      # hold out 10% for the final test, before the validation split
     k = max(1, len(train) // 10)
@@ -429,6 +448,7 @@ def _evaluate_args(e):
     e.add_argument('--json', type=Path, help='also write the metrics to this JSON file (a new file; --force replaces one)')
     e.add_argument('--bs', type=_positive, default=64)
     e.add_argument('--device', default=None)
+    _pixel_scale(e)
     _force(e)
 
 def cmd_evaluate(a) -> int:
@@ -439,7 +459,7 @@ def cmd_evaluate(a) -> int:
     device = get_device(a.device)
     _, cfg = load_run(a.model)
     if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, a.data])
-    src = open_source(a.data)
+    src = _scaled(a.data, a.pixel_scale)
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
         raise DeepLenseError(f"--target: the model predicts {len(cfg['targets'])} target(s), got {len(cols)} column(s)")
@@ -472,6 +492,7 @@ def _predict_args(pr):
     pr.add_argument('--device', default=None)
     pr.add_argument('--samples', type=int, default=0, metavar='K', help=f'flow runs: also K posterior samples per image and target '
                     f'(at most {MAX_SAMPLES:,})')
+    _pixel_scale(pr)
     _force(pr)
 
 MAX_SAMPLES = 10_000   # a CSV row of more draws than this is no longer a table a person reads; an estimate bounds memory too
@@ -485,14 +506,14 @@ def _check_samples(k:int, n_images:int, n_targets:int) -> None:
         raise DeepLenseError(f"--samples {k}: {k:,} draws for {n_images:,} images need about {need / 1e9:.1f} GB, and "
                              f"{free / 1e9:.1f} GB of memory is free; ask for fewer samples or fewer images at a time")
 
-def _opened_inputs(paths, cfg:dict) -> list:
+def _opened_inputs(paths, cfg:dict, scale:float|None=None) -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
     from deeplense_fastai.inference import open_checked
     srcs = []
     with contextlib.redirect_stdout(sys.stderr):
         for p in paths:
             if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-            srcs.append((p, *open_checked(p, cfg, progress=True)))
+            srcs.append((p, *open_checked(_scaled(p, scale), cfg)))
     return srcs
 
 def cmd_predict(a) -> int:
@@ -505,7 +526,7 @@ def cmd_predict(a) -> int:
     if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *a.paths])
     _check_samples(a.samples, 0, 1)
     if a.samples and cfg.get('loss') != 'flow': raise DeepLenseError(f"--samples {a.samples}: {a.model} is not a flow run (train with --loss flow)")
-    opened = _opened_inputs(a.paths, cfg)
+    opened = _opened_inputs(a.paths, cfg, a.pixel_scale)
     _check_samples(a.samples, sum(len(src) for _, src, _ in opened), len(cfg['targets']))
     frames = []
     with contextlib.redirect_stdout(sys.stderr):         # progress bars and notices never mix with a CSV on stdout
@@ -540,6 +561,7 @@ def _calibrate_args(c):
     c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations (not one used for training or testing)')
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
+    _pixel_scale(c)
 
 def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
@@ -547,7 +569,8 @@ def cmd_calibrate(a) -> int:
     from deeplense_fastai.inference import calibrate
     if not a.data.exists(): raise DeepLenseError(f"--data {a.data}: no such file or directory")
     with contextlib.redirect_stdout(sys.stderr):
-        r = calibrate(a.model, a.data, a.bs, a.tta, get_device(a.device), a.force, a.populations, a.trials, a.lenses, a.seed)
+        r = calibrate(a.model, _scaled(a.data, a.pixel_scale), a.bs, a.tta, get_device(a.device), a.force, a.populations, a.trials,
+                      a.lenses, a.seed)
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for {c.loc[0.5]:.1%} "
@@ -569,6 +592,7 @@ def _combine_args(c):
     c.add_argument('--target', action='append', help="the shared target(s) (default: all of the run's targets)")
     c.add_argument('--json', type=Path, help='write the joint medians and intervals to this JSON file (a new file)')
     c.add_argument('--plot', type=Path, help='draw the per-lens and joint posteriors into this image file (.png, .pdf, .svg)')
+    _pixel_scale(c)
     _force(c)
     c.add_argument('--tta', action='store_true', help="mix each lens's posteriors over the eight symmetries")
     c.add_argument('--bs', type=_positive, default=64)
@@ -590,7 +614,7 @@ def cmd_combine(a) -> int:
         check_output(a.plot, '--plot', a.force, protected=[a.model, *a.paths])
         _plot_format(a.plot)
     with contextlib.redirect_stdout(sys.stderr):
-        joints = joint_posteriors(a.model, list(a.paths), a.target, a.bs, a.tta, get_device(a.device))
+        joints = joint_posteriors(a.model, [_scaled(p, a.pixel_scale) for p in a.paths], a.target, a.bs, a.tta, get_device(a.device))
     for t, jp in joints.items():
         s = jp.summary
         print(f"{t} from {jp.n} lenses: median {s['median']:.4f}, 68% [{s['lo68']:.4f}, {s['hi68']:.4f}], "

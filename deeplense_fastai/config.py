@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NORMS', 'RUNTIME', 'minmax_scale', 'resize_images', 'RunConfig']
+__all__ = ['NORMS', 'RUNTIME', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig']
 
 # %% ../nbs/02d_config.ipynb #2ac298e3
 from .core import DeepLenseError
@@ -28,6 +28,25 @@ def resize_images(x:torch.Tensor, size:int) -> torch.Tensor:
     if tuple(x.shape[-2:]) == (size, size): return x
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
 
+def to_grid(x:torch.Tensor, # Raw images (B, C, H, W), pixel values are fluxes per pixel
+            shape, # (H, W) of the run's images
+            factor:float=1., # The images' pixel scale over the run's (2: pixels twice as wide as the run's)
+           ) -> torch.Tensor:
+    "Images resampled onto a run's pixel scale (total flux kept) and centre-cropped, or padded with their border's median, to `shape`."
+    if factor != 1:
+        h, w = (max(1, round(n * factor)) for n in x.shape[-2:])
+        x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False, antialias=True) / factor**2
+    (H, W), (h, w) = shape, x.shape[-2:]
+    top, left = (h - H) // 2, (w - W) // 2
+    if top >= 0 and left >= 0: return x[..., top:top + H, left:left + W]
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], -1)   # the sky around the lens
+    out = border.median(-1).values[..., None, None].expand(*x.shape[:-2], H, W).clone()
+    ct, cl = max(0, -top), max(0, -left)
+    st, sl = max(0, top), max(0, left)
+    hh, ww = min(h, H), min(w, W)
+    out[..., ct:ct + hh, cl:cl + ww] = x[..., st:st + hh, sl:sl + ww]
+    return out
+
 # %% ../nbs/02d_config.ipynb #e5f10099
 NORMS = ('minmax', 'meanstd')
 RUNTIME = ('recalibration', 'joint_calibration', 'calibration')     # attached from calibration.json, never written to config.json
@@ -41,6 +60,7 @@ class RunConfig:
     norm: str = 'minmax' # Image normalisation: 'minmax' (per image) or 'meanstd' (training-set statistics)
     image_stats: list|None = None # [mean, std] of the training pixels (norm 'meanstd')
     image_shape: list|None = None # [H, W] of the training images
+    pixel_scale: float|None = None # Arcsec per pixel of the training images (None: not recorded with the data)
     size: int|None = None # Images resized to size x size after normalisation (None: kept)
     source: str|None = None # Where the training images came from
     kind: str|None = None # The kind of that source

@@ -14,11 +14,11 @@ import pandas as pd
 from .core import DeepLenseError, cache_dir
 
 # %% auto #0
-__all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'load_image_file',
-           'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets',
-           'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget',
-           'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices', 'lens_dataloaders',
-           'show_results', 'online_dataloaders']
+__all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'fits_pixel_scale',
+           'load_image_file', 'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source',
+           'resolve_targets', 'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title',
+           'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
+           'lens_dataloaders', 'show_results', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -124,6 +124,24 @@ def read_fits(path:str|Path, # A FITS file
                              ", ".join(f"HDU {i}: {'x'.join(map(str, a.shape))}" for i, a in parts) + "); split them into files")
     return np.concatenate([a.reshape(-1, *a.shape[-2:]) for _, a in parts])
 
+# %% ../nbs/03_data.ipynb #9adaf56f
+def fits_pixel_scale(path:str|Path, # A FITS file
+                    ) -> float|None:
+    "Arcsec per pixel from the celestial WCS of the first image HDU (CDELT, CD or PC keywords), or None without one."
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    import warnings
+    try:
+        with fits.open(path, memmap=False) as hdul, warnings.catch_warnings():
+            warnings.simplefilter('ignore', FITSFixedWarning)
+            h = next((h.header for h in hdul if h.is_image and h.data is not None and h.data.size), None)
+            wcs = WCS(h, naxis=2) if h is not None else None
+    except Exception: return None                # a header astropy cannot read as WCS: the scale is unknown, not an error
+    if wcs is None or not wcs.has_celestial: return None
+    scales = proj_plane_pixel_scales(wcs.celestial) * 3600        # degrees -> arcsec
+    return float(np.mean(scales)) if np.all(np.isfinite(scales)) and np.all(scales > 0) else None
+
 # %% ../nbs/03_data.ipynb #eb188183
 def load_image_file(path:str|Path, # A DeepLense .npy file, a plain .npy image or a FITS image
                    ) -> tuple[np.ndarray, float]:
@@ -171,7 +189,7 @@ def _native_source(path:Path) -> LensSource:
     from deeplense_fastai.dataset import open_dataset
     ds = open_dataset(path)
     return LensSource(ds, ds.labels, 'native', path, ds.manifest.get('target', 'log10_m_axion'),
-                      dict(preset=ds.preset.name))
+                      dict(preset=ds.preset.name, pixel_scale=float(ds.preset.pixel_scale)))
 
 # %% ../nbs/03_data.ipynb #0e015391
 def _npy_or_raw(path:Path, dtype, shape=None):
@@ -255,7 +273,7 @@ def _arrays_source(path:Path, labels=None) -> LensSource:
 # %% ../nbs/03_data.ipynb #3b502450
 def _fits_source(path:Path) -> LensSource:
     images = _as_stack(read_fits(path), path)
-    return LensSource(images, _unlabelled(len(images)), 'fits', path, None, dict(labelled=False))
+    return LensSource(images, _unlabelled(len(images)), 'fits', path, None, dict(labelled=False, pixel_scale=fits_pixel_scale(path)))
 
 # %% ../nbs/03_data.ipynb #8c94b623
 def as_source(x, # Images in memory: a numpy array or torch tensor (H, W), (N, H, W) or (N, 1, H, W), or a list of (H, W)
@@ -712,7 +730,8 @@ def lens_dataloaders(source=None, # A path (or LensSource): native dir, DeepLens
                        batch_tfms=_batch_tfms(stats, augment, rotate, size))
     dls = dblock.dataloaders(items, bs=bs, num_workers=num_workers, device=device, seed=seed, **kw)
     dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=list(src.image_shape), source=str(src.path),
-                                   kind=src.kind, n_train=len(train_idx), n_valid=len(items) - len(train_idx), size=size)
+                                   kind=src.kind, n_train=len(train_idx), n_valid=len(items) - len(train_idx), size=size,
+                                   pixel_scale=src.meta.get('pixel_scale'))
     return dls
 
 # %% ../nbs/03_data.ipynb #4f916b29
@@ -845,6 +864,6 @@ def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of 
     valid_dl = TfmdDL(_Fixed(vsrc, vy), bs=bs, shuffle=False, num_workers=0, after_batch=tfms, device=device)
     dls = DataLoaders(train, valid_dl, device=device)
     dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=[p.npix, p.npix], size=size,
-                                   n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online',
+                                   pixel_scale=float(p.pixel_scale), n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online',
                                    preset=p.name, online=_online_record(p, seed, epoch_size, classes, noise, vsrc))
     return dls

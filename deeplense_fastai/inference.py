@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'load_run', 'input_size', 'open_checked', 'image_hashes', 'record_images',
+__all__ = ['SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'load_run', 'Grid', 'input_grid', 'open_checked', 'image_hashes', 'record_images',
            'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
            'posterior_source', 'predict', 'predict_opened', 'score_run', 'run_posteriors', 'calibration_report',
            'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
@@ -25,7 +25,7 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles
 from .simulate import get_preset
 import torch.nn as nn
 from fastai.learner import Learner
-from .config import RunConfig
+from .config import RunConfig, to_grid
 from .models import get_model
 from .posterior import (flow_regressor, target_grid, run_log_posterior, quantile_columns)
 from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs
@@ -60,20 +60,35 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
 # %% ../nbs/05b_inference.ipynb #0b7b1b17
 def _notice(msg:str): print(msg, file=sys.stderr)
 
-def input_size(shape, # (H, W) of the images to predict
+@dataclass(frozen=True)
+class Grid:
+    "How images reach a run's pixel grid before normalisation: resampled by `factor` (their scale over the run's), then cropped or padded to `shape`."
+    shape: tuple # (H, W) of the run's training images
+    factor: float = 1. # The images' arcsec per pixel over the run's
+    def __call__(self, x:torch.Tensor) -> torch.Tensor: return to_grid(x, self.shape, self.factor)
+
+def input_grid(shape, # (H, W) of the images to predict
                cfg:RunConfig, # The run's configuration
                where='images', # What to call them in messages
-               notice=_notice, # Called with a one-line notice when images are resized
-              ) -> int|None:
-    "The size the model's input is resized to: the run's `size`, its training size if `shape` differs, or None."
-    if cfg.get('size'): return cfg['size']
-    want = cfg.get('image_shape')
-    if not want or list(shape) == list(want): return None
-    if want[0] != want[1] or shape[0] != shape[1]:
-        raise DeepLenseError(f"{where}: images are {shape[0]}x{shape[1]} and the model was trained on {want[0]}x{want[1]}; only square images can be resized")
-    notice(f"note: {where}: images are {shape[0]}x{shape[1]}, the model was trained on {want[0]}x{want[1]}: "
-           f"resizing them (bilinear, antialiased) after normalisation, as training resizes")
-    return want[0]
+               scale:float|None=None, # The images' arcsec per pixel (None: unknown)
+               notice=_notice, # Called with a one-line note when images are resampled, cropped or padded
+              ) -> Grid|None:
+    "The `Grid` that puts images of `shape` and `scale` on the run's pixel grid, or None when they are on it already."
+    want, own = cfg.get('image_shape'), cfg.get('pixel_scale')
+    if not want: return None
+    factor = scale / own if scale and own else 1.
+    if abs(factor - 1) < 1e-3: factor = 1.
+    if not 0.25 <= factor <= 4:
+        raise DeepLenseError(f"{where}: {scale:.4g} arcsec per pixel, the run was trained at {own:.4g}: {factor:.3g} times off, too far "
+                             f"to resample honestly; use images nearer the run's scale")
+    if factor == 1 and list(shape) == list(want): return None
+    at = f"{own:.4g} arcsec/px" if own else "its (unrecorded) pixel scale"
+    if factor != 1: how = f"resampled from {scale:.4g} to {own:.4g} arcsec/px (total flux kept), then"
+    elif scale or own is None: how = "at the same pixel scale:"
+    else: how = f"taken to be at the run's {own:.4g} arcsec/px (give the pixel scale if not), then"
+    notice(f"note: {where}: images are {shape[0]}x{shape[1]}, the run was trained on {want[0]}x{want[1]} at {at}: {how} "
+           f"centre-cropped or padded to its field; never resized to fit")
+    return Grid(tuple(want), factor)
 
 
 # %% ../nbs/05b_inference.ipynb #11bc74aa
@@ -81,13 +96,15 @@ def open_checked(source, # A path `open_source` reads, a LensSource, or an array
                  cfg:RunConfig, # The run's configuration
                  progress:bool=False, # Progress bar while caching DeepLense files
                  notice=None, # Where one-line notices go (default: stderr)
+                 pixel_scale:float|None=None, # Arcsec per pixel of images whose files do not say (FITS WCS and our datasets do)
                 ):
-    "`source` opened for a run: (LensSource, the size to resize to); wrong sizes and NaN, Inf or complex pixels refused first."
+    "`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and NaN, Inf or complex pixels refused first."
     from deeplense_fastai.data import open_source, check_pixels
     src = open_source(source, progress=progress)
-    size = input_size(src.image_shape, cfg, src.path, notice or _notice)
+    scale = src.meta.get('pixel_scale') or pixel_scale
+    grid = input_grid(src.image_shape, cfg, src.path, scale, notice or _notice)
     check_pixels(src)                              # named before any work
-    return src, size
+    return src, grid
 
 
 # %% ../nbs/05b_inference.ipynb #9b1a7778
@@ -127,7 +144,7 @@ def seen_images(run_dir:str|Path, # A run directory
     except (ValueError, OSError) as e: raise DeepLenseError(f"{f}: unreadable ({type(e).__name__}); remove it") from None
 
 def _check_distinct(opened:list) -> None:
-    "Refuse an image that appears twice among the sources [(LensSource, size), ...]: each lens counts once."
+    "Refuse an image that appears twice among the sources [(LensSource, grid), ...]: each lens counts once."
     first = {}
     for src, _ in opened:
         for i, h in enumerate(image_hashes(src)):
@@ -218,28 +235,28 @@ def predict_source(model:nn.Module, # A regression model (a run's, or `learn.mod
                    src, # A LensSource
                    bs:int=64, # Batch size
                    tta:bool=False, # Average over the eight symmetries of the square
-                   size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
+                   grid:Grid|None=None, # The `Grid` `open_checked` returned (None: the images are on the run's grid)
                   ):
     "Decoded (mean, std or None) of `model` on every image of `src`, normalised as the run's DataLoaders did."
-    mu, sd, _ = predict_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
+    mu, sd, _ = predict_batches(model, _source_batches(model, cfg, src, bs, grid), cfg, tta)
     return mu, sd
 
-def _source_batches(model:nn.Module, cfg:RunConfig, src, bs:int, size:int|None):
-    "Batches of `src`'s images on the model's device, normalised (and resized) as the run's DataLoaders did."
-    dev, size = next(model.parameters()).device, size or cfg.get('size')
+def _source_batches(model:nn.Module, cfg:RunConfig, src, bs:int, grid:Grid|None):
+    "Batches of `src`'s images on the model's device, on the run's grid, normalised (and resized) as the run's DataLoaders did."
+    dev = next(model.parameters()).device
     for s in range(0, len(src), bs):
         x = torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + bs, len(src)))])).to(dev)
-        yield cfg.normalise(x, size)
+        yield cfg.normalise(grid(x) if grid else x)
 
 def posterior_source(model:FlowRegressor, # A flow run's model
                      cfg:RunConfig, # Its configuration
                      src, # A LensSource
                      bs:int=64, # Batch size
                      tta:bool=False, # Mix the posteriors of the eight symmetries of the square
-                     size:int|None=None, # Resize to this size after normalisation (default: the run's `size`)
+                     on_grid:Grid|None=None, # The `Grid` `open_checked` returned (None: the images are on the run's grid)
                     ):
     "Grid posteriors (grid (T, G), log densities (N, T, G)) of a flow run on every image of `src`."
-    grid, logp, _ = posterior_batches(model, _source_batches(model, cfg, src, bs, size), cfg, tta)
+    grid, logp, _ = posterior_batches(model, _source_batches(model, cfg, src, bs, on_grid), cfg, tta)
     return grid, logp
 
 
@@ -263,16 +280,17 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             progress:bool=False, # Progress bar while caching DeepLense files
             notice=_notice, # Where one-line notices go (default: stderr)
             samples:int=0, # Flow runs: also this many posterior samples per image and target (columns sample<k>_<target>)
+            pixel_scale:float|None=None, # Arcsec per pixel of the images, where their files do not say
            ) -> pd.DataFrame:
     "One row per image of `source`: predictions, and the std (Gaussian NLL) or posterior quantiles q05..q95 (flow)."
     model, cfg = load_run(run_dir, device)
-    src, size = open_checked(source, cfg, progress, notice)
-    return predict_opened(model, cfg, src, size, bs, tta, samples)
+    src, grid = open_checked(source, cfg, progress, notice, pixel_scale)
+    return predict_opened(model, cfg, src, grid, bs, tta, samples)
 
 def predict_opened(model:nn.Module, # A run's model (`load_run`)
                    cfg:RunConfig, # Its configuration
                    src, # A LensSource opened and checked by `open_checked`
-                   size:int|None=None, # The size `open_checked` returned
+                   grid:Grid|None=None, # The `Grid` `open_checked` returned
                    bs:int=64, # Batch size
                    tta:bool=False, # Average over the eight symmetries of the square
                    samples:int=0, # Flow runs: posterior samples per image and target
@@ -281,10 +299,10 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
     out = pd.DataFrame({'index': np.arange(len(src))})
     if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
     if isinstance(model, FlowRegressor):
-        cols = _posterior_columns(*posterior_source(model, cfg, src, bs, tta, size), cfg['targets'], samples)
+        cols = _posterior_columns(*posterior_source(model, cfg, src, bs, tta, grid), cfg['targets'], samples)
         return pd.concat([out, pd.DataFrame(cols)], axis=1)
     if samples: raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
-    mu, sd = predict_source(model, cfg, src, bs, tta, size)
+    mu, sd = predict_source(model, cfg, src, bs, tta, grid)
     for j, t in enumerate(cfg['targets']):
         out[f'pred_{t}'] = mu[:, j]
         if sd is not None: out[f'std_{t}'] = sd[:, j]
@@ -352,12 +370,12 @@ def run_posteriors(run_dir:str|Path, # A flow run's directory
     return _posteriors_of(model, cfg, _open_all(source, cfg, notice), bs, tta)
 
 def _open_all(source, cfg:RunConfig, notice=None) -> list:
-    "Every source of `source` (one, or a list) opened and checked for the run: [(LensSource, size), ...]."
+    "Every source of `source` (one, or a list) opened and checked for the run: [(LensSource, grid), ...]."
     return [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
 
 def _posteriors_of(model, cfg, opened:list, bs, tta):
     "`run_posteriors` for a flow run already loaded and sources already opened (`_open_all`)."
-    parts = [posterior_source(model, cfg, src, bs, tta, size) for src, size in opened]
+    parts = [posterior_source(model, cfg, src, bs, tta, g) for src, g in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
 
 # %% ../nbs/05b_inference.ipynb #947b9958

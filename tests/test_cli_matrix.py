@@ -194,7 +194,9 @@ def test_predict_several_inputs_to_file_and_resize_notice(inputs, native, env, m
     r = ok(run("predict", "--model", model, inputs["stack"], big, "--out", tmp_path / "p.csv", env=env[1]))
     df = pd.read_csv(tmp_path / "p.csv")
     assert len(df) == 10 and set(df["source"]) == {str(inputs["stack"]), str(big)}
-    assert "resizing" in r.stderr and "32x32" in r.stderr
+    assert "never resized" in r.stderr and "32x32" in r.stderr
+    r = ok(run("predict", "--model", model, big, "--pixel-scale", 0.2, env=env[1]))   # said: 2x wider pixels than the run's
+    assert "resampled from 0.2 to 0.101" in r.stderr and json.loads((model / "config.json").read_text())["pixel_scale"] == 0.101
 
 
 def test_predict_refuses_bad_images(inputs, env, model, tmp_path):

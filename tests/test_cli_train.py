@@ -88,8 +88,9 @@ def test_train_errors_are_one_line(args, message, tmp_path):
 def test_data_specific_errors(run_dir, data, tmp_path):
     r = run("train", "--data", data / "train", "--target", "mass_of_the_sun", "--out", tmp_path / "x", check=False)
     assert r.returncode == 2 and "target column 'mass_of_the_sun' does not exist" in r.stderr
-    r = run("predict", "--model", run_dir, data / "big")         # other sizes are resized as training does, with a notice
-    assert "images are 150x150, the model was trained on 64x64: resizing" in r.stderr and len(r.stdout.splitlines()) == 5
+    r = run("predict", "--model", run_dir, data / "big")         # Model I (0.05"/px) onto a Model II run's grid (0.101"/px)
+    assert "images are 150x150, the run was trained on 64x64" in r.stderr and "resampled from 0.05 to 0.101" in r.stderr
+    assert len(r.stdout.splitlines()) == 5
     r = run("train", "--data", data / "train", "--out", run_dir, check=False)
     assert r.returncode == 2 and "exists and is not empty" in r.stderr
 
