@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, json, os, sys, time
 from pathlib import Path
 
-from .core import DeepLenseError
+from .core import DeepLenseError, _inside
 import numpy as np
 
 # %% auto #0
@@ -52,6 +52,15 @@ def _classes(text:str) -> tuple[str, ...]:
 
 def _force(p): p.add_argument('--force', action='store_true', help='replace an existing output file (never an input)')
 
+def _read_by(*paths) -> list:
+    "Every path an input makes the data module read: the input, a .npy stack's CSV of labels, a memmap pair's folder."
+    out = []
+    for p in map(Path, paths):
+        out.append(p)
+        if p.suffix == '.npy': out.append(p.with_suffix('.csv'))
+        if p.name.endswith('_mmep.npy'): out.append(p.parent)
+    return out
+
 def _scale(text:str) -> float:
     try: v = float(text)
     except ValueError: raise argparse.ArgumentTypeError(f"expected arcsec per pixel, such as 0.101, got {text!r}") from None
@@ -62,10 +71,10 @@ def _pixel_scale(p): p.add_argument('--pixel-scale', type=_scale, default=None, 
                                     help="arcsec per pixel of inputs whose files do not say (FITS WCS and simulated datasets do); "
                                          "images are resampled to the run's scale and cropped or padded to its field, never resized")
 
-def _scaled(path, scale:float|None, progress:bool=True):
-    "`path` opened, with `scale` as its pixel scale where the file records none (progress bars on stderr)."
+def _scaled(path, scale:float|None):
+    "`path` opened, with `scale` as its pixel scale where the file records none (a caching bar on stderr, on a terminal only)."
     from deeplense_fastai.data import open_source
-    with contextlib.redirect_stdout(sys.stderr): src = open_source(path, progress=progress)
+    with contextlib.redirect_stdout(sys.stderr): src = open_source(path, progress=sys.stderr.isatty())
     if scale and not src.meta.get('pixel_scale'): src.meta['pixel_scale'] = scale
     return src
 
@@ -286,11 +295,29 @@ def _check_run_out(a) -> None:
                              f"--init {a.out}, or --force to train it again from scratch")
     if a.resume and not (a.out/'models'/'checkpoint.json').exists():
         raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models (no epoch finished); start again with --force")
+    for flag in ('data', 'test', 'init'):           # --force would remove what the run reads
+        p = getattr(a, flag, None)
+        if p is not None and p.exists() and (_inside(a.out, p) or _inside(p, a.out)):
+            raise DeepLenseError(f"--out {a.out}: holds or lies inside --{flag} {p}; write the run elsewhere")
     if a.resume or not a.out.exists() or not any(a.out.iterdir()): return
     if not a.force: raise DeepLenseError(f"--out {a.out}: exists and is not empty (another directory; --resume continues an "
                                          f"unfinished run; --force removes the run and starts again)")
-    if (strangers := sorted(f.name for f in a.out.iterdir() if not _is_run_file(f.name))):
-        raise DeepLenseError(f"--force: {a.out} holds {strangers[0]!r}, which no run writes; refusing to remove anything there")
+    strangers = sorted(f.name for f in a.out.iterdir() if not _is_run_file(f.name))
+    strangers += sorted(f'models/{f.name}' for f in (a.out/'models').glob('*') if not _is_model_file(f.name)) if (a.out/'models').is_dir() else []
+    if strangers or not _is_run(a.out):
+        raise DeepLenseError(f"--force: {a.out} " + (f"holds {strangers[0]!r}, which no run writes" if strangers else
+                             "is not a deeplense_fastai run (no config.json of a run, no checkpoint)") + "; refusing to remove anything there")
+
+def _is_model_file(name:str) -> bool:
+    "What `fit` writes into models/: checkpoints, the best epoch, and atomic writes' temporaries."
+    return name.startswith(('checkpoint', 'best', '.checkpoint', '.best')) and name.endswith(('.pth', '.json', '.tmp'))
+
+def _is_run(out:Path) -> bool:
+    "Whether `out` holds a run: an exported config.json of the run format, or the models/ folder a fit creates."
+    try:
+        if json.loads((out/'config.json').read_text()).get('format') == 'deeplense_fastai/run': return True
+    except (OSError, ValueError, AttributeError): pass
+    return (out/'models').is_dir()
 
 def _clear_run(out:Path) -> None:
     "Remove a run's own files from `out` (checked by `_check_run_out`): what --force starts again from."
@@ -334,7 +361,7 @@ def _fixed_data(a, device, say):
         say(f"simulating {preset}: {n} training and {max(1000, n // 6)} test images (cached after the first run) ...")
         train_path, test_path = _simulated(preset, n, a.seed, device)
         return open_source(train_path), test_path, None
-    train = _scaled(a.data, a.pixel_scale, progress=True)
+    train = _scaled(a.data, a.pixel_scale)
     if a.test is not None: return train, a.test, None
     perm = np.random.default_rng(a.seed).permutation(len(train))      # hold out 10% for the final test, before the validation split
     k = max(1, len(train) // 10)
@@ -417,6 +444,9 @@ def cmd_train(a) -> int:
     from deeplense_fastai.dataset import _is_rank0
     say = print if _is_rank0() else (lambda *x, **k: None)
     dls, test, train = _train_data(a, a.device, say)
+    if train is not None:                        # the images' identity: a resume on edited images is another run
+        from deeplense_fastai.inference import image_hashes, _hashes_digest
+        dls.lens_config.extra['data_sha256'] = _hashes_digest(image_hashes(train))
     learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
     if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
@@ -458,7 +488,7 @@ def cmd_evaluate(a) -> int:
     from deeplense_fastai.data import open_source, resolve_targets
     device = get_device(a.device)
     _, cfg = load_run(a.model)
-    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, a.data])
+    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(a.data)])
     src = _scaled(a.data, a.pixel_scale)
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
@@ -468,8 +498,8 @@ def cmd_evaluate(a) -> int:
         if c != t and c in LABEL_COLUMNS and t in LABEL_COLUMNS:
             raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
     used = {k: v for k, v in seen_images(a.model, image_hashes(src)).items() if v}
-    if used: print(f"note: {sum(used.values())} of these {len(src)} images are the run's own ({', '.join(f'{k} {v}' for k, v in used.items())}):"
-                   f" on training images these metrics are not a test", file=sys.stderr)
+    if used.get('train'): print(f"note: {used['train']} of these {len(src)} images are ones the run trained or validated on: on them "
+                                f"these metrics are not a test", file=sys.stderr)
     rep, _ = score_run(a.model, src, cols, a.bs, device, tta=a.tta)
     rep['tta'], rep['seen_by_run'] = bool(a.tta), used
     _print_report(rep, cols)
@@ -501,8 +531,9 @@ def _check_samples(k:int, n_images:int, n_targets:int) -> None:
     "Refuse a number of posterior samples that is negative, above `MAX_SAMPLES`, or would not fit in the memory free now."
     if k < 0 or k > MAX_SAMPLES: raise DeepLenseError(f"--samples {k}: must be between 0 and {MAX_SAMPLES:,}")
     need = 40 * k * n_images * n_targets           # float64 draws, the DataFrame's copy and the CSV text
-    free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    if need > free / 2:
+    import psutil
+    free = psutil.virtual_memory().available       # what can be had without swapping (page cache counted), on any OS
+    if k and need > free / 2:
         raise DeepLenseError(f"--samples {k}: {k:,} draws for {n_images:,} images need about {need / 1e9:.1f} GB, and "
                              f"{free / 1e9:.1f} GB of memory is free; ask for fewer samples or fewer images at a time")
 
@@ -523,7 +554,7 @@ def cmd_predict(a) -> int:
     import pandas as pd
     device = get_device(a.device)
     model, cfg = load_run(a.model, device)
-    if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *a.paths])
+    if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *_read_by(*a.paths)])
     _check_samples(a.samples, 0, 1)
     if a.samples and cfg.get('loss') != 'flow': raise DeepLenseError(f"--samples {a.samples}: {a.model} is not a flow run (train with --loss flow)")
     opened = _opened_inputs(a.paths, cfg, a.pixel_scale)
@@ -609,9 +640,9 @@ def cmd_combine(a) -> int:
     for p in a.paths:
         if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
     from deeplense_fastai.core import check_output
-    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *a.paths], others=[a.plot])
+    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(*a.paths)], others=[a.plot])
     if a.plot is not None:
-        check_output(a.plot, '--plot', a.force, protected=[a.model, *a.paths])
+        check_output(a.plot, '--plot', a.force, protected=[a.model, *_read_by(*a.paths)])
         _plot_format(a.plot)
     with contextlib.redirect_stdout(sys.stderr):
         joints = joint_posteriors(a.model, [_scaled(p, a.pixel_scale) for p in a.paths], a.target, a.bs, a.tta, get_device(a.device))

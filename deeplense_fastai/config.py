@@ -159,6 +159,9 @@ def _check_images(d:dict, bad) -> None:
     shape = d.get('image_shape')
     if shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and 1 <= v <= 16384 for v in shape)):
         bad(f"image_shape must be [H, W], got {shape!r}")
+    scale = d.get('pixel_scale')
+    if scale is not None and not (_finite_list([scale], 1) and 0 < scale < 3600):
+        bad(f"pixel_scale must be arcsec per pixel (a positive number) or null, got {scale!r}")
     if not isinstance(d.get('model_kw', {}), dict): bad(f"model_kw must be an object, got {d['model_kw']!r}")
 
 # %% ../nbs/02d_config.ipynb #68359b87

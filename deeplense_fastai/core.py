@@ -126,6 +126,8 @@ def check_output(path:str|Path, # The output file the user named
     for o in others:
         if o is not None and Path(o).absolute() == path.absolute(): raise DeepLenseError(f"{flag} {path}: also given as another output")
     if path.is_dir() and not path.is_symlink(): raise DeepLenseError(f"{flag} {path}: is a directory; give a file name")
+    if path.exists() and not path.is_file() and not path.is_symlink():
+        raise DeepLenseError(f"{flag} {path}: not a regular file (a device, FIFO or socket); give a file name")
     if path.is_symlink() and not force: raise DeepLenseError(f"{flag} {path}: is a symbolic link; refusing to write through it (--force replaces the link)")
     if path.exists() and not force: raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it (--force replaces it)")
     d = path.absolute().parent

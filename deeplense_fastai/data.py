@@ -14,10 +14,10 @@ import pandas as pd
 from .core import DeepLenseError, cache_dir
 
 # %% auto #0
-__all__ = ['FITS_SUFFIXES', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits', 'fits_pixel_scale',
-           'load_image_file', 'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source', 'open_source',
-           'resolve_targets', 'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title',
-           'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
+__all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits',
+           'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source',
+           'open_source', 'resolve_targets', 'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler',
+           'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
            'lens_dataloaders', 'show_results', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
@@ -98,6 +98,10 @@ def load_deeplense_file(path:str|Path, # One DeepLense .npy file
 
 # %% ../nbs/03_data.ipynb #9c2d2c59
 FITS_SUFFIXES = ('.fits', '.fit', '.fts', '.fits.gz', '.fit.gz', '.fts.gz')
+# Extensions that describe an image rather than hold one (HST, JWST, Euclid and DES conventions): errors, data quality,
+# weights, variances, masks, exposure and context maps. They are not lenses and are never read as images.
+FITS_AUXILIARY = {'ERR', 'DQ', 'WHT', 'WGT', 'WEIGHT', 'VAR', 'IVAR', 'RMS', 'SIG', 'SIGMA', 'UNC', 'MASK', 'BPM', 'FLAG', 'FLAGS',
+                  'CTX', 'CON', 'EXP', 'EXPTIME', 'EXPMAP', 'AREA', 'VAR_POISSON', 'VAR_RNOISE', 'VAR_FLAT'}
 
 def is_fits(path:str|Path, # A file name or path
            ) -> bool:
@@ -113,7 +117,8 @@ def read_fits(path:str|Path, # A FITS file
         raise DeepLenseError(f'{path}: reading FITS needs astropy: pip install "deeplense_fastai[fits]"') from None
     try:
         with fits.open(path, memmap=False) as hdul:
-            parts = [(i, np.array(h.data)) for i, h in enumerate(hdul) if h.is_image and h.data is not None and h.data.size]
+            parts = [(i, np.array(h.data)) for i, h in enumerate(hdul) if h.is_image and h.data is not None and h.data.size
+                     and str(h.header.get('EXTNAME', '')).strip().upper() not in FITS_AUXILIARY]
     except (OSError, ValueError, TypeError, IndexError) as e:
         raise DeepLenseError(f"{path}: unreadable FITS file ({e})") from None
     if not parts: raise DeepLenseError(f"{path}: no image data in any HDU")

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'load_run', 'Grid', 'input_grid', 'open_checked', 'image_hashes', 'record_images',
-           'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
-           'posterior_source', 'predict', 'predict_opened', 'score_run', 'run_posteriors', 'calibration_report',
-           'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
+__all__ = ['SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid', 'input_grid', 'open_checked',
+           'image_hashes', 'record_images', 'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions',
+           'predict_source', 'posterior_source', 'predict', 'predict_opened', 'score_run', 'run_posteriors',
+           'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -50,10 +50,12 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
         except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
         cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
         if (joint := check_joint_calibration(cal, cfg['targets'], f)): cfg['joint_calibration'] = joint
-        if cal.get('weights_sha256') != file_digest(run_dir/'weights.safetensors'):   # a calibration belongs to one set of weights
-            raise DeepLenseError(f"{f}: fitted on other weights than {run_dir/'weights.safetensors'} (the run changed since, or the "
-                                 f"file predates weight digests); recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --force")
-        cfg['calibration'] = dict(tta=bool(cal.get('tta')), weights_sha256=cal['weights_sha256'])
+        if 'weights_sha256' not in cal:          # written before calibrations named their weights: said, not refused
+            _notice(f"note: {f}: predates weight digests, so it cannot be checked against the weights; recalibrate to tie them")
+        elif cal['weights_sha256'] != file_digest(run_dir/'weights.safetensors'):   # a calibration belongs to one set of weights
+            raise DeepLenseError(f"{f}: fitted on other weights than {run_dir/'weights.safetensors'} (the run changed since); "
+                                 f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --force")
+        cfg['calibration'] = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
     return model.to(device or 'cpu').eval(), cfg
 
 
@@ -440,11 +442,15 @@ def _population_preset(preset:str, cfg:RunConfig):
     if cfg.image_shape and list(cfg.image_shape) != [p.npix, p.npix]:       # resized lenses are another pixel scale: another sky
         raise DeepLenseError(f"populations {preset!r}: its images are {p.npix}x{p.npix}, the run was trained on "
                              f"{cfg.image_shape[0]}x{cfg.image_shape[1]}; use the preset the run was trained on")
+    if cfg.pixel_scale and abs(p.pixel_scale - cfg.pixel_scale) > 1e-6 * cfg.pixel_scale:
+        raise DeepLenseError(f"populations {preset!r}: {p.pixel_scale} arcsec per pixel, the run was trained at {cfg.pixel_scale}; "
+                             f"use populations at the run's pixel scale")
     if (own := _run_preset(cfg)) and own != p.name:
         raise DeepLenseError(f"populations {preset!r}: the run was trained on {own!r}; fit the floor on populations of {own!r}")
     return p
 
 MIN_TRIALS, MIN_LENSES = 20, 2   # fewer populations cannot estimate a 68% coverage at all (binomial error 0.10 at 20)
+MAX_POPULATION_IMAGES = 200_000  # simulated and held in memory at once: about 3 GB of 64x64 images
 
 def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta):
     "Raw posteriors (K, N, G) of `trials` simulated populations of `lenses` lenses sharing one axion mass, and the K masses."
@@ -457,6 +463,30 @@ def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:
     grid, logp, _, _ = _posteriors_of(model, cfg, _open_all(imgs, cfg, lambda *_: None), bs, tta)
     j = cfg['targets'].index('log10_m_axion')
     return logp[:, j].reshape(trials, lenses, -1), truths, j
+
+def _check_populations(preset:str, cfg:RunConfig, trials:int, lenses:int) -> None:
+    "Populations that can fit a floor for this run: its preset and pixel grid, enough of them, not more than memory holds."
+    _population_preset(preset, cfg)
+    if trials < MIN_TRIALS or lenses < MIN_LENSES:
+        raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses cannot fit a floor; use at least {MIN_TRIALS} "
+                             f"trials of {MIN_LENSES} lenses (default 200 of 50)")
+    if trials * lenses > MAX_POPULATION_IMAGES:   # every population image is simulated and held at once
+        raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses are {trials * lenses:,} images; at most "
+                             f"{MAX_POPULATION_IMAGES:,} (the default is 200 of 50)")
+
+def _calibration_images(run_dir, cfg:RunConfig, opened:list, force:bool) -> np.ndarray:
+    "The hashes of a calibration split, refused (unless `force`) when off the run's grid or holding the run's own images."
+    if (off := [str(s.path) for s, g in opened if g is not None]) and not force:   # another grid is another sky
+        raise DeepLenseError(f"{off[0]}: not on the run's pixel grid ({cfg.image_shape[0]}x{cfg.image_shape[1]} at "
+                             f"{cfg.pixel_scale or 'its'} arcsec/px); calibrate on images like the training images (force to use them)")
+    hashes = np.concatenate([image_hashes(s) for s, _ in opened])
+    used = {k: v for k, v in seen_images(run_dir, hashes).items() if v}
+    if used:                                      # calibrating on what the run was trained or tested on hides its errors
+        msg = (f"{', '.join(str(s.path) for s, _ in opened)}: {sum(used.values())} of its {len(hashes)} images are this "
+               f"run's own ({', '.join(f'{k} {v}' for k, v in used.items())})")
+        if not force: raise DeepLenseError(f"{msg}; calibrate on a separate labelled split (force to use them anyway)")
+        _notice(f"note: {msg}; used anyway (force)")
+    return hashes
 
 def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               source, # A labelled calibration split drawn from the training prior, separate from training and from the test set
@@ -475,18 +505,9 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     model, cfg = load_run(run_dir, device, calibration=False)   # an old, stale or corrupt calibration.json is replaced, never read
     if not isinstance(model, FlowRegressor):
         raise DeepLenseError(f"{run_dir}: trained with loss {cfg.get('loss', 'mse')!r}; posteriors need a run trained with loss 'flow'")
-    if populations is not None:                   # named before any work
-        _population_preset(populations, cfg)
-        if trials < MIN_TRIALS or lenses < MIN_LENSES:
-            raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses cannot fit a floor; use at least {MIN_TRIALS} "
-                                 f"trials of {MIN_LENSES} lenses (default 200 of 50)")
+    if populations is not None: _check_populations(populations, cfg, trials, lenses)   # named before any work
     opened = _open_all(source, cfg)
-    hashes = np.concatenate([image_hashes(s) for s, _ in opened])
-    used = {k: v for k, v in seen_images(run_dir, hashes).items() if v}
-    if used and not force:                        # calibrating on what the run was trained or tested on hides its errors
-        raise DeepLenseError(f"{', '.join(str(s.path) for s, _ in opened)}: {sum(used.values())} of its {len(hashes)} images are this "
-                             f"run's own ({', '.join(f'{k} {v}' for k, v in used.items())}); calibrate on a separate labelled split "
-                             f"(force to use them anyway)")
+    hashes = _calibration_images(run_dir, cfg, opened, force)
     grid, logp, srcs, cfg = _posteriors_of(model, cfg, opened, bs, tta)
     lp, y = _labelled(logp, srcs, cfg['targets'])
     pit = _pits(grid, lp, y)
@@ -500,6 +521,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
         joint = {'log10_m_axion': dict(log_aggregate=own.tolist(), systematic=width, tta=tta,
                                        populations=dict(preset=populations, trials=trials, lenses=lenses, seed=seed))}
     record = dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], data_sha256=_hashes_digest(hashes),
+                  data_preset=[s.meta.get('preset') for s in srcs],
                   weights_sha256=file_digest(Path(run_dir)/'weights.safetensors'), preset=_run_preset(cfg), **({'joint': joint} if joint else {}))
     with atomic_write(f) as tmp: tmp.write_text(json.dumps(record))
     return dict(knots=knots, n=len(pit), coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']),

@@ -157,8 +157,10 @@ class Ranger21Guard(Callback):
 def _save_whole(learn:Learner, name:str, with_opt:bool) -> Path:
     "fastai's `save_model` into models/name.pth through `atomic_write`: the file is complete or the old one stays."
     from fastai.learner import save_model
+    from fastai.torch_core import rank_distrib
     from deeplense_fastai.core import atomic_write
     f = learn.path/learn.model_dir/f'{name}.pth'
+    if rank_distrib(): return f                 # one writer in a data-parallel run, as fastai's own `save`
     with atomic_write(f) as tmp: save_model(tmp, learn.model, getattr(learn, 'opt', None), with_opt=with_opt)
     return f
 
@@ -176,6 +178,8 @@ class SaveBest(SaveModelCallback):
     def _save(self, name):                      # written whole and renamed: a full disk or a kill never leaves half a best.pth
         self.last_saved_path = _save_whole(self.learn, name, self.with_opt)
     def after_fit(self, **kwargs):
+        from fastai.torch_core import distrib_barrier
+        distrib_barrier()                           # in a data-parallel run only rank 0 writes: wait for it
         f = self.learn.path/self.learn.model_dir/f'{self.fname}.pth'
         if not f.exists():                      # no epoch ever had a finite validation loss: nothing to export
             raise DeepLenseError("training diverged: no epoch reached a finite validation loss (the loss became NaN or "
@@ -369,8 +373,7 @@ def fit(learn:Learner, # From `regression_learner`
     if freeze_epochs and schedule == 'ranger21': raise DeepLenseError("freeze_epochs goes with the one_cycle or flat_cos schedule")
     from fastai.torch_core import rank_distrib
     if not rank_distrib(): Path(learn.path).mkdir(parents=True, exist_ok=True)
-    learn.fit_settings = dict(epochs=epochs, lr=lr, schedule=schedule, bs=learn.dls.bs, freeze_epochs=freeze_epochs,
-                              early_stopping=early_stopping)
+    learn.fit_settings = dict(epochs=epochs, lr=lr, schedule=schedule, bs=learn.dls.bs, freeze_epochs=freeze_epochs, early_stopping=early_stopping)
     start, best = _resume(learn, epochs, lr, is_r21) if resume else (0, None)
     if start >= epochs:                         # every epoch was trained before the interruption: the best one is the result
         if save_best and (learn.path/learn.model_dir/'best.pth').exists(): learn.load('best')
@@ -387,9 +390,12 @@ def fit(learn:Learner, # From `regression_learner`
         learn.opt_func.plan = (epochs, len(learn.dls.train))
         if not resume: learn.opt, learn.lr = None, lr      # Ranger21 warms down from the rate it is built with
         learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
+    return _finite(learn)
+
+def _finite(learn:Learner) -> Learner:
+    "`learn`, unless its last loss is NaN or infinite (TerminateOnNaNCallback stopped the fit): a diverged model is never exported."
     last = float(learn.recorder.losses[-1]) if learn.recorder.losses else 0.
-    if not math.isfinite(last):                 # TerminateOnNaNCallback stopped the fit: never export a diverged model
-        raise DeepLenseError(f"training diverged: the loss became {last} in epoch {learn.epoch}; lower the learning rate")
+    if not math.isfinite(last): raise DeepLenseError(f"training diverged: the loss became {last} in epoch {learn.epoch}; lower the learning rate")
     return learn
 
 # %% ../nbs/05_learner.ipynb #6502c816
@@ -411,12 +417,12 @@ def export_run(learn:Learner, # A trained learner
     model = _unwrap(learn.model)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(run_dir/'weights.safetensors') as tmp: save_file(state, str(tmp))
-    cfg = dict(learn.lens_config.to_json(), package_version=__version__, format='deeplense_fastai/run', format_version=1)
-    with atomic_write(run_dir/'config.json') as tmp: tmp.write_text(json.dumps(cfg, indent=1))
     if pickle:
         from deeplense_fastai.data import without_data
-        with contextlib.redirect_stderr(io.StringIO()), without_data(learn.dls):
-            learn.export(run_dir.absolute()/'model.pkl')
+        with contextlib.redirect_stderr(io.StringIO()), without_data(learn.dls), atomic_write(run_dir/'model.pkl') as tmp:
+            learn.export(tmp.absolute())
+    cfg = dict(learn.lens_config.to_json(), package_version=__version__, format='deeplense_fastai/run', format_version=1)
+    with atomic_write(run_dir/'config.json') as tmp: tmp.write_text(json.dumps(cfg, indent=1))   # last: a run with it is whole
     return run_dir
 
 def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model

@@ -367,7 +367,7 @@ def test_calibrate_refuses_the_runs_own_images_and_foreign_populations(env, data
 
 def test_evaluate_says_when_images_are_the_runs_own(env, model, data):
     r = run("evaluate", "--model", model, "--data", data / "train", env=env[1])
-    assert r.returncode == 0 and "are the run's own" in r.stderr and "not a test" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 0 and "trained or validated on" in r.stderr and "not a test" in r.stderr, r.stderr[-2000:]
 
 
 # ---- 4. inputs counted once ----
@@ -486,3 +486,23 @@ def test_second_process_waits_for_the_same_cache(env, tmp_path):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and "waiting for it" in err and out.strip() == str(path), err[-2000:]
     finally: del os.environ["DEEPLENSE_CACHE"]
+
+
+# ---- found by review: a noise map is not a lens, --force needs a run, inputs' sidecars are inputs ----
+def test_review_findings(env, model, data, tmp_path):
+    from astropy.io import fits
+    im = np.load(data / "train" / "images.npy")[0, 0]
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(im, name="SCI"), fits.ImageHDU(np.abs(im) ** 0.5, name="ERR"),
+                  fits.ImageHDU(np.zeros(im.shape, np.int16), name="DQ")]).writeto(tmp_path / "hst.fits")
+    r = run("predict", "--model", model, tmp_path / "hst.fits", env=env[1])
+    assert r.returncode == 0 and len(pd.read_csv(__import__("io").StringIO(r.stdout))) == 1, r.stderr[-2000:]
+    figs = tmp_path / "figures"; figs.mkdir(); (figs / "fig1.png").write_bytes(b"png"); (figs / "config.json").write_text("{}")
+    refused(run("train", "--data", data / "train", "--out", figs, "--force", env=env[1]), "not a deeplense_fastai run")
+    assert (figs / "fig1.png").exists()
+    refused(run("train", "--data", data / "train", "--init", model, "--out", model, "--force", env=env[1]), "--init")
+    np.save(tmp_path / "x.npy", np.load(data / "train" / "images.npy")[:6])
+    pd.read_csv(data / "train" / "labels.csv").head(6).to_csv(tmp_path / "x.csv", index=False)
+    before = (tmp_path / "x.csv").read_bytes()
+    refused(run("evaluate", "--model", model, "--data", tmp_path / "x.npy", "--json", tmp_path / "x.csv", "--force", env=env[1]),
+            "which this command reads")
+    assert (tmp_path / "x.csv").read_bytes() == before
