@@ -339,13 +339,16 @@ def _resume(learn:Learner, epochs:int, lr:float, is_r21:bool) -> tuple[int, floa
     if info['config'].get('target_range'): learn.lens_config.target_range = info['config']['target_range']   # the prior so far
     return start, best
 
-_DATA_KEYS = ('targets', 'target_mean', 'target_std', 'image_stats', 'image_shape', 'source', 'kind', 'n_train', 'n_valid', 'extra')
+_DATA_KEYS = ('targets', 'target_mean', 'target_std', 'image_stats', 'image_shape', 'pixel_scale', 'source', 'kind', 'n_train',
+              'n_valid', 'data_sha256')
 
 def _check_same_run(info:dict, learn:Learner, where:Path) -> None:
     "Refuse to resume a checkpoint whose data, target or settings differ from this learner's (each difference named)."
     now = dict(learn.lens_config.to_json(), **{f'fit {k}': v for k, v in learn.fit_settings.items()})
     then = dict(info['config'], **{f'fit {k}': v for k, v in info['settings'].items()})
-    diff = [k for k in sorted(set(now) | set(then)) if k != 'target_range' and now.get(k) != then.get(k)]
+    digest = now.get('data_sha256')                           # the images' content: the same data moved is the same data
+    skip = {'target_range'} | ({'source'} if digest and digest == then.get('data_sha256') else set())
+    diff = [k for k in sorted(set(now) | set(then)) if k not in skip and now.get(k) != then.get(k)]
     if not diff: return
     what = [f"the data ({k})" if k in _DATA_KEYS else k for k in diff]
     raise DeepLenseError(f"{where.parent}: cannot resume with other data or settings than the run started with: "

@@ -234,7 +234,8 @@ def test_interrupted_training_says_how_to_resume(env, data, tmp_path):
     out = tmp_path / "int"
     args = ["train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 12, "--bs", 4, "--out", out]
     p = subprocess.Popen([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env[1])
+                         stderr=subprocess.PIPE, text=True, env=env[1],    # Ctrl-C as at a terminal, even when this test
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # runs as a background job
     t0 = time.time()
     while not (out / "models" / "checkpoint.json").exists() and time.time() - t0 < 120: time.sleep(0.2)
     p.send_signal(signal.SIGINT)
@@ -316,7 +317,8 @@ def test_resume_after_a_kill_during_export_or_test_keeps_the_run(env, data, flow
     tested = tmp_path / "tested"; shutil.copytree(flow, tested)            # killed while testing: only metrics.json missing
     (tested / "metrics.json").unlink()
     weights = (tested / "weights.safetensors").read_bytes()
-    r = run(*args, "--data", data / "train", "--out", tested, "--resume", env=env[1])
+    moved = tmp_path / "moved"; shutil.copytree(data / "train", moved)   # the same images in another folder: the same data
+    r = run(*args, "--data", moved, "--out", tested, "--resume", env=env[1])
     assert r.returncode == 0 and (tested / "metrics.json").exists(), r.stderr[-2000:]
     assert (tested / "weights.safetensors").read_bytes() == weights
 
