@@ -351,7 +351,7 @@ def disk_tries() -> list:
                          "refuse", ("file size limit",), fsize=lim, outputs=("full/",)))
         tries.append(Try("disk full", f"simulate at a {lim:,}-byte file limit", ["simulate", "--n", 64, "--out", "{W}/sim"], "refuse",
                          ("file size limit",), fsize=lim, outputs=("sim/",)))
-    for lim in (100, 2_000):
+    for lim in (100, 600):                  # the 24 rows take about 1,500 bytes
         tries.append(Try("disk full", f"predict --out at {lim:,} bytes", ["predict", "--model", "{RUN}", "{CAL}", "--out", "{W}/p.csv"],
                          "refuse", ("file size limit",), fsize=lim))
     tries.append(Try("disk full", "evaluate --json at 50 bytes", ["evaluate", "--model", "{RUN}", "--data", "{CAL}", "--json",
@@ -487,11 +487,13 @@ def directory_tries() -> list:
             Try("output dirs", "train --force into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--force"],
                 "refuse", ("refusing to remove",)),
             Try("output dirs", "train --force into its own data", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{TRAIN}", "--force"],
-                "refuse", ("refusing to remove",)),
+                "refuse", ("--data",)),
             Try("output dirs", "train --resume into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--resume"],
                 "refuse", ("no checkpoint",)),
-            Try("output dirs", "train into the user's folder", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}"], "refuse",
-                ("not empty",))]
+            Try("output dirs", "train into the folder that holds its data", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}"],
+                "refuse", ("--data",)),
+            Try("output dirs", "train into the user's folder", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/notes"], "refuse",
+                ("not empty",), setup=lambda p: ((p["W"] / "notes").mkdir(), (p["W"] / "notes" / "thesis.tex").write_text("mine")))]
 
 
 CATEGORIES = dict(outputs=output_tries, resume=resume_tries, calibration=calibration_tries, duplicates=duplicate_tries,

@@ -563,7 +563,7 @@ def joint_posteriors(run_dir:str|Path, # A flow run
     if not joint:
         how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg['targets'] else
                "only log10_m_axion, which every lens shares, can be calibrated; a target that differs from lens to lens has no joint value")
-        (notice or _notice)(f"{run_dir}: no joint calibration ({how}); the joint intervals of many lenses can be far too narrow")
+        (notice or _notice)(f"note: {run_dir}: no joint calibration ({how}); the joint intervals of many lenses can be far too narrow")
     return {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg['targets'])}
 
 def combine(run_dir:str|Path, # A flow run
