@@ -519,6 +519,8 @@ def one(t: Try, fixture: Path, base_env: dict) -> dict:
             dirs = [o for o in t.outputs if o.endswith("/")]
             allowed = [k for k in before if any(k.startswith(d) or k == d[:-1] for d in dirs)]
             t.outputs = tuple(t.outputs) + tuple(allowed)
+        if r is not None:                              # messages name the try's folder as {W}, not a path of this machine
+            r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout, r.stderr.replace(str(work), "{W}"))
         verdict, why = judge(t, r, before, after, paths)
         return dict(category=t.category, name=t.name, argv=" ".join(map(str, t.argv)), expect=t.expect, verdict=verdict,
                     why=why, seconds=round(secs, 1))

@@ -22,6 +22,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'deeplense_fastai.cli._is_run_file': ('cli.html#_is_run_file', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._online_data': ('cli.html#_online_data', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._opened_inputs': ('cli.html#_opened_inputs', 'deeplense_fastai/cli.py'),
+                                      'deeplense_fastai.cli._out_parent': ('cli.html#_out_parent', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._path': ('cli.html#_path', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._pixel_scale': ('cli.html#_pixel_scale', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._plot_format': ('cli.html#_plot_format', 'deeplense_fastai/cli.py'),

@@ -158,15 +158,20 @@ def _dataset_bytes(preset, n:int, shard, fmt:str) -> int:
     per_image = preset.npix**2 * (4 if fmt == 'native' else 8) + (0 if fmt == 'native' else 4096)
     return (stop - start) * (per_image + 200)
 
+def _out_parent(out:Path) -> Path:
+    "The nearest existing folder of an output directory `out`, checked: not a dangling link, a folder, writable."
+    if out.is_symlink() and not out.exists(): raise DeepLenseError(f"--out {out}: a dangling symbolic link; name a directory")
+    if out.exists() and not out.is_dir(): raise DeepLenseError(f"--out {out}: exists and is not a directory")
+    d = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    if not d.is_dir(): raise DeepLenseError(f"--out {out}: {d} is a file, not a directory")
+    if not os.access(d, os.W_OK): raise DeepLenseError(f"--out {out}: {d} is not writable")
+    return d
+
 def _check_space(out:Path, need:int, what:str) -> None:
     "Refuse to start when the file system of `out` has less free space than `need` bytes (both numbers said)."
     import shutil
     if str(out) == '': raise DeepLenseError("--out: an empty path; name a directory")
-    if Path(out).is_symlink() and not Path(out).exists(): raise DeepLenseError(f"--out {out}: a dangling symbolic link; name a directory")
-    d = Path(out).absolute()
-    while not d.exists(): d = d.parent
-    if not d.is_dir(): raise DeepLenseError(f"--out {out}: {d} is a file, not a directory")
-    if not os.access(d, os.W_OK): raise DeepLenseError(f"--out {out}: {d} is not writable")
+    d = _out_parent(Path(out))
     free = shutil.disk_usage(d).free
     if need > free: raise DeepLenseError(f"{what}: the dataset needs {need / 1e9:,.2f} GB and {d} has {free / 1e9:,.2f} GB free")
 
@@ -284,11 +289,7 @@ def _is_run_file(name:str) -> bool:
 
 def _check_run_out(a) -> None:
     "The run directory: usable, and new, or an unfinished run to --resume, or a run to replace with --force."
-    if a.out.is_symlink() and not a.out.exists(): raise DeepLenseError(f"--out {a.out}: a dangling symbolic link; name a directory")
-    if a.out.exists() and not a.out.is_dir(): raise DeepLenseError(f"--out {a.out}: exists and is not a directory")
-    parent = next(p for p in [a.out.absolute(), *a.out.absolute().parents] if p.exists())
-    if not parent.is_dir(): raise DeepLenseError(f"--out {a.out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK): raise DeepLenseError(f"--out {a.out}: {parent} is not writable")
+    _out_parent(a.out)
     if a.resume and a.force: raise DeepLenseError("give --resume (continue the run) or --force (remove it and start again), not both")
     if a.resume and (a.out/'config.json').is_file() and (a.out/'metrics.json').is_file():
         raise DeepLenseError(f"--resume: {a.out} is a finished run, which is never rewritten; extend it into a new --out with "
@@ -444,9 +445,10 @@ def cmd_train(a) -> int:
     from deeplense_fastai.dataset import _is_rank0
     say = print if _is_rank0() else (lambda *x, **k: None)
     dls, test, train = _train_data(a, a.device, say)
+    from deeplense_fastai.inference import image_hashes, _hashes_digest
+    seen = dict(train=None if train is None else image_hashes(train), test=image_hashes(test))
     if train is not None:                        # the images' identity: a resume on edited images is another run
-        from deeplense_fastai.inference import image_hashes, _hashes_digest
-        dls.lens_config.extra['data_sha256'] = _hashes_digest(image_hashes(train))
+        dls.lens_config.extra['data_sha256'] = _hashes_digest(seen['train'])
     learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
     if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
@@ -459,7 +461,7 @@ def cmd_train(a) -> int:
     if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {weights_digest(learn.model)}")
     if not _is_rank0(): return 0
     from deeplense_fastai.inference import record_images
-    record_images(a.out, train=train, test=test)                  # what later commands check their inputs against
+    record_images(a.out, **seen)                                  # what later commands check their inputs against
     if not exported: export_run(learn, a.out)
     _test_report(a, cfg, test)
     print(f"run written to {a.out}")

@@ -127,12 +127,12 @@ def _hashes_digest(hashes:np.ndarray) -> str:
     return hashlib.sha256(np.sort(hashes).tobytes()).hexdigest()
 
 def record_images(run_dir:str|Path, # A run directory
-                  **sources, # Split name -> LensSource (e.g. train=..., test=...); None entries are skipped
+                  **hashes, # Split name -> `image_hashes` of its images (e.g. train=..., test=...); None entries are skipped
                  ) -> Path:
     "Write the image hashes of each split a run used into `run_dir/images_seen.npz` (atomically)."
     f = Path(run_dir)/SEEN
     with atomic_write(f) as tmp, open(tmp, 'wb') as fh:
-        np.savez(fh, **{k: image_hashes(s) for k, s in sources.items() if s is not None})
+        np.savez(fh, **{k: np.asarray(h, dtype=np.uint64) for k, h in hashes.items() if h is not None})
     return f
 
 def seen_images(run_dir:str|Path, # A run directory
