@@ -18,7 +18,7 @@ __all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'RefusedPickle', 'SafeUnpickler', 
            'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source',
            'open_source', 'resolve_targets', 'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler',
            'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
-           'lens_dataloaders', 'show_results', 'online_dataloaders']
+           'lens_dataloaders', 'show_results', 'plot_top_losses', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -508,7 +508,9 @@ class TargetScaler(Transform):
         self.names, self.c = list(names or []), len(mean)
         self.scaling = RunConfig(self.names or [f't{j}' for j in range(self.c)], mean, std)   # the one encoding and decoding
     def encodes(self, y:torch.Tensor): return self.scaling.encode(y.cpu()).to(y.device).as_subclass(torch.Tensor)
-    def decodes(self, y:torch.Tensor): return LensTarget(self.scaling.decode(y), names=getattr(self, 'names', None))
+    def decodes(self, y:torch.Tensor):
+        if isinstance(y, LensTarget): return y     # already in target units (the loss's `decodes` of a prediction)
+        return LensTarget(self.scaling.decode(y), names=getattr(self, 'names', None))
 
 # %% ../nbs/03_data.ipynb #a9ebe53f
 _TITLES = {'log10_m_axion': ('log10 m', '{:.2f}'), 'f_sub': ('f_sub', '{:.3f}'), 'theta_E': ('theta_E', '{:.2f}"')}
@@ -758,6 +760,16 @@ def show_results(x:TensorImage, y:torch.Tensor, samples, outs, ctxs=None, max_n=
     ctxs = [s[0].show(ctx=c, **kwargs) for s, c, _ in zip(samples, ctxs, range(max_n))]
     ctxs = [s[1].show(ctx=c) for s, c in zip(samples, ctxs)]
     return [o[0].show(ctx=c) for o, c in zip(outs, ctxs)]
+
+@dispatch
+def plot_top_losses(x:TensorImage, y:torch.Tensor, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
+    "fastai's `Interpretation.plot_top_losses` for image regression: each image titled with truth, prediction and loss."
+    axs = get_grid(len(samples), nrows=nrows, ncols=ncols, figsize=figsize, title='true, predicted (target units) / loss')
+    for ax, s, o, l in zip(axs, samples, outs, losses):
+        s[0].show(ctx=ax, **kwargs)
+        names = getattr(s[1], 'names', None) or [f't{j}' for j in range(s[1].shape[-1])]
+        ax.set_title(target_title(names, s[1].detach().cpu().numpy(), pred=o[0].detach().cpu().numpy()) + f" / {l.item():.3f}",
+                     fontsize=9)
 
 # %% ../nbs/03_data.ipynb #cd31efd1
 from .simulate import Preset, get_preset, make_images, labels_frame

@@ -26,26 +26,33 @@ from .core import DeepLenseError
 from .config import RunConfig, _finite_list
 from .models import get_model, MODELS
 from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS
+from .data import LensTarget
 
 # %% auto #0
-__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'get_loss', 'outputs_per_target', 'warmdown_floor', 'get_opt_func',
-           'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint',
-           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'weights_digest',
-           'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config',
-           'distributed']
+__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss',
+           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV',
+           'Checkpoint', 'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit',
+           'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config',
+           'read_run_config', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
-    "Gaussian negative log-likelihood; the model outputs [means, log-variances] (2 x targets)."
+    "Gaussian negative log-likelihood (torch's `gaussian_nll_loss`); the model outputs [means, log-variances] (2 x targets)."
     outputs_per_target = 2
+    def __init__(self, reduction:str='mean'): super().__init__(); self.reduction = reduction
     def forward(self, pred, targ):
         n = targ.shape[-1]
         mu, logvar = pred[..., :n], pred[..., n:].clamp(-12, 12)
-        return 0.5 * (logvar + (targ - mu)**2 * torch.exp(-logvar)).mean()
+        return F.gaussian_nll_loss(mu, targ, logvar.exp(), reduction=self.reduction, eps=0.)
 
-def _rmse(pred, targ): return torch.sqrt(F.mse_loss(pred, targ))
+class RMSE(nn.Module):
+    "Root mean squared error; per image (over its targets) with `reduction='none'`."
+    def __init__(self, reduction:str='mean'): super().__init__(); self.reduction = reduction
+    def forward(self, pred, targ):
+        if self.reduction == 'none': return (pred - targ).pow(2).mean(-1).sqrt()
+        return F.mse_loss(pred, targ).sqrt()
 
-LOSSES = dict(mse=nn.MSELoss, rmse=lambda: _rmse, mae=nn.L1Loss, huber=partial(nn.SmoothL1Loss, beta=1.0), gaussian_nll=GaussianNLL,
+LOSSES = dict(mse=nn.MSELoss, rmse=RMSE, mae=nn.L1Loss, huber=partial(nn.SmoothL1Loss, beta=1.0), gaussian_nll=GaussianNLL,
               flow=FlowNLL)
 
 def get_loss(name:str, # mse, rmse, mae, huber, gaussian_nll or flow
@@ -61,6 +68,31 @@ def get_loss(name:str, # mse, rmse, mae, huber, gaussian_nll or flow
 def outputs_per_target(loss) -> int:
     "Model outputs per target for a loss (2 for gaussian_nll: mean and log-variance)."
     return getattr(loss, 'outputs_per_target', 1)
+
+# %% ../nbs/05_learner.ipynb #d337e775
+class LensLoss:
+    """A loss in fastai's manner around any loss of `LOSSES`: it trains on standardised targets, gives one value per image
+    under fastai's `loss_not_reduced` (what `Interpretation` ranks), and `decodes` the network's outputs into point
+    estimates in the targets' own units, as a `LensTarget`."""
+    def __init__(self, func, # A loss of `LOSSES` (standardised predictions and targets)
+                 cfg:RunConfig, # The run's configuration: targets and their statistics
+                 point=None, # Outputs -> standardised point estimates (a flow's posterior medians); default the first T outputs
+                ):
+        self.func, self.cfg, self.point = func, cfg, point
+    def __call__(self, pred, targ):
+        out = self.func(pred, targ)
+        return out.flatten(1).mean(1) if self.reduction == 'none' and out.ndim > 1 else out
+    @property
+    def reduction(self): return getattr(self.func, 'reduction', 'mean')
+    @reduction.setter
+    def reduction(self, v): self.func.reduction = v
+    def activation(self, out): return out
+    def decodes(self, out):
+        "Point estimates in the targets' units: what `get_preds(with_decoded=True)` and `learn.predict` return."
+        n = len(self.cfg['targets'])
+        est = self.point(out) if self.point is not None else out[..., :n]
+        return LensTarget(self.cfg.decode(est.float().cpu()), names=list(self.cfg['targets']))
+
 
 # %% ../nbs/05_learner.ipynb #46180eeb
 OPTIMIZERS = ('adam', 'radam', 'ranger', 'ranger21')
@@ -304,6 +336,7 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
     cbs = [Ranger21Guard(), LRTrace()] + ([TargetRange()] if loss == 'flow' else []) + list(cbs or [])
     point = partial(flow_median, model) if loss == 'flow' else None
+    loss_fn = LensLoss(loss_fn, cfg, point)
     if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
         from deeplense_fastai.online import OnlineEpoch
         if not any(isinstance(c, OnlineEpoch) for c in cbs): cbs.append(OnlineEpoch())

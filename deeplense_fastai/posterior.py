@@ -57,9 +57,12 @@ def flow_regressor(arch:str, # A name from `MODELS`
 
 # %% ../nbs/04b_posterior.ipynb #77ad1aff
 class FlowNLL:
-    "Negative log posterior of the (standardised) targets under `model`'s flow: the NPE loss."
+    "Negative log posterior of the (standardised) targets under `model`'s flow: the NPE loss (per image with `reduction='none'`)."
+    reduction = 'mean'
     def __init__(self, model:FlowRegressor): self.model = model
-    def __call__(self, ctx, targ): return -self.model.posterior(ctx).log_prob(targ.float()).mean()
+    def __call__(self, ctx, targ):
+        nll = -self.model.posterior(ctx).log_prob(targ.float())
+        return nll if self.reduction == 'none' else nll.mean()
 
 # %% ../nbs/04b_posterior.ipynb #91a4dff1
 def target_grid(cfg:RunConfig, # A run's configuration (targets, target statistics, `target_range`)
