@@ -24,7 +24,7 @@ with fastai_import():
 
 from .core import DeepLenseError
 from .config import RunConfig, _finite_list
-from .models import get_model, MODELS
+from .models import get_model, MODELS, PRETRAINED
 from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS
 from .data import LensTarget
 
@@ -69,7 +69,7 @@ def outputs_per_target(loss) -> int:
     "Model outputs per target for a loss (2 for gaussian_nll: mean and log-variance)."
     return getattr(loss, 'outputs_per_target', 1)
 
-# %% ../nbs/05_learner.ipynb #d337e775
+# %% ../nbs/05_learner.ipynb #dbf43020
 class LensLoss:
     """A loss in fastai's manner around any loss of `LOSSES`: it trains on standardised targets, gives one value per image
     under fastai's `loss_not_reduced` (what `Interpretation` ranks), and `decodes` the network's outputs into point
@@ -302,19 +302,44 @@ class TargetRange(Callback):
         lo, hi = torch.minimum(old[:, 0], y.min(0).values), torch.maximum(old[:, 1], y.max(0).values)
         cfg['target_range'] = [[float(a), float(b)] for a, b in zip(lo, hi)]
 
-def _regression_model(arch:str, loss:str, targets:list, flow:dict|None, model_kw:dict):
+def _custom_model(arch, n_out:int, image_shape, model_kw:dict) -> nn.Module:
+    "A user's network: an `nn.Module` as it is, or a callable `f(n_in=1, n_out=n_out, **model_kw)` that builds one."
+    if isinstance(arch, nn.Module):
+        if model_kw: raise DeepLenseError(f"model options {sorted(model_kw)} go with a registered name or a callable, not a built module")
+        model = arch
+    elif callable(arch):
+        model = arch(n_in=1, n_out=n_out, **model_kw)
+        if not isinstance(model, nn.Module): raise DeepLenseError(f"arch: the callable returned a {type(model).__name__}, not an nn.Module")
+    else: raise DeepLenseError(f"arch must be a name of MODELS, an nn.Module or a callable that builds one, got {type(arch).__name__}")
+    was = model.training; model.eval()
+    try:
+        dev = next(iter(model.parameters()), torch.zeros(0)).device
+        with torch.no_grad(): out = model(torch.zeros(2, 1, *image_shape[-2:], device=dev))
+    except Exception as e: raise DeepLenseError(f"arch {type(model).__name__}: fails on a batch of 1-channel {image_shape[-2]}x{image_shape[-1]} images ({type(e).__name__}: {str(e)[:120]})") from None
+    finally: model.train(was)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, n_out):
+        raise DeepLenseError(f"arch {type(model).__name__}: gives outputs of shape {tuple(getattr(out, 'shape', ()))[1:]} per image; this loss needs {n_out} numbers")
+    return model
+
+def _build(arch, n_out:int, image_shape, model_kw:dict) -> nn.Module:
+    "A registered architecture by name, or a user's network checked to give `n_out` numbers per image."
+    if isinstance(arch, str): return get_model(arch, n_in=1, n_out=n_out, **model_kw)
+    return _custom_model(arch, n_out, image_shape, model_kw)
+
+def _regression_model(arch, loss:str, targets:list, flow:dict|None, model_kw:dict, image_shape=(64, 64)):
     "Model, loss function, outputs and extra config entries for a loss; loss 'flow' builds the posterior head."
     if loss == 'flow':
         fk = dict(FLOW_DEFAULTS, **(flow or {}))
-        model = flow_regressor(arch, len(targets), flow=fk, **model_kw)
+        if isinstance(arch, str): model = flow_regressor(arch, len(targets), flow=fk, **model_kw)
+        else: model = FlowRegressor(_custom_model(arch, fk['n_ctx'], image_shape, model_kw), len(targets), **fk)
         return model, get_loss('flow', model), fk['n_ctx'], dict(flow=fk)
     if flow: raise DeepLenseError("flow settings go with loss='flow'")
     loss_fn = get_loss(loss)
     n_out = len(targets) * outputs_per_target(loss_fn)
-    return get_model(arch, n_in=1, n_out=n_out, **model_kw), loss_fn, n_out, {}
+    return _build(arch, n_out, image_shape, model_kw), loss_fn, n_out, {}
 
 def regression_learner(dls, # DataLoaders from `lens_dataloaders`
-                       arch:str='resnet18', # A name from `MODELS`
+                       arch='resnet18', # A name from `MODELS`, an `nn.Module` (e.g. a timm model), or a callable `f(n_in, n_out)` building one
                        loss:str='mse', # mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: see `posterior`)
                        opt:str='ranger', # adam, radam, ranger or ranger21
                        metrics=None, # fastai metrics; default MAE, RMSE, MSE, R^2 per target in the target's units
@@ -323,17 +348,25 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        cbs=None, # Extra callbacks
                        init:str|Path|None=None, # Start from this trained run's weights (transfer, fine-tuning)
                        flow:dict|None=None, # With loss='flow': flow settings (keys of `FLOW_DEFAULTS`)
+                       pretrained:bool=False, # Start a torchvision ResNet from ImageNet weights (torch's cache; see `models`)
                        **model_kw, # Passed to the model constructor
                       ) -> Learner:
     "A fastai Learner for lensing regression with the DeepLense recipe as default (Ranger, metrics in target units)."
     cfg = getattr(dls, 'lens_config', None)
     if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders")
-    if arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    if isinstance(arch, str) and arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
     if loss == 'flow' and any(s <= 1e-9 * max(1., abs(m)) for m, s in zip(cfg.target_mean, cfg.target_std)):
         raise DeepLenseError(f"targets {', '.join(cfg['targets'])}: one is constant in the training data; a posterior needs a target that varies")
-    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, model_kw)
+    size = cfg.get('size') or cfg.get('image_shape') or (64, 64)
+    if pretrained and (init is not None or not isinstance(arch, str) or arch not in PRETRAINED):
+        raise DeepLenseError(f"pretrained: ImageNet weights exist for {', '.join(PRETRAINED)} only" if init is None else
+                             "pretrained and init both choose the starting weights: give one")
+    build_kw = dict(model_kw, pretrained=True) if pretrained else model_kw
+    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, build_kw, (size, size) if isinstance(size, int) else size)
+    if not isinstance(arch, str): arch = f"custom:{type(model.body if loss == 'flow' else model).__name__}"
     run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
+    if pretrained: run_cfg['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'   # where the weights started; never rebuilt
     cbs = [Ranger21Guard(), LRTrace()] + ([TargetRange()] if loss == 'flow' else []) + list(cbs or [])
     point = partial(flow_median, model) if loss == 'flow' else None
     loss_fn = LensLoss(loss_fn, cfg, point)
@@ -506,6 +539,9 @@ def check_run_config(cfg, # The parsed config.json
     for key in ('arch', 'targets', 'n_out', 'norm', 'target_mean', 'target_std'):
         if key not in cfg: bad(f"missing the key {key!r} (not a complete deeplense_fastai run)")
     rc = RunConfig.from_json(cfg, where)
+    if isinstance(rc.arch, str) and rc.arch.startswith('custom:'):
+        bad(f"its model is a custom module ({rc.arch[7:]}): a run folder rebuilds registered architectures only; build the module "
+            f"in Python and load weights.safetensors into it (models.load_weights)")
     if rc.arch not in MODELS: bad(f"unknown architecture {rc.arch!r}; known: {', '.join(MODELS)}")
     if 'weights' in (rc.model_kw or {}): bad("model_kw names a weights file; a run's weights are its weights.safetensors only")
     t, n_out = rc.targets, rc.n_out

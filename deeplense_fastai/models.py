@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from .core import DeepLenseError, fastai_import
 
 # %% auto #0
-__all__ = ['MODELS', 'register_model', 'load_weights', 'get_model', 'RegressionHead', 'resnet18', 'resnet34', 'resnet50',
-           'resnet101', 'xresnet18', 'xresnet_small', 'AttentionGate', 'DilatedResBlock', 'UNetRegressor', 'MResUNet',
-           'mresunet', 'mresunet_att', 'mresunet_small', 'mresunet_att_small', 'AttentionUNet', 'attention_unet',
-           'attention_unet_small', 'PreActBottleneck', 'SoftMask', 'AttentionModule', 'ResidualAttentionNet',
-           'residual_attention_56', 'residual_attention_92', 'residual_attention_small', 'attention_maps',
-           'count_parameters', 'count_macs']
+__all__ = ['MODELS', 'PRETRAINED', 'register_model', 'load_weights', 'get_model', 'RegressionHead', 'resnet18', 'resnet34',
+           'resnet50', 'resnet101', 'xresnet18', 'xresnet_small', 'AttentionGate', 'DilatedResBlock', 'UNetRegressor',
+           'MResUNet', 'mresunet', 'mresunet_att', 'mresunet_small', 'mresunet_att_small', 'AttentionUNet',
+           'attention_unet', 'attention_unet_small', 'PreActBottleneck', 'SoftMask', 'AttentionModule',
+           'ResidualAttentionNet', 'residual_attention_56', 'residual_attention_92', 'residual_attention_small',
+           'attention_maps', 'count_parameters', 'count_macs']
 
 # %% ../nbs/04_models.ipynb #8a0d1c91
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -72,23 +72,44 @@ class RegressionHead(nn.Sequential):
                          nn.Dropout(p), nn.Linear(hidden, n_out))
 
 # %% ../nbs/04_models.ipynb #13484a31
-def _torchvision_resnet(fn, n_in, n_out):
-    m = fn(weights=None)
+def _imagenet(fn):
+    "A torchvision model with its ImageNet weights, from torch's cache (downloaded there once, never at run time here)."
+    import torch.hub
+    try: return fn(weights='DEFAULT')
+    except (OSError, RuntimeError) as e:             # offline (URLError is an OSError), or a damaged file in the cache
+        raise DeepLenseError(f"pretrained {fn.__name__}: its ImageNet weights are not in torch's cache ({torch.hub.get_dir()}/checkpoints) "
+                             f"and cannot be fetched ({type(e).__name__}); fetch them once with internet access, or train from scratch") from None
+
+def _torchvision_resnet(fn, n_in, n_out, pretrained=False):
+    m = _imagenet(fn) if pretrained else fn(weights=None)
+    rgb = m.conv1.weight.detach()
     m.conv1 = nn.Conv2d(n_in, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if pretrained:                                   # fastai's rule for fewer channels: the RGB filters summed
+        with torch.no_grad(): m.conv1.weight.copy_(rgb.sum(1, keepdim=True).repeat(1, n_in, 1, 1) / n_in)
     m.fc = nn.Linear(m.fc.in_features, n_out)
     return m
 
 @register_model('resnet18')
-def resnet18(n_in=1, n_out=1): "ResNet-18 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet18, n_in, n_out)
+def resnet18(n_in=1, n_out=1, pretrained=False):
+    "ResNet-18 regressor (ImageNet weights with `pretrained=True`)."
+    import torchvision; return _torchvision_resnet(torchvision.models.resnet18, n_in, n_out, pretrained)
 
 @register_model('resnet34')
-def resnet34(n_in=1, n_out=1): "ResNet-34 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet34, n_in, n_out)
+def resnet34(n_in=1, n_out=1, pretrained=False):
+    "ResNet-34 regressor (ImageNet weights with `pretrained=True`)."
+    import torchvision; return _torchvision_resnet(torchvision.models.resnet34, n_in, n_out, pretrained)
 
 @register_model('resnet50')
-def resnet50(n_in=1, n_out=1): "ResNet-50 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet50, n_in, n_out)
+def resnet50(n_in=1, n_out=1, pretrained=False):
+    "ResNet-50 regressor (ImageNet weights with `pretrained=True`)."
+    import torchvision; return _torchvision_resnet(torchvision.models.resnet50, n_in, n_out, pretrained)
 
 @register_model('resnet101')
-def resnet101(n_in=1, n_out=1): "ResNet-101 regressor."; import torchvision; return _torchvision_resnet(torchvision.models.resnet101, n_in, n_out)
+def resnet101(n_in=1, n_out=1, pretrained=False):
+    "ResNet-101 regressor (ImageNet weights with `pretrained=True`)."
+    import torchvision; return _torchvision_resnet(torchvision.models.resnet101, n_in, n_out, pretrained)
+
+PRETRAINED = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
 
 # %% ../nbs/04_models.ipynb #c4bdc8c1
 @register_model('xresnet18')
