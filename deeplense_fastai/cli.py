@@ -524,6 +524,9 @@ def _predict_args(pr):
     pr.add_argument('--device', default=None)
     pr.add_argument('--samples', type=int, default=0, metavar='K', help=f'flow runs: also K posterior samples per image and target '
                     f'(at most {MAX_SAMPLES:,})')
+    pr.add_argument('--bad-pixels', choices=('skip', 'mask', 'refuse'), default='skip',
+                    help="images with NaN or Inf pixels: skip (their row says why, with no numbers; the default), mask (read "
+                         "those pixels as the image's median) or refuse (stop before any prediction)")
     _pixel_scale(pr)
     _force(pr)
 
@@ -539,35 +542,36 @@ def _check_samples(k:int, n_images:int, n_targets:int) -> None:
         raise DeepLenseError(f"--samples {k}: {k:,} draws for {n_images:,} images need about {need / 1e9:.1f} GB, and "
                              f"{free / 1e9:.1f} GB of memory is free; ask for fewer samples or fewer images at a time")
 
-def _opened_inputs(paths, cfg:dict, scale:float|None=None) -> list:
+def _opened_inputs(paths, cfg:dict, scale:float|None=None, bad_pixels:str='refuse') -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
     from deeplense_fastai.inference import open_checked
     srcs = []
     with contextlib.redirect_stdout(sys.stderr):
         for p in paths:
             if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-            srcs.append((p, *open_checked(_scaled(p, scale), cfg)))
+            srcs.append((p, *open_checked(_scaled(p, scale), cfg, bad_pixels=bad_pixels)))
     return srcs
 
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
     from deeplense_fastai.core import get_device, atomic_write, check_output
-    from deeplense_fastai.inference import load_run, predict_opened
+    from deeplense_fastai.inference import load_run, predict_opened, bad_pixel_summary
     import pandas as pd
     device = get_device(a.device)
     model, cfg = load_run(a.model, device)
     if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *_read_by(*a.paths)])
     _check_samples(a.samples, 0, 1)
     if a.samples and cfg.get('loss') != 'flow': raise DeepLenseError(f"--samples {a.samples}: {a.model} is not a flow run (train with --loss flow)")
-    opened = _opened_inputs(a.paths, cfg, a.pixel_scale)
+    opened = _opened_inputs(a.paths, cfg, a.pixel_scale, a.bad_pixels)
     _check_samples(a.samples, sum(len(src) for _, src, _ in opened), len(cfg['targets']))
     frames = []
     with contextlib.redirect_stdout(sys.stderr):         # progress bars and notices never mix with a CSV on stdout
         for p, src, size in opened:
-            df = predict_opened(model, cfg, src, size, a.bs, a.tta, a.samples)
+            df = predict_opened(model, cfg, src, size, a.bs, a.tta, a.samples, a.bad_pixels)
             df.insert(0, 'source', str(p))
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
+    if (line := bad_pixel_summary(out['status'], a.bad_pixels)): print(line, file=sys.stderr)
     for c in ('source', 'file'):                         # a file name that is not UTF-8 is written with its bytes escaped
         if c in out: out[c] = [_printable(v) for v in out[c]]
     if a.out is None: print(out.to_csv(index=False), end='')

@@ -16,9 +16,9 @@ from .core import DeepLenseError, cache_dir
 # %% auto #0
 __all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits',
            'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source',
-           'open_source', 'resolve_targets', 'check_pixels', 'check_source', 'PerImageMinMax', 'TargetScaler',
-           'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
-           'lens_dataloaders', 'show_results', 'plot_top_losses', 'online_dataloaders']
+           'open_source', 'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked', 'check_source',
+           'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image',
+           'without_data', 'split_indices', 'lens_dataloaders', 'show_results', 'plot_top_losses', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -452,23 +452,47 @@ def resolve_targets(src:LensSource, # The source
     return targets
 
 # %% ../nbs/03_data.ipynb #17d58567
+def bad_pixel_counts(src:LensSource, # The source
+                     idx=None, # Indices of the images to count (default: all)
+                     chunk:int=1024, # Images per read
+                    ) -> np.ndarray:
+    "How many NaN or Inf pixels each image has (after refusing complex or non-numeric pixels); zeros for integer images."
+    idx = np.arange(len(src)) if idx is None else np.asarray(idx)
+    if len(src.images) != len(src.labels): raise DeepLenseError(f"{src.path}: {len(src.images)} images but {len(src.labels)} labels")
+    if len(src.images): _check_pixel_type(np.asarray(src.images[0]), src.path)
+    counts = np.zeros(len(idx), dtype=np.int64)
+    if not len(src.images) or not np.issubdtype(np.asarray(src.images[0]).dtype, np.floating): return counts
+    for s in range(0, len(idx), chunk):
+        part = idx[s:s + chunk]
+        block = np.stack([np.asarray(src.images[i]) for i in part]) if not isinstance(src.images, np.ndarray) else src.images[part]
+        counts[s:s + len(part)] = (~np.isfinite(block.reshape(len(part), -1))).sum(1)
+    return counts
+
 def check_pixels(src:LensSource, # The source
                  idx=None, # Indices of the images to check (default: all)
                  chunk:int=1024, # Images per read
                 ) -> None:
     "Refuse complex or non-numeric pixels, and name the first image with NaN or Inf pixels."
     idx = np.arange(len(src)) if idx is None else np.asarray(idx)
-    if len(src.images) != len(src.labels): raise DeepLenseError(f"{src.path}: {len(src.images)} images but {len(src.labels)} labels")
-    _check_pixel_type(np.asarray(src.images[0]), src.path)
-    if not np.issubdtype(np.asarray(src.images[0]).dtype, np.floating): return
-    for s in range(0, len(idx), chunk):
-        part = idx[s:s + chunk]
-        block = np.stack([np.asarray(src.images[i]) for i in part]) if not isinstance(src.images, np.ndarray) else src.images[part]
-        bad = ~np.isfinite(block.reshape(len(part), -1)).all(1)
-        if bad.any():
-            i = int(part[np.argmax(bad)])
-            name = src.labels['file'].iloc[i] if 'file' in src.labels else f"index {i}"
-            raise DeepLenseError(f"{src.path}: image {name} has NaN or Inf pixels")
+    bad = bad_pixel_counts(src, idx, chunk) > 0
+    if bad.any():
+        i = int(idx[np.argmax(bad)])
+        name = src.labels['file'].iloc[i] if 'file' in src.labels else f"index {i}"
+        raise DeepLenseError(f"{src.path}: image {name} has NaN or Inf pixels")
+
+class _Masked:
+    "A view of an image store whose NaN and Inf pixels read as the median of the image's finite pixels (its sky, mostly)."
+    def __init__(self, images): self.images = images
+    def __len__(self): return len(self.images)
+    def __getitem__(self, i):
+        x = np.array(self.images[i], dtype=np.float32)
+        bad = ~np.isfinite(x)
+        if bad.any(): x[bad] = np.median(x[~bad]) if (~bad).any() else 0.
+        return x
+
+def masked(src:LensSource) -> LensSource:
+    "`src` with every NaN or Inf pixel read as its image's finite median (`--bad-pixels mask`), without copying images."
+    return LensSource(_Masked(src.images), src.labels, src.kind, src.path, src.default_target, dict(src.meta, masked=True))
 
 # %% ../nbs/03_data.ipynb #756cfed1
 def check_source(src:LensSource, # The source

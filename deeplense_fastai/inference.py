@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid', 'input_grid', 'open_checked',
-           'image_hashes', 'record_images', 'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions',
-           'predict_source', 'posterior_source', 'predict', 'predict_opened', 'score_run', 'run_posteriors',
-           'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
+__all__ = ['BAD_PIXELS', 'SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid', 'input_grid',
+           'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images',
+           'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source', 'posterior_source', 'predict',
+           'predict_opened', 'score_run', 'run_posteriors', 'calibration_report', 'calibrate', 'JointPosterior',
+           'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -99,14 +100,46 @@ def open_checked(source, # A path `open_source` reads, a LensSource, or an array
                  progress:bool=False, # Progress bar while caching DeepLense files
                  notice=None, # Where one-line notices go (default: stderr)
                  pixel_scale:float|None=None, # Arcsec per pixel of images whose files do not say (FITS WCS and our datasets do)
+                 bad_pixels:str='refuse', # NaN/Inf pixels: 'refuse' (named here), or 'skip'/'mask' (each image's status, in `predict_opened`)
                 ):
-    "`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and NaN, Inf or complex pixels refused first."
+    "`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and complex pixels refused first."
     from deeplense_fastai.data import open_source, check_pixels
+    if bad_pixels not in BAD_PIXELS: raise DeepLenseError(f"bad_pixels must be one of {', '.join(BAD_PIXELS)}, got {bad_pixels!r}")
     src = open_source(source, progress=progress)
     scale = src.meta.get('pixel_scale') or pixel_scale
     grid = input_grid(src.image_shape, cfg, src.path, scale, notice or _notice)
-    check_pixels(src)                              # named before any work
+    check_pixels(src, None if bad_pixels == 'refuse' else [])     # named before any work (complex pixels always)
     return src, grid
+
+BAD_PIXELS = ('skip', 'mask', 'refuse')
+
+def pixel_status(src, # A LensSource
+                 policy:str='skip', # 'skip' (no numbers for an image with NaN/Inf pixels), 'mask' (read them as the image's median), 'refuse'
+                ) -> tuple:
+    "(source to predict, indices of its images in `src`, a status per image of `src`) under a bad-pixel policy."
+    from deeplense_fastai.data import bad_pixel_counts, check_pixels, masked
+    if policy not in BAD_PIXELS: raise DeepLenseError(f"bad_pixels must be one of {', '.join(BAD_PIXELS)}, got {policy!r}")
+    if policy == 'refuse': check_pixels(src)
+    counts = bad_pixel_counts(src) if policy != 'refuse' else np.zeros(len(src), np.int64)
+    npix, bad = int(np.prod(src.image_shape)), counts > 0
+    drop = bad if policy == 'skip' else counts >= npix      # masking needs at least one finite pixel
+    status = np.full(len(src), 'ok', dtype=object)
+    status[bad & ~drop] = [f"masked: {c} NaN/Inf pixels read as the image's median" for c in counts[bad & ~drop]]
+    status[drop] = [f"skipped: {c} of {npix} pixels are NaN/Inf" for c in counts[drop]]
+    keep = np.flatnonzero(~drop)
+    use = src if len(keep) == len(src) else src.subset(keep)
+    return (masked(use) if policy == 'mask' and bad.any() else use), keep, status
+
+def bad_pixel_summary(status, # The status column of predictions
+                      policy:str='skip', # The policy that made it
+                     ) -> str|None:
+    "One line about the images with NaN/Inf pixels (None when there were none)."
+    st = pd.Series(status).astype(str)
+    skipped, masked_ = int(st.str.startswith('skipped').sum()), int(st.str.startswith('masked').sum())
+    if not skipped and not masked_: return None
+    done = ', '.join(s for s in (f"{skipped} skipped (no numbers)" if skipped else '', f"{masked_} masked" if masked_ else '') if s)
+    other = "--bad-pixels mask reads them as the image's median, refuse stops" if policy == 'skip' else "--bad-pixels skip leaves them out"
+    return f"note: {skipped + masked_} of {len(st)} images have NaN or Inf pixels: {done}; the status column names each ({other})"
 
 
 # %% ../nbs/05b_inference.ipynb #9b1a7778
@@ -283,11 +316,14 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             notice=_notice, # Where one-line notices go (default: stderr)
             samples:int=0, # Flow runs: also this many posterior samples per image and target (columns sample<k>_<target>)
             pixel_scale:float|None=None, # Arcsec per pixel of the images, where their files do not say
+            bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse' (an error naming the first), 'skip' or 'mask' (see `pixel_status`)
            ) -> pd.DataFrame:
-    "One row per image of `source`: predictions, and the std (Gaussian NLL) or posterior quantiles q05..q95 (flow)."
+    "One row per image of `source` (index, file, status, then predictions and the std or posterior quantiles q05..q95)."
     model, cfg = load_run(run_dir, device)
-    src, grid = open_checked(source, cfg, progress, notice, pixel_scale)
-    return predict_opened(model, cfg, src, grid, bs, tta, samples)
+    src, grid = open_checked(source, cfg, progress, notice, pixel_scale, bad_pixels)
+    out = predict_opened(model, cfg, src, grid, bs, tta, samples, bad_pixels)
+    if (line := bad_pixel_summary(out['status'], bad_pixels)): (notice or _notice)(line)
+    return out
 
 def predict_opened(model:nn.Module, # A run's model (`load_run`)
                    cfg:RunConfig, # Its configuration
@@ -296,19 +332,23 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
                    bs:int=64, # Batch size
                    tta:bool=False, # Average over the eight symmetries of the square
                    samples:int=0, # Flow runs: posterior samples per image and target
+                   bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse', 'skip' or 'mask' (see `pixel_status`)
                   ) -> pd.DataFrame:
-    "`predict` for a run already loaded and a source already opened (many sources, one load, one pixel check each)."
-    out = pd.DataFrame({'index': np.arange(len(src))})
-    if 'file' in src.labels: out['file'] = src.labels['file'].to_numpy()
-    if isinstance(model, FlowRegressor):
-        cols = _posterior_columns(*posterior_source(model, cfg, src, bs, tta, grid), cfg['targets'], samples)
-        return pd.concat([out, pd.DataFrame(cols)], axis=1)
-    if samples: raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
-    mu, sd = predict_source(model, cfg, src, bs, tta, grid)
-    for j, t in enumerate(cfg['targets']):
-        out[f'pred_{t}'] = mu[:, j]
-        if sd is not None: out[f'std_{t}'] = sd[:, j]
-    return out
+    "`predict` for a run already loaded and a source already opened: the columns index, file, status, then the values."
+    if samples and not isinstance(model, FlowRegressor):
+        raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
+    use, keep, status = pixel_status(src, bad_pixels)
+    out = pd.DataFrame({'index': np.arange(len(src)), 'file': src.labels['file'].to_numpy() if 'file' in src.labels else '',
+                        'status': status})
+    if not len(keep): return out
+    if isinstance(model, FlowRegressor): vals = pd.DataFrame(_posterior_columns(*posterior_source(model, cfg, use, bs, tta, grid), cfg['targets'], samples))
+    else:
+        mu, sd = predict_source(model, cfg, use, bs, tta, grid)
+        vals = pd.DataFrame({k: v for j, t in enumerate(cfg['targets'])
+                             for k, v in [(f'pred_{t}', mu[:, j])] + ([(f'std_{t}', sd[:, j])] if sd is not None else [])})
+    full = pd.DataFrame(np.nan, index=out.index, columns=vals.columns)
+    full.iloc[keep] = vals.to_numpy()
+    return pd.concat([out, full], axis=1)
 
 
 # %% ../nbs/05b_inference.ipynb #8c512a27

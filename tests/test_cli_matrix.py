@@ -179,8 +179,8 @@ def test_predict_every_kind_to_stdout(inputs, native, env, model):
     paths = {k: path_of(k, inputs, native) for k in PREDICT_COUNTS}
     r = ok(run("predict", "--model", model, *paths.values(), env=env[1]))
     df = pd.read_csv(io.StringIO(r.stdout))               # stdout is the CSV and nothing else
-    assert {"source", "index", "pred_log10_m_axion"} <= set(df.columns)
-    assert df["pred_log10_m_axion"].notna().all()
+    assert list(df.columns) == ["source", "index", "file", "status", "pred_log10_m_axion"]   # fixed, whatever the inputs
+    assert df["pred_log10_m_axion"].notna().all() and (df["status"] == "ok").all()
     counts = df.groupby("source").size()
     for k, p in paths.items():
         assert counts[str(p)] == PREDICT_COUNTS[k], k
@@ -199,9 +199,27 @@ def test_predict_several_inputs_to_file_and_resize_notice(inputs, native, env, m
     assert "resampled from 0.2 to 0.101" in r.stderr and json.loads((model / "config.json").read_text())["pixel_scale"] == 0.101
 
 
-def test_predict_refuses_bad_images(inputs, env, model, tmp_path):
+def test_predict_bad_pixels_skip_mask_refuse(inputs, env, model, tmp_path):
+    "A FITS cutout with NaN borders among good ones: by default its row says why and has no numbers, the rest are predicted."
+    import shutil
+    from astropy.io import fits
+    folder = tmp_path / "cutouts"; shutil.copytree(inputs["fits_folder"], folder)
+    img = np.asarray(fits.getdata(sorted(folder.glob("*.fits"))[0]), dtype=np.float32).copy(); img[:4] = np.nan
+    fits.writeto(folder / "zz_border.fits", img)
+    r = ok(run("predict", "--model", model, folder, env=env[1]))
+    df = pd.read_csv(io.StringIO(r.stdout))
+    bad = df["file"].str.contains("zz_border")
+    assert bad.sum() == 1 and df.loc[bad, "status"].iloc[0].startswith("skipped: 256 of") and df.loc[bad, "pred_log10_m_axion"].isna().all()
+    assert (df.loc[~bad, "status"] == "ok").all() and df.loc[~bad, "pred_log10_m_axion"].notna().all()
+    assert "note: 1 of 4 images have NaN or Inf pixels" in r.stderr
+    df = pd.read_csv(io.StringIO(ok(run("predict", "--model", model, folder, "--bad-pixels", "mask", env=env[1])).stdout))
+    assert df["pred_log10_m_axion"].notna().all() and df.loc[df["file"].str.contains("zz_border"), "status"].iloc[0].startswith("masked: 256")
+    refused(run("predict", "--model", model, folder, "--bad-pixels", "refuse", env=env[1]), "zz_border.fits", "NaN")
     nan = tmp_path / "nan.npy"; a = np.load(inputs["stack"]); a[2, 3, 3] = np.nan; np.save(nan, a)
-    refused(run("predict", "--model", model, nan, env=env[1]), "index 2", "NaN")
+    refused(run("predict", "--model", model, nan, "--bad-pixels", "refuse", env=env[1]), "index 2", "NaN")
+
+
+def test_predict_refuses_bad_images(inputs, env, model, tmp_path):
     cplx = tmp_path / "c.npy"; np.save(cplx, np.load(inputs["stack"]) + 1j)
     refused(run("predict", "--model", model, cplx, env=env[1]), "complex")
     junk = tmp_path / "junk.npy"; junk.write_bytes(os.urandom(300))
