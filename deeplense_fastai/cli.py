@@ -134,7 +134,8 @@ def _simulate_args(s):
                    help="axion vortex as DeepLenseSim's 100 points or the analytic segment (faster)")
     s.add_argument('--no-noise', action='store_true', help='write noiseless images')
     s.add_argument('--compile', action='store_true', help='fuse the point-mass sums with torch.compile (faster for large runs)')
-    s.add_argument('--quiet', action='store_true', help='no progress bar')
+    s.add_argument('--quiet', action='store_true', help='no progress bar and no notes')
+    s.add_argument('--progress', action='store_true', help='a progress bar (on stderr) even when stderr is not a terminal')
 
 def cmd_simulate(a) -> int:
     "`deeplense simulate`: validate everything, then write (part of) a dataset."
@@ -145,8 +146,10 @@ def cmd_simulate(a) -> int:
     device = get_device(a.device)
     _check_space(a.out, _dataset_bytes(preset, a.n, a.shard, a.fmt), f"--n {a.n}")
     log = (lambda *args: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
-    m = write_dataset(a.out, preset, a.n, a.seed, a.classes, a.fmt, a.shard, noise=not a.no_noise, device=device,
-                      batch_size=a.batch_size, progress=not a.quiet, log=log, compile=a.compile)
+    bar = not a.quiet and (a.progress or sys.stderr.isatty())      # a bar is for a person at a terminal, and never on stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        m = write_dataset(a.out, preset, a.n, a.seed, a.classes, a.fmt, a.shard, noise=not a.no_noise, device=device,
+                          batch_size=a.batch_size, progress=bar, log=log, compile=a.compile)
     print(f"wrote {a.out}: {m['stop'] - m['start']} images [{m['start']}, {m['stop']}) of {a.n}, preset {preset.name}, "
           f"format {a.fmt}")
     return 0
@@ -190,9 +193,14 @@ def cmd_info(a) -> int:
         ds = open_dataset(a.path)
         print(f"{a.path}: {len(ds)} images of {ds.preset.npix}x{ds.preset.npix}, preset {ds.preset.name}, seed "
               f"{ds.manifest['seed']}, {len(ds.parts)} part(s), noise {'on' if ds.manifest['noise'] else 'off'}")
-    with contextlib.redirect_stdout(sys.stderr): src = open_source(a.path, progress=True)
-    lab = src.labels
-    if kind != 'native':
+    if kind == 'deeplense':                      # read file by file: info writes nothing (no cache), whatever the folder
+        from deeplense_fastai.data import scan_deeplense_dir
+        (h, w), lab = scan_deeplense_dir(a.path, progress=sys.stderr.isatty())
+        print(f"{a.path}: {len(lab)} images of {h}x{w}, deeplense, labelled")
+    else:
+        with contextlib.redirect_stdout(sys.stderr): src = open_source(a.path, progress=sys.stderr.isatty())
+        lab = src.labels
+    if kind not in ('native', 'deeplense'):
         h, w = src.image_shape
         print(f"{a.path}: {len(src)} images of {h}x{w}, {kind}, {'labelled' if src.meta.get('labelled', True) else 'unlabelled'}")
     if 'class' in lab and lab['class'].astype(str).str.len().gt(0).any():
@@ -242,7 +250,10 @@ def _train_args(t):
     t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init: train only the head for N epochs first')
     t.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
     t.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
-    t.add_argument('--quiet', action='store_true', help='no progress bar (one line of metrics per epoch)')
+    t.add_argument('--quiet', action='store_true', help='nothing per epoch (the test report still prints)')
+    t.add_argument('--log', choices=('text', 'json'), default='text',
+                   help='per-epoch lines on stdout: text, or one JSON object per epoch and one at the end (all other text on stderr)')
+    t.add_argument('--progress', action='store_true', help='progress bars (on stderr) even when stderr is not a terminal')
     t.add_argument('--pixel-scale', type=_scale, default=None, metavar='ARCSEC',
                    help="arcsec per pixel of --data whose files do not say (recorded in the run; predictions use it)")
 
@@ -416,6 +427,7 @@ def _test_report(a, cfg:dict, test) -> None:
     if 'calibration' in rep:
         print(f"posterior calibration on the test set: largest |expected coverage - nominal level| "
               f"{rep['calibration']['max_coverage_error']:.3f} (plot: calibration_<target>.png)")
+    return dict(rep, tta=rep_tta)
 
 def _calibration_plots(run_dir:Path, test, bs:int, device) -> dict:
     "A flow run's calibration on its test set: coverage and binned bias/coverage plots per target; the numbers returned."
@@ -439,11 +451,13 @@ def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
     from deeplense_fastai.core import get_device, set_seed
-    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed, weights_digest
+    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed, weights_digest, EpochLog
     a.device = get_device(a.device)
     set_seed(a.seed)
     from deeplense_fastai.dataset import _is_rank0
-    say = print if _is_rank0() else (lambda *x, **k: None)
+    js = a.log == 'json'                         # stdout holds JSON objects only; people's text goes to stderr
+    say = (lambda *x: print(*x, file=sys.stderr)) if js else print
+    if not _is_rank0(): say = lambda *x, **k: None
     dls, test, train = _train_data(a, a.device, say)
     from deeplense_fastai.inference import image_hashes, _hashes_digest
     seen = dict(train=None if train is None else image_hashes(train), test=image_hashes(test))
@@ -455,16 +469,20 @@ def cmd_train(a) -> int:
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
         f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {a.device}")
-    with distributed(learn, cpu=a.device.type == 'cpu'), (learn.no_bar() if a.quiet else contextlib.nullcontext()):
-        fit(learn, a.epochs, a.lr, a.schedule, early_stopping=a.early_stopping, resume=a.resume, verbose=True,
+    bars = not a.quiet and (a.progress or sys.stderr.isatty())     # fastai's bar and table, on stderr, for a person
+    if not a.quiet and (js or not bars): learn.add_cb(EpochLog(a.log, sys.stdout))
+    with distributed(learn, cpu=a.device.type == 'cpu'), (contextlib.nullcontext() if bars else learn.no_bar()), \
+         (contextlib.nullcontext() if bars else learn.no_logging()), contextlib.redirect_stdout(sys.stderr):
+        fit(learn, a.epochs, a.lr, a.schedule, early_stopping=a.early_stopping, resume=a.resume, verbose=bars,
             freeze_epochs=a.freeze_epochs)
     if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {weights_digest(learn.model)}")
     if not _is_rank0(): return 0
     from deeplense_fastai.inference import record_images
     record_images(a.out, **seen)                                  # what later commands check their inputs against
     if not exported: export_run(learn, a.out)
-    _test_report(a, cfg, test)
-    print(f"run written to {a.out}")
+    with (contextlib.redirect_stdout(sys.stderr) if js else contextlib.nullcontext()): rep = _test_report(a, cfg, test)
+    if js: print(json.dumps(dict(event='done', run=str(a.out), test=rep)), flush=True)
+    else: print(f"run written to {a.out}")
     return 0
 
 COMMANDS['train'] = ('train a regression model (no arguments: the embedded default)',

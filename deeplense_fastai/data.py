@@ -15,10 +15,11 @@ from .core import DeepLenseError, cache_dir
 
 # %% auto #0
 __all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits',
-           'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'convert_deeplense_dir', 'detect_source',
-           'open_source', 'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked', 'check_source',
-           'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image',
-           'without_data', 'split_indices', 'lens_dataloaders', 'show_results', 'plot_top_losses', 'online_dataloaders']
+           'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'scan_deeplense_dir',
+           'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets', 'bad_pixel_counts',
+           'check_pixels', 'masked', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget',
+           'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices', 'lens_dataloaders',
+           'show_results', 'plot_top_losses', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -335,6 +336,36 @@ def _cache_key(path:Path, files:list[Path]) -> str:
     return h.hexdigest()[:24]
 
 # %% ../nbs/03_data.ipynb #615dee49
+def _read_files(path:Path, files:list[Path], progress:bool, verb:str):
+    "(index, image, label) of each DeepLense file, read safely; one image size and real pixels, else one error naming the file."
+    shape, it = None, range(len(files))
+    if progress: it = _progress(it, len(files), f'{verb} {len(files)} files of {path.name}')
+    try:
+        for i in it:
+            img, label = load_image_file(files[i])
+            shape = shape or img.shape
+            if img.shape != shape: raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: mixed image sizes")
+            _check_pixel_type(img, files[i])
+            yield i, img, label
+    finally:
+        if hasattr(it, 'close'): it.close()      # ends the progress bar (and its redirection) on errors too
+
+def _file_table(path:Path, files:list[Path], labels) -> pd.DataFrame:
+    "file (relative, \\xNN for bytes that are not UTF-8), class (the first sub-folder) and label of each DeepLense file."
+    rel = [os.fsencode(f.relative_to(path)).decode('utf-8', 'backslashreplace') for f in files]
+    cls = [Path(r).parts[0] if len(Path(r).parts) > 1 else '' for r in rel]
+    return pd.DataFrame({'file': rel, 'class': cls, 'label': labels})
+
+def scan_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (class sub-folders allowed)
+                       progress:bool=False, # Show a progress bar
+                      ) -> tuple:
+    "(image shape, label table with the derived target columns) of a DeepLense directory, read without writing anything."
+    path = Path(path)
+    files = _deeplense_files(path)
+    labels, shape = np.empty(len(files)), None
+    for i, img, labels[i] in _read_files(path, files, progress, 'reading'): shape = img.shape
+    return shape, _label_columns(_file_table(path, files, labels))
+
 def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (class sub-folders allowed)
                           progress:bool=True, # Show a progress bar
                          ) -> Path:
@@ -345,24 +376,12 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
     if (target/'labels.csv').exists(): return target
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=target.parent))
     try:
-        first, _ = load_image_file(files[0])
-        shape = first.shape
+        shape = load_image_file(files[0])[0].shape
         arr = np.lib.format.open_memmap(tmp/'images.npy', mode='w+', dtype=np.float32, shape=(len(files), 1, *shape))
         labels = np.empty(len(files))
-        it = range(len(files))
-        if progress: it = _progress(it, len(files), f'caching {len(files)} files of {path.name}')
-        try:
-            for i in it:
-                img, labels[i] = load_image_file(files[i])
-                if img.shape != shape: raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: mixed image sizes")
-                _check_pixel_type(img, files[i])
-                arr[i, 0] = img
-        finally:
-            if hasattr(it, 'close'): it.close()      # ends the progress bar (and its redirection) on errors too
+        for i, img, labels[i] in _read_files(path, files, progress, 'caching'): arr[i, 0] = img
         arr.flush(); del arr
-        rel = [os.fsencode(f.relative_to(path)).decode('utf-8', 'backslashreplace') for f in files]   # \xNN for non-UTF-8 bytes
-        cls = [Path(r).parts[0] if len(Path(r).parts) > 1 else '' for r in rel]
-        pd.DataFrame({'file': rel, 'class': cls, 'label': labels}).to_csv(tmp/'labels.csv', index=False)
+        _file_table(path, files, labels).to_csv(tmp/'labels.csv', index=False)
         try: os.replace(tmp, target)
         except OSError:              # another process finished the same cache first
             shutil.rmtree(tmp, ignore_errors=True)

@@ -30,8 +30,8 @@ from .data import LensTarget
 
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss',
-           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'Ranger21Guard', 'SaveBest', 'HistoryCSV',
-           'Checkpoint', 'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit',
+           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'EpochLog', 'Ranger21Guard', 'SaveBest',
+           'HistoryCSV', 'Checkpoint', 'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit',
            'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config',
            'read_run_config', 'distributed']
 
@@ -69,7 +69,7 @@ def outputs_per_target(loss) -> int:
     "Model outputs per target for a loss (2 for gaussian_nll: mean and log-variance)."
     return getattr(loss, 'outputs_per_target', 1)
 
-# %% ../nbs/05_learner.ipynb #d21c1e1f
+# %% ../nbs/05_learner.ipynb #f17b7418
 class LensLoss:
     """A loss in fastai's manner around any loss of `LOSSES`: it trains on standardised targets, gives one value per image
     under fastai's `loss_not_reduced` (what `Interpretation` ranks), and `decodes` the network's outputs into point
@@ -178,6 +178,32 @@ class LRTrace(Callback):
         if opt is not None and hasattr(opt, 'current_lr') and hasattr(opt, 'num_epochs'):
             self.lrs.append(float(opt.current_lr))
         else: self.lrs.append(float(self.learn.opt.hypers[-1]['lr']))
+
+class EpochLog(Callback):
+    """One line per epoch for a reader that is not a terminal: plain text (`epoch 2/8  train_loss 0.61  valid_loss 0.58 ...
+    4.1 s  best`) or one JSON object (`{"event": "epoch", "epoch": 2, ...}`), written to `out` (default: stdout). Train with
+    `learn.no_bar()` and `learn.no_logging()` beside it: the bar's carriage returns and the Recorder's raw lists stay out."""
+    order = 70                                   # after the Recorder has the epoch's values
+    def __init__(self, fmt:str='text', # 'text' or 'json'
+                 out=None, # A file object (default: sys.stdout when the line is written)
+                ):
+        if fmt not in ('text', 'json'): raise DeepLenseError(f"log format must be text or json, got {fmt!r}")
+        self.fmt, self.out = fmt, out
+    def before_fit(self): self.best = math.inf
+    def before_epoch(self):
+        import time; self.t0 = time.perf_counter()
+    def after_epoch(self):
+        import sys, time
+        from fastai.torch_core import rank_distrib
+        if rank_distrib(): return
+        names = [n for n in self.recorder.metric_names[1:] if n != 'time']
+        vals = dict(zip(names, [float(v) if v is not None else None for v in self.recorder.values[-1]]))
+        best = vals.get('valid_loss') is not None and vals['valid_loss'] < self.best
+        if best: self.best = vals['valid_loss']
+        rec = dict(event='epoch', epoch=self.epoch + 1, epochs=self.n_epoch, **vals, seconds=round(time.perf_counter() - self.t0, 2), best=best)
+        line = json.dumps(rec) if self.fmt == 'json' else (f"epoch {rec['epoch']}/{rec['epochs']}  " + "  ".join(
+            f"{k} {v:.4g}" for k, v in vals.items() if v is not None) + f"  {rec['seconds']:.1f} s" + ("  best" if best else ''))
+        print(line, file=self.out or sys.stdout, flush=True)
 
 class Ranger21Guard(Callback):
     "Refuse to train Ranger21 under a fastai learning-rate scheduler (two schedules would act at once)."
