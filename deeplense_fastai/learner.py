@@ -69,7 +69,7 @@ def outputs_per_target(loss) -> int:
     "Model outputs per target for a loss (2 for gaussian_nll: mean and log-variance)."
     return getattr(loss, 'outputs_per_target', 1)
 
-# %% ../nbs/05_learner.ipynb #f17b7418
+# %% ../nbs/05_learner.ipynb #950bd62b
 class LensLoss:
     """A loss in fastai's manner around any loss of `LOSSES`: it trains on standardised targets, gives one value per image
     under fastai's `loss_not_reduced` (what `Interpretation` ranks), and `decodes` the network's outputs into point
