@@ -11,8 +11,8 @@ from .core import DeepLenseError, _inside
 import numpy as np
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate', 'cmd_info', 'cmd_presets', 'cmd_train',
-           'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
+__all__ = ['COMMANDS', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate', 'cmd_info', 'cmd_presets', 'cmd_split',
+           'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
 
 # %% ../nbs/07_cli.ipynb #589d5ea2
 class _Parser(argparse.ArgumentParser):
@@ -220,6 +220,41 @@ def cmd_presets(a) -> int:
     return 0
 
 COMMANDS['presets'] = ('list the simulation presets', None, lambda p: None, cmd_presets)
+
+# %% ../nbs/07_cli.ipynb #86450bb1
+def _fractions(text:str) -> tuple[float, ...]:
+    try: fr = tuple(float(x) for x in text.split(','))
+    except ValueError: raise argparse.ArgumentTypeError(f"{text!r}: comma-separated fractions, e.g. 0.8,0.1,0.1") from None
+    if any(not 0 < f < 1 for f in fr) or abs(sum(fr) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"{text!r}: fractions between 0 and 1 that sum to 1")
+    return fr
+
+def _split_args(s):
+    s.add_argument('path', type=Path, help='dataset directory, DeepLense folder, memmap pair, labelled .npy or FITS files')
+    s.add_argument('--out', type=_path, required=True, help='folder of the split files (<name>.json each)')
+    s.add_argument('--fractions', type=_fractions, default=(0.8, 0.1, 0.1), help='fraction of the images per split (default 0.8,0.1,0.1)')
+    s.add_argument('--names', default='train,calib,test', help='split names, one per fraction (default train,calib,test)')
+    s.add_argument('--seed', type=_seed, default=0)
+    s.add_argument('--force', action='store_true', help='replace split files that exist')
+
+def cmd_split(a) -> int:
+    "`deeplense split`: random splits of a dataset as files listing its images (nothing copied), for train/calibrate/evaluate."
+    from deeplense_fastai.data import write_splits, detect_source
+    names = tuple(n.strip() for n in a.names.split(','))
+    if len(names) != len(a.fractions) or len(set(names)) != len(names) or not all(n.isidentifier() for n in names):
+        raise DeepLenseError(f"--names {a.names}: {len(a.fractions)} different simple names, one per fraction")
+    if detect_source(a.path) == 'split': raise DeepLenseError(f"{a.path}: already a split; split the dataset it names")
+    _out_parent(a.out)
+    if (bad := [p for p in _read_by(a.path) if any(a.out/f'{n}.json' == Path(p) for n in names)]):
+        raise DeepLenseError(f"--out {a.out}: would overwrite the input {bad[0]}")
+    files = write_splits(a.path, a.out, a.fractions, names, a.seed, a.force)
+    from deeplense_fastai.data import open_source
+    for n, f in files.items(): print(f"{n}: {len(open_source(f, progress=False))} images -> {f}")
+    return 0
+
+COMMANDS['split'] = ('split a dataset into train/calibration/test files (no copying)',
+                     'Split a dataset at random into files that list its images; train, evaluate, calibrate and predict take '
+                     'them wherever they take a dataset (e.g. --data SPLITS/train.json).', _split_args, cmd_split)
 
 # %% ../nbs/07_cli.ipynb #3b20c3ce
 def _train_args(t):

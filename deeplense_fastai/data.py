@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import DeepLenseError, cache_dir
+from .core import DeepLenseError, cache_dir, atomic_write
 
 # %% auto #0
-__all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits', 'read_fits',
-           'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'scan_deeplense_dir',
-           'convert_deeplense_dir', 'detect_source', 'open_source', 'resolve_targets', 'bad_pixel_counts',
-           'check_pixels', 'masked', 'check_source', 'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget',
-           'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices', 'lens_dataloaders',
-           'show_results', 'plot_top_losses', 'online_dataloaders']
+__all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'SPLIT_FORMAT', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits',
+           'read_fits', 'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'scan_deeplense_dir',
+           'convert_deeplense_dir', 'detect_source', 'open_source', 'write_splits', 'resolve_targets',
+           'bad_pixel_counts', 'check_pixels', 'masked', 'check_source', 'PerImageMinMax', 'TargetScaler',
+           'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
+           'lens_dataloaders', 'show_results', 'plot_top_losses', 'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -431,7 +431,8 @@ def detect_source(path:str|Path, # A dataset directory, a .npy file or a FITS fi
     if path.name.endswith('_mmep.npy'): return 'memmap'
     if path.suffix == '.npy': return 'arrays'
     if is_fits(path): return 'fits'
-    raise DeepLenseError(f"{path}: not a dataset or image file (expected a directory, a .npy or a FITS file)")
+    if path.suffix == '.json' and _is_split(path): return 'split'
+    raise DeepLenseError(f"{path}: not a dataset or image file (expected a directory, a .npy or a FITS file, or a split's .json)")
 
 # %% ../nbs/03_data.ipynb #b7512ebf
 def open_source(path, # Dataset path, or images in memory (numpy array, torch tensor)
@@ -450,7 +451,62 @@ def open_source(path, # Dataset path, or images in memory (numpy array, torch te
     if kind == 'deeplense': return _deeplense_source(path, progress)
     if kind == 'arrays': return _arrays_source(path, labels)
     if kind == 'fits': return _fits_source(path)
-    raise DeepLenseError(f"unknown source kind {kind!r}; use native, deeplense, memmap, arrays or fits")
+    if kind == 'split': return _split_source(path, progress)
+    raise DeepLenseError(f"unknown source kind {kind!r}; use native, deeplense, memmap, arrays, fits or split")
+
+# %% ../nbs/03_data.ipynb #1eb7fffb
+SPLIT_FORMAT = 'deeplense_fastai/split'
+
+def _is_split(path:Path) -> bool:
+    "Is `path` a split file written by `write_splits` (a small JSON object of the split format)?"
+    if path.stat().st_size > 1 << 28: return False
+    try: return json.loads(path.read_text()).get('format') == SPLIT_FORMAT
+    except (ValueError, UnicodeDecodeError, AttributeError): return False
+
+def _labels_digest(src:LensSource) -> str:
+    "SHA-256 of a source's label table (its CSV text): a split notices a dataset edited or re-ordered under it."
+    return hashlib.sha256(src.labels.to_csv(index=False).encode()).hexdigest()
+
+def _split_source(path:Path, progress:bool) -> LensSource:
+    "The images a split file names, as a view of its dataset (nothing copied), after checking the dataset is the one it split."
+    doc = json.loads(path.read_text())
+    src_path = Path(doc.get('source', ''))
+    if not src_path.is_absolute(): src_path = (path.parent/src_path)
+    if not src_path.exists(): raise DeepLenseError(f"{path}: its dataset {src_path} does not exist (moved? split it again)")
+    src = open_source(src_path, progress=progress)
+    idx = doc.get('indices')
+    if (len(src) != doc.get('n_source') or _labels_digest(src) != doc.get('labels_sha256') or not isinstance(idx, list)
+            or not all(isinstance(i, int) and 0 <= i < len(src) for i in idx)):
+        raise DeepLenseError(f"{path}: {src_path} is not the dataset this split was made from (its images or labels changed); split it again")
+    sub = src.subset(idx)
+    return LensSource(sub.images, sub.labels, src.kind, path, src.default_target, dict(src.meta, split=doc.get('name'), split_of=str(src_path)))
+
+def write_splits(source, # A dataset path (any kind `open_source` reads)
+                 out:str|Path, # Folder of the split files (created)
+                 fractions=(0.8, 0.1, 0.1), # Fraction of the images in each split (summing to 1)
+                 names=('train', 'calib', 'test'), # Split names: the files <name>.json
+                 seed:int=0, # Seed of the random assignment
+                 force:bool=False, # Replace split files that exist
+                ) -> dict:
+    "Split a dataset at random into files that list its images (indices and file names; nothing copied): {name: path}."
+    fr = np.asarray(fractions, dtype=np.float64)
+    if len(fr) != len(names) or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
+        raise DeepLenseError(f"fractions {list(fractions)}: one positive fraction per split ({', '.join(names)}), summing to 1")
+    src, out = open_source(source, progress=False), Path(out)
+    counts = np.floor(fr * len(src)).astype(int); counts[0] += len(src) - counts.sum()
+    if (counts == 0).any(): raise DeepLenseError(f"{source}: {len(src)} images cannot fill {len(names)} splits of {list(fractions)}")
+    files = {n: out/f'{n}.json' for n in names}
+    if not force and (old := [str(f) for f in files.values() if f.exists()]): raise DeepLenseError(f"{old[0]} exists (--force replaces it)")
+    out.mkdir(parents=True, exist_ok=True)
+    order, start = np.random.default_rng(seed).permutation(len(src)), 0
+    common = dict(format=SPLIT_FORMAT, source=str(Path(source).resolve()), kind=src.kind, n_source=len(src),
+                  labels_sha256=_labels_digest(src), seed=seed, fractions=[float(f) for f in fr], names=list(names))
+    for n, c in zip(names, counts):
+        idx = sorted(int(i) for i in order[start:start + c]); start += c
+        doc = dict(common, name=n, n=len(idx), indices=idx)
+        if 'file' in src.labels: doc['files'] = [str(src.labels['file'].iloc[i]) for i in idx]
+        with atomic_write(files[n]) as tmp: tmp.write_text(json.dumps(doc, indent=0))
+    return files
 
 # %% ../nbs/03_data.ipynb #0bba4285
 def resolve_targets(src:LensSource, # The source

@@ -1,0 +1,65 @@
+"""`deeplense split` as a user runs it (a subprocess, no terminal, default flags): split files list a dataset's images
+without copying them, every command takes them as data, overlap with the training images is said, and a dataset edited
+after splitting is refused in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, stdin=subprocess.DEVNULL)
+
+
+def refused(r, *words):
+    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("note:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for w in words: assert w in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split")
+    from deeplense_fastai.dataset import write_dataset
+    write_dataset(root / "data", "model_ii", n=60, seed=0, progress=False)
+    return root, dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"))
+
+
+def test_split_train_evaluate(env):
+    root, e = env
+    before = sorted(p.name for p in (root / "data").iterdir())
+    r = run("split", root / "data", "--out", root / "sp", "--seed", 1, env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [l.split(":")[0] for l in r.stdout.splitlines()] == ["train", "calib", "test"]
+    docs = {n: json.loads((root / "sp" / f"{n}.json").read_text()) for n in ("train", "calib", "test")}
+    idx = [set(d["indices"]) for d in docs.values()]
+    assert [len(s) for s in idx] == [48, 6, 6] and set.union(*idx) == set(range(60))     # a partition of the dataset
+    assert sum(len(s) for s in idx) == 60 and sorted(p.name for p in (root / "data").iterdir()) == before   # nothing copied
+    r = run("train", "--data", root / "sp" / "train.json", "--test", root / "sp" / "test.json", "--arch", "xresnet_small",
+            "--epochs", 1, "--bs", 8, "--out", root / "run", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test images: 6" in r.stdout and "on 44 images, validating on 4" in r.stdout
+    r = run("evaluate", "--model", root / "run", "--data", root / "sp" / "calib.json", env=e)
+    assert r.returncode == 0 and "test images: 6" in r.stdout and "note:" not in r.stderr, r.stderr
+    r = run("evaluate", "--model", root / "run", "--data", root / "sp" / "train.json", env=e)
+    assert r.returncode == 0 and "note: 48 of these 48 images are ones the run trained or validated on" in r.stderr, r.stderr
+
+
+def test_split_refusals(env, tmp_path):
+    root, e = env
+    refused(run("split", root / "data", "--out", tmp_path / "a", "--fractions", "0.5,0.6", env=e), "sum to 1")
+    refused(run("split", root / "data", "--out", tmp_path / "a", "--fractions", "0.5,0.5", env=e), "--names")
+    assert run("split", root / "data", "--out", tmp_path / "a", env=e).returncode == 0
+    refused(run("split", root / "data", "--out", tmp_path / "a", env=e), "exists", "--force")
+    refused(run("split", tmp_path / "a" / "train.json", "--out", tmp_path / "b", env=e), "already a split")
+    from deeplense_fastai.dataset import write_dataset
+    write_dataset(tmp_path / "d", "model_ii", n=20, seed=0, progress=False)
+    assert run("split", tmp_path / "d", "--out", tmp_path / "c", env=e).returncode == 0
+    lab = pd.read_csv(tmp_path / "d" / "labels.csv"); lab.loc[0, "log10_m_axion"] = -22.0; lab.to_csv(tmp_path / "d" / "labels.csv", index=False)
+    refused(run("info", tmp_path / "c" / "test.json", env=e), "not the dataset this split was made from")
