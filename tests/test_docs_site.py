@@ -89,3 +89,13 @@ def test_page_loads_in_headless_chromium(server, page):
     assert has_nav and "deeplense_fastai" in title
     if page == "02_simulate.html":
         assert sum(ok for _, ok in images) >= 2, "the simulator page should show its figures"
+
+
+def test_pages_carry_no_path_of_the_building_machine(site):
+    "Stored outputs show temp folders, the checkout and the venv of whoever ran them; a built page shows none of them."
+    import re
+    pat = re.compile(r"/(?:tmp|work|home|root|Users|scratch)/[^\s'\"<>`]+/")
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text(errors="replace")
+        hits = set(pat.findall(text)) | {p for p in (str(ROOT), sys.prefix) if p in text}
+        assert not hits, (str(page.relative_to(site)), sorted(hits)[:5])

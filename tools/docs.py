@@ -25,6 +25,25 @@ SITE_NAME = "deeplense_fastai"
 
 _ATTR = re.compile(r"\s*\{[#.][^}]*\}\s*$")          # Pandoc attributes after a heading: {#id .class}
 _DIRECTIVE = re.compile(r"^\s*#\|.*$\n?", re.MULTILINE)
+# An absolute path of the machine that ran a notebook (a temp folder, the checkout, a venv, a scratch folder, a home):
+# shown as its last component, so that no page carries where it was built. Outputs only; prose is left as written.
+MACHINE_PATH = re.compile(r"/(?:tmp|work|home|root|Users|scratch|private|var/folders)/[^\s'\"<>`]*/(?=[^/\s'\"<>`]+)")
+
+
+def scrub(text):
+    """`text` (a string or a notebook output's list of lines) with every absolute path of the building machine cut to
+    `.../<last component>`."""
+    if isinstance(text, list): return [scrub(t) for t in text]
+    return MACHINE_PATH.sub(".../", text) if isinstance(text, str) else text
+
+
+def _scrubbed(o: dict) -> dict:
+    "A notebook output whose text (stream, text/plain, text/html, text/markdown, error) carries no machine paths."
+    o = dict(o)
+    if "text" in o: o["text"] = scrub(o["text"])
+    if "data" in o: o["data"] = {k: (scrub(v) if k.startswith("text/") else v) for k, v in o["data"].items()}
+    if "traceback" in o: o["traceback"] = scrub(o["traceback"])
+    return o
 
 
 def processed_notebooks(file_glob: str = "") -> Path:
@@ -79,7 +98,7 @@ def prepare(nb: dict) -> tuple[dict, str]:
             o = {k: v for k, v in o.items() if k != "execution_count" or o["output_type"] == "execute_result"}
             if o["output_type"] == "execute_result":
                 o["execution_count"] = None
-            outputs.append(o)
+            outputs.append(_scrubbed(o))
         cells.append(dict(cell_type="code", metadata=meta, source=_DIRECTIVE.sub("", src).strip("\n"),
                           outputs=outputs, execution_count=None))
     out = dict(nb, cells=cells)
