@@ -184,15 +184,28 @@ COMMANDS['simulate'] = ('simulate a dataset and write it to disk', 'Simulate a D
 # %% ../nbs/07_cli.ipynb #c7ec9ece
 def _info_args(i): i.add_argument('path', type=Path, help='dataset directory, DeepLense folder, memmap pair, .npy or FITS file')
 
+def _native_first_line(path:Path) -> str|None:
+    "The first line of `info` for one of our datasets, read from its manifest files only (None for anything else)."
+    try:
+        ms = [json.loads(m.read_text()) for m in sorted(path.glob('manifest*.json'))] if path.is_dir() else []
+        if not ms or any(m.get('format') != 'native' for m in ms): return None
+        p = ms[0]['preset']
+        return (f"{path}: {sum(m['stop'] - m['start'] for m in ms)} images of {p['npix']}x{p['npix']}, preset {p['name']}, seed "
+                f"{ms[0]['seed']}, {len(ms)} part(s), noise {'on' if ms[0]['noise'] else 'off'}")
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError): return None
+
 def cmd_info(a) -> int:
     "`deeplense info`: what a dataset holds (kind, images, classes, label ranges), for every kind the data module reads."
+    early = _native_first_line(a.path)           # from the manifests alone: shown before torch and fastai are imported
+    if early: print(early, flush=True)
     from deeplense_fastai.data import detect_source, open_source
     kind = detect_source(a.path)
     if kind == 'native':
         from deeplense_fastai.dataset import open_dataset
         ds = open_dataset(a.path)
-        print(f"{a.path}: {len(ds)} images of {ds.preset.npix}x{ds.preset.npix}, preset {ds.preset.name}, seed "
-              f"{ds.manifest['seed']}, {len(ds.parts)} part(s), noise {'on' if ds.manifest['noise'] else 'off'}")
+        line = (f"{a.path}: {len(ds)} images of {ds.preset.npix}x{ds.preset.npix}, preset {ds.preset.name}, seed "
+                f"{ds.manifest['seed']}, {len(ds.parts)} part(s), noise {'on' if ds.manifest['noise'] else 'off'}")
+        if line != early: print(line)
     if kind == 'deeplense':                      # read file by file: info writes nothing (no cache), whatever the folder
         from deeplense_fastai.data import scan_deeplense_dir
         (h, w), lab = scan_deeplense_dir(a.path, progress=sys.stderr.isatty())
