@@ -295,7 +295,8 @@ def _train_args(t):
     t.add_argument('--resume', action='store_true', help='continue an interrupted run in --out (same data and settings)')
     t.add_argument('--force', action='store_true', help='remove the run already in --out (a failed or finished one) and train anew')
     t.add_argument('--init', type=Path, default=None, metavar='RUN', help="start from a trained run's weights (same arch and targets)")
-    t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init: train only the head for N epochs first')
+    t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init or --pretrained: train only the head for N epochs first')
+    t.add_argument('--pretrained', action='store_true', help="start a torchvision ResNet from ImageNet weights (in torch's cache; nothing is downloaded here)")
     t.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
     t.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     t.add_argument('--quiet', action='store_true', help='nothing per epoch (the test report still prints)')
@@ -313,6 +314,10 @@ def _check_train_args(a):
     a.arch = a.arch or (init.arch if init else 'resnet18')
     a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
     if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
+    from deeplense_fastai.models import PRETRAINED
+    if a.pretrained and (a.init or a.arch not in PRETRAINED):
+        raise DeepLenseError("--pretrained: give --init or --pretrained, not both" if a.init else
+                             f"--pretrained: ImageNet weights exist for {', '.join(PRETRAINED)}, not {a.arch}")
     if a.loss not in LOSSES: raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
     if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
     a.schedule = a.schedule or ('ranger21' if a.opt == 'ranger21' else 'one_cycle')
@@ -511,7 +516,7 @@ def cmd_train(a) -> int:
     seen = dict(train=None if train is None else image_hashes(train), test=image_hashes(test))
     if train is not None:                        # the images' identity: a resume on edited images is another run
         dls.lens_config.extra['data_sha256'] = _hashes_digest(seen['train'])
-    learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init)
+    learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
     if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config

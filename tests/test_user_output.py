@@ -85,3 +85,16 @@ def test_info_writes_nothing(env, tmp_path):
     assert clean(r.stdout).startswith(f"{tmp_path / 'Model_II'}: 3 images of 64x64, deeplense") and "log10_m_axion" in r.stdout
     assert not list(home.rglob("*")), list(home.rglob("*"))
     assert sorted(p.name for p in folder.iterdir()) == [f"axion_sim_{i}.npy" for i in range(3)]
+
+
+def test_pretrained_refusals_are_one_line(env, tmp_path):
+    "--pretrained: only the torchvision ResNets, never with --init, and weights missing from torch's cache named in one line."
+    root, e = env
+    for args, words in [(("--arch", "xresnet_small"), "ImageNet weights exist for resnet18")]:
+        r = run("train", "--data", root / "train", "--pretrained", *args, "--out", tmp_path / "p", env=e)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr[-1500:]
+    (tmp_path / "file").write_text("")                      # a torch cache that cannot hold a download: offline
+    r = run("train", "--data", root / "train", "--pretrained", "--epochs", 1, "--out", tmp_path / "p",
+            env=dict(e, TORCH_HOME=str(tmp_path / "file" / "torch")))
+    assert r.returncode == 2 and "not in torch's cache" in r.stderr.strip().splitlines()[-1], r.stderr[-1500:]
+    assert not (tmp_path / "p").exists()
