@@ -209,7 +209,7 @@ def cmd_info(a) -> int:
     if kind == 'deeplense':                      # read file by file: info writes nothing (no cache), whatever the folder
         from deeplense_fastai.data import scan_deeplense_dir
         (h, w), lab = scan_deeplense_dir(a.path, progress=sys.stderr.isatty())
-        print(f"{a.path}: {len(lab)} images of {h}x{w}, deeplense, labelled")
+        print(f"{a.path}: {len(lab)} images of {h}x{w}, deeplense, {'labelled' if lab['label'].notna().any() else 'unlabelled'}")
     else:
         with contextlib.redirect_stdout(sys.stderr): src = open_source(a.path, progress=sys.stderr.isatty())
         lab = src.labels
@@ -314,10 +314,13 @@ def _check_train_args(a):
     a.arch = a.arch or (init.arch if init else 'resnet18')
     a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
     if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
-    from deeplense_fastai.models import PRETRAINED
+    from deeplense_fastai.models import PRETRAINED, imagenet_file
     if a.pretrained and (a.init or a.arch not in PRETRAINED):
         raise DeepLenseError("--pretrained: give --init or --pretrained, not both" if a.init else
                              f"--pretrained: ImageNet weights exist for {', '.join(PRETRAINED)}, not {a.arch}")
+    if a.pretrained and not imagenet_file(a.arch).is_file():     # said before any data is read; nothing is downloaded here
+        raise DeepLenseError(f"--pretrained: the ImageNet weights of {a.arch} are not in torch's cache ({imagenet_file(a.arch)}); "
+                             f"fetch them once where there is internet (torchvision.models.{a.arch}(weights='DEFAULT')), or train from scratch")
     if a.loss not in LOSSES: raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
     if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
     a.schedule = a.schedule or ('ranger21' if a.opt == 'ranger21' else 'one_cycle')
@@ -326,7 +329,8 @@ def _check_train_args(a):
         raise DeepLenseError("--schedule ranger21 goes with --opt ranger21 and only with it (Ranger21 schedules its own learning rate)")
     if not (a.lr > 0 and np.isfinite(a.lr)): raise DeepLenseError(f"--lr must be a positive number, got {a.lr}")
     if a.freeze_epochs < 0: raise DeepLenseError(f"--freeze-epochs must be 0 or more, got {a.freeze_epochs}")
-    if a.freeze_epochs and a.init is None: raise DeepLenseError("--freeze-epochs goes with --init (the head of a pretrained run is trained first)")
+    if a.freeze_epochs and a.init is None and not a.pretrained:
+        raise DeepLenseError("--freeze-epochs goes with --init or --pretrained (the head of a pretrained network is trained first)")
     if init is not None and init.arch != a.arch:     # the pretrained run must fit this one: said before any data is read
         raise DeepLenseError(f"--init {a.init}: its arch is {init.arch!r}, this run's is {a.arch!r} (leave --arch out to use its)")
     if a.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {a.workers}")
@@ -504,7 +508,7 @@ def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
     from deeplense_fastai.core import get_device, set_seed
-    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed, weights_digest, EpochLog
+    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed, weights_digest, EpochLog, json_safe
     a.device = get_device(a.device)
     set_seed(a.seed)
     from deeplense_fastai.dataset import _is_rank0
@@ -523,18 +527,20 @@ def cmd_train(a) -> int:
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
         f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {a.device}")
     bars = not a.quiet and (a.progress or sys.stderr.isatty())     # fastai's bar and table, on stderr, for a person
-    if not a.quiet and (js or not bars): learn.add_cb(EpochLog(a.log, sys.stdout))
+    log = EpochLog(a.log, sys.stdout) if not a.quiet and (js or not bars) else None
+    if log: learn.add_cb(log)
     with distributed(learn, cpu=a.device.type == 'cpu'), (contextlib.nullcontext() if bars else learn.no_bar()), \
          (contextlib.nullcontext() if bars else learn.no_logging()), contextlib.redirect_stdout(sys.stderr):
         fit(learn, a.epochs, a.lr, a.schedule, early_stopping=a.early_stopping, resume=a.resume, verbose=bars,
             freeze_epochs=a.freeze_epochs)
+    if log: learn.remove_cb(log)                                # not part of the exported learner
     if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {weights_digest(learn.model)}")
     if not _is_rank0(): return 0
     from deeplense_fastai.inference import record_images
     record_images(a.out, **seen)                                  # what later commands check their inputs against
     if not exported: export_run(learn, a.out)
     with (contextlib.redirect_stdout(sys.stderr) if js else contextlib.nullcontext()): rep = _test_report(a, cfg, test)
-    if js: print(json.dumps(dict(event='done', run=str(a.out), test=rep)), flush=True)
+    if js: print(json.dumps(json_safe(dict(event='done', run=str(a.out), test=rep))), flush=True)
     else: print(f"run written to {a.out}")
     return 0
 

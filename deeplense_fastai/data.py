@@ -492,11 +492,12 @@ def write_splits(source, # A dataset path (any kind `open_source` reads)
     fr = np.asarray(fractions, dtype=np.float64)
     if len(fr) != len(names) or (fr <= 0).any() or abs(fr.sum() - 1) > 1e-6:
         raise DeepLenseError(f"fractions {list(fractions)}: one positive fraction per split ({', '.join(names)}), summing to 1")
-    src, out = open_source(source, progress=False), Path(out)
-    counts = np.floor(fr * len(src)).astype(int); counts[0] += len(src) - counts.sum()
-    if (counts == 0).any(): raise DeepLenseError(f"{source}: {len(src)} images cannot fill {len(names)} splits of {list(fractions)}")
+    out = Path(out)
     files = {n: out/f'{n}.json' for n in names}
     if not force and (old := [str(f) for f in files.values() if f.exists()]): raise DeepLenseError(f"{old[0]} exists (--force replaces it)")
+    src = open_source(source, progress=False)
+    counts = np.floor(fr * len(src)).astype(int); counts[0] += len(src) - counts.sum()
+    if (counts == 0).any(): raise DeepLenseError(f"{source}: {len(src)} images cannot fill {len(names)} splits of {list(fractions)}")
     out.mkdir(parents=True, exist_ok=True)
     order, start = np.random.default_rng(seed).permutation(len(src)), 0
     common = dict(format=SPLIT_FORMAT, source=str(Path(source).resolve()), kind=src.kind, n_source=len(src),

@@ -337,17 +337,18 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
     "`predict` for a run already loaded and a source already opened: the columns index, file, status, then the values."
     if samples and not isinstance(model, FlowRegressor):
         raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
+    from deeplense_fastai.data import masked
     use, keep, status = pixel_status(src, bad_pixels)
     out = pd.DataFrame({'index': np.arange(len(src)), 'file': src.labels['file'].to_numpy() if 'file' in src.labels else '',
                         'status': status})
-    if not len(keep): return out
+    if not len(keep): use = masked(src.subset([0]))        # no usable image: one blank one names the value columns (all NaN)
     if isinstance(model, FlowRegressor): vals = pd.DataFrame(_posterior_columns(*posterior_source(model, cfg, use, bs, tta, grid), cfg['targets'], samples))
     else:
         mu, sd = predict_source(model, cfg, use, bs, tta, grid)
         vals = pd.DataFrame({k: v for j, t in enumerate(cfg['targets'])
                              for k, v in [(f'pred_{t}', mu[:, j])] + ([(f'std_{t}', sd[:, j])] if sd is not None else [])})
     full = pd.DataFrame(np.nan, index=out.index, columns=vals.columns)
-    full.iloc[keep] = vals.to_numpy()
+    if len(keep): full.iloc[keep] = vals.to_numpy()
     return pd.concat([out, full], axis=1)
 
 

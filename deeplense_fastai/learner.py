@@ -30,10 +30,10 @@ from .data import LensTarget
 
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss',
-           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'EpochLog', 'Ranger21Guard', 'SaveBest',
-           'HistoryCSV', 'Checkpoint', 'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit',
-           'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config',
-           'read_run_config', 'distributed']
+           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard',
+           'SaveBest', 'HistoryCSV', 'Checkpoint', 'body_head_splitter', 'load_init', 'TargetRange',
+           'regression_learner', 'fit', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
+           'check_run_config', 'read_run_config', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -179,11 +179,17 @@ class LRTrace(Callback):
             self.lrs.append(float(opt.current_lr))
         else: self.lrs.append(float(self.learn.opt.hypers[-1]['lr']))
 
+def json_safe(x):
+    "`x` with every NaN or infinite float replaced by None, so that strict JSON readers take it."
+    if isinstance(x, dict): return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [json_safe(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
 class EpochLog(Callback):
     """One line per epoch for a reader that is not a terminal: plain text (`epoch 2/8  train_loss 0.61  valid_loss 0.58 ...
     4.1 s  best`) or one JSON object (`{"event": "epoch", "epoch": 2, ...}`), written to `out` (default: stdout). Train with
     `learn.no_bar()` and `learn.no_logging()` beside it: the bar's carriage returns and the Recorder's raw lists stay out."""
-    order = 70                                   # after the Recorder has the epoch's values
+    order = 61                                   # after the Recorder has the epoch's values, before early stopping ends the fit
     def __init__(self, fmt:str='text', # 'text' or 'json'
                  out=None, # A file object (default: sys.stdout when the line is written)
                 ):
@@ -191,17 +197,17 @@ class EpochLog(Callback):
         self.fmt, self.out = fmt, out
     def before_fit(self): self.best = math.inf
     def before_epoch(self):
-        import time; self.t0 = time.perf_counter()
+        import time; self.t0, self.n0 = time.perf_counter(), len(self.recorder.values)
     def after_epoch(self):
         import sys, time
         from fastai.torch_core import rank_distrib
-        if rank_distrib(): return
+        if rank_distrib() or len(self.recorder.values) == self.n0: return     # another rank, or an epoch skipped on resume
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         vals = dict(zip(names, [float(v) if v is not None else None for v in self.recorder.values[-1]]))
         best = vals.get('valid_loss') is not None and vals['valid_loss'] < self.best
         if best: self.best = vals['valid_loss']
         rec = dict(event='epoch', epoch=self.epoch + 1, epochs=self.n_epoch, **vals, seconds=round(time.perf_counter() - self.t0, 2), best=best)
-        line = json.dumps(rec) if self.fmt == 'json' else (f"epoch {rec['epoch']}/{rec['epochs']}  " + "  ".join(
+        line = json.dumps(json_safe(rec)) if self.fmt == 'json' else (f"epoch {rec['epoch']}/{rec['epochs']}  " + "  ".join(
             f"{k} {v:.4g}" for k, v in vals.items() if v is not None) + f"  {rec['seconds']:.1f} s" + ("  best" if best else ''))
         print(line, file=self.out or sys.stdout, flush=True)
 

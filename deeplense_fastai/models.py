@@ -15,9 +15,9 @@ from .core import DeepLenseError, fastai_import
 
 # %% auto #0
 __all__ = ['MODELS', 'PRETRAINED', 'register_model', 'load_weights', 'get_model', 'RegressionHead', 'resnet18', 'resnet34',
-           'resnet50', 'resnet101', 'xresnet18', 'xresnet_small', 'AttentionGate', 'DilatedResBlock', 'UNetRegressor',
-           'MResUNet', 'mresunet', 'mresunet_att', 'mresunet_small', 'mresunet_att_small', 'AttentionUNet',
-           'attention_unet', 'attention_unet_small', 'PreActBottleneck', 'SoftMask', 'AttentionModule',
+           'resnet50', 'resnet101', 'imagenet_file', 'xresnet18', 'xresnet_small', 'AttentionGate', 'DilatedResBlock',
+           'UNetRegressor', 'MResUNet', 'mresunet', 'mresunet_att', 'mresunet_small', 'mresunet_att_small',
+           'AttentionUNet', 'attention_unet', 'attention_unet_small', 'PreActBottleneck', 'SoftMask', 'AttentionModule',
            'ResidualAttentionNet', 'residual_attention_56', 'residual_attention_92', 'residual_attention_small',
            'attention_maps', 'count_parameters', 'count_macs']
 
@@ -110,6 +110,13 @@ def resnet101(n_in=1, n_out=1, pretrained=False):
     import torchvision; return _torchvision_resnet(torchvision.models.resnet101, n_in, n_out, pretrained)
 
 PRETRAINED = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
+
+def imagenet_file(arch:str, # One of `PRETRAINED`
+                 ) -> Path:
+    "Where torch's cache keeps the ImageNet weights of a torchvision ResNet (the file may not be there)."
+    import torch.hub, torchvision
+    w = torchvision.models.get_model_weights(arch).DEFAULT
+    return Path(torch.hub.get_dir())/'checkpoints'/w.url.split('/')[-1]
 
 # %% ../nbs/04_models.ipynb #c4bdc8c1
 @register_model('xresnet18')
