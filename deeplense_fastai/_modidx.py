@@ -5,6 +5,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'deeplense_fastai.cli._Parser.error': ('cli.html#_parser.error', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._calibrate_args': ('cli.html#_calibrate_args', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._calibration_plots': ('cli.html#_calibration_plots', 'deeplense_fastai/cli.py'),
+                                      'deeplense_fastai.cli._check_pretrained': ('cli.html#_check_pretrained', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._check_run_out': ('cli.html#_check_run_out', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._check_samples': ('cli.html#_check_samples', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._check_space': ('cli.html#_check_space', 'deeplense_fastai/cli.py'),

@@ -306,6 +306,16 @@ def _train_args(t):
     t.add_argument('--pixel-scale', type=_scale, default=None, metavar='ARCSEC',
                    help="arcsec per pixel of --data whose files do not say (recorded in the run; predictions use it)")
 
+def _check_pretrained(a):
+    "--pretrained: a torchvision ResNet, no --init, and its ImageNet weights already in torch's cache (nothing is downloaded here)."
+    from deeplense_fastai.models import PRETRAINED, imagenet_file
+    if a.init or a.arch not in PRETRAINED:
+        raise DeepLenseError("--pretrained: give --init or --pretrained, not both" if a.init else
+                             f"--pretrained: ImageNet weights exist for {', '.join(PRETRAINED)}, not {a.arch}")
+    if not imagenet_file(a.arch).is_file():
+        raise DeepLenseError(f"--pretrained: the ImageNet weights of {a.arch} are not in torch's cache ({imagenet_file(a.arch)}); "
+                             f"fetch them once where there is internet (torchvision.models.{a.arch}(weights='DEFAULT')), or train from scratch")
+
 def _check_train_args(a):
     "Every argument checked before any work starts."
     from deeplense_fastai.models import MODELS
@@ -314,13 +324,7 @@ def _check_train_args(a):
     a.arch = a.arch or (init.arch if init else 'resnet18')
     a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
     if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
-    from deeplense_fastai.models import PRETRAINED, imagenet_file
-    if a.pretrained and (a.init or a.arch not in PRETRAINED):
-        raise DeepLenseError("--pretrained: give --init or --pretrained, not both" if a.init else
-                             f"--pretrained: ImageNet weights exist for {', '.join(PRETRAINED)}, not {a.arch}")
-    if a.pretrained and not imagenet_file(a.arch).is_file():     # said before any data is read; nothing is downloaded here
-        raise DeepLenseError(f"--pretrained: the ImageNet weights of {a.arch} are not in torch's cache ({imagenet_file(a.arch)}); "
-                             f"fetch them once where there is internet (torchvision.models.{a.arch}(weights='DEFAULT')), or train from scratch")
+    if a.pretrained: _check_pretrained(a)
     if a.loss not in LOSSES: raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
     if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
     a.schedule = a.schedule or ('ranger21' if a.opt == 'ranger21' else 'one_cycle')
