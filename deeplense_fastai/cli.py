@@ -184,14 +184,16 @@ COMMANDS['simulate'] = ('simulate a dataset and write it to disk', 'Simulate a D
 # %% ../nbs/07_cli.ipynb #c7ec9ece
 def _info_args(i): i.add_argument('path', type=Path, help='dataset directory, DeepLense folder, memmap pair, .npy or FITS file')
 
+def _native_line(path, n:int, npix:int, preset:str, seed:int, parts:int, noise:bool) -> str:
+    return f"{path}: {n} images of {npix}x{npix}, preset {preset}, seed {seed}, {parts} part(s), noise {'on' if noise else 'off'}"
+
 def _native_first_line(path:Path) -> str|None:
     "The first line of `info` for one of our datasets, read from its manifest files only (None for anything else)."
     try:
         ms = [json.loads(m.read_text()) for m in sorted(path.glob('manifest*.json'))] if path.is_dir() else []
         if not ms or any(m.get('format') != 'native' for m in ms): return None
         p = ms[0]['preset']
-        return (f"{path}: {sum(m['stop'] - m['start'] for m in ms)} images of {p['npix']}x{p['npix']}, preset {p['name']}, seed "
-                f"{ms[0]['seed']}, {len(ms)} part(s), noise {'on' if ms[0]['noise'] else 'off'}")
+        return _native_line(path, sum(m['stop'] - m['start'] for m in ms), p['npix'], p['name'], ms[0]['seed'], len(ms), ms[0]['noise'])
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError): return None
 
 def cmd_info(a) -> int:
@@ -203,8 +205,7 @@ def cmd_info(a) -> int:
     if kind == 'native':
         from deeplense_fastai.dataset import open_dataset
         ds = open_dataset(a.path)
-        line = (f"{a.path}: {len(ds)} images of {ds.preset.npix}x{ds.preset.npix}, preset {ds.preset.name}, seed "
-                f"{ds.manifest['seed']}, {len(ds.parts)} part(s), noise {'on' if ds.manifest['noise'] else 'off'}")
+        line = _native_line(a.path, len(ds), ds.preset.npix, ds.preset.name, ds.manifest['seed'], len(ds.parts), ds.manifest['noise'])
         if line != early: print(line)
     if kind == 'deeplense':                      # read file by file: info writes nothing (no cache), whatever the folder
         from deeplense_fastai.data import scan_deeplense_dir
@@ -261,8 +262,7 @@ def cmd_split(a) -> int:
     if (bad := [p for p in _read_by(a.path) if any(a.out/f'{n}.json' == Path(p) for n in names)]):
         raise DeepLenseError(f"--out {a.out}: would overwrite the input {bad[0]}")
     files = write_splits(a.path, a.out, a.fractions, names, a.seed, a.force)
-    from deeplense_fastai.data import open_source
-    for n, f in files.items(): print(f"{n}: {len(open_source(f, progress=False))} images -> {f}")
+    for n, f in files.items(): print(f"{n}: {json.loads(f.read_text())['n']} images -> {f}")
     return 0
 
 COMMANDS['split'] = ('split a dataset into train/calibration/test files (no copying)',

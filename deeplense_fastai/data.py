@@ -181,8 +181,9 @@ class LensSource:
     def subset(self, idx) -> 'LensSource':
         "The images `idx` (and their labels) as a new source, without copying images."
         idx = np.asarray(idx, dtype=np.int64)
+        whole = self.meta['indices'][idx] if 'indices' in self.meta else idx     # positions in the file(s) the images come from
         return LensSource(_Indexed(self.images, idx), self.labels.iloc[idx].reset_index(drop=True), self.kind, self.path,
-                          self.default_target, dict(self.meta, subset=True))
+                          self.default_target, dict(self.meta, subset=True, indices=whole))
 
 class _Indexed:
     "A view of an image store through an index array."
@@ -479,7 +480,7 @@ def _split_source(path:Path, progress:bool) -> LensSource:
             or not all(isinstance(i, int) and 0 <= i < len(src) for i in idx)):
         raise DeepLenseError(f"{path}: {src_path} is not the dataset this split was made from (its images or labels changed); split it again")
     sub = src.subset(idx)
-    return LensSource(sub.images, sub.labels, src.kind, path, src.default_target, dict(src.meta, split=doc.get('name'), split_of=str(src_path)))
+    return LensSource(sub.images, sub.labels, src.kind, path, src.default_target, dict(sub.meta, split=doc.get('name'), split_of=str(src_path)))
 
 def write_splits(source, # A dataset path (any kind `open_source` reads)
                  out:str|Path, # Folder of the split files (created)

@@ -104,7 +104,6 @@ def open_checked(source, # A path `open_source` reads, a LensSource, or an array
                 ):
     "`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and complex pixels refused first."
     from deeplense_fastai.data import open_source, check_pixels
-    if bad_pixels not in BAD_PIXELS: raise DeepLenseError(f"bad_pixels must be one of {', '.join(BAD_PIXELS)}, got {bad_pixels!r}")
     src = open_source(source, progress=progress)
     scale = src.meta.get('pixel_scale') or pixel_scale
     grid = input_grid(src.image_shape, cfg, src.path, scale, notice or _notice)
@@ -116,10 +115,10 @@ BAD_PIXELS = ('skip', 'mask', 'refuse')
 def pixel_status(src, # A LensSource
                  policy:str='skip', # 'skip' (no numbers for an image with NaN/Inf pixels), 'mask' (read them as the image's median), 'refuse'
                 ) -> tuple:
-    "(source to predict, indices of its images in `src`, a status per image of `src`) under a bad-pixel policy."
-    from deeplense_fastai.data import bad_pixel_counts, check_pixels, masked
+    """(source to predict, indices of its images in `src`, a status per image of `src`) under a bad-pixel policy; under
+    'refuse' the source is one `open_checked` has already checked, so it is not read again."""
+    from deeplense_fastai.data import bad_pixel_counts, masked
     if policy not in BAD_PIXELS: raise DeepLenseError(f"bad_pixels must be one of {', '.join(BAD_PIXELS)}, got {policy!r}")
-    if policy == 'refuse': check_pixels(src)
     counts = bad_pixel_counts(src) if policy != 'refuse' else np.zeros(len(src), np.int64)
     npix, bad = int(np.prod(src.image_shape)), counts > 0
     drop = bad if policy == 'skip' else counts >= npix      # masking needs at least one finite pixel
@@ -339,7 +338,7 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
         raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
     from deeplense_fastai.data import masked
     use, keep, status = pixel_status(src, bad_pixels)
-    out = pd.DataFrame({'index': np.arange(len(src)), 'file': src.labels['file'].to_numpy() if 'file' in src.labels else '',
+    out = pd.DataFrame({'index': np.asarray(src.meta.get('indices', np.arange(len(src)))), 'file': src.labels['file'].to_numpy() if 'file' in src.labels else '',
                         'status': status})
     if not len(keep): use = masked(src.subset([0]))        # no usable image: one blank one names the value columns (all NaN)
     if isinstance(model, FlowRegressor): vals = pd.DataFrame(_posterior_columns(*posterior_source(model, cfg, use, bs, tta, grid), cfg['targets'], samples))

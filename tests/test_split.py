@@ -1,6 +1,7 @@
 """`deeplense split` as a user runs it (a subprocess, no terminal, default flags): split files list a dataset's images
 without copying them, every command takes them as data, overlap with the training images is said, and a dataset edited
 after splitting is refused in one line."""
+import io
 import json
 import os
 import subprocess
@@ -45,6 +46,9 @@ def test_split_train_evaluate(env):
             "--epochs", 1, "--bs", 8, "--out", root / "run", env=e)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "test images: 6" in r.stdout and "on 44 images, validating on 4" in r.stdout
+    r = run("predict", "--model", root / "run", root / "sp" / "test.json", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert pd.read_csv(io.StringIO(r.stdout))["index"].tolist() == docs["test"]["indices"]     # positions in the dataset itself
     r = run("evaluate", "--model", root / "run", "--data", root / "sp" / "calib.json", env=e)
     assert r.returncode == 0 and "test images: 6" in r.stdout and "note:" not in r.stderr, r.stderr
     r = run("evaluate", "--model", root / "run", "--data", root / "sp" / "train.json", env=e)
