@@ -1,0 +1,36 @@
+"""The DeepLenseSim-faithful presets keep making the same images and labels.
+
+tests/data/preset_fingerprints.json was written by the code of commit af33a1a (before presets gained the nuisance and
+clumpy-source parts): for every preset registered then, 24 images (seed 7, indices 5..28) with the preset's own classes
+and with all three, each image's pixel sum, sum of squares and 8 probe pixels, and the full label table. A change to
+the simulator that moves a faithful preset's images or labels fails here. Float sums are compared to 1e-6 relative
+(CPU kernels may round differently on another instruction set), the counts-noise presets' probes exactly up to that.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deeplense_fastai.simulate import simulate
+
+FROZEN = json.loads((Path(__file__).parent / "data" / "preset_fingerprints.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(FROZEN["presets"]))
+def test_faithful_preset_unchanged(key):
+    name, tag = key.split("/")
+    want = FROZEN["presets"][key]
+    classes = None if tag == "default" else ("no_sub", "cdm", "axion")
+    imgs, lab = simulate(name, n=FROZEN["n"], seed=FROZEN["seed"], start=FROZEN["start"], classes=classes)
+    x = imgs[:, 0].double().numpy()
+    np.testing.assert_allclose(x.sum((1, 2)), want["sums"], rtol=1e-6, err_msg=f"{key}: image sums moved")
+    np.testing.assert_allclose((x**2).sum((1, 2)), want["sumsq"], rtol=1e-6, err_msg=f"{key}: image powers moved")
+    probes = np.stack([x[:, i, j] for i, j in FROZEN["probes"]], 1)
+    np.testing.assert_allclose(probes, want["probes"], rtol=1e-5, atol=1e-9, err_msg=f"{key}: pixels moved")
+    old = pd.DataFrame(want["labels"]["data"], columns=want["labels"]["columns"])
+    assert list(lab.columns) == list(old.columns), f"{key}: label columns changed"
+    for c in old.columns:
+        if c == "class": assert list(lab[c]) == list(old[c]), f"{key}: {c} changed"
+        else: np.testing.assert_allclose(lab[c].astype(float), old[c].astype(float), rtol=1e-12, err_msg=f"{key}: {c}")
