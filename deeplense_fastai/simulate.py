@@ -12,15 +12,20 @@ import numpy as np
 from .core import DeepLenseError, image_seed
 
 # %% auto #0
-__all__ = ['CLASSES', 'LABEL_COLUMNS', 'EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS',
-           'DEEPLENSESIM_MODEL_I', 'PRESETS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms', 'Band',
-           'Preset', 'register_preset', 'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters',
-           'labels_frame', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'simulate']
+__all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W',
+           'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK',
+           'counter_uniforms', 'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Preset', 'register_preset',
+           'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters', 'labels_frame',
+           'label_columns', 'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images',
+           'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
 LABEL_COLUMNS = ('index', 'class', 'log10_m_axion', 'f_sub', 'n_sub', 'theta_E', 'theta_E_eff', 'source_x', 'source_y',
                  'exposure')
+# labels added by a preset's parts: the main lens and source a `Nuisance` varies, the knots of a clumpy source
+NUISANCE_COLUMNS = ('halo_e1', 'halo_e2', 'gamma1', 'gamma2', 'source_R', 'source_n', 'source_e1', 'source_e2', 'source_dmag')
+KNOT_COLUMNS = ('n_knots', 'knot_fraction')
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 def _splitmix64(z:np.ndarray) -> np.ndarray:
@@ -119,6 +124,48 @@ BANDS = {b.name: b for b in (EUCLID_VIS_2021, EUCLID_VIS_2026, HST_WFC3_F160W, H
 DEEPLENSESIM_MODEL_I = dict(npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., supersample=1,
                             background_rms=0.01, exposure=(10**3, 10**3.5), source_amp=20.)
 
+# %% ../nbs/02_simulate.ipynb #92ca48c6
+def _check_range(owner:str, name:str, r, lo=-math.inf, hi=math.inf) -> None:
+    "Raise unless `r` is a (low, high) pair with lo <= low <= high <= hi."
+    ok = isinstance(r, tuple) and len(r) == 2 and lo <= r[0] <= r[1] <= hi
+    if not ok: raise DeepLenseError(f"{owner}: {name} must be a (low, high) pair within [{lo}, {hi}], got {r!r}")
+
+@dataclass(frozen=True)
+class Nuisance:
+    "Per-image ranges of the main lens and the source (uniform draws): the sky DeepLenseSim holds fixed."
+    theta_E_frac: float = 0.2          # theta_E uniform in (1 +- this) x the preset's
+    halo_e: float = 0.2                # each SIE ellipticity component uniform in [-this, this]
+    shear: float = 0.08                # each external-shear component uniform in [-this, this]
+    source_R: tuple = (0.15, 0.40)     # source half-light radius, arcsec
+    source_n: tuple = (0.7, 2.5)       # source Sersic index
+    source_e: float = 0.25             # each source ellipticity component uniform in [-this, this]
+    dmag: float = 0.7                  # source magnitude uniform in the preset's +- this
+
+    def __post_init__(self):
+        for name, hi in (('theta_E_frac', 0.9), ('halo_e', 0.6), ('shear', 0.3), ('source_e', 0.6), ('dmag', 5.)):
+            v = getattr(self, name)
+            if not 0 <= v <= hi: raise DeepLenseError(f"Nuisance: {name} must lie in [0, {hi}], got {v!r}")
+        _check_range('Nuisance', 'source_R', self.source_R, 1e-3, 10.)
+        _check_range('Nuisance', 'source_n', self.source_n, 0.3, 8.)
+
+@dataclass(frozen=True)
+class Knots:
+    "Compact Gaussian star-forming knots added to the Sersic source (in the spirit of GalSim's RandomKnots)."
+    n: tuple = (2, 8)                  # number of knots, a whole number uniform in [low, high]
+    flux_fraction: tuple = (0.1, 0.4)  # share of the source's light in the knots, uniform
+    sigma: tuple = (0.02, 0.05)        # Gaussian width of each knot, arcsec, uniform
+
+    def __post_init__(self):
+        _check_range('Knots', 'n', self.n, 1, 64)
+        if any(int(k) != k for k in self.n): raise DeepLenseError(f"Knots: n must be whole numbers, got {self.n!r}")
+        _check_range('Knots', 'flux_fraction', self.flux_fraction, 0., 1.)
+        _check_range('Knots', 'sigma', self.sigma, 1e-3, 1.)
+
+    @property
+    def columns(self) -> int:
+        "Uniforms drawn per image: count and flux share, then four per possible knot (position, weight, width)."
+        return 2 + 4 * int(self.n[1])
+
 # %% ../nbs/02_simulate.ipynb #c4cfa698
 @dataclass(frozen=True)
 class Preset:
@@ -175,6 +222,9 @@ class Preset:
     # what a dataset made from this preset contains by default
     classes: tuple = ('axion',)
     target: str = 'log10_m_axion'
+    # parts that make the sky vary (None: DeepLenseSim's fixed main lens and smooth Sersic source)
+    nuisance: Nuisance | None = None    # per-image ranges of the main lens and source
+    knots: Knots | None = None          # compact star-forming knots in the source
 
     def __post_init__(self):
         checks = [(self.npix >= 8, 'npix must be at least 8'), (self.pixel_scale > 0, 'pixel_scale must be positive'),
@@ -185,7 +235,9 @@ class Preset:
                   (all(c in CLASSES for c in self.classes), f'classes must be among {CLASSES}'),
                   (self.source_amp is not None or (self.source_magnitude is not None and self.zero_point is not None),
                    'give source_amp, or source_magnitude and zero_point'),
-                  (self.z_source > self.z_lens, 'the source must lie behind the lens')]
+                  (self.z_source > self.z_lens, 'the source must lie behind the lens'),
+                  (self.nuisance is None or isinstance(self.nuisance, Nuisance), 'nuisance must be a Nuisance or None'),
+                  (self.knots is None or isinstance(self.knots, Knots), 'knots must be a Knots or None')]
         for ok, msg in checks:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
 
@@ -199,7 +251,9 @@ class Preset:
         names = {f.name for f in dataclasses.fields(cls)}
         bad = set(d) - names
         if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        tup = lambda e: {k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}
+        parts = {k: part(**tup(d[k])) for k, part in (('nuisance', Nuisance), ('knots', Knots)) if d.get(k) is not None}
+        return cls(**{**tup(d), **parts})
 
 # %% ../nbs/02_simulate.ipynb #0731d3ad
 PRESETS: dict[str, Preset] = {}
@@ -241,6 +295,14 @@ register_preset(replace(PRESETS['model_i'], name='fsub', classes=('cdm',), n_sub
     description="f_sub regression: Model I instrument, CDM subhalos only, Poisson(25) count, target f_sub"))
 register_preset(replace(PRESETS['model_ii'], name='euclid_2026', **EUCLID_VIS_2026.preset_fields(), source=EUCLID_VIS_2026.source,
     description="Model II with today's Euclid VIS numbers (lenstronomy 1.14.1: zero point 25.72, 4 x 566 s, sky 22.3)"))
+_varied = "main lens and source varied per image (see Nuisance)"
+for _name in ('model_i', 'model_ii', 'fsub'):
+    register_preset(replace(PRESETS[_name], name=f'{_name}_nuisance', nuisance=Nuisance(),
+                            description=f"{PRESETS[_name].description.split(':')[0]} with the {_varied}"))
+register_preset(replace(PRESETS['model_ii'], name='model_ii_clumpy', knots=Knots(),
+    description="DeepLense Model II with a clumpy source: Sersic disc plus 2-8 compact star-forming knots"))
+register_preset(replace(PRESETS['model_ii_nuisance'], name='model_ii_nuisance_clumpy', knots=Knots(),
+    description=f"DeepLense Model II with the {_varied}, and a clumpy source (see Knots)"))
 
 # %% ../nbs/02_simulate.ipynb #17754dce
 @functools.cache
@@ -279,6 +341,43 @@ def _draw_subhalos(p:Preset, u:np.ndarray, kmax:int, is_cdm:np.ndarray) -> dict:
     th = 2 * np.pi * u[:, 6 + 2 * kmax:6 + 3 * kmax]
     return dict(n_sub=n_sub, sub_mass=m_sub, sub_r=r, sub_phi=th)
 
+# %% ../nbs/02_simulate.ipynb #ca10ecd4
+NUISANCE_DRAWS = 10     # uniforms per image a `Nuisance` draws: theta_E, 2 + 2 lens, 4 source shape, magnitude
+
+def _part_columns(p:Preset) -> int:
+    "Uniforms per image that a preset's parts draw (none for the faithful presets)."
+    return (NUISANCE_DRAWS if p.nuisance else 0) + (p.knots.columns if p.knots else 0)
+
+def _draw_nuisance(q:Nuisance, u:np.ndarray) -> dict:
+    "The main lens and source of each image from `NUISANCE_DRAWS` uniform columns: `q`'s ranges, uniform, independent."
+    sym = lambda j, h: (2 * u[:, j] - 1) * h
+    lin = lambda j, r: r[0] + (r[1] - r[0]) * u[:, j]
+    return dict(theta_E_ratio=1 + sym(0, q.theta_E_frac), halo_e1=sym(1, q.halo_e), halo_e2=sym(2, q.halo_e),
+                gamma1=sym(3, q.shear), gamma2=sym(4, q.shear), source_R=lin(5, q.source_R), source_n=lin(6, q.source_n),
+                source_e1=sym(7, q.source_e), source_e2=sym(8, q.source_e), source_dmag=sym(9, q.dmag))
+
+def _draw_knots(k:Knots, u:np.ndarray, src_x, src_y, source_R) -> dict:
+    "Knot count, flux share, positions (source plane, arcsec), widths and Dirichlet(1) weights, (B, K) zero-padded."
+    K, lo, hi = int(k.n[1]), int(k.n[0]), int(k.n[1])
+    n = np.minimum(lo + np.floor(u[:, 0] * (hi - lo + 1)).astype(int), hi)
+    frac = k.flux_fraction[0] + (k.flux_fraction[1] - k.flux_fraction[0]) * u[:, 1]
+    v = u[:, 2:2 + 4 * K].reshape(len(u), 4, K)
+    on = np.arange(K)[None] < n[:, None]
+    # positions: a circular Gaussian (Box-Muller) whose half-light radius sigma * sqrt(2 ln 2) is the disc's R_sersic
+    rad = np.sqrt(-2 * np.log1p(-v[:, 0])) * (np.asarray(source_R) / math.sqrt(2 * math.log(2)))[..., None]
+    w = np.where(on, -np.log1p(-v[:, 2]), 0.)
+    return dict(n_knots=n, knot_fraction=frac, knot_x=src_x[:, None] + rad * np.cos(2 * np.pi * v[:, 1]),
+                knot_y=src_y[:, None] + rad * np.sin(2 * np.pi * v[:, 1]), knot_weight=w / w.sum(1, keepdims=True),
+                knot_sigma=k.sigma[0] + (k.sigma[1] - k.sigma[0]) * v[:, 3])
+
+def _draw_sky(p:Preset, u:np.ndarray, src_x, src_y) -> dict:
+    "The parts' draws (nuisance, then knots) from the uniform columns after the faithful ones; {} for a faithful preset."
+    out = _draw_nuisance(p.nuisance, u[:, :NUISANCE_DRAWS]) if p.nuisance else {}
+    if p.knots:
+        R = out.get('source_R', np.full(len(u), p.source_R))
+        out |= _draw_knots(p.knots, u[:, NUISANCE_DRAWS if p.nuisance else 0:], src_x, src_y, R)
+    return out
+
 # %% ../nbs/02_simulate.ipynb #2b2da250
 def draw_parameters(preset:Preset, # The recipe
                     indices, # Global image indices, (B,)
@@ -293,7 +392,8 @@ def draw_parameters(preset:Preset, # The recipe
     phys = preset_physics(p)
     # room for a Poisson count up to mean + 10 sigma + 10: a larger draw has probability below 1e-20
     kmax = int(p.n_sub + 10 * math.sqrt(p.n_sub) + 10) if p.n_sub_poisson else p.n_sub
-    u = counter_uniforms(seed, idx, 6 + 3 * kmax)
+    base = 6 + 3 * kmax       # the faithful presets' columns; the parts draw theirs after them
+    u = counter_uniforms(seed, idx, base + _part_columns(p))
     cls = np.array(classes, dtype=object)[idx % len(classes)]
     B = len(idx)
     src_x = (2 * u[:, 0] - 1) * p.source_offset
@@ -304,19 +404,26 @@ def draw_parameters(preset:Preset, # The recipe
     log10_m = np.where(is_ax, p.log10_m_axion[0] + (p.log10_m_axion[1] - p.log10_m_axion[0]) * u[:, 3], np.nan)
     sub = _draw_subhalos(p, u, kmax, is_cdm)
     m_sub, r, th = sub['sub_mass'], sub['sub_r'], sub['sub_phi']
-    f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / p.halo_mass
-    return dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
+    sky = _draw_sky(p, u[:, base:], src_x, src_y)
+    halo_mass = p.halo_mass * sky.pop('theta_E_ratio', 1.)**2      # M ~ theta_E^2 at fixed redshifts
+    f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / halo_mass
+    theta_E = phys['theta_E'] * np.sqrt(halo_mass / p.halo_mass) * np.ones(B)
+    return sky | dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
                 vortex_half_length=np.where(is_ax, axion_vortex_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
                 vortex_angle=2 * np.pi * u[:, 4], n_sub=sub['n_sub'], f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
                 sub_theta_E=np.sqrt(m_sub) * phys['theta_E_per_sqrt_msun'],
-                sub_x=r * np.sin(th), sub_y=r * np.cos(th), theta_E=np.full(B, phys['theta_E']),
-                theta_E_eff=np.full(B, phys['theta_E'] * phys['deflection_scale']))
+                sub_x=r * np.sin(th), sub_y=r * np.cos(th), theta_E=theta_E, theta_E_eff=theta_E * phys['deflection_scale'])
 
 # %% ../nbs/02_simulate.ipynb #15ea8a63
 def labels_frame(params:dict) -> 'pd.DataFrame':
-    "The label table (one row per image, columns `LABEL_COLUMNS`) of parameters from `draw_parameters`."
+    "The label table (one row per image: `LABEL_COLUMNS`, then the parts' columns a preset draws) of `draw_parameters` output."
     import pandas as pd
-    return pd.DataFrame({c: params[{'class': 'cls'}.get(c, c)] for c in LABEL_COLUMNS})
+    cols = LABEL_COLUMNS + tuple(c for c in NUISANCE_COLUMNS + KNOT_COLUMNS if c in params)
+    return pd.DataFrame({c: params[{'class': 'cls'}.get(c, c)] for c in cols})
+
+def label_columns(preset:Preset) -> tuple:
+    "The label columns of a preset's datasets: `LABEL_COLUMNS`, and those its `Nuisance` and `Knots` parts add."
+    return LABEL_COLUMNS + (NUISANCE_COLUMNS if preset.nuisance else ()) + (KNOT_COLUMNS if preset.knots else ())
 
 # %% ../nbs/02_simulate.ipynb #67b942f8
 @functools.lru_cache(maxsize=1)
@@ -327,6 +434,18 @@ def _macro_field(p:Preset, device, dtype):
     x, y = pixel_grid(p.npix, p.pixel_scale, p.supersample, device=device, dtype=torch.float64)
     ax, ay = sie_deflection(x, y, preset_physics(p)['theta_E'], p.halo_e1, p.halo_e2)
     sx, sy = shear_deflection(x, y, p.gamma1, p.gamma2)
+    return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
+
+# %% ../nbs/02_simulate.ipynb #89c1d34b
+def _lens_field(p:Preset, params:dict, device, dtype):
+    "Grid and main-lens deflection: the preset's cached field, or with a `Nuisance` each image's own (B, H, W)."
+    import torch
+    from deeplense_fastai.lensing import pixel_grid, sie_deflection, shear_deflection
+    if p.nuisance is None: return _macro_field(p, device, dtype)
+    x, y = pixel_grid(p.npix, p.pixel_scale, p.supersample, device=device, dtype=torch.float64)
+    T = lambda k: torch.as_tensor(np.asarray(params[k], dtype=np.float64), device=device)
+    ax, ay = sie_deflection(x, y, T('theta_E'), T('halo_e1'), T('halo_e2'))
+    sx, sy = shear_deflection(x, y, T('gamma1'), T('gamma2'))
     return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
 
 # %% ../nbs/02_simulate.ipynb #48a2d5e5
@@ -364,6 +483,39 @@ def _add_substructure(p:Preset, params:dict, x, y, ax, ay, T, compile:bool) -> N
             vx, vy = collinear_point_mass_deflection(x, y, te, t, sub['vortex_angle'])
         ax[axion] += vx; ay[axion] += vy
 
+# %% ../nbs/02_simulate.ipynb #d2620a7a
+def source_fluxes(preset:Preset, # The recipe
+                  params:dict, # Parameters from `draw_parameters`
+                 ) -> np.ndarray:
+    "Total source flux of each image, counts/s: the preset's flux shifted by the drawn `source_dmag` (if any)."
+    from deeplense_fastai.lensing import sersic_total_flux
+    p = preset
+    flux = sersic_total_flux(preset_physics(p)['source_amp'], p.source_R, p.source_n)
+    return flux * 10**(-0.4 * np.asarray(params.get('source_dmag', np.zeros(len(params['index'])))))
+
+def _disc_amplitudes(p:Preset, params:dict) -> np.ndarray:
+    "Sersic amplitude of each image's disc: its flux (less the knots' share) over the flux of a unit-amplitude profile."
+    from deeplense_fastai.lensing import sersic_total_flux
+    B = len(params['index'])
+    R, n = (np.broadcast_to(params.get(k, getattr(p, k)), (B,)) for k in ('source_R', 'source_n'))
+    unit = np.array([sersic_total_flux(1., float(r), float(m)) for r, m in zip(R, n)])
+    return source_fluxes(p, params) * (1 - params.get('knot_fraction', 0.)) / unit
+
+def _source_light(p:Preset, params:dict, bx, by, T):
+    "Source surface brightness at the traced positions: the Sersic disc, plus the Gaussian knots of a clumpy source."
+    import math as m, torch
+    from deeplense_fastai.lensing import sersic
+    sx, sy = T(params['source_x']), T(params['source_y'])
+    if p.nuisance is None and p.knots is None:     # the faithful presets: one amplitude and shape for the batch
+        return sersic(bx, by, preset_physics(p)['source_amp'], p.source_R, p.source_n, p.source_e1, p.source_e2, sx, sy)
+    shape = [T(params[k]) if k in params else getattr(p, k) for k in ('source_R', 'source_n', 'source_e1', 'source_e2')]
+    img = sersic(bx, by, T(_disc_amplitudes(p, params)), *shape, sx, sy)
+    if p.knots is None: return img
+    amp = source_fluxes(p, params)[:, None] * params['knot_fraction'][:, None] * params['knot_weight']
+    kx, ky, ks, ka = (T(v)[:, :, None, None] for v in (params['knot_x'], params['knot_y'], params['knot_sigma'], amp))
+    d2 = (bx[:, None] - kx)**2 + (by[:, None] - ky)**2
+    return img + (ka / (2 * m.pi * ks**2) * torch.exp(-d2 / (2 * ks**2))).sum(1)
+
 # %% ../nbs/02_simulate.ipynb #837211af
 def render(preset:Preset, # The recipe
            params:dict, # Parameters from `draw_parameters`
@@ -373,18 +525,16 @@ def render(preset:Preset, # The recipe
           ) -> 'torch.Tensor':
     "Noiseless images (B, H, W) in counts/s per pixel for the parameters of a batch."
     import torch
-    from deeplense_fastai.lensing import ray_shoot, sersic, downsample, convolve_psf
+    from deeplense_fastai.lensing import ray_shoot, downsample, convolve_psf
     p, dtype = preset, dtype or torch.float32
-    x, y, mx, my = _macro_field(p, device, dtype)
+    x, y, mx, my = _lens_field(p, params, device, dtype)
     B = len(params['index'])
     T = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), device=device).to(dtype)
-    ax, ay = mx.expand(B, *mx.shape).clone(), my.expand(B, *my.shape).clone()
+    ax, ay = mx.expand(B, *mx.shape[-2:]).clone(), my.expand(B, *my.shape[-2:]).clone()
     _add_substructure(p, params, x, y, ax, ay, T, compile)
     phys = preset_physics(p)
     bx, by = ray_shoot(x, y, ax, ay, phys['deflection_scale'])
-    img = sersic(bx, by, phys['source_amp'], p.source_R, p.source_n, p.source_e1, p.source_e2,
-                 T(params['source_x']), T(params['source_y']))
-    img = downsample(img, p.supersample)
+    img = downsample(_source_light(p, params, bx, by, T), p.supersample)
     img = convolve_psf(img, p.psf_fwhm, p.pixel_scale, p.psf_truncation)
     return img * phys['pixel_area']
 
@@ -395,9 +545,10 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
                       ) -> dict:
     "lenstronomy lens/source model lists and kwargs for image `b` (DeepLenseSim's construction)."
     p, phys = preset, preset_physics(preset)
+    own = lambda k: float(params[k][b]) if k in params else getattr(p, k)     # this image's value, or the preset's
     models = ['SIE', 'SHEAR']
-    kwargs = [dict(theta_E=phys['theta_E'], e1=p.halo_e1, e2=p.halo_e2, center_x=0., center_y=0.),
-              dict(gamma1=p.gamma1, gamma2=p.gamma2)]
+    kwargs = [dict(theta_E=float(params['theta_E'][b]), e1=own('halo_e1'), e2=own('halo_e2'), center_x=0., center_y=0.),
+              dict(gamma1=own('gamma1'), gamma2=own('gamma2'))]
     pts = []
     if params['cls'][b] == 'cdm':
         pts = [(t, x, y) for t, x, y in zip(params['sub_theta_E'][b], params['sub_x'][b], params['sub_y'][b]) if t > 0]
@@ -406,10 +557,18 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
         pts = list(zip(te[0], px[0], py[0]))
     for t, x, y in pts:
         models.append('POINT_MASS'); kwargs.append(dict(theta_E=float(t), center_x=float(x), center_y=float(y)))
-    source = dict(R_sersic=p.source_R, n_sersic=p.source_n, e1=p.source_e1, e2=p.source_e2,
+    source = dict(R_sersic=own('source_R'), n_sersic=own('source_n'), e1=own('source_e1'), e2=own('source_e2'),
                   center_x=float(params['source_x'][b]), center_y=float(params['source_y'][b]))
-    source.update(amp=p.source_amp) if p.source_amp is not None else source.update(magnitude=p.source_magnitude)
-    return dict(lens_model_list=models, kwargs_lens=kwargs, source_model_list=['SERSIC_ELLIPSE'], kwargs_source=[source])
+    if p.nuisance is None and p.knots is None:
+        source.update(amp=p.source_amp) if p.source_amp is not None else source.update(magnitude=p.source_magnitude)
+    else: source.update(amp=float(_disc_amplitudes(p, {k: v[b:b + 1] for k, v in params.items()})[0]))
+    light = dict(source_model_list=['SERSIC_ELLIPSE'], kwargs_source=[source])
+    for j in range(int(params['n_knots'][b]) if p.knots else 0):     # GAUSSIAN: amp is the knot's total flux
+        flux = source_fluxes(p, params)[b] * params['knot_fraction'][b] * params['knot_weight'][b, j]
+        light['source_model_list'].append('GAUSSIAN')
+        light['kwargs_source'].append(dict(amp=float(flux), sigma=float(params['knot_sigma'][b, j]),
+                                           center_x=float(params['knot_x'][b, j]), center_y=float(params['knot_y'][b, j])))
+    return dict(lens_model_list=models, kwargs_lens=kwargs, **light)
 
 # %% ../nbs/02_simulate.ipynb #9d9db20c
 def add_noise(preset:Preset, # The recipe
