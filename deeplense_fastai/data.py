@@ -873,7 +873,7 @@ def plot_top_losses(x:TensorImage, y:torch.Tensor, samples, outs, raws, losses, 
                      fontsize=9)
 
 # %% ../nbs/03_data.ipynb #cd31efd1
-from .simulate import Preset, get_preset, make_images, labels_frame
+from .simulate import Preset, get_preset, make_images, labels_frame, label_columns
 from .online import TRAIN_START, TARGETS, PILOT, PILOT_IMAGES, OnlineSim, OnlineDL, Positions, target_moments
 with fastai_import():
     from fastai.data.core import TfmdDL, DataLoaders
@@ -890,8 +890,9 @@ def _check_online_args(norm:str, epoch_size, bs, num_workers:int):
 def _online_targets(p:Preset, targets) -> list[str]:
     "The target list (default: the preset's), each one a simulated label."
     targets = [p.target] if targets is None else ([targets] if isinstance(targets, str) else list(targets))
-    bad = [t for t in targets if t not in TARGETS]
-    if bad: raise DeepLenseError(f"target {bad[0]!r} is not simulated; online targets: {', '.join(TARGETS)}")
+    known = [c for c in label_columns(p) if c not in ('index', 'class')]     # what this preset's labels hold
+    bad = [t for t in targets if t not in known]
+    if bad: raise DeepLenseError(f"target {bad[0]!r} is not simulated by preset {p.name!r}; its targets: {', '.join(known)}")
     return targets
 
 # %% ../nbs/03_data.ipynb #69857c25

@@ -15,8 +15,8 @@ import torch
 __all__ = ['BAD_PIXELS', 'SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid', 'input_grid',
            'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images',
            'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source', 'posterior_source', 'predict',
-           'predict_opened', 'score_run', 'run_posteriors', 'calibration_report', 'calibrate', 'JointPosterior',
-           'joint_posteriors', 'combine', 'joint_posterior']
+           'predict_opened', 'limit_columns', 'limits_summary', 'score_run', 'run_posteriors', 'calibration_report',
+           'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -29,7 +29,7 @@ from fastai.learner import Learner
 from .config import RunConfig, to_grid
 from .models import get_model
 from .posterior import (flow_regressor, target_grid, run_log_posterior, quantile_columns)
-from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs
+from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs, OODReference, summaries
 
 # %% ../nbs/05b_inference.ipynb #5fab6f6c
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
@@ -57,6 +57,8 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
             raise DeepLenseError(f"{f}: fitted on other weights than {run_dir/'weights.safetensors'} (the run changed since); "
                                  f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --force")
         cfg['calibration'] = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
+    if (f := run_dir/'ood.safetensors').is_file():     # what the training images look like to the network (`fit_ood`)
+        model.ood_reference = OODReference.load(f, file_digest(run_dir/'weights.safetensors'))
     return model.to(device or 'cpu').eval(), cfg
 
 
@@ -317,11 +319,12 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             pixel_scale:float|None=None, # Arcsec per pixel of the images, where their files do not say
             bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse' (an error naming the first), 'skip' or 'mask' (see `pixel_status`)
            ) -> pd.DataFrame:
-    "One row per image of `source` (index, file, status, then predictions and the std or posterior quantiles q05..q95)."
+    "One row per image of `source`: index, file, status, the predictions with their std or posterior quantiles q05..q95, then ood_score, ood and in_prior."
     model, cfg = load_run(run_dir, device)
     src, grid = open_checked(source, cfg, progress, notice, pixel_scale, bad_pixels)
     out = predict_opened(model, cfg, src, grid, bs, tta, samples, bad_pixels)
-    if (line := bad_pixel_summary(out['status'], bad_pixels)): (notice or _notice)(line)
+    for line in [bad_pixel_summary(out['status'], bad_pixels), *limits_summary(out, cfg)]:
+        if line: (notice or _notice)(line)
     return out
 
 def predict_opened(model:nn.Module, # A run's model (`load_run`)
@@ -346,10 +349,51 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
         mu, sd = predict_source(model, cfg, use, bs, tta, grid)
         vals = pd.DataFrame({k: v for j, t in enumerate(cfg['targets'])
                              for k, v in [(f'pred_{t}', mu[:, j])] + ([(f'std_{t}', sd[:, j])] if sd is not None else [])})
-    full = pd.DataFrame(np.nan, index=out.index, columns=vals.columns)
-    if len(keep): full.iloc[keep] = vals.to_numpy()
-    return pd.concat([out, full], axis=1)
+    vals = pd.concat([vals, pd.DataFrame(limit_columns(model, cfg, use, vals, bs, grid))], axis=1)
+    return pd.concat([out, _placed(vals, keep, len(out))], axis=1)
 
+def _placed(vals:pd.DataFrame, keep:np.ndarray, n:int) -> pd.DataFrame:
+    "The rows of `vals` at positions `keep` of `n` rows; the others empty (NaN, or NA for the true/false columns)."
+    full = {}
+    for c in vals.columns:
+        flags = isinstance(vals[c].dtype, pd.BooleanDtype)
+        col = pd.array([pd.NA] * n, dtype='boolean') if flags else np.full(n, np.nan)
+        if len(keep): col[keep] = vals[c].array if flags else vals[c].to_numpy(dtype=float)
+        full[c] = col
+    return pd.DataFrame(full)
+
+
+# %% ../nbs/05b_inference.ipynb #ce0d497b
+def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD reference, if the run has one)
+                  cfg:RunConfig, # Its configuration
+                  src, # The LensSource predicted
+                  preds:pd.DataFrame, # Its predictions (the pred_<target> columns)
+                  bs:int=64, # Batch size
+                  grid:Grid|None=None, # The `Grid` `open_checked` returned
+                 ) -> dict:
+    "Is each image like the run's training images? `ood_score`, `ood` (above the run's threshold) and `in_prior` (point estimates in the training range)."
+    ref, n = getattr(model, 'ood_reference', None), len(preds)
+    score = ref.score(summaries(model, _source_batches(model, cfg, src, bs, grid))) if ref is not None else np.full(n, np.nan)
+    ood = pd.array(score > ref.threshold, dtype='boolean') if ref is not None else pd.array([pd.NA] * n, dtype='boolean')
+    rng = cfg.get('target_range')
+    inside = (np.all([preds[f'pred_{t}'].between(lo, hi).to_numpy() for t, (lo, hi) in zip(cfg['targets'], rng)], 0)
+              if rng else None)
+    return dict(ood_score=score, ood=ood, in_prior=pd.array(inside if rng else [pd.NA] * n, dtype='boolean'))
+
+def limits_summary(preds:pd.DataFrame, # Output of `predict`
+                   cfg:RunConfig, # The run's configuration
+                  ) -> list[str]:
+    "One-line notices on images unlike the training images and on point estimates outside the training range."
+    lines, n = [], int(preds['status'].eq('ok').sum()) if 'status' in preds else len(preds)
+    if 'ood' in cfg: 
+        k = int(preds['ood'].sum())
+        if k: lines.append(f"note: {k} of {n} images are unlike the run's training images (ood: their summary lies beyond the "
+                           f"threshold that flags {cfg['ood']['false_alarm']:.0%} of its validation images); their values are extrapolations")
+    else: lines.append("note: this run has no OOD reference (ood.safetensors; runs exported before it existed): ood is empty")
+    k = int((~preds['in_prior']).sum()) if preds['in_prior'].notna().any() else 0
+    if k: lines.append(f"note: {k} of {n} point estimates lie outside the training range of the targets (in_prior false); "
+                       f"they are reported as computed, not clipped")
+    return lines
 
 # %% ../nbs/05b_inference.ipynb #8c512a27
 def _interval_coverage(rep:dict, preds, y, targets) -> dict:

@@ -8,6 +8,7 @@ import contextlib, io, json, math, os
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,10 +30,11 @@ from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW
 from .data import LensTarget
 
 # %% auto #0
-__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss',
-           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard',
-           'SaveBest', 'HistoryCSV', 'Checkpoint', 'body_head_splitter', 'load_init', 'TargetRange',
-           'regression_learner', 'fit', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
+__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'GaussianNLL', 'RMSE', 'get_loss',
+           'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace',
+           'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'body_head_splitter',
+           'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'summaries', 'OODReference',
+           'fit_ood', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
            'check_run_config', 'read_run_config', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
@@ -324,7 +326,7 @@ def load_init(model:nn.Module, # A freshly built model
     return old
 
 class TargetRange(Callback):
-    "Records the range of the training targets (target units) in `learn.lens_config['target_range']`: a flow run's prior support."
+    "Records the range of the training targets (target units) in `learn.lens_config['target_range']`: a flow run's prior support, every run's `in_prior`."
     order = 0
     def after_batch(self):
         if not self.training: return
@@ -399,7 +401,7 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
     if pretrained: run_cfg['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'   # where the weights started; never rebuilt
-    cbs = [Ranger21Guard(), LRTrace()] + ([TargetRange()] if loss == 'flow' else []) + list(cbs or [])
+    cbs = [Ranger21Guard(), LRTrace(), TargetRange()] + list(cbs or [])
     point = partial(flow_median, model) if loss == 'flow' else None
     loss_fn = LensLoss(loss_fn, cfg, point)
     if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
@@ -499,6 +501,94 @@ def _finite(learn:Learner) -> Learner:
     if not math.isfinite(last): raise DeepLenseError(f"training diverged: the loss became {last} in epoch {learn.epoch}; lower the learning rate")
     return learn
 
+# %% ../nbs/05_learner.ipynb #52c07af1
+OOD_FALSE_ALARM = 0.05     # share of in-distribution (validation) images that `ood` flags, by construction
+OOD_MAX_IMAGES = 4000      # training images summarised for the reference (more changes the covariance little)
+
+def summary_layer(model:nn.Module, # A regression model or a `FlowRegressor`
+                 ) -> nn.Linear:
+    "The last `nn.Linear` of the network (of a flow's summary network): its input is the image's summary."
+    net = model.body if isinstance(model, FlowRegressor) else model
+    lin = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not lin: raise DeepLenseError(f"{type(net).__name__} has no linear layer whose input summarises an image")
+    return lin[-1]
+
+@torch.no_grad()
+def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
+              batches, # Iterable of prepared image batches (B, C, H, W), or of (images, targets) tuples
+              max_images:int|None=None, # Stop after this many images
+             ) -> np.ndarray:
+    "Each image's summary, (N, D): the input of `summary_layer`, in evaluation mode."
+    feats, n = [], 0
+    hook = summary_layer(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).float().cpu()))
+    was, _ = model.training, model.eval()
+    try:
+        for b in batches:
+            model(b[0] if isinstance(b, (tuple, list)) else b)
+            n += len(feats[-1])
+            if max_images and n >= max_images: break
+    finally: hook.remove(); model.train(was)
+    return torch.cat(feats).numpy()[:max_images]
+
+# %% ../nbs/05_learner.ipynb #1d608ec3
+class OODReference:
+    "Mean and shrunk precision of the training summaries, and the Mahalanobis threshold that flags `false_alarm` of held-out images."
+    def __init__(self, mean:np.ndarray, precision:np.ndarray, threshold:float, false_alarm:float, n_reference:int, n_calibration:int):
+        self.mean, self.precision = np.asarray(mean, np.float64), np.asarray(precision, np.float64)
+        self.threshold, self.false_alarm = float(threshold), float(false_alarm)
+        self.n_reference, self.n_calibration = int(n_reference), int(n_calibration)
+
+    @classmethod
+    def fit(cls, reference:np.ndarray, # Summaries of training images (N, D)
+            calibration:np.ndarray, # Summaries of held-out images of the same world (M, D)
+            false_alarm:float=OOD_FALSE_ALARM, # Share of `calibration` to flag
+           ) -> 'OODReference':
+        "Fit the mean and Ledoit-Wolf precision on `reference`, the threshold on `calibration`."
+        from sklearn.covariance import LedoitWolf
+        if len(reference) < 2 or len(calibration) < 1: raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
+        lw = LedoitWolf().fit(reference.astype(np.float64))
+        ref = cls(lw.location_, lw.precision_, np.inf, false_alarm, len(reference), len(calibration))
+        ref.threshold = float(np.quantile(ref.score(calibration), 1 - false_alarm))
+        return ref
+
+    def score(self, feats:np.ndarray) -> np.ndarray:
+        "Mahalanobis distance of each summary (N, D) from the training summaries."
+        d = np.asarray(feats, np.float64) - self.mean
+        return np.sqrt(np.einsum('nd,de,ne->n', d, self.precision, d).clip(min=0))
+
+    def info(self) -> dict:
+        "The plain numbers (for config.json)."
+        return dict(score='mahalanobis of the last linear layer\'s input', threshold=self.threshold,
+                    false_alarm=self.false_alarm, n_reference=self.n_reference, n_calibration=self.n_calibration)
+
+    def save(self, path:Path, weights_sha256:str) -> None:
+        "Write the reference as safetensors (arrays; numbers and the weights' digest as metadata), atomically."
+        from safetensors.numpy import save_file
+        from deeplense_fastai.core import atomic_write
+        meta = {k: str(v) for k, v in self.info().items()} | dict(weights_sha256=weights_sha256)
+        with atomic_write(path) as tmp: save_file(dict(mean=self.mean, precision=self.precision), str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path:Path, weights_sha256:str) -> 'OODReference':
+        "Read a reference written by `save`, refusing one fitted on other weights."
+        from safetensors import safe_open
+        with safe_open(str(path), 'numpy') as f: meta, arr = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get('weights_sha256') != weights_sha256:
+            raise DeepLenseError(f"{path}: fitted on other weights than this run's (the run changed since it was written)")
+        try: return cls(arr['mean'], arr['precision'], float(meta['threshold']), float(meta['false_alarm']),
+                        int(meta['n_reference']), int(meta['n_calibration']))
+        except (KeyError, ValueError) as e: raise DeepLenseError(f"{path}: not an OOD reference ({e})") from None
+
+# %% ../nbs/05_learner.ipynb #f128cc69
+def fit_ood(learn:Learner, # A trained learner with its DataLoaders
+            false_alarm:float=OOD_FALSE_ALARM, # Share of validation images to flag
+           ) -> OODReference|None:
+    "The OOD reference of a trained learner: training summaries (up to `OOD_MAX_IMAGES`), threshold on the validation set; None without one."
+    dls = learn.dls
+    if not len(getattr(dls, 'valid', [])): return None
+    model = getattr(learn.model, 'module', learn.model)      # unwrapped from DistributedDataParallel
+    return OODReference.fit(summaries(model, dls.train, OOD_MAX_IMAGES), summaries(model, dls.valid, OOD_MAX_IMAGES), false_alarm)
+
 # %% ../nbs/05_learner.ipynb #6502c816
 def weights_digest(model:nn.Module, # A model (wrapped in DistributedDataParallel or not)
                   ) -> str:
@@ -509,15 +599,19 @@ def weights_digest(model:nn.Module, # A model (wrapped in DistributedDataParalle
 def export_run(learn:Learner, # A trained learner
                run_dir:str|Path, # Directory to write into
                pickle:bool=True, # Also write fastai's model.pkl
+               ood:bool=True, # Also fit and write the OOD reference (`fit_ood`) as ood.safetensors
               ) -> Path:
-    "Write weights.safetensors + config.json (pickle-free) and fastai's model.pkl into `run_dir`."
+    "Write weights.safetensors + config.json (pickle-free), the OOD reference and fastai's model.pkl into `run_dir`."
     from safetensors.torch import save_file
     from deeplense_fastai import __version__
-    from deeplense_fastai.core import atomic_write
+    from deeplense_fastai.core import atomic_write, file_digest
     run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     model = _unwrap(learn.model)
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_write(run_dir/'weights.safetensors') as tmp: save_file(state, str(tmp))
+    if ood and (ref := fit_ood(learn)) is not None:
+        ref.save(run_dir/'ood.safetensors', file_digest(run_dir/'weights.safetensors'))
+        learn.lens_config['ood'] = ref.info()
     if pickle:
         from deeplense_fastai.data import without_data
         with contextlib.redirect_stderr(io.StringIO()), without_data(learn.dls), atomic_write(run_dir/'model.pkl') as tmp:

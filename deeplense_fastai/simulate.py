@@ -124,7 +124,7 @@ BANDS = {b.name: b for b in (EUCLID_VIS_2021, EUCLID_VIS_2026, HST_WFC3_F160W, H
 DEEPLENSESIM_MODEL_I = dict(npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., supersample=1,
                             background_rms=0.01, exposure=(10**3, 10**3.5), source_amp=20.)
 
-# %% ../nbs/02_simulate.ipynb #92ca48c6
+# %% ../nbs/02_simulate.ipynb #ae9e1d7f
 def _check_range(owner:str, name:str, r, lo=-math.inf, hi=math.inf) -> None:
     "Raise unless `r` is a (low, high) pair with lo <= low <= high <= hi."
     ok = isinstance(r, tuple) and len(r) == 2 and lo <= r[0] <= r[1] <= hi
@@ -341,7 +341,7 @@ def _draw_subhalos(p:Preset, u:np.ndarray, kmax:int, is_cdm:np.ndarray) -> dict:
     th = 2 * np.pi * u[:, 6 + 2 * kmax:6 + 3 * kmax]
     return dict(n_sub=n_sub, sub_mass=m_sub, sub_r=r, sub_phi=th)
 
-# %% ../nbs/02_simulate.ipynb #ca10ecd4
+# %% ../nbs/02_simulate.ipynb #a1bdbb7d
 NUISANCE_DRAWS = 10     # uniforms per image a `Nuisance` draws: theta_E, 2 + 2 lens, 4 source shape, magnitude
 
 def _part_columns(p:Preset) -> int:
@@ -436,7 +436,7 @@ def _macro_field(p:Preset, device, dtype):
     sx, sy = shear_deflection(x, y, p.gamma1, p.gamma2)
     return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
 
-# %% ../nbs/02_simulate.ipynb #89c1d34b
+# %% ../nbs/02_simulate.ipynb #c6363c5e
 def _lens_field(p:Preset, params:dict, device, dtype):
     "Grid and main-lens deflection: the preset's cached field, or with a `Nuisance` each image's own (B, H, W)."
     import torch
@@ -483,7 +483,7 @@ def _add_substructure(p:Preset, params:dict, x, y, ax, ay, T, compile:bool) -> N
             vx, vy = collinear_point_mass_deflection(x, y, te, t, sub['vortex_angle'])
         ax[axion] += vx; ay[axion] += vy
 
-# %% ../nbs/02_simulate.ipynb #d2620a7a
+# %% ../nbs/02_simulate.ipynb #ad4707f5
 def source_fluxes(preset:Preset, # The recipe
                   params:dict, # Parameters from `draw_parameters`
                  ) -> np.ndarray:
