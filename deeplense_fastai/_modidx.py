@@ -355,6 +355,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference.calibration_report': ( 'inference.html#calibration_report',
                                                                                                'deeplense_fastai/inference.py'),
+                                            'deeplense_fastai.inference.check_ood_share': ( 'inference.html#check_ood_share',
+                                                                                            'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference.combine': ( 'inference.html#combine',
                                                                                     'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference.get_predictions': ( 'inference.html#get_predictions',

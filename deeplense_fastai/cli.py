@@ -713,6 +713,8 @@ def _combine_args(c):
     _pixel_scale(c)
     _force(c)
     c.add_argument('--tta', action='store_true', help="mix each lens's posteriors over the eight symmetries")
+    c.add_argument('--allow-ood', action='store_true', help='combine even when more than 20%% of the lenses (and at least two) are '
+                   'unlike the training images (refused otherwise)')
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
 
@@ -732,7 +734,8 @@ def cmd_combine(a) -> int:
         check_output(a.plot, '--plot', a.force, protected=[a.model, *_read_by(*a.paths)])
         _plot_format(a.plot)
     with contextlib.redirect_stdout(sys.stderr):
-        joints = joint_posteriors(a.model, [_scaled(p, a.pixel_scale) for p in a.paths], a.target, a.bs, a.tta, get_device(a.device))
+        joints = joint_posteriors(a.model, [_scaled(p, a.pixel_scale) for p in a.paths], a.target, a.bs, a.tta, get_device(a.device),
+                                  allow_ood=a.allow_ood)
     for t, jp in joints.items():
         s = jp.summary
         print(f"{t} from {jp.n} lenses: median {s['median']:.4f}, 68% [{s['lo68']:.4f}, {s['hi68']:.4f}], "

@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['BAD_PIXELS', 'SEEN', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid', 'input_grid',
-           'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images',
-           'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source', 'posterior_source', 'predict',
-           'predict_opened', 'limit_columns', 'limits_summary', 'score_run', 'run_posteriors', 'calibration_report',
-           'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
+__all__ = ['BAD_PIXELS', 'SEEN', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid',
+           'input_grid', 'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images',
+           'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
+           'posterior_source', 'predict', 'predict_opened', 'limit_columns', 'limits_summary', 'score_run',
+           'run_posteriors', 'check_ood_share', 'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors',
+           'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -363,7 +364,7 @@ def _placed(vals:pd.DataFrame, keep:np.ndarray, n:int) -> pd.DataFrame:
     return pd.DataFrame(full)
 
 
-# %% ../nbs/05b_inference.ipynb #ce0d497b
+# %% ../nbs/05b_inference.ipynb #ab8afad7
 def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD reference, if the run has one)
                   cfg:RunConfig, # Its configuration
                   src, # The LensSource predicted
@@ -463,6 +464,27 @@ def _posteriors_of(model, cfg, opened:list, bs, tta):
     "`run_posteriors` for a flow run already loaded and sources already opened (`_open_all`)."
     parts = [posterior_source(model, cfg, src, bs, tta, g) for src, g in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
+
+# %% ../nbs/05b_inference.ipynb #12a68f34
+OOD_COMBINE_SHARE = 0.2   # combine refuses when more than this share of the lenses (and at least two) are flagged
+
+def check_ood_share(model:nn.Module, # A run's model with its OOD reference (`load_run`)
+                    cfg:RunConfig, # Its configuration
+                    opened:list, # [(LensSource, grid), ...] from `open_checked`
+                    bs:int=64, # Batch size
+                    allow:bool=False, # Only say it (a notice) instead of refusing
+                    notice=None, # Where the notice goes (default: stderr)
+                   ) -> None:
+    "Refuse to combine lenses when more than `OOD_COMBINE_SHARE` of them, and at least two, are flagged `ood`."
+    ref = getattr(model, 'ood_reference', None)
+    if ref is None: return
+    score = np.concatenate([ref.score(summaries(model, _source_batches(model, cfg, src, bs, g))) for src, g in opened])
+    k, n = int((score > ref.threshold).sum()), len(score)
+    if k < 2 or k <= OOD_COMBINE_SHARE * n: return
+    msg = (f"{k} of {n} lenses are unlike the run's training images (ood; {ref.false_alarm:.0%} would be flagged by chance): "
+           f"their joint posterior would be a confident extrapolation")
+    if not allow: raise DeepLenseError(msg + "; pass --allow-ood (allow_ood=True) to combine them anyway")
+    (notice or _notice)("note: " + msg)
 
 # %% ../nbs/05b_inference.ipynb #947b9958
 def _labelled(logp:torch.Tensor, srcs, targets):
@@ -632,6 +654,7 @@ def joint_posteriors(run_dir:str|Path, # A flow run
                      tta:bool=False, # Mix the eight symmetries' posteriors of each lens
                      device=None, # Device
                      notice=None, # Where one-line notices go (default: stderr)
+                     allow_ood:bool=False, # Combine even when many lenses are unlike the training images (see `check_ood_share`)
                     ) -> dict:
     "Joint posterior of each target shared by all the lenses in `images`, with the run's joint calibration where it has one."
     model, cfg = _flow_run(run_dir, device)
@@ -643,6 +666,7 @@ def joint_posteriors(run_dir:str|Path, # A flow run
         _check_tta(cfg, tta)
     opened = _open_all(images, cfg, notice)
     _check_distinct(opened)                              # one lens given twice would count its evidence twice
+    check_ood_share(model, cfg, opened, bs, allow_ood, notice)
     grid, logp, _, cfg = _posteriors_of(model, cfg, opened, bs, tta)
     if not joint:
         how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg['targets'] else
@@ -657,9 +681,10 @@ def combine(run_dir:str|Path, # A flow run
             tta:bool=False, # Mix the eight symmetries' posteriors of each lens
             device=None, # Device
             notice=None, # Where one-line notices go (default: stderr)
+            allow_ood:bool=False, # Combine even when many lenses are unlike the training images
            ) -> JointPosterior:
     "Joint posterior of a target shared by all the lenses in `images` (see `joint_posteriors`)."
-    return next(iter(joint_posteriors(run_dir, images, [target] if target else None, bs, tta, device, notice).values()))
+    return next(iter(joint_posteriors(run_dir, images, [target] if target else None, bs, tta, device, notice, allow_ood).values()))
 
 def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
                     logp:torch.Tensor, # (N, T, G) from `run_posteriors` (raw, when the run has a joint calibration)

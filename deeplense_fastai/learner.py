@@ -501,7 +501,7 @@ def _finite(learn:Learner) -> Learner:
     if not math.isfinite(last): raise DeepLenseError(f"training diverged: the loss became {last} in epoch {learn.epoch}; lower the learning rate")
     return learn
 
-# %% ../nbs/05_learner.ipynb #52c07af1
+# %% ../nbs/05_learner.ipynb #567dc246
 OOD_FALSE_ALARM = 0.05     # share of in-distribution (validation) images that `ood` flags, by construction
 OOD_MAX_IMAGES = 4000      # training images summarised for the reference (more changes the covariance little)
 
@@ -530,7 +530,7 @@ def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
     finally: hook.remove(); model.train(was)
     return torch.cat(feats).numpy()[:max_images]
 
-# %% ../nbs/05_learner.ipynb #1d608ec3
+# %% ../nbs/05_learner.ipynb #56ed4a39
 class OODReference:
     "Mean and shrunk precision of the training summaries, and the Mahalanobis threshold that flags `false_alarm` of held-out images."
     def __init__(self, mean:np.ndarray, precision:np.ndarray, threshold:float, false_alarm:float, n_reference:int, n_calibration:int):
@@ -579,7 +579,7 @@ class OODReference:
                         int(meta['n_reference']), int(meta['n_calibration']))
         except (KeyError, ValueError) as e: raise DeepLenseError(f"{path}: not an OOD reference ({e})") from None
 
-# %% ../nbs/05_learner.ipynb #f128cc69
+# %% ../nbs/05_learner.ipynb #937b1e1e
 def fit_ood(learn:Learner, # A trained learner with its DataLoaders
             false_alarm:float=OOD_FALSE_ALARM, # Share of validation images to flag
            ) -> OODReference|None:

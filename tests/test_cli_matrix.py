@@ -179,7 +179,7 @@ def test_predict_every_kind_to_stdout(inputs, native, env, model):
     paths = {k: path_of(k, inputs, native) for k in PREDICT_COUNTS}
     r = ok(run("predict", "--model", model, *paths.values(), env=env[1]))
     df = pd.read_csv(io.StringIO(r.stdout))               # stdout is the CSV and nothing else
-    assert list(df.columns) == ["source", "index", "file", "status", "pred_log10_m_axion"]   # fixed, whatever the inputs
+    assert list(df.columns) == ["source", "index", "file", "status", "pred_log10_m_axion", "ood_score", "ood", "in_prior"]   # fixed
     assert df["pred_log10_m_axion"].notna().all() and (df["status"] == "ok").all()
     counts = df.groupby("source").size()
     for k, p in paths.items():
@@ -340,7 +340,9 @@ def test_combine_every_kind(inputs, native, env, flow_model, tmp_path):
     from astropy.io import fits
     fits.PrimaryHDU(lens_like(rng, 3)).writeto(tmp_path / "cube.fits")
     paths = [native["native"], inputs["deeplense"], tmp_path / "stack.npy", folder, tmp_path / "cube.fits"]
-    r = ok(run("combine", "--model", flow_model, *paths, "--json", tmp_path / "j.json", "--plot", tmp_path / "j.png", env=env[1]))
+    # lens_like images are stand-ins, not the training world: combine refuses them (see the next test) unless told
+    r = ok(run("combine", "--model", flow_model, *paths, "--json", tmp_path / "j.json", "--plot", tmp_path / "j.png",
+               "--allow-ood", env=env[1]))
     j = json.loads((tmp_path / "j.json").read_text())["log10_m_axion"]
     assert j["n"] == 48 + 80 + 5 + 4 + 3 and j["lo95"] <= j["lo68"] <= j["median"] <= j["hi68"] <= j["hi95"]
     assert "from 140 lenses" in r.stdout and (tmp_path / "j.png").stat().st_size > 1000
@@ -348,15 +350,26 @@ def test_combine_every_kind(inputs, native, env, flow_model, tmp_path):
     refused(run("combine", "--model", flow_model, inputs["stack"], "--target", "f_sub", env=env[1]), "--target f_sub")
 
 
+def test_lenses_unlike_the_training_images_are_flagged_and_not_combined(env, flow_model, tmp_path):
+    "Sky noise is nothing like a lens: predict flags every image, combine refuses in one line, --allow-ood combines with a note."
+    np.save(tmp_path / "noise.npy", np.random.default_rng(0).normal(size=(6, 64, 64)).astype(np.float32))
+    df = pd.read_csv(io.StringIO(ok(run("predict", "--model", flow_model, tmp_path / "noise.npy", env=env[1])).stdout))
+    assert df["ood"].all() and (df["ood_score"] > 0).all() and df["in_prior"].isin([True, False]).all()
+    refused(run("combine", "--model", flow_model, tmp_path / "noise.npy", env=env[1]), "6 of 6 lenses are unlike", "--allow-ood")
+    r = ok(run("combine", "--model", flow_model, tmp_path / "noise.npy", "--allow-ood", env=env[1]))
+    assert "note: 6 of 6 lenses are unlike" in r.stderr and "from 6 lenses" in r.stdout
+
+
 def test_combine_needs_a_flow_run(inputs, env, model):
     refused(run("combine", "--model", model, inputs["stack"], env=env[1]), "loss 'flow'")
 
 
 def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_path):
-    "calibrate --populations (default trials and lenses) fits the joint calibration that combine then applies."
+    """calibrate --populations (default trials and lenses) fits the joint calibration that combine then applies
+    (to lenses of the run's own world: lens_like stand-ins would be refused as unlike the training images)."""
     import shutil
     run_dir = tmp_path / "flow"; shutil.copytree(flow_model, run_dir)
-    r = ok(run("combine", "--model", run_dir, inputs["stack"], env=env[1]))
+    r = ok(run("combine", "--model", run_dir, native["native"], env=env[1]))
     assert "no joint calibration" in r.stdout + r.stderr and "(no joint calibration)" in r.stdout
     refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "fsub", env=env[1]), "only log10_m_axion")
     refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_9", env=env[1]), "model_9")
@@ -366,9 +379,9 @@ def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_pat
     joint = json.loads((run_dir / "calibration.json").read_text())["joint"]["log10_m_axion"]
     assert joint["populations"] == dict(preset="model_ii", trials=200, lenses=50, seed=20000)
     assert 0 <= joint["systematic"] <= 0.2 and len(joint["log_aggregate"]) == 512
-    r = ok(run("combine", "--model", run_dir, inputs["stack"], env=env[1]))
+    r = ok(run("combine", "--model", run_dir, native["native"], env=env[1]))
     assert f"(systematic floor {joint['systematic']:.4f})" in r.stdout and "no joint calibration" not in r.stderr
     cal = json.loads((run_dir / "calibration.json").read_text())
     cal["joint"]["log10_m_axion"]["systematic"] = -1
     (run_dir / "calibration.json").write_text(json.dumps(cal))
-    refused(run("combine", "--model", run_dir, inputs["stack"], env=env[1]), "calibration.json", "'joint'")
+    refused(run("combine", "--model", run_dir, native["native"], env=env[1]), "calibration.json", "'joint'")
