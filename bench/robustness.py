@@ -58,6 +58,53 @@ def train(worlds) -> None:
         print(f"{w}: trained in {time.time() - t0:.0f} s", flush=True)
 
 
+def test_set(world: str) -> Path:
+    from deeplense_fastai.dataset import cached_simulation
+    return cached_simulation(world, N_TEST, TEST_SEED)
+
+
+def score_pair(run: Path, test: Path, cfg) -> dict:
+    "Every figure of one (run, test world) pair, from predict's columns and the grid posteriors' PIT values."
+    import torch
+    from deeplense_fastai.inference import predict, run_posteriors
+    from deeplense_fastai.posterior import grid_pit
+    pred = predict(run, test, notice=lambda m: None)
+    grid, logp, srcs, _ = run_posteriors(run, test, notice=lambda m: None)
+    y = srcs[0].labels["log10_m_axion"].to_numpy(dtype=np.float64)
+    pit = grid_pit(logp[:, 0], grid[0], torch.as_tensor(y, dtype=logp.dtype)).numpy()
+    cover = {f"{c:.1f}": float(np.mean(np.abs(pit - 0.5) <= c / 2)) for c in LEVELS}
+    med = pred["pred_log10_m_axion"].to_numpy()
+    return dict(mae=float(np.mean(np.abs(med - y))), baseline_mae=float(np.mean(np.abs(cfg["target_mean"][0] - y))),
+                coverage_68=float(np.mean((pred["q16_log10_m_axion"] <= y) & (y <= pred["q84_log10_m_axion"]))),
+                coverage_95=float(np.mean(np.abs(pit - 0.5) <= 0.475)),
+                coverage_error=float(max(abs(v - float(k)) for k, v in cover.items())), coverage=cover,
+                half_width_68=float(np.median((pred["q84_log10_m_axion"] - pred["q16_log10_m_axion"]) / 2)),
+                ood_rate=float(pred["ood"].astype(float).mean()), out_of_prior=float((~pred["in_prior"]).astype(float).mean()),
+                ood_scores=pred["ood_score"].to_numpy())
+
+
+def score(worlds) -> None:
+    "Score every trained run on every test world; AUROC of ood_score against the run's own world's test images."
+    from sklearn.metrics import roc_auc_score
+    from deeplense_fastai.core import file_digest
+    from deeplense_fastai.learner import read_run_config
+    rows = []
+    for w in worlds:
+        run = run_dir(w)
+        cfg = read_run_config(run)
+        pairs = {t: score_pair(run, test_set(t), cfg) for t in TESTS}
+        own = pairs[w]["ood_scores"]
+        for t, r in pairs.items():
+            s = r.pop("ood_scores")
+            auc = None if t == w else float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(s))], np.r_[own, s]))
+            rows.append(dict(train=w, test=t, **r, ood_auroc=auc, weights_sha256=file_digest(run / "weights.safetensors"),
+                             ood_threshold=cfg["ood"]["threshold"], n_test=N_TEST))
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")},
+                  flush=True)
+    save("robustness", table=rows, settings=dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), worlds=list(worlds),
+                                               tests=list(TESTS), n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["train", "score"])

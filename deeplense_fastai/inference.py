@@ -59,7 +59,8 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
                                  f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --force")
         cfg['calibration'] = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
     if (f := run_dir/'ood.safetensors').is_file():     # what the training images look like to the network (`fit_ood`)
-        model.ood_reference = OODReference.load(f, file_digest(run_dir/'weights.safetensors'))
+        try: model.ood_reference = OODReference.load(f, file_digest(run_dir/'weights.safetensors'))
+        except DeepLenseError as e: _notice(f"note: {e}: it is ignored, so ood stays empty")   # only training refits it
     return model.to(device or 'cpu').eval(), cfg
 
 
@@ -465,7 +466,7 @@ def _posteriors_of(model, cfg, opened:list, bs, tta):
     parts = [posterior_source(model, cfg, src, bs, tta, g) for src, g in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
 
-# %% ../nbs/05b_inference.ipynb #12a68f34
+# %% ../nbs/05b_inference.ipynb #3ad5bb51
 OOD_COMBINE_SHARE = 0.2   # combine refuses when more than this share of the lenses (and at least two) are flagged
 
 def check_ood_share(model:nn.Module, # A run's model with its OOD reference (`load_run`)

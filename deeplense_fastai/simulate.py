@@ -242,8 +242,10 @@ class Preset:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
 
     def to_dict(self) -> dict:
-        "All fields as a JSON-friendly dict."
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        "All fields as a JSON-friendly dict: tuples as lists, also inside the parts (what a manifest reads back)."
+        plain = lambda v: [plain(x) for x in v] if isinstance(v, (tuple, list)) else (
+            {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
+        return plain(asdict(self))
 
     @classmethod
     def from_dict(cls, d:dict) -> 'Preset':

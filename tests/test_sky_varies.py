@@ -7,6 +7,8 @@ Two kinds of oracle, both independent of the code under test:
 - the draws against the distributions the recipe states, with its numbers typed here (`Nuisance`'s and `Knots`'
   documented ranges), tested with Kolmogorov-Smirnov and chi-square statistics on 20,000 images.
 """
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,7 @@ def test_faithful_draws_unchanged_by_the_parts():
 def test_preset_with_parts_round_trips():
     p = PRESETS["model_ii_nuisance_clumpy"]
     assert Preset.from_dict(p.to_dict()) == p
+    assert json.loads(json.dumps(p.to_dict())) == p.to_dict()          # what a manifest reads back is what was written
     assert Preset.from_dict(PRESETS["model_ii"].to_dict()).nuisance is None
 
 
