@@ -230,7 +230,8 @@ COMMANDS['info'] = ('describe a dataset or image file (any kind the data module 
 def cmd_presets(a) -> int:
     "`deeplense presets`: one line per preset."
     from deeplense_fastai.simulate import PRESETS
-    for p in PRESETS.values(): print(f"{p.name:10s} {p.description}")
+    width = max(len(name) for name in PRESETS)
+    for p in PRESETS.values(): print(f"{p.name:{width}s}  {p.description}")
     return 0
 
 COMMANDS['presets'] = ('list the simulation presets', None, lambda p: None, cmd_presets)

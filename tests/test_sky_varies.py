@@ -137,3 +137,38 @@ def test_varied_clumpy_lenses_match_lenstronomy(cls):
     for b in range(3):
         theirs = lenstronomy_image(prm, b)
         assert np.max(np.abs(ours[b] - theirs)) / np.max(np.abs(theirs)) < 1e-6
+
+
+# --- the user's path: the command line, no TTY, default flags
+
+def cli(*args, env=None):
+    import subprocess, sys
+    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=env)
+
+
+def test_presets_command_lists_every_world():
+    r = cli("presets")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == len(PRESETS)
+    assert [l.split()[0] for l in lines] == list(PRESETS) and all(len(l.split(None, 1)) == 2 for l in lines)
+
+
+def test_train_on_a_varied_world_from_the_cli(tmp_path):
+    """train --preset model_ii_nuisance_clumpy (fixed and online), then predict writes the OOD columns for its images."""
+    import os
+    env = dict(os.environ, DEEPLENSE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    r = cli("train", "--preset", "model_ii_nuisance_clumpy", "--n", 160, "--epochs", 1, "--arch", "xresnet_small",
+            "--bs", 16, "--out", tmp_path / "run", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "ood.safetensors").exists()
+    r = cli("simulate", "--preset", "model_ii_nuisance_clumpy", "--n", 8, "--seed", 3, "--out", tmp_path / "sims", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = cli("predict", "--model", tmp_path / "run", tmp_path / "sims", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    header = r.stdout.splitlines()[0].split(",")
+    assert header[-3:] == ["ood_score", "ood", "in_prior"] and len(r.stdout.splitlines()) == 9
+    r = cli("train", "--preset", "model_ii_nuisance", "--online", "--epoch-size", 64, "--epochs", 1, "--arch",
+            "xresnet_small", "--bs", 16, "--target", "theta_E", "--out", tmp_path / "online", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "online" / "config.json").read_text())["targets"] == ["theta_E"]
