@@ -18,7 +18,7 @@ intervals holding the truth, the largest gap between nominal and empirical cover
 threshold flags 5% of the run's own validation images: the false-alarm rate on A's world, by construction about 5%).
 
 The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/robustness); a finished run is not
-retrained. The results file records each run's config digest, the commands, the machine and the date.
+retrained. The results file records each run's weights digest and OOD threshold, the commands, the machine and the date.
 """
 import argparse
 import subprocess
@@ -79,7 +79,8 @@ def score_pair(run: Path, test: Path, cfg) -> dict:
                 coverage_95=float(np.mean(np.abs(pit - 0.5) <= 0.475)),
                 coverage_error=float(max(abs(v - float(k)) for k, v in cover.items())), coverage=cover,
                 half_width_68=float(np.median((pred["q84_log10_m_axion"] - pred["q16_log10_m_axion"]) / 2)),
-                ood_rate=float(pred["ood"].astype(float).mean()), out_of_prior=float((~pred["in_prior"]).astype(float).mean()),
+                ood_rate=float(pred["ood"].astype(float).mean()),
+                out_of_prior=float((~pred["in_prior"]).astype(float).mean()),
                 ood_scores=pred["ood_score"].to_numpy())
 
 
@@ -97,12 +98,13 @@ def score(worlds) -> None:
         for t, r in pairs.items():
             s = r.pop("ood_scores")
             auc = None if t == w else float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(s))], np.r_[own, s]))
-            rows.append(dict(train=w, test=t, **r, ood_auroc=auc, weights_sha256=file_digest(run / "weights.safetensors"),
-                             ood_threshold=cfg["ood"]["threshold"], n_test=N_TEST))
-            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")},
-                  flush=True)
-    save("robustness", table=rows, settings=dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), worlds=list(worlds),
-                                               tests=list(TESTS), n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist()))
+            rows.append(dict(train=w, test=t, **r, ood_auroc=auc, n_test=N_TEST, ood_threshold=cfg["ood"]["threshold"],
+                             weights_sha256=file_digest(run / "weights.safetensors")))
+            shown = {k: v for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")}
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
+    settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), worlds=list(worlds), tests=list(TESTS),
+                    n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
+    save("robustness", table=rows, settings=settings)
 
 
 def main():

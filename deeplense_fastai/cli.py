@@ -317,6 +317,13 @@ def _check_pretrained(a):
         raise DeepLenseError(f"--pretrained: the ImageNet weights of {a.arch} are not in torch's cache ({imagenet_file(a.arch)}); "
                              f"fetch them once where there is internet (torchvision.models.{a.arch}(weights='DEFAULT')), or train from scratch")
 
+def _check_preset_targets(preset:str, targets) -> None:
+    "The preset exists and simulates every --target (before anything is simulated)."
+    from deeplense_fastai.simulate import get_preset, label_columns
+    known = [c for c in label_columns(get_preset(preset)) if c not in ('index', 'class')]
+    for t in targets or []:
+        if t not in known: raise DeepLenseError(f"--target {t}: preset {preset} does not simulate it; its labels: {', '.join(known)}")
+
 def _check_train_args(a):
     "Every argument checked before any work starts."
     from deeplense_fastai.models import MODELS
@@ -343,9 +350,7 @@ def _check_train_args(a):
     for f in ('data', 'test'):
         p = getattr(a, f)
         if p is not None and not p.exists(): raise DeepLenseError(f"--{f} {p}: no such file or directory")
-    if a.data is None:
-        from deeplense_fastai.simulate import get_preset
-        get_preset(a.preset or 'model_ii')
+    if a.data is None: _check_preset_targets(a.preset or 'model_ii', a.target)
     elif a.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
     if a.online and a.data is not None: raise DeepLenseError("--online simulates the training data: give --preset (or nothing), not --data")
     if a.online and a.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
@@ -577,9 +582,10 @@ def cmd_evaluate(a) -> int:
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
         raise DeepLenseError(f"--target: the model predicts {len(cfg['targets'])} target(s), got {len(cols)} column(s)")
-    from deeplense_fastai.simulate import LABEL_COLUMNS
+    from deeplense_fastai.simulate import LABEL_COLUMNS, NUISANCE_COLUMNS, KNOT_COLUMNS
+    simulated = LABEL_COLUMNS + NUISANCE_COLUMNS + KNOT_COLUMNS
     for c, t in zip(cols, cfg['targets']):
-        if c != t and c in LABEL_COLUMNS and t in LABEL_COLUMNS:
+        if c != t and c in simulated and t in simulated:
             raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
     used = {k: v for k, v in seen_images(a.model, image_hashes(src)).items() if v}
     if used.get('train'): print(f"note: {used['train']} of these {len(src)} images are ones the run trained or validated on: on them "
@@ -637,7 +643,7 @@ def _opened_inputs(paths, cfg:dict, scale:float|None=None, bad_pixels:str='refus
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
     from deeplense_fastai.core import get_device, atomic_write, check_output
-    from deeplense_fastai.inference import load_run, predict_opened, bad_pixel_summary
+    from deeplense_fastai.inference import load_run, predict_opened, bad_pixel_summary, limits_summary
     import pandas as pd
     device = get_device(a.device)
     model, cfg = load_run(a.model, device)
@@ -653,7 +659,8 @@ def cmd_predict(a) -> int:
             df.insert(0, 'source', str(p))
             frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    if (line := bad_pixel_summary(out['status'], a.bad_pixels)): print(line, file=sys.stderr)
+    for line in [bad_pixel_summary(out['status'], a.bad_pixels), *limits_summary(out, cfg)]:
+        if line: print(line, file=sys.stderr)
     for c in ('source', 'file'):                         # a file name that is not UTF-8 is written with its bytes escaped
         if c in out: out[c] = [_printable(v) for v in out[c]]
     if a.out is None: print(out.to_csv(index=False), end='')

@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['BAD_PIXELS', 'SEEN', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'load_run', 'Grid',
-           'input_grid', 'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images',
-           'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
+__all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES',
+           'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes',
+           'record_images', 'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
            'posterior_source', 'predict', 'predict_opened', 'limit_columns', 'limits_summary', 'score_run',
            'run_posteriors', 'check_ood_share', 'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors',
            'combine', 'joint_posterior']
@@ -30,7 +30,8 @@ from fastai.learner import Learner
 from .config import RunConfig, to_grid
 from .models import get_model
 from .posterior import (flow_regressor, target_grid, run_log_posterior, quantile_columns)
-from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs, OODReference, summaries
+from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs
+from .learner import OODReference, summaries, summary_layer
 
 # %% ../nbs/05b_inference.ipynb #5fab6f6c
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
@@ -321,7 +322,7 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             pixel_scale:float|None=None, # Arcsec per pixel of the images, where their files do not say
             bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse' (an error naming the first), 'skip' or 'mask' (see `pixel_status`)
            ) -> pd.DataFrame:
-    "One row per image of `source`: index, file, status, the predictions with their std or posterior quantiles q05..q95, then ood_score, ood and in_prior."
+    "One row per image of `source`: index, file, status, the values (and std or quantiles q05..q95), ood_score, ood, in_prior."
     model, cfg = load_run(run_dir, device)
     src, grid = open_checked(source, cfg, progress, notice, pixel_scale, bad_pixels)
     out = predict_opened(model, cfg, src, grid, bs, tta, samples, bad_pixels)
@@ -366,6 +367,23 @@ def _placed(vals:pd.DataFrame, keep:np.ndarray, n:int) -> pd.DataFrame:
 
 
 # %% ../nbs/05b_inference.ipynb #ab8afad7
+@torch.no_grad()
+def _limit_pass(model:nn.Module, cfg:RunConfig, src, bs:int, grid:Grid|None, ref) -> tuple:
+    "One pass over `src`: the OOD scores (None without a reference) and, for a flow, its unbounded posterior medians."
+    feats, meds, flow = [], [], isinstance(model, FlowRegressor)
+    hook = summary_layer(model).register_forward_hook(lambda m, i, o: feats.append(i[0].flatten(1).float().cpu()))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)                         # the flow's samples: the same columns on every call
+            for x in _source_batches(model, cfg, src, bs, grid):
+                ctx = model(x)
+                if flow: meds.append(model.posterior(ctx).sample((FLOW_MEDIAN_SAMPLES,)).median(0).values.float().cpu())
+    finally: hook.remove()
+    score = ref.score(torch.cat(feats).numpy()) if ref is not None and feats else None
+    return score, (cfg.decode(torch.cat(meds)).numpy() if flow and meds else None)
+
+FLOW_MEDIAN_SAMPLES = 256   # samples of a flow's posterior whose median `in_prior` tests (the grid median cannot leave the range)
+
 def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD reference, if the run has one)
                   cfg:RunConfig, # Its configuration
                   src, # The LensSource predicted
@@ -373,28 +391,30 @@ def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD ref
                   bs:int=64, # Batch size
                   grid:Grid|None=None, # The `Grid` `open_checked` returned
                  ) -> dict:
-    "Is each image like the run's training images? `ood_score`, `ood` (above the run's threshold) and `in_prior` (point estimates in the training range)."
-    ref, n = getattr(model, 'ood_reference', None), len(preds)
-    score = ref.score(summaries(model, _source_batches(model, cfg, src, bs, grid))) if ref is not None else np.full(n, np.nan)
-    ood = pd.array(score > ref.threshold, dtype='boolean') if ref is not None else pd.array([pd.NA] * n, dtype='boolean')
-    rng = cfg.get('target_range')
-    inside = (np.all([preds[f'pred_{t}'].between(lo, hi).to_numpy() for t, (lo, hi) in zip(cfg['targets'], rng)], 0)
-              if rng else None)
-    return dict(ood_score=score, ood=ood, in_prior=pd.array(inside if rng else [pd.NA] * n, dtype='boolean'))
+    "Is each image like the training images? `ood_score`, `ood` (above the threshold) and `in_prior` (estimates in the training range)."
+    ref, n, rng = getattr(model, 'ood_reference', None), len(preds), cfg.get('target_range')
+    score, flow_med = _limit_pass(model, cfg, src, bs, grid, ref)
+    na = pd.array([pd.NA] * n, dtype='boolean')
+    ood = na if score is None else pd.array(score > ref.threshold, dtype='boolean')
+    point = flow_med if flow_med is not None else np.stack([preds[f'pred_{t}'].to_numpy() for t in cfg['targets']], 1)
+    inside = None if not rng else np.all([(lo <= point[:, j]) & (point[:, j] <= hi) for j, (lo, hi) in enumerate(rng)], 0)
+    return dict(ood_score=np.full(n, np.nan) if score is None else score, ood=ood,
+                in_prior=na if inside is None else pd.array(inside, dtype='boolean'))
 
 def limits_summary(preds:pd.DataFrame, # Output of `predict`
                    cfg:RunConfig, # The run's configuration
                   ) -> list[str]:
     "One-line notices on images unlike the training images and on point estimates outside the training range."
     lines, n = [], int(preds['status'].eq('ok').sum()) if 'status' in preds else len(preds)
-    if 'ood' in cfg: 
-        k = int(preds['ood'].sum())
-        if k: lines.append(f"note: {k} of {n} images are unlike the run's training images (ood: their summary lies beyond the "
-                           f"threshold that flags {cfg['ood']['false_alarm']:.0%} of its validation images); their values are extrapolations")
-    else: lines.append("note: this run has no OOD reference (ood.safetensors; runs exported before it existed): ood is empty")
-    k = int((~preds['in_prior']).sum()) if preds['in_prior'].notna().any() else 0
-    if k: lines.append(f"note: {k} of {n} point estimates lie outside the training range of the targets (in_prior false); "
-                       f"they are reported as computed, not clipped")
+    if n and preds['ood'].isna().all():
+        lines.append("note: this run has no OOD reference (ood.safetensors, which training writes; older runs lack it): ood is empty")
+    elif (k := int(preds['ood'].sum())):
+        share = (cfg.get('ood') or {}).get('false_alarm', 0.05)
+        lines.append(f"note: {k} of {n} images are unlike the run's training images (ood: beyond the threshold that flags "
+                     f"{share:.0%} of its validation images); their values are extrapolations")
+    if (k := int((preds['in_prior'] == False).sum())):                      # noqa: E712 (NA counts as unknown)
+        lines.append(f"note: {k} of {n} point estimates lie outside the training range of the targets (in_prior false); "
+                     f"they are reported as computed, not clipped")
     return lines
 
 # %% ../nbs/05b_inference.ipynb #8c512a27
@@ -482,8 +502,8 @@ def check_ood_share(model:nn.Module, # A run's model with its OOD reference (`lo
     score = np.concatenate([ref.score(summaries(model, _source_batches(model, cfg, src, bs, g))) for src, g in opened])
     k, n = int((score > ref.threshold).sum()), len(score)
     if k < 2 or k <= OOD_COMBINE_SHARE * n: return
-    msg = (f"{k} of {n} lenses are unlike the run's training images (ood; {ref.false_alarm:.0%} would be flagged by chance): "
-           f"their joint posterior would be a confident extrapolation")
+    msg = (f"{k} of {n} lenses are unlike the run's training images (ood; {ref.false_alarm:.0%} would be flagged by "
+           f"chance): their joint posterior would be a confident extrapolation")
     if not allow: raise DeepLenseError(msg + "; pass --allow-ood (allow_ood=True) to combine them anyway")
     (notice or _notice)("note: " + msg)
 
@@ -655,7 +675,7 @@ def joint_posteriors(run_dir:str|Path, # A flow run
                      tta:bool=False, # Mix the eight symmetries' posteriors of each lens
                      device=None, # Device
                      notice=None, # Where one-line notices go (default: stderr)
-                     allow_ood:bool=False, # Combine even when many lenses are unlike the training images (see `check_ood_share`)
+                     allow_ood:bool=False, # Combine even when many lenses are flagged `ood` (see `check_ood_share`)
                     ) -> dict:
     "Joint posterior of each target shared by all the lenses in `images`, with the run's joint calibration where it has one."
     model, cfg = _flow_run(run_dir, device)

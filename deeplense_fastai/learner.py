@@ -532,9 +532,17 @@ def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
 
 # %% ../nbs/05_learner.ipynb #56ed4a39
 class OODReference:
-    "Mean and shrunk precision of the training summaries, and the Mahalanobis threshold that flags `false_alarm` of held-out images."
-    def __init__(self, mean:np.ndarray, precision:np.ndarray, threshold:float, false_alarm:float, n_reference:int, n_calibration:int):
+    "Mean and shrunk precision of the training summaries, and the Mahalanobis threshold flagging `false_alarm` of held-out images."
+    def __init__(self, mean:np.ndarray, # Mean summary of the training images (D,)
+                 precision:np.ndarray, # Inverse of their (shrunk) covariance (D, D)
+                 threshold:float, # Scores above it are flagged `ood`
+                 false_alarm:float, # Share of held-out in-distribution images above `threshold`
+                 n_reference:int, # Training images the mean and precision come from
+                 n_calibration:int, # Held-out images the threshold comes from
+                ):
         self.mean, self.precision = np.asarray(mean, np.float64), np.asarray(precision, np.float64)
+        if self.mean.ndim != 1 or self.precision.shape != (len(self.mean),) * 2:
+            raise DeepLenseError(f"an OOD reference needs a (D,) mean and a (D, D) precision, got {self.mean.shape}, {self.precision.shape}")
         self.threshold, self.false_alarm = float(threshold), float(false_alarm)
         self.n_reference, self.n_calibration = int(n_reference), int(n_calibration)
 
@@ -545,23 +553,27 @@ class OODReference:
            ) -> 'OODReference':
         "Fit the mean and Ledoit-Wolf precision on `reference`, the threshold on `calibration`."
         from sklearn.covariance import LedoitWolf
-        if len(reference) < 2 or len(calibration) < 1: raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
+        if len(reference) < 2 or len(calibration) < 1:
+            raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
         lw = LedoitWolf().fit(reference.astype(np.float64))
         ref = cls(lw.location_, lw.precision_, np.inf, false_alarm, len(reference), len(calibration))
         ref.threshold = float(np.quantile(ref.score(calibration), 1 - false_alarm))
         return ref
 
-    def score(self, feats:np.ndarray) -> np.ndarray:
-        "Mahalanobis distance of each summary (N, D) from the training summaries."
+    def score(self, feats:np.ndarray, # Summaries (N, D) from `summaries`
+             ) -> np.ndarray:
+        "Mahalanobis distance of each summary from the training summaries."
         d = np.asarray(feats, np.float64) - self.mean
         return np.sqrt(np.einsum('nd,de,ne->n', d, self.precision, d).clip(min=0))
 
     def info(self) -> dict:
         "The plain numbers (for config.json)."
-        return dict(score='mahalanobis of the last linear layer\'s input', threshold=self.threshold,
+        return dict(score="mahalanobis of the last linear layer's input", threshold=self.threshold,
                     false_alarm=self.false_alarm, n_reference=self.n_reference, n_calibration=self.n_calibration)
 
-    def save(self, path:Path, weights_sha256:str) -> None:
+    def save(self, path:Path, # Where to write (ood.safetensors of a run)
+             weights_sha256:str, # Digest of the weights file the summaries came from
+            ) -> None:
         "Write the reference as safetensors (arrays; numbers and the weights' digest as metadata), atomically."
         from safetensors.numpy import save_file
         from deeplense_fastai.core import atomic_write
@@ -569,10 +581,14 @@ class OODReference:
         with atomic_write(path) as tmp: save_file(dict(mean=self.mean, precision=self.precision), str(tmp), metadata=meta)
 
     @classmethod
-    def load(cls, path:Path, weights_sha256:str) -> 'OODReference':
-        "Read a reference written by `save`, refusing one fitted on other weights."
+    def load(cls, path:Path, # A file written by `save`
+             weights_sha256:str, # Digest of the run's weights file: a reference of other weights is refused
+            ) -> 'OODReference':
+        "Read a reference written by `save`; a file that is unreadable, malformed or of other weights is a `DeepLenseError`."
         from safetensors import safe_open
-        with safe_open(str(path), 'numpy') as f: meta, arr = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), 'numpy') as f: meta, arr = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e: raise DeepLenseError(f"{path}: not a readable OOD reference ({type(e).__name__})") from None
         if meta.get('weights_sha256') != weights_sha256:
             raise DeepLenseError(f"{path}: fitted on other weights than this run's (the run changed since it was written)")
         try: return cls(arr['mean'], arr['precision'], float(meta['threshold']), float(meta['false_alarm']),
@@ -583,10 +599,9 @@ class OODReference:
 def fit_ood(learn:Learner, # A trained learner with its DataLoaders
             false_alarm:float=OOD_FALSE_ALARM, # Share of validation images to flag
            ) -> OODReference|None:
-    "The OOD reference of a trained learner: training summaries (up to `OOD_MAX_IMAGES`), threshold on the validation set; None without one."
-    dls = learn.dls
-    if not len(getattr(dls, 'valid', [])): return None
-    model = getattr(learn.model, 'module', learn.model)      # unwrapped from DistributedDataParallel
+    "A learner's OOD reference (summaries of up to `OOD_MAX_IMAGES` training images; threshold on its validation set), or None."
+    dls, model = learn.dls, getattr(learn.model, 'module', learn.model)      # unwrapped from DistributedDataParallel
+    if not len(getattr(dls, 'valid', [])) or not any(isinstance(m, nn.Linear) for m in model.modules()): return None
     return OODReference.fit(summaries(model, dls.train, OOD_MAX_IMAGES), summaries(model, dls.valid, OOD_MAX_IMAGES), false_alarm)
 
 # %% ../nbs/05_learner.ipynb #6502c816

@@ -242,10 +242,11 @@ class Preset:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
 
     def to_dict(self) -> dict:
-        "All fields as a JSON-friendly dict: tuples as lists, also inside the parts (what a manifest reads back)."
+        "All fields as a JSON-friendly dict (what a manifest reads back); parts a preset does not have are left out."
         plain = lambda v: [plain(x) for x in v] if isinstance(v, (tuple, list)) else (
             {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
-        return plain(asdict(self))
+        # without its parts, a preset's dict is the one manifests written before the parts existed hold
+        return {k: plain(v) for k, v in asdict(self).items() if not (k in ('nuisance', 'knots') and v is None)}
 
     @classmethod
     def from_dict(cls, d:dict) -> 'Preset':
@@ -254,7 +255,8 @@ class Preset:
         bad = set(d) - names
         if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
         tup = lambda e: {k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}
-        parts = {k: part(**tup(d[k])) for k, part in (('nuisance', Nuisance), ('knots', Knots)) if d.get(k) is not None}
+        try: parts = {k: part(**tup(d[k])) for k, part in (('nuisance', Nuisance), ('knots', Knots)) if d.get(k) is not None}
+        except (TypeError, AttributeError) as e: raise DeepLenseError(f"a preset's part is malformed ({e})") from None
         return cls(**{**tup(d), **parts})
 
 # %% ../nbs/02_simulate.ipynb #0731d3ad

@@ -353,7 +353,9 @@ def test_combine_every_kind(inputs, native, env, flow_model, tmp_path):
 def test_lenses_unlike_the_training_images_are_flagged_and_not_combined(env, flow_model, tmp_path):
     "Sky noise is nothing like a lens: predict flags every image, combine refuses in one line, --allow-ood combines with a note."
     np.save(tmp_path / "noise.npy", np.random.default_rng(0).normal(size=(6, 64, 64)).astype(np.float32))
-    df = pd.read_csv(io.StringIO(ok(run("predict", "--model", flow_model, tmp_path / "noise.npy", env=env[1])).stdout))
+    r = ok(run("predict", "--model", flow_model, tmp_path / "noise.npy", env=env[1]))
+    df = pd.read_csv(io.StringIO(r.stdout))
+    assert "note: 6 of 6 images are unlike the run's training images" in r.stderr
     assert df["ood"].all() and (df["ood_score"] > 0).all() and df["in_prior"].isin([True, False]).all()
     refused(run("combine", "--model", flow_model, tmp_path / "noise.npy", env=env[1]), "6 of 6 lenses are unlike", "--allow-ood")
     r = ok(run("combine", "--model", flow_model, tmp_path / "noise.npy", "--allow-ood", env=env[1]))

@@ -4,7 +4,8 @@ tests/data/preset_fingerprints.json was written by the code of commit af33a1a (b
 clumpy-source parts): for every preset registered then, 24 images (seed 7, indices 5..28) with the preset's own classes
 and with all three, each image's pixel sum, sum of squares and 8 probe pixels, and the full label table. A change to
 the simulator that moves a faithful preset's images or labels fails here. Float sums are compared to 1e-6 relative
-(CPU kernels may round differently on another instruction set), the counts-noise presets' probes exactly up to that.
+(CPU kernels may round differently on another instruction set), the counts-noise presets' probes exactly up to that. `to_dict` holds each preset's dictionary as that code wrote it
+into manifests and run records: datasets written then must still be recognised as the same dataset.
 """
 import json
 from pathlib import Path
@@ -34,3 +35,11 @@ def test_faithful_preset_unchanged(key):
     for c in old.columns:
         if c == "class": assert list(lab[c]) == list(old[c]), f"{key}: {c} changed"
         else: np.testing.assert_allclose(lab[c].astype(float), old[c].astype(float), rtol=1e-12, err_msg=f"{key}: {c}")
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN["to_dict"]))
+def test_faithful_preset_records_unchanged(name):
+    """A manifest written before the parts existed names the same preset: resuming or verifying it is not refused."""
+    from deeplense_fastai.simulate import PRESETS, Preset
+    assert PRESETS[name].to_dict() == FROZEN["to_dict"][name]
+    assert Preset.from_dict(FROZEN["to_dict"][name]) == PRESETS[name]

@@ -147,7 +147,12 @@ def cli(*args, env=None):
                           stdin=subprocess.DEVNULL, env=env)
 
 
-def test_presets_command_lists_every_world():
+def test_presets_command_lists_every_world(tmp_path):
+    import os
+    env = dict(os.environ, DEEPLENSE_CACHE=str(tmp_path / "cache"))
+    r = cli("train", "--preset", "model_ii", "--n", 64, "--target", "halo_e1", env=env)   # refused before simulating
+    assert r.returncode == 2 and "--target halo_e1: preset model_ii does not simulate it" in r.stderr
+    assert not (tmp_path / "cache" / "sims").exists() or not any((tmp_path / "cache" / "sims").iterdir())
     r = cli("presets")
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and len(lines) == len(PRESETS)
