@@ -573,6 +573,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'deeplense_fastai.learner.regression_metrics': ( 'learner.html#regression_metrics',
                                                                                            'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner.summaries': ('learner.html#summaries', 'deeplense_fastai/learner.py'),
+                                          'deeplense_fastai.learner.summary_hook': ( 'learner.html#summary_hook',
+                                                                                     'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner.summary_layer': ( 'learner.html#summary_layer',
                                                                                       'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner.warmdown_floor': ( 'learner.html#warmdown_floor',
@@ -941,5 +943,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.render': ('simulate.html#render', 'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.simulate': ('simulate.html#simulate', 'deeplense_fastai/simulate.py'),
+                                           'deeplense_fastai.simulate.simulated_targets': ( 'simulate.html#simulated_targets',
+                                                                                            'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.source_fluxes': ( 'simulate.html#source_fluxes',
                                                                                         'deeplense_fastai/simulate.py')}}}

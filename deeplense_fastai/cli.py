@@ -319,8 +319,8 @@ def _check_pretrained(a):
 
 def _check_preset_targets(preset:str, targets) -> None:
     "The preset exists and simulates every --target (before anything is simulated)."
-    from deeplense_fastai.simulate import get_preset, label_columns
-    known = [c for c in label_columns(get_preset(preset)) if c not in ('index', 'class')]
+    from deeplense_fastai.simulate import get_preset, simulated_targets
+    known = simulated_targets(get_preset(preset))
     for t in targets or []:
         if t not in known: raise DeepLenseError(f"--target {t}: preset {preset} does not simulate it; its labels: {', '.join(known)}")
 

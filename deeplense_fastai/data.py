@@ -873,8 +873,8 @@ def plot_top_losses(x:TensorImage, y:torch.Tensor, samples, outs, raws, losses, 
                      fontsize=9)
 
 # %% ../nbs/03_data.ipynb #cd31efd1
-from .simulate import Preset, get_preset, make_images, labels_frame, label_columns
-from .online import TRAIN_START, TARGETS, PILOT, PILOT_IMAGES, OnlineSim, OnlineDL, Positions, target_moments
+from .simulate import Preset, get_preset, make_images, labels_frame, simulated_targets
+from .online import TRAIN_START, PILOT, PILOT_IMAGES, OnlineSim, OnlineDL, Positions, target_moments
 with fastai_import():
     from fastai.data.core import TfmdDL, DataLoaders
     from fastai.torch_core import default_device, num_distrib
@@ -890,7 +890,7 @@ def _check_online_args(norm:str, epoch_size, bs, num_workers:int):
 def _online_targets(p:Preset, targets) -> list[str]:
     "The target list (default: the preset's), each one a simulated label."
     targets = [p.target] if targets is None else ([targets] if isinstance(targets, str) else list(targets))
-    known = [c for c in label_columns(p) if c not in ('index', 'class')]     # what this preset's labels hold
+    known = simulated_targets(p)
     bad = [t for t in targets if t not in known]
     if bad: raise DeepLenseError(f"target {bad[0]!r} is not simulated by preset {p.name!r}; its targets: {', '.join(known)}")
     return targets
@@ -948,7 +948,7 @@ def _online_record(p:Preset, seed:int, epoch_size:int, classes, noise:bool, vsrc
 
 # %% ../nbs/03_data.ipynb #95deead3
 def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of every image
-                       targets=None, # Target(s) among `TARGETS`; default: the preset's
+                       targets=None, # Target(s) among `simulated_targets(preset)`; default: the preset's
                        epoch_size:int=8192, # Training images per epoch, all processes together (rounded up to whole batches)
                        bs:int=64, # Batch size (per process)
                        valid=1024, # Validation: n images simulated once (indices [0, n) of `seed`), or a dataset path / LensSource

@@ -31,7 +31,7 @@ from .config import RunConfig, to_grid
 from .models import get_model
 from .posterior import (flow_regressor, target_grid, run_log_posterior, quantile_columns)
 from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs
-from .learner import OODReference, summaries, summary_layer
+from .learner import OODReference, summaries, summary_hook
 
 # %% ../nbs/05b_inference.ipynb #5fab6f6c
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
@@ -370,15 +370,12 @@ def _placed(vals:pd.DataFrame, keep:np.ndarray, n:int) -> pd.DataFrame:
 @torch.no_grad()
 def _limit_pass(model:nn.Module, cfg:RunConfig, src, bs:int, grid:Grid|None, ref) -> tuple:
     "One pass over `src`: the OOD scores (None without a reference) and, for a flow, its unbounded posterior medians."
-    feats, meds, flow = [], [], isinstance(model, FlowRegressor)
-    hook = summary_layer(model).register_forward_hook(lambda m, i, o: feats.append(i[0].flatten(1).float().cpu()))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)                         # the flow's samples: the same columns on every call
-            for x in _source_batches(model, cfg, src, bs, grid):
-                ctx = model(x)
-                if flow: meds.append(model.posterior(ctx).sample((FLOW_MEDIAN_SAMPLES,)).median(0).values.float().cpu())
-    finally: hook.remove()
+    meds, flow = [], isinstance(model, FlowRegressor)
+    with summary_hook(model) as feats, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)                             # the flow's samples: the same columns on every call
+        for x in _source_batches(model, cfg, src, bs, grid):
+            ctx = model(x)
+            if flow: meds.append(model.posterior(ctx).sample((FLOW_MEDIAN_SAMPLES,)).median(0).values.float().cpu())
     score = ref.score(torch.cat(feats).numpy()) if ref is not None and feats else None
     return score, (cfg.decode(torch.cat(meds)).numpy() if flow and meds else None)
 

@@ -33,8 +33,8 @@ from .data import LensTarget
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'GaussianNLL', 'RMSE', 'get_loss',
            'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace',
            'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'body_head_splitter',
-           'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'summaries', 'OODReference',
-           'fit_ood', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
+           'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'summary_hook', 'summaries',
+           'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
            'check_run_config', 'read_run_config', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
@@ -513,21 +513,30 @@ def summary_layer(model:nn.Module, # A regression model or a `FlowRegressor`
     if not lin: raise DeepLenseError(f"{type(net).__name__} has no linear layer whose input summarises an image")
     return lin[-1]
 
+@contextlib.contextmanager
+def summary_hook(model:nn.Module, # A regression model or a `FlowRegressor`
+                ):
+    "Within the block, every forward pass appends its images' summaries (the input of `summary_layer`) to the list yielded."
+    feats = []
+    hook = summary_layer(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).float().cpu()))
+    try: yield feats
+    finally: hook.remove()
+
 @torch.no_grad()
 def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
               batches, # Iterable of prepared image batches (B, C, H, W), or of (images, targets) tuples
               max_images:int|None=None, # Stop after this many images
              ) -> np.ndarray:
     "Each image's summary, (N, D): the input of `summary_layer`, in evaluation mode."
-    feats, n = [], 0
-    hook = summary_layer(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).float().cpu()))
-    was, _ = model.training, model.eval()
+    n, was = 0, model.training
+    model.eval()
     try:
-        for b in batches:
-            model(b[0] if isinstance(b, (tuple, list)) else b)
-            n += len(feats[-1])
-            if max_images and n >= max_images: break
-    finally: hook.remove(); model.train(was)
+        with summary_hook(model) as feats:
+            for b in batches:
+                model(b[0] if isinstance(b, (tuple, list)) else b)
+                n += len(feats[-1])
+                if max_images and n >= max_images: break
+    finally: model.train(was)
     return torch.cat(feats).numpy()[:max_images]
 
 # %% ../nbs/05_learner.ipynb #56ed4a39
@@ -601,7 +610,9 @@ def fit_ood(learn:Learner, # A trained learner with its DataLoaders
            ) -> OODReference|None:
     "A learner's OOD reference (summaries of up to `OOD_MAX_IMAGES` training images; threshold on its validation set), or None."
     dls, model = learn.dls, getattr(learn.model, 'module', learn.model)      # unwrapped from DistributedDataParallel
-    if not len(getattr(dls, 'valid', [])) or not any(isinstance(m, nn.Linear) for m in model.modules()): return None
+    if not len(getattr(dls, 'valid', [])): return None
+    try: summary_layer(model)
+    except DeepLenseError: return None          # nothing summarises an image (no linear layer): the run goes without `ood`
     return OODReference.fit(summaries(model, dls.train, OOD_MAX_IMAGES), summaries(model, dls.valid, OOD_MAX_IMAGES), false_alarm)
 
 # %% ../nbs/05_learner.ipynb #6502c816

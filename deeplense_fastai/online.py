@@ -24,7 +24,7 @@ __all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', '
 
 # %% ../nbs/02c_online.ipynb #215c4db3
 TRAIN_START = 2**32   # first index of online training images; [0, TRAIN_START) is for fixed (validation, test) sets
-TARGETS = tuple(c for c in LABEL_COLUMNS if c not in ('index', 'class'))   # the labels an online run can learn
+TARGETS = tuple(c for c in LABEL_COLUMNS if c not in ('index', 'class'))   # the labels every preset simulates (its parts add more)
 
 def epoch_indices(epoch:int, # Training epoch (0-based)
                   epoch_size:int, # Images per epoch, all processes together

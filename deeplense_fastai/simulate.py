@@ -16,8 +16,8 @@ __all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'EUCL
            'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK',
            'counter_uniforms', 'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Preset', 'register_preset',
            'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters', 'labels_frame',
-           'label_columns', 'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images',
-           'simulate']
+           'label_columns', 'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise',
+           'block_size', 'make_images', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -429,6 +429,11 @@ def label_columns(preset:Preset) -> tuple:
     "The label columns of a preset's datasets: `LABEL_COLUMNS`, and those its `Nuisance` and `Knots` parts add."
     return LABEL_COLUMNS + (NUISANCE_COLUMNS if preset.nuisance else ()) + (KNOT_COLUMNS if preset.knots else ())
 
+def simulated_targets(preset:Preset, # The recipe
+                     ) -> list[str]:
+    "The labels of `preset` a network can learn: `label_columns` without the index and the class."
+    return [c for c in label_columns(preset) if c not in ('index', 'class')]
+
 # %% ../nbs/02_simulate.ipynb #67b942f8
 @functools.lru_cache(maxsize=1)
 def _macro_field(p:Preset, device, dtype):
@@ -507,7 +512,7 @@ def _disc_amplitudes(p:Preset, params:dict) -> np.ndarray:
 
 def _source_light(p:Preset, params:dict, bx, by, T):
     "Source surface brightness at the traced positions: the Sersic disc, plus the Gaussian knots of a clumpy source."
-    import math as m, torch
+    import torch
     from deeplense_fastai.lensing import sersic
     sx, sy = T(params['source_x']), T(params['source_y'])
     if p.nuisance is None and p.knots is None:     # the faithful presets: one amplitude and shape for the batch
@@ -518,7 +523,7 @@ def _source_light(p:Preset, params:dict, bx, by, T):
     amp = source_fluxes(p, params)[:, None] * params['knot_fraction'][:, None] * params['knot_weight']
     kx, ky, ks, ka = (T(v)[:, :, None, None] for v in (params['knot_x'], params['knot_y'], params['knot_sigma'], amp))
     d2 = (bx[:, None] - kx)**2 + (by[:, None] - ky)**2
-    return img + (ka / (2 * m.pi * ks**2) * torch.exp(-d2 / (2 * ks**2))).sum(1)
+    return img + (ka / (2 * math.pi * ks**2) * torch.exp(-d2 / (2 * ks**2))).sum(1)
 
 # %% ../nbs/02_simulate.ipynb #837211af
 def render(preset:Preset, # The recipe
@@ -567,10 +572,11 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
         source.update(amp=p.source_amp) if p.source_amp is not None else source.update(magnitude=p.source_magnitude)
     else: source.update(amp=float(_disc_amplitudes(p, {k: v[b:b + 1] for k, v in params.items()})[0]))
     light = dict(source_model_list=['SERSIC_ELLIPSE'], kwargs_source=[source])
-    for j in range(int(params['n_knots'][b]) if p.knots else 0):     # GAUSSIAN: amp is the knot's total flux
-        flux = source_fluxes(p, params)[b] * params['knot_fraction'][b] * params['knot_weight'][b, j]
+    n_knots = int(params['n_knots'][b]) if p.knots else 0
+    fluxes = source_fluxes(p, params)[b] * params['knot_fraction'][b] * params['knot_weight'][b] if n_knots else []
+    for j in range(n_knots):                                          # GAUSSIAN: amp is the knot's total flux
         light['source_model_list'].append('GAUSSIAN')
-        light['kwargs_source'].append(dict(amp=float(flux), sigma=float(params['knot_sigma'][b, j]),
+        light['kwargs_source'].append(dict(amp=float(fluxes[j]), sigma=float(params['knot_sigma'][b, j]),
                                            center_x=float(params['knot_x'][b, j]), center_y=float(params['knot_y'][b, j])))
     return dict(lens_model_list=models, kwargs_lens=kwargs, **light)
 
