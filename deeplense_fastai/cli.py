@@ -11,8 +11,8 @@ from .core import DeepLenseError, _inside
 import numpy as np
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate', 'cmd_info', 'cmd_presets', 'cmd_split',
-           'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
+__all__ = ['COMMANDS', 'CLASSIFY_CLASSES', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate', 'cmd_info',
+           'cmd_presets', 'cmd_split', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
 
 # %% ../nbs/07_cli.ipynb #589d5ea2
 class _Parser(argparse.ArgumentParser):
@@ -278,7 +278,10 @@ def _train_args(t):
     t.add_argument('--n', type=_positive, default=None, help='images to simulate for --preset (default 6000)')
     t.add_argument('--online', action='store_true', help='simulate new training images for every batch instead of a fixed set')
     t.add_argument('--epoch-size', type=_positive, default=None, help='with --online: training images per epoch (default 6000)')
-    t.add_argument('--target', action='append', help='target column (repeat for several)')
+    t.add_argument('--task', choices=('regress', 'classify'), default=None,
+                   help="regress a quantity (default), or classify the substructure (no_sub, cdm, axion; --init's task if given)")
+    t.add_argument('--target', action='append', help='target column (repeat for several); with --task classify, the column '
+                   'of class names (default: class, a DeepLense folder\'s sub-folders)')
     t.add_argument('--arch', default=None, help="architecture (see deeplense_fastai.models.MODELS; default resnet18, or --init's)")
     t.add_argument('--loss', default=None, help="mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: quantiles from predict; "
                    "default mse, or --init's)")
@@ -324,16 +327,32 @@ def _check_preset_targets(preset:str, targets) -> None:
     for t in targets or []:
         if t not in known: raise DeepLenseError(f"--target {t}: preset {preset} does not simulate it; its labels: {', '.join(known)}")
 
+CLASSIFY_CLASSES = ('no_sub', 'cdm', 'axion')   # what `train --task classify --preset P` simulates: DeepLense's three classes
+
+def _check_task(a, init) -> None:
+    "--task (default: --init's, else regress) and what goes with it: a classifier has cross-entropy, one class column, fixed data."
+    task = 'classify' if init is not None and init.classes else 'regress'
+    if a.task is not None and init is not None and a.task != task:
+        raise DeepLenseError(f"--init {a.init}: it is a {'classifier' if task == 'classify' else 'regression run'}; --task {a.task} cannot start from it")
+    a.task = a.task or task
+    if a.task != 'classify': return
+    if a.loss not in (None, 'cross_entropy'): raise DeepLenseError(f"--loss {a.loss}: a classifier trains with cross-entropy; leave --loss out")
+    if a.target and len(a.target) > 1: raise DeepLenseError("--task classify: give one --target (the column of class names)")
+    if a.online: raise DeepLenseError("--task classify trains on a fixed set: give --data or --preset, not --online")
+    a.loss = 'cross_entropy'
+
 def _check_train_args(a):
     "Every argument checked before any work starts."
     from deeplense_fastai.models import MODELS
     from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES, read_run_config
     init = read_run_config(a.init) if a.init is not None else None    # a fine-tune continues the run's model and head
     a.arch = a.arch or (init.arch if init else 'resnet18')
+    _check_task(a, init)
     a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
     if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
     if a.pretrained: _check_pretrained(a)
-    if a.loss not in LOSSES: raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
+    if a.loss == 'cross_entropy' and a.task != 'classify': raise DeepLenseError("--loss cross_entropy: give --task classify (a classifier)")
+    if a.loss not in LOSSES and a.task != 'classify': raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
     if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
     a.schedule = a.schedule or ('ranger21' if a.opt == 'ranger21' else 'one_cycle')
     if a.schedule not in SCHEDULES: raise DeepLenseError(f"--schedule: unknown schedule {a.schedule!r}; use one of {', '.join(SCHEDULES)}")
@@ -350,7 +369,8 @@ def _check_train_args(a):
     for f in ('data', 'test'):
         p = getattr(a, f)
         if p is not None and not p.exists(): raise DeepLenseError(f"--{f} {p}: no such file or directory")
-    if a.data is None: _check_preset_targets(a.preset or 'model_ii', a.target)
+    if a.data is None:
+        if a.task == 'regress': _check_preset_targets(a.preset or 'model_ii', a.target)
     elif a.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
     if a.online and a.data is not None: raise DeepLenseError("--online simulates the training data: give --preset (or nothing), not --data")
     if a.online and a.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
@@ -359,7 +379,7 @@ def _check_train_args(a):
     _check_run_out(a)
 
 _RUN_FILES = ('models', 'history.csv', 'config.json', 'weights.safetensors', 'model.pkl', 'metrics.json', 'calibration.json',
-              'images_seen.npz')
+              'images_seen.npz', 'ood.safetensors')
 
 def _is_run_file(name:str) -> bool:
     "Whether a name in a run directory is one `train` or `calibrate` writes (or an atomic write's leftover temporary)."
@@ -409,10 +429,11 @@ def _clear_run(out:Path) -> None:
 # %% ../nbs/07_cli.ipynb #7725c05f
 DEFAULT_N = 6000
 
-def _simulated(preset:str, n:int, seed:int, device) -> tuple[Path, Path]:
+def _simulated(preset:str, n:int, seed:int, device, classes=None) -> tuple[Path, Path]:
     "Train and test sets of the embedded default (the test set from a disjoint seed)."
     from deeplense_fastai.dataset import cached_simulation
-    return cached_simulation(preset, n, seed, device), cached_simulation(preset, max(1000, n // 6), seed + 10_000, device)
+    return (cached_simulation(preset, n, seed, device, classes),
+            cached_simulation(preset, max(1000, n // 6), seed + 10_000, device, classes))
 
 # %% ../nbs/07_cli.ipynb #0282aba9
 def _online_data(a, device, say):
@@ -434,11 +455,12 @@ def _fixed_data(a, device, say):
     from deeplense_fastai.dataset import cached_simulation
     if a.data is None:
         preset, n = a.preset or 'model_ii', a.n or DEFAULT_N
+        classes = CLASSIFY_CLASSES if a.task == 'classify' else None
         if a.test is not None:                   # the user's test set: only the training images are simulated
             say(f"simulating {preset}: {n} training images (cached after the first run) ...")
-            return open_source(cached_simulation(preset, n, a.seed, device)), a.test, None
+            return open_source(cached_simulation(preset, n, a.seed, device, classes)), a.test, None
         say(f"simulating {preset}: {n} training and {max(1000, n // 6)} test images (cached after the first run) ...")
-        train_path, test_path = _simulated(preset, n, a.seed, device)
+        train_path, test_path = _simulated(preset, n, a.seed, device, classes)
         return open_source(train_path), test_path, None
     train = _scaled(a.data, a.pixel_scale)
     if a.test is not None: return train, a.test, None
@@ -446,18 +468,27 @@ def _fixed_data(a, device, say):
     k = max(1, len(train) // 10)
     return train.subset(np.sort(perm[k:])), None, train.subset(np.sort(perm[:k]))
 
+def _class_column(a) -> str: return a.target[0] if a.target else 'class'
+
+def _check_class_test(test, column:str, classes:list, where) -> None:
+    "A classifier's test set: some images of the training classes."
+    from deeplense_fastai.data import class_names
+    if not np.isin(class_names(test, column), classes).any():
+        raise DeepLenseError(f"--test {where}: no image of the training classes ({', '.join(classes)}) in column {column!r}")
+
 def _train_data(a, device, say):
     "DataLoaders, test source and training source (None online) of a train run; the test set is checked before anything trains."
-    from deeplense_fastai.data import lens_dataloaders, open_source, resolve_targets, check_source
+    from deeplense_fastai.data import lens_dataloaders, class_dataloaders, open_source, resolve_targets, check_source
     train = None
     if a.online: (dls, test_path), test = _online_data(a, device, say), None
     else:
         train, test_path, test = _fixed_data(a, device, say)
-        dls = lens_dataloaders(train, a.target, bs=a.bs, valid_pct=0.1, seed=a.seed, norm=a.norm, augment=not a.no_augment,
-                               size=a.size, num_workers=a.workers, device=device)
+        kw = dict(bs=a.bs, valid_pct=0.1, seed=a.seed, norm=a.norm, augment=not a.no_augment, size=a.size, num_workers=a.workers, device=device)
+        dls = class_dataloaders(train, _class_column(a), **kw) if a.task == 'classify' else lens_dataloaders(train, a.target, **kw)
     if test_path is not None:
         test = open_source(test_path)
-        check_source(test, resolve_targets(test, dls.lens_config['targets']))
+        if a.task == 'classify': _check_class_test(test, _class_column(a), dls.lens_config.classes, test_path)
+        else: check_source(test, resolve_targets(test, dls.lens_config['targets']))
         if train is not None and test.image_shape != train.image_shape and not a.size:
             raise DeepLenseError(f"--test {test_path}: images are {test.image_shape[0]}x{test.image_shape[1]}, the training "
                                  f"images {train.image_shape[0]}x{train.image_shape[1]} (give --size to train and test at one size)")
@@ -475,12 +506,36 @@ def _print_report(rep:dict, targets):
         if cov: print(line + "  coverage " + ", ".join(cov))
         else: print(line)
 
+# %% ../nbs/07_cli.ipynb #2692f854
+def _print_class_report(rep:dict) -> None:
+    "A classifier's test figures: accuracy beside the largest class's share, ROC AUC per class, the confusion matrix."
+    auc = lambda v: 'undefined' if v is None else f"{v:.3f}"
+    print(f"test images: {rep['n']}" + (f" (and {rep['other_classes']} of other classes, left out)" if rep.get('other_classes') else ''))
+    print(f"accuracy {rep['accuracy']:.3f} (always the largest class: {rep['baseline_accuracy']:.3f})  ROC AUC one-vs-rest, "
+          f"mean {auc(rep['auc'])}: " + ", ".join(f"{c} {auc(v)}" for c, v in rep['auc_per_class'].items()))
+    print("confusion (rows true, columns predicted: " + ", ".join(rep['classes']) + "): " + "; ".join(" ".join(map(str, r)) for r in rep['confusion']))
+
+def _class_test_report(run_dir:Path, test, column:str, bs:int, device) -> dict:
+    "Score a classifier run on its test set (plain and with TTA), write metrics.json, roc.png and confusion.png, print the report."
+    from deeplense_fastai.core import atomic_write
+    from deeplense_fastai.inference import score_classifier
+    from deeplense_fastai.interpret import save_classifier_plots
+    rep, (y, probs) = score_classifier(run_dir, test, column, bs, device)
+    rep_tta, _ = score_classifier(run_dir, test, column, bs, device, tta=True)
+    with atomic_write(run_dir/'metrics.json') as tmp: tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
+    save_classifier_plots(run_dir, y, probs, rep['classes'])
+    _print_class_report(rep)
+    print("with test-time augmentation (8 symmetries):")
+    _print_class_report(rep_tta)
+    return dict(rep, tta=rep_tta)
+
 # %% ../nbs/07_cli.ipynb #e3b2d7c5
 def _test_report(a, cfg:dict, test) -> None:
     "Score the exported run on the test set (plain and with TTA), write metrics.json and the plots, print the report."
     from deeplense_fastai.core import atomic_write
     from deeplense_fastai.inference import score_run
     from deeplense_fastai.interpret import save_report_plots
+    if cfg.classes: return _class_test_report(a.out, test, cfg.get('class_column', 'class'), a.bs, a.device)
     targets = cfg['targets']
     rep, (y, mu, sd) = score_run(a.out, test, targets, a.bs, a.device)
     rep_tta, _ = score_run(a.out, test, targets, a.bs, a.device, tta=True)   # averaged over the square's symmetries
@@ -518,7 +573,8 @@ def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
     from deeplense_fastai.core import get_device, set_seed
-    from deeplense_fastai.learner import regression_learner, fit, export_run, distributed, weights_digest, EpochLog, json_safe
+    from deeplense_fastai.learner import (regression_learner, classification_learner, fit, export_run, distributed, weights_digest,
+                                         EpochLog, json_safe)
     a.device = get_device(a.device)
     set_seed(a.seed)
     from deeplense_fastai.dataset import _is_rank0
@@ -530,7 +586,8 @@ def cmd_train(a) -> int:
     seen = dict(train=None if train is None else image_hashes(train), test=image_hashes(test))
     if train is not None:                        # the images' identity: a resume on edited images is another run
         dls.lens_config.extra['data_sha256'] = _hashes_digest(seen['train'])
-    learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
+    if a.task == 'classify': learn = classification_learner(dls, a.arch, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
+    else: learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
     if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config
@@ -554,9 +611,10 @@ def cmd_train(a) -> int:
     else: print(f"run written to {a.out}")
     return 0
 
-COMMANDS['train'] = ('train a regression model (no arguments: the embedded default)',
-                     'Train a regression model. With no arguments: simulate (and cache) a small Model II axion set, train a '
-                     'ResNet18 on the CPU, and report test metrics beside the constant-mean baseline.', _train_args, cmd_train)
+COMMANDS['train'] = ('train a regression model or a classifier (no arguments: the embedded default)',
+                     'Train a regression model (or, with --task classify, a classifier of the substructure). With no arguments: '
+                     'simulate (and cache) a small Model II axion set, train a ResNet18 on the CPU, and report test metrics '
+                     'beside the constant-mean baseline.', _train_args, cmd_train)
 
 # %% ../nbs/07_cli.ipynb #753d308e
 def _evaluate_args(e):
@@ -570,6 +628,31 @@ def _evaluate_args(e):
     _pixel_scale(e)
     _force(e)
 
+def _seen_note(a, src) -> dict:
+    "Which of these images the run trained, validated or was tested on; one note when it trained on some."
+    from deeplense_fastai.inference import image_hashes, seen_images
+    used = {k: v for k, v in seen_images(a.model, image_hashes(src)).items() if v}
+    if used.get('train'): print(f"note: {used['train']} of these {len(src)} images are ones the run trained or validated on: on them "
+                                f"these metrics are not a test", file=sys.stderr)
+    return used
+
+def _write_metrics(a, rep:dict) -> None:
+    if a.json:
+        from deeplense_fastai.core import atomic_write
+        with atomic_write(a.json) as tmp: tmp.write_text(json.dumps(rep, indent=1))
+        print(f"wrote {a.json}")
+
+def _evaluate_classifier(a, src, cfg, device) -> int:
+    "`deeplense evaluate` of a classifier: accuracy, ROC AUC per class and the confusion matrix on --data."
+    from deeplense_fastai.inference import score_classifier
+    if a.target and len(a.target) > 1: raise DeepLenseError("--target: a classifier compares with one column of class names")
+    used = _seen_note(a, src)
+    rep, _ = score_classifier(a.model, src, a.target[0] if a.target else cfg.get('class_column', 'class'), a.bs, device, tta=a.tta)
+    rep['tta'], rep['seen_by_run'] = bool(a.tta), used
+    _print_class_report(rep)
+    _write_metrics(a, rep)
+    return 0
+
 def cmd_evaluate(a) -> int:
     "`deeplense evaluate`: metrics of a trained model on a labelled dataset (and --json)."
     from deeplense_fastai.core import get_device, check_output
@@ -579,6 +662,7 @@ def cmd_evaluate(a) -> int:
     _, cfg = load_run(a.model)
     if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(a.data)])
     src = _scaled(a.data, a.pixel_scale)
+    if cfg.classes: return _evaluate_classifier(a, src, cfg, device)
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
         raise DeepLenseError(f"--target: the model predicts {len(cfg['targets'])} target(s), got {len(cols)} column(s)")
@@ -587,16 +671,11 @@ def cmd_evaluate(a) -> int:
     for c, t in zip(cols, cfg['targets']):
         if c != t and c in simulated and t in simulated:
             raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
-    used = {k: v for k, v in seen_images(a.model, image_hashes(src)).items() if v}
-    if used.get('train'): print(f"note: {used['train']} of these {len(src)} images are ones the run trained or validated on: on them "
-                                f"these metrics are not a test", file=sys.stderr)
+    used = _seen_note(a, src)
     rep, _ = score_run(a.model, src, cols, a.bs, device, tta=a.tta)
     rep['tta'], rep['seen_by_run'] = bool(a.tta), used
     _print_report(rep, cols)
-    if a.json:
-        from deeplense_fastai.core import atomic_write
-        with atomic_write(a.json) as tmp: tmp.write_text(json.dumps(rep, indent=1))
-        print(f"wrote {a.json}")
+    _write_metrics(a, rep)
     return 0
 
 COMMANDS['evaluate'] = ('evaluate a trained model on a dataset', None, _evaluate_args, cmd_evaluate)

@@ -73,6 +73,7 @@ class RunConfig:
     model_kw: dict = field(default_factory=dict) # Options of the architecture
     flow: dict|None = None # Flow settings of a posterior run
     target_range: list|None = None # Per target: [low, high] of the training targets (a flow run's prior support)
+    classes: list|None = None # A classifier's class names, in the order of its outputs (targets is then ['class'])
     init: str|None = None # The run whose weights started this one
     extra: dict = field(default_factory=dict) # Anything else recorded with the run, written back unchanged
     recalibration: list|None = field(default=None, compare=False) # Quantile recalibration knots (from calibration.json)
@@ -146,6 +147,9 @@ def _check_targets(d:dict, bad) -> None:
     r = d.get('target_range')
     if r is not None and not (isinstance(r, list) and len(r) == len(t) and all(_finite_list(v, 2) and v[0] < v[1] for v in r)):
         bad(f"target_range must be one [low, high] pair per target, got {r!r}")
+    c = d.get('classes')
+    if c is not None and not (isinstance(c, list) and len(c) >= 2 and len(set(c)) == len(c) and all(isinstance(x, str) and x for x in c)):
+        bad(f"classes must be a list of two or more distinct class names, got {c!r}")
 
 def _check_images(d:dict, bad) -> None:
     "The image normalisation, size and shape, and the model options' type."

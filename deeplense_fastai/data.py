@@ -19,7 +19,8 @@ __all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'SPLIT_FORMAT', 'RefusedPickle', '
            'convert_deeplense_dir', 'detect_source', 'open_source', 'write_splits', 'resolve_targets',
            'bad_pixel_counts', 'check_pixels', 'masked', 'check_source', 'PerImageMinMax', 'TargetScaler',
            'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
-           'lens_dataloaders', 'show_results', 'plot_top_losses', 'online_dataloaders']
+           'lens_dataloaders', 'show_results', 'plot_top_losses', 'class_names', 'class_dataloaders',
+           'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
 _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
@@ -587,7 +588,7 @@ def check_source(src:LensSource, # The source
 from .core import fastai_import
 with fastai_import():
     from fastai.vision.all import (Transform, DisplayedTransform, TensorImage, TensorBase, TransformBlock, DataBlock,
-                                   RandomSplitter, FuncSplitter, Normalize, Rotate, show_title)
+                                   RandomSplitter, FuncSplitter, Normalize, Rotate, show_title, CategoryBlock)
 import torch
 from .config import RunConfig, minmax_scale, resize_images   # the one image preparation, shared with prediction
 
@@ -871,6 +872,82 @@ def plot_top_losses(x:TensorImage, y:torch.Tensor, samples, outs, raws, losses, 
         names = getattr(s[1], 'names', None) or [f't{j}' for j in range(s[1].shape[-1])]
         ax.set_title(target_title(names, s[1].detach().cpu().numpy(), pred=o[0].detach().cpu().numpy()) + f" / {l.item():.3f}",
                      fontsize=9)
+
+# %% ../nbs/03_data.ipynb #680f32de
+class _ClassGetter(_TargetGetter):
+    "Item -> its class name (a string; fastai's `CategoryBlock` turns it into the class number and back)."
+    def encodes(self, item):
+        if self.ys is None: raise DeepLenseError("this exported learner carries no data")
+        return _name_of(self.ys, self.offsets, item)
+
+def _name_of(ys:list, offsets:list, item:int) -> str:
+    "The class name of global item `item`."
+    s, i = _locate(offsets, item)
+    return str(ys[s][i])
+
+def class_names(src:LensSource, # The source
+                column:str='class', # Its column of class names
+               ) -> np.ndarray:
+    "Each image's class name ('' where it has none); one clear error when `src` has no such column."
+    if column not in src.labels.columns:
+        raise DeepLenseError(f"{src.path}: no column {column!r} of class names (a DeepLense folder's class sub-folders, or a "
+                             f"simulated set's 'class'); available: {', '.join(src.labels.columns)}")
+    return src.labels[column].fillna('').astype(str).to_numpy()
+
+def _class_items(srcs:list, ys:list, offsets:list) -> list[int]:
+    "Global item numbers of the images that have a class name, after checking their pixels."
+    items = []
+    for k, (s, y) in enumerate(zip(srcs, ys)):
+        keep = np.flatnonzero(y != '')
+        if len(keep): check_pixels(s, keep)
+        items += [offsets[k] + int(i) for i in keep]
+    return items
+
+def _train_classes(src:LensSource, ys:list, offsets:list, items:list, train_idx, valid_idx, column:str) -> list[str]:
+    "The classes of the training split (two or more), after checking that the validation images hold no other."
+    classes = sorted({_name_of(ys, offsets, items[j]) for j in train_idx})
+    if len(classes) < 2:
+        raise DeepLenseError(f"{src.path}: classification needs training images of two or more classes; column {column!r} "
+                             f"gives {classes or 'none'}")
+    other = sorted({_name_of(ys, offsets, items[j]) for j in valid_idx} - set(classes))
+    if other: raise DeepLenseError(f"validation images of class {other[0]!r}, which no training image has; classes: {', '.join(classes)}")
+    return classes
+
+# %% ../nbs/03_data.ipynb #f0c4787b
+def class_dataloaders(source, # A path or LensSource whose labels name each image's class
+                      column:str='class', # The column of class names (a DeepLense folder's sub-folder, a simulated set's class)
+                      bs:int=64, # Batch size
+                      valid_pct:float=0.1, # Random validation fraction (ignored with `valid=`)
+                      seed:int=0, # Seed of the split (and of shuffling)
+                      norm:str='minmax', # 'minmax' (per image) or 'meanstd' (training-set statistics)
+                      augment:bool=True, # Random symmetries of the square on training batches
+                      valid=None, # An explicit validation source instead of a random split
+                      size:int|None=None, # Resize images to size x size on the device (None: keep)
+                      num_workers:int=0, # DataLoader worker processes
+                      device=None, # Device of the batches
+                      progress:bool=True, # Progress bar while caching DeepLense files
+                      **kw, # Passed to `DataBlock.dataloaders`
+                     ):
+    "fastai DataLoaders that classify lenses (no_sub, cdm, axion, ...): a `CategoryBlock` of the training split's classes."
+    _check_lens_args(source, norm, valid_pct)
+    src = source if isinstance(source, LensSource) else open_source(source, progress=progress)
+    srcs = [src] + ([] if valid is None else [valid if isinstance(valid, LensSource) else open_source(valid, progress=progress)])
+    if len(srcs) > 1 and srcs[1].image_shape != src.image_shape:
+        raise DeepLenseError(f"{srcs[1].path}: images are {srcs[1].image_shape}, training images are {src.image_shape}")
+    offsets, ys = [0, len(src)], [class_names(s, column) for s in srcs]
+    items = _class_items(srcs, ys, offsets)
+    splitter = FuncSplitter(lambda o: o >= len(src)) if valid is not None else _random_splitter(valid_pct, max(1, len(items)), seed)
+    train_idx, valid_idx = splitter(items)
+    classes = _train_classes(src, ys, offsets, items, train_idx, valid_idx, column)
+    bs = _usable_bs(src, len(items), len(train_idx), len(valid_idx), bs)
+    stats = _image_stats(src, np.array([items[j] for j in train_idx]), seed=seed) if norm == 'meanstd' else None
+    dblock = DataBlock(blocks=(TransformBlock(), CategoryBlock(vocab=classes)), n_inp=1, get_x=_ImageGetter(srcs, offsets),
+                       get_y=_ClassGetter(ys, offsets), splitter=splitter, batch_tfms=_batch_tfms(stats, augment, 0., size))
+    dls = dblock.dataloaders(items, bs=bs, num_workers=num_workers, device=device, seed=seed, **kw)
+    dls.lens_config = _lens_config(['class'], norm, stats, [0.], [1.], classes=classes, image_shape=list(src.image_shape),
+                                   source=str(src.path), kind=src.kind, n_train=len(train_idx), n_valid=len(valid_idx), size=size,
+                                   pixel_scale=src.meta.get('pixel_scale'), class_column=column)
+    return dls
 
 # %% ../nbs/03_data.ipynb #cd31efd1
 from .simulate import Preset, get_preset, make_images, labels_frame, simulated_targets

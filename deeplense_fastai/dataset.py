@@ -339,11 +339,12 @@ def cached_simulation(preset:str, # A preset name
                       n:int, # Images
                       seed:int, # Seed
                       device=None, # Device to simulate on
+                      classes=None, # Classes to cycle through (default: the preset's)
                      ) -> Path:
     "A native dataset of `preset` simulated once into the cache (verified, not rewritten, on later calls)."
     from deeplense_fastai.core import cache_dir
     recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]
-    path = cache_dir('sims')/f'{preset}-{recipe}-n{n}-seed{seed}'
+    path = cache_dir('sims')/(f'{preset}-{recipe}-n{n}-seed{seed}' + ('-' + '-'.join(classes) if classes else ''))
     if not _is_rank0():
         _wait_for(path/'manifest.json')
         return path
@@ -353,5 +354,5 @@ def cached_simulation(preset:str, # A preset name
         except OSError:
             print(f"note: another deeplense process is simulating {path.name} into the cache; waiting for it", file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
-        write_dataset(path, preset, n, seed, progress=False, log=lambda *a: None, device=device)
+        write_dataset(path, preset, n, seed, classes=classes, progress=False, log=lambda *a: None, device=device)
     return path

@@ -14,10 +14,10 @@ import torch
 # %% auto #0
 __all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES',
            'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes',
-           'record_images', 'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions', 'predict_source',
-           'posterior_source', 'predict', 'predict_opened', 'limit_columns', 'limits_summary', 'score_run',
-           'run_posteriors', 'check_ood_share', 'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors',
-           'combine', 'joint_posterior']
+           'record_images', 'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions',
+           'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'predict', 'predict_opened',
+           'limit_columns', 'limits_summary', 'score_run', 'score_classifier', 'run_posteriors', 'check_ood_share',
+           'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -26,6 +26,7 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles
                                        aggregate_log_posterior, fit_systematic)
 from .simulate import get_preset
 import torch.nn as nn
+import torch.nn.functional as F
 from fastai.learner import Learner
 from .config import RunConfig, to_grid
 from .models import get_model
@@ -268,6 +269,27 @@ def get_predictions(learn:Learner, # A trained learner
     return predict_batches(learn.model, dl, learn.lens_config, tta)
 
 
+# %% ../nbs/05b_inference.ipynb #422b4447
+@torch.no_grad()
+def class_probabilities(model:nn.Module, # A classifier (a run's, or `learn.model`)
+                        batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
+                        tta:bool=False, # Average the probabilities over the eight symmetries of the square
+                       ) -> np.ndarray:
+    "Class probabilities (N, C): the softmax of a classifier's outputs over an iterable of batches."
+    model.eval()
+    out = []
+    for b in batches:
+        views, _ = _views(b, tta)
+        out.append(torch.stack([F.softmax(model(v).float(), -1).cpu() for v in views]).mean(0))
+    return torch.cat(out).numpy()
+
+def class_columns(probs:np.ndarray, # Class probabilities (N, C)
+                  classes:list, # The run's class names, in the order of its outputs
+                 ) -> pd.DataFrame:
+    "`pred_class` (the most probable class) and one `p_<class>` column per class."
+    return pd.DataFrame({'pred_class': np.asarray(classes, dtype=object)[probs.argmax(1)],
+                         **{f'p_{c}': probs[:, k] for k, c in enumerate(classes)}})
+
 # %% ../nbs/05b_inference.ipynb #0cf8947a
 def predict_source(model:nn.Module, # A regression model (a run's, or `learn.model`)
                    cfg:RunConfig, # Its configuration (`load_run`'s, or `learn.lens_config`)
@@ -348,6 +370,7 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
                         'status': status})
     if not len(keep): use = masked(src.subset([0]))        # no usable image: one blank one names the value columns (all NaN)
     if isinstance(model, FlowRegressor): vals = pd.DataFrame(_posterior_columns(*posterior_source(model, cfg, use, bs, tta, grid), cfg['targets'], samples))
+    elif cfg.classes: vals = class_columns(class_probabilities(model, _source_batches(model, cfg, use, bs, grid), tta), cfg.classes)
     else:
         mu, sd = predict_source(model, cfg, use, bs, tta, grid)
         vals = pd.DataFrame({k: v for j, t in enumerate(cfg['targets'])
@@ -360,8 +383,9 @@ def _placed(vals:pd.DataFrame, keep:np.ndarray, n:int) -> pd.DataFrame:
     full = {}
     for c in vals.columns:
         flags = isinstance(vals[c].dtype, pd.BooleanDtype)
-        col = pd.array([pd.NA] * n, dtype='boolean') if flags else np.full(n, np.nan)
-        if len(keep): col[keep] = vals[c].array if flags else vals[c].to_numpy(dtype=float)
+        words = not flags and not pd.api.types.is_numeric_dtype(vals[c].dtype)     # a classifier's pred_class
+        col = pd.array([pd.NA] * n, dtype='boolean') if flags else np.full(n, None, dtype=object) if words else np.full(n, np.nan)
+        if len(keep): col[keep] = vals[c].array if flags else vals[c].to_numpy(dtype=object if words else float)
         full[c] = col
     return pd.DataFrame(full)
 
@@ -393,8 +417,10 @@ def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD ref
     score, flow_med = _limit_pass(model, cfg, src, bs, grid, ref)
     na = pd.array([pd.NA] * n, dtype='boolean')
     ood = na if score is None else pd.array(score > ref.threshold, dtype='boolean')
-    point = flow_med if flow_med is not None else np.stack([preds[f'pred_{t}'].to_numpy() for t in cfg['targets']], 1)
-    inside = None if not rng else np.all([(lo <= point[:, j]) & (point[:, j] <= hi) for j, (lo, hi) in enumerate(rng)], 0)
+    inside = None                                        # a classifier has no range: in_prior stays empty
+    if rng:
+        point = flow_med if flow_med is not None else np.stack([preds[f'pred_{t}'].to_numpy() for t in cfg['targets']], 1)
+        inside = np.all([(lo <= point[:, j]) & (point[:, j] <= hi) for j, (lo, hi) in enumerate(rng)], 0)
     return dict(ood_score=np.full(n, np.nan) if score is None else score, ood=ood,
                 in_prior=na if inside is None else pd.array(inside, dtype='boolean'))
 
@@ -452,6 +478,27 @@ def score_run(run_dir:str|Path, # A run directory
     if f"q16_{cfg['targets'][0]}" in preds: rep = _interval_coverage(rep, preds, y, cfg['targets'])
     return rep, (y, mu, sd)
 
+
+# %% ../nbs/05b_inference.ipynb #24e29529
+def score_classifier(run_dir:str|Path, # A classifier run (`classification_learner`, `deeplense train --task classify`)
+                     src, # A LensSource whose labels name each image's class
+                     column:str='class', # Its column of class names
+                     bs:int=64, # Batch size
+                     device=None, # Device
+                     tta:bool=False, # Average the probabilities over the eight symmetries of the square
+                    ) -> tuple[dict, tuple]:
+    "Accuracy, one-vs-rest ROC AUC and confusion matrix of a classifier on the images of its classes; also (true class numbers, probabilities)."
+    from deeplense_fastai.data import class_names
+    from deeplense_fastai.interpret import classification_report
+    model, cfg = load_run(run_dir, device)
+    if not cfg.classes: raise DeepLenseError(f"{run_dir}: not a classifier (its config has no classes); score it with score_run")
+    names = class_names(src, column)
+    known = np.isin(names, cfg.classes)
+    if not known.any(): raise DeepLenseError(f"{src.path}: no image of the run's classes ({', '.join(cfg.classes)}) in column {column!r}")
+    preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
+    probs, y = preds[[f'p_{c}' for c in cfg.classes]].to_numpy(dtype=float)[known], np.array([cfg.classes.index(c) for c in names[known]])
+    rep = dict(classification_report(y, probs, cfg.classes), other_classes=int((~known & (names != '')).sum()))
+    return rep, (y, probs)
 
 # %% ../nbs/05b_inference.ipynb #4762bc69
 def _flow_run(run_dir, device=None, raw:bool=False):

@@ -11,8 +11,9 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
-           'plot_calibration', 'save_report_plots', 'show_predictions', 'plot_worst', 'plot_coverage', 'plot_sbc',
-           'plot_tarp', 'plot_binned_calibration', 'plot_joint_posterior']
+           'plot_calibration', 'save_report_plots', 'classification_report', 'plot_roc', 'plot_confusion',
+           'save_classifier_plots', 'show_predictions', 'plot_worst', 'plot_coverage', 'plot_sbc', 'plot_tarp',
+           'plot_binned_calibration', 'plot_joint_posterior']
 
 # %% ../nbs/06_interpret.ipynb #6d2f1e2f
 def _r2(y, err) -> float:
@@ -173,6 +174,72 @@ def save_report_plots(run_dir, # Directory to write the PNG files into
         p = run_dir/f'{fname}_{name}.png'
         fig.savefig(p, dpi=110); plt.close(fig)
         paths.append(p)
+    return paths
+
+# %% ../nbs/06_interpret.ipynb #902c9741
+def classification_report(y, # True class numbers (N,)
+                          probs, # Class probabilities (N, C)
+                          classes, # Class names (C,)
+                         ) -> dict:
+    "n, accuracy beside the largest class's share, mean and per-class one-vs-rest ROC AUC (None where undefined), confusion matrix."
+    from deeplense_fastai.learner import ovr_auc
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    pred, (auc, per) = probs.argmax(1), ovr_auc(probs, y)
+    k = len(classes)
+    clean = lambda v: None if v != v else float(v)          # NaN (undefined) is written as null
+    return dict(n=len(y), accuracy=float((pred == y).mean()), baseline_accuracy=float(np.bincount(y, minlength=k).max() / len(y)),
+                auc=clean(auc), auc_per_class={c: clean(a) for c, a in zip(classes, per)}, classes=list(classes),
+                confusion=[[int(((y == i) & (pred == j)).sum()) for j in range(k)] for i in range(k)])
+
+def plot_roc(y, # True class numbers (N,)
+             probs, # Class probabilities (N, C)
+             classes, # Class names (C,)
+             ax=None, # Matplotlib axes
+            ):
+    "One-vs-rest ROC curve of each class, its AUC in the legend, beside the diagonal of guessing."
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve, roc_auc_score
+    ax = ax or plt.subplots(figsize=(4.2, 4))[1]
+    y = np.asarray(y)
+    for k, c in enumerate(classes):
+        if not 0 < (y == k).sum() < len(y): continue          # no curve for a class the images hold all or none of
+        fpr, tpr, _ = roc_curve(y == k, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{c} (AUC {roc_auc_score(y == k, probs[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], ls=':', c='grey', label='guessing (AUC 0.5)')
+    ax.set(xlabel='false positive rate', ylabel='true positive rate', title='one-vs-rest ROC', xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc='lower right', fontsize=8)
+    return ax
+
+def plot_confusion(confusion, # Counts (C, C): rows the true class, columns the predicted one
+                   classes, # Class names (C,)
+                   ax=None, # Matplotlib axes
+                  ):
+    "The confusion matrix as an image, each cell labelled with its count."
+    import matplotlib.pyplot as plt
+    m = np.asarray(confusion)
+    ax = ax or plt.subplots(figsize=(4, 3.6))[1]
+    ax.imshow(m, cmap='Blues')
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(m[i, j]), ha='center', va='center', color='white' if m[i, j] > m.max() / 2 else 'black')
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel='predicted class', ylabel='true class', title='confusion matrix')
+    return ax
+
+def save_classifier_plots(run_dir, # Directory to write roc.png and confusion.png into
+                          y, # True class numbers (N,)
+                          probs, # Class probabilities (N, C)
+                          classes, # Class names (C,)
+                         ) -> list[Path]:
+    "Write a classifier's ROC curves and confusion matrix as PNG files (each written whole); returns their paths."
+    import matplotlib.pyplot as plt
+    from deeplense_fastai.core import atomic_write
+    rep, paths = classification_report(y, probs, classes), []
+    for name, draw in (('roc', lambda ax: plot_roc(y, probs, classes, ax)), ('confusion', lambda ax: plot_confusion(rep['confusion'], classes, ax))):
+        fig, ax = plt.subplots(figsize=(4.4, 4))
+        draw(ax); fig.tight_layout()
+        with atomic_write(Path(run_dir)/f'{name}.png') as tmp: fig.savefig(tmp, dpi=110, format='png')
+        plt.close(fig); paths.append(Path(run_dir)/f'{name}.png')
     return paths
 
 # %% ../nbs/06_interpret.ipynb #9b6e6631

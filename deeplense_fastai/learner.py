@@ -20,7 +20,8 @@ with fastai_import():
     from fastai.callback.core import Callback
     from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback, TerminateOnNaNCallback
     from fastai.callback.schedule import ParamScheduler
-    from fastai.metrics import AccumMetric
+    from fastai.metrics import AccumMetric, accuracy
+    from fastai.losses import CrossEntropyLossFlat
     from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
 
 from .core import DeepLenseError
@@ -35,7 +36,7 @@ __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAG
            'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'body_head_splitter',
            'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'summary_hook', 'summaries',
            'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
-           'check_run_config', 'read_run_config', 'distributed']
+           'check_run_config', 'read_run_config', 'ovr_auc', 'classification_learner', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -311,8 +312,8 @@ def load_init(model:nn.Module, # A freshly built model
     "Load a trained run's weights into `model` after checking that architecture, targets and outputs fit."
     from safetensors.torch import load_file
     old = read_run_config(init)
-    for key in ('arch', 'n_out', 'targets'):
-        if old[key] != cfg[key]:
+    for key in ('arch', 'n_out', 'targets', 'classes'):
+        if old.get(key) != cfg.get(key):
             raise DeepLenseError(f"--init {init}: its {key} is {old[key]!r}, this run's is {cfg[key]!r}")
     if old.get('model_kw', {}) != cfg.get('model_kw', {}):
         raise DeepLenseError(f"--init {init}: built with model options {old.get('model_kw')}, this run with {cfg.get('model_kw')}")
@@ -322,7 +323,7 @@ def load_init(model:nn.Module, # A freshly built model
     try: model.load_state_dict(load_file(str(Path(init)/'weights.safetensors')))
     except Exception as e:                      # truncated, foreign or corrupt: named, never half-loaded into a run
         raise DeepLenseError(f"--init {init}: weights.safetensors cannot be loaded ({type(e).__name__}: {str(e)[:120]})") from None
-    if cfg.get('loss') != 'flow': _rescale_output(model, old, cfg, cfg['n_out'])   # a flow's head is retrained (freeze_epochs)
+    if cfg.get('loss') not in ('flow', 'cross_entropy'): _rescale_output(model, old, cfg, cfg['n_out'])   # a flow's head is retrained
     return old
 
 class TargetRange(Callback):
@@ -372,6 +373,17 @@ def _regression_model(arch, loss:str, targets:list, flow:dict|None, model_kw:dic
     n_out = len(targets) * outputs_per_target(loss_fn)
     return _build(arch, n_out, image_shape, model_kw), loss_fn, n_out, {}
 
+def _learner_start(dls, arch, pretrained:bool, init, model_kw:dict) -> tuple:
+    "(config, image shape the network sees, build options) of a new learner, after checking the architecture and start."
+    cfg = getattr(dls, 'lens_config', None)
+    if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders or class_dataloaders")
+    if isinstance(arch, str) and arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    if pretrained and (init is not None or not isinstance(arch, str) or arch not in PRETRAINED):
+        raise DeepLenseError(f"pretrained: ImageNet weights exist for {', '.join(PRETRAINED)} only" if init is None else
+                             "pretrained and init both choose the starting weights: give one")
+    size = cfg.get('size') or cfg.get('image_shape') or (64, 64)
+    return cfg, ((size, size) if isinstance(size, int) else size), (dict(model_kw, pretrained=True) if pretrained else model_kw)
+
 def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        arch='resnet18', # A name from `MODELS`, an `nn.Module` (e.g. a timm model), or a callable `f(n_in, n_out)` building one
                        loss:str='mse', # mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: see `posterior`)
@@ -386,17 +398,11 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        **model_kw, # Passed to the model constructor
                       ) -> Learner:
     "A fastai Learner for lensing regression with the DeepLense recipe as default (Ranger, metrics in target units)."
-    cfg = getattr(dls, 'lens_config', None)
-    if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders")
-    if isinstance(arch, str) and arch not in MODELS: raise DeepLenseError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    cfg, shape, build_kw = _learner_start(dls, arch, pretrained, init, model_kw)
+    if cfg.classes: raise DeepLenseError("these DataLoaders classify (class_dataloaders): use classification_learner")
     if loss == 'flow' and any(s <= 1e-9 * max(1., abs(m)) for m, s in zip(cfg.target_mean, cfg.target_std)):
         raise DeepLenseError(f"targets {', '.join(cfg['targets'])}: one is constant in the training data; a posterior needs a target that varies")
-    size = cfg.get('size') or cfg.get('image_shape') or (64, 64)
-    if pretrained and (init is not None or not isinstance(arch, str) or arch not in PRETRAINED):
-        raise DeepLenseError(f"pretrained: ImageNet weights exist for {', '.join(PRETRAINED)} only" if init is None else
-                             "pretrained and init both choose the starting weights: give one")
-    build_kw = dict(model_kw, pretrained=True) if pretrained else model_kw
-    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, build_kw, (size, size) if isinstance(size, int) else size)
+    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, build_kw, shape)
     if not isinstance(arch, str): arch = f"custom:{type(model.body if loss == 'flow' else model).__name__}"
     run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
@@ -698,6 +704,10 @@ def check_run_config(cfg, # The parsed config.json
     if 'weights' in (rc.model_kw or {}): bad("model_kw names a weights file; a run's weights are its weights.safetensors only")
     t, n_out = rc.targets, rc.n_out
     if rc.loss == 'flow': _check_flow(cfg, bad)
+    elif rc.loss == 'cross_entropy' or rc.classes:
+        if not (rc.loss == 'cross_entropy' and rc.classes and n_out == len(rc.classes)):
+            bad(f"a classifier has loss 'cross_entropy', its classes and one output per class; got loss {rc.loss!r}, "
+                f"classes {rc.classes!r}, n_out {n_out!r}")
     elif not (isinstance(n_out, int) and n_out in (len(t), 2 * len(t))): bad(f"n_out must be {len(t)} or {2 * len(t)} for {len(t)} target(s), got {n_out!r}")
     return rc
 
@@ -712,6 +722,48 @@ def read_run_config(run_dir:str|Path, # A run directory
     except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{run_dir/'config.json'}: not valid JSON ({e})") from None
     return check_run_config(cfg, run_dir/'config.json')
 
+
+# %% ../nbs/05_learner.ipynb #fa35369d
+def ovr_auc(probs:np.ndarray, # Class probabilities (N, C)
+            y:np.ndarray, # True class numbers (N,)
+           ) -> tuple[float, list]:
+    "(mean, per class) one-vs-rest ROC AUC, as DeepLense reports it; NaN for a class the images hold all or none of."
+    from sklearn.metrics import roc_auc_score
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    per = [float(roc_auc_score(y == c, probs[:, c])) if 0 < (y == c).sum() < len(y) else math.nan for c in range(probs.shape[1])]
+    ok = [a for a in per if not math.isnan(a)]
+    return (float(np.mean(ok)) if ok else math.nan), per
+
+def _auc_metric() -> AccumMetric:
+    "fastai metric: the mean one-vs-rest ROC AUC of the softmax probabilities over the validation set."
+    from fastai.metrics import ActivationType
+    return AccumMetric(lambda p, t: ovr_auc(p, t)[0], activation=ActivationType.Softmax, dim_argmax=-1, flatten=False, to_np=True, name='auc')
+
+def classification_learner(dls, # DataLoaders from `class_dataloaders`
+                           arch='resnet18', # A name from `MODELS`, an `nn.Module`, or a callable `f(n_in, n_out)` building one
+                           opt:str='ranger', # adam, radam, ranger or ranger21
+                           metrics=None, # fastai metrics; default accuracy and the mean one-vs-rest ROC AUC
+                           path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
+                           wd:float|None=None, # Weight decay (None: the optimiser's default)
+                           cbs=None, # Extra callbacks
+                           init:str|Path|None=None, # Start from a trained classifier's weights (the same classes and arch)
+                           pretrained:bool=False, # Start a torchvision ResNet from ImageNet weights (torch's cache)
+                           **model_kw, # Passed to the model constructor
+                          ) -> Learner:
+    "A fastai Learner that classifies lenses by their substructure: cross-entropy, accuracy and one-vs-rest ROC AUC."
+    cfg, shape, build_kw = _learner_start(dls, arch, pretrained, init, model_kw)
+    if not cfg.classes: raise DeepLenseError("these DataLoaders regress (no classes): build them with class_dataloaders")
+    model = _build(arch, len(cfg.classes), shape, build_kw)
+    if not isinstance(arch, str): arch = f"custom:{type(model).__name__}"
+    run_cfg = cfg.with_model(arch=arch, loss='cross_entropy', opt=opt, n_out=len(cfg.classes), model_kw=model_kw)
+    if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
+    if pretrained: run_cfg['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=get_opt_func(opt), path=Path(path), wd=wd,
+                    metrics=[accuracy, _auc_metric()] if metrics is None else metrics,
+                    cbs=[Ranger21Guard(), LRTrace()] + list(cbs or []), splitter=body_head_splitter)
+    learn.lens_config = run_cfg
+    if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.to_fp16()
+    return learn
 
 # %% ../nbs/05_learner.ipynb #41715ce7
 from fastai.torch_core import num_distrib, rank_distrib

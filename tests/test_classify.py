@@ -1,0 +1,135 @@
+"""Classification, DeepLense's own task, on the user's path: `deeplense train --task classify` on a three-class DeepLense
+layout (class sub-folders, written by the simulator's DeepLense writer) and on a simulated preset, then `predict`
+(fixed columns, one probability per class) and `evaluate`, every command a subprocess without a terminal and with
+default flags. The oracles are independent of the code: probabilities must sum to one, the predicted class must be the
+most probable one, the confusion matrix must count every test image once, and the AUC of a class is recomputed here
+from the probabilities with scikit-learn.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+CLASSES = ["axion", "cdm", "no_sub"]
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env=env)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("classify")
+    return dict(os.environ, DEEPLENSE_CACHE=str(home / "cache"), OMP_NUM_THREADS="1"), home
+
+
+@pytest.fixture(scope="module")
+def three(env):
+    e, home = env
+    r = cli("simulate", "--preset", "model_ii", "--n", 240, "--seed", 5, "--format", "deeplense", "--classes",
+            "no_sub,cdm,axion", "--out", home / "three", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return home / "three"
+
+
+@pytest.fixture(scope="module")
+def run(env, three):
+    e, home = env
+    r = cli("train", "--task", "classify", "--data", three, "--arch", "xresnet_small", "--epochs", 2, "--bs", 32,
+            "--out", home / "run", env=e)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return home / "run", r
+
+
+def test_train_writes_a_classifier_run(run):
+    out, r = run
+    assert "\r" not in r.stdout and "█" not in r.stdout              # no progress bar on stdout without a terminal
+    assert "accuracy" in r.stdout and "ROC AUC one-vs-rest" in r.stdout and "confusion" in r.stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["classes"] == CLASSES and cfg["loss"] == "cross_entropy" and cfg["n_out"] == 3
+    for f in ("roc.png", "confusion.png", "metrics.json", "ood.safetensors", "weights.safetensors"):
+        assert (out / f).is_file(), f
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["classes"] == CLASSES and sum(map(sum, m["confusion"])) == m["n"] == 24     # the held-out tenth of 240
+    assert 0 <= m["accuracy"] <= 1 and set(m["auc_per_class"]) == set(CLASSES)
+
+
+def test_predict_gives_one_probability_per_class(run, three, env):
+    e, _ = env
+    out, _ = run
+    r = cli("predict", "--model", out, three / "cdm", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(pd.io.common.StringIO(r.stdout))
+    assert list(df.columns) == ["source", "index", "file", "status", "pred_class", "p_axion", "p_cdm", "p_no_sub",
+                                "ood_score", "ood", "in_prior"]
+    assert len(df) == 80 and (df["status"] == "ok").all()
+    p = df[["p_axion", "p_cdm", "p_no_sub"]].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    assert (df["pred_class"].to_numpy() == np.array(CLASSES)[p.argmax(1)]).all()
+    assert df["in_prior"].isna().all()                                       # a classifier has no target range
+
+
+def test_evaluate_scores_and_says_what_it_trained_on(run, three, env):
+    from sklearn.metrics import roc_auc_score
+    e, home = env
+    out, _ = run
+    r = cli("evaluate", "--model", out, "--data", three, "--json", home / "eval.json", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "images are ones the run trained or validated on" in r.stderr          # its own training folder
+    rep = json.loads((home / "eval.json").read_text())
+    assert rep["n"] == 240 and sum(map(sum, rep["confusion"])) == 240 and rep["seen_by_run"]["train"] == 216
+    p = cli("predict", "--model", out, three, env=e)
+    df = pd.read_csv(pd.io.common.StringIO(p.stdout))
+    truth = df["file"].str.split("/").str[0].to_numpy()                            # the class sub-folder of each file
+    for c in CLASSES:                                                              # AUC recomputed from the probabilities
+        assert abs(roc_auc_score(truth == c, df[f"p_{c}"]) - rep["auc_per_class"][c]) < 1e-6
+
+
+def test_fine_tune_implies_task_and_force_replaces_a_finished_run(run, three, env):
+    e, home = env
+    out, _ = run
+    r = cli("train", "--init", out, "--data", three, "--epochs", 1, "--bs", 32, "--out", home / "tuned", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = json.loads((home / "tuned" / "config.json").read_text())
+    assert cfg["classes"] == CLASSES and cfg["arch"] == "xresnet_small" and cfg["init"] == str(out)
+    r = cli("train", "--init", out, "--data", three, "--epochs", 1, "--bs", 32, "--out", home / "tuned", "--force", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]                                   # a finished run (with ood.safetensors) is replaced
+
+
+def test_classify_a_simulated_preset(env):
+    e, home = env
+    r = cli("train", "--task", "classify", "--preset", "model_ii", "--n", 150, "--arch", "xresnet_small", "--epochs", 1,
+            "--bs", 32, "--out", home / "sim", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((home / "sim" / "config.json").read_text())["classes"] == CLASSES
+    m = json.loads((home / "sim" / "metrics.json").read_text())
+    assert m["n"] == 1000 and sorted(np.sum(m["confusion"], 1)) == [333, 333, 334]   # the simulated test set cycles the classes
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "classify", "--loss", "mse"], "--loss mse: a classifier trains with cross-entropy"),
+    (["--task", "classify", "--online"], "--task classify trains on a fixed set"),
+    (["--loss", "cross_entropy"], "--loss cross_entropy: give --task classify"),
+    (["--task", "classify", "--target", "a", "--target", "b"], "give one --target"),
+])
+def test_classify_refusals_are_one_line(args, message, env, tmp_path):
+    e, _ = env
+    r = cli("train", *args, "--out", tmp_path / "r", env=e)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_one_class_data_and_a_regression_init_are_refused(run, env, tmp_path):
+    e, home = env
+    r = cli("simulate", "--preset", "model_ii", "--n", 20, "--out", tmp_path / "axions", env=e)      # axion images only
+    assert r.returncode == 0
+    r = cli("train", "--task", "classify", "--data", tmp_path / "axions", "--epochs", 1, "--out", tmp_path / "r", env=e)
+    assert r.returncode == 2 and "two or more classes" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    out, _ = run
+    r = cli("train", "--init", out, "--task", "regress", "--data", tmp_path / "axions", "--out", tmp_path / "r2", env=e)
+    assert r.returncode == 2 and "it is a classifier" in r.stderr, r.stderr
