@@ -30,6 +30,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'deeplense_fastai.cli._is_model_file': ('cli.html#_is_model_file', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._is_run': ('cli.html#_is_run', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._is_run_file': ('cli.html#_is_run_file', 'deeplense_fastai/cli.py'),
+                                      'deeplense_fastai.cli._learner': ('cli.html#_learner', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._native_first_line': ('cli.html#_native_first_line', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._native_line': ('cli.html#_native_line', 'deeplense_fastai/cli.py'),
                                       'deeplense_fastai.cli._online_data': ('cli.html#_online_data', 'deeplense_fastai/cli.py'),

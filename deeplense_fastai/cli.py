@@ -506,7 +506,7 @@ def _print_report(rep:dict, targets):
         if cov: print(line + "  coverage " + ", ".join(cov))
         else: print(line)
 
-# %% ../nbs/07_cli.ipynb #2692f854
+# %% ../nbs/07_cli.ipynb #036142cc
 def _print_class_report(rep:dict) -> None:
     "A classifier's test figures: accuracy beside the largest class's share, ROC AUC per class, the confusion matrix."
     auc = lambda v: 'undefined' if v is None else f"{v:.3f}"
@@ -569,12 +569,17 @@ def _calibration_plots(run_dir:Path, test, bs:int, device) -> dict:
     return dict(max_coverage_error=rep['max_coverage_error'], levels=rep['coverage'].index.tolist(),
                 coverage={t: rep['coverage'][t].round(4).tolist() for t in rep['targets']})
 
+def _learner(a, dls):
+    "The classifier or regression learner of a train run."
+    from deeplense_fastai.learner import regression_learner, classification_learner
+    if a.task == 'classify': return classification_learner(dls, a.arch, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
+    return regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
+
 def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
     from deeplense_fastai.core import get_device, set_seed
-    from deeplense_fastai.learner import (regression_learner, classification_learner, fit, export_run, distributed, weights_digest,
-                                         EpochLog, json_safe)
+    from deeplense_fastai.learner import fit, export_run, distributed, weights_digest, EpochLog, json_safe
     a.device = get_device(a.device)
     set_seed(a.seed)
     from deeplense_fastai.dataset import _is_rank0
@@ -586,8 +591,7 @@ def cmd_train(a) -> int:
     seen = dict(train=None if train is None else image_hashes(train), test=image_hashes(test))
     if train is not None:                        # the images' identity: a resume on edited images is another run
         dls.lens_config.extra['data_sha256'] = _hashes_digest(seen['train'])
-    if a.task == 'classify': learn = classification_learner(dls, a.arch, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
-    else: learn = regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
+    learn = _learner(a, dls)
     if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config

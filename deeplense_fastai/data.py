@@ -873,7 +873,7 @@ def plot_top_losses(x:TensorImage, y:torch.Tensor, samples, outs, raws, losses, 
         ax.set_title(target_title(names, s[1].detach().cpu().numpy(), pred=o[0].detach().cpu().numpy()) + f" / {l.item():.3f}",
                      fontsize=9)
 
-# %% ../nbs/03_data.ipynb #680f32de
+# %% ../nbs/03_data.ipynb #6d13eb80
 class _ClassGetter(_TargetGetter):
     "Item -> its class name (a string; fastai's `CategoryBlock` turns it into the class number and back)."
     def encodes(self, item):
@@ -913,7 +913,7 @@ def _train_classes(src:LensSource, ys:list, offsets:list, items:list, train_idx,
     if other: raise DeepLenseError(f"validation images of class {other[0]!r}, which no training image has; classes: {', '.join(classes)}")
     return classes
 
-# %% ../nbs/03_data.ipynb #f0c4787b
+# %% ../nbs/03_data.ipynb #143d6cb4
 def class_dataloaders(source, # A path or LensSource whose labels name each image's class
                       column:str='class', # The column of class names (a DeepLense folder's sub-folder, a simulated set's class)
                       bs:int=64, # Batch size

@@ -269,7 +269,7 @@ def get_predictions(learn:Learner, # A trained learner
     return predict_batches(learn.model, dl, learn.lens_config, tta)
 
 
-# %% ../nbs/05b_inference.ipynb #422b4447
+# %% ../nbs/05b_inference.ipynb #3d0afb3e
 @torch.no_grad()
 def class_probabilities(model:nn.Module, # A classifier (a run's, or `learn.model`)
                         batches, # Iterable of normalised image batches (B, 1, H, W), or (x, y) tuples
@@ -479,7 +479,7 @@ def score_run(run_dir:str|Path, # A run directory
     return rep, (y, mu, sd)
 
 
-# %% ../nbs/05b_inference.ipynb #24e29529
+# %% ../nbs/05b_inference.ipynb #2a1bf324
 def score_classifier(run_dir:str|Path, # A classifier run (`classification_learner`, `deeplense train --task classify`)
                      src, # A LensSource whose labels name each image's class
                      column:str='class', # Its column of class names

@@ -176,7 +176,7 @@ def save_report_plots(run_dir, # Directory to write the PNG files into
         paths.append(p)
     return paths
 
-# %% ../nbs/06_interpret.ipynb #902c9741
+# %% ../nbs/06_interpret.ipynb #28f66094
 def classification_report(y, # True class numbers (N,)
                           probs, # Class probabilities (N, C)
                           classes, # Class names (C,)

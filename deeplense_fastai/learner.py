@@ -723,7 +723,7 @@ def read_run_config(run_dir:str|Path, # A run directory
     return check_run_config(cfg, run_dir/'config.json')
 
 
-# %% ../nbs/05_learner.ipynb #fa35369d
+# %% ../nbs/05_learner.ipynb #776a4cf3
 def ovr_auc(probs:np.ndarray, # Class probabilities (N, C)
             y:np.ndarray, # True class numbers (N,)
            ) -> tuple[float, list]:
