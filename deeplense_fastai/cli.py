@@ -53,13 +53,23 @@ def _classes(text:str) -> tuple[str, ...]:
 def _force(p): p.add_argument('--force', action='store_true', help='replace an existing output file (never an input)')
 
 def _read_by(*paths) -> list:
-    "Every path an input makes the data module read: the input, a .npy stack's CSV of labels, a memmap pair's folder."
+    "Every path an input makes the data module read: the input, a .npy stack's CSV of labels, a memmap pair's folder, a split's dataset."
     out = []
     for p in map(Path, paths):
         out.append(p)
         if p.suffix == '.npy': out.append(p.with_suffix('.csv'))
         if p.name.endswith('_mmep.npy'): out.append(p.parent)
+        if (ds := _split_dataset(p)) is not None and ds not in out: out += _read_by(ds)
     return out
+
+def _split_dataset(p:Path) -> Path|None:
+    "The dataset a split file names (None for anything else), read without importing the data module."
+    if p.suffix != '.json' or not p.is_file() or p.stat().st_size > 1 << 28: return None
+    try: doc = json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeDecodeError): return None
+    if not isinstance(doc, dict) or doc.get('format') != 'deeplense_fastai/split' or not isinstance(doc.get('source'), str): return None
+    src = Path(doc['source'])
+    return src if src.is_absolute() else p.parent/src
 
 def _scale(text:str) -> float:
     try: v = float(text)

@@ -497,6 +497,8 @@ def write_splits(source, # A dataset path (any kind `open_source` reads)
     out = Path(out)
     files = {n: out/f'{n}.json' for n in names}
     if not force and (old := [str(f) for f in files.values() if f.exists()]): raise DeepLenseError(f"{old[0]} exists (--force replaces it)")
+    if (odd := [str(f) for f in files.values() if (f.exists() or f.is_symlink()) and (f.is_symlink() or not f.is_file())]):
+        raise DeepLenseError(f"{odd[0]}: not a regular file (a folder or a link); refusing to replace it")
     src = open_source(source, progress=False)
     counts = np.floor(fr * len(src)).astype(int); counts[0] += len(src) - counts.sum()
     if (counts == 0).any(): raise DeepLenseError(f"{source}: {len(src)} images cannot fill {len(names)} splits of {list(fractions)}")
@@ -504,12 +506,25 @@ def write_splits(source, # A dataset path (any kind `open_source` reads)
     order, start = np.random.default_rng(seed).permutation(len(src)), 0
     common = dict(format=SPLIT_FORMAT, source=str(Path(source).resolve()), kind=src.kind, n_source=len(src),
                   labels_sha256=_labels_digest(src), seed=seed, fractions=[float(f) for f in fr], names=list(names))
+    docs = {}
     for n, c in zip(names, counts):
         idx = sorted(int(i) for i in order[start:start + c]); start += c
-        doc = dict(common, name=n, n=len(idx), indices=idx)
-        if 'file' in src.labels: doc['files'] = [str(src.labels['file'].iloc[i]) for i in idx]
-        with atomic_write(files[n]) as tmp: tmp.write_text(json.dumps(doc, indent=0))
+        docs[n] = dict(common, name=n, n=len(idx), indices=idx)
+        if 'file' in src.labels: docs[n]['files'] = [str(src.labels['file'].iloc[i]) for i in idx]
+    _write_all({files[n]: json.dumps(d, indent=0) for n, d in docs.items()})
     return files
+
+def _write_all(texts:dict) -> None:
+    "Write every {path: text} to a temporary beside it first, then rename them all: a failure leaves the old files whole."
+    tmps = {}
+    try:
+        for p, text in texts.items():
+            fd, tmp = tempfile.mkstemp(prefix=f'.{p.name}.', suffix='.tmp', dir=p.parent)
+            with os.fdopen(fd, 'w') as f: f.write(text)
+            tmps[p] = Path(tmp)
+        for p, tmp in tmps.items(): os.replace(tmp, p)
+    finally:
+        for tmp in tmps.values(): tmp.unlink(missing_ok=True)
 
 # %% ../nbs/03_data.ipynb #0bba4285
 def resolve_targets(src:LensSource, # The source

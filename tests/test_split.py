@@ -67,3 +67,28 @@ def test_split_refusals(env, tmp_path):
     assert run("split", tmp_path / "d", "--out", tmp_path / "c", env=e).returncode == 0
     lab = pd.read_csv(tmp_path / "d" / "labels.csv"); lab.loc[0, "log10_m_axion"] = -22.0; lab.to_csv(tmp_path / "d" / "labels.csv", index=False)
     refused(run("info", tmp_path / "c" / "test.json", env=e), "not the dataset this split was made from")
+
+
+def test_split_protects_its_dataset_and_replaces_all_or_nothing(env, tmp_path):
+    """An output inside the dataset behind a split file is refused; `split --force` writes every file whole or none."""
+    root, e = env
+    from deeplense_fastai.dataset import write_dataset
+    write_dataset(tmp_path / "d", "model_ii", n=20, seed=0, progress=False)
+    assert run("split", tmp_path / "d", "--out", tmp_path / "sp", env=e).returncode == 0
+    r = run("train", "--data", tmp_path / "sp" / "train.json", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8,
+            "--out", tmp_path / "run", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = sorted(p.name for p in (tmp_path / "d").iterdir())
+    refused(run("evaluate", "--model", tmp_path / "run", "--data", tmp_path / "sp" / "test.json", "--json",
+                tmp_path / "d" / "metrics.json", env=e), "inside", str(tmp_path / "d"))
+    refused(run("predict", "--model", tmp_path / "run", tmp_path / "sp" / "test.json", "--out", tmp_path / "d" / "p.csv", env=e),
+            "inside", str(tmp_path / "d"))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == before
+    old = {n: (tmp_path / "sp" / f"{n}.json").read_text() for n in ("train", "calib")}
+    (tmp_path / "sp" / "test.json").unlink(); (tmp_path / "sp" / "test.json").mkdir()        # one target cannot be replaced
+    refused(run("split", tmp_path / "d", "--out", tmp_path / "sp", "--seed", 7, "--force", env=e), "test.json", "not a regular file")
+    assert {n: (tmp_path / "sp" / f"{n}.json").read_text() for n in old} == old                 # none was replaced
+    (tmp_path / "sp" / "test.json").rmdir()
+    assert run("split", tmp_path / "d", "--out", tmp_path / "sp", "--seed", 7, "--force", env=e).returncode == 0
+    assert json.loads((tmp_path / "sp" / "train.json").read_text())["seed"] == 7
+    assert not [p for p in (tmp_path / "sp").iterdir() if p.name.endswith(".tmp")]
