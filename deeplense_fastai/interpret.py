@@ -13,7 +13,7 @@ import pandas as pd
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
            'plot_calibration', 'save_report_plots', 'classification_report', 'plot_roc', 'plot_confusion',
            'save_classifier_plots', 'show_predictions', 'plot_worst', 'plot_coverage', 'plot_sbc', 'plot_tarp',
-           'plot_binned_calibration', 'plot_joint_posterior']
+           'plot_binned_calibration', 'plot_joint_posterior', 'label_points']
 
 # %% ../nbs/06_interpret.ipynb #6d2f1e2f
 def _r2(y, err) -> float:
@@ -354,15 +354,67 @@ def plot_joint_posterior(jp, # A `JointPosterior` (from `inference.combine`)
                          truth:float|None=None, # The true value, if known
                          max_lenses:int=30, # Per-lens posteriors drawn (thin grey)
                         ):
-    "Per-lens posteriors (thin) and their joint posterior (bold) with its 68% and 95% intervals shaded."
+    "Per-lens posteriors (thin grey, one legend entry) and their joint posterior (bold) with its 68% and 95% intervals shaded."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     ax = ax or plt.subplots(figsize=(5, 3.4))[1]
     g, joint = jp.grid, np.exp(jp.logp)
-    for lp in jp.per_lens[:max_lenses]: ax.plot(g, np.exp(lp) * joint.max() / max(np.exp(lp).max(), 1e-300) * 0.3, color='gray', lw=0.6, alpha=0.6)
+    shown = jp.per_lens[:max_lenses]
+    name = 'single lens' if len(shown) == 1 else f'single lenses{f" ({len(shown)} of {len(jp.per_lens)})" if len(shown) < len(jp.per_lens) else ""}'
+    for k, lp in enumerate(shown):
+        ax.plot(g, np.exp(lp) * joint.max() / max(np.exp(lp).max(), 1e-300) * 0.3, color='gray', lw=0.6, alpha=0.6,
+                label=f'{name}, rescaled' if k == 0 else None)
     s = jp.summary
     ax.fill_between(g, 0, joint, where=(g >= s['lo95']) & (g <= s['hi95']), color='C0', alpha=0.15, label='95%')
     ax.fill_between(g, 0, joint, where=(g >= s['lo68']) & (g <= s['hi68']), color='C0', alpha=0.35, label='68%')
     ax.plot(g, joint, color='C0', lw=2, label=f'joint, {jp.n} lens{"es" if jp.n > 1 else ""}')
     if truth is not None: ax.axvline(truth, color='C3', ls='--', label='truth')
-    ax.set_xlabel(jp.target); ax.set_ylabel('posterior density'); ax.set_yticks([]); ax.legend(fontsize=7)
+    ax.set_xlabel(jp.target); ax.set_ylabel('posterior density'); ax.set_yticks([])
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5)); ax.legend(fontsize=7)
     return ax
+
+# %% ../nbs/06_interpret.ipynb #b0be04d6
+def _spots(gap, rings=8):
+    "Offsets (points) and alignments of the places tried around a point: eight directions, on rings `gap` points apart."
+    dirs = [(1, 0, 'left', 'center'), (-1, 0, 'right', 'center'), (0, 1, 'center', 'bottom'), (0, -1, 'center', 'top'),
+            (1, 1, 'left', 'bottom'), (1, -1, 'left', 'top'), (-1, 1, 'right', 'bottom'), (-1, -1, 'right', 'top')]
+    return [(r, (dx * gap * r, dy * gap * r), ha, va) for r in range(1, rings + 1) for dx, dy, ha, va in dirs]
+
+def _free(b, frame, taken):
+    "Does box `b` lie inside `frame` and clear of every box in `taken`?"
+    inside = frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+    return inside and not any(b.overlaps(o) for o in taken)
+
+def _nearest(b, pts):
+    "Index of the point (display coordinates) nearest to box `b`, so that an unlinked label sits by its own point."
+    dx = np.maximum(np.maximum(b.x0 - pts[:, 0], pts[:, 0] - b.x1), 0)
+    dy = np.maximum(np.maximum(b.y0 - pts[:, 1], pts[:, 1] - b.y1), 0)
+    return int(np.argmin(np.hypot(dx, dy)))
+
+def label_points(ax, # Matplotlib axes holding the points
+                 x, # x of the points (N,), data coordinates
+                 y, # y of the points (N,)
+                 labels, # Text of each point (N,)
+                 radius=4., # Marker radius in points: a number, or one per point (for `scatter(s=...)`: sqrt(s) / 2)
+                 gap:float=3., # Points between a marker and its label; the step by which the ring of places widens
+                 fontsize:float=7, # Font size of the labels
+                ) -> list:
+    "Label each point without covering another label, a marker or the legend, or leaving the axes: the first free place on a ring of eight around the point, the ring widening (a leader line then joins label and point) until one is free. Call it after `tight_layout`, which would move the points."
+    from matplotlib.transforms import Bbox
+    fig = ax.figure; fig.canvas.draw(); rend = fig.canvas.get_renderer()
+    pts = ax.transData.transform(np.column_stack([np.asarray(x, float), np.asarray(y, float)]))
+    rad = np.broadcast_to(np.asarray(radius, float), len(pts)) * fig.dpi / 72
+    taken = [Bbox.from_extents(px - r, py - r, px + r, py + r) for (px, py), r in zip(pts, rad)]
+    if ax.get_legend(): taken.append(ax.get_legend().get_window_extent(rend))
+    frame, out = ax.get_window_extent(rend), []
+    for i, (xi, yi, r0, lab) in enumerate(zip(x, y, rad * 72 / fig.dpi, labels)):
+        for ring, (dx, dy), ha, va in _spots(gap):
+            off = (dx + np.sign(dx) * r0, dy + np.sign(dy) * r0)
+            t = ax.annotate(str(lab), (xi, yi), xytext=off, textcoords='offset points', ha=ha, va=va, fontsize=fontsize)
+            b = t.get_window_extent(rend); t.remove()
+            if _free(b, frame, taken) and (ring > 1 or _nearest(b, pts) == i): break
+        # placed where it fits (or, if nothing fits, on the widest ring); away from its point, a thin line joins them
+        out.append(ax.annotate(str(lab), (xi, yi), xytext=off, textcoords='offset points', ha=ha, va=va, fontsize=fontsize,
+                               arrowprops=dict(arrowstyle='-', lw=0.5, color='0.5', shrinkA=0, shrinkB=r0) if ring > 1 else None))
+        taken.append(b)
+    return out

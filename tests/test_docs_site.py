@@ -61,6 +61,19 @@ def browser_pages():
     return pages + ["02_simulate.html"]
 
 
+# Wide tables and code blocks that run past the content column's right edge with no scrolling box around them are cut
+# off for the reader: the elements that do, as [tag, first characters].
+CUT_OFF = """() => {
+  const col = document.querySelector('.md-content').getBoundingClientRect();
+  const scrolls = a => ['auto', 'scroll'].includes(getComputedStyle(a).overflowX) && a.getBoundingClientRect().right <= col.right + 1;
+  return [...document.querySelectorAll('.md-content table, .md-content pre')].filter(e => {
+    if (e.getBoundingClientRect().right <= col.right + 1) return false;
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) if (scrolls(a)) return false;
+    return true;
+  }).map(e => [e.tagName, e.textContent.slice(0, 40)]);
+}"""
+
+
 @pytest.mark.parametrize("page", browser_pages())
 def test_page_loads_in_headless_chromium(server, page):
     exe = _chromium()
@@ -72,7 +85,7 @@ def test_page_loads_in_headless_chromium(server, page):
         browser = pw.chromium.launch(executable_path=exe, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
-        pg = browser.new_page()
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
         pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.on("requestfailed", lambda r: failed.append(r.url))
@@ -81,12 +94,14 @@ def test_page_loads_in_headless_chromium(server, page):
         images = pg.eval_on_selector_all("img", "els => els.map(e => [e.src.slice(0, 60), e.complete && e.naturalWidth > 0])")
         title = pg.title()
         has_nav = pg.locator("nav.md-nav").count() > 0
+        cut = pg.evaluate(CUT_OFF)
         browser.close()
     assert not failed, f"failed requests on {page}: {failed}"
     assert not errors, f"console errors on {page}: {errors}"
     broken = [src for src, ok in images if not ok]
     assert not broken, f"images that did not load on {page}: {broken}"
     assert has_nav and "deeplense_fastai" in title
+    assert not cut, f"code blocks or tables cut off by the content column on {page} (they should scroll): {cut}"
     if page == "02_simulate.html":
         assert sum(ok for _, ok in images) >= 2, "the simulator page should show its figures"
 

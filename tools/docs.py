@@ -125,6 +125,19 @@ _MATHJAX_CONFIG = ("<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\
                    "processEscapes: true}};</script>")
 
 
+# The page CSS beside the theme's: mkdocs-jupyter sizes tables to their content (`width: max-content`) and code blocks
+# to their longest line, which the content column then cut off. Wide code, outputs and tables scroll sideways instead.
+_EXTRA_CSS = """\
+.md-typeset pre, .jupyter-wrapper pre, .jupyter-wrapper .highlight pre { overflow-x: auto; max-width: 100%; }
+.jupyter-wrapper .jp-Cell, .jupyter-wrapper .jp-Cell-inputWrapper, .jupyter-wrapper .jp-Cell-outputWrapper,
+.jupyter-wrapper .jp-InputArea, .jupyter-wrapper .jp-OutputArea, .jupyter-wrapper .jp-OutputArea-child { min-width: 0; max-width: 100%; }
+.jupyter-wrapper .jp-OutputArea-output, .jupyter-wrapper .jp-RenderedHTMLCommon, .jupyter-wrapper .jp-RenderedText,
+.jupyter-wrapper .highlight-ipynb { overflow-x: auto; max-width: 100%; min-width: 0; }
+.md-typeset table:not([class]), .jupyter-wrapper table, .jupyter-wrapper table.dataframe {
+  display: block; width: auto; max-width: 100%; overflow-x: auto; }
+"""
+
+
 def build_site(out: Path) -> list[str]:
     """Build the static site into `out`; returns the list of page paths (relative, .html)."""
     proc = processed_notebooks()
@@ -148,6 +161,7 @@ def build_site(out: Path) -> list[str]:
     else:   # no npm here: formulas stay as TeX source rather than pulling MathJax from a CDN the reader may not reach
         (docs / "assets" / "mathjax").mkdir(parents=True)
         (docs / "assets" / "mathjax" / "tex-mml-chtml.js").write_text("/* MathJax unavailable at build time */\n")
+    (docs / "assets" / "extra.css").write_text(_EXTRA_CSS)
     extra = {"custom_mathjax_url": "MATHJAX_PLACEHOLDER"}
     nav = [nav_main[0], {"API": nav_main[1:]}] + ([{"Tutorials": nav_tut}] if nav_tut else [])
     cfg = {
@@ -163,6 +177,7 @@ def build_site(out: Path) -> list[str]:
                   "content.code.copy", "search.highlight"], "palette": {"primary": "indigo"}},
         "plugins": ["search", {"mkdocs-jupyter": dict(include_source=False, execute=False, ignore_h1_titles=True, no_prompt=True,
                     remove_tag_config={"remove_input_tags": ["hide_code"]}, **extra)}],
+        "extra_css": ["assets/extra.css"],
         "markdown_extensions": ["admonition", "tables"],
         "nav": nav,
     }
