@@ -11,8 +11,9 @@ from .core import DeepLenseError, _inside
 import numpy as np
 
 # %% auto #0
-__all__ = ['COMMANDS', 'CLASSIFY_CLASSES', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate', 'cmd_info',
-           'cmd_presets', 'cmd_split', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
+__all__ = ['COMMANDS', 'COMPUTE', 'CLASSIFY_CLASSES', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate',
+           'cmd_info', 'cmd_presets', 'cmd_split', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate',
+           'cmd_combine']
 
 # %% ../nbs/07_cli.ipynb #589d5ea2
 class _Parser(argparse.ArgumentParser):
@@ -99,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--version', action='version', version=f'deeplense_fastai {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     for name, (help, description, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help, description=description or help))
+        s = sub.add_parser(name, help=help, description=description or help)
+        add_arguments(s)
+        if name in COMPUTE: s.add_argument('--threads', type=_positive, default=None, metavar='N',
+                                           help='CPU threads (default: the cores that other busy processes leave free)')
     return p
+
+COMPUTE = ('simulate', 'train', 'evaluate', 'predict', 'calibrate', 'combine')   # the commands that run torch on the CPU
 
 def main(argv:list[str]|None=None, # Arguments (default: sys.argv[1:])
         ) -> int:
@@ -110,6 +116,9 @@ def main(argv:list[str]|None=None, # Arguments (default: sys.argv[1:])
     import warnings
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')   # raised by a dependency at import
     if a.command is None: parser.print_help(); return 0
+    if a.command in COMPUTE:                    # before any work: never slower than one thread beside a busy process
+        from deeplense_fastai.core import apply_thread_policy
+        apply_thread_policy(a.threads)
     try: return COMMANDS[a.command][3](a)
     except DeepLenseError as e:                 # raised in a fastai callback, the message carries fastai's prefix line
         sys.stderr.write(f"deeplense {a.command}: error: {str(e).split(chr(10) + chr(9))[-1]}\n")
@@ -585,6 +594,11 @@ def _learner(a, dls):
     if a.task == 'classify': return classification_learner(dls, a.arch, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
     return regression_learner(dls, a.arch, a.loss, a.opt, path=a.out, init=a.init, pretrained=a.pretrained)
 
+def _threads_note(device) -> str:
+    import torch
+    n = torch.get_num_threads()
+    return f" ({n} thread{'s' if n > 1 else ''})" if device.type == 'cpu' else ''
+
 def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
@@ -606,7 +620,7 @@ def cmd_train(a) -> int:
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
-        f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {a.device}")
+        f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {a.device}" + _threads_note(a.device))
     bars = not a.quiet and (a.progress or sys.stderr.isatty())     # fastai's bar and table, on stderr, for a person
     log = EpochLog(a.log, sys.stdout) if not a.quiet and (js or not bars) else None
     if log: learn.add_cb(log)

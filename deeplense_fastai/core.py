@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'cache_dir', 'atomic_write', 'check_output', 'file_digest',
-           'fastai_import']
+__all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'available_cores', 'policy_threads', 'apply_thread_policy',
+           'cache_dir', 'atomic_write', 'check_output', 'file_digest', 'fastai_import']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -53,6 +53,50 @@ def get_device(device:str|None=None, # 'cpu', 'cuda', 'cuda:1', ... or None for 
         raise DeepLenseError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise DeepLenseError(f"device {device!r}: MPS is not available")
     return dev
+
+# %% ../nbs/00_core.ipynb #e44f17d3
+def available_cores() -> int:
+    "Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a container's `cpu.max`)."
+    n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    try:
+        quota, period = Path('/sys/fs/cgroup/cpu.max').read_text().split()[:2]
+        if quota != 'max': n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError): pass
+    return max(1, n)
+
+def _runnable_others() -> int:
+    "Threads of other processes that are running or runnable now at this process's priority or higher (Linux /proc)."
+    me, nice, n = str(os.getpid()), os.getpriority(os.PRIO_PROCESS, 0), 0
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or pid == me: continue
+        try: tasks = os.listdir(f'/proc/{pid}/task')
+        except OSError: continue
+        for t in tasks:
+            try: stat = Path(f'/proc/{pid}/task/{t}/stat').read_text()
+            except OSError: continue
+            f = stat[stat.rfind(')') + 2:].split()           # after the command name: state is field 3, nice field 19
+            if f[0] == 'R' and int(f[16]) <= nice: n += 1
+    return n
+
+def policy_threads(samples:int=5, # Snapshots of /proc, 10 ms apart (their median counts)
+                  ) -> int:
+    "Intra-op threads that never lose to one thread: the available cores less those other runnable work holds."
+    import time
+    if not Path('/proc/self/stat').exists(): return available_cores()
+    busy = []
+    for k in range(samples):
+        busy.append(_runnable_others())
+        if k < samples - 1: time.sleep(0.01)
+    return max(1, available_cores() - int(np.median(busy)))
+
+def apply_thread_policy(threads:int|None=None, # The user's choice (--threads); None: the policy
+                       ) -> int:
+    "Set torch's intra-op threads: `threads` if given, else leave OMP_NUM_THREADS's choice, else `policy_threads()`."
+    import torch
+    if threads is None and os.environ.get('OMP_NUM_THREADS'): return torch.get_num_threads()
+    n = int(threads) if threads else policy_threads()
+    if n != torch.get_num_threads(): torch.set_num_threads(n)
+    return n
 
 # %% ../nbs/00_core.ipynb #c96c05e4
 def cache_dir(*parts:str, # Sub-folders inside the cache

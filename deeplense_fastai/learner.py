@@ -33,10 +33,11 @@ from .data import LensTarget
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'GaussianNLL', 'RMSE', 'get_loss',
            'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace',
-           'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'body_head_splitter',
-           'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'summary_hook', 'summaries',
-           'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_calibration', 'check_joint_calibration',
-           'check_run_config', 'read_run_config', 'ovr_auc', 'classification_learner', 'distributed']
+           'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'ThreadPolicy',
+           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer',
+           'summary_hook', 'summaries', 'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_calibration',
+           'check_joint_calibration', 'check_run_config', 'read_run_config', 'ovr_auc', 'classification_learner',
+           'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -283,6 +284,13 @@ class Checkpoint(Callback):
                      config=None if cfg is None else cfg.to_json())     # what a resume must match, and the flow's target range
         with atomic_write(d/f'{self.fname}.json') as tmp: tmp.write_text(json.dumps(state))
 
+# %% ../nbs/05_learner.ipynb #cbc92616
+class ThreadPolicy(Callback):
+    "Before every epoch, torch's CPU threads by `core.apply_thread_policy` (never more than the cores other work leaves free)."
+    def before_epoch(self):
+        from deeplense_fastai.core import apply_thread_policy
+        if getattr(self.dls, 'device', None) is None or torch.device(self.dls.device).type == 'cpu': apply_thread_policy()
+
 # %% ../nbs/05_learner.ipynb #a123110d
 def body_head_splitter(model:nn.Module) -> list:
     "Two parameter groups: the body (convolutions, normalisation) and the head (the fully connected layers)."
@@ -407,7 +415,7 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     if init is not None: run_cfg.init = str(init); load_init(model, init, run_cfg)
     if pretrained: run_cfg['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'   # where the weights started; never rebuilt
-    cbs = [Ranger21Guard(), LRTrace(), TargetRange()] + list(cbs or [])
+    cbs = [Ranger21Guard(), LRTrace(), TargetRange(), ThreadPolicy()] + list(cbs or [])
     point = partial(flow_median, model) if loss == 'flow' else None
     loss_fn = LensLoss(loss_fn, cfg, point)
     if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
@@ -760,7 +768,7 @@ def classification_learner(dls, # DataLoaders from `class_dataloaders`
     if pretrained: run_cfg['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=get_opt_func(opt), path=Path(path), wd=wd,
                     metrics=[accuracy, _auc_metric()] if metrics is None else metrics,
-                    cbs=[Ranger21Guard(), LRTrace()] + list(cbs or []), splitter=body_head_splitter)
+                    cbs=[Ranger21Guard(), LRTrace(), ThreadPolicy()] + list(cbs or []), splitter=body_head_splitter)
     learn.lens_config = run_cfg
     if dls.device is not None and torch.device(dls.device).type == 'cuda': learn.to_fp16()
     return learn
