@@ -60,7 +60,7 @@ def _read_by(*paths) -> list:
         out.append(p)
         if p.suffix == '.npy': out.append(p.with_suffix('.csv'))
         if p.name.endswith('_mmep.npy'): out.append(p.parent)
-        if (ds := _split_dataset(p)) is not None and ds not in out: out += _read_by(ds)
+        if (ds := _split_dataset(p)) is not None: out += [ds] + ([ds.with_suffix('.csv')] if ds.suffix == '.npy' else [])
     return out
 
 def _split_dataset(p:Path) -> Path|None:
@@ -348,11 +348,20 @@ def _check_preset_targets(preset:str, targets) -> None:
 
 CLASSIFY_CLASSES = ('no_sub', 'cdm', 'axion')   # what `train --task classify --preset P` simulates: DeepLense's three classes
 
+def _resumed(a):
+    "With --resume, the configuration the interrupted run recorded in its checkpoint (None without one)."
+    meta = a.out/'models'/'checkpoint.json' if a.resume and a.out is not None else None
+    if meta is None or not meta.is_file(): return None
+    from deeplense_fastai.config import RunConfig
+    try: return RunConfig.from_json(json.loads(meta.read_text())['config'], meta)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError): return None     # _resume names what is wrong with it
+
 def _check_task(a, init) -> None:
     "--task (default: --init's, else regress) and what goes with it: a classifier has cross-entropy, one class column, fixed data."
     task = 'classify' if init is not None and init.classes else 'regress'
     if a.task is not None and init is not None and a.task != task:
-        raise DeepLenseError(f"--init {a.init}: it is a {'classifier' if task == 'classify' else 'regression run'}; --task {a.task} cannot start from it")
+        raise DeepLenseError(f"{'--init ' + str(a.init) if a.init else '--resume ' + str(a.out)}: it is a "
+                             f"{'classifier' if task == 'classify' else 'regression run'}; --task {a.task} cannot continue it")
     a.task = a.task or task
     if a.task != 'classify': return
     if a.loss not in (None, 'cross_entropy'): raise DeepLenseError(f"--loss {a.loss}: a classifier trains with cross-entropy; leave --loss out")
@@ -360,11 +369,18 @@ def _check_task(a, init) -> None:
     if a.online: raise DeepLenseError("--task classify trains on a fixed set: give --data or --preset, not --online")
     a.loss = 'cross_entropy'
 
+def _check_preset_classes(preset:str, target) -> None:
+    "A classifier on a simulated preset: the preset exists, and its classes are in its column 'class'."
+    from deeplense_fastai.simulate import get_preset
+    get_preset(preset)
+    if target and target[0] != 'class': raise DeepLenseError(f"--target {target[0]}: a simulated preset names its classes in the column 'class'")
+
 def _check_train_args(a):
     "Every argument checked before any work starts."
     from deeplense_fastai.models import MODELS
     from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES, read_run_config
     init = read_run_config(a.init) if a.init is not None else None    # a fine-tune continues the run's model and head
+    init = init or _resumed(a)                                        # a resume continues the checkpoint's model
     a.arch = a.arch or (init.arch if init else 'resnet18')
     _check_task(a, init)
     a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
@@ -390,6 +406,7 @@ def _check_train_args(a):
         if p is not None and not p.exists(): raise DeepLenseError(f"--{f} {p}: no such file or directory")
     if a.data is None:
         if a.task == 'regress': _check_preset_targets(a.preset or 'model_ii', a.target)
+        else: _check_preset_classes(a.preset or 'model_ii', a.target)
     elif a.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
     if a.online and a.data is not None: raise DeepLenseError("--online simulates the training data: give --preset (or nothing), not --data")
     if a.online and a.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
@@ -413,10 +430,10 @@ def _check_run_out(a) -> None:
                              f"--init {a.out}, or --force to train it again from scratch")
     if a.resume and not (a.out/'models'/'checkpoint.json').exists():
         raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models (no epoch finished); start again with --force")
-    for flag in ('data', 'test', 'init'):           # --force would remove what the run reads
-        p = getattr(a, flag, None)
-        if p is not None and p.exists() and (_inside(a.out, p) or _inside(p, a.out)):
-            raise DeepLenseError(f"--out {a.out}: holds or lies inside --{flag} {p}; write the run elsewhere")
+    for flag in ('data', 'test', 'init'):           # --force would remove what the run reads; a run never writes into data
+        for p in _read_by(getattr(a, flag)) if getattr(a, flag, None) is not None else []:
+            if p.exists() and (_inside(a.out, p) or _inside(p, a.out)):
+                raise DeepLenseError(f"--out {a.out}: holds or lies inside {p}, which --{flag} reads; write the run elsewhere")
     if a.resume or not a.out.exists() or not any(a.out.iterdir()): return
     if not a.force: raise DeepLenseError(f"--out {a.out}: exists and is not empty (another directory; --resume continues an "
                                          f"unfinished run; --force removes the run and starts again)")
@@ -491,9 +508,10 @@ def _class_column(a) -> str: return a.target[0] if a.target else 'class'
 
 def _check_class_test(test, column:str, classes:list, where) -> None:
     "A classifier's test set: some images of the training classes."
-    from deeplense_fastai.data import class_names
-    if not np.isin(class_names(test, column), classes).any():
-        raise DeepLenseError(f"--test {where}: no image of the training classes ({', '.join(classes)}) in column {column!r}")
+    from deeplense_fastai.data import class_names, check_pixels
+    known = np.isin(class_names(test, column), classes)
+    if not known.any(): raise DeepLenseError(f"--test {where}: no image of the training classes ({', '.join(classes)}) in column {column!r}")
+    check_pixels(test, np.flatnonzero(known))
 
 def _train_data(a, device, say):
     "DataLoaders, test source and training source (None online) of a train run; the test set is checked before anything trains."
@@ -620,7 +638,8 @@ def cmd_train(a) -> int:
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
-        f"target {', '.join(cfg['targets'])}, {a.epochs} epochs on {a.device}" + _threads_note(a.device))
+        + (f"classes {', '.join(cfg.classes)} (column {cfg['class_column']})" if cfg.classes else f"target {', '.join(cfg['targets'])}")
+        + f", {a.epochs} epochs on {a.device}" + _threads_note(a.device))
     bars = not a.quiet and (a.progress or sys.stderr.isatty())     # fastai's bar and table, on stderr, for a person
     log = EpochLog(a.log, sys.stdout) if not a.quiet and (js or not bars) else None
     if log: learn.add_cb(log)
@@ -673,9 +692,13 @@ def _write_metrics(a, rep:dict) -> None:
 def _evaluate_classifier(a, src, cfg, device) -> int:
     "`deeplense evaluate` of a classifier: accuracy, ROC AUC per class and the confusion matrix on --data."
     from deeplense_fastai.inference import score_classifier
+    from deeplense_fastai.data import class_names
     if a.target and len(a.target) > 1: raise DeepLenseError("--target: a classifier compares with one column of class names")
+    column = a.target[0] if a.target else cfg.get('class_column', 'class')
+    if not np.isin(class_names(src, column), cfg.classes).any():
+        raise DeepLenseError(f"--data {a.data}: no image of the run's classes ({', '.join(cfg.classes)}) in column {column!r}")
     used = _seen_note(a, src)
-    rep, _ = score_classifier(a.model, src, a.target[0] if a.target else cfg.get('class_column', 'class'), a.bs, device, tta=a.tta)
+    rep, _ = score_classifier(a.model, src, column, a.bs, device, tta=a.tta)
     rep['tta'], rep['seen_by_run'] = bool(a.tta), used
     _print_class_report(rep)
     _write_metrics(a, rep)

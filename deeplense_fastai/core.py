@@ -54,7 +54,7 @@ def get_device(device:str|None=None, # 'cpu', 'cuda', 'cuda:1', ... or None for 
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise DeepLenseError(f"device {device!r}: MPS is not available")
     return dev
 
-# %% ../nbs/00_core.ipynb #e44f17d3
+# %% ../nbs/00_core.ipynb #d505f7ac
 def available_cores() -> int:
     "Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a container's `cpu.max`)."
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)

@@ -14,12 +14,12 @@ import pandas as pd
 from .core import DeepLenseError, cache_dir, atomic_write
 
 # %% auto #0
-__all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'SPLIT_FORMAT', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'is_fits',
-           'read_fits', 'fits_pixel_scale', 'load_image_file', 'LensSource', 'as_source', 'scan_deeplense_dir',
-           'convert_deeplense_dir', 'detect_source', 'open_source', 'write_splits', 'resolve_targets',
-           'bad_pixel_counts', 'check_pixels', 'masked', 'check_source', 'PerImageMinMax', 'TargetScaler',
-           'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data', 'split_indices',
-           'lens_dataloaders', 'show_results', 'plot_top_losses', 'class_names', 'class_dataloaders',
+__all__ = ['FITS_SUFFIXES', 'FITS_AUXILIARY', 'SPLIT_FORMAT', 'MAX_CLASSES', 'RefusedPickle', 'SafeUnpickler',
+           'load_deeplense_file', 'is_fits', 'read_fits', 'fits_pixel_scale', 'load_image_file', 'LensSource',
+           'as_source', 'scan_deeplense_dir', 'convert_deeplense_dir', 'detect_source', 'open_source', 'write_splits',
+           'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked', 'check_source', 'PerImageMinMax',
+           'TargetScaler', 'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'raw_image', 'without_data',
+           'split_indices', 'lens_dataloaders', 'show_results', 'plot_top_losses', 'class_names', 'class_dataloaders',
            'online_dataloaders']
 
 # %% ../nbs/03_data.ipynb #f0c76c8f
@@ -475,6 +475,8 @@ def _split_source(path:Path, progress:bool) -> LensSource:
     src_path = Path(doc.get('source', ''))
     if not src_path.is_absolute(): src_path = (path.parent/src_path)
     if not src_path.exists(): raise DeepLenseError(f"{path}: its dataset {src_path} does not exist (moved? split it again)")
+    if src_path.is_file() and src_path.suffix == '.json' and _is_split(src_path):
+        raise DeepLenseError(f"{path}: names a split file ({src_path.name}) as its dataset; a split lists the images of a dataset")
     src = open_source(src_path, progress=progress)
     idx = doc.get('indices')
     if (len(src) != doc.get('n_source') or _labels_digest(src) != doc.get('labels_sha256') or not isinstance(idx, list)
@@ -900,6 +902,8 @@ def _name_of(ys:list, offsets:list, item:int) -> str:
     s, i = _locate(offsets, item)
     return str(ys[s][i])
 
+MAX_CLASSES = 100   # a column with more different values is a quantity or a name per image, not classes
+
 def class_names(src:LensSource, # The source
                 column:str='class', # Its column of class names
                ) -> np.ndarray:
@@ -907,7 +911,13 @@ def class_names(src:LensSource, # The source
     if column not in src.labels.columns:
         raise DeepLenseError(f"{src.path}: no column {column!r} of class names (a DeepLense folder's class sub-folders, or a "
                              f"simulated set's 'class'); available: {', '.join(src.labels.columns)}")
-    return src.labels[column].fillna('').astype(str).to_numpy()
+    col = src.labels[column]
+    if pd.api.types.is_float_dtype(col): raise DeepLenseError(f"{src.path}: column {column!r} holds measured numbers, not class names")
+    names = col.astype(object).where(col.notna(), '').astype(str).to_numpy()
+    n_cls = len(set(names) - {''})
+    if n_cls > MAX_CLASSES or (n_cls > 10 and n_cls > 0.5 * (names != '').sum()):
+        raise DeepLenseError(f"{src.path}: column {column!r} has {n_cls} different values for {(names != '').sum()} images: not classes")
+    return names
 
 def _class_items(srcs:list, ys:list, offsets:list) -> list[int]:
     "Global item numbers of the images that have a class name, after checking their pixels."
@@ -925,7 +935,8 @@ def _train_classes(src:LensSource, ys:list, offsets:list, items:list, train_idx,
         raise DeepLenseError(f"{src.path}: classification needs training images of two or more classes; column {column!r} "
                              f"gives {classes or 'none'}")
     other = sorted({_name_of(ys, offsets, items[j]) for j in valid_idx} - set(classes))
-    if other: raise DeepLenseError(f"validation images of class {other[0]!r}, which no training image has; classes: {', '.join(classes)}")
+    if other: raise DeepLenseError(f"validation images of class {other[0]!r}, which no training image has; classes: "
+                                   f"{', '.join(classes[:10])}{' ...' if len(classes) > 10 else ''}")
     return classes
 
 # %% ../nbs/03_data.ipynb #143d6cb4

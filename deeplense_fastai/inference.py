@@ -434,7 +434,7 @@ def limits_summary(preds:pd.DataFrame, # Output of `predict`
     elif (k := int(preds['ood'].sum())):
         share = (cfg.get('ood') or {}).get('false_alarm', 0.05)
         lines.append(f"note: {k} of {n} images are unlike the run's training images (ood: beyond the threshold that flags "
-                     f"{share:.0%} of its validation images); their values are extrapolations")
+                     f"{share:.0%} of its validation images); what the run says of them is an extrapolation")
     if (k := int((preds['in_prior'] == False).sum())):                      # noqa: E712 (NA counts as unknown)
         lines.append(f"note: {k} of {n} point estimates lie outside the training range of the targets (in_prior false); "
                      f"they are reported as computed, not clipped")

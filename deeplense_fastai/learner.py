@@ -284,7 +284,7 @@ class Checkpoint(Callback):
                      config=None if cfg is None else cfg.to_json())     # what a resume must match, and the flow's target range
         with atomic_write(d/f'{self.fname}.json') as tmp: tmp.write_text(json.dumps(state))
 
-# %% ../nbs/05_learner.ipynb #cbc92616
+# %% ../nbs/05_learner.ipynb #da5a379f
 class ThreadPolicy(Callback):
     "Before every epoch, torch's CPU threads by `core.apply_thread_policy` (never more than the cores other work leaves free)."
     def before_epoch(self):

@@ -133,3 +133,67 @@ def test_one_class_data_and_a_regression_init_are_refused(run, env, tmp_path):
     out, _ = run
     r = cli("train", "--init", out, "--task", "regress", "--data", tmp_path / "axions", "--out", tmp_path / "r2", env=e)
     assert r.returncode == 2 and "it is a classifier" in r.stderr, r.stderr
+
+
+def shapes(n_per: int, seed: int = 0):
+    """Three classes no network can confuse once trained, each unchanged by the square's symmetries (the training
+    augmentation): a disk, a ring and a plus sign, with noise; returned as images (N, 32, 32) and their names."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-16:16, -16:16] + 0.5
+    r = np.hypot(xx, yy)
+    proto = {"disk": (r < 6).astype(float), "ring": ((r > 9) & (r < 12)).astype(float),
+             "plus": ((np.abs(xx) < 2.5) | (np.abs(yy) < 2.5)).astype(float) * (r < 13)}
+    names = np.repeat(list(proto), n_per)
+    imgs = np.stack([proto[k] + 0.15 * rng.standard_normal((32, 32)) for k in names]).astype(np.float32)
+    return imgs, names
+
+
+def test_class_order_survives_training_export_and_predict(env, tmp_path):
+    """Trained on a user's .npy stack with a CSV column of words, the exported run names new images of each shape
+    correctly: the class order of training, config.json, predict's columns and evaluate's confusion matrix agree."""
+    e, _ = env
+    imgs, names = shapes(40)
+    np.save(tmp_path / "toy.npy", imgs)
+    pd.DataFrame({"kind": names}).to_csv(tmp_path / "toy.csv", index=False)
+    r = cli("train", "--task", "classify", "--data", tmp_path / "toy.npy", "--target", "kind", "--arch", "xresnet_small",
+            "--epochs", 6, "--bs", 16, "--out", tmp_path / "run", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "classes disk, plus, ring (column kind)" in r.stdout
+    new, truth = shapes(10, seed=1)
+    np.save(tmp_path / "new.npy", new)
+    df = pd.read_csv(pd.io.common.StringIO(cli("predict", "--model", tmp_path / "run", tmp_path / "new.npy", env=e).stdout))
+    assert (df["pred_class"].to_numpy() == truth).mean() >= 0.9, df["pred_class"].tolist()
+    pd.DataFrame({"kind": truth}).to_csv(tmp_path / "new.csv", index=False)
+    r = cli("evaluate", "--model", tmp_path / "run", "--data", tmp_path / "new.npy", "--json", tmp_path / "e.json", env=e)
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["classes"] == ["disk", "plus", "ring"] and np.trace(rep["confusion"]) >= 27     # the diagonal: right names
+
+
+def test_classifier_inputs_checked_before_any_work(run, three, env, tmp_path):
+    e, home = env
+    out, _ = run
+    cache = tmp_path / "cache"
+    e2 = dict(e, DEEPLENSE_CACHE=str(cache))
+    for args, message in [(["--preset", "bogus"], "unknown preset 'bogus'"),
+                          (["--preset", "model_ii", "--target", "f_sub"], "names its classes in the column 'class'"),
+                          (["--data", three, "--target", "f_sub"], "holds measured numbers, not class names")]:
+        r = cli("train", "--task", "classify", *args, "--out", tmp_path / "r", env=e2)
+        assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (cache / "sims").exists() or not any((cache / "sims").iterdir())   # nothing was simulated
+    bad = np.zeros((3, 64, 64), np.float32); bad[0, 0, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad); pd.DataFrame({"class": ["cdm", "axion", "no_sub"]}).to_csv(tmp_path / "bad.csv", index=False)
+    r = cli("train", "--task", "classify", "--data", three, "--test", tmp_path / "bad.npy", "--epochs", 1, "--out", tmp_path / "r", env=e)
+    assert r.returncode == 2 and "NaN or Inf" in r.stderr and not (tmp_path / "r").exists(), r.stderr
+    r = cli("evaluate", "--model", out, "--data", tmp_path / "bad.npy", "--target", "nosuch", env=e)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr                 # no note before the refusal
+
+
+def test_resume_continues_a_classifier_without_task(three, env, tmp_path):
+    e, _ = env
+    args = ["--data", three, "--arch", "xresnet_small", "--epochs", 2, "--bs", 32, "--out", tmp_path / "r"]
+    r = cli("train", "--task", "classify", *args, env=e)
+    assert r.returncode == 0
+    (tmp_path / "r" / "metrics.json").unlink(); (tmp_path / "r" / "config.json").unlink()     # as if killed before export
+    r = cli("train", "--data", three, "--epochs", 2, "--bs", 32, "--out", tmp_path / "r", "--resume", env=e)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["classes"] == CLASSES

@@ -92,3 +92,14 @@ def test_split_protects_its_dataset_and_replaces_all_or_nothing(env, tmp_path):
     assert run("split", tmp_path / "d", "--out", tmp_path / "sp", "--seed", 7, "--force", env=e).returncode == 0
     assert json.loads((tmp_path / "sp" / "train.json").read_text())["seed"] == 7
     assert not [p for p in (tmp_path / "sp").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_split_of_a_split_and_a_run_inside_its_dataset_are_refused(env, tmp_path):
+    root, e = env
+    (tmp_path / "self.json").write_text(json.dumps({"format": "deeplense_fastai/split", "source": "self.json"}))
+    refused(run("info", tmp_path / "self.json", env=e), "names a split file")
+    from deeplense_fastai.dataset import write_dataset
+    write_dataset(tmp_path / "d", "model_ii", n=20, seed=0, progress=False)
+    assert run("split", tmp_path / "d", "--out", tmp_path / "sp", env=e).returncode == 0
+    refused(run("train", "--data", tmp_path / "sp" / "train.json", "--out", tmp_path / "d" / "run", env=e), "--data reads")
+    assert not (tmp_path / "d" / "run").exists()
