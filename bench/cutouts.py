@@ -115,9 +115,9 @@ def main():
         pred = df["pred_log10_m_axion"].to_numpy()
         rows.append(dict(variant=name, input=" ".join(str(a).replace(str(cache()), "$CACHE") for a in args),
                          n=int(len(df)), mae=float(np.abs(pred - y).mean()), baseline_mae=base,
-                         ood_share=float(df["ood"].astype(float).mean()), notes=notes))
+                         ood_share=float(df["ood"].astype(float).mean()), notes=[n.replace(str(cache()), "$CACHE") for n in notes]))
         print(f"{name}: MAE {rows[-1]['mae']:.4f} (constant {base:.4f}), ood {rows[-1]['ood_share']:.3f}", flush=True)
-    save("cutouts", settings=dict(run="$CACHE/bench/robustness/model_ii", run_command=cfg.get("source"), n_test=N_TEST,
+    save("cutouts", settings=dict(run="$CACHE/bench/robustness/model_ii", run_trained_on=str(cfg.get("source")).replace(str(cache()), "$CACHE"), n_test=N_TEST,
                                   test_seed=SEED, pixel_scale=scale), table=rows)
 
 
