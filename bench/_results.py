@@ -66,6 +66,30 @@ def command(argv: list[str] | None = None) -> str:
     return " ".join(env + ["python", script] + list(argv[1:]))
 
 
+def trained(valid_losses) -> bool:
+    """Did a run train at all? Its best validation loss fell below its first epoch's. A run that never did is not a
+    baseline: the benches mark it `trained: false` and refuse to rank or compare it."""
+    return bool(min(valid_losses) < valid_losses[0])
+
+
+def mean_sd(values) -> dict:
+    """Mean and sample sd (None for one value) of a figure over training seeds, with how many seeds."""
+    v = [float(x) for x in values]
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None
+    return dict(n=len(v), mean=m, sd=sd)
+
+
+def versus(a: dict, b: dict) -> str:
+    """Is `a` lower than `b` beyond seed noise? Both are `mean_sd` of a figure where lower is better (an MAE), and may
+    carry `trained`. 'first lower', 'second lower', 'not separated' (the means differ by at most twice the larger seed
+    sd), or why no call is made: a run that never trained is not a baseline, one seed measures no noise."""
+    if not (a.get("trained", True) and b.get("trained", True)): return "refused: a run that never trained is not a baseline"
+    if not (a["sd"] and b["sd"]): return "one training seed: not called"
+    d, bar = b["mean"] - a["mean"], 2 * max(a["sd"], b["sd"])
+    return "not separated" if abs(d) <= bar else ("first lower" if d > 0 else "second lower")
+
+
 def header(name: str) -> dict:
     """The fields every results file starts with."""
     return dict(benchmark=name, command=command(),

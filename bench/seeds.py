@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _results import RESULTS, header, write_json
+from _results import RESULTS, header, mean_sd, trained, versus, write_json
 from accuracy import find_lr, score
 
 ARCHS = "residual_attention_small,xresnet_small,attention_unet_small,mresunet_small,resnet18,mresunet_att_small"
@@ -73,7 +73,7 @@ def train(learn, epochs, lr):
     vals = [[float(v) for v in row] for row in learn.recorder.values]
     valid = [row[1] for row in vals]
     return dict(train_seconds=dt, history=vals, valid_first=valid[0], valid_best=min(valid),
-                best_epoch=int(np.argmin(valid)), trained=bool(min(valid) < valid[0]))
+                best_epoch=int(np.argmin(valid)), trained=trained(valid))
 
 
 def run_rate(arch, a, train_dir, lr):
@@ -132,6 +132,24 @@ def sweep(arch, a, train_dir, test):
               f"{doc['train_seconds']:.0f} s{flag}", flush=True)
 
 
+def summarise(out, preset):
+    """bench/results/seeds_summary.json: per architecture the test MAE over its seeds (mean, sd) at its chosen rate, and
+    for every pair the call `versus` makes (beyond twice the larger seed sd) with the mean paired difference (seed k
+    against seed k). The README and the performance page quote this file; the runs stay in bench/results/seeds/."""
+    runs = {}
+    for p in sorted(Path(out).glob(f"{preset}-*-seed*.json")):
+        d = json.loads(p.read_text())
+        runs.setdefault(d["arch"], {})[d["seed"]] = d
+    archs = {a: dict(mean_sd([d["test"]["mae"] for d in v.values()]), trained=all(d["trained"] for d in v.values()),
+                     tta=mean_sd([d["test_tta"]["mae"] for d in v.values()]), lr=next(iter(v.values()))["lr"],
+                     seeds=sorted(v)) for a, v in runs.items()}
+    order = sorted(archs, key=lambda a: archs[a]["mean"])
+    pairs = [dict(first=x, second=y, call=versus(archs[x], archs[y]),
+                  paired=mean_sd([runs[x][s]["test"]["mae"] - runs[y][s]["test"]["mae"] for s in sorted(set(runs[x]) & set(runs[y]))]))
+             for i, x in enumerate(order) for y in order[i + 1:]]
+    return write_json(RESULTS / "seeds_summary.json", dict(header("seeds"), preset=preset, ranking=order, archs=archs, pairs=pairs))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default=ARCHS)
@@ -164,6 +182,7 @@ def main():
           f"seeds {a.seeds} ({a.epochs} epochs); torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     test = open_source(test_dir)
     for arch in a.archs.split(","): sweep(arch, a, train_dir, test)
+    print(f"wrote {summarise(a.out, a.preset)}")
 
 
 if __name__ == "__main__":
