@@ -7,19 +7,13 @@ from the probabilities with scikit-learn.
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import deeplense as cli
 
 CLASSES = ["axion", "cdm", "no_sub"]
-
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -10,34 +10,14 @@ images; FITS files and a folder of them.
 import io
 import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import deeplense as run, ok, refused
 
 N_PIX = 64
-
-
-def run(*args, cwd=None, env=None):
-    "`deeplense ARGS` as a subprocess with no TTY and default flags."
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
-def ok(r):
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
-def refused(r, *words):
-    "Exit 2, one line on stderr that names what is wrong, no traceback."
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [l for l in r.stderr.splitlines() if l.strip() and "% [" not in l and not l.startswith("note:")]  # bars are on
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for w in words: assert w in lines[0], lines[0]
 
 
 def lens_like(rng, n, npix=N_PIX):

@@ -12,15 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import deeplense
+
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 
 
 def run(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                       env=ENV)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
+    return deeplense(*args, check=check, env=ENV)
 
 
 def tree_digest(path: Path) -> dict:

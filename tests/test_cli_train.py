@@ -7,21 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import deeplense
 from deeplense_fastai.dataset import write_dataset
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 
 
 def run(*args, check=True, cwd=None, env=None):
-    r = subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env or ENV, cwd=cwd)
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
+    return deeplense(*args, check=check, cwd=cwd, env=env or ENV)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deeplense_fastai.core import DeepLenseError
-from deeplense_fastai.data import lens_dataloaders, load_deeplense_file, open_source, convert_deeplense_dir, SquareSymmetry
+from deeplense_fastai.data import lens_dataloaders, load_deeplense_file, open_source, convert_deeplense_dir
 from deeplense_fastai.dataset import write_dataset
 
 

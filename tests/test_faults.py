@@ -15,19 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-
-def run(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
-def refused(r, *words):
-    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
-    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("note:") and "% [" not in l]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for w in words: assert w in lines[0], lines[0]
-    return lines[0]
+from conftest import deeplense as run, refused
 
 
 def digest(d: Path):

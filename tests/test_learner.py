@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from fastai.callback.core import Callback
 
 from deeplense_fastai.core import DeepLenseError

@@ -14,10 +14,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from deeplense_fastai.simulate import get_preset, make_images, draw_parameters
+from deeplense_fastai.simulate import get_preset, make_images
 from deeplense_fastai.data import online_dataloaders
 from deeplense_fastai.online import OnlineEpoch
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from scipy import stats
 
-from deeplense_fastai.simulate import PRESETS, draw_parameters, labels_frame, make_images, render, simulate, Preset
+from deeplense_fastai.simulate import PRESETS, draw_parameters, render, simulate, Preset
+from conftest import deeplense as cli
 
 N = 20_000
 P_MIN = 1e-3        # a correct sampler fails one of these ~20 tests with probability about 2%
@@ -140,12 +141,6 @@ def test_varied_clumpy_lenses_match_lenstronomy(cls):
 
 
 # --- the user's path: the command line, no TTY, default flags
-
-def cli(*args, env=None):
-    import subprocess, sys
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=env)
-
 
 def test_presets_command_lists_every_world(tmp_path):
     import os

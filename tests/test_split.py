@@ -4,24 +4,10 @@ after splitting is refused in one line."""
 import io
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pandas as pd
 import pytest
-
-
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL)
-
-
-def refused(r, *words):
-    assert r.returncode == 2, (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
-    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("note:")]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for w in words: assert w in lines[0], lines[0]
+from conftest import deeplense as run, refused
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,7 @@ import sys
 import pytest
 
 from deeplense_fastai.core import available_cores
-
-
-def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env=env)
+from conftest import deeplense as cli
 
 
 def threads_used(stdout: str) -> int:

@@ -3,16 +3,10 @@ and default flags. stdout carries results only (lines, a CSV or JSON objects), n
 or block characters; `--quiet` prints nothing per epoch; `--log json` prints only JSON objects; `info` writes nothing."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-
-
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL)
+from conftest import deeplense as run
 
 
 def clean(text):
