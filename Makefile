@@ -54,7 +54,7 @@ browser:
 	    else echo "chromium absent and not installable here: the browser test will say so and skip"; fi; }
 
 pytest: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 test: sync-check nbtest browser pytest
 
