@@ -140,6 +140,7 @@ def summarise(out, preset):
     for p in sorted(Path(out).glob(f"{preset}-*-seed*.json")):
         d = json.loads(p.read_text())
         runs.setdefault(d["arch"], {})[d["seed"]] = d
+    runs = {a: v for a, v in runs.items() if len(v) >= 3}      # a ranking claim needs three seeds
     archs = {a: dict(mean_sd([d["test"]["mae"] for d in v.values()]), trained=all(d["trained"] for d in v.values()),
                      tta=mean_sd([d["test_tta"]["mae"] for d in v.values()]), lr=next(iter(v.values()))["lr"],
                      seeds=sorted(v)) for a, v in runs.items()}
