@@ -15,8 +15,9 @@ __all__ = ['C_KM_S', 'G_SI', 'C_SI', 'M_SUN_KG', 'MPC_M', 'ARCSEC_PER_RAD', 'DEE
            'angular_diameter_distance', 'luminosity_distance', 'lensing_distances', 'einstein_radius',
            'deflection_scaling', 'pixel_grid', 'downsample', 'ellipticity_to_phi_q', 'to_lens_frame', 'from_lens_frame',
            'sie_deflection', 'shear_deflection', 'point_mass_deflection', 'collinear_point_mass_deflection',
-           'line_mass_deflection', 'truncated_sis_deflection', 'ray_shoot', 'sersic', 'sersic_total_flux',
-           'magnitude_to_amp', 'gaussian_kernel1d', 'convolve_psf', 'counts_noise', 'ccd_noise']
+           'line_mass_deflection', 'truncated_sis_deflection', 'tnfw_total_mass', 'tnfw_deflection', 'critical_density',
+           'nfw_physical_to_angle', 'ray_shoot', 'sersic', 'sersic_total_flux', 'magnitude_to_amp', 'gaussian_kernel1d',
+           'convolve_psf', 'counts_noise', 'ccd_noise', 'counts_once_noise']
 
 # %% ../nbs/01_lensing.ipynb #cb4e08b8
 C_KM_S = 299_792.458                   # speed of light, km/s (exact: SI definition of the metre)
@@ -304,6 +305,85 @@ def truncated_sis_deflection(x:torch.Tensor, # x positions, arcsec
     mag_over_r = te * 2 * a / (r + a + torch.sqrt(r**2 + a**2)) / r
     return mag_over_r * dx, mag_over_r * dy
 
+# %% ../nbs/01_lensing.ipynb #f11a2439
+_NFW_X_MIN = 1e-6      # floor on R / r_s (lenstronomy floors at 1e-3; below 1e-6 the deflection is < 1e-5 alpha_Rs)
+_NFW_F_EPS = 1e-4      # |x - 1| below which F(x) is its Taylor series
+
+def _nfw_F(x:torch.Tensor) -> torch.Tensor:
+    "BMO's F(x): arccosh(1/x)/sqrt(1-x^2) below 1, arccos(1/x)/sqrt(x^2-1) above, its Taylor series near x = 1."
+    d = x - 1
+    near = d.abs() < _NFW_F_EPS
+    s = torch.where(near, 1., torch.sqrt(d.abs() * (x + 1)))          # sqrt|1 - x^2|
+    # arccosh(1/x) = ln((1 + sqrt(1 - x^2)) / x) and arccos(1/x) = arctan(sqrt(x^2 - 1)): one root for both sides
+    f = torch.where(x < 1, torch.log((1 + s) / x), torch.atan(s)) / s
+    return torch.where(near, 1 - 2 * d / 3 + 7 * d * d / 15, f)
+
+def tnfw_total_mass(tau, # Truncation tau = r_trunc / r_s, float or array
+                   ) -> np.ndarray:
+    "Total mass of a BMO truncated NFW in units of 4 pi rho_s r_s^3 (the limit of its projected mass, BMO eq. 10)."
+    t = np.asarray(tau, dtype=np.float64)
+    return t**2 / (t**2 + 1)**2 * ((t**2 - 1) * np.log(t) + t * math.pi - (t**2 + 1))
+
+def _tnfw_sum(xf, yf, Rs, a, tau, cx, cy):
+    "Sum over K of the TNFW deflections for pixels (1, 1, P) and subhalos (b, K, 1), all float64."
+    t2 = tau * tau                                     # per subhalo: the factors of g that do not depend on x
+    pre = a / (1 - math.log(2)) * t2 / (t2 + 1)**2 / Rs
+    c0, c1 = tau * math.pi + (t2 - 1) * torch.log(tau), (t2 - 1) / tau
+    dx, dy = xf - cx, yf - cy
+    X2 = ((dx * dx + dy * dy) / (Rs * Rs)).clamp_min(_NFW_X_MIN**2)
+    X, S = torch.sqrt(X2), torch.sqrt(t2 + X2)
+    g = (t2 - 1 + 2 * X2) * _nfw_F(X) + c0 + S * (c1 * torch.log(X / (S + tau)) - math.pi)   # g / prefactor
+    w = pre * g / X2                                   # |alpha| / R
+    return (w * dx).sum(1), (w * dy).sum(1)
+
+def tnfw_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
+                    y:torch.Tensor, # y positions, arcsec, (H, W)
+                    Rs, # Scale radii r_s, arcsec, (B, K)
+                    alpha_Rs, # Deflection at r_s of the untruncated NFW, arcsec, (B, K) (0 for an absent subhalo)
+                    r_trunc, # Truncation radii, arcsec, (B, K)
+                    center_x, # Positions x, arcsec, (B, K)
+                    center_y, # Positions y, arcsec, (B, K)
+                    max_elements:int=2**18, # Largest (images x K x pixels) intermediate built at once
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Summed deflection (arcsec), shape (B, H, W), of K truncated NFW subhalos per image (BMO 2009; lenstronomy's TNFW)."
+    f64 = lambda t: torch.as_tensor(t, device=x.device).to(torch.float64)
+    a, Rs, rt, cx, cy = (f64(t) for t in (alpha_Rs, Rs, r_trunc, center_x, center_y))
+    on = a != 0                                         # zero-padded subhalos: any finite r_s, tau; weight exactly 0
+    Rs, tau = torch.where(on, Rs, 1.), torch.where(on, rt / torch.where(on, Rs, 1.), 1.)
+    B, K = a.shape
+    P = x.numel()
+    ax, ay = x.new_zeros(B, P, dtype=torch.float64), x.new_zeros(B, P, dtype=torch.float64)
+    xf, yf = f64(x).reshape(1, 1, -1), f64(y).reshape(1, 1, -1)
+    for sb, sp in _chunks(B, max(K, 1), P, max_elements):
+        ax[sb, sp], ay[sb, sp] = _tnfw_sum(xf[..., sp], yf[..., sp], *(t[sb, :, None] for t in (Rs, a, tau, cx, cy)))
+    return ax.reshape(B, *x.shape).to(x.dtype), ay.reshape(B, *x.shape).to(x.dtype)
+
+# %% ../nbs/01_lensing.ipynb #b63ece47
+def critical_density(z, # Redshift(s)
+                     H0:float=70., # Hubble constant, km/s/Mpc
+                     Om0:float=0.3, # Matter density today
+                    ) -> np.ndarray:
+    "Critical density of the universe 3 H(z)^2 / (8 pi G) at redshift `z`, solar masses per Mpc^3 (flat LambdaCDM)."
+    z = np.asarray(z, dtype=np.float64)
+    H = H0 * 1e3 / MPC_M * np.sqrt(Om0 * (1 + z)**3 + 1 - Om0)        # s^-1
+    return 3 * H**2 / (8 * math.pi * G_SI) * MPC_M**3 / M_SUN_KG
+
+def nfw_physical_to_angle(m200, # Halo mass M_200 (critical), solar masses, float or array
+                          c200, # Concentration r_200 / r_s, float or array
+                          z_lens:float=0.5, # Lens redshift
+                          z_source:float=1.0, # Source redshift
+                          H0:float=70., # Hubble constant, km/s/Mpc
+                          Om0:float=0.3, # Matter density today
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    "NFW scale radius r_s and deflection alpha_Rs at r_s, both in arcsec (angular-diameter distances)."
+    m, c = np.asarray(m200, dtype=np.float64), np.asarray(c200, dtype=np.float64)
+    rho_c = critical_density(z_lens, H0, Om0)
+    rs = (3 * m / (4 * math.pi * 200 * rho_c))**(1 / 3) / c                        # Mpc
+    rho_s = 200 / 3 * rho_c * c**3 / (np.log1p(c) - c / (1 + c))                   # Msun / Mpc^3
+    d_l, d_s, d_ls = lensing_distances(z_lens, z_source, 'angular', H0, Om0)
+    sigma_cr = C_SI**2 * d_s / (4 * math.pi * G_SI * d_l * d_ls * MPC_M) * MPC_M**2 / M_SUN_KG   # Msun / Mpc^2
+    return rs / d_l * ARCSEC_PER_RAD, 4 * rho_s * rs**2 * (1 - math.log(2)) / (sigma_cr * d_l) * ARCSEC_PER_RAD
+
 # %% ../nbs/01_lensing.ipynb #ec6207b0
 def ray_shoot(x:torch.Tensor, # Image-plane x, arcsec
               y:torch.Tensor, # Image-plane y, arcsec
@@ -430,3 +510,17 @@ def ccd_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
     t = _bc(exposure, model)
     z = _normal_pairs(model, generators)
     return model + z[:, 0] * background_noise + z[:, 1] * torch.sqrt(model.clamp_min(0) * t) / t
+
+# %% ../nbs/01_lensing.ipynb #74cbb0d7
+def counts_once_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
+                      exposure:torch.Tensor, # Exposure time per image, (B,)
+                      background_rms:float, # Background rms in counts/s
+                      generators=None, # One torch.Generator per image (on model's device), or None
+                     ) -> torch.Tensor:
+    "Counts with the Poisson noise counted once: Poisson(t * model) plus a Gaussian background of rms t * background_rms."
+    t = _bc(exposure, model)
+    z = _normal_pairs(model, generators)[:, 1]                         # the same stream layout as `counts_noise`
+    rate = (t * model).clamp_min(0)
+    counts = torch.poisson(rate) if generators is None else torch.stack(
+        [torch.poisson(r, generator=g) for r, g in zip(rate, generators)])
+    return counts + z * (t * background_rms)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_simulate.ipynb #bd0b7f42
 from __future__ import annotations
-import dataclasses, functools, math
+import dataclasses, functools, math, sys
 from dataclasses import dataclass, asdict, replace
 
 import numpy as np
@@ -12,12 +12,13 @@ import numpy as np
 from .core import DeepLenseError, image_seed
 
 # %% auto #0
-__all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'EUCLID_VIS_2021', 'EUCLID_VIS_2026', 'HST_WFC3_F160W',
-           'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK',
-           'counter_uniforms', 'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Preset', 'register_preset',
-           'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters', 'labels_frame',
-           'label_columns', 'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise',
-           'block_size', 'make_images', 'simulate']
+__all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'SUBHALO_COLUMNS', 'EUCLID_VIS_2021',
+           'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'DUFFY08_C200',
+           'NOISES', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms',
+           'Band', 'Nuisance', 'Knots', 'Subhalos', 'Preset', 'register_preset', 'get_preset', 'preset_physics',
+           'axion_vortex_half_length', 'draw_parameters', 'labels_frame', 'label_columns', 'simulated_targets',
+           'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'quirk_note',
+           'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -26,6 +27,7 @@ LABEL_COLUMNS = ('index', 'class', 'log10_m_axion', 'f_sub', 'n_sub', 'theta_E',
 # labels added by a preset's parts: the main lens and source a `Nuisance` varies, the knots of a clumpy source
 NUISANCE_COLUMNS = ('halo_e1', 'halo_e2', 'gamma1', 'gamma2', 'source_R', 'source_n', 'source_e1', 'source_e2', 'source_dmag')
 KNOT_COLUMNS = ('n_knots', 'knot_fraction')
+SUBHALO_COLUMNS = ('f_sub_ring',)      # the physical `Subhalos` part's projected fraction
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 def _splitmix64(z:np.ndarray) -> np.ndarray:
@@ -166,7 +168,54 @@ class Knots:
         "Uniforms drawn per image: count and flux share, then four per possible knot (position, weight, width)."
         return 2 + 4 * int(self.n[1])
 
+# %% ../nbs/02_simulate.ipynb #e934f35a
+# Duffy, Schaye, Kay & Dalla Vecchia 2008, MNRAS 390, L64, Table 1: NFW, full sample, z = 0-2, Delta = 200 (critical)
+DUFFY08_C200 = dict(A=5.71, B=-0.084, C=-0.47, M_pivot=2e12)     # c200 = A (M / M_pivot)^B (1 + z)^C, M_pivot h^-1 Msun
+
+@dataclass(frozen=True)
+class Subhalos:
+    "CDM subhalos as CDM predicts them: Poisson count, m^-1.9, uniform in area, truncated NFW (see the table above)."
+    n_mean: float = 25.                # Poisson mean of the number of subhalos per CDM image (DeepLenseSim's 25)
+    slope: float = -1.9                # dN/dm ~ m^slope (CDM, Springel et al. 2008; DeepLenseSim's code used -0.9)
+    m_range: tuple = (1e6, 1e10)       # subhalo M200 range, solar masses
+    r_range: tuple = (0.25, 2.0)       # projected radii, arcsec, uniform in area over this annulus
+    profile: str = 'tnfw'              # 'tnfw' (truncated NFW, BMO 2009) or 'point' (point masses, for comparison)
+    tau: float | None = None           # r_trunc = tau r_s; None: per subhalo the tau whose total mass is M200
+    ring: tuple = (0.5, 1.5)           # f_sub_ring's annulus, in units of the host's theta_E
+
+    def __post_init__(self):
+        bad = lambda msg: DeepLenseError(f"Subhalos: {msg}")
+        if not 0 < self.n_mean <= 1000: raise bad(f"n_mean must lie in (0, 1000], got {self.n_mean!r}")
+        if not -3 <= self.slope <= 0 or self.slope == -1:
+            raise bad(f"slope must lie in [-3, 0] and not be -1, got {self.slope!r}")
+        _check_range('Subhalos', 'm_range', self.m_range, 1., 1e13)
+        _check_range('Subhalos', 'r_range', self.r_range, 0., 100.)
+        _check_range('Subhalos', 'ring', self.ring, 0., 100.)
+        if self.profile not in ('tnfw', 'point'): raise bad(f"profile must be 'tnfw' or 'point', got {self.profile!r}")
+        if self.tau is not None and not self.tau > 0: raise bad(f"tau must be positive or None, got {self.tau!r}")
+
+    @property
+    def kmax(self) -> int:
+        "Room for the Poisson count: mean + 10 sigma + 10 (a larger draw has probability below 1e-20)."
+        return int(self.n_mean + 10 * math.sqrt(self.n_mean) + 10)
+
+    @property
+    def columns(self) -> int:
+        "Uniforms drawn per image: the count, then a mass, a radius and an angle per possible subhalo."
+        return 1 + 3 * self.kmax
+
+    def concentration(self, m, # M200, solar masses
+                      z:float, # Redshift of the host
+                      H0:float=70., # Hubble constant, km/s/Mpc
+                     ) -> np.ndarray:
+        "NFW concentration c200 of mass `m` at redshift `z` (Duffy et al. 2008, `DUFFY08_C200`)."
+        d = DUFFY08_C200
+        return d['A'] * (np.asarray(m, dtype=np.float64) / (d['M_pivot'] / (H0 / 100)))**d['B'] * (1 + z)**d['C']
+
 # %% ../nbs/02_simulate.ipynb #c4cfa698
+NOISES = ('counts', 'counts_once', 'ccd', 'none')     # the noise recipes a preset can name
+_PARTS = dict(nuisance=Nuisance, knots=Knots, subhalos=Subhalos)   # optional parts (None: left out of to_dict)
+
 @dataclass(frozen=True)
 class Preset:
     "A complete simulation recipe: instrument, noise, cosmology, lens, source and substructure."
@@ -179,7 +228,8 @@ class Preset:
     psf_fwhm: float | None = EUCLID_VIS_2021.seeing  # Gaussian PSF FWHM, arcsec (None: no PSF)
     psf_truncation: float = 5.          # PSF truncation in standard deviations
     supersample: int = 1                # sub-pixels per pixel and axis for ray shooting
-    # noise: 'counts' (Model I: Poisson counts), 'ccd' (SimAPI: Gaussian, counts/s) or 'none'
+    # noise: 'counts' (Model I: Poisson counts), 'counts_once' (Poisson counted once, see counts_once_noise),
+    # 'ccd' (SimAPI: Gaussian, counts/s) or 'none'
     noise: str = 'ccd'
     background_rms: float = EUCLID_VIS_2021.background_rms  # counts/s per pixel
     exposure: tuple = (EUCLID_VIS_2021.total_exposure,) * 2  # exposure time drawn log-uniformly in [lo, hi] s
@@ -225,11 +275,12 @@ class Preset:
     # parts that make the sky vary (None: DeepLenseSim's fixed main lens and smooth Sersic source)
     nuisance: Nuisance | None = None    # per-image ranges of the main lens and source
     knots: Knots | None = None          # compact star-forming knots in the source
+    subhalos: Subhalos | None = None    # CDM subhalos as CDM predicts them (None: DeepLenseSim's, the fields above)
 
     def __post_init__(self):
         checks = [(self.npix >= 8, 'npix must be at least 8'), (self.pixel_scale > 0, 'pixel_scale must be positive'),
                   (self.supersample >= 1, 'supersample must be >= 1'),
-                  (self.noise in ('counts', 'ccd', 'none'), "noise must be 'counts', 'ccd' or 'none'"),
+                  (self.noise in NOISES, f"noise must be one of {', '.join(map(repr, NOISES))}"),
                   (self.vortex in ('points', 'segment'), "vortex must be 'points' or 'segment'"),
                   (self.distances in ('angular', 'deeplensesim'), "distances must be 'angular' or 'deeplensesim'"),
                   (all(c in CLASSES for c in self.classes), f'classes must be among {CLASSES}'),
@@ -237,7 +288,8 @@ class Preset:
                    'give source_amp, or source_magnitude and zero_point'),
                   (self.z_source > self.z_lens, 'the source must lie behind the lens'),
                   (self.nuisance is None or isinstance(self.nuisance, Nuisance), 'nuisance must be a Nuisance or None'),
-                  (self.knots is None or isinstance(self.knots, Knots), 'knots must be a Knots or None')]
+                  (self.knots is None or isinstance(self.knots, Knots), 'knots must be a Knots or None'),
+                  (self.subhalos is None or isinstance(self.subhalos, Subhalos), 'subhalos must be a Subhalos or None')]
         for ok, msg in checks:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
 
@@ -246,7 +298,7 @@ class Preset:
         plain = lambda v: [plain(x) for x in v] if isinstance(v, (tuple, list)) else (
             {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
         # without its parts, a preset's dict is the one manifests written before the parts existed hold
-        return {k: plain(v) for k, v in asdict(self).items() if not (k in ('nuisance', 'knots') and v is None)}
+        return {k: plain(v) for k, v in asdict(self).items() if not (k in _PARTS and v is None)}
 
     @classmethod
     def from_dict(cls, d:dict) -> 'Preset':
@@ -255,7 +307,7 @@ class Preset:
         bad = set(d) - names
         if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
         tup = lambda e: {k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}
-        try: parts = {k: part(**tup(d[k])) for k, part in (('nuisance', Nuisance), ('knots', Knots)) if d.get(k) is not None}
+        try: parts = {k: part(**tup(d[k])) for k, part in _PARTS.items() if d.get(k) is not None}
         except (TypeError, AttributeError) as e: raise DeepLenseError(f"a preset's part is malformed ({e})") from None
         return cls(**{**tup(d), **parts})
 
@@ -271,7 +323,8 @@ def register_preset(preset:Preset, # The recipe; its `name` is the key
     return preset
 
 def get_preset(name:str|Preset, # A preset name or a Preset
-               **overrides, # Fields to change, e.g. vortex='segment'
+               /,
+               **overrides, # Fields to change, e.g. vortex='segment' (or name='mine': a custom preset)
               ) -> Preset:
     "Look up a preset by name (a clear error lists the known ones), optionally with fields replaced."
     if isinstance(name, Preset): p = name
@@ -307,6 +360,11 @@ register_preset(replace(PRESETS['model_ii'], name='model_ii_clumpy', knots=Knots
     description="DeepLense Model II with a clumpy source: Sersic disc plus 2-8 compact star-forming knots"))
 register_preset(replace(PRESETS['model_ii_nuisance'], name='model_ii_nuisance_clumpy', knots=Knots(),
     description=f"DeepLense Model II with the {_varied}, and a clumpy source (see Knots)"))
+_physical = dict(subhalos=Subhalos(), classes=('cdm',), target='f_sub_ring')
+register_preset(replace(PRESETS['model_ii'], name='model_ii_physical', **_physical,
+    description="Model II instrument, CDM subhalos as CDM predicts them (Subhalos: m^-1.9, TNFW), target f_sub_ring"))
+register_preset(replace(PRESETS['fsub'], name='fsub_physical', noise='counts_once', **_physical,
+    description="f_sub regression, physical: Model I instrument, Poisson noise once, Subhalos (m^-1.9, TNFW), target f_sub_ring"))
 
 # %% ../nbs/02_simulate.ipynb #17754dce
 @functools.cache
@@ -350,7 +408,8 @@ NUISANCE_DRAWS = 10     # uniforms per image a `Nuisance` draws: theta_E, 2 + 2 
 
 def _part_columns(p:Preset) -> int:
     "Uniforms per image that a preset's parts draw (none for the faithful presets)."
-    return (NUISANCE_DRAWS if p.nuisance else 0) + (p.knots.columns if p.knots else 0)
+    return (NUISANCE_DRAWS if p.nuisance else 0) + (p.knots.columns if p.knots else 0) + (
+        p.subhalos.columns if p.subhalos else 0)
 
 def _draw_nuisance(q:Nuisance, u:np.ndarray) -> dict:
     "The main lens and source of each image from `NUISANCE_DRAWS` uniform columns: `q`'s ranges, uniform, independent."
@@ -374,13 +433,53 @@ def _draw_knots(k:Knots, u:np.ndarray, src_x, src_y, source_R) -> dict:
                 knot_y=src_y[:, None] + rad * np.sin(2 * np.pi * v[:, 1]), knot_weight=w / w.sum(1, keepdims=True),
                 knot_sigma=k.sigma[0] + (k.sigma[1] - k.sigma[0]) * v[:, 3])
 
-def _draw_sky(p:Preset, u:np.ndarray, src_x, src_y) -> dict:
-    "The parts' draws (nuisance, then knots) from the uniform columns after the faithful ones; {} for a faithful preset."
+def _draw_sky(p:Preset, u:np.ndarray, src_x, src_y, is_cdm) -> dict:
+    "The parts' draws (nuisance, knots, then subhalos) from the uniform columns after the faithful ones; {} for a faithful preset."
     out = _draw_nuisance(p.nuisance, u[:, :NUISANCE_DRAWS]) if p.nuisance else {}
+    j = NUISANCE_DRAWS if p.nuisance else 0
     if p.knots:
         R = out.get('source_R', np.full(len(u), p.source_R))
-        out |= _draw_knots(p.knots, u[:, NUISANCE_DRAWS if p.nuisance else 0:], src_x, src_y, R)
+        out |= _draw_knots(p.knots, u[:, j:], src_x, src_y, R)
+        j += p.knots.columns
+    if p.subhalos: out |= _draw_physical_subhalos(p, u[:, j:j + p.subhalos.columns], is_cdm)
     return out
+
+# %% ../nbs/02_simulate.ipynb #30fdcdc1
+def _tnfw_truncation(c:np.ndarray, tau=None) -> np.ndarray:
+    "tau = r_trunc / r_s of each subhalo: `tau` if given, else the tau whose BMO total mass is the NFW's M200."
+    from deeplense_fastai.lensing import tnfw_total_mass
+    if tau is not None: return np.full(np.shape(c), float(tau))
+    target = np.log1p(c) - c / (1 + c)                         # M200 in units of 4 pi rho_s r_s^3
+    lo, hi = np.full(np.shape(c), -5.), np.full(np.shape(c), 20.)   # log tau; T(tau) rises monotonically
+    for _ in range(60):                                        # bisection: 25 / 2^60 in log tau
+        mid = (lo + hi) / 2
+        below = tnfw_total_mass(np.exp(mid)) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return np.exp((lo + hi) / 2)
+
+def _draw_physical_subhalos(p:Preset, v:np.ndarray, is_cdm:np.ndarray) -> dict:
+    "Count, masses (zero-padded), radii (uniform in area), angles and TNFW parameters, (B, kmax), from the columns `v`."
+    from deeplense_fastai.lensing import nfw_physical_to_angle, einstein_radius
+    s, K = p.subhalos, p.subhalos.kmax
+    n = _poisson_inverse(v[:, 0], s.n_mean, K) * is_cdm
+    a, (m0, m1), (r0, r1) = s.slope + 1, s.m_range, s.r_range
+    m = np.where(np.arange(K)[None] < n[:, None], (m0**a + (m1**a - m0**a) * v[:, 1:1 + K])**(1 / a), 0.)
+    r = np.sqrt(r0**2 + (r1**2 - r0**2) * v[:, 1 + K:1 + 2 * K])           # uniform in projected area
+    out = dict(n_sub=n, sub_mass=m, sub_r=r, sub_phi=2 * np.pi * v[:, 1 + 2 * K:1 + 3 * K])
+    if s.profile == 'point': return out
+    m_ok = np.where(m > 0, m, m0)                                            # padded slots: finite, then zeroed
+    c = s.concentration(m_ok, p.z_lens, p.H0)
+    Rs, alpha = nfw_physical_to_angle(m_ok, c, p.z_lens, p.z_source, p.H0, p.Om0)
+    k = lambda conv: float(einstein_radius(1., p.z_lens, p.z_source, conv, p.H0, p.Om0))
+    alpha = np.where(m > 0, alpha * (k(p.distances) / k('angular'))**2, 0.)  # the host's critical density
+    return out | dict(sub_c=c, sub_Rs=Rs, sub_alpha_Rs=alpha, sub_r_trunc=_tnfw_truncation(c, s.tau) * Rs)
+
+def _f_sub_ring(s:Subhalos, m:np.ndarray, r:np.ndarray, theta_E:np.ndarray, k:float) -> np.ndarray:
+    "Projected subhalo mass fraction in the annulus `s.ring` x theta_E: k^2 sum(m in it) / (theta_E^2 (b2 - b1)), SIS host."
+    b1, b2 = s.ring
+    te = np.asarray(theta_E, dtype=np.float64)
+    inside = (r >= b1 * te[:, None]) & (r < b2 * te[:, None])           # a subhalo's mass counts at its centre
+    return k**2 * np.where(inside, m, 0.).sum(1) / (te**2 * (b2 - b1))
 
 # %% ../nbs/02_simulate.ipynb #2b2da250
 def draw_parameters(preset:Preset, # The recipe
@@ -406,12 +505,13 @@ def draw_parameters(preset:Preset, # The recipe
     exposure = 10**(lo + (hi - lo) * u[:, 2]) if hi > lo else np.full(B, float(p.exposure[0]))
     is_ax, is_cdm = cls == 'axion', cls == 'cdm'
     log10_m = np.where(is_ax, p.log10_m_axion[0] + (p.log10_m_axion[1] - p.log10_m_axion[0]) * u[:, 3], np.nan)
-    sub = _draw_subhalos(p, u, kmax, is_cdm)
+    sky = _draw_sky(p, u[:, base:], src_x, src_y, is_cdm)
+    sub = sky if p.subhalos else _draw_subhalos(p, u, kmax, is_cdm)     # the physical part, or DeepLenseSim's
     m_sub, r, th = sub['sub_mass'], sub['sub_r'], sub['sub_phi']
-    sky = _draw_sky(p, u[:, base:], src_x, src_y)
     halo_mass = p.halo_mass * sky.pop('theta_E_ratio', 1.)**2      # M ~ theta_E^2 at fixed redshifts
     f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / halo_mass
     theta_E = phys['theta_E'] * np.sqrt(halo_mass / p.halo_mass) * np.ones(B)
+    if p.subhalos: sky['f_sub_ring'] = _f_sub_ring(p.subhalos, m_sub, r, theta_E, phys['theta_E_per_sqrt_msun'])
     return sky | dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
                 vortex_half_length=np.where(is_ax, axion_vortex_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
                 vortex_angle=2 * np.pi * u[:, 4], n_sub=sub['n_sub'], f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
@@ -422,12 +522,13 @@ def draw_parameters(preset:Preset, # The recipe
 def labels_frame(params:dict) -> 'pd.DataFrame':
     "The label table (one row per image: `LABEL_COLUMNS`, then the parts' columns a preset draws) of `draw_parameters` output."
     import pandas as pd
-    cols = LABEL_COLUMNS + tuple(c for c in NUISANCE_COLUMNS + KNOT_COLUMNS if c in params)
+    cols = LABEL_COLUMNS + tuple(c for c in NUISANCE_COLUMNS + KNOT_COLUMNS + SUBHALO_COLUMNS if c in params)
     return pd.DataFrame({c: params[{'class': 'cls'}.get(c, c)] for c in cols})
 
 def label_columns(preset:Preset) -> tuple:
-    "The label columns of a preset's datasets: `LABEL_COLUMNS`, and those its `Nuisance` and `Knots` parts add."
-    return LABEL_COLUMNS + (NUISANCE_COLUMNS if preset.nuisance else ()) + (KNOT_COLUMNS if preset.knots else ())
+    "The label columns of a preset's datasets: `LABEL_COLUMNS`, and those its `Nuisance`, `Knots` and `Subhalos` parts add."
+    return LABEL_COLUMNS + (NUISANCE_COLUMNS if preset.nuisance else ()) + (KNOT_COLUMNS if preset.knots else ()) + (
+        SUBHALO_COLUMNS if preset.subhalos else ())
 
 def simulated_targets(preset:Preset, # The recipe
                      ) -> list[str]:
@@ -458,6 +559,8 @@ def _lens_field(p:Preset, params:dict, device, dtype):
     return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
 
 # %% ../nbs/02_simulate.ipynb #48a2d5e5
+_TNFW_KEYS = ('sub_Rs', 'sub_alpha_Rs', 'sub_r_trunc', 'sub_x', 'sub_y')   # tnfw_deflection's arguments, in order
+
 def _vortex_offsets(params, p:Preset):
     "Einstein radius of each of the `vortex_points` equal masses, and their signed distances (B, N) from the centre along the vortex."
     t = np.linspace(-1, 1, p.vortex_points)[None] * params['vortex_half_length'][:, None]
@@ -472,11 +575,14 @@ def _vortex_points(params, p:Preset):
 def _add_substructure(p:Preset, params:dict, x, y, ax, ay, T, compile:bool) -> None:
     "Add the deflections of the CDM subhalos and of the axion vortex to `ax`, `ay` (B, H, W), in place."
     from deeplense_fastai.lensing import point_mass_deflection, line_mass_deflection, collinear_point_mass_deflection
+    from deeplense_fastai.lensing import tnfw_deflection
     cdm = np.flatnonzero(params['cls'] == 'cdm')
     if len(cdm):
         keep = max(1, int(params['n_sub'][cdm].max()))
-        sx, sy = point_mass_deflection(x, y, T(params['sub_theta_E'][cdm, :keep]), T(params['sub_x'][cdm, :keep]),
-                                       T(params['sub_y'][cdm, :keep]), compile=compile)
+        if p.subhalos is not None and p.subhalos.profile == 'tnfw':     # float64 parameters straight to the profile
+            sx, sy = tnfw_deflection(x, y, *(params[k][cdm, :keep] for k in _TNFW_KEYS))
+        else: sx, sy = point_mass_deflection(x, y, T(params['sub_theta_E'][cdm, :keep]), T(params['sub_x'][cdm, :keep]),
+                                             T(params['sub_y'][cdm, :keep]), compile=compile)
         ax[cdm] += sx; ay[cdm] += sy
     axion = np.flatnonzero(params['cls'] == 'axion')
     if len(axion):
@@ -548,6 +654,19 @@ def render(preset:Preset, # The recipe
     return img * phys['pixel_area']
 
 # %% ../nbs/02_simulate.ipynb #bead111b
+def _lenstronomy_substructure(p:Preset, params:dict, b:int) -> list:
+    "(lenstronomy model name, kwargs) of image b's subhalos (POINT_MASS, or TNFW with a `Subhalos` part) or vortex points."
+    if params['cls'][b] == 'cdm' and p.subhalos is not None and p.subhalos.profile == 'tnfw':
+        return [('TNFW', dict(Rs=float(rs), alpha_Rs=float(a), r_trunc=float(rt), center_x=float(x), center_y=float(y)))
+                for rs, a, rt, x, y in zip(*(params[k][b] for k in _TNFW_KEYS)) if a > 0]
+    pts = []
+    if params['cls'][b] == 'cdm':
+        pts = [(t, x, y) for t, x, y in zip(params['sub_theta_E'][b], params['sub_x'][b], params['sub_y'][b]) if t > 0]
+    elif params['cls'][b] == 'axion':
+        te, px, py = _vortex_points({k: v[b:b + 1] for k, v in params.items()}, p)
+        pts = list(zip(te[0], px[0], py[0]))
+    return [('POINT_MASS', dict(theta_E=float(t), center_x=float(x), center_y=float(y))) for t, x, y in pts]
+
 def lenstronomy_kwargs(preset:Preset, # The recipe
                        params:dict, # Parameters from `draw_parameters`
                        b:int, # Which image of the batch
@@ -558,14 +677,8 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
     models = ['SIE', 'SHEAR']
     kwargs = [dict(theta_E=float(params['theta_E'][b]), e1=own('halo_e1'), e2=own('halo_e2'), center_x=0., center_y=0.),
               dict(gamma1=own('gamma1'), gamma2=own('gamma2'))]
-    pts = []
-    if params['cls'][b] == 'cdm':
-        pts = [(t, x, y) for t, x, y in zip(params['sub_theta_E'][b], params['sub_x'][b], params['sub_y'][b]) if t > 0]
-    elif params['cls'][b] == 'axion':
-        te, px, py = _vortex_points({k: v[b:b + 1] for k, v in params.items()}, p)
-        pts = list(zip(te[0], px[0], py[0]))
-    for t, x, y in pts:
-        models.append('POINT_MASS'); kwargs.append(dict(theta_E=float(t), center_x=float(x), center_y=float(y)))
+    for name, kw in _lenstronomy_substructure(p, params, b):
+        models.append(name); kwargs.append(kw)
     source = dict(R_sersic=own('source_R'), n_sersic=own('source_n'), e1=own('source_e1'), e2=own('source_e2'),
                   center_x=float(params['source_x'][b]), center_y=float(params['source_y'][b]))
     if p.nuisance is None and p.knots is None:
@@ -589,11 +702,12 @@ def add_noise(preset:Preset, # The recipe
              ) -> 'torch.Tensor':
     "The preset's noise added to a batch, drawn from one generator per image (batch-independent)."
     import torch
-    from deeplense_fastai.lensing import counts_noise, ccd_noise
+    from deeplense_fastai.lensing import counts_noise, ccd_noise, counts_once_noise
     if not noise or preset.noise == 'none': return model * preset.noiseless_scale
     gens = [torch.Generator(device=model.device).manual_seed(image_seed(seed, int(i), 1)) for i in params['index']]
     t = torch.as_tensor(params['exposure'], device=model.device, dtype=model.dtype)
     if preset.noise == 'counts': return counts_noise(model, t, preset.background_rms, gens)
+    if preset.noise == 'counts_once': return counts_once_noise(model, t, preset.background_rms, gens)
     return ccd_noise(model, t, preset.background_rms, gens)
 
 # %% ../nbs/02_simulate.ipynb #c71d495e
@@ -627,6 +741,31 @@ def make_images(preset:Preset, # The recipe
     return torch.cat(imgs)[start - b0:stop - b0], prm
 
 # %% ../nbs/02_simulate.ipynb #438c867e
+_NOTED = set()      # presets whose quirk note this process has printed
+
+def quirk_note(preset:Preset, # The recipe
+               classes=None, # Classes to simulate (default: the preset's)
+              ) -> str|None:
+    "One line naming the DeepLenseSim quirks a custom preset inherits; None for the registered presets (meant to reproduce them)."
+    p = preset
+    if PRESETS.get(p.name) == p: return None
+    quirks, fixes = [], []
+    if 'cdm' in tuple(classes or p.classes) and p.subhalos is None:
+        slope = [] if p.m_sub_slope == -1.9 else [f"subhalo mass slope {p.m_sub_slope:g} (CDM: -1.9)"]
+        quirks += slope + ["radii uniform in r", "point-mass subhalos", "f_sub = sum(m)/M_halo"]
+        fixes.append("subhalos=Subhalos()")
+    if p.noise == 'counts': quirks.append("Poisson noise counted twice"); fixes.append("noise='counts_once'")
+    if not quirks: return None
+    return (f"note: preset {p.name!r} inherits DeepLenseSim's quirks ({', '.join(quirks)}); the physical option: "
+            f"{', '.join(fixes)} (as in model_ii_physical, fsub_physical)")
+
+def _note_once(p:Preset, classes) -> None:
+    "Print `quirk_note` to stderr, once per preset and process."
+    note = quirk_note(p, classes)
+    if note and p not in _NOTED:
+        _NOTED.add(p)
+        print(note, file=sys.stderr)
+
 def simulate(preset:str|Preset='model_ii', # Preset name or recipe
              n:int=16, # Number of images
              seed:int=0, # Dataset seed
@@ -642,6 +781,7 @@ def simulate(preset:str|Preset='model_ii', # Preset name or recipe
     "Simulate `n` images: a float32 CPU tensor (n, 1, H, W) and a DataFrame of labels."
     import torch, pandas as pd
     p = get_preset(preset)
+    _note_once(p, classes)
     if int(n) <= 0: raise DeepLenseError(f"n must be a positive number of images, got {n}")
     if batch_size <= 0: raise DeepLenseError(f"batch_size must be positive, got {batch_size}")
     out = torch.empty(n, 1, p.npix, p.npix, dtype=torch.float32)
