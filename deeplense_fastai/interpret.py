@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
            'plot_calibration', 'save_report_plots', 'classification_report', 'plot_roc', 'plot_confusion',
            'save_classifier_plots', 'show_predictions', 'plot_worst', 'plot_coverage', 'plot_sbc', 'plot_tarp',
-           'plot_binned_calibration', 'plot_joint_posterior', 'label_points']
+           'plot_binned_calibration', 'plot_joint_posterior', 'label_points', 'inpaint_fill', 'occlusion_effect']
 
 # %% ../nbs/06_interpret.ipynb #6d2f1e2f
 def _r2(y, err) -> float:
@@ -418,3 +420,47 @@ def label_points(ax, # Matplotlib axes holding the points
                                arrowprops=dict(arrowstyle='-', lw=0.5, color='0.5', shrinkA=0, shrinkB=r0) if ring > 1 else None))
         taken.append(b)
     return out
+
+# %% ../nbs/06_interpret.ipynb #c7fe6bcf
+def inpaint_fill(images, # Images (B, C, H, W)
+                 masks, # Pixels to fill (B, H, W), boolean
+                 sigma:float=2., # Width in pixels of the Gaussian that weighs the pixels around the mask
+                ) -> torch.Tensor:
+    "`images` with the `masks` pixels replaced by the Gaussian-weighted mean of the unmasked pixels around them."
+    r, c = int(np.ceil(3 * sigma)), images.shape[1]
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, device=images.device, dtype=images.dtype) / sigma)**2)
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, 2 * r + 1, 2 * r + 1)
+    keep = (~masks[:, None]).to(images.dtype).expand_as(images)
+    num = F.conv2d(images * keep, kernel, padding=r, groups=c)
+    den = F.conv2d(keep, kernel, padding=r, groups=c)
+    mean = (images * keep).sum((-2, -1), keepdim=True) / keep.sum((-2, -1), keepdim=True).clamp(min=1)
+    filled = torch.where(den > 1e-6, num / den.clamp(min=1e-12), mean)      # nothing unmasked within 3 sigma: the mean
+    return torch.where(masks[:, None], filled, images)
+
+# %% ../nbs/06_interpret.ipynb #f1f07a85
+def _outputs(model, x, bs:int, decode):
+    "Outputs of `model` on `x`, in batches and without gradients; in target units where `decode` is given."
+    with torch.no_grad(): out = torch.cat([model(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+    return decode(out) if decode is not None else out
+
+def occlusion_effect(model, # A model taking images (B, C, H, W) to outputs (B, T); put in eval mode here
+                     images, # Model inputs (B, C, H, W), prepared as in training (`RunConfig.normalise`)
+                     masks, # Pixels to occlude: (B, H, W) booleans, one mask per image, or (K, B, H, W) for K regions
+                     fill=inpaint_fill, # `fill(images, masks)` -> images with the masked pixels replaced, or a number
+                     decode=None, # Maps outputs to target units (e.g. a run's `RunConfig.decode`); None: raw outputs
+                     bs:int=64, # Images per forward pass
+                    ) -> torch.Tensor:
+    "Change of each prediction when the `masks` pixels are replaced by `fill`: (B, T), or (K, B, T) for K regions."
+    from deeplense_fastai.core import DeepLenseError
+    many = masks.ndim == 4
+    regions = masks if many else masks[None]
+    if regions.ndim != 4 or tuple(regions.shape[1:]) != (images.shape[0], *images.shape[-2:]):
+        raise DeepLenseError(f"masks of shape {tuple(masks.shape)} do not fit images {tuple(images.shape)}: "
+                             "use (B, H, W) or (K, B, H, W)")
+    if not callable(fill):
+        value = float(fill)
+        fill = lambda x, m: x.masked_fill(m[:, None], value)
+    model.eval()
+    base = _outputs(model, images, bs, decode)
+    out = torch.stack([_outputs(model, fill(images, m.to(images.device)), bs, decode) - base for m in regions.bool()])
+    return out if many else out[0]
