@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 nice -n 19 python bench/seeds.py                         # the CPU protocol, resumable
     python bench/seeds.py --archs xresnet_small --seeds 0,1,2                  # one architecture
+    python bench/seeds.py --summary                                            # the summary of the runs on disk
 
 Why. The one-protocol table (bench/accuracy.py) trains each architecture once, at the one rate its finder picked. The
 rate alone moves the MAE by 0.02-0.04 and a different seed moves it too, so a ranking built on one run per
@@ -164,7 +165,9 @@ def main():
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--force", action="store_true", help="re-run runs whose results exist")
+    ap.add_argument("--summary", action="store_true", help="only (re)write bench/results/seeds_summary.json from the runs on disk")
     a = ap.parse_args()
+    if a.summary: return print(f"wrote {summarise(a.out, a.preset)}")
     a.seeds = [int(s) for s in a.seeds.split(",")]
     a.rates = [float(r) for r in a.rates.split(",")]
     import warnings; warnings.filterwarnings("ignore")
