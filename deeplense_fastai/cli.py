@@ -537,8 +537,8 @@ def _print_report(rep:dict, targets):
     print(f"test images: {rep['n']}")
     for t, m in per.items():
         r2 = 'undefined (fewer than two images)' if not np.isfinite(m['r2']) else f"{m['r2']:.3f}"
-        line = (f"{t}: MAE {m['mae']:.4f} (baseline {m['baseline_mae']:.4f})  RMSE {m['rmse']:.4f} "
-                f"(baseline {m['baseline_rmse']:.4f})  R^2 {r2}")
+        line = (f"{t}: MAE {m['mae']:.4g} (baseline {m['baseline_mae']:.4g})  RMSE {m['rmse']:.4g} "
+                f"(baseline {m['baseline_rmse']:.4g})  R^2 {r2}")
         cov = [f"{k.split('_')[1]}%: {v:.3f}" for k, v in m.items() if k.startswith('coverage_')]
         if cov: print(line + "  coverage " + ", ".join(cov))
         else: print(line)
@@ -717,8 +717,8 @@ def cmd_evaluate(a) -> int:
     cols = resolve_targets(src, a.target or cfg['targets'])
     if len(cols) != len(cfg['targets']):
         raise DeepLenseError(f"--target: the model predicts {len(cfg['targets'])} target(s), got {len(cols)} column(s)")
-    from deeplense_fastai.simulate import LABEL_COLUMNS, NUISANCE_COLUMNS, KNOT_COLUMNS
-    simulated = LABEL_COLUMNS + NUISANCE_COLUMNS + KNOT_COLUMNS
+    from deeplense_fastai.simulate import LABEL_COLUMNS, NUISANCE_COLUMNS, KNOT_COLUMNS, SUBHALO_COLUMNS
+    simulated = LABEL_COLUMNS + NUISANCE_COLUMNS + KNOT_COLUMNS + SUBHALO_COLUMNS
     for c, t in zip(cols, cfg['targets']):
         if c != t and c in simulated and t in simulated:
             raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")

@@ -125,6 +125,9 @@ class DatasetWriter:
         if self.batch_size <= 0: raise DeepLenseError(f"--batch-size must be positive, got {self.batch_size}")
         if self.fmt not in ('native', 'deeplense'):
             raise DeepLenseError(f"--format must be 'native' or 'deeplense', got {self.fmt!r}")
+        if self.fmt == 'deeplense' and p.target not in ('log10_m_axion', 'f_sub'):
+            raise DeepLenseError(f"--format deeplense: DeepLense files hold one label, the axion mass or f_sub; preset {p.name!r} "
+                                 f"targets {p.target}, which only the native format keeps")
         self.classes = tuple(self.classes or p.classes)
         for c in self.classes:
             if c not in CLASSES: raise DeepLenseError(f"--classes: unknown class {c!r}; use some of {', '.join(CLASSES)}")

@@ -14,11 +14,11 @@ from .core import DeepLenseError, image_seed
 # %% auto #0
 __all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'SUBHALO_COLUMNS', 'EUCLID_VIS_2021',
            'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'DUFFY08_C200',
-           'NOISES', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms',
-           'Band', 'Nuisance', 'Knots', 'Subhalos', 'Preset', 'register_preset', 'get_preset', 'preset_physics',
-           'axion_vortex_half_length', 'draw_parameters', 'labels_frame', 'label_columns', 'simulated_targets',
-           'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size', 'make_images', 'quirk_note',
-           'simulate']
+           'NOISES', 'FLAT_SUBHALO_FIELDS', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms',
+           'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Subhalos', 'Preset', 'register_preset', 'get_preset',
+           'preset_physics', 'axion_vortex_half_length', 'draw_parameters', 'labels_frame', 'label_columns',
+           'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size',
+           'make_images', 'quirk_note', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -174,10 +174,11 @@ DUFFY08_C200 = dict(A=5.71, B=-0.084, C=-0.47, M_pivot=2e12)     # c200 = A (M /
 
 @dataclass(frozen=True)
 class Subhalos:
-    "CDM subhalos as CDM predicts them: Poisson count, m^-1.9, uniform in area, truncated NFW (see the table above)."
-    n_mean: float = 25.                # Poisson mean of the number of subhalos per CDM image (DeepLenseSim's 25)
+    """CDM-like subhalos: a Poisson count whose mean varies per image, m^-1.9, uniform in projected area, truncated NFW
+    (truncated at about r200, not tidally stripped; Duffy et al. concentrations extrapolated to subhalo masses)."""
+    n_mean: float | tuple = (0., 40.)  # Poisson mean per CDM image: a number, or a (lo, hi) range drawn uniformly per image
     slope: float = -1.9                # dN/dm ~ m^slope (CDM, Springel et al. 2008; DeepLenseSim's code used -0.9)
-    m_range: tuple = (1e6, 1e10)       # subhalo M200 range, solar masses
+    m_range: tuple = (1e8, 1e10)       # subhalo M200 range, solar masses (lighter ones are unresolved at these pixels)
     r_range: tuple = (0.25, 2.0)       # projected radii, arcsec, uniform in area over this annulus
     profile: str = 'tnfw'              # 'tnfw' (truncated NFW, BMO 2009) or 'point' (point masses, for comparison)
     tau: float | None = None           # r_trunc = tau r_s; None: per subhalo the tau whose total mass is M200
@@ -185,7 +186,8 @@ class Subhalos:
 
     def __post_init__(self):
         bad = lambda msg: DeepLenseError(f"Subhalos: {msg}")
-        if not 0 < self.n_mean <= 1000: raise bad(f"n_mean must lie in (0, 1000], got {self.n_mean!r}")
+        lo, hi = self.abundance
+        if not (0 <= lo <= hi <= 1000 and hi > 0): raise bad(f"n_mean must be a number or a range in [0, 1000], got {self.n_mean!r}")
         if not -3 <= self.slope <= 0 or self.slope == -1:
             raise bad(f"slope must lie in [-3, 0] and not be -1, got {self.slope!r}")
         _check_range('Subhalos', 'm_range', self.m_range, 1., 1e13)
@@ -195,14 +197,21 @@ class Subhalos:
         if self.tau is not None and not self.tau > 0: raise bad(f"tau must be positive or None, got {self.tau!r}")
 
     @property
+    def abundance(self) -> tuple:
+        "The (lo, hi) range of the per-image Poisson mean (lo == hi for a fixed mean)."
+        v = self.n_mean
+        return (float(v[0]), float(v[1])) if isinstance(v, (tuple, list)) else (float(v), float(v))
+
+    @property
     def kmax(self) -> int:
-        "Room for the Poisson count: mean + 10 sigma + 10 (a larger draw has probability below 1e-20)."
-        return int(self.n_mean + 10 * math.sqrt(self.n_mean) + 10)
+        "Room for the Poisson count: the largest mean + 10 sigma + 10 (a larger draw has probability below 1e-20)."
+        hi = self.abundance[1]
+        return int(hi + 10 * math.sqrt(hi) + 10)
 
     @property
     def columns(self) -> int:
-        "Uniforms drawn per image: the count, then a mass, a radius and an angle per possible subhalo."
-        return 1 + 3 * self.kmax
+        "Uniforms drawn per image: the mean, the count, then a mass, a radius and an angle per possible subhalo."
+        return 2 + 3 * self.kmax
 
     def concentration(self, m, # M200, solar masses
                       z:float, # Redshift of the host
@@ -214,6 +223,8 @@ class Subhalos:
 
 # %% ../nbs/02_simulate.ipynb #c4cfa698
 NOISES = ('counts', 'counts_once', 'ccd', 'none')     # the noise recipes a preset can name
+# DeepLenseSim's flat subhalo fields: a preset with a `Subhalos` part does not use them (they stay at their defaults)
+FLAT_SUBHALO_FIELDS = ('n_sub', 'n_sub_poisson', 'm_sub_min', 'm_sub_max', 'm_sub_slope', 'r_sub_min', 'r_sub_max')
 _PARTS = dict(nuisance=Nuisance, knots=Knots, subhalos=Subhalos)   # optional parts (None: left out of to_dict)
 
 @dataclass(frozen=True)
@@ -289,16 +300,25 @@ class Preset:
                   (self.z_source > self.z_lens, 'the source must lie behind the lens'),
                   (self.nuisance is None or isinstance(self.nuisance, Nuisance), 'nuisance must be a Nuisance or None'),
                   (self.knots is None or isinstance(self.knots, Knots), 'knots must be a Knots or None'),
-                  (self.subhalos is None or isinstance(self.subhalos, Subhalos), 'subhalos must be a Subhalos or None')]
+                  (self.subhalos is None or isinstance(self.subhalos, Subhalos), 'subhalos must be a Subhalos or None'),
+                  (self.subhalos is None or not self._flat_changed(), "with a Subhalos part the flat subhalo fields "
+                   f"({', '.join(FLAT_SUBHALO_FIELDS)}) are not used: set the part's fields instead")]
         for ok, msg in checks:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
 
+    def _flat_changed(self) -> list:
+        "The flat subhalo fields that differ from their defaults."
+        default = {f.name: f.default for f in dataclasses.fields(self)}
+        return [k for k in FLAT_SUBHALO_FIELDS if getattr(self, k) != default[k]]
+
     def to_dict(self) -> dict:
-        "All fields as a JSON-friendly dict (what a manifest reads back); parts a preset does not have are left out."
+        """All fields as a JSON-friendly dict (what a manifest reads back); parts a preset does not have are left out, and
+        so are the flat subhalo fields a `Subhalos` part replaces."""
         plain = lambda v: [plain(x) for x in v] if isinstance(v, (tuple, list)) else (
             {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
         # without its parts, a preset's dict is the one manifests written before the parts existed hold
-        return {k: plain(v) for k, v in asdict(self).items() if not (k in _PARTS and v is None)}
+        unused = FLAT_SUBHALO_FIELDS if self.subhalos is not None else ()
+        return {k: plain(v) for k, v in asdict(self).items() if not (k in _PARTS and v is None) and k not in unused}
 
     @classmethod
     def from_dict(cls, d:dict) -> 'Preset':
@@ -362,8 +382,8 @@ register_preset(replace(PRESETS['model_ii_nuisance'], name='model_ii_nuisance_cl
     description=f"DeepLense Model II with the {_varied}, and a clumpy source (see Knots)"))
 _physical = dict(subhalos=Subhalos(), classes=('cdm',), target='f_sub_ring')
 register_preset(replace(PRESETS['model_ii'], name='model_ii_physical', **_physical,
-    description="Model II instrument, CDM subhalos as CDM predicts them (Subhalos: m^-1.9, TNFW), target f_sub_ring"))
-register_preset(replace(PRESETS['fsub'], name='fsub_physical', noise='counts_once', **_physical,
+    description="Model II instrument, CDM-like subhalos (Subhalos: abundance varied per image, m^-1.9, TNFW), target f_sub_ring"))
+register_preset(replace(PRESETS['fsub'], name='fsub_physical', noise='counts_once', n_sub_poisson=False, **_physical,
     description="f_sub regression, physical: Model I instrument, Poisson noise once, Subhalos (m^-1.9, TNFW), target f_sub_ring"))
 
 # %% ../nbs/02_simulate.ipynb #17754dce
@@ -457,15 +477,27 @@ def _tnfw_truncation(c:np.ndarray, tau=None) -> np.ndarray:
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
     return np.exp((lo + hi) / 2)
 
+def _poisson_inverse_each(u:np.ndarray, mean:np.ndarray, kmax:int) -> np.ndarray:
+    "Poisson(mean[i]) by inversion of u[i], one mean per image (vectorised, exact up to kmax; a zero mean gives 0)."
+    k = np.arange(kmax + 1)
+    mu = np.asarray(mean, dtype=np.float64)[:, None]
+    lgam = np.array([math.lgamma(i + 1) for i in k])
+    logpmf = np.where(k == 0, 0., k * np.log(np.where(mu > 0, mu, 1.))) - mu - lgam
+    logpmf = np.where((mu == 0) & (k > 0), -np.inf, logpmf)
+    cdf = np.cumsum(np.exp(logpmf), axis=1)
+    return np.minimum((cdf <= u[:, None]).sum(1), kmax)
+
 def _draw_physical_subhalos(p:Preset, v:np.ndarray, is_cdm:np.ndarray) -> dict:
     "Count, masses (zero-padded), radii (uniform in area), angles and TNFW parameters, (B, kmax), from the columns `v`."
     from deeplense_fastai.lensing import nfw_physical_to_angle, einstein_radius
     s, K = p.subhalos, p.subhalos.kmax
-    n = _poisson_inverse(v[:, 0], s.n_mean, K) * is_cdm
+    lo, hi = s.abundance
+    mean = lo + (hi - lo) * v[:, 0]                                          # this image's expected count
+    n = _poisson_inverse_each(v[:, 1], mean, K) * is_cdm
     a, (m0, m1), (r0, r1) = s.slope + 1, s.m_range, s.r_range
-    m = np.where(np.arange(K)[None] < n[:, None], (m0**a + (m1**a - m0**a) * v[:, 1:1 + K])**(1 / a), 0.)
-    r = np.sqrt(r0**2 + (r1**2 - r0**2) * v[:, 1 + K:1 + 2 * K])           # uniform in projected area
-    out = dict(n_sub=n, sub_mass=m, sub_r=r, sub_phi=2 * np.pi * v[:, 1 + 2 * K:1 + 3 * K])
+    m = np.where(np.arange(K)[None] < n[:, None], (m0**a + (m1**a - m0**a) * v[:, 2:2 + K])**(1 / a), 0.)
+    r = np.sqrt(r0**2 + (r1**2 - r0**2) * v[:, 2 + K:2 + 2 * K])           # uniform in projected area
+    out = dict(n_sub=n, sub_mass=m, sub_r=r, sub_phi=2 * np.pi * v[:, 2 + 2 * K:2 + 3 * K], sub_mean=mean)
     if s.profile == 'point': return out
     m_ok = np.where(m > 0, m, m0)                                            # padded slots: finite, then zeroed
     c = s.concentration(m_ok, p.z_lens, p.H0)
@@ -474,12 +506,14 @@ def _draw_physical_subhalos(p:Preset, v:np.ndarray, is_cdm:np.ndarray) -> dict:
     alpha = np.where(m > 0, alpha * (k(p.distances) / k('angular'))**2, 0.)  # the host's critical density
     return out | dict(sub_c=c, sub_Rs=Rs, sub_alpha_Rs=alpha, sub_r_trunc=_tnfw_truncation(c, s.tau) * Rs)
 
-def _f_sub_ring(s:Subhalos, m:np.ndarray, r:np.ndarray, theta_E:np.ndarray, k:float) -> np.ndarray:
-    "Projected subhalo mass fraction in the annulus `s.ring` x theta_E: k^2 sum(m in it) / (theta_E^2 (b2 - b1)), SIS host."
+def _f_sub_ring(s:Subhalos, m:np.ndarray, r:np.ndarray, theta_E:np.ndarray, k:float, scale:float=1.) -> np.ndarray:
+    """Projected subhalo mass fraction in the annulus `s.ring` x the ring's radius scale * theta_E (SIS host): the
+    subhalos' k^2 sum(m) against the host's scale * theta_E^2 (b2 - b1) there (both deflections carry `scale`)."""
     b1, b2 = s.ring
     te = np.asarray(theta_E, dtype=np.float64)
-    inside = (r >= b1 * te[:, None]) & (r < b2 * te[:, None])           # a subhalo's mass counts at its centre
-    return k**2 * np.where(inside, m, 0.).sum(1) / (te**2 * (b2 - b1))
+    ring = scale * te[:, None]                                        # where the arcs are: theta_E_eff
+    inside = (r >= b1 * ring) & (r < b2 * ring)                       # a subhalo's mass counts at its centre
+    return k**2 * np.where(inside, m, 0.).sum(1) / (scale * te**2 * (b2 - b1))
 
 # %% ../nbs/02_simulate.ipynb #2b2da250
 def draw_parameters(preset:Preset, # The recipe
@@ -511,7 +545,7 @@ def draw_parameters(preset:Preset, # The recipe
     halo_mass = p.halo_mass * sky.pop('theta_E_ratio', 1.)**2      # M ~ theta_E^2 at fixed redshifts
     f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / halo_mass
     theta_E = phys['theta_E'] * np.sqrt(halo_mass / p.halo_mass) * np.ones(B)
-    if p.subhalos: sky['f_sub_ring'] = _f_sub_ring(p.subhalos, m_sub, r, theta_E, phys['theta_E_per_sqrt_msun'])
+    if p.subhalos: sky['f_sub_ring'] = _f_sub_ring(p.subhalos, m_sub, r, theta_E, phys['theta_E_per_sqrt_msun'], phys['deflection_scale'])
     return sky | dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
                 vortex_half_length=np.where(is_ax, axion_vortex_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
                 vortex_angle=2 * np.pi * u[:, 4], n_sub=sub['n_sub'], f_sub=f_sub, sub_mass=m_sub, sub_r=r, sub_phi=th,
@@ -741,14 +775,14 @@ def make_images(preset:Preset, # The recipe
     return torch.cat(imgs)[start - b0:stop - b0], prm
 
 # %% ../nbs/02_simulate.ipynb #438c867e
-_NOTED = set()      # presets whose quirk note this process has printed
+_NOTED = set()      # the quirk notes this process has printed
 
 def quirk_note(preset:Preset, # The recipe
                classes=None, # Classes to simulate (default: the preset's)
               ) -> str|None:
     "One line naming the DeepLenseSim quirks a custom preset inherits; None for the registered presets (meant to reproduce them)."
     p = preset
-    if PRESETS.get(p.name) == p: return None
+    if p.name in PRESETS: return None        # a registered preset, or one the library varies (calibration trials)
     quirks, fixes = [], []
     if 'cdm' in tuple(classes or p.classes) and p.subhalos is None:
         slope = [] if p.m_sub_slope == -1.9 else [f"subhalo mass slope {p.m_sub_slope:g} (CDM: -1.9)"]
@@ -760,10 +794,10 @@ def quirk_note(preset:Preset, # The recipe
             f"{', '.join(fixes)} (as in model_ii_physical, fsub_physical)")
 
 def _note_once(p:Preset, classes) -> None:
-    "Print `quirk_note` to stderr, once per preset and process."
+    "Print `quirk_note` to stderr, once per note and process."
     note = quirk_note(p, classes)
-    if note and p not in _NOTED:
-        _NOTED.add(p)
+    if note and note not in _NOTED:
+        _NOTED.add(note)
         print(note, file=sys.stderr)
 
 def simulate(preset:str|Preset='model_ii', # Preset name or recipe

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from deeplense_fastai.lensing import tnfw_deflection, nfw_physical_to_angle, pixel_grid
 from deeplense_fastai.simulate import (PRESETS, Nuisance, Preset, Subhalos, add_noise, draw_parameters, get_preset,
@@ -21,7 +21,7 @@ from conftest import deeplense as cli
 N = 4000
 P_MIN = 1e-3
 # the stated recipe, typed here
-N_MEAN, SLOPE, M_RANGE, R_RANGE, RING = 25., -1.9, (1e6, 1e10), (0.25, 2.0), (0.5, 1.5)
+N_MEAN, SLOPE, M_RANGE, R_RANGE, RING = (0., 40.), -1.9, (1e8, 1e10), (0.25, 2.0), (0.5, 1.5)
 DUFFY = dict(A=5.71, B=-0.084, C=-0.47, M_pivot_h=2e12)      # Duffy et al. 2008, Table 1, NFW full, Delta = 200
 
 
@@ -35,7 +35,7 @@ def draws():
 def test_subhalo_masses_follow_the_cdm_power_law(draws):
     m = draws["sub_mass"][draws["sub_mass"] > 0]
     a, (lo, hi) = SLOPE + 1, M_RANGE
-    cdf = lambda x: (np.clip(x, lo, hi)**a - lo**a) / (hi**a - lo**a)     # dN/dm ~ m^-1.9 on [1e6, 1e10]
+    cdf = lambda x: (np.clip(x, lo, hi)**a - lo**a) / (hi**a - lo**a)     # dN/dm ~ m^-1.9 on [1e8, 1e10]
     assert stats.kstest(m, cdf).pvalue > P_MIN
     assert stats.kstest(m, lambda x: (x**0.1 - lo**0.1) / (hi**0.1 - lo**0.1)).pvalue < 1e-12   # not DeepLenseSim's -0.9
 
@@ -51,15 +51,16 @@ def test_subhalo_positions_are_uniform_in_area(draws):
     np.testing.assert_allclose(np.hypot(draws["sub_x"], draws["sub_y"]), draws["sub_r"], rtol=1e-12)
 
 
-def test_subhalo_count_is_poisson(draws):
-    n = draws["n_sub"]
-    assert abs(n.mean() - N_MEAN) < 4 * math.sqrt(N_MEAN / N)
-    assert abs(n.var(ddof=1) / N_MEAN - 1) < 4 * math.sqrt(2 / N)                           # Poisson: variance = mean
-    k = np.arange(10, 41)
-    observed = np.array([(n == j).sum() for j in k] + [((n < 10) | (n > 40)).sum()])
-    p = stats.poisson(N_MEAN).pmf(k)
-    expected = N * np.append(p, 1 - p.sum())
-    assert stats.chisquare(observed, expected).pvalue > P_MIN
+def test_subhalo_count_is_poisson_with_a_mean_drawn_per_image(draws):
+    n, mu = draws["n_sub"], draws["sub_mean"]
+    lo, hi = N_MEAN
+    assert stats.kstest(mu, stats.uniform(lo, hi - lo).cdf).pvalue > P_MIN          # the abundance: uniform per image
+    assert abs((n - mu).mean()) < 4 * math.sqrt(mu.mean() / N)                         # given its mean, a Poisson count:
+    assert abs(((n - mu)**2).sum() / mu.sum() - 1) < 0.1                               # E[(n - mu)^2] = E[mu]
+    k = np.arange(0, 46)                                  # the mixture: (1/40) int_0^40 Poisson(k; mu) dmu = P(k+1, 40) / 40
+    pmf = special.gammainc(k + 1, hi) / hi
+    observed = np.array([(n == j).sum() for j in k] + [(n > k[-1]).sum()])
+    assert stats.chisquare(observed, N * np.append(pmf, 1 - pmf.sum())).pvalue > P_MIN
     assert ((draws["sub_mass"] > 0).sum(1) == n).all()
 
 
@@ -238,10 +239,13 @@ def test_f_sub_ring_is_the_projected_fraction_in_the_annulus():
     # DeepLenseSim's convention (luminosity distances, D_ls = D_s - D_l, 206265"/rad): pi Sigma_cr D_l^2 per arcsec^2
     dl, ds = cosmo.luminosity_distance(0.5), cosmo.luminosity_distance(1.0)
     sigma_d2 = (c_light**2 * dl * ds / (4 * G * (ds - dl))).to(u.M_sun).value / 206265.**2   # Msun / arcsec^2
-    te = prm["theta_E"]
+    d_a = lambda z1, z2: cosmo.angular_diameter_distance_z1z2(z1, z2)
+    scale = (d_a(0.5, 1.0) / d_a(0, 1.0)) / (d_a(0.5, 2.5) / d_a(0, 2.5))     # SimAPI's deflections are defined for z_s = 2.5
+    te = prm["theta_E"] * scale.value                                          # the ring the images show: theta_E_eff
     r, m = prm["sub_r"], prm["sub_mass"]
     want = np.array([m[b][(r[b] >= RING[0] * te[b]) & (r[b] < RING[1] * te[b])].sum()
-                     / (sigma_d2 * te[b] * (RING[1] - RING[0]) * te[b]) for b in range(len(te))])   # SIS: pi S D^2 te theta
+                     / (sigma_d2 * prm["theta_E"][b] * (RING[1] - RING[0]) * te[b]) for b in range(len(te))])
+    # the host (SIS) holds M(<theta) = pi Sigma_cr D^2 theta_E theta with its own theta_E; the annulus is around the ring
     np.testing.assert_allclose(prm["f_sub_ring"], want, rtol=1e-3)      # astropy's constants against the library's
     assert (want > 0).mean() > 0.9 and np.corrcoef(want, prm["f_sub"])[0, 1] > 0.5
 
@@ -249,6 +253,8 @@ def test_f_sub_ring_is_the_projected_fraction_in_the_annulus():
 # --- the note for a custom preset with DeepLenseSim's quirks
 
 def test_custom_preset_with_quirks_gets_one_note(capsys):
+    import deeplense_fastai.simulate as sim
+    sim._NOTED.clear()                                     # whatever other tests printed before
     simulate(get_preset("model_i", name="mine_quirky"), n=2, classes=("cdm",))
     err = capsys.readouterr().err
     notes = [l for l in err.splitlines() if l.startswith("note:")]
@@ -264,6 +270,13 @@ def test_custom_preset_with_quirks_gets_one_note(capsys):
 
 
 # --- the command line
+
+def test_deeplense_layout_refuses_a_target_it_cannot_hold(tmp_path):
+    from conftest import refused
+    refused(cli("simulate", "--preset", "fsub_physical", "--format", "deeplense", "--n", 4, "--out", tmp_path / "dl"),
+            "f_sub_ring", "native")
+    assert not (tmp_path / "dl").exists()
+
 
 def test_presets_command_lists_the_physical_presets():
     r = cli("presets")
