@@ -17,8 +17,10 @@ min-max, the square's symmetries; the final weights (no best-epoch pick: the run
 the same 800 simulated validation images; scored on the 2,000 test images of seed 99 (bench/accuracy.py's test set).
 Every run draws its training images from the online simulator: a fixed set of N images is the simulator's first N
 training indices rendered again at every pass (the same images each epoch, as from a file), online takes the next
-epoch's indices each epoch. A seed sets the initialisation, the augmentations and the batch order; the images do not
-depend on it.
+epoch's indices each epoch. Batches are contiguous blocks of the simulator's indices (the online simulator renders
+canonical blocks), so a fixed set meets the same batches at every pass, in a shuffled order and under random symmetries
+of the square; a fixed set read from files would also reshuffle which images share a batch. A seed sets the
+initialisation and the augmentations; the images do not depend on it.
 
 Time. Each run measures its training time without the simulation (seconds inside the simulator are subtracted) and
 the simulator's throughput in that same run (images rendered / seconds inside it). The charged time of a run is its
