@@ -18,8 +18,8 @@ the same 800 simulated validation images; scored on the 2,000 test images of see
 Every run draws its training images from the online simulator: a fixed set of N images is the simulator's first N
 training indices rendered again at every pass (the same images each epoch, as from a file), online takes the next
 epoch's indices each epoch. Batches are contiguous blocks of the simulator's indices (the online simulator renders
-canonical blocks), so a fixed set meets the same batches at every pass, in a shuffled order and under random symmetries
-of the square; a fixed set read from files would also reshuffle which images share a batch. A seed sets the
+canonical blocks, in order), so a fixed set meets the same batches in the same order at every pass, under new random
+symmetries of the square; a fixed set read from files would reshuffle them. A seed sets the
 initialisation and the augmentations; the images do not depend on it.
 
 Time. Each run measures its training time without the simulation (seconds inside the simulator are subtracted) and
