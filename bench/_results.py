@@ -80,12 +80,14 @@ def mean_sd(values) -> dict:
     return dict(n=len(v), mean=m, sd=sd)
 
 
-def versus(a: dict, b: dict) -> str:
+def versus(a: dict, b: dict, min_seeds: int = 3) -> str:
     """Is `a` lower than `b` beyond seed noise? Both are `mean_sd` of a figure where lower is better (an MAE), and may
     carry `trained`. 'first lower', 'second lower', 'not separated' (the means differ by at most twice the larger seed
-    sd), or why no call is made: a run that never trained is not a baseline, one seed measures no noise."""
+    sd), or why no call is made: a run that never trained is not a baseline, fewer than `min_seeds` seeds measure too
+    little noise."""
     if not (a.get("trained", True) and b.get("trained", True)): return "refused: a run that never trained is not a baseline"
-    if not (a["sd"] and b["sd"]): return "one training seed: not called"
+    if min(a["n"], b["n"]) < min_seeds or a["sd"] is None or b["sd"] is None:
+        return f"fewer than {min_seeds} training seeds: not called"
     d, bar = b["mean"] - a["mean"], 2 * max(a["sd"], b["sd"])
     return "not separated" if abs(d) <= bar else ("first lower" if d > 0 else "second lower")
 

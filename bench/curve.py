@@ -31,7 +31,9 @@ Each run is one JSON file bench/results/curve/<preset>-<arch>-<n or online>-seed
 command, protocol, per-epoch losses, test MAE with its bootstrap interval, times), written when the run ends; a run
 whose file exists with the same protocol is skipped. Runs go seed 0 first for every size, then the further seeds of
 the online run and of the fixed set of --epoch-size images (the comparison the page calls first), then the rest.
-CPU budget (one thread of the 2-core sandbox): about 6 minutes per run (5 minutes of training, about one of simulation).
+CPU budget (one thread of the 2-core sandbox, beside other work): 6 to 11 minutes per run, the small sets the longest
+(every epoch validates on the 800 images, and a set of 512 takes 112 epochs). The recorded seconds include those
+validation passes and the machine's load: the pages quote no sentence built from them.
 """
 import argparse
 import json
@@ -64,6 +66,8 @@ def run(a, n, seed, test):
     from deeplense_fastai.data import online_dataloaders
     from deeplense_fastai.learner import fit, regression_learner
     epoch_size = n or a.epoch_size
+    if epoch_size % a.bs or a.steps * a.bs % epoch_size:            # else the epochs would not hold exactly a.steps steps
+        raise SystemExit(f"{epoch_size} images: use sizes that are multiples of {a.bs} and divide {a.steps * a.bs}")
     epochs = a.steps * a.bs // epoch_size
     set_seed(seed)
     dls = online_dataloaders(a.preset, epoch_size=epoch_size, bs=a.bs, valid=a.valid, seed=0, progress=False)
@@ -94,6 +98,7 @@ def summarise(out, proto, sizes, dest=RESULTS / "curve.json"):
         if d.get("protocol") == proto: runs.setdefault("online" if d["online"] else d["n_distinct"], []).append(d)
     keys = [k for k in sizes + ["online"] if k in runs]
     rows = {str(k): dict(mean_sd([d["test"]["mae"] for d in runs[k]]), n_distinct=runs[k][0]["n_distinct"],
+                         trained=all(d["trained"] is not False for d in runs[k]),
                          baseline_mae=runs[k][0]["test"]["baseline_mae"], seeds=sorted(d["seed"] for d in runs[k]),
                          charged_seconds=mean_sd([d["charged_seconds"] for d in runs[k]])["mean"],
                          train_seconds=mean_sd([d["train_seconds"] for d in runs[k]])["mean"],

@@ -136,15 +136,20 @@ def sweep(arch, a, train_dir, test):
 def summarise(out, preset):
     """bench/results/seeds_summary.json: per architecture the test MAE over its seeds (mean, sd) at its chosen rate, and
     for every pair the call `versus` makes (beyond twice the larger seed sd) with the mean paired difference (seed k
-    against seed k). The README and the performance page quote this file; the runs stay in bench/results/seeds/."""
+    against seed k). The README and the performance page quote this file; the runs stay in bench/results/seeds/, and each
+    architecture lists the commands and dates of its runs (`sources`) and whether its chosen rate is the top of the
+    sweep (`at_grid_edge`: then its best rate may lie above it, and its mean is an upper bound)."""
     runs = {}
     for p in sorted(Path(out).glob(f"{preset}-*-seed*.json")):
         d = json.loads(p.read_text())
         runs.setdefault(d["arch"], {})[d["seed"]] = d
     runs = {a: v for a, v in runs.items() if len(v) >= 3}      # a ranking claim needs three seeds
+    runs = {a: v for a, v in runs.items() if len({d["lr"] for d in v.values()}) == 1}   # one rate per architecture
     archs = {a: dict(mean_sd([d["test"]["mae"] for d in v.values()]), trained=all(d["trained"] for d in v.values()),
                      tta=mean_sd([d["test_tta"]["mae"] for d in v.values()]), lr=next(iter(v.values()))["lr"],
-                     seeds=sorted(v)) for a, v in runs.items()}
+                     rates=next(iter(v.values()))["protocol"]["rates"], seeds=sorted(v),
+                     sources=sorted({(d["command"], d["date"][:10]) for d in v.values()})) for a, v in runs.items()}
+    for v in archs.values(): v["at_grid_edge"] = v["lr"] == max(v["rates"])     # the best rate may lie above the sweep
     order = sorted(archs, key=lambda a: archs[a]["mean"])
     pairs = [dict(first=x, second=y, call=versus(archs[x], archs[y]),
                   paired=mean_sd([runs[x][s]["test"]["mae"] - runs[y][s]["test"]["mae"] for s in sorted(set(runs[x]) & set(runs[y]))]))

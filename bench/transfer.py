@@ -19,10 +19,12 @@ by the files' validation loss (seed 0; the test files are never looked at), and 
 Working baselines. A run from scratch whose best validation loss never fell below its first epoch's did not train; it
 is marked `trained: false`, and a comparison with it is refused (the summary says so instead of printing a ratio). A
 fine-tuning starts from a working model, so it counts as trained when its pretraining did (`improved` records whether
-it bettered its first, head-only, epoch; if not, the kept weights are that epoch's). Fine-tuning
+its validation loss fell below its first recorded epoch's: fastai's Recorder restarts after the head-only epoch, so
+that is the first epoch of the whole network). Fine-tuning
 and scratch run at --seeds training seeds; the summary gives mean +- sd over seeds and calls a difference only when it
 exceeds twice the larger seed sd (a fine-tuning's seed sd leaves out its pretraining's seed: calls that involve a
-pretrained model hold for that one pretraining run; zero-shot rows, one seed, are never called). Every run also counts its test predictions outside the training range of the mass
+pretrained model hold for that one pretraining run, two pretrainings are never compared, and zero-shot rows, one
+seed, are never called). The summary also counts the runs whose best validation epoch was their last (still improving). Every run also counts its test predictions outside the training range of the mass
 (`in_prior` false: a prediction the prior says is impossible) and the images the run's OOD check flags.
 
 Each run is cached as JSON under the cache (bench_transfer/runs/) with the protocol it was measured on, so a stopped
@@ -128,9 +130,18 @@ def summary(runs):
     for name, docs in runs.items():
         docs = docs if isinstance(docs, list) else [docs]
         rows[name] = dict(mean_sd([d["test"]["mae"] for d in docs]), trained=all(d["trained"] for d in docs),
+                          pretraining=next((k for k in PRE if f"on {k} simulations" in name), None),
+                          best_at_last_epoch=sum(int(np.argmin(d["valid_loss"])) == len(d["valid_loss"]) - 1 for d in docs),
                           out_of_prior=sum(d["out_of_prior"] for d in docs), ood_flagged=sum(d["ood_flagged"] for d in docs),
                           n_test=sum(d["n_test"] for d in docs), baseline_mae=docs[0]["test"]["baseline_mae"])
     return rows
+
+
+def call(a, b):
+    "`versus`, except between runs built on two different pretrainings: one pretraining run each measures no seed noise."
+    if a["pretraining"] and b["pretraining"] and a["pretraining"] != b["pretraining"]:
+        return "one pretraining run each: not called"
+    return versus(a, b)
 
 
 def main():
@@ -164,8 +175,7 @@ def main():
         out["scenarios"][scenario], out["choices"][scenario] = scenario_runs(tag, a, sets, runs_dir, work, tests)
         rows = out["summary"][scenario] = summary(out["scenarios"][scenario])
         names = list(rows)
-        out["comparisons"][scenario] = {f"{x} vs {y}": versus(rows[x], rows[y])
-                                                   for i, x in enumerate(names) for y in names[i + 1:]}
+        out["comparisons"][scenario] = {f"{x} vs {y}": call(rows[x], rows[y]) for i, x in enumerate(names) for y in names[i + 1:]}
     write_json(a.json, out)
     print(f"wrote {a.json}")
 
