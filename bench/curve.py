@@ -3,6 +3,7 @@ simulation included, with the simulation's time charged from a throughput measur
 
     OMP_NUM_THREADS=1 nice -n 19 python bench/curve.py              # the CPU protocol, resumable
     python bench/curve.py --smoke                                    # a minute: checks that the script works
+    python bench/curve.py --summary                                  # bench/results/curve.json from the runs on disk
 
 Why. Online simulation was compared with a fixed training set at equal wall clock (bench/online.py), which compares two
 machine loads as much as two data regimes. Here every run takes the same number of optimiser steps (--steps, default
@@ -121,6 +122,7 @@ def main():
     ap.add_argument("--valid", type=int, default=800)
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, results in a temporary folder")
+    ap.add_argument("--summary", action="store_true", help="only (re)write bench/results/curve.json from the runs on disk")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -141,6 +143,7 @@ def main():
     test = open_source(test_dir)
     proto = dict(preset=a.preset, arch=a.arch, steps=a.steps, bs=a.bs, lr=a.lr, valid=a.valid, n_test=a.n_test,
                  epoch_size=a.epoch_size, rate_from=f"bench/results/seeds/{chosen.name}")
+    if a.summary: return print(f"wrote {summarise(out, proto, sizes)}")
     print(f"# {a.arch} on {a.preset}, {a.steps} steps of {a.bs}, lr {a.lr:g}; sizes {sizes} and online; seeds {seeds}", flush=True)
     key = [n for n in sizes if n == a.epoch_size] + [None]          # the online-against-fixed call gets its seeds first
     order = [(seeds[0], n) for n in sizes + [None]] + [(s, n) for s in seeds[1:] for n in key] + \
