@@ -632,7 +632,7 @@ class TargetScaler(Transform):
         return LensTarget(self.scaling.decode(y), names=getattr(self, 'names', None))
 
 # %% ../nbs/03_data.ipynb #a9ebe53f
-_TITLES = {'log10_m_axion': ('log10 m', '{:.2f}'), 'f_sub': ('f_sub', '{:.3g}'), 'theta_E': ('theta_E', '{:.2f}"')}
+_TITLES = {'log10_m_axion': ('log10 m', '{:.2f}'), 'f_sub': ('f_sub', '{:.3f}'), 'theta_E': ('theta_E', '{:.2f}"')}
 
 def target_title(names, # Target column names
                  values, # One value per target
