@@ -662,6 +662,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._point_mass_sum': ( 'lensing.html#_point_mass_sum',
                                                                                         'deeplense_fastai/lensing.py'),
+                                          'deeplense_fastai.lensing._poisson': ('lensing.html#_poisson', 'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._tnfw_sum': ('lensing.html#_tnfw_sum', 'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing.angular_diameter_distance': ( 'lensing.html#angular_diameter_distance',
                                                                                                   'deeplense_fastai/lensing.py'),

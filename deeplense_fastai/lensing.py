@@ -498,6 +498,10 @@ def counts_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
     t = _bc(exposure, model)
     z = _normal_pairs(model, generators)
     rate = (t * (model + z[:, 0] * torch.sqrt(model.abs() / t) + z[:, 1] * background_rms)).clamp_min(0)
+    return _poisson(rate, generators)
+
+def _poisson(rate:torch.Tensor, generators) -> torch.Tensor:
+    "Poisson counts of `rate` (B, H, W); with generators, image b draws only from generators[b]."
     if generators is None: return torch.poisson(rate)
     return torch.stack([torch.poisson(r, generator=g) for r, g in zip(rate, generators)])
 
@@ -520,7 +524,4 @@ def counts_once_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H,
     "Counts with the Poisson noise counted once: Poisson(t * model) plus a Gaussian background of rms t * background_rms."
     t = _bc(exposure, model)
     z = _normal_pairs(model, generators)[:, 1]                         # the same stream layout as `counts_noise`
-    rate = (t * model).clamp_min(0)
-    counts = torch.poisson(rate) if generators is None else torch.stack(
-        [torch.poisson(r, generator=g) for r, g in zip(rate, generators)])
-    return counts + z * (t * background_rms)
+    return _poisson((t * model).clamp_min(0), generators) + z * (t * background_rms)
