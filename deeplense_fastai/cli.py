@@ -35,6 +35,12 @@ def _positive(text:str) -> int:
     if v <= 0: raise argparse.ArgumentTypeError(f"must be positive, got {v}")
     return v
 
+def _count(text:str) -> int:
+    try: v = int(text)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0: raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
 def _seed(text:str) -> int:
     try: v = int(text)
     except ValueError: raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
@@ -415,7 +421,7 @@ def _check_train_args(a):
     _check_run_out(a)
 
 _RUN_FILES = ('models', 'history.csv', 'config.json', 'weights.safetensors', 'model.pkl', 'metrics.json', 'calibration.json',
-              'images_seen.npz', 'ood.safetensors')
+              'images_seen.npz', 'ood.safetensors', 'summary_likelihood.safetensors')
 
 def _is_run_file(name:str) -> bool:
     "Whether a name in a run directory is one `train` or `calibrate` writes (or an atomic write's leftover temporary)."
@@ -815,6 +821,8 @@ def _calibrate_args(c):
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
     c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations (not one used for training or testing)')
+    c.add_argument('--bank', type=_count, default=30_000, metavar='N', help='with --populations: lenses simulated from the prior to fit '
+                   "the summary likelihood combine uses (default 30000, as bench/many_lenses.py validated; 0: only the network's prior and its floor)")
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
     _pixel_scale(c)
@@ -826,7 +834,7 @@ def cmd_calibrate(a) -> int:
     if not a.data.exists(): raise DeepLenseError(f"--data {a.data}: no such file or directory")
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale), a.bs, a.tta, get_device(a.device), a.force, a.populations, a.trials,
-                      a.lenses, a.seed)
+                      a.lenses, a.seed, a.bank)
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for {c.loc[0.5]:.1%} "
@@ -836,8 +844,18 @@ def cmd_calibrate(a) -> int:
         print(f"joint posterior: systematic floor {w:.4f} dex, fitted on {a.trials} populations of {a.lenses} lenses; on them, with it, the "
               + ", ".join(f"{int(n)} lenses' 68% and 95% intervals held the truth in {c68:.0%} and {c95:.0%}" for n, c68, c95 in
                           zip(f.n, f.coverage68, f.coverage95)))
+        if (sl := r['joint']['log10_m_axion'].get('summary_likelihood')): _print_summary_likelihood(sl)
     print(f"wrote {a.model/'calibration.json'} ({r['n']} images)")
     return 0
+
+def _print_summary_likelihood(sl:dict) -> None:
+    "What calibrate says of the summary likelihood it fitted: what combine will use, and on what it was checked."
+    v = sl['validated']
+    big = [c for c in v['coverage'] if c['n'] == v['n_max']]
+    print(f"combine uses the summary likelihood: fitted on {sl['bank']['n']} lenses from the prior (held-out loss "
+          f"{sl['validation_loss']:.3f}), floor {sl['systematic']:.4f} dex; on {v['measured_on']}, {v['n_max']} lenses' 68% and "
+          f"95% intervals held the truth, per quarter of the prior, in " + ", ".join(f"{c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)
+          + f"; validated up to {v['n_max']} lenses")
 
 COMMANDS['calibrate'] = ('recalibrate a flow run on a labelled calibration split', None, _calibrate_args, cmd_calibrate)
 
@@ -877,10 +895,11 @@ def cmd_combine(a) -> int:
     for t, jp in joints.items():
         s = jp.summary
         print(f"{t} from {jp.n} lenses: median {s['median']:.4f}, 68% [{s['lo68']:.4f}, {s['hi68']:.4f}], "
-              f"95% [{s['lo95']:.4f}, {s['hi95']:.4f}]" + (f" (systematic floor {jp.systematic:.4f})" if jp.calibrated else " (no joint calibration)"))
+              f"95% [{s['lo95']:.4f}, {s['hi95']:.4f}]" + (f" ({jp.method}, systematic floor {jp.systematic:.4f})" if jp.calibrated else " (no joint calibration)"))
     if a.json is not None:
         with atomic_write(a.json) as tmp:
-            tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic) for t, jp in joints.items()}, indent=1))
+            tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic, method=jp.method,
+                                               validated=jp.validated) for t, jp in joints.items()}, indent=1))
     if a.plot is not None: _plot_joints(joints, a.plot)
     return 0
 

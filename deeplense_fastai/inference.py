@@ -13,17 +13,19 @@ import torch
 
 # %% auto #0
 __all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES',
-           'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status', 'bad_pixel_summary', 'image_hashes',
-           'record_images', 'seen_images', 'posterior_batches', 'predict_batches', 'get_predictions',
-           'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'predict', 'predict_opened',
-           'limit_columns', 'limits_summary', 'score_run', 'score_classifier', 'run_posteriors', 'check_ood_share',
-           'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
+           'MIN_BANK', 'SUMMARY_FILE', 'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status',
+           'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images', 'posterior_batches', 'predict_batches',
+           'get_predictions', 'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'predict',
+           'predict_opened', 'limit_columns', 'limits_summary', 'score_run', 'score_classifier', 'run_posteriors',
+           'check_ood_share', 'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine',
+           'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, expected_coverage,
                                        sbc_ranks, tarp_coverage, fit_recalibration, combine_log_posteriors, summarise,
-                                       aggregate_log_posterior, fit_systematic)
+                                       aggregate_log_posterior, fit_systematic, posterior_summaries, SummaryLikelihood,
+                                       fit_summary_likelihood, joint_coverage_by_bin, SUMMARY_FLOW, SUMMARY_FLOORS)
 from .simulate import get_preset
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
         try: cal = json.loads(f.read_text())
         except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
         cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
-        if (joint := check_joint_calibration(cal, cfg['targets'], f)): cfg['joint_calibration'] = joint
+        if (joint := check_joint_calibration(cal, cfg['targets'], f)): cfg['joint_calibration'] = _with_summary_likelihoods(joint, run_dir, f)
         if 'weights_sha256' not in cal:          # written before calibrations named their weights: said, not refused
             _notice(f"note: {f}: predates weight digests, so it cannot be checked against the weights; recalibrate to tie them")
         elif cal['weights_sha256'] != file_digest(run_dir/'weights.safetensors'):   # a calibration belongs to one set of weights
@@ -622,6 +624,7 @@ def _population_preset(preset:str, cfg:RunConfig):
 
 MIN_TRIALS, MIN_LENSES = 20, 2   # fewer populations cannot estimate a 68% coverage at all (binomial error 0.10 at 20)
 MAX_POPULATION_IMAGES = 200_000  # simulated and held in memory at once: about 3 GB of 64x64 images
+MIN_BANK = 200                   # fewer lenses cannot fit the summary likelihood and hold a fifth of them out
 
 def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta):
     "Raw posteriors (K, N, G) of `trials` simulated populations of `lenses` lenses sharing one axion mass, and the K masses."
@@ -631,13 +634,25 @@ def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:
     truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
     imgs = np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
                            for k, m in enumerate(truths)])
-    grid, logp, _, _ = _posteriors_of(model, cfg, _open_all(imgs, cfg, lambda *_: None), bs, tta)
-    j = cfg['targets'].index('log10_m_axion')
-    return logp[:, j].reshape(trials, lenses, -1), truths, j
+    return _simulated_posteriors(model, cfg, imgs, bs, tta).reshape(trials, lenses, -1), truths, cfg['targets'].index('log10_m_axion')
 
-def _check_populations(preset:str, cfg:RunConfig, trials:int, lenses:int) -> None:
-    "Populations that can fit a floor for this run: its preset and pixel grid, enough of them, not more than memory holds."
+def _simulated_posteriors(model, cfg, imgs:np.ndarray, bs, tta) -> torch.Tensor:
+    "Raw posteriors (M, G) of log10_m_axion of simulated images (M, H, W) already on the run's grid."
+    _, logp, _, _ = _posteriors_of(model, cfg, _open_all(imgs, cfg, lambda *_: None), bs, tta)
+    return logp[:, cfg['targets'].index('log10_m_axion')]
+
+def _bank_posteriors(model, cfg, preset:str, bank:int, seed:int, bs, tta) -> tuple:
+    "Raw posteriors (M, G) of `bank` lenses simulated from the preset, log10_m_axion drawn from its prior, and their masses (M,)."
+    from deeplense_fastai.simulate import simulate
+    x, lab = simulate(_population_preset(preset, cfg), bank, seed=seed, batch_size=256)
+    return _simulated_posteriors(model, cfg, x[:, 0].numpy(), bs, tta), torch.tensor(lab['log10_m_axion'].to_numpy())
+
+def _check_populations(preset:str, cfg:RunConfig, trials:int, lenses:int, bank:int=0) -> None:
+    "Populations (and a bank) that can fit a floor for this run: its preset and pixel grid, enough of them, not more than memory holds."
     _population_preset(preset, cfg)
+    if bank and not MIN_BANK <= bank <= MAX_POPULATION_IMAGES:
+        raise DeepLenseError(f"bank: {bank:,} lenses cannot fit the summary likelihood; use {MIN_BANK} to {MAX_POPULATION_IMAGES:,} "
+                             f"(default 30,000), or 0 for the aggregate and floor alone")
     if trials < MIN_TRIALS or lenses < MIN_LENSES:
         raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses cannot fit a floor; use at least {MIN_TRIALS} "
                              f"trials of {MIN_LENSES} lenses (default 200 of 50)")
@@ -669,6 +684,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               trials:int=200, # Number of simulated populations
               lenses:int=50, # Lenses per population
               seed:int=20_000, # Seed of the populations (not a seed used for training or testing)
+              bank:int=30_000, # With populations: lenses simulated from the prior to fit the summary likelihood (0: aggregate and floor only)
              ) -> dict:
     "Fit quantile recalibration and the joint calibration on `source`, write `calibration.json`; returns what was fitted."
     f = Path(run_dir)/'calibration.json'
@@ -676,7 +692,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     model, cfg = load_run(run_dir, device, calibration=False)   # an old, stale or corrupt calibration.json is replaced, never read
     if not isinstance(model, FlowRegressor):
         raise DeepLenseError(f"{run_dir}: trained with loss {cfg.get('loss', 'mse')!r}; posteriors need a run trained with loss 'flow'")
-    if populations is not None: _check_populations(populations, cfg, trials, lenses)   # named before any work
+    if populations is not None: _check_populations(populations, cfg, trials, lenses, bank)   # named before any work
     opened = _open_all(source, cfg)
     hashes = _calibration_images(run_dir, cfg, opened, force)
     grid, logp, srcs, cfg = _posteriors_of(model, cfg, opened, bs, tta)
@@ -684,19 +700,78 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     pit = _pits(grid, lp, y)
     knots = fit_recalibration(pit)
     joint, floor = None, None
-    if populations is not None:                   # the joint calibration: the network's prior, then the floor fitted with it
-        j = cfg['targets'].index('log10_m_axion')
-        own = aggregate_log_posterior(lp[:, j], grid[j])
-        pop, truths, j = _population_posteriors(model, cfg, populations, trials, lenses, seed, bs, tta)
-        width, floor = fit_systematic(pop, truths, grid[j], own)
-        joint = {'log10_m_axion': dict(log_aggregate=own.tolist(), systematic=width, tta=tta,
-                                       populations=dict(preset=populations, trials=trials, lenses=lenses, seed=seed))}
+    if populations is not None:
+        joint, floor = _joint_calibration(run_dir, model, cfg, grid, lp, (populations, trials, lenses, seed, bank), bs, tta)
     record = dict(knots=knots, n=len(pit), tta=tta, source=[str(s.path) for s in srcs], data_sha256=_hashes_digest(hashes),
                   data_preset=[s.meta.get('preset') for s in srcs],
                   weights_sha256=file_digest(Path(run_dir)/'weights.safetensors'), preset=_run_preset(cfg), **({'joint': joint} if joint else {}))
     with atomic_write(f) as tmp: tmp.write_text(json.dumps(record))
+    if not (joint and 'summary_likelihood' in joint['log10_m_axion']): (Path(run_dir)/SUMMARY_FILE).unlink(missing_ok=True)
     return dict(knots=knots, n=len(pit), coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']),
                 joint=joint, floor=floor)
+
+# %% ../nbs/05b_inference.ipynb #b82570b8
+SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
+
+def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:tuple, bs, tta) -> tuple[dict, pd.DataFrame]:
+    "The joint calibration of log10_m_axion: the network's prior and its floor, and with a bank the summary likelihood (written)."
+    preset, trials, lenses, seed, bank = pops
+    j = cfg['targets'].index('log10_m_axion')
+    own = aggregate_log_posterior(lp[:, j], grid[j])
+    pop, truths, j = _population_posteriors(model, cfg, preset, trials, lenses, seed, bs, tta)
+    width, floor = fit_systematic(pop, truths, grid[j], own)
+    rec = dict(method='aggregate+floor', log_aggregate=own.tolist(), systematic=width, tta=tta,
+               populations=dict(preset=preset, trials=trials, lenses=lenses, seed=seed),
+               validated=_validated(pop, truths, grid[j], width, get_preset(preset).log10_m_axion, own))
+    if bank:                                      # seeded apart from every population (they use seed + 1 + k, k < trials)
+        rec['summary_likelihood'] = _summary_calibration(run_dir, model, cfg, (preset, bank, seed + 1 + trials), pop, truths, grid[j], bs, tta)
+    return {'log10_m_axion': rec}, floor
+
+def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, pop, truths, grid, bs, tta) -> dict:
+    "Fit the summary likelihood on a bank of lenses from the prior and its floor on the populations; write its weights; its record."
+    preset, bank, seed = bank_of
+    lp, m = _bank_posteriors(model, cfg, preset, bank, seed, bs, tta)
+    q = fit_summary_likelihood(posterior_summaries(lp, grid), m, seed=seed)
+    g = grid.double()
+    terms = q.loglik(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double().reshape(pop.shape)
+    width, _ = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
+    return dict(method='summary_likelihood', file=SUMMARY_FILE, sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
+                standardisation=q.standardisation(), validation_loss=q.validation_loss, systematic=width,
+                bank=dict(preset=preset, n=bank, seed=seed), validated=_validated(terms, truths, g, width, get_preset(preset).log10_m_axion))
+
+def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
+    "What a joint calibration was checked on: its largest population, the mass range, coverage per quarter of it and size."
+    K, N = terms.shape[:2]
+    lo, hi = float(prior[0]), float(prior[1])
+    return dict(n_max=int(N), mass_range=[lo, hi], measured_on=f"the {K} simulated populations of {N} lenses the floor was fitted on",
+                coverage=joint_coverage_by_bin(terms, truths, grid, width, np.linspace(lo, hi, 5), own))
+
+def _save_summary_likelihood(run_dir, q:SummaryLikelihood) -> str:
+    "Write the summary likelihood's state (flow and standardisation) as safetensors, atomically; its SHA-256."
+    from safetensors.torch import save_file
+    f = Path(run_dir)/SUMMARY_FILE
+    with atomic_write(f) as tmp: save_file({k: v.detach().contiguous() for k, v in q.state_dict().items()}, str(tmp))
+    return file_digest(f)
+
+def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood:
+    "The summary likelihood a joint calibration names, its file checked against the recorded SHA-256; one clear error otherwise."
+    from safetensors.torch import load_file
+    f, hp = Path(run_dir)/SUMMARY_FILE, rec.get('hparams') if isinstance(rec, dict) else None
+    ok = (isinstance(hp, dict) and set(hp) == set(SUMMARY_FLOW) and all(type(v) is int and 1 <= v <= 1024 for v in hp.values())
+          and isinstance(rec.get('sha256'), str) and isinstance(rec.get('systematic'), (int, float)) and 0 <= rec['systematic'] < math.inf)
+    if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ({', '.join(SUMMARY_FLOW)}), 'sha256' and a 'systematic' width >= 0")
+    again = f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --populations PRESET --force"
+    if not f.is_file(): raise DeepLenseError(f"{f}: missing, and {where} names it; {again}")
+    if file_digest(f) != rec['sha256']: raise DeepLenseError(f"{f}: not the file calibrate wrote (its SHA-256 differs from {where}'s); {again}")
+    q = SummaryLikelihood(**hp)
+    try: q.load_state_dict(load_file(str(f)))
+    except Exception as e: raise DeepLenseError(f"{f}: does not fit its recorded hparams ({type(e).__name__}); {again}") from None
+    return q.eval()
+
+def _with_summary_likelihoods(joint:dict, run_dir, where) -> dict:
+    "The joint calibration with each target's summary likelihood (where it has one) loaded beside its record, as `model`."
+    return {t: dict(v, summary_likelihood=dict(v['summary_likelihood'], model=_summary_likelihood(v['summary_likelihood'], run_dir, where)))
+            if 'summary_likelihood' in v else v for t, v in joint.items()}
 
 # %% ../nbs/05b_inference.ipynb #8efb2f32
 @dataclass
@@ -708,7 +783,9 @@ class JointPosterior:
     per_lens: np.ndarray # (N, G) normalised log densities of each lens
     summary: dict = field(default_factory=dict) # median, lo68, hi68, lo95, hi95
     systematic: float = 0. # The systematic floor applied (0 without a joint calibration)
-    calibrated: bool = False # Whether the run's joint calibration (network prior, floor) was applied
+    calibrated: bool = False # Whether the run's joint calibration was applied
+    method: str = 'product' # 'summary_likelihood', 'aggregate+floor' (the joint calibration used) or 'product' (none)
+    validated: dict|None = None # What the calibration was checked on: n_max, mass_range, coverage per bin (None: unknown)
     @property
     def n(self) -> int: return len(self.per_lens)
 
@@ -737,7 +814,16 @@ def joint_posteriors(run_dir:str|Path, # A flow run
         how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg['targets'] else
                "only log10_m_axion, which every lens shares, can be calibrated; a target that differs from lens to lens has no joint value")
         (notice or _notice)(f"note: {run_dir}: no joint calibration ({how}); the joint intervals of many lenses can be far too narrow")
-    return {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg['targets'])}
+    out = {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg['targets'])}
+    for jp in out.values(): _beyond_validated(jp, notice or _notice)
+    return out
+
+def _beyond_validated(jp:JointPosterior, notice) -> None:
+    "One notice when more lenses are combined than the joint calibration was validated for."
+    n_max = (jp.validated or {}).get('n_max')
+    if isinstance(n_max, int) and jp.n > n_max:
+        notice(f"note: {jp.n} lenses: the joint calibration of {jp.target} ({jp.method}) was validated on populations of at most "
+               f"{n_max} lenses; the coverage of a joint posterior of more is not checked")
 
 def combine(run_dir:str|Path, # A flow run
             images, # Anything `predict` reads, or a list of them: every image is one lens
@@ -756,13 +842,22 @@ def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
                     cfg:RunConfig, # The run's configuration
                     target:str, # The shared target
                    ) -> JointPosterior:
-    "The joint posterior of `target` from per-lens grid posteriors, divided by the network's prior and widened by the floor if calibrated."
+    "The joint posterior of `target` from per-lens grid posteriors, under the run's joint calibration where it has one (`_joint_of`)."
     if target not in cfg['targets']: raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg['targets'])}")
     j = cfg['targets'].index(target)
-    cal = (cfg.get('joint_calibration') or {}).get(target)
-    agg = None if cal is None else torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
-    if agg is not None and len(agg) != grid.shape[1]:
-        raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, the posteriors {grid.shape[1]}")
-    width = 0. if cal is None else float(cal['systematic'])
-    joint = combine_log_posteriors(logp[:, j], grid[j], log_aggregate=agg, systematic=width)
-    return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width, cal is not None)
+    joint, width, method, validated = _joint_of((cfg.get('joint_calibration') or {}).get(target), logp[:, j], grid[j], target)
+    return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width,
+                          method != 'product', method, validated)
+
+def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -> tuple:
+    "(joint log density (G,), floor, method, validation record) of one target's raw per-lens posteriors (N, G)."
+    if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', None
+    if (sl := cal.get('summary_likelihood')) is not None:    # log q(s_i | m) adds over lenses; the prior is flat on the grid
+        terms = sl['model'].loglik(posterior_summaries(logp, grid), grid).double()
+        joint = combine_log_posteriors(terms, grid.double(), systematic=float(sl['systematic'])).to(logp.dtype)
+        return joint, float(sl['systematic']), 'summary_likelihood', sl.get('validated')
+    agg = torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
+    if len(agg) != len(grid):
+        raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, the posteriors {len(grid)}")
+    width = float(cal['systematic'])
+    return combine_log_posteriors(logp, grid, log_aggregate=agg, systematic=width), width, 'aggregate+floor', cal.get('validated')

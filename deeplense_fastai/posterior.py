@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'QUANTILES', 'FlowRegressor', 'flow_regressor', 'FlowNLL', 'target_grid',
-           'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage',
-           'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp', 'smooth_log_density',
-           'combine_log_posteriors', 'summarise', 'aggregate_log_posterior', 'fit_systematic', 'flow_median',
+__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'QUANTILES', 'FlowRegressor', 'flow_regressor',
+           'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample',
+           'expected_coverage', 'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp',
+           'smooth_log_density', 'combine_log_posteriors', 'summarise', 'aggregate_log_posterior', 'fit_systematic',
+           'posterior_summaries', 'SummaryLikelihood', 'fit_summary_likelihood', 'joint_coverage_by_bin', 'flow_median',
            'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
@@ -256,6 +257,12 @@ def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:
                 coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
                 halfwidth68=float(((q[:, 1] - q[:, 0]) / 2).median()))
 
+def _sizes_and_sums(logp:torch.Tensor, grid:torch.Tensor, log_aggregate, ns) -> tuple[list, torch.Tensor]:
+    "The population sizes to check (default 10, 25 and N, those up to N) and the running sums (K, N, G) of the per-lens terms."
+    N = logp.shape[1]
+    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
+    return sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N}), (logp - own).cumsum(1)   # the first n lenses, flat prior, once
+
 def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K simulated populations of N lenses, each sharing one truth
                    truths, # The K true values
                    grid:torch.Tensor, # Grid (G,)
@@ -264,15 +271,112 @@ def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K simu
                    widths=None, # Candidate floors (default: 0 to 0.1 of the grid's span, 41 values)
                   ) -> tuple[float, pd.DataFrame]:
     "The smallest systematic floor whose joint 68% and 95% intervals cover as claimed (least worst error), and the table."
-    N = logp.shape[1]
-    ns = sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N})
+    ns, cum = _sizes_and_sums(logp, grid, log_aggregate, ns)
     span = float(grid[-1] - grid[0])
     widths = np.linspace(0, 0.1 * span, 41) if widths is None else widths
-    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
-    cum = (logp - own).cumsum(1)                     # (K, N, G): the first n lenses of each population, flat prior, once
     table = pd.DataFrame([_joint_coverage(cum[:, n - 1], truths, grid, n, float(w)) for w in widths for n in ns])
     err = np.maximum((table.coverage68 - 0.68).abs(), (table.coverage95 - 0.95).abs()).groupby(table.width).max()
     return float(err.idxmin()), table
+
+# %% ../nbs/04b_posterior.ipynb #d13232d1
+SUMMARY_FLOW = dict(transforms=3, hidden=64, bins=8)   # the flow bench/many_lenses.py validated (features 2, context 1)
+SUMMARY_FLOORS = np.linspace(0, 0.05, 51)              # candidate floors of the summary likelihood, 0.001 apart
+
+def posterior_summaries(logp:torch.Tensor, # Normalised log densities (B, G) of one target
+                        grid:torch.Tensor, # Grid (G,)
+                       ) -> torch.Tensor:
+    "Each lens's posterior summary (B, 2): the median and the log of the 68% half-width of its raw posterior."
+    q = grid_quantiles(logp, grid, [0.16, 0.5, 0.84])
+    return torch.stack([q[:, 1], torch.log((q[:, 2] - q[:, 0]).clamp_min(1e-4) / 2)], 1)
+
+class SummaryLikelihood(nn.Module):
+    "q(s | m): a neural spline flow of a lens's posterior summary s (2,) given the shared value m, standardisation as buffers."
+    def __init__(self, transforms:int=3, # Spline transforms
+                 hidden:int=64, # Width of the two hidden layers of each transform's hyper-network
+                 bins:int=8, # Bins of each monotone rational-quadratic spline
+                ):
+        super().__init__()
+        import zuko
+        self.hparams = dict(transforms=transforms, hidden=hidden, bins=bins)
+        self.flow = zuko.flows.NSF(features=2, context=1, transforms=transforms, bins=bins, hidden_features=(hidden, hidden))
+        for k, v in dict(s_mean=torch.zeros(2), s_sd=torch.ones(2), m_mean=torch.zeros(()), m_sd=torch.ones(())).items():
+            self.register_buffer(k, v)
+        self.validation_loss = None
+    def scaled(self, s:torch.Tensor, m:torch.Tensor) -> tuple:
+        "Standardised summaries (B, 2) and values (..., 1), float32."
+        return ((s - self.s_mean) / self.s_sd).float(), ((m - self.m_mean) / self.m_sd).float()[..., None]
+    def standardisation(self) -> dict:
+        "The standardisation as plain numbers (what calibration.json records)."
+        return {k: getattr(self, k).tolist() for k in ('s_mean', 's_sd', 'm_mean', 'm_sd')}
+    @torch.no_grad()
+    def loglik(self, s:torch.Tensor, # Summaries (B, 2) from `posterior_summaries`
+               grid:torch.Tensor, # Grid (G,) of the shared value
+               chunk:int=512, # Lenses per evaluation
+              ) -> torch.Tensor:
+        "log q(s_i | m_g) (B, G), up to the standardisation's Jacobian (the same for every m: it cancels in a posterior)."
+        self.eval()
+        _, ctx = self.scaled(s[:0], grid.to(self.m_mean.dtype))
+        dist = self.flow(ctx)                                # batch shape (G,): broadcast against (chunk, 1, 2)
+        return torch.cat([dist.log_prob(self.scaled(c, grid[:0])[0][:, None]) for c in s.split(chunk)])
+
+# %% ../nbs/04b_posterior.ipynb #bdc8a8cb
+def _fit_flow(flow:nn.Module, S:torch.Tensor, M:torch.Tensor, n_fit:int, seed:int, epochs:int, bs:int, patience:int) -> float:
+    "Adam on the negative log-likelihood of the first `n_fit` pairs, early-stopped on the rest; the best state restored."
+    opt, g, val_idx = torch.optim.Adam(flow.parameters(), lr=1e-3), torch.Generator().manual_seed(seed), torch.arange(n_fit, len(S))
+    nll = lambda i: -flow(M[i]).log_prob(S[i]).mean()
+    best, state, bad = math.inf, None, 0
+    for _ in range(epochs):
+        flow.train()
+        for idx in torch.randperm(n_fit, generator=g).split(bs):
+            opt.zero_grad(); nll(idx).backward(); opt.step()
+        with torch.no_grad(): val = float(nll(val_idx))
+        if val < best - 1e-4: best, state, bad = val, {k: v.clone() for k, v in flow.state_dict().items()}, 0
+        elif (bad := bad + 1) >= patience: break
+    if state is None: raise DeepLenseError("the summary likelihood could not be fitted: its validation loss never became finite")
+    flow.load_state_dict(state)
+    return best
+
+def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
+                           m:torch.Tensor, # Their true values (M,)
+                           seed:int=0, # Seed of the initialisation and the batches
+                           holdout:float=1/6, # The last share of the pairs, held out for early stopping (bench/many_lenses.py: 5,000 of 30,000)
+                           epochs:int=60, # At most this many passes
+                           bs:int=512, # Pairs per step
+                           patience:int=6, # Stop after this many epochs without a better validation loss
+                           **hparams, # `SummaryLikelihood` settings (default `SUMMARY_FLOW`)
+                          ) -> SummaryLikelihood:
+    "q(s | m) fitted by maximum likelihood (Adam); `validation_loss` is its best mean negative log-likelihood on the held-out tail."
+    n_val = max(1, int(round(holdout * len(s))))
+    n_fit = len(s) - n_val
+    if n_fit < 2: raise DeepLenseError(f"fit_summary_likelihood: {len(s)} lenses leave {n_fit} to fit on; give more")
+    torch.manual_seed(seed)
+    q = SummaryLikelihood(**dict(SUMMARY_FLOW, **hparams))
+    s, m = s.float(), torch.as_tensor(m).float()
+    q.s_mean.copy_(s[:n_fit].mean(0)); q.s_sd.copy_(s[:n_fit].std(0).clamp_min(1e-4))
+    q.m_mean.copy_(m[:n_fit].mean()); q.m_sd.copy_(m[:n_fit].std().clamp_min(1e-4))
+    q.validation_loss = _fit_flow(q.flow, *q.scaled(s, m), n_fit, seed, epochs, bs, patience)
+    return q.eval()
+
+def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K populations (`fit_systematic`'s input)
+                          truths, # The K true values
+                          grid:torch.Tensor, # Grid (G,)
+                          width:float, # The floor applied
+                          edges, # Bin edges of the true value (B + 1,)
+                          log_aggregate:torch.Tensor|None=None, # Divided out of each term (as in `fit_systematic`)
+                          ns=None, # Population sizes (default: 10, 25 and N, those up to N)
+                         ) -> list[dict]:
+    "Per population size and bin of the truth: the number of populations and how often their joint 68% and 95% intervals held it."
+    ns, cum = _sizes_and_sums(logp, grid, log_aggregate, ns)
+    t, edges = np.asarray(truths, dtype=float), np.asarray(edges, dtype=float)
+    k = np.clip(np.digitize(t, edges[1:-1]), 0, len(edges) - 2)
+    rows = []
+    for n in ns:
+        for b in range(len(edges) - 1):
+            if not (sel := k == b).any(): continue
+            c = _joint_coverage(cum[torch.from_numpy(sel), n - 1], t[sel], grid, n, width)
+            rows.append(dict(n=n, bin=[float(edges[b]), float(edges[b + 1])], trials=int(sel.sum()),
+                             coverage68=c['coverage68'], coverage95=c['coverage95']))
+    return rows
 
 # %% ../nbs/04b_posterior.ipynb #82050243
 @torch.no_grad()

@@ -356,13 +356,25 @@ def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_pat
     refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "fsub", env=env[1]), "only log10_m_axion")
     refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_9", env=env[1]), "model_9")
     assert not (run_dir / "calibration.json").exists()                  # refused before any work: nothing written
-    r = ok(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_ii", env=env[1]))
+    refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_ii", "--bank", -1,
+                env=env[1]), "--bank")
+    refused(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_ii", "--bank", 50,
+                env=env[1]), "bank", "200")
+    r = ok(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_ii", "--bank", 400, env=env[1]))
     assert "systematic floor" in r.stdout and "50 lenses' 68% and 95% intervals" in r.stdout
+    assert "combine uses the summary likelihood" in r.stdout and "validated up to 50 lenses" in r.stdout
     joint = json.loads((run_dir / "calibration.json").read_text())["joint"]["log10_m_axion"]
     assert joint["populations"] == dict(preset="model_ii", trials=200, lenses=50, seed=20000)
-    assert 0 <= joint["systematic"] <= 0.2 and len(joint["log_aggregate"]) == 512
-    r = ok(run("combine", "--model", run_dir, native["native"], env=env[1]))
-    assert f"(systematic floor {joint['systematic']:.4f})" in r.stdout and "no joint calibration" not in r.stderr
+    assert 0 <= joint["systematic"] <= 0.2 and len(joint["log_aggregate"]) == 512 and joint["method"] == "aggregate+floor"
+    sl = joint["summary_likelihood"]
+    assert sl["method"] == "summary_likelihood" and sl["bank"] == dict(preset="model_ii", n=400, seed=20000 + 1 + 200)
+    assert 0 <= sl["systematic"] <= 0.05 and sl["validated"]["n_max"] == 50 and sl["validated"]["mass_range"] == [-24.0, -22.0]
+    assert {c["n"] for c in sl["validated"]["coverage"]} == {10, 25, 50}
+    assert sum(c["trials"] for c in sl["validated"]["coverage"] if c["n"] == 50) == 200     # every population, in 4 bins
+    r = ok(run("combine", "--model", run_dir, native["native"], "--json", tmp_path / "j.json", env=env[1]))
+    assert f"(summary_likelihood, systematic floor {sl['systematic']:.4f})" in r.stdout and "no joint calibration" not in r.stderr
+    j = json.loads((tmp_path / "j.json").read_text())["log10_m_axion"]
+    assert j["method"] == "summary_likelihood" and j["validated"] == sl["validated"] and j["systematic"] == sl["systematic"]
     cal = json.loads((run_dir / "calibration.json").read_text())
     cal["joint"]["log10_m_axion"]["systematic"] = -1
     (run_dir / "calibration.json").write_text(json.dumps(cal))

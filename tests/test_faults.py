@@ -355,6 +355,35 @@ def test_calibrate_refuses_the_runs_own_images_and_foreign_populations(env, data
     assert not (run_dir / "calibration.json").exists()
 
 
+def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(env, data, flow, tmp_path):
+    """calibrate with populations and a bank: combine uses the summary likelihood and says so (--json: method, validated;
+    more lenses than validated: one note); a changed or missing weights file is one line; a calibration.json written
+    before the summary likelihood (no entry) combines as before, with the network's prior and its floor."""
+    run_dir = calibrated(flow, data, tmp_path, "--populations", "model_ii", "--trials", 20, "--lenses", 5, "--bank", 400, env=env[1])
+    f = run_dir / "summary_likelihood.safetensors"
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    import hashlib
+    assert cal["joint"]["log10_m_axion"]["summary_likelihood"]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "a.json", env=env[1])
+    assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
+    j = json.loads((tmp_path / "a.json").read_text())["log10_m_axion"]
+    assert j["method"] == "summary_likelihood" and j["validated"]["n_max"] == 5 and j["n"] == 24
+    assert len([l for l in r.stderr.splitlines() if "validated on populations of at most 5 lenses" in l]) == 1
+    good = f.read_bytes()
+    f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "SHA-256", "--force")
+    f.unlink()
+    refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "missing")
+    f.write_bytes(good)
+    for k in ("summary_likelihood", "validated", "method"): del cal["joint"]["log10_m_axion"][k]      # as written before
+    (run_dir / "calibration.json").write_text(json.dumps(cal))
+    r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "b.json", env=env[1])
+    assert r.returncode == 0 and "(aggregate+floor, systematic floor" in r.stdout, r.stderr[-2000:]
+    j = json.loads((tmp_path / "b.json").read_text())["log10_m_axion"]
+    assert j["method"] == "aggregate+floor" and j["validated"] is None and "validated on" not in r.stderr
+    assert j["systematic"] == cal["joint"]["log10_m_axion"]["systematic"]
+
+
 def test_evaluate_says_when_images_are_the_runs_own(env, model, data):
     r = run("evaluate", "--model", model, "--data", data / "train", env=env[1])
     assert r.returncode == 0 and "trained or validated on" in r.stderr and "not a test" in r.stderr, r.stderr[-2000:]

@@ -1,0 +1,331 @@
+"""Many lenses, done right (issue 23): joint posteriors of one axion mass shared by N lenses, validated per mass bin.
+
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images       # simulate every image once (resumable)
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors   # each run's raw grid posteriors (resumable)
+    OMP_NUM_THREADS=1 python bench/many_lenses.py score                   # every method -> bench/results/many_lenses.json
+
+Protocol (CPU; Model II, target log10 m_axion, prior U[-24, -22]). The per-lens networks are three flow runs trained by
+the user's command, one per seed (seed 0 is bench/robustness.py's `model_ii` run, the same command):
+
+    deeplense train --preset model_ii --n 8000 --arch xresnet_small --loss flow --epochs 8 --seed S --out RUN
+
+(xresnet_small: the cheapest architecture that learns this task in 8 CPU epochs, bench/results/seeds_summary.json.)
+Images, simulated once and shared by the three runs (seeds disjoint from training and from each other):
+- a bank of 30,000 lenses from the prior (seed 30,000): its first 1,000 are the calibration split whose average posterior
+  today's method divides by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000 to stop);
+- 200 populations of 50 lenses (seed 20,000): the systematic floor, exactly as `calibrate(populations=...)` fits it;
+- the test trials: four true-mass bins [-24, -23.5), [-23.5, -23), [-23, -22.5), [-22.5, -22], 100 trials each, a true
+  log10 m uniform in the bin, 200 lenses simulated with it (seed 100,001 + 200 x trial). N in {1, 10, 50, 200} takes the
+  first N lenses of each trial.
+Methods (each gives a joint posterior on the run's 512-point grid; the prior is flat on it):
+- `product`: the plain product of the raw per-lens posteriors, the training prior divided out (exact for an exact network);
+- `aggregate`: the product divided by the network's own prior (the mean posterior of the calibration split) instead;
+- `floor`: `product` widened by a systematic floor fitted on the populations;
+- `aggregate+floor`: both: the joint calibration `calibrate(populations='model_ii')` fitted before (now `bank=0`);
+- `summary_nle`: a neural likelihood of each lens's posterior summary s = (median, log 68% half-width) given the mass,
+  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, what `calibrate` fits); log q(s_i | m) adds over lenses exactly whatever the network's
+  bias (the bias is part of what q models);
+- `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as today's floor is (candidate
+  floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` now fits with its default bank of 30,000
+  and `combine` reports as method 'summary_likelihood';
+- `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
+  with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
+Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
+error sqrt(p(1 - p) / trials)), the median 68% half-width and the mean bias of the joint median. Then the mean and sd over
+the three seeds, and the issue's targets checked for each method.
+
+Caches: DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/many_lenses (images, posteriors, runs).
+"""
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import mean_sd, save
+
+SEEDS = (0, 1, 2)
+TRAIN = "deeplense train --preset model_ii --n 8000 --arch xresnet_small --loss flow --epochs 8 --seed {seed} --out RUN"
+BINS = (-24., -23.5, -23., -22.5, -22.)
+TRIALS, LENSES, NS = 100, 200, (1, 10, 50, 200)
+BANK, BANK_SEED, CAL_N, FIT_N = 30_000, 30_000, 1_000, 25_000
+POP_TRIALS, POP_LENSES, POP_SEED = 200, 50, 20_000
+TRIAL_SEED = 100_000     # trial k simulates with seed TRIAL_SEED + 200 k + 1: no seed shared with the populations or the bank
+METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre")
+
+
+def cache(*parts) -> Path:
+    from deeplense_fastai.core import cache_dir
+    return cache_dir("bench", "many_lenses", *parts)
+
+
+def run_dir(seed: int) -> Path:
+    "Seed 0 is the robustness bench's model_ii run (the same command); the others live in this bench's cache."
+    if seed == 0:
+        from deeplense_fastai.core import cache_dir
+        return cache_dir("bench", "robustness") / "model_ii"
+    return cache() / f"model_ii-xresnet_small-flow-seed{seed}"
+
+
+def _save_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+
+
+def _fixed_mass(p, masses, lenses, seed0):
+    "Images (K * lenses, H, W) of K populations, each simulated with its one mass."
+    from deeplense_fastai.simulate import simulate
+    return np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed0 + 1 + k)[0][:, 0].numpy()
+                           for k, m in enumerate(masses)]).astype(np.float32)
+
+
+def trial_truths() -> np.ndarray:
+    "The true log10 m of every test trial: TRIALS uniform draws in each bin, bin by bin."
+    rng = np.random.default_rng(TRIAL_SEED)
+    return np.concatenate([rng.uniform(lo, hi, TRIALS) for lo, hi in zip(BINS[:-1], BINS[1:])])
+
+
+def pop_truths() -> np.ndarray:
+    "The populations' masses, drawn as `calibrate` draws them."
+    from deeplense_fastai.simulate import get_preset
+    return np.random.default_rng(POP_SEED).uniform(*get_preset("model_ii").log10_m_axion, POP_TRIALS)
+
+
+def images() -> None:
+    "Simulate the bank, the populations and the trials once (each file written whole, then kept)."
+    from deeplense_fastai.simulate import get_preset, simulate
+    p, d = get_preset("model_ii"), cache("images")
+    if not (d / "bank.npy").exists():
+        x, lab = simulate(p, BANK, seed=BANK_SEED, batch_size=256)
+        _save_atomic(d / "bank_y.npy", lab["log10_m_axion"].to_numpy())
+        _save_atomic(d / "bank.npy", x[:, 0].numpy())
+    print("bank: done", flush=True)
+    if not (d / "populations.npy").exists():
+        _save_atomic(d / "populations.npy", _fixed_mass(p, pop_truths(), POP_LENSES, POP_SEED))
+    print("populations: done", flush=True)
+    truths = trial_truths()
+    for b in range(len(BINS) - 1):            # one file per bin, so a stopped run resumes bin by bin
+        f = d / f"trials_bin{b}.npy"
+        if f.exists(): continue
+        t0 = time.time()
+        ks = range(b * TRIALS, (b + 1) * TRIALS)
+        x = np.concatenate([_fixed_mass(p, [truths[k]], LENSES, TRIAL_SEED + LENSES * k) for k in ks])
+        _save_atomic(f, x)
+        print(f"trials bin {b}: {len(x)} images in {time.time() - t0:.0f} s", flush=True)
+
+
+def image_sets() -> dict:
+    d = cache("images")
+    sets = dict(bank=d / "bank.npy", populations=d / "populations.npy")
+    sets.update({f"trials_bin{b}": d / f"trials_bin{b}.npy" for b in range(len(BINS) - 1)})
+    return sets
+
+
+def posteriors(seeds) -> None:
+    "Each run's raw grid posteriors (N, 512) of every image set, float32, cached per (seed, set)."
+    from deeplense_fastai.inference import run_posteriors
+    for s in seeds:
+        run = run_dir(s)
+        if not (run / "weights.safetensors").exists():
+            print(f"seed {s}: no trained run at {run} yet", flush=True); continue
+        for name, f in image_sets().items():
+            out = cache("posteriors", f"seed{s}") / f"{name}.npy"
+            if out.exists(): continue
+            t0, x = time.time(), np.load(f, mmap_mode="r")
+            parts = [run_posteriors(run, np.ascontiguousarray(x[i:i + 4000]), bs=256, raw=True,
+                                    notice=lambda *_: None)[1][:, 0].numpy() for i in range(0, len(x), 4000)]
+            _save_atomic(out, np.concatenate(parts).astype(np.float32))
+            print(f"seed {s} {name}: {len(x)} posteriors in {time.time() - t0:.0f} s", flush=True)
+
+
+# ---- the estimators ---------------------------------------------------------------------------------------------------
+class Standard:
+    "Standardise summaries and masses with the fitting set's mean and sd."
+    def __init__(self, s, m): self.s_mu, self.s_sd, self.m_mu, self.m_sd = s.mean(0), s.std(0), m.mean(), m.std()
+    def s(self, s): return (s - self.s_mu) / self.s_sd
+    def m(self, m): return ((m - self.m_mu) / self.m_sd)[..., None]
+
+
+def _fit(params, loss_of, n_fit, n_val, seed, epochs=60, bs=256, patience=6):
+    "Adam on `loss_of(idx, train)`, early-stopped on the held-out tail; returns the best validation loss and state."
+    opt, g = torch.optim.Adam(params(), lr=1e-3), torch.Generator().manual_seed(seed)
+    best, state, bad = float("inf"), None, 0
+    for _ in range(epochs):
+        for idx in torch.randperm(n_fit, generator=g).split(bs):
+            opt.zero_grad(); loss_of(idx, True).backward(); opt.step()
+        with torch.no_grad(): val = float(loss_of(torch.arange(n_fit, n_fit + n_val), False))
+        if val < best - 1e-4: best, state, bad = val, [p.detach().clone() for p in params()], 0
+        else:
+            bad += 1
+            if bad >= patience: break
+    with torch.no_grad():
+        for p, v in zip(params(), state): p.copy_(v)
+    return best
+
+
+def fit_nle(s, m, seed):
+    "q(s | m): the library's summary likelihood (`fit_summary_likelihood`, what `calibrate` fits), on the bank's split."
+    from deeplense_fastai.posterior import fit_summary_likelihood
+    q = fit_summary_likelihood(s, m, seed=seed, holdout=(len(s) - FIT_N) / len(s))
+    return q.loglik, q.validation_loss
+
+
+def fit_bnre(s, m, seed, lam=100.):
+    "A balanced neural ratio estimator log r(s, m) (Delaunoy et al. 2022): joint pairs against shuffled ones."
+    torch.manual_seed(seed)
+    st = Standard(s[:FIT_N], m[:FIT_N])
+    net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64), torch.nn.SiLU(),
+                              torch.nn.Linear(64, 1))
+    S, M, g = st.s(s), st.m(m), torch.Generator().manual_seed(seed + 1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    def loss(i, tr):
+        j = i[torch.randperm(len(i), generator=g)] if tr else i.roll(1)
+        d1, d0 = net(torch.cat([S[i], M[i]], 1))[:, 0], net(torch.cat([S[i], M[j]], 1))[:, 0]
+        balance = (torch.sigmoid(d1).mean() + torch.sigmoid(d0).mean() - 1) ** 2
+        return bce(d1, torch.ones_like(d1)) + bce(d0, torch.zeros_like(d0)) + lam * balance
+    val = _fit(net.parameters, loss, FIT_N, len(s) - FIT_N, seed)
+    def loglik(s_test, grid):          # (B, G): log r(s_i, m_g)
+        with torch.no_grad():
+            G, mg = len(grid), st.m(grid)
+            return torch.cat([net(torch.cat([st.s(c)[:, None].expand(-1, G, -1), mg[None].expand(len(c), -1, -1)], -1))[..., 0]
+                              for c in s_test.split(500)])
+    return loglik, val
+
+
+# ---- scoring -----------------------------------------------------------------------------------------------------------
+def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> torch.Tensor:
+    "Median, 68% and 95% bounds (K, 5) of unnormalised joint log densities (K, G), widened by a floor of `width`."
+    from deeplense_fastai.posterior import _widened_joint, grid_quantiles
+    return grid_quantiles(_widened_joint(joint, grid, width), grid, [0.5, 0.16, 0.84, 0.025, 0.975])
+
+
+def _cells(q: torch.Tensor, truth: np.ndarray) -> dict:
+    "Coverage (with binomial errors), median 68% half-width and bias of one bin's trials."
+    q, t = q.double().numpy(), truth
+    c68, c95 = float(((q[:, 1] <= t) & (t <= q[:, 2])).mean()), float(((q[:, 3] <= t) & (t <= q[:, 4])).mean())
+    k = len(t)
+    return dict(coverage68=c68, coverage68_err=(c68 * (1 - c68) / k) ** 0.5, coverage95=c95,
+                coverage95_err=(c95 * (1 - c95) / k) ** 0.5, halfwidth68=float(np.median((q[:, 2] - q[:, 1]) / 2)),
+                bias=float((q[:, 0] - t).mean()), mae=float(np.abs(q[:, 0] - t).mean()))
+
+
+def _per_lens_terms(seed, grid):
+    "Each method's per-lens log terms on the trials (bins, K, L, G) and its floor: what adds up over lenses."
+    from deeplense_fastai.posterior import aggregate_log_posterior, fit_systematic, posterior_summaries, SUMMARY_FLOORS
+    P = lambda name: torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / f"{name}.npy")).double()
+    bank, pop = P("bank"), P("populations").reshape(POP_TRIALS, POP_LENSES, -1)
+    trials = torch.stack([P(f"trials_bin{b}") for b in range(len(BINS) - 1)])      # (bins, K*L, G)
+    g = grid.double()
+    agg = aggregate_log_posterior(bank[:CAL_N], g)
+    floor_flat, _ = fit_systematic(pop, pop_truths(), g)
+    floor_agg, _ = fit_systematic(pop, pop_truths(), g, agg)
+    m = torch.from_numpy(np.load(cache("images") / "bank_y.npy")).double()
+    s_bank = posterior_summaries(bank, g)
+    terms, info = {}, dict(floor=float(floor_flat), floor_with_aggregate=float(floor_agg))
+    terms["product"], terms["floor"] = (trials, 0.), (trials, float(floor_flat))
+    terms["aggregate"], terms["aggregate+floor"] = (trials - agg, 0.), (trials - agg, float(floor_agg))
+    s_trials, s_pop = posterior_summaries(trials.reshape(-1, len(g)), g), posterior_summaries(pop.reshape(-1, len(g)), g)
+    for name, fit in (("summary_nle", fit_nle), ("summary_bnre", fit_bnre)):
+        t0 = time.time()
+        loglik, val = fit(s_bank.float(), m.float(), seed)
+        terms[name] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
+        info[name] = dict(validation_loss=val, seconds=round(time.time() - t0, 1))
+        if name == "summary_nle":      # the same likelihood, widened by a floor fitted on the populations as today's is
+            on_pop = loglik(s_pop.float(), g.float()).double().reshape(pop.shape)
+            floor, _ = fit_systematic(on_pop, pop_truths(), g, widths=SUMMARY_FLOORS)
+            terms["summary_nle+floor"], info["floor_summary_nle"] = (terms[name][0], float(floor)), float(floor)
+    return terms, info
+
+
+def score_seed(seed: int) -> tuple[list, dict]:
+    "Every (method, N, bin) cell of one run."
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.posterior import target_grid
+    grid = target_grid(load_run(run_dir(seed))[1])[0]
+    terms, info = _per_lens_terms(seed, grid)
+    truths, rows = trial_truths().reshape(len(BINS) - 1, TRIALS), []
+    for method, (t, width) in terms.items():
+        cum = t.reshape(len(BINS) - 1, TRIALS, LENSES, -1).cumsum(2)
+        for n in NS:
+            for b in range(len(BINS) - 1):
+                q = _joint_summary(cum[b, :, n - 1], grid.double(), width)
+                rows.append(dict(method=method, seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
+                                 floor=width, **_cells(q, truths[b])))
+    return rows, info
+
+
+def _targets(cells: list) -> dict:
+    "The issue's targets for one method, over its seeds: coverage per bin at N = 10, 50, 200; widths below -23."
+    cov = [c for c in cells if c["n"] in (10, 50, 200)]
+    ok_cov = [abs(c["coverage68"] - 0.68) <= 2 * (0.68 * 0.32 / c["trials"]) ** 0.5 for c in cov]
+    light = lambda n: [c["halfwidth68"] for c in cells if c["n"] == n and c["bin"] in (0, 1)]
+    w50, w200 = np.array(light(50)), np.array(light(200))
+    return dict(coverage_cells=len(cov), coverage_cells_within_2sigma=int(sum(ok_cov)),
+                halfwidth200_light_max=float(w200.max()), narrowing_50_to_200_light_min=float((w50 / w200).min()),
+                meets=bool(all(ok_cov) and w200.max() <= 0.01 and (w50 / w200).min() >= 1.6))
+
+
+def _over_seeds(rows: list) -> list:
+    "Mean and sd over the seeds of each (method, N, bin) cell."
+    keys = sorted({(r["method"], r["n"], r["bin"]) for r in rows}, key=lambda k: (METHODS.index(k[0]), k[1], k[2]))
+    out = []
+    for m, n, b in keys:
+        cell = [r for r in rows if (r["method"], r["n"], r["bin"]) == (m, n, b)]
+        out.append(dict(method=m, n=n, bin=b, bin_range=cell[0]["bin_range"], seeds=[r["seed"] for r in cell],
+                        **{k: mean_sd([r[k] for r in cell]) for k in ("coverage68", "coverage95", "halfwidth68", "bias", "floor")}))
+    return out
+
+
+def choose(targets: dict) -> str:
+    "The method chosen by measurement: most coverage cells within 2 sigma, then the narrowest light-mass N = 200 width."
+    return min(targets, key=lambda m: (-targets[m]["coverage_cells_within_2sigma"], targets[m]["halfwidth200_light_max"]))
+
+
+def cells_of(seed: int) -> dict:
+    "One run's cells and fits, cached (cells/seed<S>.json) so that runs can be scored in parallel processes."
+    from _results import write_json
+    f = cache("cells") / f"seed{seed}.json"
+    if not f.exists():
+        rows, info = score_seed(seed)
+        write_json(f, dict(rows=rows, info=info))
+        print(f"seed {seed}: scored ({info})", flush=True)
+    return json.loads(f.read_text())
+
+
+def score(seeds, cells_only=False) -> None:
+    rows, info = [], {}
+    for s in seeds:
+        doc = cells_of(s)
+        rows, info[str(s)] = rows + doc["rows"], doc["info"]
+    if cells_only: return
+    targets = {m: _targets([r for r in rows if r["method"] == m]) for m in METHODS}
+    for m, t in targets.items(): print(m, t, flush=True)
+    from deeplense_fastai.core import file_digest
+    save("many_lenses", table=_over_seeds(rows), cells=rows, targets=targets, chosen=choose(targets), fits=info,
+         runs={str(s): dict(command=TRAIN.format(seed=s), weights_sha256=file_digest(run_dir(s) / "weights.safetensors"))
+               for s in seeds},
+         settings=dict(nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
+                       fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["images", "posteriors", "score"])
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--cells-only", action="store_true", help="score: only compute and cache these seeds' cells")
+    a = ap.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    torch.set_num_threads(1)
+    if a.stage == "images": images()
+    elif a.stage == "posteriors": posteriors(seeds)
+    else: score(seeds, a.cells_only)
+
+
+if __name__ == "__main__":
+    main()
