@@ -353,6 +353,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference._check_populations': ( 'inference.html#_check_populations',
                                                                                                'deeplense_fastai/inference.py'),
+                                            'deeplense_fastai.inference._check_record': ( 'inference.html#_check_record',
+                                                                                          'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference._check_tta': ( 'inference.html#_check_tta',
                                                                                        'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference._finite_labels': ( 'inference.html#_finite_labels',

@@ -821,8 +821,8 @@ def _calibrate_args(c):
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
     c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations (not one used for training or testing)')
-    c.add_argument('--bank', type=_count, default=30_000, metavar='N', help='with --populations: lenses simulated from the prior to fit '
-                   "the summary likelihood combine uses (default 30000, as bench/many_lenses.py validated; 0: only the network's prior and its floor)")
+    c.add_argument('--bank', type=_count, default=None, metavar='N', help='with --populations: lenses simulated from the prior to fit '
+                   "the summary likelihood combine uses (default 30000, as bench/many_lenses.py measured; 0: only the network's prior and its floor)")
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
     _pixel_scale(c)
@@ -831,10 +831,12 @@ def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
     from deeplense_fastai.core import get_device
     from deeplense_fastai.inference import calibrate
+    if a.bank is not None and a.populations is None:
+        raise DeepLenseError("--bank goes with --populations (the bank fits the summary likelihood of the joint calibration)")
     if not a.data.exists(): raise DeepLenseError(f"--data {a.data}: no such file or directory")
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale), a.bs, a.tta, get_device(a.device), a.force, a.populations, a.trials,
-                      a.lenses, a.seed, a.bank)
+                      a.lenses, a.seed, 30_000 if a.bank is None else a.bank)
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for {c.loc[0.5]:.1%} "
@@ -854,8 +856,9 @@ def _print_summary_likelihood(sl:dict) -> None:
     big = [c for c in v['coverage'] if c['n'] == v['n_max']]
     print(f"combine uses the summary likelihood: fitted on {sl['bank']['n']} lenses from the prior (held-out loss "
           f"{sl['validation_loss']:.3f}), floor {sl['systematic']:.4f} dex; on {v['measured_on']}, {v['n_max']} lenses' 68% and "
-          f"95% intervals held the truth, per quarter of the prior, in " + ", ".join(f"{c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)
-          + f"; validated up to {v['n_max']} lenses")
+          f"95% intervals held the truth, per quarter of the prior, in "
+          + ", ".join(f"[{c['bin'][0]:g}, {c['bin'][1]:g}): {c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)
+          + f" (checked in-sample, on the populations its floor was fitted on, up to {v['n_max']} lenses)")
 
 COMMANDS['calibrate'] = ('recalibrate a flow run on a labelled calibration split', None, _calibrate_args, cmd_calibrate)
 

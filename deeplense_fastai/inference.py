@@ -13,7 +13,7 @@ import torch
 
 # %% auto #0
 __all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES',
-           'MIN_BANK', 'SUMMARY_FILE', 'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status',
+           'MIN_BANK', 'SUMMARY_FILE', 'HPARAM_MAX', 'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status',
            'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images', 'posterior_batches', 'predict_batches',
            'get_predictions', 'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'predict',
            'predict_opened', 'limit_columns', 'limits_summary', 'score_run', 'score_classifier', 'run_posteriors',
@@ -730,12 +730,15 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:tuple, bs, 
 def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, pop, truths, grid, bs, tta) -> dict:
     "Fit the summary likelihood on a bank of lenses from the prior and its floor on the populations; write its weights; its record."
     preset, bank, seed = bank_of
+    _notice(f"calibrate: simulating {bank:,} lenses from the prior of {preset} and fitting the summary likelihood (a flow) on them")
     lp, m = _bank_posteriors(model, cfg, preset, bank, seed, bs, tta)
     q = fit_summary_likelihood(posterior_summaries(lp, grid), m, seed=seed)
     g = grid.double()
     terms = q.loglik(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double().reshape(pop.shape)
     width, _ = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
-    return dict(method='summary_likelihood', file=SUMMARY_FILE, sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
+    if (at_cap := width >= float(SUMMARY_FLOORS[-1])):
+        _notice(f"note: the summary likelihood's floor reached the largest candidate, {width:.3f} dex, so the floor it needs may be larger")
+    return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE, sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
                 standardisation=q.standardisation(), validation_loss=q.validation_loss, systematic=width,
                 bank=dict(preset=preset, n=bank, seed=seed), validated=_validated(terms, truths, g, width, get_preset(preset).log10_m_axion))
 
@@ -757,9 +760,10 @@ def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood:
     "The summary likelihood a joint calibration names, its file checked against the recorded SHA-256; one clear error otherwise."
     from safetensors.torch import load_file
     f, hp = Path(run_dir)/SUMMARY_FILE, rec.get('hparams') if isinstance(rec, dict) else None
-    ok = (isinstance(hp, dict) and set(hp) == set(SUMMARY_FLOW) and all(type(v) is int and 1 <= v <= 1024 for v in hp.values())
+    ok = (isinstance(hp, dict) and set(hp) == set(SUMMARY_FLOW) and all(type(v) is int and 1 <= v <= HPARAM_MAX[k] for k, v in hp.items())
           and isinstance(rec.get('sha256'), str) and isinstance(rec.get('systematic'), (int, float)) and 0 <= rec['systematic'] < math.inf)
-    if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ({', '.join(SUMMARY_FLOW)}), 'sha256' and a 'systematic' width >= 0")
+    if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ("
+                                    + ', '.join(f"{k} 1 to {v}" for k, v in HPARAM_MAX.items()) + "), 'sha256' and a 'systematic' width >= 0")
     again = f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --populations PRESET --force"
     if not f.is_file(): raise DeepLenseError(f"{f}: missing, and {where} names it; {again}")
     if file_digest(f) != rec['sha256']: raise DeepLenseError(f"{f}: not the file calibrate wrote (its SHA-256 differs from {where}'s); {again}")
@@ -768,8 +772,26 @@ def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood:
     except Exception as e: raise DeepLenseError(f"{f}: does not fit its recorded hparams ({type(e).__name__}); {again}") from None
     return q.eval()
 
+HPARAM_MAX = dict(transforms=16, hidden=512, bins=64)   # bounds on a recorded flow's size (a file cannot ask for gigabytes)
+
+def _check_record(rec:dict, method:str, where, name:str) -> None:
+    "A joint calibration record's `method` (if present) and `validated` (if present), or one clear error naming the field."
+    if 'method' in rec and rec['method'] != method:
+        raise DeepLenseError(f"{where}: {name}'s 'method' must be {method!r}, got {rec['method']!r}")
+    if (v := rec.get('validated')) is None: return
+    ok = (isinstance(v, dict) and type(v.get('n_max')) is int and v['n_max'] >= 1 and isinstance(v.get('mass_range'), list)
+          and len(v['mass_range']) == 2 and all(type(x) in (int, float) and math.isfinite(x) for x in v['mass_range'])
+          and isinstance(v.get('coverage'), list) and all(isinstance(c, dict) for c in v['coverage']))
+    if not ok: raise DeepLenseError(f"{where}: {name}'s 'validated' must hold a whole 'n_max' >= 1, a 'mass_range' of two finite "
+                                    f"numbers and a 'coverage' list of records")
+
 def _with_summary_likelihoods(joint:dict, run_dir, where) -> dict:
-    "The joint calibration with each target's summary likelihood (where it has one) loaded beside its record, as `model`."
+    "The joint calibration with each target's summary likelihood (where it has one) loaded beside its record, as `model`; records checked."
+    for t, v in joint.items():
+        _check_record(v, 'aggregate+floor', where, f"joint {t}")
+        if 'summary_likelihood' in v:
+            if not isinstance(v['summary_likelihood'], dict): raise DeepLenseError(f"{where}: joint {t}'s 'summary_likelihood' must be a record")
+            _check_record(v['summary_likelihood'], 'summary_likelihood', where, f"joint {t}'s summary_likelihood")
     return {t: dict(v, summary_likelihood=dict(v['summary_likelihood'], model=_summary_likelihood(v['summary_likelihood'], run_dir, where)))
             if 'summary_likelihood' in v else v for t, v in joint.items()}
 

@@ -279,7 +279,7 @@ def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K simu
     return float(err.idxmin()), table
 
 # %% ../nbs/04b_posterior.ipynb #d13232d1
-SUMMARY_FLOW = dict(transforms=3, hidden=64, bins=8)   # the flow bench/many_lenses.py validated (features 2, context 1)
+SUMMARY_FLOW = dict(transforms=3, hidden=64, bins=8)   # the flow bench/many_lenses.py measured (features 2, context 1)
 SUMMARY_FLOORS = np.linspace(0, 0.05, 51)              # candidate floors of the summary likelihood, 0.001 apart
 
 def posterior_summaries(logp:torch.Tensor, # Normalised log densities (B, G) of one target
@@ -349,8 +349,9 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
     n_val = max(1, int(round(holdout * len(s))))
     n_fit = len(s) - n_val
     if n_fit < 2: raise DeepLenseError(f"fit_summary_likelihood: {len(s)} lenses leave {n_fit} to fit on; give more")
-    torch.manual_seed(seed)
-    q = SummaryLikelihood(**dict(SUMMARY_FLOW, **hparams))
+    with torch.random.fork_rng(devices=[]):            # the initialisation is seeded; the caller's global RNG is left as it was
+        torch.manual_seed(seed)
+        q = SummaryLikelihood(**dict(SUMMARY_FLOW, **hparams))
     s, m = s.float(), torch.as_tensor(m).float()
     q.s_mean.copy_(s[:n_fit].mean(0)); q.s_sd.copy_(s[:n_fit].std(0).clamp_min(1e-4))
     q.m_mean.copy_(m[:n_fit].mean()); q.m_sd.copy_(m[:n_fit].std().clamp_min(1e-4))

@@ -362,7 +362,8 @@ def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_pat
                 env=env[1]), "bank", "200")
     r = ok(run("calibrate", "--model", run_dir, "--data", inputs["deeplense"], "--populations", "model_ii", "--bank", 400, env=env[1]))
     assert "systematic floor" in r.stdout and "50 lenses' 68% and 95% intervals" in r.stdout
-    assert "combine uses the summary likelihood" in r.stdout and "validated up to 50 lenses" in r.stdout
+    assert "combine uses the summary likelihood" in r.stdout and "checked in-sample" in r.stdout and "up to 50 lenses" in r.stdout
+    assert "[-24, -23.5): " in r.stdout
     joint = json.loads((run_dir / "calibration.json").read_text())["joint"]["log10_m_axion"]
     assert joint["populations"] == dict(preset="model_ii", trials=200, lenses=50, seed=20000)
     assert 0 <= joint["systematic"] <= 0.2 and len(joint["log_aggregate"]) == 512 and joint["method"] == "aggregate+floor"
