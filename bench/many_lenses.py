@@ -12,7 +12,7 @@ the user's command, one per seed (seed 0 is bench/robustness.py's `model_ii` run
 (xresnet_small: the cheapest architecture that learns this task in 8 CPU epochs, bench/results/seeds_summary.json.)
 Images, simulated once and shared by the three runs (seeds disjoint from training and from each other):
 - a bank of 30,000 lenses from the prior (seed 30,000): its first 1,000 are the calibration split whose average posterior
-  today's method divides by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000 to stop);
+  the aggregate methods divide by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000 to stop);
 - 200 populations of 50 lenses (seed 20,000): the systematic floor, exactly as `calibrate(populations=...)` fits it;
 - the test trials: four true-mass bins [-24, -23.5), [-23.5, -23), [-23, -22.5), [-22.5, -22], 100 trials each, a true
   log10 m uniform in the bin, 200 lenses simulated with it (seed 100,001 + 200 x trial). N in {1, 10, 50, 200} takes the
@@ -25,7 +25,7 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
 - `summary_nle`: a neural likelihood of each lens's posterior summary s = (median, log 68% half-width) given the mass,
   q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, what `calibrate` fits); log q(s_i | m) adds over lenses exactly whatever the network's
   bias (the bias is part of what q models);
-- `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as today's floor is (candidate
+- `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as the aggregate's floor is (candidate
   floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` now fits with its default bank of 30,000
   and `combine` reports as method 'summary_likelihood';
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
@@ -247,7 +247,7 @@ def _per_lens_terms(seed, grid):
         loglik, val = fit(s_bank.float(), m.float(), seed)
         terms[name] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
         info[name] = dict(validation_loss=val, seconds=round(time.time() - t0, 1))
-        if name == "summary_nle":      # the same likelihood, widened by a floor fitted on the populations as today's is
+        if name == "summary_nle":      # the same likelihood, widened by a floor fitted on the populations as the aggregate's is
             on_pop = loglik(s_pop.float(), g.float()).double().reshape(pop.shape)
             floor, _ = fit_systematic(on_pop, pop_truths(), g, widths=SUMMARY_FLOORS)
             terms["summary_nle+floor"], info["floor_summary_nle"] = (terms[name][0], float(floor)), float(floor)

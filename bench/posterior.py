@@ -9,7 +9,7 @@ for validation and epoch choice, 8 epochs, Ranger + one-cycle 3e-3). Two runs on
 head (`--loss flow`) and the MSE-trained point regressor it is compared with. Separate simulated sets (disjoint seeds):
 a 1,000-image calibration split (the recalibration and the network's own prior) and a 1,000-image test set (every
 per-lens number); the joint posterior's systematic floor is fitted on 200 simulated populations of 50 lenses (seed
-20,000, `calibrate(populations='model_ii')`). Then 200 test trials per N in {1, 10, 50} (seed 5,000): the true
+20,000, `calibrate(populations='model_ii', bank=0)`: the aggregate and floor). Then 200 test trials per N in {1, 10, 50} (seed 5,000): the true
 log10 m drawn from the prior U[-24, -22], N images simulated with that one mass, their joint posterior with the joint
 calibration (the network's prior divided out, the floor applied) and without it (the plain product of the recalibrated
 per-lens posteriors, flat prior divided out); how often the truth lies inside the joint 68% and 95% intervals, and

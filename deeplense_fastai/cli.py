@@ -817,10 +817,10 @@ def _calibrate_args(c):
     c.add_argument('--data', required=True, type=Path, help='labelled calibration split (not the training or test set)')
     c.add_argument('--tta', action='store_true', help='recalibrate the posteriors mixed over the eight symmetries')
     c.add_argument('--force', action='store_true', help="replace an existing calibration.json; also accept --data holding the run's own images")
-    c.add_argument('--populations', metavar='PRESET', help='fit the joint systematic floor on populations simulated from this preset')
+    c.add_argument('--populations', metavar='PRESET', help='fit the joint calibration on lenses simulated from this preset: the summary likelihood on a --bank of lenses from the prior, floors on --trials populations')
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
-    c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations (not one used for training or testing)')
+    c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations and the bank (not one used for training or testing)')
     c.add_argument('--bank', type=_count, default=None, metavar='N', help='with --populations: lenses simulated from the prior to fit '
                    "the summary likelihood combine uses (default 30000, as bench/many_lenses.py measured; 0: only the network's prior and its floor)")
     c.add_argument('--bs', type=_positive, default=64)
@@ -843,7 +843,7 @@ def cmd_calibrate(a) -> int:
               f"of them, the 70% intervals for {c.loc[0.7]:.1%}, the 95% intervals for {c.loc[0.95]:.1%}")
     if r['floor'] is not None:
         w = r['joint']['log10_m_axion']['systematic']; f = r['floor'][r['floor'].width == w]
-        print(f"joint posterior: systematic floor {w:.4f} dex, fitted on {a.trials} populations of {a.lenses} lenses; on them, with it, the "
+        print(f"aggregate+floor (what combine uses with --bank 0): systematic floor {w:.4f} dex, fitted on {a.trials} populations of {a.lenses} lenses; on them, with it, the "
               + ", ".join(f"{int(n)} lenses' 68% and 95% intervals held the truth in {c68:.0%} and {c95:.0%}" for n, c68, c95 in
                           zip(f.n, f.coverage68, f.coverage95)))
         if (sl := r['joint']['log10_m_axion'].get('summary_likelihood')): _print_summary_likelihood(sl)

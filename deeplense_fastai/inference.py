@@ -680,7 +680,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               tta:bool=False, # Mix the eight symmetries' posteriors (use the same setting when predicting)
               device=None, # Device
               force:bool=False, # Replace an existing calibration.json
-              populations:str|None=None, # A preset: fit the joint posterior's systematic floor on populations simulated from it
+              populations:str|None=None, # A preset: fit the joint calibration on lenses simulated from it (a bank from the prior, populations)
               trials:int=200, # Number of simulated populations
               lenses:int=50, # Lenses per population
               seed:int=20_000, # Seed of the populations (not a seed used for training or testing)
