@@ -40,7 +40,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +83,6 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _fixed_mass(p, masses, lenses, seed0):
-    "Images (K * lenses, H, W) of K populations, each simulated with its one mass."
-    from deeplense_fastai.simulate import simulate
-    return np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed0 + 1 + k)[0][:, 0].numpy()
-                           for k, m in enumerate(masses)]).astype(np.float32)
-
-
 def trial_truths() -> np.ndarray:
     "The true log10 m of every test trial: TRIALS uniform draws in each bin, bin by bin."
     rng = np.random.default_rng(TRIAL_SEED)
@@ -105,6 +97,7 @@ def pop_truths() -> np.ndarray:
 
 def images() -> None:
     "Simulate the bank, the populations and the trials once (each file written whole, then kept)."
+    from deeplense_fastai.inference import population_images
     from deeplense_fastai.simulate import get_preset, simulate
     p, d = get_preset("model_ii"), cache("images")
     if not (d / "bank.npy").exists():
@@ -113,7 +106,7 @@ def images() -> None:
         _save_atomic(d / "bank.npy", x[:, 0].numpy())
     print("bank: done", flush=True)
     if not (d / "populations.npy").exists():
-        _save_atomic(d / "populations.npy", _fixed_mass(p, pop_truths(), POP_LENSES, POP_SEED))
+        _save_atomic(d / "populations.npy", population_images(p, pop_truths(), POP_LENSES, POP_SEED))
     print("populations: done", flush=True)
     truths = trial_truths()
     for b in range(len(BINS) - 1):            # one file per bin, so a stopped run resumes bin by bin
@@ -121,7 +114,7 @@ def images() -> None:
         if f.exists(): continue
         t0 = time.time()
         ks = range(b * TRIALS, (b + 1) * TRIALS)
-        x = np.concatenate([_fixed_mass(p, [truths[k]], LENSES, TRIAL_SEED + LENSES * k) for k in ks])
+        x = np.concatenate([population_images(p, [truths[k]], LENSES, TRIAL_SEED + LENSES * k) for k in ks])
         _save_atomic(f, x)
         print(f"trials bin {b}: {len(x)} images in {time.time() - t0:.0f} s", flush=True)
 
@@ -162,24 +155,6 @@ class Standard:
     def m(self, m): return ((m - self.m_mu) / self.m_sd)[..., None]
 
 
-def _fit(params, loss_of, n_fit, n_val, seed, epochs=60, bs=256, patience=6):
-    "Adam on `loss_of(idx, train)`, early-stopped on the held-out tail; returns the best validation loss and state."
-    opt, g = torch.optim.Adam(params(), lr=1e-3), torch.Generator().manual_seed(seed)
-    best, state, bad = float("inf"), None, 0
-    for _ in range(epochs):
-        for idx in torch.randperm(n_fit, generator=g).split(bs):
-            opt.zero_grad(); loss_of(idx, True).backward(); opt.step()
-        with torch.no_grad(): val = float(loss_of(torch.arange(n_fit, n_fit + n_val), False))
-        if val < best - 1e-4: best, state, bad = val, [p.detach().clone() for p in params()], 0
-        else:
-            bad += 1
-            if bad >= patience: break
-    if state is None: raise SystemExit("the estimator's validation loss never became finite")
-    with torch.no_grad():
-        for p, v in zip(params(), state): p.copy_(v)
-    return best
-
-
 def fit_nle(s, m, seed):
     "q(s | m): the library's summary likelihood (`fit_summary_likelihood`, what `calibrate` fits), on the bank's split."
     from deeplense_fastai.posterior import fit_summary_likelihood
@@ -200,7 +175,8 @@ def fit_bnre(s, m, seed, lam=100.):
         d1, d0 = net(torch.cat([S[i], M[i]], 1))[:, 0], net(torch.cat([S[i], M[j]], 1))[:, 0]
         balance = (torch.sigmoid(d1).mean() + torch.sigmoid(d0).mean() - 1) ** 2
         return bce(d1, torch.ones_like(d1)) + bce(d0, torch.zeros_like(d0)) + lam * balance
-    val = _fit(net.parameters, loss, FIT_N, len(s) - FIT_N, seed)
+    from deeplense_fastai.posterior import fit_early_stopped
+    val = fit_early_stopped(net, loss, FIT_N, len(s) - FIT_N, seed, bs=256, what='the ratio estimator')
     def loglik(s_test, grid):          # (B, G): log r(s_i, m_g)
         with torch.no_grad():
             G, mg = len(grid), st.m(grid)

@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +116,11 @@ def joint_trials(run, preset, trials, ns, seed, log):
     """Coverage of the joint 68% and 95% intervals and their widths, for N lenses sharing one true log10 m: with the
     run's joint calibration (its own prior divided out, the fitted systematic floor) and without it (the plain product of
     the recalibrated per-lens posteriors, the flat prior divided out)."""
-    from deeplense_fastai.simulate import get_preset, simulate
-    from deeplense_fastai.inference import run_posteriors, joint_posterior
+    from deeplense_fastai.simulate import get_preset
+    from deeplense_fastai.inference import run_posteriors, joint_posterior, population_images
     p, n_max = get_preset(preset), max(ns)
     truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
-    imgs = np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), n_max, seed=seed + 1 + k)[0][:, 0].numpy()
-                           for k, m in enumerate(truths)])
+    imgs = population_images(p, truths, n_max, seed)
     out = {}
     for mode, raw in (("calibrated", True), ("uncalibrated", False)):
         grid, logp, _, cfg = run_posteriors(run, imgs, bs=256, raw=raw)

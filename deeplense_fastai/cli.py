@@ -35,12 +35,6 @@ def _positive(text:str) -> int:
     if v <= 0: raise argparse.ArgumentTypeError(f"must be positive, got {v}")
     return v
 
-def _count(text:str) -> int:
-    try: v = int(text)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if v < 0: raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
 def _seed(text:str) -> int:
     try: v = int(text)
     except ValueError: raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
@@ -821,7 +815,7 @@ def _calibrate_args(c):
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
     c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations and the bank (not one used for training or testing)')
-    c.add_argument('--bank', type=_count, default=None, metavar='N', help='with --populations: lenses simulated from the prior to fit '
+    c.add_argument('--bank', type=_seed, default=None, metavar='N', help='with --populations: lenses simulated from the prior to fit '
                    "the summary likelihood combine uses (default 30000, as bench/many_lenses.py measured; 0: only the network's prior and its floor)")
     c.add_argument('--bs', type=_positive, default=64)
     c.add_argument('--device', default=None)
@@ -830,13 +824,13 @@ def _calibrate_args(c):
 def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.inference import calibrate
+    from deeplense_fastai.inference import calibrate, BANK
     if a.bank is not None and a.populations is None:
         raise DeepLenseError("--bank goes with --populations (the bank fits the summary likelihood of the joint calibration)")
     if not a.data.exists(): raise DeepLenseError(f"--data {a.data}: no such file or directory")
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale), a.bs, a.tta, get_device(a.device), a.force, a.populations, a.trials,
-                      a.lenses, a.seed, 30_000 if a.bank is None else a.bank)
+                      a.lenses, a.seed, BANK if a.bank is None else a.bank)
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for {c.loc[0.5]:.1%} "

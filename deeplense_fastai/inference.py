@@ -13,12 +13,12 @@ import torch
 
 # %% auto #0
 __all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES',
-           'MIN_BANK', 'SUMMARY_FILE', 'HPARAM_MAX', 'load_run', 'Grid', 'input_grid', 'open_checked', 'pixel_status',
-           'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images', 'posterior_batches', 'predict_batches',
-           'get_predictions', 'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'predict',
-           'predict_opened', 'limit_columns', 'limits_summary', 'score_run', 'score_classifier', 'run_posteriors',
-           'check_ood_share', 'calibration_report', 'calibrate', 'JointPosterior', 'joint_posteriors', 'combine',
-           'joint_posterior']
+           'MIN_BANK', 'BANK', 'SUMMARY_FILE', 'HPARAM_MAX', 'load_run', 'Grid', 'input_grid', 'open_checked',
+           'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images', 'posterior_batches',
+           'predict_batches', 'get_predictions', 'class_probabilities', 'class_columns', 'predict_source',
+           'posterior_source', 'predict', 'predict_opened', 'limit_columns', 'limits_summary', 'score_run',
+           'score_classifier', 'run_posteriors', 'check_ood_share', 'calibration_report', 'population_images',
+           'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -625,15 +625,25 @@ def _population_preset(preset:str, cfg:RunConfig):
 MIN_TRIALS, MIN_LENSES = 20, 2   # fewer populations cannot estimate a 68% coverage at all (binomial error 0.10 at 20)
 MAX_POPULATION_IMAGES = 200_000  # simulated and held in memory at once: about 3 GB of 64x64 images
 MIN_BANK = 200                   # fewer lenses cannot fit the summary likelihood and hold a fifth of them out
+BANK = 30_000                    # calibrate's default bank: what bench/many_lenses.py measured
+
+def population_images(preset, # A preset (name or `Preset`) whose target is log10_m_axion
+                      masses, # The K shared masses, log10 m
+                      lenses:int, # Lenses per population
+                      seed:int, # Population k is simulated with seed + 1 + k
+                     ) -> np.ndarray:
+    "Images (K * lenses, H, W) of K populations, the lenses of population k all simulated with its one mass."
+    from dataclasses import replace
+    from deeplense_fastai.simulate import simulate
+    p = get_preset(preset)
+    return np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
+                           for k, m in enumerate(masses)])
 
 def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta):
     "Raw posteriors (K, N, G) of `trials` simulated populations of `lenses` lenses sharing one axion mass, and the K masses."
-    from dataclasses import replace
-    from deeplense_fastai.simulate import simulate
     p = _population_preset(preset, cfg)
     truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
-    imgs = np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
-                           for k, m in enumerate(truths)])
+    imgs = population_images(p, truths, lenses, seed)
     return _simulated_posteriors(model, cfg, imgs, bs, tta).reshape(trials, lenses, -1), truths, cfg['targets'].index('log10_m_axion')
 
 def _simulated_posteriors(model, cfg, imgs:np.ndarray, bs, tta) -> torch.Tensor:
@@ -652,7 +662,7 @@ def _check_populations(preset:str, cfg:RunConfig, trials:int, lenses:int, bank:i
     _population_preset(preset, cfg)
     if bank and not MIN_BANK <= bank <= MAX_POPULATION_IMAGES:
         raise DeepLenseError(f"bank: {bank:,} lenses cannot fit the summary likelihood; use {MIN_BANK} to {MAX_POPULATION_IMAGES:,} "
-                             f"(default 30,000), or 0 for the aggregate and floor alone")
+                             f"(default {BANK:,}), or 0 for the aggregate and floor alone")
     if trials < MIN_TRIALS or lenses < MIN_LENSES:
         raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses cannot fit a floor; use at least {MIN_TRIALS} "
                              f"trials of {MIN_LENSES} lenses (default 200 of 50)")
@@ -684,7 +694,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               trials:int=200, # Number of simulated populations
               lenses:int=50, # Lenses per population
               seed:int=20_000, # Seed of the populations (not a seed used for training or testing)
-              bank:int=30_000, # With populations: lenses simulated from the prior to fit the summary likelihood (0: aggregate and floor only)
+              bank:int=BANK, # With populations: lenses simulated from the prior to fit the summary likelihood (0: aggregate and floor only)
              ) -> dict:
     "Fit quantile recalibration and the joint calibration on `source`, write `calibration.json`; returns what was fitted."
     f = Path(run_dir)/'calibration.json'

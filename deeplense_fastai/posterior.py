@@ -15,8 +15,8 @@ __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS',
            'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample',
            'expected_coverage', 'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp',
            'smooth_log_density', 'combine_log_posteriors', 'summarise', 'aggregate_log_posterior', 'fit_systematic',
-           'posterior_summaries', 'SummaryLikelihood', 'fit_summary_likelihood', 'joint_coverage_by_bin', 'flow_median',
-           'quantile_columns', 'run_log_posterior']
+           'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood',
+           'joint_coverage_by_bin', 'flow_median', 'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
@@ -320,20 +320,28 @@ class SummaryLikelihood(nn.Module):
         return torch.cat([dist.log_prob(self.scaled(c, grid[:0])[0][:, None]) for c in s.split(chunk)])
 
 # %% ../nbs/04b_posterior.ipynb #bdc8a8cb
-def _fit_flow(flow:nn.Module, S:torch.Tensor, M:torch.Tensor, n_fit:int, seed:int, epochs:int, bs:int, patience:int) -> float:
-    "Adam on the negative log-likelihood of the first `n_fit` pairs, early-stopped on the rest; the best state restored."
-    opt, g, val_idx = torch.optim.Adam(flow.parameters(), lr=1e-3), torch.Generator().manual_seed(seed), torch.arange(n_fit, len(S))
-    nll = lambda i: -flow(M[i]).log_prob(S[i]).mean()
+def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its state restored at the end)
+                      loss_of, # loss_of(idx, train) -> scalar loss of the pairs `idx` (train: a training step's batch)
+                      n_fit:int, # Indices 0..n_fit-1 are trained on, in shuffled batches
+                      n_val:int, # Indices n_fit..n_fit+n_val-1 are held out: the early-stopping loss
+                      seed:int, # Seed of the batch order
+                      epochs:int=60, # At most this many passes
+                      bs:int=512, # Pairs per step
+                      patience:int=6, # Stop after this many epochs without a held-out loss lower by 1e-4
+                      what:str='the model', # What the error names if the held-out loss is never finite
+                     ) -> float:
+    "Adam (rate 1e-3) on `loss_of`, early-stopped on the held-out tail; the best state restored, its held-out loss returned."
+    opt, g, val_idx = torch.optim.Adam(module.parameters(), lr=1e-3), torch.Generator().manual_seed(seed), torch.arange(n_fit, n_fit + n_val)
     best, state, bad = math.inf, None, 0
     for _ in range(epochs):
-        flow.train()
+        module.train()
         for idx in torch.randperm(n_fit, generator=g).split(bs):
-            opt.zero_grad(); nll(idx).backward(); opt.step()
-        with torch.no_grad(): val = float(nll(val_idx))
-        if val < best - 1e-4: best, state, bad = val, {k: v.clone() for k, v in flow.state_dict().items()}, 0
+            opt.zero_grad(); loss_of(idx, True).backward(); opt.step()
+        with torch.no_grad(): val = float(loss_of(val_idx, False))
+        if val < best - 1e-4: best, state, bad = val, {k: v.clone() for k, v in module.state_dict().items()}, 0
         elif (bad := bad + 1) >= patience: break
-    if state is None: raise DeepLenseError("the summary likelihood could not be fitted: its validation loss never became finite")
-    flow.load_state_dict(state)
+    if state is None: raise DeepLenseError(f"{what} could not be fitted: its validation loss never became finite")
+    module.load_state_dict(state)
     return best
 
 def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
@@ -355,7 +363,9 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
     s, m = s.float(), torch.as_tensor(m).float()
     q.s_mean.copy_(s[:n_fit].mean(0)); q.s_sd.copy_(s[:n_fit].std(0).clamp_min(1e-4))
     q.m_mean.copy_(m[:n_fit].mean()); q.m_sd.copy_(m[:n_fit].std().clamp_min(1e-4))
-    q.validation_loss = _fit_flow(q.flow, *q.scaled(s, m), n_fit, seed, epochs, bs, patience)
+    S, M = q.scaled(s, m)
+    q.validation_loss = fit_early_stopped(q.flow, lambda i, _: -q.flow(M[i]).log_prob(S[i]).mean(), n_fit, len(s) - n_fit,
+                                          seed, epochs, bs, patience, what='the summary likelihood')
     return q.eval()
 
 def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K populations (`fit_systematic`'s input)
