@@ -369,7 +369,7 @@ def plot_joint_posterior(jp, # A `JointPosterior` (from `inference.combine`)
     s = jp.summary
     ax.fill_between(g, 0, joint, where=(g >= s['lo95']) & (g <= s['hi95']), color='C0', alpha=0.15, label='95%')
     ax.fill_between(g, 0, joint, where=(g >= s['lo68']) & (g <= s['hi68']), color='C0', alpha=0.35, label='68%')
-    ax.plot(g, joint, color='C0', lw=2, label=f'joint, {jp.n} lens{"es" if jp.n > 1 else ""}')
+    ax.plot(g, joint, color='C0', lw=2, label=f'joint, {jp.n} lens{"es" if jp.n > 1 else ""} ({jp.method})')
     if truth is not None: ax.axvline(truth, color='C3', ls='--', label='truth')
     ax.set_xlabel(jp.target); ax.set_ylabel('posterior density'); ax.set_yticks([])
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5)); ax.legend(fontsize=7)

@@ -370,6 +370,10 @@ def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_pat
     sl = joint["summary_likelihood"]
     assert sl["method"] == "summary_likelihood" and sl["bank"] == dict(preset="model_ii", n=400, seed=20000 + 1 + 200)
     assert 0 <= sl["systematic"] <= 0.05 and sl["validated"]["n_max"] == 50 and sl["validated"]["mass_range"] == [-24.0, -22.0]
+    assert "simulating 400 lenses from the prior of model_ii" in r.stderr              # the bank's cost is announced
+    from deeplense_fastai.posterior import SUMMARY_FLOORS
+    assert sl["at_cap"] == (sl["systematic"] >= float(SUMMARY_FLOORS[-1]))            # recorded, and said exactly when true
+    assert ("floor reached the largest candidate" in r.stderr) == sl["at_cap"]
     assert {c["n"] for c in sl["validated"]["coverage"]} == {10, 25, 50}
     assert sum(c["trials"] for c in sl["validated"]["coverage"] if c["n"] == 50) == 200     # every population, in 4 bins
     r = ok(run("combine", "--model", run_dir, native["native"], "--json", tmp_path / "j.json", env=env[1]))
