@@ -35,7 +35,8 @@ setuptools.setup(
     include_package_data=True,
     python_requires=">=" + cfg["min_python"],
     install_requires=cfg["requirements"].split(),
-    extras_require={"dev": cfg["dev_requirements"].split(), "fits": cfg["fits_requirements"].split()},
+    extras_require={"dev": cfg["dev_requirements"].split(), "fits": cfg["fits_requirements"].split(),
+                    "peers": cfg["peers_requirements"].split()},
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
