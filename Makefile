@@ -1,6 +1,8 @@
 # The two commands of the README, each self-contained on a machine with Python 3.11 and pip:
 #   make demo   create .venv, install the package, run the main job on the embedded default
 #   make test   create .venv, install with dev extras, check notebooks and modules are in sync, run all tests
+#   make test-fast  a developer's loop: the sync check, the library notebooks (not the tutorials, which train
+#               models) and the tests not marked slow (tests/conftest.py says which are); `make test` runs everything
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +11,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
 export MPLBACKEND := Agg
 
-.PHONY: demo test sync-check nbtest pytest docs docs-serve browser clean
+.PHONY: demo test test-fast sync-check nbtest pytest docs docs-serve browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +59,10 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q --durations=25 tests
 
 test: sync-check nbtest browser pytest
+
+test-fast: sync-check
+	$(BIN)/nbdev-test --n-workers 1 --timing --skip-folder-re '^([_.]|tutorials$$)'
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 
 docs: $(VENV)/.installed-dev
 	$(BIN)/python tools/docs.py site

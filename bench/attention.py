@@ -45,12 +45,12 @@ def vortex_mask(preset, indices, seed, width_px=1.5, turn=0.):
     from deeplense_fastai.lensing import pixel_grid
     from deeplense_fastai.simulate import draw_parameters
     par = draw_parameters(preset, indices, seed)
-    x, y = pixel_grid(preset.npix, preset.pixel_scale, dtype=torch.float64)
+    x, y = pixel_grid(preset.instrument.npix, preset.instrument.pixel_scale, dtype=torch.float64)
     ang = torch.as_tensor(par["vortex_angle"] + turn, dtype=torch.float64)[:, None, None]
     lam = torch.as_tensor(par["vortex_half_length"], dtype=torch.float64)[:, None, None]
     along, across = x * ang.cos() + y * ang.sin(), -x * ang.sin() + y * ang.cos()
     dist = ((along.abs() - lam).clamp(min=0) ** 2 + across ** 2).sqrt()
-    return (dist <= width_px * preset.pixel_scale) & (lam > 0)
+    return (dist <= width_px * preset.instrument.pixel_scale) & (lam > 0)
 
 
 def share_on(maps, mask):

@@ -55,8 +55,8 @@ CENTRE_PX = 1.5 * np.sqrt(2)                                # where the vortex a
 def regions(preset, indices, seed, inner_px, width_px=1.5):
     "The vortex region turned by each of TURNS (K, B, H, W), beyond `inner_px` pixels from the lens centre."
     from deeplense_fastai.lensing import pixel_grid
-    x, y = pixel_grid(preset.npix, preset.pixel_scale, dtype=torch.float64)
-    outside = (x**2 + y**2).sqrt() > inner_px * preset.pixel_scale
+    x, y = pixel_grid(preset.instrument.npix, preset.instrument.pixel_scale, dtype=torch.float64)
+    outside = (x**2 + y**2).sqrt() > inner_px * preset.instrument.pixel_scale
     return torch.stack([vortex_mask(preset, indices, seed, width_px, np.deg2rad(t)) & outside for t in TURNS])
 
 
@@ -98,10 +98,10 @@ def physics_reference(data):
         share = [float((d * m)[s].sum() / d[s].sum()) for m in masks]
         out[part] = dict(images=int(s.sum()), vortex_share=share[0], control_share=share[4], ratio=share[0] / share[4],
                          profile=profile(share))
-    x, y = pixel_grid(data.preset.npix, data.preset.pixel_scale, dtype=torch.float64)
-    mid = (x**2 + y**2).sqrt() < 3 * data.preset.pixel_scale
+    x, y = pixel_grid(data.preset.instrument.npix, data.preset.instrument.pixel_scale, dtype=torch.float64)
+    mid = (x**2 + y**2).sqrt() < 3 * data.preset.instrument.pixel_scale
     ratio = (ext[:, mid].sum(1) / com[:, mid].sum(1)).numpy()
-    short = data.lam < 3 * data.preset.pixel_scale
+    short = data.lam < 3 * data.preset.instrument.pixel_scale
     out["central_flux_ratio"] = dict(reaches_ring=float(np.median(ratio[data.reach])), within_3px=float(np.median(ratio[short])),
                                      images_reaching=int(data.reach.sum()), images_within_3px=int(short.sum()))
     return out
@@ -110,7 +110,7 @@ def physics_reference(data):
 def fill_change(x, data):
     "Median relative change of the light within half the Einstein radius of the centre when a region is inpainted."
     from deeplense_fastai.lensing import pixel_grid
-    gx, gy = pixel_grid(data.preset.npix, data.preset.pixel_scale, dtype=torch.float64)
+    gx, gy = pixel_grid(data.preset.instrument.npix, data.preset.instrument.pixel_scale, dtype=torch.float64)
     mid = (gx**2 + gy**2).sqrt() < data.theta_E / 2
     flux = lambda im: im[:, 0].double()[:, mid].sum(1)
     out = {}
@@ -190,7 +190,7 @@ def prepare(a):
     n = min(a.images, len(test))
     indices = test.labels["index"].to_numpy()[:n]
     theta_E = float(preset_physics(preset)["theta_E"])
-    inner = dict(beyond_centre=CENTRE_PX, outer=theta_E / preset.pixel_scale / 2)
+    inner = dict(beyond_centre=CENTRE_PX, outer=theta_E / preset.instrument.pixel_scale / 2)
     masks = {part: regions(preset, indices, seed, px) for part, px in inner.items()}
     keep = {part: (m[0].flatten(1).any(1) & m[4].flatten(1).any(1)).numpy() for part, m in masks.items()}
     lam = draw_parameters(preset, indices, seed)["vortex_half_length"]
@@ -246,7 +246,7 @@ def main():
          parts={p: dict(inner_px=float(px), images=int(data.keep[p].sum()), reaching_ring=int((data.keep[p] & data.reach).sum()),
                         log10_m=np.round(data.log10_m[data.keep[p]], 4).tolist()) for p, px in data.inner_px.items()},
          settings=dict(fill="inpaint_fill", sigma_px=a.sigma, width_px=1.5, patch_px=a.patch, theta_E_arcsec=data.theta_E,
-                       pixel_scale_arcsec=data.preset.pixel_scale),
+                       pixel_scale_arcsec=data.preset.instrument.pixel_scale),
          physics=ref, fill_middle_change=fill_change(x, data), table=over_seeds(rows, list(data.masks)), runs=rows,
          examples=examples)
 

@@ -74,9 +74,8 @@ def write_fits(path: Path, cube: np.ndarray, scale: float) -> Path:
 def finer(preset, scale: float, npix: int) -> np.ndarray:
     "The test lenses simulated at another pixel scale over the same field (the same parameter draws)."
     import torch
-    from dataclasses import replace
     from deeplense_fastai.simulate import make_images
-    p = replace(preset, pixel_scale=scale, npix=npix)
+    p = preset.replace(pixel_scale=scale, npix=npix)
     torch.set_num_threads(1)
     out = [make_images(p, s, min(s + 250, N_TEST), SEED, ("axion",), True, "cpu")[0].numpy() for s in range(0, N_TEST, 250)]
     return np.concatenate(out)
@@ -101,7 +100,7 @@ def main():
     np.save(work / "sky96.npy", sky); np.save(work / "zeros96.npy", zeros)
     np.save(work / "resized64.npy", resize_images(torch.from_numpy(sky[:, None]), 64)[:, 0].numpy())
     write_fits(work / "sky96.fits", sky, scale)
-    write_fits(work / "fine128.fits", finer(preset, scale / 2, 2 * preset.npix), scale / 2)
+    write_fits(work / "fine128.fits", finer(preset, scale / 2, 2 * preset.instrument.npix), scale / 2)
     variants = [("as simulated (64 px, native)", [test]),
                 ("padded to 96 px, sky noise, .npy + --pixel-scale", [work / "sky96.npy", "--pixel-scale", scale]),
                 ("padded to 96 px, zeros, .npy + --pixel-scale", [work / "zeros96.npy", "--pixel-scale", scale]),

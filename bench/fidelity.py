@@ -196,7 +196,7 @@ def main():
             theirs = [ref.deeplensesim_image(name, prm, b, noise=noise, seed=1000 * a.seed + b) for b in range(a.n)]
             t_ref = time.perf_counter() - t0
             ours = imgs.double().numpy()
-            entry = compare([image_stats(o, p.pixel_scale) for o in ours], [image_stats(t, p.pixel_scale) for t in theirs])
+            entry = compare([image_stats(o, p.instrument.pixel_scale) for o in ours], [image_stats(t, p.instrument.pixel_scale) for t in theirs])
             if not noise:
                 rel = [float(np.abs(o - t).max() / np.abs(t).max()) for o, t in zip(ours, theirs)]
                 entry["paired_max_abs_diff_of_peak"] = dict(median=float(np.median(rel)), max=float(np.max(rel)))

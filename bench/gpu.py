@@ -116,8 +116,8 @@ def main():
             for comp in ((False, True) if a.compile else (False,)):
                 p = get_preset(name, vortex=vortex)
                 r = sim_rate(p, a.n_sim, device, comp)
-                out["simulation"].append(dict(preset=name, image_px=p.npix, vortex=vortex, compile=comp, n=a.n_sim, img_per_s=round(r, 1)))
-                print(f"| {name} | {p.npix} | {vortex} | {comp} | {r:.0f} |", flush=True)
+                out["simulation"].append(dict(preset=name, image_px=p.instrument.npix, vortex=vortex, compile=comp, n=a.n_sim, img_per_s=round(r, 1)))
+                print(f"| {name} | {p.instrument.npix} | {vortex} | {comp} | {r:.0f} |", flush=True)
     print("| preset | px | arch | bs | mixed precision | train img/s | simulation share |\n|---|---|---|---|---|---|---|", flush=True)
     for name in ("model_ii", "model_i"):
         for arch in ("resnet18", a.arch):

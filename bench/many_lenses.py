@@ -92,7 +92,7 @@ def trial_truths() -> np.ndarray:
 def pop_truths() -> np.ndarray:
     "The populations' masses, drawn as `calibrate` draws them."
     from deeplense_fastai.simulate import get_preset
-    return np.random.default_rng(POP_SEED).uniform(*get_preset("model_ii").log10_m_axion, POP_TRIALS)
+    return np.random.default_rng(POP_SEED).uniform(*get_preset("model_ii").axion.log10_m, POP_TRIALS)
 
 
 def images() -> None:

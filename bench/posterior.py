@@ -119,7 +119,7 @@ def joint_trials(run, preset, trials, ns, seed, log):
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.inference import run_posteriors, joint_posterior, population_images
     p, n_max = get_preset(preset), max(ns)
-    truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
+    truths = np.random.default_rng(seed).uniform(*p.axion.log10_m, trials)
     imgs = population_images(p, truths, n_max, seed)
     out = {}
     for mode, raw in (("calibrated", True), ("uncalibrated", False)):

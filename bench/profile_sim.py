@@ -76,7 +76,7 @@ def main():
     B, R = a.block, a.repeats
     F, M = machine_rates(R)
     phys = preset_physics(p)
-    x, y = L.pixel_grid(p.npix, p.pixel_scale, p.supersample)
+    x, y = L.pixel_grid(p.instrument.npix, p.instrument.pixel_scale, p.instrument.supersample)
     P = x.numel()
     idx = np.arange(B)
     cdm = draw_parameters(p, idx, 0, ("cdm",))
@@ -94,42 +94,42 @@ def main():
                            ratio_to_minimum=round(t / tmin, 1) if tmin else None, note=note))
 
     stage("parameter draws (NumPy)", lambda: draw_parameters(p, idx, 0, ("axion",)), 0, 0, "counter-based uniforms; not arithmetic-bound")
-    stage("SIE on the grid", lambda: L.sie_deflection(x, y, phys["theta_E"], p.halo_e1, p.halo_e2), P * FLOPS["sie"], P * 4 * 4,
+    stage("SIE on the grid", lambda: L.sie_deflection(x, y, phys["theta_E"], p.lens.e1, p.lens.e2), P * FLOPS["sie"], P * 4 * 4,
           "cached per preset in the simulator: once, not per image")
-    stage("shear on the grid", lambda: L.shear_deflection(x, y, p.gamma1, p.gamma2), P * FLOPS["shear"], P * 4 * 4, "cached per preset")
-    ax0 = torch.zeros(B, p.npix, p.npix); ay0 = torch.zeros(B, p.npix, p.npix)
+    stage("shear on the grid", lambda: L.shear_deflection(x, y, p.lens.gamma1, p.lens.gamma2), P * FLOPS["shear"], P * 4 * 4, "cached per preset")
+    ax0 = torch.zeros(B, p.instrument.npix, p.instrument.npix); ay0 = torch.zeros(B, p.instrument.npix, p.instrument.npix)
     stage(f"{K_sub} CDM subhalos (point masses)", lambda: L.point_mass_deflection(x, y, Tn(cdm["sub_theta_E"][:, :K_sub]),
           Tn(cdm["sub_x"][:, :K_sub]), Tn(cdm["sub_y"][:, :K_sub])), B * P * K_sub * FLOPS["point_mass"], B * P * 2 * 4,
           "cdm images only")
-    generic = f"{p.vortex_points} vortex points" + (" (generic point-mass kernel)" if hasattr(L, "collinear_point_mass_deflection") else "")
+    generic = f"{p.axion.points} vortex points" + (" (generic point-mass kernel)" if hasattr(L, "collinear_point_mass_deflection") else "")
     stage(generic, lambda: L.point_mass_deflection(x, y, Tn(te), Tn(px), Tn(py)),
-          B * P * p.vortex_points * FLOPS["point_mass"], B * P * 2 * 4,
+          B * P * p.axion.points * FLOPS["point_mass"], B * P * 2 * 4,
           "axion images only" + ("; no longer used by the simulator" if hasattr(L, "collinear_point_mass_deflection") else ""))
     if hasattr(L, "collinear_point_mass_deflection"):     # the simulator's kernel for the point-mass vortex
         te1, off = _vortex_offsets(ax_, p)
-        stage(f"{p.vortex_points} vortex points (collinear kernel)",
+        stage(f"{p.axion.points} vortex points (collinear kernel)",
               lambda: L.collinear_point_mass_deflection(x, y, te1, off, ax_["vortex_angle"]),
-              B * P * p.vortex_points * FLOPS["collinear_point_mass"], B * P * 2 * 4, "axion images only: what the simulator uses")
+              B * P * p.axion.points * FLOPS["collinear_point_mass"], B * P * 2 * 4, "axion images only: what the simulator uses")
     stage("ray shooting", lambda: L.ray_shoot(x, y, ax0, ay0, phys["deflection_scale"]), B * P * FLOPS["ray_shoot"], B * P * 4 * 4)
     bx, by = L.ray_shoot(x, y, ax0 + 0.1, ay0, phys["deflection_scale"])
-    stage("Sersic source", lambda: L.sersic(bx, by, phys["source_amp"], p.source_R, p.source_n, p.source_e1, p.source_e2,
+    stage("Sersic source", lambda: L.sersic(bx, by, phys["source_amp"], p.source_galaxy.R, p.source_galaxy.n, p.source_galaxy.e1, p.source_galaxy.e2,
           Tn(ax_["source_x"]), Tn(ax_["source_y"])), B * P * FLOPS["sersic"], B * P * 3 * 4)
-    img = L.sersic(bx, by, phys["source_amp"], p.source_R, p.source_n, p.source_e1, p.source_e2, Tn(ax_["source_x"]), Tn(ax_["source_y"]))
-    k = len(L.gaussian_kernel1d(p.psf_fwhm, p.pixel_scale, p.psf_truncation)) if p.psf_fwhm else 0
-    stage(f"PSF ({k}-tap separable)", lambda: L.convolve_psf(img, p.psf_fwhm, p.pixel_scale, p.psf_truncation),
+    img = L.sersic(bx, by, phys["source_amp"], p.source_galaxy.R, p.source_galaxy.n, p.source_galaxy.e1, p.source_galaxy.e2, Tn(ax_["source_x"]), Tn(ax_["source_y"]))
+    k = len(L.gaussian_kernel1d(p.instrument.psf_fwhm, p.instrument.pixel_scale, p.instrument.psf_truncation)) if p.instrument.psf_fwhm else 0
+    stage(f"PSF ({k}-tap separable)", lambda: L.convolve_psf(img, p.instrument.psf_fwhm, p.instrument.pixel_scale, p.instrument.psf_truncation),
           B * P * 2 * 2 * k, B * P * 2 * 4)
     model = img * phys["pixel_area"]
-    nf = FLOPS["noise_counts" if p.noise == "counts" else "noise_ccd"]
-    stage(f"noise ({p.noise}, one generator per image)", lambda: add_noise(p, model, ax_, 0), B * P * nf, B * P * 3 * 4)
+    nf = FLOPS["noise_counts" if p.observation.noise == "counts" else "noise_ccd"]
+    stage(f"noise ({p.observation.noise}, one generator per image)", lambda: add_noise(p, model, ax_, 0), B * P * nf, B * P * 3 * 4)
     t_all = best(lambda: make_images(p, 0, B, 0, ("axion",)), R)
     t_cdm = best(lambda: make_images(p, 0, B, 0, ("cdm",)), R)
     out = header("profile_sim")
     out["machine"].update(matmul_gflops=round(F / 1e9, 1), stream_gb_s=round(M / 1e9, 1))
-    out.update(preset=p.name, image_px=p.npix, block=B,
+    out.update(preset=p.name, image_px=p.instrument.npix, block=B,
                flops_per_element=FLOPS, stages=stages,
                make_images_axion_ms_per_image=round(1e3 * t_all / B, 4), make_images_cdm_ms_per_image=round(1e3 * t_cdm / B, 4),
                make_images_axion_img_per_s=round(B / t_all, 1), make_images_cdm_img_per_s=round(B / t_cdm, 1))
-    print(f"# {p.name} {p.npix}x{p.npix}, block of {B}; {torch.get_num_threads()} threads; matmul {F / 1e9:.0f} GFLOP/s, "
+    print(f"# {p.name} {p.instrument.npix}x{p.instrument.npix}, block of {B}; {torch.get_num_threads()} threads; matmul {F / 1e9:.0f} GFLOP/s, "
           f"a*b+c {M / 1e9:.1f} GB/s; torch {torch.__version__}")
     print("| stage | ms / image | arithmetic minimum ms / image | ratio | note |\n|---|---|---|---|---|")
     for s in stages:

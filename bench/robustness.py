@@ -1,7 +1,8 @@
 """When the sky is not the simulator: train on one world, test on another, with the OOD flag's detection rate.
 
-    OMP_NUM_THREADS=1 nice -n 19 python bench/robustness.py train     # the three training runs (resumable)
+    OMP_NUM_THREADS=1 nice -n 19 python bench/robustness.py train     # the training runs (resumable)
     OMP_NUM_THREADS=1 python bench/robustness.py score                 # every (train, test) pair -> results JSON
+                                                                      # (pairs cached by weights digest)
 
 Protocol (CPU; issue 22). Model II (64x64, Euclid VIS as DeepLenseSim ran it), axion images, target log10 m_axion.
 Each training world A is trained by the user's command, exactly as a user runs it (a subprocess, default flags):
@@ -16,6 +17,12 @@ the MAE of the posterior median against the constant guess (the training mean), 
 intervals holding the truth, the largest gap between nominal and empirical coverage over the levels 0.1..0.9, the median
 68% half-width, the share of points outside the training range (`in_prior` false), and the share `ood` flags (its
 threshold flags 5% of the run's own validation images: the false-alarm rate on A's world, by construction about 5%).
+
+The varied world's run at that budget stays near the constant guess, so three longer recipes train on it too (run
+names `model_ii_nuisance@RECIPE`): `init`, the same budget starting from the fixed world's run (`--init`: its network
+already reads the vortex); `online`, new images every batch for 32 epochs of 8,000 (four times the optimiser steps);
+and `init_online`, both. Their commands are recorded in the results' settings (`{model_ii}` stands for the fixed
+world's run directory).
 
 The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/robustness); a finished run is not
 retrained. The results file records each run's weights digest and OOD threshold, the commands, the machine and the date.
@@ -34,12 +41,13 @@ WORLDS = ("model_ii", "model_ii_nuisance", "model_ii_nuisance_clumpy")
 TESTS = ("model_ii", "model_ii_clumpy", "model_ii_nuisance", "model_ii_nuisance_clumpy")
 TRAIN = ["--n", "8000", "--arch", "xresnet_small", "--loss", "flow", "--epochs", "8", "--seed", "0"]
 # Longer recipes for the varied world, whose run above stays near the constant guess (issue 22): fine-tuning the fixed
-# world's run (its network already reads the vortex), and online simulation for four times the optimiser steps.
+# world's run (its network already reads the vortex), online simulation for four times the optimiser steps, and both.
 # A recipe is `WORLD@NAME`; `{model_ii}` stands for the fixed world's run directory.
 RECIPES = {"init": ["--init", "{model_ii}", "--n", "8000", "--epochs", "8", "--seed", "0"],
            "online": ["--online", "--epoch-size", "8000", "--arch", "xresnet_small", "--loss", "flow", "--epochs", "32",
-                      "--seed", "0"]}
-LONGER = ("model_ii_nuisance@init", "model_ii_nuisance@online")
+                      "--seed", "0"],
+           "init_online": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "32", "--seed", "0"]}
+LONGER = ("model_ii_nuisance@init", "model_ii_nuisance@online", "model_ii_nuisance@init_online")
 N_TEST, TEST_SEED = 2000, 99
 LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)
 
@@ -99,6 +107,21 @@ def score_pair(run: Path, test: Path, cfg) -> dict:
                 ood_scores=pred["ood_score"].to_numpy())
 
 
+def cached_pair(run: str, test: str, digest: str, compute) -> dict:
+    "One (run, test world) pair's figures, cached under the run's weights digest and the test set's seed and size."
+    import json
+    from deeplense_fastai.core import cache_dir
+    f = cache_dir("bench", "robustness_scores") / f"{run}__{test}.json"
+    key = dict(weights_sha256=digest, n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
+    if f.is_file() and (old := json.loads(f.read_text()))["key"] == key:
+        return dict(old["pair"], ood_scores=np.asarray(old["pair"]["ood_scores"]))
+    pair = compute()
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(key=key, pair=dict(pair, ood_scores=pair["ood_scores"].tolist()))))
+    tmp.replace(f)
+    return pair
+
+
 def score(worlds) -> None:
     "Score every trained run on every test world; AUROC of ood_score against the run's own world's test images."
     from sklearn.metrics import roc_auc_score
@@ -109,13 +132,14 @@ def score(worlds) -> None:
         run = run_dir(w)
         cfg = read_run_config(run)
         world = recipe(w)[0]
-        pairs = {t: score_pair(run, test_set(t), cfg) for t in TESTS}
+        digest = file_digest(run / "weights.safetensors")
+        pairs = {t: cached_pair(w, t, digest, lambda: score_pair(run, test_set(t), cfg)) for t in TESTS}
         own = pairs[world]["ood_scores"]
         for t, r in pairs.items():
             s = r.pop("ood_scores")
             auc = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(s))], np.r_[own, s]))
             rows.append(dict(train=w, test=t, **r, ood_auroc=auc, n_test=N_TEST, ood_threshold=cfg["ood"]["threshold"],
-                             weights_sha256=file_digest(run / "weights.safetensors")))
+                             weights_sha256=digest))
             shown = {k: v for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")}
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
     recipes = {k: " ".join(["deeplense train --preset WORLD", *v]) for k, v in RECIPES.items()}

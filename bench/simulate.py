@@ -86,8 +86,8 @@ def main():
                 lts = f"{lt:.0f}" if lt else "-"
                 ratio = (f"{r / lt:.1f}x" + (f" / {rc / lt:.1f}x" if rc else "")) if lt else "-"
                 rcs = f"{rc:.0f}" if rc else "-"
-                print(f"| {pname} ({p.npix}x{p.npix}) | {cls} | {mode if cls == 'axion' else '-'} | {r:.0f} | {rcs} | {lts} | {ratio} |", flush=True)
-                rows.append(dict(preset=pname, npix=p.npix, cls=cls, vortex=mode if cls == "axion" else None,
+                print(f"| {pname} ({p.instrument.npix}x{p.instrument.npix}) | {cls} | {mode if cls == 'axion' else '-'} | {r:.0f} | {rcs} | {lts} | {ratio} |", flush=True)
+                rows.append(dict(preset=pname, npix=p.instrument.npix, cls=cls, vortex=mode if cls == "axion" else None,
                                  ours_img_s=round(r, 1), ours_compiled_img_s=round(rc, 1) if rc else None,
                                  lenstronomy_img_s=round(lt, 1) if lt else None,
                                  ratio=round(r / lt, 2) if lt else None, ratio_compiled=round(rc / lt, 2) if lt and rc else None))

@@ -177,7 +177,7 @@ def _dataset_bytes(preset, n:int, shard, fmt:str) -> int:
     "Bytes a (part of a) dataset takes on disk: float32 pixels (native) or float64 pixels plus a header per file (deeplense)."
     from deeplense_fastai.dataset import shard_range
     start, stop = shard_range(n, *shard)
-    per_image = preset.npix**2 * (4 if fmt == 'native' else 8) + (0 if fmt == 'native' else 4096)
+    per_image = preset.instrument.npix**2 * (4 if fmt == 'native' else 8) + (0 if fmt == 'native' else 4096)
     return (stop - start) * (per_image + 200)
 
 def _out_parent(out:Path) -> Path:
@@ -224,7 +224,7 @@ def cmd_info(a) -> int:
     if kind == 'native':
         from deeplense_fastai.dataset import open_dataset
         ds = open_dataset(a.path)
-        line = _native_line(a.path, len(ds), ds.preset.npix, ds.preset.name, ds.manifest['seed'], len(ds.parts), ds.manifest['noise'])
+        line = _native_line(a.path, len(ds), ds.preset.instrument.npix, ds.preset.name, ds.manifest['seed'], len(ds.parts), ds.manifest['noise'])
         if line != early: print(line)
     if kind == 'deeplense':                      # read file by file: info writes nothing (no cache), whatever the folder
         from deeplense_fastai.data import scan_deeplense_dir
@@ -675,13 +675,6 @@ def _evaluate_args(e):
     _pixel_scale(e)
     _force(e)
 
-def _seen_note(a, src) -> dict:
-    "Which of these images the run trained, validated or was tested on; one note when it trained on some."
-    from deeplense_fastai.inference import image_hashes, seen_images
-    used = {k: v for k, v in seen_images(a.model, image_hashes(src)).items() if v}
-    if used.get('train'): print(f"note: {used['train']} of these {len(src)} images are ones the run trained or validated on: on them "
-                                f"these metrics are not a test", file=sys.stderr)
-    return used
 
 def _write_metrics(a, rep:dict) -> None:
     if a.json:
@@ -691,13 +684,13 @@ def _write_metrics(a, rep:dict) -> None:
 
 def _evaluate_classifier(a, src, cfg, device) -> int:
     "`deeplense evaluate` of a classifier: accuracy, ROC AUC per class and the confusion matrix on --data."
-    from deeplense_fastai.inference import score_classifier
+    from deeplense_fastai.inference import score_classifier, seen_by_run
     from deeplense_fastai.data import class_names
     if a.target and len(a.target) > 1: raise DeepLenseError("--target: a classifier compares with one column of class names")
     column = a.target[0] if a.target else cfg.get('class_column', 'class')
     if not np.isin(class_names(src, column), cfg.classes).any():
         raise DeepLenseError(f"--data {a.data}: no image of the run's classes ({', '.join(cfg.classes)}) in column {column!r}")
-    used = _seen_note(a, src)
+    used = seen_by_run(a.model, src)
     rep, _ = score_classifier(a.model, src, column, a.bs, device, tta=a.tta)
     rep['tta'], rep['seen_by_run'] = bool(a.tta), used
     _print_class_report(rep)
@@ -707,22 +700,14 @@ def _evaluate_classifier(a, src, cfg, device) -> int:
 def cmd_evaluate(a) -> int:
     "`deeplense evaluate`: metrics of a trained model on a labelled dataset (and --json)."
     from deeplense_fastai.core import get_device, check_output
-    from deeplense_fastai.inference import load_run, score_run, image_hashes, seen_images
-    from deeplense_fastai.data import open_source, resolve_targets
+    from deeplense_fastai.inference import load_run, score_run, evaluation_columns, seen_by_run
     device = get_device(a.device)
     _, cfg = load_run(a.model)
     if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(a.data)])
     src = _scaled(a.data, a.pixel_scale)
     if cfg.classes: return _evaluate_classifier(a, src, cfg, device)
-    cols = resolve_targets(src, a.target or cfg['targets'])
-    if len(cols) != len(cfg['targets']):
-        raise DeepLenseError(f"--target: the model predicts {len(cfg['targets'])} target(s), got {len(cols)} column(s)")
-    from deeplense_fastai.simulate import LABEL_COLUMNS, NUISANCE_COLUMNS, KNOT_COLUMNS, SUBHALO_COLUMNS
-    simulated = LABEL_COLUMNS + NUISANCE_COLUMNS + KNOT_COLUMNS + SUBHALO_COLUMNS
-    for c, t in zip(cols, cfg['targets']):
-        if c != t and c in simulated and t in simulated:
-            raise DeepLenseError(f"--target {c}: the model predicts {t}, a different quantity")
-    used = _seen_note(a, src)
+    cols = evaluation_columns(cfg, src, a.target)
+    used = seen_by_run(a.model, src)
     rep, _ = score_run(a.model, src, cols, a.bs, device, tta=a.tta)
     rep['tta'], rep['seen_by_run'] = bool(a.tta), used
     _print_report(rep, cols)

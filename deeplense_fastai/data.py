@@ -197,7 +197,7 @@ def _native_source(path:Path) -> LensSource:
     from deeplense_fastai.dataset import open_dataset
     ds = open_dataset(path)
     return LensSource(ds, ds.labels, 'native', path, ds.manifest.get('target', 'log10_m_axion'),
-                      dict(preset=ds.preset.name, pixel_scale=float(ds.preset.pixel_scale)))
+                      dict(preset=ds.preset.name, pixel_scale=float(ds.preset.instrument.pixel_scale)))
 
 # %% ../nbs/03_data.ipynb #0e015391
 def _npy_or_raw(path:Path, dtype, shape=None):
@@ -1016,8 +1016,8 @@ def _valid_source(valid, p:Preset, targets, seed, classes, noise, device, progre
         return LensSource(imgs.float().cpu().numpy()[:, None], labels_frame(prm), 'online', Path(f'online:{p.name}'),
                           targets[0], dict(seed=seed, start=0, stop=int(valid)))
     src = valid if isinstance(valid, LensSource) else open_source(valid, progress=progress)
-    if src.image_shape != (p.npix, p.npix):
-        raise DeepLenseError(f"{src.path}: images are {src.image_shape[0]}x{src.image_shape[1]}, preset {p.name} makes {p.npix}x{p.npix}")
+    if src.image_shape != (p.instrument.npix, p.instrument.npix):
+        raise DeepLenseError(f"{src.path}: images are {src.image_shape[0]}x{src.image_shape[1]}, preset {p.name} makes {p.instrument.npix}x{p.instrument.npix}")
     return src
 
 def _online_valid(valid, p:Preset, targets, seed, classes, noise, device, progress, t_mean, t_std) -> tuple:
@@ -1085,7 +1085,7 @@ def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of 
                      after_batch=tfms, device=device)
     valid_dl = TfmdDL(_Fixed(vsrc, vy), bs=bs, shuffle=False, num_workers=0, after_batch=tfms, device=device)
     dls = DataLoaders(train, valid_dl, device=device)
-    dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=[p.npix, p.npix], size=size,
-                                   pixel_scale=float(p.pixel_scale), n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online',
+    dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=[p.instrument.npix, p.instrument.npix], size=size,
+                                   pixel_scale=float(p.instrument.pixel_scale), n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online',
                                    preset=p.name, online=_online_record(p, seed, epoch_size, classes, noise, vsrc))
     return dls

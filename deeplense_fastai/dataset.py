@@ -196,7 +196,7 @@ def _render_into(self:DatasetWriter, partial:Path, prog:Path) -> None:
     "Render this part's images into the memory map `partial`, resuming where the progress file `prog` says."
     p, n_here = self.preset, self.stop - self.start
     done = json.loads(prog.read_text())['done'] if prog.exists() and partial.exists() else 0
-    arr = np.lib.format.open_memmap(partial, mode='r+' if done else 'w+', dtype=np.float32, shape=(n_here, 1, p.npix, p.npix))
+    arr = np.lib.format.open_memmap(partial, mode='r+' if done else 'w+', dtype=np.float32, shape=(n_here, 1, p.instrument.npix, p.instrument.npix))
     if done: self.log(f"{self.out}: resuming part {self.shard[0]}/{self.shard[1]} at image {self.start + done}")
     for s in self._steps(range(done, n_here, self.batch_size)):
         e = min(s + self.batch_size, n_here)
@@ -215,7 +215,7 @@ def _write_native(self:DatasetWriter) -> dict:
     partial, prog = self.out/f'.{final.name}.partial', self.out/f'.{final.name}.progress.json'
     self._render_into(partial, prog)
     os.replace(partial, final)
-    npix = self.preset.npix
+    npix = self.preset.instrument.npix
     m = self._write_manifest([final, self._write_labels()], image_shape=[1, npix, npix], dtype='float32')
     prog.unlink(missing_ok=True)
     return m
@@ -245,10 +245,10 @@ def _write_deeplense(self:DatasetWriter) -> dict:
         if all(fname(i, c).exists() for i, c in zip(prm['index'], prm['cls'])): continue
         imgs, prm = make_images(p, s, e, self.seed, self.classes, self.noise, self.device, compile=self.compile)
         imgs = imgs.double().cpu().numpy()
-        if p.noise == 'counts' and self.noise: imgs = np.rint(imgs).astype(np.int64)
+        if p.observation.noise == 'counts' and self.noise: imgs = np.rint(imgs).astype(np.int64)
         for img, row in zip(imgs, labels_frame(prm).itertuples()):
             _save_new_npy(fname(row.index, row._2), _deeplense_payload(p, img, row))
-    return self._write_manifest([self._write_labels()], image_shape=[p.npix, p.npix])
+    return self._write_manifest([self._write_labels()], image_shape=[p.instrument.npix, p.instrument.npix])
 
 # %% ../nbs/02b_dataset.ipynb #f0e22ee9
 def write_dataset(out:str|Path, # Directory to write (created if missing)
@@ -346,7 +346,7 @@ def cached_simulation(preset:str, # A preset name
                      ) -> Path:
     "A native dataset of `preset` simulated once into the cache (verified, not rewritten, on later calls)."
     from deeplense_fastai.core import cache_dir
-    recipe = hashlib.sha256(repr(get_preset(preset)).encode()).hexdigest()[:8]
+    recipe = hashlib.sha256(get_preset(preset).legacy_repr().encode()).hexdigest()[:8]
     path = cache_dir('sims')/(f'{preset}-{recipe}-n{n}-seed{seed}' + ('-' + '-'.join(classes) if classes else ''))
     if not _is_rank0():
         _wait_for(path/'manifest.json')

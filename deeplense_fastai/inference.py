@@ -5,7 +5,7 @@
 # %% ../nbs/05b_inference.ipynb #39aa0aab
 from __future__ import annotations
 import json, math, sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,9 +16,11 @@ __all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MI
            'MIN_BANK', 'BANK', 'SUMMARY_FILE', 'HPARAM_MAX', 'load_run', 'Grid', 'input_grid', 'open_checked',
            'pixel_status', 'bad_pixel_summary', 'image_hashes', 'record_images', 'seen_images', 'posterior_batches',
            'predict_batches', 'get_predictions', 'class_probabilities', 'class_columns', 'predict_source',
-           'posterior_source', 'predict', 'predict_opened', 'limit_columns', 'limits_summary', 'score_run',
-           'score_classifier', 'run_posteriors', 'check_ood_share', 'calibration_report', 'population_images',
-           'calibrate', 'JointPosterior', 'joint_posteriors', 'combine', 'joint_posterior']
+           'posterior_source', 'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary',
+           'score_run', 'score_loaded', 'score_classifier', 'score_classifier_loaded', 'evaluation_columns',
+           'seen_by_run', 'require_flow', 'run_posteriors', 'check_ood_share', 'calibration_report',
+           'population_images', 'calibrate', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine',
+           'shared_target', 'joint_posterior']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, atomic_write, file_digest
@@ -347,7 +349,16 @@ def predict(run_dir:str|Path, # Run directory (weights.safetensors + config.json
             bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse' (an error naming the first), 'skip' or 'mask' (see `pixel_status`)
            ) -> pd.DataFrame:
     "One row per image of `source`: index, file, status, the values (and std or quantiles q05..q95), ood_score, ood, in_prior."
-    model, cfg = load_run(run_dir, device)
+    return predict_loaded(*load_run(run_dir, device), source, bs=bs, tta=tta, progress=progress, notice=notice, samples=samples,
+                          pixel_scale=pixel_scale, bad_pixels=bad_pixels)
+
+def predict_loaded(model:nn.Module, # A run's model (`load_run`, `run.Run`)
+                   cfg:RunConfig, # Its configuration
+                   source, # One source, as `predict` takes it
+                   *, bs:int=64, tta:bool=False, progress:bool=False, notice=_notice, samples:int=0, # As `predict`'s
+                   pixel_scale:float|None=None, bad_pixels:str='refuse', # As `predict`'s
+                  ) -> pd.DataFrame:
+    "`predict` with a run already loaded: the same options, by keyword."
     src, grid = open_checked(source, cfg, progress, notice, pixel_scale, bad_pixels)
     out = predict_opened(model, cfg, src, grid, bs, tta, samples, bad_pixels)
     for line in [bad_pixel_summary(out['status'], bad_pixels), *limits_summary(out, cfg)]:
@@ -364,6 +375,7 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
                    bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse', 'skip' or 'mask' (see `pixel_status`)
                   ) -> pd.DataFrame:
     "`predict` for a run already loaded and a source already opened: the columns index, file, status, then the values."
+    if samples < 0: raise DeepLenseError(f"samples {samples}: must be 0 or more")
     if samples and not isinstance(model, FlowRegressor):
         raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
     from deeplense_fastai.data import masked
@@ -468,8 +480,16 @@ def score_run(run_dir:str|Path, # A run directory
               tta:bool=False, # Average over the eight symmetries of the square
              ) -> tuple[dict, tuple]:
     "Metrics of a run on the labelled images of `src` (and a flow's interval coverage); also (y, mean, std) of those images."
+    return score_loaded(*load_run(run_dir, device), src, cols, bs=bs, tta=tta)
+
+def score_loaded(model:nn.Module, # A run's model (`load_run`, `run.Run`)
+                 cfg:RunConfig, # Its configuration
+                 src, # A labelled LensSource
+                 cols:list|None=None, # Its columns holding the run's targets (default: the targets' names)
+                 *, bs:int=64, tta:bool=False, # As `score_run`'s
+                ) -> tuple[dict, tuple]:
+    "`score_run` with a run already loaded."
     from deeplense_fastai.interpret import regression_report
-    model, cfg = load_run(run_dir, device)
     cols = cols or cfg['targets']
     preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
     y, keep = _finite_labels([src], cols)
@@ -490,10 +510,20 @@ def score_classifier(run_dir:str|Path, # A classifier run (`classification_learn
                      tta:bool=False, # Average the probabilities over the eight symmetries of the square
                     ) -> tuple[dict, tuple]:
     "Accuracy, one-vs-rest ROC AUC and confusion matrix of a classifier on the images of its classes; also (true class numbers, probabilities)."
-    from deeplense_fastai.data import class_names
-    from deeplense_fastai.interpret import classification_report
     model, cfg = load_run(run_dir, device)
     if not cfg.classes: raise DeepLenseError(f"{run_dir}: not a classifier (its config has no classes); score it with score_run")
+    return score_classifier_loaded(model, cfg, src, column, bs=bs, tta=tta)
+
+def score_classifier_loaded(model:nn.Module, # A classifier (`load_run`, `run.Run`)
+                            cfg:RunConfig, # Its configuration
+                            src, # A LensSource whose labels name each image's class
+                            column:str='class', # Its column of class names
+                            *, bs:int=64, tta:bool=False, # As `score_classifier`'s
+                           ) -> tuple[dict, tuple]:
+    "`score_classifier` with a run already loaded."
+    from deeplense_fastai.data import class_names
+    from deeplense_fastai.interpret import classification_report
+    if not cfg.classes: raise DeepLenseError(f"not a classifier (the run's config has no classes; it regresses {', '.join(cfg.targets)}); score it with score_run")
     names = class_names(src, column)
     known = np.isin(names, cfg.classes)
     if not known.any(): raise DeepLenseError(f"{src.path}: no image of the run's classes ({', '.join(cfg.classes)}) in column {column!r}")
@@ -502,12 +532,46 @@ def score_classifier(run_dir:str|Path, # A classifier run (`classification_learn
     rep = dict(classification_report(y, probs, cfg.classes), other_classes=int((~known & (names != '')).sum()))
     return rep, (y, probs)
 
+# %% ../nbs/05b_inference.ipynb #a86b83aa
+def evaluation_columns(cfg:RunConfig, # A regression run's configuration
+                       src, # The labelled LensSource it is scored on
+                       columns=None, # Its column(s) holding the run's targets, in order (default: the targets' names)
+                      ) -> list[str]:
+    "The columns to score a run against; one clear error when their number, or the quantity one of them holds, does not fit."
+    from deeplense_fastai.data import resolve_targets
+    from deeplense_fastai.simulate import LABEL_COLUMNS, NUISANCE_COLUMNS, KNOT_COLUMNS, SUBHALO_COLUMNS
+    cols, targets = resolve_targets(src, columns or cfg['targets']), cfg['targets']
+    if len(cols) != len(targets):
+        raise DeepLenseError(f"target columns {', '.join(cols)}: the model predicts {len(targets)} target(s), got {len(cols)} column(s)")
+    simulated = LABEL_COLUMNS + NUISANCE_COLUMNS + KNOT_COLUMNS + SUBHALO_COLUMNS
+    for c, t in zip(cols, targets):          # another simulated quantity would be scored without a word
+        if c != t and c in simulated and t in simulated:
+            raise DeepLenseError(f"target column {c}: the model predicts {t}, a different quantity")
+    return cols
+
+def seen_by_run(run_dir:str|Path, # A run directory
+                src, # The LensSource about to be scored
+                notice=_notice, # Where the note goes
+               ) -> dict:
+    "How many of `src`'s images the run trained/validated or was tested on; one note when it trained on some."
+    used = {k: v for k, v in seen_images(run_dir, image_hashes(src)).items() if v}
+    if used.get('train'): notice(f"note: {used['train']} of these {len(src)} images are ones the run trained or validated on: "
+                                 f"on them these metrics are not a test")
+    return used
+
 # %% ../nbs/05b_inference.ipynb #4762bc69
+def require_flow(model:nn.Module, # A run's model
+                 cfg:RunConfig, # Its configuration
+                 where, # The run's name in the message (its directory)
+                ) -> None:
+    "One clear error unless the run is a flow run: posteriors, calibration and combining need one."
+    if not isinstance(model, FlowRegressor):
+        raise DeepLenseError(f"{where}: trained with loss {cfg.get('loss') or 'mse'!r}; posteriors need a run trained with loss 'flow'")
+
 def _flow_run(run_dir, device=None, raw:bool=False):
     "A flow run's model and configuration (without its recalibration if `raw`); one clear error for other runs."
     model, cfg = load_run(run_dir, device)
-    if not isinstance(model, FlowRegressor):
-        raise DeepLenseError(f"{run_dir}: trained with loss {cfg.get('loss', 'mse')!r}; posteriors need a run trained with loss 'flow'")
+    require_flow(model, cfg, run_dir)
     if raw: cfg.pop('recalibration', None)
     return model, cfg
 
@@ -612,11 +676,11 @@ def _population_preset(preset:str, cfg:RunConfig):
     if p.target != 'log10_m_axion' or 'log10_m_axion' not in cfg['targets']:
         raise DeepLenseError(f"populations {preset!r}: only log10_m_axion, shared by every lens, can be held fixed across a population "
                              f"(the run predicts {', '.join(cfg['targets'])}; the preset's target is {p.target})")
-    if cfg.image_shape and list(cfg.image_shape) != [p.npix, p.npix]:       # resized lenses are another pixel scale: another sky
-        raise DeepLenseError(f"populations {preset!r}: its images are {p.npix}x{p.npix}, the run was trained on "
+    if cfg.image_shape and list(cfg.image_shape) != [p.instrument.npix, p.instrument.npix]:       # resized lenses are another pixel scale: another sky
+        raise DeepLenseError(f"populations {preset!r}: its images are {p.instrument.npix}x{p.instrument.npix}, the run was trained on "
                              f"{cfg.image_shape[0]}x{cfg.image_shape[1]}; use the preset the run was trained on")
-    if cfg.pixel_scale and abs(p.pixel_scale - cfg.pixel_scale) > 1e-6 * cfg.pixel_scale:
-        raise DeepLenseError(f"populations {preset!r}: {p.pixel_scale} arcsec per pixel, the run was trained at {cfg.pixel_scale}; "
+    if cfg.pixel_scale and abs(p.instrument.pixel_scale - cfg.pixel_scale) > 1e-6 * cfg.pixel_scale:
+        raise DeepLenseError(f"populations {preset!r}: {p.instrument.pixel_scale} arcsec per pixel, the run was trained at {cfg.pixel_scale}; "
                              f"use populations at the run's pixel scale")
     if (own := _run_preset(cfg)) and own != p.name:
         raise DeepLenseError(f"populations {preset!r}: the run was trained on {own!r}; fit the floor on populations of {own!r}")
@@ -633,16 +697,15 @@ def population_images(preset, # A preset (name or `Preset`) whose target is log1
                       seed:int, # Population k is simulated with seed + 1 + k
                      ) -> np.ndarray:
     "Images (K * lenses, H, W) of K populations, the lenses of population k all simulated with its one mass."
-    from dataclasses import replace
     from deeplense_fastai.simulate import simulate
     p = get_preset(preset)
-    return np.concatenate([simulate(replace(p, log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
+    return np.concatenate([simulate(p.replace(log10_m_axion=(m, m)), lenses, seed=seed + 1 + k)[0][:, 0].numpy()
                            for k, m in enumerate(masses)])
 
 def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:int, bs, tta):
     "Raw posteriors (K, N, G) of `trials` simulated populations of `lenses` lenses sharing one axion mass, and the K masses."
     p = _population_preset(preset, cfg)
-    truths = np.random.default_rng(seed).uniform(*p.log10_m_axion, trials)
+    truths = np.random.default_rng(seed).uniform(*p.axion.log10_m, trials)
     imgs = population_images(p, truths, lenses, seed)
     return _simulated_posteriors(model, cfg, imgs, bs, tta).reshape(trials, lenses, -1), truths, cfg['targets'].index('log10_m_axion')
 
@@ -700,8 +763,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     f = Path(run_dir)/'calibration.json'
     if f.exists() and not force: raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass force")
     model, cfg = load_run(run_dir, device, calibration=False)   # an old, stale or corrupt calibration.json is replaced, never read
-    if not isinstance(model, FlowRegressor):
-        raise DeepLenseError(f"{run_dir}: trained with loss {cfg.get('loss', 'mse')!r}; posteriors need a run trained with loss 'flow'")
+    require_flow(model, cfg, run_dir)
     if populations is not None: _check_populations(populations, cfg, trials, lenses, bank)   # named before any work
     opened = _open_all(source, cfg)
     hashes = _calibration_images(run_dir, cfg, opened, force)
@@ -732,7 +794,7 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:tuple, bs, 
     width, floor = fit_systematic(pop, truths, grid[j], own)
     rec = dict(method='aggregate+floor', log_aggregate=own.tolist(), systematic=width, tta=tta,
                populations=dict(preset=preset, trials=trials, lenses=lenses, seed=seed),
-               validated=_validated(pop, truths, grid[j], width, get_preset(preset).log10_m_axion, own))
+               validated=_validated(pop, truths, grid[j], width, get_preset(preset).axion.log10_m, own))
     if bank:                                      # seeded apart from every population (they use seed + 1 + k, k < trials)
         rec['summary_likelihood'] = _summary_calibration(run_dir, model, cfg, (preset, bank, seed + 1 + trials), pop, truths, grid[j], bs, tta)
     return {'log10_m_axion': rec}, floor
@@ -750,7 +812,7 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, pop, trut
         _notice(f"note: the summary likelihood's floor reached the largest candidate, {width:.3f} dex, so the floor it needs may be larger")
     return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE, sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
                 standardisation=q.standardisation(), validation_loss=q.validation_loss, systematic=width,
-                bank=dict(preset=preset, n=bank, seed=seed), validated=_validated(terms, truths, g, width, get_preset(preset).log10_m_axion))
+                bank=dict(preset=preset, n=bank, seed=seed), validated=_validated(terms, truths, g, width, get_preset(preset).axion.log10_m))
 
 def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
     "What a joint calibration was checked on: its largest population, the mass range, coverage per quarter of it and size."
@@ -831,7 +893,17 @@ def joint_posteriors(run_dir:str|Path, # A flow run
                      allow_ood:bool=False, # Combine even when many lenses are flagged `ood` (see `check_ood_share`)
                     ) -> dict:
     "Joint posterior of each target shared by all the lenses in `images`, with the run's joint calibration where it has one."
-    model, cfg = _flow_run(run_dir, device)
+    return joint_loaded(*_flow_run(run_dir, device), run_dir, images, targets, bs=bs, tta=tta, notice=notice, allow_ood=allow_ood)
+
+def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
+                 cfg:RunConfig, # Its configuration (not changed)
+                 run_dir, # Its directory (named in notes)
+                 images, # As `joint_posteriors` takes them
+                 targets:list|None=None, # The shared targets (default: all of the run's)
+                 *, bs:int=64, tta:bool=False, notice=None, allow_ood:bool=False, # As `joint_posteriors`'s
+                ) -> dict:
+    "`joint_posteriors` with a flow run already loaded."
+    cfg = replace(cfg, extra=dict(cfg.extra))            # a copy: the joint calibration drops the recalibration below
     for t in targets or []:
         if t not in cfg['targets']: raise DeepLenseError(f"target {t!r}: the run predicts {', '.join(cfg['targets'])}")
     joint = cfg.get('joint_calibration')
@@ -859,7 +931,7 @@ def _beyond_validated(jp:JointPosterior, notice) -> None:
 
 def combine(run_dir:str|Path, # A flow run
             images, # Anything `predict` reads, or a list of them: every image is one lens
-            target:str|None=None, # The shared target (default: the run's first)
+            target:str|None=None, # The shared target (default: `shared_target` of the run)
             bs:int=64, # Batch size
             tta:bool=False, # Mix the eight symmetries' posteriors of each lens
             device=None, # Device
@@ -867,7 +939,13 @@ def combine(run_dir:str|Path, # A flow run
             allow_ood:bool=False, # Combine even when many lenses are unlike the training images
            ) -> JointPosterior:
     "Joint posterior of a target shared by all the lenses in `images` (see `joint_posteriors`)."
-    return next(iter(joint_posteriors(run_dir, images, [target] if target else None, bs, tta, device, notice, allow_ood).values()))
+    target = target or shared_target(read_run_config(run_dir))
+    return joint_posteriors(run_dir, images, [target], bs, tta, device, notice, allow_ood)[target]
+
+def shared_target(cfg:RunConfig, # A run's configuration
+                 ) -> str:
+    "The target many lenses share by default: log10_m_axion when the run predicts it (one universe, one axion mass), else its first."
+    return 'log10_m_axion' if 'log10_m_axion' in cfg.targets else cfg.targets[0]
 
 def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
                     logp:torch.Tensor, # (N, T, G) from `run_posteriors` (raw, when the run has a joint calibration)

@@ -95,14 +95,16 @@ def grid_log_posterior(model:FlowRegressor, # A trained flow model
                        grid:torch.Tensor|None=None, # (T, G) in target units (default `target_grid(cfg)`)
                        samples:int=1000, # With several targets: flow samples per image for each marginal
                       ) -> torch.Tensor:
-    "Normalised log posterior density (B, T, G) of each target on the grid, in the target's own units."
+    "Normalised log posterior density (B, T, G) of each target on the grid, in the target's own units (reproducible)."
     grid = target_grid(cfg) if grid is None else grid
     dist, T = model.posterior(ctx), grid.shape[0]
     if T == 1:
         z = cfg.encode(grid.T).to(ctx.device)[:, :, None]                          # (G, 1, 1): the grid, standardised
         logp = dist.log_prob(z).T.float().cpu()[:, None, :]
-    else:
-        draws = dist.sample((samples,))
+    else:                                # seeded: the same batch gives the same marginals on every call
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == 'cuda' else []):
+            torch.manual_seed(0)
+            draws = dist.sample((samples,))
         draws = cfg.decode(draws.reshape(-1, T)).reshape(draws.shape)          # (S, B, T) in the targets' units
         logp = torch.stack([_kde_logpdf(draws[..., j], grid[j]) for j in range(T)], 1)
     return _normalised(logp, grid)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_simulate.ipynb #bd0b7f42
 from __future__ import annotations
-import dataclasses, functools, math, sys
+import dataclasses, functools, math, numbers, sys
 from dataclasses import dataclass, asdict, replace
 
 import numpy as np
@@ -13,12 +13,13 @@ from .core import DeepLenseError, image_seed
 
 # %% auto #0
 __all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'SUBHALO_COLUMNS', 'EUCLID_VIS_2021',
-           'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DEEPLENSESIM_MODEL_I', 'DUFFY08_C200',
-           'NOISES', 'FLAT_SUBHALO_FIELDS', 'PRESETS', 'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms',
-           'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Subhalos', 'Preset', 'register_preset', 'get_preset',
-           'preset_physics', 'axion_vortex_half_length', 'draw_parameters', 'labels_frame', 'label_columns',
-           'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs', 'add_noise', 'block_size',
-           'make_images', 'quirk_note', 'simulate']
+           'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DUFFY08_C200', 'NOISES', 'DISTANCES',
+           'FLAT_FIELDS', 'FLAT_SUBHALO_FIELDS', 'PRESETS', 'DEEPLENSESIM_MODEL_I', 'NUISANCE_DRAWS', 'BLOCK',
+           'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Subhalos',
+           'Instrument', 'Observation', 'Cosmology', 'MainLens', 'Source', 'DeepLenseSubhalos', 'Vortex', 'Preset',
+           'register_preset', 'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters',
+           'labels_frame', 'label_columns', 'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs',
+           'add_noise', 'block_size', 'make_images', 'quirk_note', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -95,11 +96,6 @@ class Band:
                     sky_brightness=self.sky_brightness, magnitude_zero_point=self.magnitude_zero_point,
                     read_noise=self.read_noise, ccd_gain=self.ccd_gain, seeing=self.seeing, psf_type='GAUSSIAN')
 
-    def preset_fields(self) -> dict:
-        "The `Preset` fields this band fixes: pixel size, PSF, background, exposure and zero point."
-        return dict(pixel_scale=self.pixel_scale, psf_fwhm=self.seeing, background_rms=self.background_rms,
-                    exposure=(self.total_exposure, self.total_exposure), zero_point=self.magnitude_zero_point)
-
 # %% ../nbs/02_simulate.ipynb #bed50088
 EUCLID_VIS_2021 = Band('euclid_vis_2021',
     "lenstronomy 1.9.2 (identical up to 1.14.0), lenstronomy/SimulationAPI/ObservationConfig/Euclid.py, VIS_obs and "
@@ -121,10 +117,6 @@ HST_TDLMC_F160W = Band('hst_tdlmc_f160w',
     pixel_scale=0.08, exposure_time=5400., num_exposures=1, sky_brightness=22.0, magnitude_zero_point=25.9463,
     read_noise=4., ccd_gain=2.5, seeing=None)
 BANDS = {b.name: b for b in (EUCLID_VIS_2021, EUCLID_VIS_2026, HST_WFC3_F160W, HST_TDLMC_F160W)}
-
-# DeepLenseSim deeplense/lens.py, DeepLens.simple_sim (Model I: lenstronomy ImageModel, no ObservationConfig)
-DEEPLENSESIM_MODEL_I = dict(npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., supersample=1,
-                            background_rms=0.01, exposure=(10**3, 10**3.5), source_amp=20.)
 
 # %% ../nbs/02_simulate.ipynb #ae9e1d7f
 def _check_range(owner:str, name:str, r, lo=-math.inf, hi=math.inf) -> None:
@@ -221,115 +213,287 @@ class Subhalos:
         d = DUFFY08_C200
         return d['A'] * (np.asarray(m, dtype=np.float64) / (d['M_pivot'] / (H0 / 100)))**d['B'] * (1 + z)**d['C']
 
+# %% ../nbs/02_simulate.ipynb #2b3466d6
+NOISES = ('counts', 'counts_once', 'ccd', 'none')     # the noise recipes an `Observation` can name
+DISTANCES = ('angular', 'deeplensesim')               # the distance conventions of `lensing.einstein_radius`
+
+def _real(v) -> bool:
+    "True for a finite real number (not a bool)."
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+def _whole(v, lo:int) -> bool:
+    "True for a whole number (not a bool) of at least `lo`."
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
+
+def _pair(v, lo=-math.inf, hi=math.inf) -> bool:
+    "True for a (low, high) tuple of finite numbers with lo <= low <= high <= hi."
+    return isinstance(v, tuple) and len(v) == 2 and all(map(_real, v)) and lo <= v[0] <= v[1] <= hi
+
+def _as_tuples(part, *names) -> None:
+    "Store `part`'s list fields `names` as tuples (JSON gives lists; a frozen part must hash)."
+    for k in names:
+        if isinstance(getattr(part, k), list): object.__setattr__(part, k, tuple(getattr(part, k)))
+
+def _require(part, checks:list) -> None:
+    "Raise the first failed (ok, message) check as one line naming the part."
+    for ok, msg in checks:
+        if not ok: raise DeepLenseError(f"{type(part).__name__}: {msg}")
+
+@dataclass(frozen=True)
+class Instrument:
+    "The camera: pixel grid, Gaussian PSF and photometric zero point (defaults: Euclid VIS as DeepLenseSim ran it)."
+    npix: int = 64                      # pixels per side (DeepLenseSim: 150 for Model I, 64 for Models II and III)
+    pixel_scale: float = EUCLID_VIS_2021.pixel_scale  # arcsec per pixel (a `Band`'s pixel_scale)
+    psf_fwhm: float | None = EUCLID_VIS_2021.seeing  # Gaussian PSF FWHM, arcsec (a `Band`'s seeing; None: no PSF)
+    psf_truncation: float = 5.          # PSF kernel cut at this many standard deviations (lenstronomy: 5, Model I: 3)
+    supersample: int = 1                # sub-pixels per pixel and axis for ray shooting (DeepLenseSim: 1)
+    zero_point: float | None = EUCLID_VIS_2021.magnitude_zero_point  # magnitude of one count/s (None: no magnitudes)
+
+    def __post_init__(self):
+        fwhm, zp = self.psf_fwhm, self.zero_point
+        _require(self, [(_whole(self.npix, 8), f"npix must be a whole number >= 8, got {self.npix!r}"),
+            (_real(self.pixel_scale) and self.pixel_scale > 0,
+             f"pixel_scale must be a positive number of arcsec, got {self.pixel_scale!r}"),
+            (fwhm is None or _real(fwhm) and fwhm >= 0, f"psf_fwhm must be None or >= 0 arcsec, got {fwhm!r}"),
+            (_real(self.psf_truncation) and self.psf_truncation > 0,
+             f"psf_truncation must be a positive number of sigmas, got {self.psf_truncation!r}"),
+            (_whole(self.supersample, 1), f"supersample must be a whole number >= 1, got {self.supersample!r}"),
+            (zp is None or _real(zp), f"zero_point must be None or a magnitude, got {zp!r}")])
+
+    @classmethod
+    def from_band(cls, band:Band, # Where the pixel size, seeing and zero point come from
+                  npix:int, # Pixels per side
+                  psf_truncation:float=5., # PSF truncation in standard deviations
+                 ) -> Instrument:
+        "The instrument of `band` at `npix` pixels: its pixel size, Gaussian seeing and zero point."
+        return cls(npix, band.pixel_scale, band.seeing, psf_truncation, 1, band.magnitude_zero_point)
+
+@dataclass(frozen=True)
+class Observation:
+    "How long the sky was watched, its background, and how the noise is drawn (defaults: Euclid VIS, 4 x 565 s)."
+    noise: str = 'ccd'                  # one of `NOISES`: 'counts', 'counts_once', 'ccd' or 'none' (see `add_noise`)
+    background_rms: float = EUCLID_VIS_2021.background_rms  # background rms per pixel, counts/s (a `Band`'s)
+    exposure: tuple = (EUCLID_VIS_2021.total_exposure,) * 2  # exposure time, s, log-uniform in [low, high] per image
+    noiseless_scale: float = 1.         # factor on images made without noise (DeepLenseSim's SimAPI models stored 2x)
+
+    def __post_init__(self):
+        _as_tuples(self, 'exposure')
+        rms, e, k = self.background_rms, self.exposure, self.noiseless_scale
+        names = ', '.join(map(repr, NOISES))
+        _require(self, [(self.noise in NOISES, f"noise must be one of {names}, got {self.noise!r}"),
+            (_real(rms) and rms >= 0, f"background_rms must be >= 0 counts/s, got {rms!r}"),
+            (_pair(e) and e[0] > 0, f"exposure must be a (low, high) pair of seconds, 0 < low <= high, got {e!r}"),
+            (_real(k) and k > 0, f"noiseless_scale must be positive, got {k!r}")])
+
+    @classmethod
+    def from_band(cls, band:Band, # Where the background and exposure come from
+                  noiseless_scale:float=1., # Factor on images made without noise
+                 ) -> Observation:
+        "The observation of `band` with CCD noise: its co-add's background rms and total exposure (no spread)."
+        return cls('ccd', band.background_rms, (band.total_exposure, band.total_exposure), noiseless_scale)
+
+@dataclass(frozen=True)
+class Cosmology:
+    "Where lens and source lie: flat LambdaCDM, the two redshifts, and how DeepLenseSim turned them into angles."
+    H0: float = 70.                     # Hubble constant, km/s/Mpc (DeepLenseSim's astropy FlatLambdaCDM(70, 0.3))
+    Om0: float = 0.3                    # matter density today over the critical density
+    z_lens: float = 0.5                 # redshift of the main lens (DeepLenseSim)
+    z_source: float = 1.0               # redshift of the source galaxy (DeepLenseSim)
+    z_source_convention: float | None = None  # source redshift the deflections hold for (SimAPI: 2.5; None: z_source)
+    distances: str = 'angular'          # 'angular' (correct) or 'deeplensesim' (see lensing.einstein_radius)
+
+    def __post_init__(self):
+        zl, zs, zc = self.z_lens, self.z_source, self.z_source_convention
+        _require(self, [(_real(self.H0) and self.H0 > 0, f"H0 must be positive km/s/Mpc, got {self.H0!r}"),
+            (_real(self.Om0) and 0 < self.Om0 <= 1, f"Om0 must lie in (0, 1], got {self.Om0!r}"),
+            (_real(zl) and zl > 0, f"z_lens must be positive, got {zl!r}"),
+            (_real(zs) and zs > zl, f"the source must lie behind the lens, got z_source {zs!r}, z_lens {zl!r}"),
+            (zc is None or _real(zc) and zc > zl, f"z_source_convention must be None or behind the lens, got {zc!r}"),
+            (self.distances in DISTANCES, f"distances must be 'angular' or 'deeplensesim', got {self.distances!r}")])
+
+@dataclass(frozen=True)
+class MainLens:
+    "The main lens: a singular isothermal ellipsoid of the host halo's mass plus an external shear (DeepLenseSim's)."
+    halo_mass: float = 1e12             # host halo mass, solar masses (sets theta_E through the distances)
+    e1: float = 0.1                     # SIE ellipticity components, lenstronomy's convention (|e| = (1 - q) / (1 + q))
+    e2: float = 0.
+    gamma1: float = 0.05                # external shear components (the tidal field of the lens's environment)
+    gamma2: float = 0.
+
+    def __post_init__(self):
+        e, g = (self.e1, self.e2), (self.gamma1, self.gamma2)
+        _require(self, [(_real(self.halo_mass) and self.halo_mass > 0,
+                         f"halo_mass must be a positive number of solar masses, got {self.halo_mass!r}"),
+            (all(map(_real, e)) and math.hypot(*e) < 1, f"the ellipticity (e1, e2) must have modulus < 1, got {e!r}"),
+            (all(map(_real, g)) and math.hypot(*g) < 1, f"shear (gamma1, gamma2) must have modulus < 1, got {g!r}")])
+
+@dataclass(frozen=True)
+class Source:
+    "The lensed galaxy: an elliptical Sersic profile whose centre is drawn per image (DeepLenseSim's)."
+    amp: float | None = None            # Sersic amplitude at the half-light radius, counts/s/arcsec^2 (Model I: 20)
+    magnitude: float | None = 20.       # total magnitude, with the instrument's zero point (used when amp is None)
+    R: float = 0.25                     # half-light radius, arcsec
+    n: float = 1.                       # Sersic index (1: an exponential disc)
+    e1: float = -0.1                    # ellipticity components, lenstronomy's convention
+    e2: float = 0.1
+    offset: float = 0.35                # centre uniform in [-offset, offset] arcsec per axis
+
+    def __post_init__(self):
+        amp, mag, e = self.amp, self.magnitude, (self.e1, self.e2)
+        _require(self, [(amp is not None or mag is not None, "give amp or magnitude"),
+            (amp is None or _real(amp) and amp > 0, f"amp must be None or positive, got {amp!r}"),
+            (mag is None or _real(mag), f"magnitude must be None or a number, got {mag!r}"),
+            (_real(self.R) and self.R > 0, f"R must be a positive radius in arcsec, got {self.R!r}"),
+            (_real(self.n) and 0.3 <= self.n <= 8, f"n must lie in [0.3, 8], got {self.n!r}"),
+            (all(map(_real, e)) and math.hypot(*e) < 1, f"the ellipticity (e1, e2) must have modulus < 1, got {e!r}"),
+            (_real(self.offset) and self.offset >= 0, f"offset must be >= 0 arcsec, got {self.offset!r}")])
+
+@dataclass(frozen=True)
+class DeepLenseSubhalos:
+    "The CDM images' subhalos as DeepLenseSim draws them: point masses, dN/dm ~ m^slope, radii uniform in r."
+    n: int = 25                         # subhalos per CDM image (the Poisson mean with poisson=True)
+    poisson: bool = False               # draw the count from Poisson(n) (DeepLenseSim drew one, then used n)
+    m_min: float = 1e6                  # subhalo mass range, solar masses
+    m_max: float = 1e10
+    slope: float = -0.9                 # dN/dm ~ m^slope (DeepLenseSim's code; its docstring and CDM say -1.9)
+    r_min: float = 0.25                 # radii uniform in [r_min, r_max], arcsec (a surface density ~ 1/r)
+    r_max: float = 2.0
+
+    def __post_init__(self):
+        m, r = (self.m_min, self.m_max), (self.r_min, self.r_max)
+        _require(self, [(isinstance(self.poisson, bool), f"poisson must be True or False, got {self.poisson!r}"),
+            (_whole(self.n, 1 if self.poisson else 0), f"n must be a whole number (>= 1 with poisson), got {self.n!r}"),
+            (_pair(m) and m[0] > 0, f"masses must satisfy 0 < m_min <= m_max (solar masses), got {m!r}"),
+            (_real(self.slope) and -3 <= self.slope <= 0 and self.slope != -1,
+             f"slope must lie in [-3, 0] and not be -1, got {self.slope!r}"),
+            (_pair(r, 0.), f"radii must satisfy 0 <= r_min <= r_max (arcsec), got {r!r}")])
+
+@dataclass(frozen=True)
+class Vortex:
+    "The axion images' vortex: a line of mass through the centre, its length set by the axion mass (DeepLenseSim's)."
+    mass: float = 3e10                  # total vortex mass, solar masses
+    points: int = 100                   # equal point masses along the line (kind='points')
+    log10_m: tuple = (-24., -22.)       # log10 of the axion mass in eV, uniform in [low, high] (the usual target)
+    kind: str = 'points'                # 'points' (DeepLenseSim) or 'segment' (the analytic continuum limit)
+
+    def __post_init__(self):
+        _as_tuples(self, 'log10_m')
+        lm = self.log10_m
+        _require(self, [(_real(self.mass) and self.mass > 0, f"mass must be positive solar masses, got {self.mass!r}"),
+            (_whole(self.points, 1), f"points must be a whole number >= 1, got {self.points!r}"),
+            (_pair(lm, -30., -16.), f"log10_m must be a (low, high) pair in [-30, -16], got {lm!r}"),
+            (self.kind in ('points', 'segment'), f"kind must be 'points' or 'segment', got {self.kind!r}")])
+
+
 # %% ../nbs/02_simulate.ipynb #c4cfa698
-NOISES = ('counts', 'counts_once', 'ccd', 'none')     # the noise recipes a preset can name
-# DeepLenseSim's flat subhalo fields: a preset with a `Subhalos` part does not use them (they stay at their defaults)
-FLAT_SUBHALO_FIELDS = ('n_sub', 'n_sub_poisson', 'm_sub_min', 'm_sub_max', 'm_sub_slope', 'r_sub_min', 'r_sub_max')
+# every part's field by the flat name a preset had before it was composed of parts, in that order: what `to_dict`
+# writes (manifests, run records and cache keys hold it), what `from_dict` reads and `Preset.replace` routes
+FLAT_FIELDS = {
+    'npix': ('instrument', 'npix'), 'pixel_scale': ('instrument', 'pixel_scale'),
+    'psf_fwhm': ('instrument', 'psf_fwhm'), 'psf_truncation': ('instrument', 'psf_truncation'),
+    'supersample': ('instrument', 'supersample'), 'noise': ('observation', 'noise'),
+    'background_rms': ('observation', 'background_rms'), 'exposure': ('observation', 'exposure'),
+    'noiseless_scale': ('observation', 'noiseless_scale'), 'H0': ('cosmology', 'H0'), 'Om0': ('cosmology', 'Om0'),
+    'z_lens': ('cosmology', 'z_lens'), 'z_source': ('cosmology', 'z_source'),
+    'z_source_convention': ('cosmology', 'z_source_convention'), 'distances': ('cosmology', 'distances'),
+    'halo_mass': ('lens', 'halo_mass'), 'halo_e1': ('lens', 'e1'), 'halo_e2': ('lens', 'e2'),
+    'gamma1': ('lens', 'gamma1'), 'gamma2': ('lens', 'gamma2'), 'source_amp': ('source_galaxy', 'amp'),
+    'source_magnitude': ('source_galaxy', 'magnitude'), 'zero_point': ('instrument', 'zero_point'),
+    'source_R': ('source_galaxy', 'R'), 'source_n': ('source_galaxy', 'n'), 'source_e1': ('source_galaxy', 'e1'),
+    'source_e2': ('source_galaxy', 'e2'), 'source_offset': ('source_galaxy', 'offset'),
+    'n_sub': ('deeplense_subhalos', 'n'), 'n_sub_poisson': ('deeplense_subhalos', 'poisson'),
+    'm_sub_min': ('deeplense_subhalos', 'm_min'), 'm_sub_max': ('deeplense_subhalos', 'm_max'),
+    'm_sub_slope': ('deeplense_subhalos', 'slope'), 'r_sub_min': ('deeplense_subhalos', 'r_min'),
+    'r_sub_max': ('deeplense_subhalos', 'r_max'), 'vortex_mass': ('axion', 'mass'),
+    'vortex_points': ('axion', 'points'), 'log10_m_axion': ('axion', 'log10_m'), 'vortex': ('axion', 'kind')}
+# DeepLenseSim's subhalo fields: a preset with a `Subhalos` part does not use them (they stay at their defaults)
+FLAT_SUBHALO_FIELDS = tuple(k for k, (part, _) in FLAT_FIELDS.items() if part == 'deeplense_subhalos')
 _PARTS = dict(nuisance=Nuisance, knots=Knots, subhalos=Subhalos)   # optional parts (None: left out of to_dict)
 
 @dataclass(frozen=True)
 class Preset:
-    "A complete simulation recipe: instrument, noise, cosmology, lens, source and substructure."
+    "A complete simulation recipe, composed of parts: instrument, observation, cosmology, lens, source, substructure."
     name: str = 'custom'
     description: str = ''
     source: str = ''                    # where the instrument numbers come from (file and version)
-    # instrument (defaults: Euclid VIS as DeepLenseSim ran it, `EUCLID_VIS_2021`)
-    npix: int = 64                      # pixels per side
-    pixel_scale: float = EUCLID_VIS_2021.pixel_scale  # arcsec per pixel
-    psf_fwhm: float | None = EUCLID_VIS_2021.seeing  # Gaussian PSF FWHM, arcsec (None: no PSF)
-    psf_truncation: float = 5.          # PSF truncation in standard deviations
-    supersample: int = 1                # sub-pixels per pixel and axis for ray shooting
-    # noise: 'counts' (Model I: Poisson counts), 'counts_once' (Poisson counted once, see counts_once_noise),
-    # 'ccd' (SimAPI: Gaussian, counts/s) or 'none'
-    noise: str = 'ccd'
-    background_rms: float = EUCLID_VIS_2021.background_rms  # counts/s per pixel
-    exposure: tuple = (EUCLID_VIS_2021.total_exposure,) * 2  # exposure time drawn log-uniformly in [lo, hi] s
-    noiseless_scale: float = 1.         # factor on images made without noise (DeepLenseSim's SimAPI models stored 2x)
-    # cosmology and geometry
-    H0: float = 70.
-    Om0: float = 0.3
-    z_lens: float = 0.5
-    z_source: float = 1.0
-    z_source_convention: float | None = None  # redshift the deflections are defined for (None: z_source)
-    distances: str = 'angular'          # 'angular' or 'deeplensesim' (see lensing.einstein_radius)
-    # main lens
-    halo_mass: float = 1e12             # solar masses
-    halo_e1: float = 0.1
-    halo_e2: float = 0.
-    gamma1: float = 0.05
-    gamma2: float = 0.
-    # source (give either amp or magnitude + zero_point)
-    source_amp: float | None = None     # Sersic amplitude at the half-light radius
-    source_magnitude: float | None = 20.
-    zero_point: float | None = EUCLID_VIS_2021.magnitude_zero_point  # magnitude of one count per second
-    source_R: float = 0.25              # half-light radius, arcsec
-    source_n: float = 1.
-    source_e1: float = -0.1
-    source_e2: float = 0.1
-    source_offset: float = 0.35         # source centre uniform in [-offset, offset] arcsec per axis
-    # CDM subhalos
-    n_sub: int = 25
-    n_sub_poisson: bool = False
-    m_sub_min: float = 1e6
-    m_sub_max: float = 1e10
-    m_sub_slope: float = -0.9           # dN/dm ~ m^slope
-    r_sub_min: float = 0.25             # arcsec
-    r_sub_max: float = 2.0
-    # axion vortex
-    vortex_mass: float = 3e10
-    vortex_points: int = 100
-    log10_m_axion: tuple = (-24., -22.)
-    vortex: str = 'points'              # 'points' (DeepLenseSim) or 'segment' (analytic continuum limit)
+    instrument: Instrument = Instrument()    # pixels, PSF, zero point
+    observation: Observation = Observation() # exposure, background, noise recipe
+    cosmology: Cosmology = Cosmology()       # redshifts and distances
+    lens: MainLens = MainLens()              # the main lens: SIE and external shear
+    source_galaxy: Source = Source()         # the lensed galaxy: an elliptical Sersic profile
+    deeplense_subhalos: DeepLenseSubhalos = DeepLenseSubhalos()  # the CDM images' subhalos, DeepLenseSim's way
+    axion: Vortex = Vortex()                 # the axion images' vortex
     # what a dataset made from this preset contains by default
     classes: tuple = ('axion',)
     target: str = 'log10_m_axion'
     # parts that make the sky vary (None: DeepLenseSim's fixed main lens and smooth Sersic source)
     nuisance: Nuisance | None = None    # per-image ranges of the main lens and source
     knots: Knots | None = None          # compact star-forming knots in the source
-    subhalos: Subhalos | None = None    # CDM subhalos as CDM predicts them (None: DeepLenseSim's, the fields above)
+    subhalos: Subhalos | None = None    # CDM subhalos as CDM predicts them (None: `deeplense_subhalos`)
 
     def __post_init__(self):
-        checks = [(self.npix >= 8, 'npix must be at least 8'), (self.pixel_scale > 0, 'pixel_scale must be positive'),
-                  (self.supersample >= 1, 'supersample must be >= 1'),
-                  (self.noise in NOISES, f"noise must be one of {', '.join(map(repr, NOISES))}"),
-                  (self.vortex in ('points', 'segment'), "vortex must be 'points' or 'segment'"),
-                  (self.distances in ('angular', 'deeplensesim'), "distances must be 'angular' or 'deeplensesim'"),
+        _as_tuples(self, 'classes')
+        kinds = dict(instrument=Instrument, observation=Observation, cosmology=Cosmology, lens=MainLens,
+                     source_galaxy=Source, deeplense_subhalos=DeepLenseSubhalos, axion=Vortex)
+        wrong = [f"{k} must be of type {t.__name__}" for k, t in kinds.items() if not isinstance(getattr(self, k), t)]
+        wrong += [f"{k} must be of type {t.__name__} or None" for k, t in _PARTS.items()
+                  if not (getattr(self, k) is None or isinstance(getattr(self, k), t))]
+        checks = [(not wrong, '; '.join(wrong)),
                   (all(c in CLASSES for c in self.classes), f'classes must be among {CLASSES}'),
-                  (self.source_amp is not None or (self.source_magnitude is not None and self.zero_point is not None),
-                   'give source_amp, or source_magnitude and zero_point'),
-                  (self.z_source > self.z_lens, 'the source must lie behind the lens'),
-                  (self.nuisance is None or isinstance(self.nuisance, Nuisance), 'nuisance must be a Nuisance or None'),
-                  (self.knots is None or isinstance(self.knots, Knots), 'knots must be a Knots or None'),
-                  (self.subhalos is None or isinstance(self.subhalos, Subhalos), 'subhalos must be a Subhalos or None'),
-                  (self.subhalos is None or not self._flat_changed(), "with a Subhalos part the flat subhalo fields "
-                   f"({', '.join(FLAT_SUBHALO_FIELDS)}) are not used: set the part's fields instead")]
+                  (not wrong and (self.source_galaxy.amp is not None or self.instrument.zero_point is not None),
+                   "a source given by its magnitude needs the instrument's zero_point (or give the source's amp)"),
+                  (not wrong and (self.subhalos is None or self.deeplense_subhalos == DeepLenseSubhalos()),
+                   f"with a Subhalos part DeepLenseSim's subhalo fields ({', '.join(FLAT_SUBHALO_FIELDS)}) are not "
+                   "used: set the part's fields instead")]
         for ok, msg in checks:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
 
-    def _flat_changed(self) -> list:
-        "The flat subhalo fields that differ from their defaults."
-        default = {f.name: f.default for f in dataclasses.fields(self)}
-        return [k for k in FLAT_SUBHALO_FIELDS if getattr(self, k) != default[k]]
+    def value(self, name:str # A flat name ('npix', 'halo_e1', 'source_R', ...) or a field of the preset
+             ):
+        "A value by its flat name, as `to_dict`, `replace` and the label columns spell it: `value('source_R')`."
+        if name in FLAT_FIELDS: return getattr(getattr(self, FLAT_FIELDS[name][0]), FLAT_FIELDS[name][1])
+        if name in {f.name for f in dataclasses.fields(self)}: return getattr(self, name)
+        raise DeepLenseError(f"unknown preset field {name!r}")
+
+    def replace(self, **changes) -> Preset:
+        "A copy with `changes`: preset fields, whole parts, or flat names routed to their part (`npix=128`)."
+        own = {f.name for f in dataclasses.fields(self)}
+        bad = set(changes) - own - set(FLAT_FIELDS)
+        if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
+        top, by_part = {k: v for k, v in changes.items() if k in own}, {}
+        for k, v in changes.items():
+            if k not in own: by_part.setdefault(FLAT_FIELDS[k][0], {})[FLAT_FIELDS[k][1]] = v
+        try: parts = {k: replace(top.get(k, getattr(self, k)), **kw) for k, kw in by_part.items()}
+        except DeepLenseError as e: raise DeepLenseError(f"preset {changes.get('name', self.name)!r}: {e}") from None
+        return replace(self, **{**top, **parts})
+
+    def _flat(self) -> dict:
+        "Every value by its flat name in the flat preset's order (parts as they are): `to_dict` before JSON."
+        head = {k: getattr(self, k) for k in ('name', 'description', 'source')}
+        tail = {k: getattr(self, k) for k in ('classes', 'target', *_PARTS)}
+        return head | {k: self.value(k) for k in FLAT_FIELDS} | tail
 
     def to_dict(self) -> dict:
-        """All fields as a JSON-friendly dict (what a manifest reads back); parts a preset does not have are left out, and
-        so are the flat subhalo fields a `Subhalos` part replaces."""
+        """The preset as one flat JSON-friendly dict, spelled as before presets had parts (what manifests, run records
+        and cache keys hold); optional parts a preset lacks are left out, and so are the fields a `Subhalos` part
+        replaces."""
         plain = lambda v: [plain(x) for x in v] if isinstance(v, (tuple, list)) else (
-            {k: plain(x) for k, x in v.items()} if isinstance(v, dict) else v)
-        # without its parts, a preset's dict is the one manifests written before the parts existed hold
+            {k: plain(x) for k, x in asdict(v).items()} if dataclasses.is_dataclass(v) else v)
         unused = FLAT_SUBHALO_FIELDS if self.subhalos is not None else ()
-        return {k: plain(v) for k, v in asdict(self).items() if not (k in _PARTS and v is None) and k not in unused}
+        return {k: plain(v) for k, v in self._flat().items() if not (k in _PARTS and v is None) and k not in unused}
+
+    def legacy_repr(self) -> str:
+        "The preset as `repr` printed it before it had parts: the recipe key of cached simulations, so they stay found."
+        return f"Preset({', '.join(f'{k}={v!r}' for k, v in self._flat().items())})"
 
     @classmethod
-    def from_dict(cls, d:dict) -> 'Preset':
-        "Rebuild a preset from `to_dict` output (unknown keys are an error)."
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = set(d) - names
-        if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
+    def from_dict(cls, d:dict) -> Preset:
+        "Rebuild a preset from `to_dict` output, the flat dict of manifests and run records (unknown keys: an error)."
         tup = lambda e: {k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}
         try: parts = {k: part(**tup(d[k])) for k, part in _PARTS.items() if d.get(k) is not None}
         except (TypeError, AttributeError) as e: raise DeepLenseError(f"a preset's part is malformed ({e})") from None
-        return cls(**{**tup(d), **parts})
+        return cls().replace(**{**tup(d), **parts})
+
 
 # %% ../nbs/02_simulate.ipynb #0731d3ad
 PRESETS: dict[str, Preset] = {}
@@ -344,58 +508,70 @@ def register_preset(preset:Preset, # The recipe; its `name` is the key
 
 def get_preset(name:str|Preset, # A preset name or a Preset
                /,
-               **overrides, # Fields to change, e.g. vortex='segment' (or name='mine': a custom preset)
+               **overrides, # Changes as `Preset.replace` takes them, e.g. npix=32, vortex='segment', name='mine'
               ) -> Preset:
     "Look up a preset by name (a clear error lists the known ones), optionally with fields replaced."
     if isinstance(name, Preset): p = name
     elif name in PRESETS: p = PRESETS[name]
     else: raise DeepLenseError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-    if overrides:
-        bad = set(overrides) - {f.name for f in dataclasses.fields(Preset)}
-        if bad: raise DeepLenseError(f"unknown preset field(s): {', '.join(sorted(bad))}")
-        p = replace(p, **overrides)
-    return p
+    return p.replace(**overrides) if overrides else p
 
 # %% ../nbs/02_simulate.ipynb #24a04ce5
-_deeplense = dict(distances='deeplensesim', classes=('axion',))
-_simapi = dict(npix=64, psf_truncation=5., noise='ccd', source_magnitude=20., z_source_convention=2.5, noiseless_scale=2.)
-register_preset(Preset(name='model_i', noise='counts', source_magnitude=None, zero_point=None, **DEEPLENSESIM_MODEL_I,
+# DeepLenseSim deeplense/lens.py, DeepLens.simple_sim (Model I: lenstronomy ImageModel, no ObservationConfig): the
+# instrument, observation and source amplitude written in that function
+DEEPLENSESIM_MODEL_I = dict(
+    instrument=Instrument(npix=150, pixel_scale=0.05, psf_fwhm=0.087, psf_truncation=3., supersample=1, zero_point=None),
+    observation=Observation(noise='counts', background_rms=0.01, exposure=(10**3, 10**3.5)),
+    source_galaxy=Source(amp=20., magnitude=None))
+_deeplense = dict(cosmology=Cosmology(distances='deeplensesim'), classes=('axion',))
+
+def _simapi(band:Band, **fields) -> Preset:
+    """A preset as DeepLenseSim's `simple_sim_2` ran lenstronomy's `SimAPI` on `band`: 64x64, a magnitude-20 source,
+    deflections defined for a source at z = 2.5, noiseless images stored doubled."""
+    return Preset(instrument=Instrument.from_band(band, 64), observation=Observation.from_band(band, noiseless_scale=2.),
+                  cosmology=Cosmology(z_source_convention=2.5, distances='deeplensesim'), source=band.source,
+                  classes=('axion',), **fields)
+
+register_preset(Preset(name='model_i', **DEEPLENSESIM_MODEL_I, **_deeplense,
     source="DeepLenseSim deeplense/lens.py, DeepLens.simple_sim (DEEPLENSESIM_MODEL_I)",
-    description="DeepLense Model I: 150x150, 0.05\"/px, Gaussian PSF 0.087\", Poisson counts", **_deeplense))
-register_preset(Preset(name='model_ii', **_simapi, **EUCLID_VIS_2021.preset_fields(), source=EUCLID_VIS_2021.source,
-    description="DeepLense Model II: Euclid VIS as in lenstronomy <= 1.14.0, 64x64, 0.101\"/px, PSF 0.16\" (noise added)",
-    **_deeplense))
-register_preset(Preset(name='model_iii', **_simapi, **HST_WFC3_F160W.preset_fields(), source=HST_WFC3_F160W.source,
-    description="DeepLense Model III (HST WFC3/IR F160W): 64x64, 0.08\"/px, Gaussian PSF 0.08\", 5400 s (noise added)",
-    **_deeplense))
-register_preset(replace(PRESETS['model_i'], name='fsub', classes=('cdm',), n_sub_poisson=True, target='f_sub',
+    description="DeepLense Model I: 150x150, 0.05\"/px, Gaussian PSF 0.087\", Poisson counts"))
+register_preset(_simapi(EUCLID_VIS_2021, name='model_ii',
+    description="DeepLense Model II: Euclid VIS as in lenstronomy <= 1.14.0, 64x64, 0.101\"/px, PSF 0.16\" (noise added)"))
+register_preset(_simapi(HST_WFC3_F160W, name='model_iii',
+    description="DeepLense Model III (HST WFC3/IR F160W): 64x64, 0.08\"/px, Gaussian PSF 0.08\", 5400 s (noise added)"))
+register_preset(PRESETS['model_i'].replace(name='fsub', classes=('cdm',), target='f_sub',
+    deeplense_subhalos=DeepLenseSubhalos(poisson=True),
     description="f_sub regression: Model I instrument, CDM subhalos only, Poisson(25) count, target f_sub"))
-register_preset(replace(PRESETS['model_ii'], name='euclid_2026', **EUCLID_VIS_2026.preset_fields(), source=EUCLID_VIS_2026.source,
+register_preset(_simapi(EUCLID_VIS_2026, name='euclid_2026',
     description="Model II with today's Euclid VIS numbers (lenstronomy 1.14.1: zero point 25.72, 4 x 566 s, sky 22.3)"))
 _varied = "main lens and source varied per image (see Nuisance)"
 for _name in ('model_i', 'model_ii', 'fsub'):
-    register_preset(replace(PRESETS[_name], name=f'{_name}_nuisance', nuisance=Nuisance(),
-                            description=f"{PRESETS[_name].description.split(':')[0]} with the {_varied}"))
-register_preset(replace(PRESETS['model_ii'], name='model_ii_clumpy', knots=Knots(),
+    register_preset(PRESETS[_name].replace(name=f'{_name}_nuisance', nuisance=Nuisance(),
+                                           description=f"{PRESETS[_name].description.split(':')[0]} with the {_varied}"))
+register_preset(PRESETS['model_ii'].replace(name='model_ii_clumpy', knots=Knots(),
     description="DeepLense Model II with a clumpy source: Sersic disc plus 2-8 compact star-forming knots"))
-register_preset(replace(PRESETS['model_ii_nuisance'], name='model_ii_nuisance_clumpy', knots=Knots(),
+register_preset(PRESETS['model_ii_nuisance'].replace(name='model_ii_nuisance_clumpy', knots=Knots(),
     description=f"DeepLense Model II with the {_varied}, and a clumpy source (see Knots)"))
 _physical = dict(subhalos=Subhalos(), classes=('cdm',), target='f_sub_ring')
-register_preset(replace(PRESETS['model_ii'], name='model_ii_physical', **_physical,
-    description="Model II instrument, CDM-like subhalos (Subhalos: abundance varied per image, m^-1.9, TNFW), target f_sub_ring"))
-register_preset(replace(PRESETS['fsub'], name='fsub_physical', noise='counts_once', n_sub_poisson=False, **_physical,
-    description="f_sub regression, physical: Model I instrument, Poisson noise once, Subhalos (m^-1.9, TNFW), target f_sub_ring"))
+register_preset(PRESETS['model_ii'].replace(name='model_ii_physical', **_physical,
+    description="Model II instrument, CDM-like subhalos (Subhalos: abundance varied per image, m^-1.9, TNFW), "
+                "target f_sub_ring"))
+register_preset(PRESETS['fsub'].replace(name='fsub_physical', noise='counts_once', deeplense_subhalos=DeepLenseSubhalos(),
+    **_physical, description="f_sub regression, physical: Model I instrument, Poisson noise once, Subhalos (m^-1.9, "
+                             "TNFW), target f_sub_ring"))
 
 # %% ../nbs/02_simulate.ipynb #17754dce
 @functools.cache
 def preset_physics(p:Preset) -> dict:
     "Derived constants of a preset, computed once per preset: main-lens theta_E, deflection scale, source amplitude, pixel area."
     from deeplense_fastai.lensing import einstein_radius, deflection_scaling, magnitude_to_amp
-    te = lambda m: einstein_radius(m, p.z_lens, p.z_source, p.distances, p.H0, p.Om0)
-    scale = 1. if p.z_source_convention is None else deflection_scaling(p.z_lens, p.z_source, p.z_source_convention, p.H0, p.Om0)
-    amp = p.source_amp if p.source_amp is not None else magnitude_to_amp(p.source_magnitude, p.zero_point, p.source_R, p.source_n)
-    return dict(theta_E=float(te(p.halo_mass)), theta_E_per_sqrt_msun=float(te(1.0)), deflection_scale=scale,
-                source_amp=float(amp), pixel_area=p.pixel_scale**2)
+    c, s = p.cosmology, p.source_galaxy
+    te = lambda m: einstein_radius(m, c.z_lens, c.z_source, c.distances, c.H0, c.Om0)
+    zc = c.z_source_convention
+    scale = 1. if zc is None else deflection_scaling(c.z_lens, c.z_source, zc, c.H0, c.Om0)
+    amp = s.amp if s.amp is not None else magnitude_to_amp(s.magnitude, p.instrument.zero_point, s.R, s.n)
+    return dict(theta_E=float(te(p.lens.halo_mass)), theta_E_per_sqrt_msun=float(te(1.0)), deflection_scale=scale,
+                source_amp=float(amp), pixel_area=p.instrument.pixel_scale**2)
 
 # %% ../nbs/02_simulate.ipynb #db5a65af
 def axion_vortex_half_length(log10_m, # log10 of the axion mass in eV, float or array
@@ -414,12 +590,13 @@ def _poisson_inverse(u, mean, kmax):
 # %% ../nbs/02_simulate.ipynb #d38a733d
 def _draw_subhalos(p:Preset, u:np.ndarray, kmax:int, is_cdm:np.ndarray) -> dict:
     "Subhalo count, masses (zero-padded), radii and angles, (B, kmax), from uniform columns 5 and 6.. of `u`."
-    n_sub = (_poisson_inverse(u[:, 5], p.n_sub, kmax) if p.n_sub_poisson else np.full(len(u), p.n_sub)) * is_cdm
-    a = p.m_sub_slope + 1
-    lo_u, hi_u = p.m_sub_min**a, p.m_sub_max**a
+    d = p.deeplense_subhalos
+    n_sub = (_poisson_inverse(u[:, 5], d.n, kmax) if d.poisson else np.full(len(u), d.n)) * is_cdm
+    a = d.slope + 1
+    lo_u, hi_u = d.m_min**a, d.m_max**a
     m_sub = (lo_u + (hi_u - lo_u) * u[:, 6:6 + kmax])**(1 / a)
     m_sub = np.where(np.arange(kmax)[None] < n_sub[:, None], m_sub, 0.)
-    r = p.r_sub_min + (p.r_sub_max - p.r_sub_min) * u[:, 6 + kmax:6 + 2 * kmax]
+    r = d.r_min + (d.r_max - d.r_min) * u[:, 6 + kmax:6 + 2 * kmax]
     th = 2 * np.pi * u[:, 6 + 2 * kmax:6 + 3 * kmax]
     return dict(n_sub=n_sub, sub_mass=m_sub, sub_r=r, sub_phi=th)
 
@@ -458,7 +635,7 @@ def _draw_sky(p:Preset, u:np.ndarray, src_x, src_y, is_cdm) -> dict:
     out = _draw_nuisance(p.nuisance, u[:, :NUISANCE_DRAWS]) if p.nuisance else {}
     j = NUISANCE_DRAWS if p.nuisance else 0
     if p.knots:
-        R = out.get('source_R', np.full(len(u), p.source_R))
+        R = out.get('source_R', np.full(len(u), p.source_galaxy.R))
         out |= _draw_knots(p.knots, u[:, j:], src_x, src_y, R)
         j += p.knots.columns
     if p.subhalos: out |= _draw_physical_subhalos(p, u[:, j:j + p.subhalos.columns], is_cdm)
@@ -490,7 +667,7 @@ def _poisson_inverse_each(u:np.ndarray, mean:np.ndarray, kmax:int) -> np.ndarray
 def _draw_physical_subhalos(p:Preset, v:np.ndarray, is_cdm:np.ndarray) -> dict:
     "Count, masses (zero-padded), radii (uniform in area), angles and TNFW parameters, (B, kmax), from the columns `v`."
     from deeplense_fastai.lensing import nfw_physical_to_angle, einstein_radius
-    s, K = p.subhalos, p.subhalos.kmax
+    s, K, cos = p.subhalos, p.subhalos.kmax, p.cosmology
     lo, hi = s.abundance
     mean = lo + (hi - lo) * v[:, 0]                                          # this image's expected count
     n = _poisson_inverse_each(v[:, 1], mean, K) * is_cdm
@@ -500,10 +677,10 @@ def _draw_physical_subhalos(p:Preset, v:np.ndarray, is_cdm:np.ndarray) -> dict:
     out = dict(n_sub=n, sub_mass=m, sub_r=r, sub_phi=2 * np.pi * v[:, 2 + 2 * K:2 + 3 * K], sub_mean=mean)
     if s.profile == 'point': return out
     m_ok = np.where(m > 0, m, m0)                                            # padded slots: finite, then zeroed
-    c = s.concentration(m_ok, p.z_lens, p.H0)
-    Rs, alpha = nfw_physical_to_angle(m_ok, c, p.z_lens, p.z_source, p.H0, p.Om0)
-    k = lambda conv: float(einstein_radius(1., p.z_lens, p.z_source, conv, p.H0, p.Om0))
-    alpha = np.where(m > 0, alpha * (k(p.distances) / k('angular'))**2, 0.)  # the host's critical density
+    c = s.concentration(m_ok, cos.z_lens, cos.H0)
+    Rs, alpha = nfw_physical_to_angle(m_ok, c, cos.z_lens, cos.z_source, cos.H0, cos.Om0)
+    k = lambda conv: float(einstein_radius(1., cos.z_lens, cos.z_source, conv, cos.H0, cos.Om0))
+    alpha = np.where(m > 0, alpha * (k(cos.distances) / k('angular'))**2, 0.)  # the host's critical density
     return out | dict(sub_c=c, sub_Rs=Rs, sub_alpha_Rs=alpha, sub_r_trunc=_tnfw_truncation(c, s.tau) * Rs)
 
 def _f_sub_ring(s:Subhalos, m:np.ndarray, r:np.ndarray, theta_E:np.ndarray, k:float, scale:float=1.) -> np.ndarray:
@@ -528,23 +705,25 @@ def draw_parameters(preset:Preset, # The recipe
         if c not in CLASSES: raise DeepLenseError(f"unknown class {c!r}; use some of {', '.join(CLASSES)}")
     phys = preset_physics(p)
     # room for a Poisson count up to mean + 10 sigma + 10: a larger draw has probability below 1e-20
-    kmax = int(p.n_sub + 10 * math.sqrt(p.n_sub) + 10) if p.n_sub_poisson else p.n_sub
+    d, vt = p.deeplense_subhalos, p.axion
+    kmax = int(d.n + 10 * math.sqrt(d.n) + 10) if d.poisson else d.n
     base = 6 + 3 * kmax       # the faithful presets' columns; the parts draw theirs after them
     u = counter_uniforms(seed, idx, base + _part_columns(p))
     cls = np.array(classes, dtype=object)[idx % len(classes)]
     B = len(idx)
-    src_x = (2 * u[:, 0] - 1) * p.source_offset
-    src_y = (2 * u[:, 1] - 1) * p.source_offset
-    lo, hi = np.log10(p.exposure[0]), np.log10(p.exposure[1])
-    exposure = 10**(lo + (hi - lo) * u[:, 2]) if hi > lo else np.full(B, float(p.exposure[0]))
+    src_x = (2 * u[:, 0] - 1) * p.source_galaxy.offset
+    src_y = (2 * u[:, 1] - 1) * p.source_galaxy.offset
+    t0, t1 = p.observation.exposure
+    lo, hi = np.log10(t0), np.log10(t1)
+    exposure = 10**(lo + (hi - lo) * u[:, 2]) if hi > lo else np.full(B, float(t0))
     is_ax, is_cdm = cls == 'axion', cls == 'cdm'
-    log10_m = np.where(is_ax, p.log10_m_axion[0] + (p.log10_m_axion[1] - p.log10_m_axion[0]) * u[:, 3], np.nan)
+    log10_m = np.where(is_ax, vt.log10_m[0] + (vt.log10_m[1] - vt.log10_m[0]) * u[:, 3], np.nan)
     sky = _draw_sky(p, u[:, base:], src_x, src_y, is_cdm)
     sub = sky if p.subhalos else _draw_subhalos(p, u, kmax, is_cdm)     # the physical part, or DeepLenseSim's
     m_sub, r, th = sub['sub_mass'], sub['sub_r'], sub['sub_phi']
-    halo_mass = p.halo_mass * sky.pop('theta_E_ratio', 1.)**2      # M ~ theta_E^2 at fixed redshifts
-    f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, p.vortex_mass, 0.)) / halo_mass
-    theta_E = phys['theta_E'] * np.sqrt(halo_mass / p.halo_mass) * np.ones(B)
+    halo_mass = p.lens.halo_mass * sky.pop('theta_E_ratio', 1.)**2      # M ~ theta_E^2 at fixed redshifts
+    f_sub = np.where(is_cdm, m_sub.sum(1), np.where(is_ax, vt.mass, 0.)) / halo_mass
+    theta_E = phys['theta_E'] * np.sqrt(halo_mass / p.lens.halo_mass) * np.ones(B)
     if p.subhalos: sky['f_sub_ring'] = _f_sub_ring(p.subhalos, m_sub, r, theta_E, phys['theta_E_per_sqrt_msun'], phys['deflection_scale'])
     return sky | dict(index=idx, cls=cls, source_x=src_x, source_y=src_y, exposure=exposure, log10_m_axion=log10_m,
                 vortex_half_length=np.where(is_ax, axion_vortex_half_length(np.nan_to_num(log10_m, nan=-22.)), 0.),
@@ -575,9 +754,10 @@ def _macro_field(p:Preset, device, dtype):
     "Grid and main-lens (SIE + shear) deflection `(x, y, alpha_x, alpha_y)` of a preset on `device` in `dtype`."
     import torch
     from deeplense_fastai.lensing import pixel_grid, sie_deflection, shear_deflection
-    x, y = pixel_grid(p.npix, p.pixel_scale, p.supersample, device=device, dtype=torch.float64)
-    ax, ay = sie_deflection(x, y, preset_physics(p)['theta_E'], p.halo_e1, p.halo_e2)
-    sx, sy = shear_deflection(x, y, p.gamma1, p.gamma2)
+    i, L = p.instrument, p.lens
+    x, y = pixel_grid(i.npix, i.pixel_scale, i.supersample, device=device, dtype=torch.float64)
+    ax, ay = sie_deflection(x, y, preset_physics(p)['theta_E'], L.e1, L.e2)
+    sx, sy = shear_deflection(x, y, L.gamma1, L.gamma2)
     return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
 
 # %% ../nbs/02_simulate.ipynb #c6363c5e
@@ -586,7 +766,8 @@ def _lens_field(p:Preset, params:dict, device, dtype):
     import torch
     from deeplense_fastai.lensing import pixel_grid, sie_deflection, shear_deflection
     if p.nuisance is None: return _macro_field(p, device, dtype)
-    x, y = pixel_grid(p.npix, p.pixel_scale, p.supersample, device=device, dtype=torch.float64)
+    i = p.instrument
+    x, y = pixel_grid(i.npix, i.pixel_scale, i.supersample, device=device, dtype=torch.float64)
     T = lambda k: torch.as_tensor(np.asarray(params[k], dtype=np.float64), device=device)
     ax, ay = sie_deflection(x, y, T('theta_E'), T('halo_e1'), T('halo_e2'))
     sx, sy = shear_deflection(x, y, T('gamma1'), T('gamma2'))
@@ -596,12 +777,13 @@ def _lens_field(p:Preset, params:dict, device, dtype):
 _TNFW_KEYS = ('sub_Rs', 'sub_alpha_Rs', 'sub_r_trunc', 'sub_x', 'sub_y')   # tnfw_deflection's arguments, in order
 
 def _vortex_offsets(params, p:Preset):
-    "Einstein radius of each of the `vortex_points` equal masses, and their signed distances (B, N) from the centre along the vortex."
-    t = np.linspace(-1, 1, p.vortex_points)[None] * params['vortex_half_length'][:, None]
-    return float(np.sqrt(p.vortex_mass / p.vortex_points) * preset_physics(p)['theta_E_per_sqrt_msun']), t
+    "Einstein radius of each of the vortex's `points` equal masses, and their signed distances (B, N) from the centre along the vortex."
+    v = p.axion
+    t = np.linspace(-1, 1, v.points)[None] * params['vortex_half_length'][:, None]
+    return float(np.sqrt(v.mass / v.points) * preset_physics(p)['theta_E_per_sqrt_msun']), t
 
 def _vortex_points(params, p:Preset):
-    "Positions and Einstein radii (B, N) of the vortex as `vortex_points` equal point masses."
+    "Positions and Einstein radii (B, N) of the vortex as its `points` equal point masses."
     te, t = _vortex_offsets(params, p)
     ang = params['vortex_angle'][:, None]
     return np.full(t.shape, te), t * np.cos(ang), t * np.sin(ang)
@@ -621,8 +803,8 @@ def _add_substructure(p:Preset, params:dict, x, y, ax, ay, T, compile:bool) -> N
     axion = np.flatnonzero(params['cls'] == 'axion')
     if len(axion):
         sub = {k: v[axion] for k, v in params.items()}
-        if p.vortex == 'segment':
-            te = math.sqrt(p.vortex_mass) * preset_physics(p)['theta_E_per_sqrt_msun']
+        if p.axion.kind == 'segment':
+            te = math.sqrt(p.axion.mass) * preset_physics(p)['theta_E_per_sqrt_msun']
             vx, vy = line_mass_deflection(x, y, te, T(sub['vortex_half_length']), T(sub['vortex_angle']))
         elif compile:
             te, px, py = _vortex_points(sub, p)
@@ -639,14 +821,14 @@ def source_fluxes(preset:Preset, # The recipe
     "Total source flux of each image, counts/s: the preset's flux shifted by the drawn `source_dmag` (if any)."
     from deeplense_fastai.lensing import sersic_total_flux
     p = preset
-    flux = sersic_total_flux(preset_physics(p)['source_amp'], p.source_R, p.source_n)
+    flux = sersic_total_flux(preset_physics(p)['source_amp'], p.source_galaxy.R, p.source_galaxy.n)
     return flux * 10**(-0.4 * np.asarray(params.get('source_dmag', np.zeros(len(params['index'])))))
 
 def _disc_amplitudes(p:Preset, params:dict) -> np.ndarray:
     "Sersic amplitude of each image's disc: its flux (less the knots' share) over the flux of a unit-amplitude profile."
     from deeplense_fastai.lensing import sersic_total_flux
     B = len(params['index'])
-    R, n = (np.broadcast_to(params.get(k, getattr(p, k)), (B,)) for k in ('source_R', 'source_n'))
+    R, n = (np.broadcast_to(params.get(k, p.value(k)), (B,)) for k in ('source_R', 'source_n'))
     unit = np.array([sersic_total_flux(1., float(r), float(m)) for r, m in zip(R, n)])
     return source_fluxes(p, params) * (1 - params.get('knot_fraction', 0.)) / unit
 
@@ -656,8 +838,9 @@ def _source_light(p:Preset, params:dict, bx, by, T):
     from deeplense_fastai.lensing import sersic
     sx, sy = T(params['source_x']), T(params['source_y'])
     if p.nuisance is None and p.knots is None:     # the faithful presets: one amplitude and shape for the batch
-        return sersic(bx, by, preset_physics(p)['source_amp'], p.source_R, p.source_n, p.source_e1, p.source_e2, sx, sy)
-    shape = [T(params[k]) if k in params else getattr(p, k) for k in ('source_R', 'source_n', 'source_e1', 'source_e2')]
+        s = p.source_galaxy
+        return sersic(bx, by, preset_physics(p)['source_amp'], s.R, s.n, s.e1, s.e2, sx, sy)
+    shape = [T(params[k]) if k in params else p.value(k) for k in ('source_R', 'source_n', 'source_e1', 'source_e2')]
     img = sersic(bx, by, T(_disc_amplitudes(p, params)), *shape, sx, sy)
     if p.knots is None: return img
     amp = source_fluxes(p, params)[:, None] * params['knot_fraction'][:, None] * params['knot_weight']
@@ -683,8 +866,9 @@ def render(preset:Preset, # The recipe
     _add_substructure(p, params, x, y, ax, ay, T, compile)
     phys = preset_physics(p)
     bx, by = ray_shoot(x, y, ax, ay, phys['deflection_scale'])
-    img = downsample(_source_light(p, params, bx, by, T), p.supersample)
-    img = convolve_psf(img, p.psf_fwhm, p.pixel_scale, p.psf_truncation)
+    i = p.instrument
+    img = downsample(_source_light(p, params, bx, by, T), i.supersample)
+    img = convolve_psf(img, i.psf_fwhm, i.pixel_scale, i.psf_truncation)
     return img * phys['pixel_area']
 
 # %% ../nbs/02_simulate.ipynb #bead111b
@@ -707,7 +891,7 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
                       ) -> dict:
     "lenstronomy lens/source model lists and kwargs for image `b` (DeepLenseSim's construction)."
     p, phys = preset, preset_physics(preset)
-    own = lambda k: float(params[k][b]) if k in params else getattr(p, k)     # this image's value, or the preset's
+    own = lambda k: float(params[k][b]) if k in params else p.value(k)     # this image's value, or the preset's
     models = ['SIE', 'SHEAR']
     kwargs = [dict(theta_E=float(params['theta_E'][b]), e1=own('halo_e1'), e2=own('halo_e2'), center_x=0., center_y=0.),
               dict(gamma1=own('gamma1'), gamma2=own('gamma2'))]
@@ -716,7 +900,8 @@ def lenstronomy_kwargs(preset:Preset, # The recipe
     source = dict(R_sersic=own('source_R'), n_sersic=own('source_n'), e1=own('source_e1'), e2=own('source_e2'),
                   center_x=float(params['source_x'][b]), center_y=float(params['source_y'][b]))
     if p.nuisance is None and p.knots is None:
-        source.update(amp=p.source_amp) if p.source_amp is not None else source.update(magnitude=p.source_magnitude)
+        s = p.source_galaxy
+        source.update(amp=s.amp) if s.amp is not None else source.update(magnitude=s.magnitude)
     else: source.update(amp=float(_disc_amplitudes(p, {k: v[b:b + 1] for k, v in params.items()})[0]))
     light = dict(source_model_list=['SERSIC_ELLIPSE'], kwargs_source=[source])
     n_knots = int(params['n_knots'][b]) if p.knots else 0
@@ -737,12 +922,13 @@ def add_noise(preset:Preset, # The recipe
     "The preset's noise added to a batch, drawn from one generator per image (batch-independent)."
     import torch
     from deeplense_fastai.lensing import counts_noise, ccd_noise, counts_once_noise
-    if not noise or preset.noise == 'none': return model * preset.noiseless_scale
+    obs = preset.observation
+    if not noise or obs.noise == 'none': return model * obs.noiseless_scale
     gens = [torch.Generator(device=model.device).manual_seed(image_seed(seed, int(i), 1)) for i in params['index']]
     t = torch.as_tensor(params['exposure'], device=model.device, dtype=model.dtype)
-    if preset.noise == 'counts': return counts_noise(model, t, preset.background_rms, gens)
-    if preset.noise == 'counts_once': return counts_once_noise(model, t, preset.background_rms, gens)
-    return ccd_noise(model, t, preset.background_rms, gens)
+    if obs.noise == 'counts': return counts_noise(model, t, obs.background_rms, gens)
+    if obs.noise == 'counts_once': return counts_once_noise(model, t, obs.background_rms, gens)
+    return ccd_noise(model, t, obs.background_rms, gens)
 
 # %% ../nbs/02_simulate.ipynb #c71d495e
 BLOCK = 16          # images per canonical block on a CPU (cache-sized)
@@ -785,10 +971,11 @@ def quirk_note(preset:Preset, # The recipe
     if p.name in PRESETS: return None        # a registered preset, or one the library varies (calibration trials)
     quirks, fixes = [], []
     if 'cdm' in tuple(classes or p.classes) and p.subhalos is None:
-        slope = [] if p.m_sub_slope == -1.9 else [f"subhalo mass slope {p.m_sub_slope:g} (CDM: -1.9)"]
+        s = p.deeplense_subhalos.slope
+        slope = [] if s == -1.9 else [f"subhalo mass slope {s:g} (CDM: -1.9)"]
         quirks += slope + ["radii uniform in r", "point-mass subhalos", "f_sub = sum(m)/M_halo"]
         fixes.append("subhalos=Subhalos()")
-    if p.noise == 'counts': quirks.append("Poisson noise counted twice"); fixes.append("noise='counts_once'")
+    if p.observation.noise == 'counts': quirks.append("Poisson noise counted twice"); fixes.append("noise='counts_once'")
     if not quirks: return None
     return (f"note: preset {p.name!r} inherits DeepLenseSim's quirks ({', '.join(quirks)}); the physical option: "
             f"{', '.join(fixes)} (as in model_ii_physical, fsub_physical)")
@@ -818,7 +1005,8 @@ def simulate(preset:str|Preset='model_ii', # Preset name or recipe
     _note_once(p, classes)
     if int(n) <= 0: raise DeepLenseError(f"n must be a positive number of images, got {n}")
     if batch_size <= 0: raise DeepLenseError(f"batch_size must be positive, got {batch_size}")
-    out = torch.empty(n, 1, p.npix, p.npix, dtype=torch.float32)
+    npix = p.instrument.npix
+    out = torch.empty(n, 1, npix, npix, dtype=torch.float32)
     steps = range(0, n, batch_size)
     if progress:
         from fastprogress.fastprogress import progress_bar

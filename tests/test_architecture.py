@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "deeplense_fastai"
 
 # Lower layers first: a module may import only the modules before it (at the top or inside a function).
 LAYERS = ["core", "lensing", "simulate", "dataset", "online", "config", "data", "models", "posterior", "learner", "interpret",
-          "inference", "cli"]
+          "inference", "run", "cli"]
 
 
 def modules():

@@ -209,7 +209,7 @@ def test_physical_cdm_image_matches_lenstronomy():
 
 def test_counts_once_noise_has_poisson_plus_background_variance():
     p = PRESETS["fsub_physical"]
-    t, mu, sb = 1000.0, 0.5, p.background_rms                          # exposure s, counts/s per pixel, counts/s
+    t, mu, sb = 1000.0, 0.5, p.observation.background_rms                          # exposure s, counts/s per pixel, counts/s
     prm = dict(index=np.arange(4), exposure=np.full(4, t))
     flat = torch.full((4, 64, 64), mu, dtype=torch.float64)
     x = add_noise(p, flat, prm, seed=1).numpy().ravel()                  # 16384 pixels

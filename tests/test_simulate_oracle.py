@@ -57,11 +57,13 @@ def test_background_noise_is_lenstronomys_for_the_frozen_bands():
     from lenstronomy.SimulationAPI.observation_api import SingleBand
     for name in ("model_ii", "model_iii", "euclid_2026"):
         p, band = PRESETS[name], SingleBand(**ref.SIMAPI_BANDS[name])
-        assert abs(p.background_rms / band.background_noise - 1) < 1e-12
-        assert p.exposure == (band.exposure_time, band.exposure_time)
+        obs, ins = p.observation, p.instrument
+        assert abs(obs.background_rms / band.background_noise - 1) < 1e-12
+        assert obs.exposure == (band.exposure_time, band.exposure_time)
         kw = ref.SIMAPI_BANDS[name]
-        assert (p.pixel_scale, p.psf_fwhm, p.zero_point) == (kw["pixel_scale"], kw["seeing"], kw["magnitude_zero_point"])
-    assert PRESETS["model_ii"].zero_point == 24.0 and PRESETS["model_ii"].exposure == (2260.0, 2260.0)
+        assert (ins.pixel_scale, ins.psf_fwhm, ins.zero_point) == (kw["pixel_scale"], kw["seeing"], kw["magnitude_zero_point"])
+    ii = PRESETS["model_ii"]
+    assert ii.instrument.zero_point == 24.0 and ii.observation.exposure == (2260.0, 2260.0)
 
 
 # float32 (the library's default dtype) against the float64 reference. A float32 source-plane position carries a

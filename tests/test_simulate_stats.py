@@ -143,7 +143,7 @@ def test_ccd_noise_matches_lenstronomy(name):
     model = render(p, prm, dtype=torch.float64)[0]
     m = model.numpy()
     n = 400
-    ours = noisy_copies(p, model, n, p.exposure[0])
+    ours = noisy_copies(p, model, n, p.observation.exposure[0])
     theirs = np.stack([m + band.noise_for_model(m, seed=i) for i in range(n)])
     # analytic: every pixel's variance is lenstronomy's background_noise^2 + flux_noise(model)^2
     z = (ours - m) / np.sqrt(band.background_noise**2 + band.flux_noise(m)**2)
