@@ -1070,6 +1070,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                            'deeplense_fastai.simulate.Observation.from_band': ( 'simulate.html#observation.from_band',
                                                                                                 'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.Preset': ('simulate.html#preset', 'deeplense_fastai/simulate.py'),
+                                           'deeplense_fastai.simulate.Preset.__getattr__': ( 'simulate.html#preset.__getattr__',
+                                                                                             'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.Preset.__post_init__': ( 'simulate.html#preset.__post_init__',
                                                                                                'deeplense_fastai/simulate.py'),
                                            'deeplense_fastai.simulate.Preset._flat': ( 'simulate.html#preset._flat',

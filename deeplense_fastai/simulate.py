@@ -119,9 +119,18 @@ HST_TDLMC_F160W = Band('hst_tdlmc_f160w',
 BANDS = {b.name: b for b in (EUCLID_VIS_2021, EUCLID_VIS_2026, HST_WFC3_F160W, HST_TDLMC_F160W)}
 
 # %% ../nbs/02_simulate.ipynb #ae9e1d7f
+def _real(v) -> bool:
+    "True for a finite real number (not a bool)."
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+def _as_tuples(part, *names) -> None:
+    "Store `part`'s list fields `names` as tuples (JSON gives lists; a frozen part must hash)."
+    for k in names:
+        if isinstance(getattr(part, k), list): object.__setattr__(part, k, tuple(getattr(part, k)))
+
 def _check_range(owner:str, name:str, r, lo=-math.inf, hi=math.inf) -> None:
-    "Raise unless `r` is a (low, high) pair with lo <= low <= high <= hi."
-    ok = isinstance(r, tuple) and len(r) == 2 and lo <= r[0] <= r[1] <= hi
+    "Raise unless `r` is a (low, high) pair of numbers with lo <= low <= high <= hi."
+    ok = isinstance(r, tuple) and len(r) == 2 and all(map(_real, r)) and lo <= r[0] <= r[1] <= hi
     if not ok: raise DeepLenseError(f"{owner}: {name} must be a (low, high) pair within [{lo}, {hi}], got {r!r}")
 
 @dataclass(frozen=True)
@@ -136,9 +145,10 @@ class Nuisance:
     dmag: float = 0.7                  # source magnitude uniform in the preset's +- this
 
     def __post_init__(self):
+        _as_tuples(self, 'source_R', 'source_n')
         for name, hi in (('theta_E_frac', 0.9), ('halo_e', 0.6), ('shear', 0.3), ('source_e', 0.6), ('dmag', 5.)):
             v = getattr(self, name)
-            if not 0 <= v <= hi: raise DeepLenseError(f"Nuisance: {name} must lie in [0, {hi}], got {v!r}")
+            if not (_real(v) and 0 <= v <= hi): raise DeepLenseError(f"Nuisance: {name} must lie in [0, {hi}], got {v!r}")
         _check_range('Nuisance', 'source_R', self.source_R, 1e-3, 10.)
         _check_range('Nuisance', 'source_n', self.source_n, 0.3, 8.)
 
@@ -150,6 +160,7 @@ class Knots:
     sigma: tuple = (0.02, 0.05)        # Gaussian width of each knot, arcsec, uniform
 
     def __post_init__(self):
+        _as_tuples(self, 'n', 'flux_fraction', 'sigma')
         _check_range('Knots', 'n', self.n, 1, 64)
         if any(int(k) != k for k in self.n): raise DeepLenseError(f"Knots: n must be whole numbers, got {self.n!r}")
         _check_range('Knots', 'flux_fraction', self.flux_fraction, 0., 1.)
@@ -178,15 +189,19 @@ class Subhalos:
 
     def __post_init__(self):
         bad = lambda msg: DeepLenseError(f"Subhalos: {msg}")
+        _as_tuples(self, 'n_mean', 'm_range', 'r_range', 'ring')
+        v = self.n_mean
+        if not (_real(v) or isinstance(v, tuple) and len(v) == 2 and all(map(_real, v))):
+            raise bad(f"n_mean must be a number or a (lo, hi) range, got {v!r}")
         lo, hi = self.abundance
         if not (0 <= lo <= hi <= 1000 and hi > 0): raise bad(f"n_mean must be a number or a range in [0, 1000], got {self.n_mean!r}")
-        if not -3 <= self.slope <= 0 or self.slope == -1:
+        if not (_real(self.slope) and -3 <= self.slope <= 0 and self.slope != -1):
             raise bad(f"slope must lie in [-3, 0] and not be -1, got {self.slope!r}")
         _check_range('Subhalos', 'm_range', self.m_range, 1., 1e13)
         _check_range('Subhalos', 'r_range', self.r_range, 0., 100.)
         _check_range('Subhalos', 'ring', self.ring, 0., 100.)
         if self.profile not in ('tnfw', 'point'): raise bad(f"profile must be 'tnfw' or 'point', got {self.profile!r}")
-        if self.tau is not None and not self.tau > 0: raise bad(f"tau must be positive or None, got {self.tau!r}")
+        if self.tau is not None and not (_real(self.tau) and self.tau > 0): raise bad(f"tau must be positive or None, got {self.tau!r}")
 
     @property
     def abundance(self) -> tuple:
@@ -217,10 +232,6 @@ class Subhalos:
 NOISES = ('counts', 'counts_once', 'ccd', 'none')     # the noise recipes an `Observation` can name
 DISTANCES = ('angular', 'deeplensesim')               # the distance conventions of `lensing.einstein_radius`
 
-def _real(v) -> bool:
-    "True for a finite real number (not a bool)."
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
 def _whole(v, lo:int) -> bool:
     "True for a whole number (not a bool) of at least `lo`."
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= lo
@@ -228,11 +239,6 @@ def _whole(v, lo:int) -> bool:
 def _pair(v, lo=-math.inf, hi=math.inf) -> bool:
     "True for a (low, high) tuple of finite numbers with lo <= low <= high <= hi."
     return isinstance(v, tuple) and len(v) == 2 and all(map(_real, v)) and lo <= v[0] <= v[1] <= hi
-
-def _as_tuples(part, *names) -> None:
-    "Store `part`'s list fields `names` as tuples (JSON gives lists; a frozen part must hash)."
-    for k in names:
-        if isinstance(getattr(part, k), list): object.__setattr__(part, k, tuple(getattr(part, k)))
 
 def _require(part, checks:list) -> None:
     "Raise the first failed (ok, message) check as one line naming the part."
@@ -295,7 +301,8 @@ class Observation:
 @dataclass(frozen=True)
 class Cosmology:
     "Where lens and source lie: flat LambdaCDM, the two redshifts, and how DeepLenseSim turned them into angles."
-    H0: float = 70.                     # Hubble constant, km/s/Mpc (DeepLenseSim's astropy FlatLambdaCDM(70, 0.3))
+    H0: float = 70.                     # Hubble constant, km/s/Mpc (DeepLenseSim's FlatLambdaCDM(70, 0.3); its Model II
+                                        # rescaling used pyHalo's Om0 0.281: a 0.09% smaller deflection scale, not copied)
     Om0: float = 0.3                    # matter density today over the critical density
     z_lens: float = 0.5                 # redshift of the main lens (DeepLenseSim)
     z_source: float = 1.0               # redshift of the source galaxy (DeepLenseSim)
@@ -438,8 +445,12 @@ class Preset:
         wrong = [f"{k} must be of type {t.__name__}" for k, t in kinds.items() if not isinstance(getattr(self, k), t)]
         wrong += [f"{k} must be of type {t.__name__} or None" for k, t in _PARTS.items()
                   if not (getattr(self, k) is None or isinstance(getattr(self, k), t))]
-        checks = [(not wrong, '; '.join(wrong)),
-                  (all(c in CLASSES for c in self.classes), f'classes must be among {CLASSES}'),
+        text = [k for k in ('name', 'description', 'source', 'target') if not isinstance(getattr(self, k), str)]
+        checks = [(not text, f"{', '.join(text)} must be text" + (" (source is where the numbers come from; the galaxy is "
+                   "source_galaxy=Source(...))" if 'source' in text else '')),
+                  (not wrong, '; '.join(wrong)),
+                  (isinstance(self.classes, tuple) and all(c in CLASSES for c in self.classes),
+                   f'classes must be among {CLASSES}, got {self.classes!r}'),
                   (not wrong and (self.source_galaxy.amp is not None or self.instrument.zero_point is not None),
                    "a source given by its magnitude needs the instrument's zero_point (or give the source's amp)"),
                   (not wrong and (self.subhalos is None or self.deeplense_subhalos == DeepLenseSubhalos()),
@@ -447,6 +458,14 @@ class Preset:
                    "used: set the part's fields instead")]
         for ok, msg in checks:
             if not ok: raise DeepLenseError(f"preset {self.name!r}: {msg}")
+
+    def __getattr__(self, name:str):
+        "Only for names that are missing: an old flat name says where its value lives now."
+        if name in FLAT_FIELDS:
+            part, field = FLAT_FIELDS[name]
+            raise AttributeError(f"Preset.{name} is now preset.{part}.{field} (or preset.value({name!r}); "
+                                 f"change it with preset.replace({name}=...))")
+        raise AttributeError(f"'Preset' object has no attribute {name!r}")
 
     def value(self, name:str # A flat name ('npix', 'halo_e1', 'source_R', ...) or a field of the preset
              ):

@@ -43,14 +43,14 @@ def test_custom_preset_writes_the_same_record(key):
     assert Preset.from_dict(json.loads(json.dumps(RECORDS["custom_to_dict"][key]))) == p
 
 
-def test_cached_simulation_key_is_unchanged():
+def test_cached_simulation_key_is_unchanged(tmp_path, monkeypatch):
     """cached_simulation names its folder by the digest of the recipe string the flat preset printed."""
     import hashlib
     from deeplense_fastai import dataset
-    src = Path(dataset.__file__).read_text()
-    assert "get_preset(preset).legacy_repr().encode()" in src
+    monkeypatch.setenv("DEEPLENSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(dataset, "write_dataset", lambda path, *a, **k: Path(path).mkdir(parents=True))   # no simulation
     want = hashlib.sha256(RECORDS["repr"]["model_ii"].encode()).hexdigest()[:8]
-    assert hashlib.sha256(PRESETS["model_ii"].legacy_repr().encode()).hexdigest()[:8] == want
+    assert dataset.cached_simulation("model_ii", 4, 0).name == f"model_ii-{want}-n4-seed0"
 
 
 BAD = [(Instrument, dict(npix=7), "Instrument: npix must be a whole number >= 8, got 7"),
@@ -139,3 +139,32 @@ def test_old_flat_records_still_load():
     assert p == PRESETS["fsub_physical"] and p.subhalos == Subhalos() and p.observation.noise == "counts_once"
     with pytest.raises(DeepLenseError, match="unknown preset field"):
         Preset.from_dict({**old, "npixels": 64})
+
+
+OLDER = [(dict(dmag=None), "Nuisance: dmag must lie in"), (dict(theta_E_frac="x"), "Nuisance: theta_E_frac must lie in"),
+         (dict(source_R=(0.1, "a")), "Nuisance: source_R must be a (low, high) pair")]
+
+
+@pytest.mark.parametrize("kw,message", OLDER)
+def test_older_parts_refuse_bad_types_with_one_line(kw, message):
+    from deeplense_fastai.simulate import Nuisance
+    with pytest.raises(DeepLenseError) as e:
+        Nuisance(**kw)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    for part, bad, said in ((Knots, dict(n=("a", "b")), "Knots: n must be"), (Subhalos, dict(n_mean=None), "Subhalos: n_mean"),
+                            (Subhalos, dict(tau="x"), "Subhalos: tau must be positive")):
+        with pytest.raises(DeepLenseError, match=said):
+            part(**bad)
+    assert hash(Knots(n=[1, 3])) == hash(Knots(n=(1, 3))) and hash(Subhalos(n_mean=[0, 40])) == hash(Subhalos())  # lists: JSON's
+
+
+def test_old_flat_names_say_where_they_live_now():
+    p = PRESETS["model_ii"]
+    with pytest.raises(AttributeError, match=r"preset.instrument.npix .*preset.replace\(npix=...\)"):
+        p.npix
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        p.nothing
+    with pytest.raises(DeepLenseError, match="the galaxy is source_galaxy=Source"):   # `source` is the provenance text
+        get_preset("model_ii", source=Source(R=0.4))
+    with pytest.raises(DeepLenseError, match="classes must be among"):
+        Preset(classes=None)
