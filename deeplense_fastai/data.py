@@ -976,7 +976,7 @@ def class_dataloaders(source, # A path or LensSource whose labels name each imag
     return dls
 
 # %% ../nbs/03_data.ipynb #cd31efd1
-from .simulate import Preset, get_preset, make_images, labels_frame, simulated_targets
+from .simulate import Preset, SimSpec, make_images, labels_frame, simulated_targets
 from .online import TRAIN_START, PILOT, PILOT_IMAGES, OnlineSim, OnlineDL, Positions, target_moments
 with fastai_import():
     from fastai.data.core import TfmdDL, DataLoaders
@@ -1008,21 +1008,22 @@ def _online_devices(device, sim_device, num_workers:int) -> tuple:
     return device, sim_device
 
 # %% ../nbs/03_data.ipynb #f515cc4b
-def _valid_source(valid, p:Preset, targets, seed, classes, noise, device, progress) -> LensSource:
+def _valid_source(valid, spec:SimSpec, targets, device, progress) -> LensSource:
     "The validation set: `valid` images simulated once, or a dataset on disk."
+    p = spec.preset
     if isinstance(valid, (int, np.integer)) and not isinstance(valid, bool):
         if not 0 < valid <= TRAIN_START: raise DeepLenseError(f"valid must be a positive number of images or a dataset, got {valid}")
-        imgs, prm = make_images(p, 0, int(valid), seed, classes, noise, device)
+        imgs, prm = make_images(spec, 0, int(valid), device=device)
         return LensSource(imgs.float().cpu().numpy()[:, None], labels_frame(prm), 'online', Path(f'online:{p.name}'),
-                          targets[0], dict(seed=seed, start=0, stop=int(valid)))
+                          targets[0], dict(seed=spec.seed, start=0, stop=int(valid)))
     src = valid if isinstance(valid, LensSource) else open_source(valid, progress=progress)
     if src.image_shape != (p.instrument.npix, p.instrument.npix):
         raise DeepLenseError(f"{src.path}: images are {src.image_shape[0]}x{src.image_shape[1]}, preset {p.name} makes {p.instrument.npix}x{p.instrument.npix}")
     return src
 
-def _online_valid(valid, p:Preset, targets, seed, classes, noise, device, progress, t_mean, t_std) -> tuple:
+def _online_valid(valid, spec:SimSpec, targets, device, progress, t_mean, t_std) -> tuple:
     "(validation source with usable images only, its standardised targets)."
-    vsrc = _valid_source(valid, p, targets, seed, classes, noise, device, progress)
+    vsrc = _valid_source(valid, spec, targets, device, progress)
     vt = resolve_targets(vsrc, targets)
     keep = check_source(vsrc, vt)
     if len(keep) < len(vsrc): vsrc = vsrc.subset(keep)
@@ -1038,16 +1039,18 @@ class _Fixed:
     def new_empty(self): return _Fixed(None, self.y[:0])
 
 # %% ../nbs/03_data.ipynb #46eb1833
-def _pilot_stats(p:Preset, seed:int, classes, noise:bool, device) -> tuple[float, float]:
+def _pilot_stats(spec:SimSpec, device) -> tuple[float, float]:
     "Pixel mean and std of the first `PILOT_IMAGES` training images (for norm='meanstd')."
-    x = make_images(p, TRAIN_START, TRAIN_START + PILOT_IMAGES, seed, classes, noise, device)[0].double()
+    x = make_images(spec, TRAIN_START, TRAIN_START + PILOT_IMAGES, device=device)[0].double()
     return float(x.mean()), float(x.std())
 
 # %% ../nbs/03_data.ipynb #412b8e21
-def _online_record(p:Preset, seed:int, epoch_size:int, classes, noise:bool, vsrc:LensSource) -> dict:
-    "The `online` entry of `lens_config`: how to simulate the run's images again."
-    return dict(seed=int(seed), epoch_size=epoch_size, train_start=TRAIN_START, classes=list(classes), noise=bool(noise),
-                valid=str(vsrc.path), target_moments=f'{PILOT} parameter draws', preset=p.to_dict())
+def _online_record(spec:SimSpec, epoch_size:int, vsrc:LensSource) -> dict:
+    "The `online` entry of `lens_config`: how to simulate the run's images again (`SimSpec.identity` and the layout)."
+    sim = spec.identity()
+    return dict(seed=sim['seed'], epoch_size=epoch_size, train_start=TRAIN_START, classes=sim['classes'],
+                noise=sim['noise'], valid=str(vsrc.path), target_moments=f'{PILOT} parameter draws',
+                preset=sim['preset'])
 
 # %% ../nbs/03_data.ipynb #95deead3
 def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of every image
@@ -1070,16 +1073,17 @@ def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of 
                        progress:bool=True, # Progress bar while caching a DeepLense validation directory
                       ) -> DataLoaders:
     "fastai DataLoaders whose training batches are simulated as they are needed (new every epoch), with a fixed validation set."
-    p = get_preset(preset)
+    p = (spec := SimSpec(preset, seed, classes, noise)).preset
     _check_online_args(norm, epoch_size, bs, num_workers)
-    classes, targets = tuple(classes or p.classes), _online_targets(p, targets)
+    targets = _online_targets(p, targets)
     device, sim_device = _online_devices(device, sim_device, num_workers)
     step = bs * max(num_distrib(), 1)
     epoch_size = -(-int(epoch_size) // step) * step
-    t_mean, t_std = target_moments(p, targets, seed, classes, standardize_targets)
-    sim = OnlineSim(p, targets, seed, classes, noise, t_mean, t_std, epoch_size, TRAIN_START, sim_device, compile)
-    vsrc, vy = _online_valid(valid, p, targets, seed, classes, noise, sim_device, progress, t_mean, t_std)
-    stats = _pilot_stats(p, seed, classes, noise, sim_device) if norm == 'meanstd' else None
+    t_mean, t_std = target_moments(p, targets, spec.seed, spec.classes, standardize_targets)
+    sim = OnlineSim(spec, targets, target_mean=t_mean, target_std=t_std, epoch_size=epoch_size, device=sim_device,
+                    compile=compile)
+    vsrc, vy = _online_valid(valid, spec, targets, sim_device, progress, t_mean, t_std)
+    stats = _pilot_stats(spec, sim_device) if norm == 'meanstd' else None
     tfms = _batch_tfms(stats, augment, rotate, size)
     train = OnlineDL(Positions(epoch_size), sim=sim, bs=bs, shuffle=False, drop_last=False, num_workers=num_workers,
                      after_batch=tfms, device=device)
@@ -1087,5 +1091,5 @@ def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of 
     dls = DataLoaders(train, valid_dl, device=device)
     dls.lens_config = _lens_config(targets, norm, stats, t_mean, t_std, image_shape=[p.instrument.npix, p.instrument.npix], size=size,
                                    pixel_scale=float(p.instrument.pixel_scale), n_train=epoch_size, n_valid=len(vy), source=f'online:{p.name}', kind='online',
-                                   preset=p.name, online=_online_record(p, seed, epoch_size, classes, noise, vsrc))
+                                   preset=p.name, online=_online_record(spec, epoch_size, vsrc))
     return dls

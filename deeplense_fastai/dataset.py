@@ -13,7 +13,7 @@ import numpy as np
 from fastcore.basics import patch
 
 from .core import DeepLenseError, atomic_write
-from .simulate import CLASSES, Preset, get_preset, draw_parameters, labels_frame, make_images
+from .simulate import Preset, SimSpec, get_preset, draw_parameters, labels_frame, make_images
 
 # %% auto #0
 __all__ = ['MARKER', 'shard_range', 'DatasetWriter', 'write_dataset', 'NativeDataset', 'open_dataset', 'cached_simulation']
@@ -41,9 +41,10 @@ def _sha256(path:Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-def _identity(p:Preset, n, seed, classes, noise, fmt) -> dict:
-    "What makes two runs the same dataset."
-    return dict(format=fmt, preset=p.to_dict(), n=int(n), seed=int(seed), classes=list(classes), noise=bool(noise))
+def _identity(spec:SimSpec, n, fmt) -> dict:
+    "What makes two runs the same dataset: the layout, what was simulated (`SimSpec.identity`) and how many images."
+    sim = spec.identity()
+    return dict(format=fmt, preset=sim.pop('preset'), n=int(n), **sim)
 
 def _read_json(f:Path):
     "A JSON file of ours, or one clear error naming it."
@@ -104,13 +105,10 @@ def _writer_lock(out:Path, shard:int, nshards:int):
 class DatasetWriter:
     "The settings of one dataset-writing run, checked once; `write()` writes (part of) the dataset."
     out: str|Path                       # directory to write (created if missing)
-    preset: str|Preset = 'model_ii'     # preset name or recipe
+    spec: SimSpec|str|Preset = 'model_ii'   # what to simulate; a preset (name): seed 0, its classes, noise
     n: int = 1000                       # images in the whole dataset (all shards together)
-    seed: int = 0                       # dataset seed
-    classes: tuple|None = None          # classes to cycle through (default: the preset's)
     fmt: str = 'native'                 # 'native' or 'deeplense'
     shard: tuple = (0, 1)               # (i, k): write only part i of k (0-based)
-    noise: bool = True                  # add the preset's noise
     device: object = None               # torch device for rendering
     batch_size: int = 64                # images rendered at once
     progress: bool = True               # show a progress bar
@@ -118,22 +116,18 @@ class DatasetWriter:
     compile: bool = False               # fuse the point-mass sums with torch.compile
 
     def __post_init__(self):
-        self.preset = p = get_preset(self.preset)
+        self.spec = self.spec if isinstance(self.spec, SimSpec) else SimSpec(self.spec)
+        p = self.spec.preset
         if int(self.n) <= 0: raise DeepLenseError(f"--n must be a positive number of images, got {self.n}")
-        if not 0 <= int(self.seed) < 2**63:
-            raise DeepLenseError(f"--seed must be a non-negative integer below 2**63, got {self.seed}")
         if self.batch_size <= 0: raise DeepLenseError(f"--batch-size must be positive, got {self.batch_size}")
         if self.fmt not in ('native', 'deeplense'):
             raise DeepLenseError(f"--format must be 'native' or 'deeplense', got {self.fmt!r}")
         if self.fmt == 'deeplense' and p.target not in ('log10_m_axion', 'f_sub'):
             raise DeepLenseError(f"--format deeplense: DeepLense files hold one label, the axion mass or f_sub; preset {p.name!r} "
                                  f"targets {p.target}, which only the native format keeps")
-        self.classes = tuple(self.classes or p.classes)
-        for c in self.classes:
-            if c not in CLASSES: raise DeepLenseError(f"--classes: unknown class {c!r}; use some of {', '.join(CLASSES)}")
         self.start, self.stop = shard_range(int(self.n), *self.shard)
         self.out, self.names = Path(self.out), _names(*self.shard)
-        self.ident = _identity(p, self.n, self.seed, self.classes, self.noise, self.fmt)
+        self.ident = _identity(self.spec, self.n, self.fmt)
 
 
 # %% ../nbs/02b_dataset.ipynb #8086fabf
@@ -165,7 +159,8 @@ def _steps(self:DatasetWriter, steps:range):
 def _write_labels(self:DatasetWriter) -> Path:
     "Write the label table of this part (atomically) and return its path."
     f = self.out/self.names['labels']
-    labels = labels_frame(draw_parameters(self.preset, np.arange(self.start, self.stop), self.seed, self.classes))
+    spec = self.spec
+    labels = labels_frame(draw_parameters(spec.preset, np.arange(self.start, self.stop), spec.seed, spec.classes))
     with atomic_write(f) as tmp: labels.to_csv(tmp, index=False)
     return f
 
@@ -174,7 +169,7 @@ def _write_manifest(self:DatasetWriter, files:list, **shape) -> dict:
     "Write this part's manifest, the identity plus the sha256 of `files`: its presence means the part is complete."
     from deeplense_fastai import __version__
     m = dict(self.ident, format_version=1, package_version=__version__, shard=list(self.shard), start=self.start,
-             stop=self.stop, **shape, target=self.preset.target, files={f.name: _sha256(f) for f in files},
+             stop=self.stop, **shape, target=self.spec.preset.target, files={f.name: _sha256(f) for f in files},
              created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     with atomic_write(self.out/self.names['manifest']) as tmp: tmp.write_text(json.dumps(m, indent=1))
     return m
@@ -194,14 +189,13 @@ def _verified(self:DatasetWriter, man:Path) -> dict:
 @patch
 def _render_into(self:DatasetWriter, partial:Path, prog:Path) -> None:
     "Render this part's images into the memory map `partial`, resuming where the progress file `prog` says."
-    p, n_here = self.preset, self.stop - self.start
+    p, n_here = self.spec.preset, self.stop - self.start
     done = json.loads(prog.read_text())['done'] if prog.exists() and partial.exists() else 0
     arr = np.lib.format.open_memmap(partial, mode='r+' if done else 'w+', dtype=np.float32, shape=(n_here, 1, p.instrument.npix, p.instrument.npix))
     if done: self.log(f"{self.out}: resuming part {self.shard[0]}/{self.shard[1]} at image {self.start + done}")
     for s in self._steps(range(done, n_here, self.batch_size)):
         e = min(s + self.batch_size, n_here)
-        img, _ = make_images(p, self.start + s, self.start + e, self.seed, self.classes, self.noise, self.device,
-                             compile=self.compile)
+        img, _ = make_images(self.spec, self.start + s, self.start + e, device=self.device, compile=self.compile)
         arr[s:e, 0] = img.float().cpu().numpy()
         arr.flush()
         with atomic_write(prog) as tmp: tmp.write_text(json.dumps(dict(identity=self.ident, done=int(e))))
@@ -215,7 +209,7 @@ def _write_native(self:DatasetWriter) -> dict:
     partial, prog = self.out/f'.{final.name}.partial', self.out/f'.{final.name}.progress.json'
     self._render_into(partial, prog)
     os.replace(partial, final)
-    npix = self.preset.instrument.npix
+    npix = self.spec.preset.instrument.npix
     m = self._write_manifest([final, self._write_labels()], image_shape=[1, npix, npix], dtype='float32')
     prog.unlink(missing_ok=True)
     return m
@@ -237,15 +231,15 @@ def _save_new_npy(path:Path, payload:np.ndarray) -> None:
 @patch
 def _write_deeplense(self:DatasetWriter) -> dict:
     "Write this part as DeepLense per-image files (skipping those on disk); return its manifest."
-    p = self.preset
+    spec, p = self.spec, self.spec.preset
     fname = lambda i, c: self.out/c/f'{c}_sim_{i:07d}.npy'
     for s in self._steps(range(self.start, self.stop, self.batch_size)):
         e = min(s + self.batch_size, self.stop)
-        prm = draw_parameters(p, np.arange(s, e), self.seed, self.classes)
+        prm = draw_parameters(p, np.arange(s, e), spec.seed, spec.classes)
         if all(fname(i, c).exists() for i, c in zip(prm['index'], prm['cls'])): continue
-        imgs, prm = make_images(p, s, e, self.seed, self.classes, self.noise, self.device, compile=self.compile)
+        imgs, prm = make_images(spec, s, e, device=self.device, compile=self.compile)
         imgs = imgs.double().cpu().numpy()
-        if p.observation.noise == 'counts' and self.noise: imgs = np.rint(imgs).astype(np.int64)
+        if p.observation.noise == 'counts' and spec.noise: imgs = np.rint(imgs).astype(np.int64)
         for img, row in zip(imgs, labels_frame(prm).itertuples()):
             _save_new_npy(fname(row.index, row._2), _deeplense_payload(p, img, row))
     return self._write_manifest([self._write_labels()], image_shape=[p.instrument.npix, p.instrument.npix])
@@ -266,7 +260,8 @@ def write_dataset(out:str|Path, # Directory to write (created if missing)
                   compile:bool=False, # Fuse the point-mass sums with torch.compile
                  ) -> dict:
     "Write (part of) a simulated dataset to `out`; resumes an interrupted run and verifies a finished one."
-    return DatasetWriter(out, preset, n, seed, classes, fmt, shard, noise, device, batch_size, progress, log, compile).write()
+    spec = SimSpec(preset, seed, classes, noise)
+    return DatasetWriter(out, spec, n, fmt, shard, device, batch_size, progress, log, compile).write()
 
 # %% ../nbs/02b_dataset.ipynb #3ec835a8
 def _complete_parts(path:Path) -> list[dict]:

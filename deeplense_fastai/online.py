@@ -16,7 +16,8 @@ with fastai_import():
     from fastai.data.core import TfmdDL
     from fastai.torch_core import TensorImage
 
-from .simulate import Preset, LABEL_COLUMNS, get_preset, make_images, draw_parameters, block_size
+from .simulate import Preset, SimSpec, LABEL_COLUMNS, get_preset, make_images, draw_parameters, block_size
+from .simulate import _as_spec
 
 # %% auto #0
 __all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', 'OnlineSim', 'Positions', 'OnlineDL',
@@ -41,21 +42,23 @@ def epoch_indices(epoch:int, # Training epoch (0-based)
 # %% ../nbs/02c_online.ipynb #ad618c1b
 class OnlineSim:
     "Images and standardised targets of given global indices, rendered in canonical blocks (picklable)."
-    def __init__(self, preset:Preset, # The recipe
+    def __init__(self, spec:SimSpec|Preset, # What to simulate; older form: a preset, with `seed`, `classes`, `noise`
                  targets, # Target columns, e.g. ['log10_m_axion']
-                 seed:int, # Seed of every image
-                 classes, # Classes to cycle through
-                 noise:bool, # Add the preset's noise
-                 target_mean, # Subtracted from the targets
-                 target_std, # Then divided into them
-                 epoch_size:int, # Images per epoch (all processes)
+                 seed:int|None=None, # Older form only: seed of every image (default 0)
+                 classes=None, # Older form only: classes to cycle through (default: the preset's)
+                 noise:bool|None=None, # Older form only: add the preset's noise (default True)
+                 target_mean=0., # Subtracted from the targets
+                 target_std=1., # Then divided into them
+                 epoch_size:int|None=None, # Images per epoch (all processes); required
                  start:int=TRAIN_START, # Index of the first training image
                  device=None, # Where to simulate
                  compile:bool=False, # Fuse the point-mass sums with torch.compile
                  sync:bool=False, # Wait for the GPU before stopping the clock (exact `seconds`, a little slower)
                  keep:int=2, # Rendered blocks kept for the next batch
                 ):
-        store_attr()
+        if epoch_size is None: raise DeepLenseError("OnlineSim: epoch_size (images per epoch) is missing")
+        self.spec = _as_spec(spec, seed, classes, noise, 'OnlineSim')
+        store_attr('targets,epoch_size,start,compile,sync,keep')
         self.target_mean, self.target_std = np.asarray(target_mean, np.float32), np.asarray(target_std, np.float32)
         self.device = torch.device(device or 'cpu')
         self.seconds, self.images, self._cache = 0., 0, {}
@@ -69,7 +72,7 @@ class OnlineSim:
     def _block(self, b0:int, blk:int) -> tuple:
         "Images and standardised targets of the canonical block starting at `b0` (rendered once, then cached)."
         if b0 not in self._cache:
-            img, prm = make_images(self.preset, b0, b0 + blk, self.seed, self.classes, self.noise, self.device, compile=self.compile)
+            img, prm = make_images(self.spec, b0, b0 + blk, device=self.device, compile=self.compile)
             y = np.stack([np.asarray(prm[t], dtype=np.float64) for t in self.targets], 1)
             while len(self._cache) >= self.keep: self._cache.pop(next(iter(self._cache)))
             self._cache[b0] = img, ((y - self.target_mean) / self.target_std).astype(np.float32)

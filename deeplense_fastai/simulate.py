@@ -19,7 +19,7 @@ __all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'SUBH
            'Instrument', 'Observation', 'Cosmology', 'MainLens', 'Source', 'DeepLenseSubhalos', 'Vortex', 'Preset',
            'register_preset', 'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters',
            'labels_frame', 'label_columns', 'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs',
-           'add_noise', 'block_size', 'make_images', 'quirk_note', 'simulate']
+           'add_noise', 'SimSpec', 'block_size', 'make_images', 'quirk_note', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -949,6 +949,43 @@ def add_noise(preset:Preset, # The recipe
     if obs.noise == 'counts_once': return counts_once_noise(model, t, obs.background_rms, gens)
     return ccd_noise(model, t, obs.background_rms, gens)
 
+# %% ../nbs/02_simulate.ipynb #499b5312
+@dataclass(frozen=True, repr=False)
+class SimSpec:
+    "What a simulated image depends on besides its index: the preset, the dataset seed, the classes and the noise."
+    preset: str|Preset              # preset name or recipe (kept as the `Preset`)
+    seed: int = 0                   # dataset seed, 0 <= seed < 2**63
+    classes: tuple|str|None = None  # classes to cycle through, e.g. ('no_sub', 'cdm', 'axion'); default: the preset's
+    noise: bool = True              # add the preset's noise
+
+    def __post_init__(self):
+        p = get_preset(self.preset)
+        classes = (self.classes,) if isinstance(self.classes, str) else tuple(self.classes or p.classes)
+        for c in classes:
+            if c not in CLASSES: raise DeepLenseError(f"unknown class {c!r}; use some of {', '.join(CLASSES)}")
+        s = self.seed
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or not 0 <= s < 2**63:
+            raise DeepLenseError(f"seed must be a non-negative integer below 2**63, got {s!r}")
+        if not isinstance(self.noise, (bool, np.bool_)):
+            raise DeepLenseError(f"noise must be True or False, got {self.noise!r}")
+        for k, v in dict(preset=p, seed=int(s), classes=classes, noise=bool(self.noise)).items():
+            object.__setattr__(self, k, v)          # frozen: the checked, resolved values
+
+    def identity(self) -> dict:
+        "What was simulated, as a dataset's manifest records it: preset (`Preset.to_dict`), seed, classes, noise."
+        return dict(preset=self.preset.to_dict(), seed=self.seed, classes=list(self.classes), noise=self.noise)
+
+    def __repr__(self):
+        return f"SimSpec({self.preset.name!r}, seed={self.seed}, classes={self.classes!r}, noise={self.noise})"
+
+def _as_spec(spec, seed, classes, noise, who:str) -> SimSpec:
+    "`spec` itself, or (the older form) the spec of a preset and loose `seed`, `classes` and `noise`."
+    if not isinstance(spec, SimSpec):
+        return SimSpec(spec, 0 if seed is None else seed, classes, True if noise is None else noise)
+    loose = [k for k, v in dict(seed=seed, classes=classes, noise=noise).items() if v is not None]
+    if loose: raise DeepLenseError(f"{who}: {', '.join(loose)} given twice, in the SimSpec and as an argument")
+    return spec
+
 # %% ../nbs/02_simulate.ipynb #c71d495e
 BLOCK = 16          # images per canonical block on a CPU (cache-sized)
 CUDA_BLOCK = 512    # on a GPU, where bigger blocks keep the device busy
@@ -958,25 +995,26 @@ def block_size(device=None) -> int:
     import torch
     return CUDA_BLOCK if device is not None and torch.device(device).type == 'cuda' else BLOCK
 
-def make_images(preset:Preset, # The recipe
+def make_images(spec:SimSpec|str|Preset, # What to simulate; the older form: a preset, with `seed`, `classes`, `noise`
                 start:int, # Global index of the first image
                 stop:int, # Global index after the last image
-                seed:int=0, # Dataset seed
-                classes=None, # Classes to cycle through (default: the preset's)
-                noise:bool=True, # Add the preset's noise
+                seed:int|None=None, # Older form only: dataset seed (default 0)
+                classes=None, # Older form only: classes to cycle through (default: the preset's)
+                noise:bool|None=None, # Older form only: add the preset's noise (default True)
                 device=None, # torch device
                 dtype=None, # torch dtype (default float32)
                 compile:bool=False, # Fuse the point-mass sums with torch.compile
                ) -> tuple['torch.Tensor', dict]:
     "Images [start, stop) as a (n, H, W) tensor on `device`, rendered in canonical blocks, and their parameters."
     import torch
-    blk = block_size(device)
+    spec = _as_spec(spec, seed, classes, noise, 'make_images')
+    p, blk = spec.preset, block_size(device)
     b0, b1 = start // blk * blk, -(-stop // blk) * blk
     imgs = []
     for s in range(b0, b1, blk):
-        prm = draw_parameters(preset, np.arange(s, s + blk), seed, classes)
-        imgs.append(add_noise(preset, render(preset, prm, device, dtype, compile), prm, seed, noise))
-    prm = draw_parameters(preset, np.arange(start, stop), seed, classes)
+        prm = draw_parameters(p, np.arange(s, s + blk), spec.seed, spec.classes)
+        imgs.append(add_noise(p, render(p, prm, device, dtype, compile), prm, spec.seed, spec.noise))
+    prm = draw_parameters(p, np.arange(start, stop), spec.seed, spec.classes)
     return torch.cat(imgs)[start - b0:stop - b0], prm
 
 # %% ../nbs/02_simulate.ipynb #438c867e
@@ -1020,8 +1058,9 @@ def simulate(preset:str|Preset='model_ii', # Preset name or recipe
             ) -> tuple['torch.Tensor', 'pd.DataFrame']:
     "Simulate `n` images: a float32 CPU tensor (n, 1, H, W) and a DataFrame of labels."
     import torch, pandas as pd
-    p = get_preset(preset)
-    _note_once(p, classes)
+    spec = SimSpec(preset, seed, classes, noise)
+    p = spec.preset
+    _note_once(p, spec.classes)
     if int(n) <= 0: raise DeepLenseError(f"n must be a positive number of images, got {n}")
     if batch_size <= 0: raise DeepLenseError(f"batch_size must be positive, got {batch_size}")
     npix = p.instrument.npix
@@ -1032,6 +1071,6 @@ def simulate(preset:str|Preset='model_ii', # Preset name or recipe
         steps = progress_bar(steps)
     for s in steps:
         e = min(s + batch_size, n)
-        img, _ = make_images(p, start + s, start + e, seed, classes, noise, device, dtype, compile)
+        img, _ = make_images(spec, start + s, start + e, device=device, dtype=dtype, compile=compile)
         out[s:e, 0] = img.float().cpu()
-    return out, labels_frame(draw_parameters(p, np.arange(start, start + n), seed, classes))
+    return out, labels_frame(draw_parameters(p, np.arange(start, start + n), spec.seed, spec.classes))
