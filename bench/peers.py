@@ -104,6 +104,16 @@ def instrument(p):
     return int(i.npix), float(i.pixel_scale), float(i.psf_fwhm), float(i.psf_truncation)
 
 
+def pixel_grid(p):
+    """The instrument of `instrument` with lenstronomy's pixel grid (centred): npix, pixel scale, PSF FWHM, truncation,
+    the RA and Dec of pixel (0, 0) and the pixel-to-angle matrix, as every grid-based tool here takes them."""
+    from lenstronomy.Util import util
+    n, d, fwhm, trunc = instrument(p)
+    _, _, ra0, dec0, _, _, M, _ = util.make_grid_with_coordtransform(n, d, center_ra=0, center_dec=0, subgrid_res=1,
+                                                                    inverse=False)
+    return n, d, fwhm, trunc, ra0, dec0, M
+
+
 def psf_radius(p):
     _, d, fwhm, trunc = instrument(p)
     return int(trunc * fwhm / (2 * math.sqrt(2 * math.log(2))) / d + 0.5)
@@ -217,10 +227,7 @@ class Lenstronomy(Tool):
         from lenstronomy.ImSim.image_model import ImageModel
         from lenstronomy.LensModel.lens_model import LensModel
         from lenstronomy.LightModel.light_model import LightModel
-        from lenstronomy.Util import util
-        n, d, fwhm, trunc = instrument(scene.p)
-        _, _, ra0, dec0, _, _, M, _ = util.make_grid_with_coordtransform(n, d, center_ra=0, center_dec=0,
-                                                                        subgrid_res=1, inverse=False)
+        n, d, fwhm, trunc, ra0, dec0, M = pixel_grid(scene.p)
         data = ImageData(background_rms=1., exposure_time=1., ra_at_xy_0=ra0, dec_at_xy_0=dec0, transform_pix2angle=M,
                          image_data=np.zeros((n, n)))
         psf = PSF(psf_type="GAUSSIAN", fwhm=fwhm, pixel_size=d, truncation=trunc)
@@ -304,10 +311,7 @@ class Herculens(Tool):
         from herculens.LensImage.lens_image import LensImage
         from herculens.LightModel.light_model import LightModel
         from herculens.MassModel.mass_model import MassModel
-        from lenstronomy.Util import util
-        n, d, fwhm, trunc = instrument(scene.p)
-        _, _, ra0, dec0, _, _, M, _ = util.make_grid_with_coordtransform(n, d, center_ra=0, center_dec=0,
-                                                                        subgrid_res=1, inverse=False)
+        n, d, fwhm, trunc, ra0, dec0, M = pixel_grid(scene.p)
         li = LensImage(PixelGrid(n, n, M, ra0, dec0), PSF(psf_type="GAUSSIAN", fwhm=fwhm, pixel_size=d, truncation=trunc),
                        lens_mass_model_class=MassModel(scene.models), source_model_class=LightModel(["SERSIC_ELLIPSE"]),
                        kwargs_numerics={"supersampling_factor": 1})
