@@ -21,7 +21,8 @@ threshold flags 5% of the run's own validation images: the false-alarm rate on A
 The varied world's run at that budget stays near the constant guess, so three longer recipes train on it too (run
 names `model_ii_nuisance@RECIPE`): `init`, the same budget starting from the fixed world's run (`--init`: its network
 already reads the vortex); `online`, new images every batch for 32 epochs of 8,000 (four times the optimiser steps);
-and `init_online`, both. Their commands are recorded in the results' settings (`{model_ii}` stands for the fixed
+and `init_online`, both; the clumpy varied world is trained `online` too (the issue's "train on clumpy as well").
+Their commands are recorded in the results' settings (`{model_ii}` stands for the fixed
 world's run directory).
 
 The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/robustness); a finished run is not
@@ -47,7 +48,8 @@ RECIPES = {"init": ["--init", "{model_ii}", "--n", "8000", "--epochs", "8", "--s
            "online": ["--online", "--epoch-size", "8000", "--arch", "xresnet_small", "--loss", "flow", "--epochs", "32",
                       "--seed", "0"],
            "init_online": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "32", "--seed", "0"]}
-LONGER = ("model_ii_nuisance@init", "model_ii_nuisance@online", "model_ii_nuisance@init_online")
+LONGER = ("model_ii_nuisance@init", "model_ii_nuisance@online", "model_ii_nuisance@init_online",
+          "model_ii_nuisance_clumpy@online")
 N_TEST, TEST_SEED = 2000, 99
 LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)
 
