@@ -684,10 +684,9 @@ def _write_metrics(a, rep:dict) -> None:
 
 def _evaluate_classifier(a, src, cfg, device) -> int:
     "`deeplense evaluate` of a classifier: accuracy, ROC AUC per class and the confusion matrix on --data."
-    from deeplense_fastai.inference import score_classifier, seen_by_run
+    from deeplense_fastai.inference import score_classifier, seen_by_run, class_column
     from deeplense_fastai.data import class_names
-    if a.target and len(a.target) > 1: raise DeepLenseError("--target: a classifier compares with one column of class names")
-    column = a.target[0] if a.target else cfg.get('class_column', 'class')
+    column = class_column(cfg, a.target)
     if not np.isin(class_names(src, column), cfg.classes).any():
         raise DeepLenseError(f"--data {a.data}: no image of the run's classes ({', '.join(cfg.classes)}) in column {column!r}")
     used = seen_by_run(a.model, src)

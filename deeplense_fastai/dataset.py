@@ -13,7 +13,7 @@ import numpy as np
 from fastcore.basics import patch
 
 from .core import DeepLenseError, atomic_write
-from .simulate import Preset, SimSpec, get_preset, draw_parameters, labels_frame, make_images
+from .simulate import Preset, SimSpec, get_preset, labels_frame, make_images
 
 # %% auto #0
 __all__ = ['MARKER', 'shard_range', 'DatasetWriter', 'write_dataset', 'NativeDataset', 'open_dataset', 'cached_simulation']
@@ -159,8 +159,7 @@ def _steps(self:DatasetWriter, steps:range):
 def _write_labels(self:DatasetWriter) -> Path:
     "Write the label table of this part (atomically) and return its path."
     f = self.out/self.names['labels']
-    spec = self.spec
-    labels = labels_frame(draw_parameters(spec.preset, np.arange(self.start, self.stop), spec.seed, spec.classes))
+    labels = labels_frame(self.spec.draw(np.arange(self.start, self.stop)))
     with atomic_write(f) as tmp: labels.to_csv(tmp, index=False)
     return f
 
@@ -235,7 +234,7 @@ def _write_deeplense(self:DatasetWriter) -> dict:
     fname = lambda i, c: self.out/c/f'{c}_sim_{i:07d}.npy'
     for s in self._steps(range(self.start, self.stop, self.batch_size)):
         e = min(s + self.batch_size, self.stop)
-        prm = draw_parameters(p, np.arange(s, e), spec.seed, spec.classes)
+        prm = spec.draw(np.arange(s, e))
         if all(fname(i, c).exists() for i, c in zip(prm['index'], prm['cls'])): continue
         imgs, prm = make_images(spec, s, e, device=self.device, compile=self.compile)
         imgs = imgs.double().cpu().numpy()

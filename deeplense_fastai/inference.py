@@ -18,7 +18,7 @@ __all__ = ['BAD_PIXELS', 'SEEN', 'FLOW_MEDIAN_SAMPLES', 'OOD_COMBINE_SHARE', 'MI
            'predict_batches', 'get_predictions', 'class_probabilities', 'class_columns', 'predict_source',
            'posterior_source', 'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary',
            'score_run', 'score_loaded', 'score_classifier', 'score_classifier_loaded', 'evaluation_columns',
-           'seen_by_run', 'require_flow', 'run_posteriors', 'check_ood_share', 'calibration_report',
+           'class_column', 'seen_by_run', 'require_flow', 'run_posteriors', 'check_ood_share', 'calibration_report',
            'population_images', 'calibrate', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine',
            'shared_target', 'joint_posterior']
 
@@ -548,6 +548,15 @@ def evaluation_columns(cfg:RunConfig, # A regression run's configuration
         if c != t and c in simulated and t in simulated:
             raise DeepLenseError(f"target column {c}: the model predicts {t}, a different quantity")
     return cols
+
+def class_column(cfg:RunConfig, # A classifier's configuration
+                 columns=None, # The column of class names given (a name or a one-name list), or None
+                ) -> str:
+    "The column a classifier is scored against: the one given, else the one it trained on (default 'class')."
+    if isinstance(columns, (list, tuple)):
+        if len(columns) != 1: raise DeepLenseError(f"target columns {', '.join(map(str, columns))}: a classifier compares with one column of class names")
+        columns = columns[0]
+    return columns or cfg.get('class_column', 'class')
 
 def seen_by_run(run_dir:str|Path, # A run directory
                 src, # The LensSource about to be scored

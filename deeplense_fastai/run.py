@@ -143,14 +143,11 @@ class Run:
                 ) -> dict:
         "`deeplense evaluate`'s report: metrics against the labels, `tta`, and how many images the run saw in training."
         from deeplense_fastai.data import open_source
-        from deeplense_fastai.inference import score_loaded, score_classifier_loaded, evaluation_columns, seen_by_run, _notice
+        from deeplense_fastai.inference import score_loaded, score_classifier_loaded, evaluation_columns, seen_by_run, class_column, _notice
         src = open_source(source)
         used = seen_by_run(self.path, src, notice or _notice)
         if self.config.classes:
-            if isinstance(columns, (list, tuple)) and len(columns) != 1:
-                raise DeepLenseError("columns: a classifier compares with one column of class names")
-            column = (columns[0] if isinstance(columns, (list, tuple)) else columns) or self.config.get('class_column', 'class')
-            rep = score_classifier_loaded(self.model, self.config, src, column, bs=self.bs, tta=self.tta)[0]
+            rep = score_classifier_loaded(self.model, self.config, src, class_column(self.config, columns), bs=self.bs, tta=self.tta)[0]
         else:
             rep = score_loaded(self.model, self.config, src, evaluation_columns(self.config, src, columns), bs=self.bs, tta=self.tta)[0]
         return dict(rep, tta=self.tta, seen_by_run=used)

@@ -971,6 +971,11 @@ class SimSpec:
         for k, v in dict(preset=p, seed=int(s), classes=classes, noise=bool(self.noise)).items():
             object.__setattr__(self, k, v)          # frozen: the checked, resolved values
 
+    def draw(self, indices, # Global image indices
+            ) -> dict:
+        "The parameters of images `indices` under this spec (`draw_parameters` with its preset, seed and classes)."
+        return draw_parameters(self.preset, indices, self.seed, self.classes)
+
     def identity(self) -> dict:
         "What was simulated, as a dataset's manifest records it: preset (`Preset.to_dict`), seed, classes, noise."
         return dict(preset=self.preset.to_dict(), seed=self.seed, classes=list(self.classes), noise=self.noise)
@@ -1012,9 +1017,9 @@ def make_images(spec:SimSpec|str|Preset, # What to simulate; the older form: a p
     b0, b1 = start // blk * blk, -(-stop // blk) * blk
     imgs = []
     for s in range(b0, b1, blk):
-        prm = draw_parameters(p, np.arange(s, s + blk), spec.seed, spec.classes)
+        prm = spec.draw(np.arange(s, s + blk))
         imgs.append(add_noise(p, render(p, prm, device, dtype, compile), prm, spec.seed, spec.noise))
-    prm = draw_parameters(p, np.arange(start, stop), spec.seed, spec.classes)
+    prm = spec.draw(np.arange(start, stop))
     return torch.cat(imgs)[start - b0:stop - b0], prm
 
 # %% ../nbs/02_simulate.ipynb #438c867e
@@ -1073,4 +1078,4 @@ def simulate(preset:str|Preset='model_ii', # Preset name or recipe
         e = min(s + batch_size, n)
         img, _ = make_images(spec, start + s, start + e, device=device, dtype=dtype, compile=compile)
         out[s:e, 0] = img.float().cpu()
-    return out, labels_frame(draw_parameters(p, np.arange(start, start + n), spec.seed, spec.classes))
+    return out, labels_frame(spec.draw(np.arange(start, start + n)))
