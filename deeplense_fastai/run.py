@@ -70,9 +70,10 @@ class GridPosterior:
         return np.stack([grid_pit(self.logp[:, j], self.grid[j], t[:, j]).numpy() for j in range(len(self.targets))], 1)
 
     def coverage(self, y, # Known values (N,) or (N, T)
-                 levels=COVERAGE_LEVELS, # Nominal levels of the central intervals
+                 levels=None, # Nominal levels of the central intervals (default `posterior.COVERAGE_LEVELS`)
                 ) -> pd.DataFrame:
         "Share of central intervals at each nominal level (rows) holding the truth, per target (columns)."
+        levels = COVERAGE_LEVELS if levels is None else np.asarray(levels, dtype=float)
         return pd.DataFrame(expected_coverage(self.pit(y), levels), index=pd.Index(levels, name='level'), columns=list(self.targets))
 
 # %% ../nbs/05c_run.ipynb #c5c722a6
