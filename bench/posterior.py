@@ -66,7 +66,8 @@ def trained(tag, train, target, loss, epochs, size, log):
 
 def per_lens(run, test, cal, log, populations=None):
     "Calibration on the test set before and after recalibration on the calibration split (and the joint calibration)."
-    from deeplense_fastai.inference import calibration_report, calibrate
+    from deeplense_fastai.evaluate import calibration_report
+    from deeplense_fastai.combine import calibrate
     (run / "calibration.json").unlink(missing_ok=True)       # a rerun starts from the raw posteriors
     before = calibration_report(run, test, raw=True)
     widths = dict(raw=float(np.median(_halfwidths(run, test, before))))
@@ -117,7 +118,8 @@ def joint_trials(run, preset, trials, ns, seed, log):
     run's joint calibration (its own prior divided out, the fitted systematic floor) and without it (the plain product of
     the recalibrated per-lens posteriors, the flat prior divided out)."""
     from deeplense_fastai.simulate import get_preset
-    from deeplense_fastai.inference import run_posteriors, joint_posterior, population_images
+    from deeplense_fastai.inference import run_posteriors
+    from deeplense_fastai.combine import joint_posterior, population_images
     p, n_max = get_preset(preset), max(ns)
     truths = np.random.default_rng(seed).uniform(*p.axion.log10_m, trials)
     imgs = population_images(p, truths, n_max, seed)

@@ -555,7 +555,7 @@ def _print_class_report(rep:dict) -> None:
 def _class_test_report(run_dir:Path, test, column:str, bs:int, device) -> dict:
     "Score a classifier run on its test set (plain and with TTA), write metrics.json, roc.png and confusion.png, print the report."
     from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.inference import score_classifier
+    from deeplense_fastai.evaluate import score_classifier
     from deeplense_fastai.interpret import save_classifier_plots
     rep, (y, probs) = score_classifier(run_dir, test, column, bs, device)
     rep_tta, _ = score_classifier(run_dir, test, column, bs, device, tta=True)
@@ -570,7 +570,7 @@ def _class_test_report(run_dir:Path, test, column:str, bs:int, device) -> dict:
 def _test_report(a, cfg:dict, test) -> None:
     "Score the exported run on the test set (plain and with TTA), write metrics.json and the plots, print the report."
     from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.inference import score_run
+    from deeplense_fastai.evaluate import score_run
     from deeplense_fastai.interpret import save_report_plots
     if cfg.classes: return _class_test_report(a.out, test, cfg.get('class_column', 'class'), a.bs, a.device)
     targets = cfg['targets']
@@ -593,7 +593,7 @@ def _calibration_plots(run_dir:Path, test, bs:int, device) -> dict:
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.inference import calibration_report
+    from deeplense_fastai.evaluate import calibration_report
     from deeplense_fastai.interpret import plot_coverage, plot_binned_calibration
     rep = calibration_report(run_dir, test, bs, device=device)
     for t in rep['targets']:
@@ -629,7 +629,7 @@ def cmd_train(a) -> int:
     say = (lambda *x: print(*x, file=sys.stderr)) if js else print
     if not _is_rank0(): say = lambda *x, **k: None
     dls, test, train = _train_data(a, a.device, say)
-    from deeplense_fastai.inference import image_hashes, _hashes_digest
+    from deeplense_fastai.evaluate import image_hashes, _hashes_digest
     seen = dict(train=None if train is None else image_hashes(train), test=image_hashes(test))
     if train is not None:                        # the images' identity: a resume on edited images is another run
         dls.lens_config.extra['data_sha256'] = _hashes_digest(seen['train'])
@@ -650,7 +650,7 @@ def cmd_train(a) -> int:
     if log: learn.remove_cb(log)                                # not part of the exported learner
     if os.environ.get('WORLD_SIZE', '1') != '1': print(f"rank {os.environ.get('RANK', '0')} final weights sha256 {weights_digest(learn.model)}")
     if not _is_rank0(): return 0
-    from deeplense_fastai.inference import record_images
+    from deeplense_fastai.evaluate import record_images
     record_images(a.out, **seen)                                  # what later commands check their inputs against
     if not exported: export_run(learn, a.out)
     with (contextlib.redirect_stdout(sys.stderr) if js else contextlib.nullcontext()): rep = _test_report(a, cfg, test)
@@ -684,7 +684,7 @@ def _write_metrics(a, rep:dict) -> None:
 
 def _evaluate_classifier(a, src, cfg, device) -> int:
     "`deeplense evaluate` of a classifier: accuracy, ROC AUC per class and the confusion matrix on --data."
-    from deeplense_fastai.inference import score_classifier, seen_by_run, class_column
+    from deeplense_fastai.evaluate import score_classifier, seen_by_run, class_column
     from deeplense_fastai.data import class_names
     column = class_column(cfg, a.target)
     if not np.isin(class_names(src, column), cfg.classes).any():
@@ -699,7 +699,8 @@ def _evaluate_classifier(a, src, cfg, device) -> int:
 def cmd_evaluate(a) -> int:
     "`deeplense evaluate`: metrics of a trained model on a labelled dataset (and --json)."
     from deeplense_fastai.core import get_device, check_output
-    from deeplense_fastai.inference import load_run, score_run, evaluation_columns, seen_by_run
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.evaluate import score_run, evaluation_columns, seen_by_run
     device = get_device(a.device)
     _, cfg = load_run(a.model)
     if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(a.data)])
@@ -746,7 +747,7 @@ def _check_samples(k:int, n_images:int, n_targets:int) -> None:
 
 def _opened_inputs(paths, cfg:dict, scale:float|None=None, bad_pixels:str='refuse') -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
-    from deeplense_fastai.inference import open_checked
+    from deeplense_fastai.inputs import open_checked
     srcs = []
     with contextlib.redirect_stdout(sys.stderr):
         for p in paths:
@@ -757,7 +758,8 @@ def _opened_inputs(paths, cfg:dict, scale:float|None=None, bad_pixels:str='refus
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
     from deeplense_fastai.core import get_device, atomic_write, check_output
-    from deeplense_fastai.inference import load_run, predict_opened, bad_pixel_summary, limits_summary
+    from deeplense_fastai.inputs import bad_pixel_summary
+    from deeplense_fastai.inference import load_run, predict_opened, limits_summary
     import pandas as pd
     device = get_device(a.device)
     model, cfg = load_run(a.model, device)
@@ -808,7 +810,7 @@ def _calibrate_args(c):
 def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.inference import calibrate, BANK
+    from deeplense_fastai.combine import calibrate, BANK
     if a.bank is not None and a.populations is None:
         raise DeepLenseError("--bank goes with --populations (the bank fits the summary likelihood of the joint calibration)")
     if not a.data.exists(): raise DeepLenseError(f"--data {a.data}: no such file or directory")
@@ -858,7 +860,8 @@ def _combine_args(c):
 def cmd_combine(a) -> int:
     "`deeplense combine`: the joint posterior of the parameter(s) shared by all the lenses given."
     from deeplense_fastai.core import get_device, atomic_write
-    from deeplense_fastai.inference import joint_posteriors, read_run_config
+    from deeplense_fastai.learner import read_run_config
+    from deeplense_fastai.combine import joint_posteriors
     cfg = read_run_config(a.model)
     if cfg.loss != 'flow': raise DeepLenseError(f"{a.model}: trained with loss {cfg.loss or 'mse'!r}; posteriors need a run trained with loss 'flow'")
     for t in a.target or []:

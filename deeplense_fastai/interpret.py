@@ -351,7 +351,7 @@ def plot_binned_calibration(binned:pd.DataFrame, # From `calibration_report`: ce
     return axs
 
 # %% ../nbs/06_interpret.ipynb #8018b177
-def plot_joint_posterior(jp, # A `JointPosterior` (from `inference.combine`)
+def plot_joint_posterior(jp, # A `JointPosterior` (from `combine.combine`)
                          ax=None, # Matplotlib axes to draw on (default: a new figure)
                          truth:float|None=None, # The true value, if known
                          max_lenses:int=30, # Per-lens posteriors drawn (thin grey)

@@ -34,10 +34,10 @@ from .data import LensTarget
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'GaussianNLL', 'RMSE', 'get_loss',
            'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace',
            'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'ThreadPolicy',
-           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer',
-           'summary_hook', 'summaries', 'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_calibration',
-           'check_joint_calibration', 'check_run_config', 'read_run_config', 'ovr_auc', 'classification_learner',
-           'distributed']
+           'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'stem_layer',
+           'summary_hook', 'ood_hook', 'ood_features', 'summaries', 'OODReference', 'fit_ood', 'weights_digest',
+           'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config',
+           'ovr_auc', 'classification_learner', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -527,72 +527,121 @@ def summary_layer(model:nn.Module, # A regression model or a `FlowRegressor`
     if not lin: raise DeepLenseError(f"{type(net).__name__} has no linear layer whose input summarises an image")
     return lin[-1]
 
+def stem_layer(model:nn.Module, # A regression model or a `FlowRegressor`
+              ) -> nn.Module|None:
+    "The network's first `nn.MaxPool2d` (of a flow's summary network): its input is the stem's output. None without one."
+    net = model.body if isinstance(model, FlowRegressor) else model
+    return next((m for m in net.modules() if isinstance(m, nn.MaxPool2d)), None)
+
+def _channel_stats(x:torch.Tensor) -> torch.Tensor:
+    "(B, C, H, W) activations -> (B, 3C): each channel's mean, spread and peak over the image."
+    f = x.detach().float().flatten(2)
+    return torch.cat([f.mean(2), f.std(2), f.amax(2)], 1).cpu()
+
 @contextlib.contextmanager
 def summary_hook(model:nn.Module, # A regression model or a `FlowRegressor`
                 ):
     "Within the block, every forward pass appends its images' summaries (the input of `summary_layer`) to the list yielded."
-    feats = []
-    hook = summary_layer(model).register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).float().cpu()))
+    with ood_hook(model, stem=False) as feats: yield feats['summary']
+
+@contextlib.contextmanager
+def ood_hook(model:nn.Module, # A regression model or a `FlowRegressor`
+             stem:bool=True, # Also the stem's channel statistics, when the network has a stem (`stem_layer`)
+            ):
+    "Within the block, every forward pass appends its images' OOD features to the lists of the dict yielded: `summary` and `stem`."
+    feats = {'summary': []}
+    hooks = [summary_layer(model).register_forward_hook(lambda m, inp, out: feats['summary'].append(inp[0].flatten(1).float().cpu()))]
+    if stem and (layer := stem_layer(model)) is not None:
+        feats['stem'] = []
+        def first_call(m, inp):           # a pooling module used again deeper in the same pass is not the stem
+            if len(feats['stem']) == len(feats['summary']): feats['stem'].append(_channel_stats(inp[0]))
+        hooks.append(layer.register_forward_pre_hook(first_call))
     try: yield feats
-    finally: hook.remove()
+    finally:
+        for h in hooks: h.remove()
 
 @torch.no_grad()
+def ood_features(model:nn.Module, # A regression model or a `FlowRegressor`
+                 batches, # Iterable of prepared image batches (B, C, H, W), or of (images, targets) tuples
+                 max_images:int|None=None, # Stop after this many images
+                 stem:bool=True, # Also the stem's channel statistics (when the network has a stem)
+                ) -> dict:
+    "Each image's OOD features in evaluation mode: {'summary': (N, D)} and, with a stem, 'stem': (N, 3C)."
+    n, was = 0, model.training
+    model.eval()
+    try:
+        with ood_hook(model, stem) as feats:
+            for b in batches:
+                model(b[0] if isinstance(b, (tuple, list)) else b)
+                n += len(feats['summary'][-1])
+                if max_images and n >= max_images: break
+    finally: model.train(was)
+    return {k: torch.cat(v).numpy()[:max_images] for k, v in feats.items()}
+
 def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
               batches, # Iterable of prepared image batches (B, C, H, W), or of (images, targets) tuples
               max_images:int|None=None, # Stop after this many images
              ) -> np.ndarray:
     "Each image's summary, (N, D): the input of `summary_layer`, in evaluation mode."
-    n, was = 0, model.training
-    model.eval()
-    try:
-        with summary_hook(model) as feats:
-            for b in batches:
-                model(b[0] if isinstance(b, (tuple, list)) else b)
-                n += len(feats[-1])
-                if max_images and n >= max_images: break
-    finally: model.train(was)
-    return torch.cat(feats).numpy()[:max_images]
+    return ood_features(model, batches, max_images, stem=False)['summary']
 
 # %% ../nbs/05_learner.ipynb #56ed4a39
+def _mahalanobis(x:np.ndarray, mean:np.ndarray, precision:np.ndarray) -> np.ndarray:
+    d = np.asarray(x, np.float64) - mean
+    return np.sqrt(np.einsum('nd,de,ne->n', d, precision, d).clip(min=0))
+
 class OODReference:
-    "Mean and shrunk precision of the training summaries, and the Mahalanobis threshold flagging `false_alarm` of held-out images."
-    def __init__(self, mean:np.ndarray, # Mean summary of the training images (D,)
-                 precision:np.ndarray, # Inverse of their (shrunk) covariance (D, D)
+    "Per feature set: the training features' mean and shrunk precision; an image's score and the threshold flagging `false_alarm` of held-out images."
+    def __init__(self, parts:dict, # {name: (mean (D,), precision (D, D), scale)}, e.g. 'summary' and 'stem'
                  threshold:float, # Scores above it are flagged `ood`
                  false_alarm:float, # Share of held-out in-distribution images above `threshold`
-                 n_reference:int, # Training images the mean and precision come from
-                 n_calibration:int, # Held-out images the threshold comes from
+                 n_reference:int, # Training images the means and precisions come from
+                 n_calibration:int, # Held-out images the scales and the threshold come from
                 ):
-        self.mean, self.precision = np.asarray(mean, np.float64), np.asarray(precision, np.float64)
-        if self.mean.ndim != 1 or self.precision.shape != (len(self.mean),) * 2:
-            raise DeepLenseError(f"an OOD reference needs a (D,) mean and a (D, D) precision, got {self.mean.shape}, {self.precision.shape}")
+        self.parts = {}
+        for name, (mean, precision, scale) in parts.items():
+            mean, precision = np.asarray(mean, np.float64), np.asarray(precision, np.float64)
+            if mean.ndim != 1 or precision.shape != (len(mean),) * 2 or not float(scale) > 0:
+                raise DeepLenseError(f"an OOD reference needs a (D,) mean, a (D, D) precision and a positive scale per "
+                                     f"feature set, got {mean.shape}, {precision.shape}, {scale!r} for {name!r}")
+            self.parts[name] = (mean, precision, float(scale))
+        if not self.parts: raise DeepLenseError("an OOD reference needs at least one feature set")
         self.threshold, self.false_alarm = float(threshold), float(false_alarm)
         self.n_reference, self.n_calibration = int(n_reference), int(n_calibration)
 
     @classmethod
-    def fit(cls, reference:np.ndarray, # Summaries of training images (N, D)
-            calibration:np.ndarray, # Summaries of held-out images of the same world (M, D)
+    def fit(cls, reference, # Features of training images: a dict from `ood_features`, or summaries (N, D)
+            calibration, # Features of held-out images of the same world, of the same kind
             false_alarm:float=OOD_FALSE_ALARM, # Share of `calibration` to flag
            ) -> 'OODReference':
-        "Fit the mean and Ledoit-Wolf precision on `reference`, the threshold on `calibration`."
+        "Means and Ledoit-Wolf precisions on `reference`; each set's scale on one half of `calibration`, the threshold on the other."
         from sklearn.covariance import LedoitWolf
-        if len(reference) < 2 or len(calibration) < 1:
-            raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
-        lw = LedoitWolf().fit(reference.astype(np.float64))
-        ref = cls(lw.location_, lw.precision_, np.inf, false_alarm, len(reference), len(calibration))
-        ref.threshold = float(np.quantile(ref.score(calibration), 1 - false_alarm))
+        reference, calibration = _as_parts(reference), _as_parts(calibration)
+        n, m = len(reference['summary']), len(calibration['summary'])
+        if n < 2 or m < 1: raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
+        fits = {k: LedoitWolf().fit(v.astype(np.float64)) for k, v in reference.items()}
+        h = m // 2 if len(fits) > 1 and m >= 2 else 0       # one set: no scale to fit, the threshold on every image
+        scales = {k: 1. if not h else float(np.quantile(_mahalanobis(calibration[k][:h], f.location_, f.precision_),
+                                                       1 - false_alarm)) for k, f in fits.items()}
+        ref = cls({k: (f.location_, f.precision_, scales[k]) for k, f in fits.items()}, np.inf, false_alarm, n, m)
+        ref.threshold = float(np.quantile(ref.score({k: v[h:] for k, v in calibration.items()}), 1 - false_alarm))
         return ref
 
-    def score(self, feats:np.ndarray, # Summaries (N, D) from `summaries`
+    def score(self, feats, # Features from `ood_features` (a dict), or summaries (N, D) for a summary-only reference
              ) -> np.ndarray:
-        "Mahalanobis distance of each summary from the training summaries."
-        d = np.asarray(feats, np.float64) - self.mean
-        return np.sqrt(np.einsum('nd,de,ne->n', d, self.precision, d).clip(min=0))
+        "The largest, over the feature sets, Mahalanobis distance from the training features in units of its scale."
+        feats = _as_parts(feats)
+        if (missing := set(self.parts) - set(feats)):
+            raise DeepLenseError(f"this OOD reference needs the features {sorted(missing)} too")
+        return np.max([_mahalanobis(feats[k], mean, prec) / scale for k, (mean, prec, scale) in self.parts.items()], 0)
 
     def info(self) -> dict:
         "The plain numbers (for config.json)."
-        return dict(score="mahalanobis of the last linear layer's input", threshold=self.threshold,
-                    false_alarm=self.false_alarm, n_reference=self.n_reference, n_calibration=self.n_calibration)
+        what = ("mahalanobis of the last linear layer's input" if list(self.parts) == ['summary'] else
+                f"largest over {', '.join(self.parts)} of the mahalanobis distance over its held-out "
+                f"{1 - self.false_alarm:.0%} quantile")
+        return dict(score=what, threshold=self.threshold, false_alarm=self.false_alarm, n_reference=self.n_reference,
+                    n_calibration=self.n_calibration)
 
     def save(self, path:Path, # Where to write (ood.safetensors of a run)
              weights_sha256:str, # Digest of the weights file the summaries came from
@@ -600,34 +649,49 @@ class OODReference:
         "Write the reference as safetensors (arrays; numbers and the weights' digest as metadata), atomically."
         from safetensors.numpy import save_file
         from deeplense_fastai.core import atomic_write
-        meta = {k: str(v) for k, v in self.info().items()} | dict(weights_sha256=weights_sha256)
-        with atomic_write(path) as tmp: save_file(dict(mean=self.mean, precision=self.precision), str(tmp), metadata=meta)
+        meta = {k: str(v) for k, v in self.info().items()} | dict(
+            weights_sha256=weights_sha256, scales=json.dumps({k: p[2] for k, p in self.parts.items()}))
+        arrays = {f'{k}.{a}': v for k, (mean, prec, _) in self.parts.items() for a, v in (('mean', mean), ('precision', prec))}
+        with atomic_write(path) as tmp: save_file(arrays, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path:Path, # A file written by `save`
              weights_sha256:str, # Digest of the run's weights file: a reference of other weights is refused
             ) -> 'OODReference':
-        "Read a reference written by `save`; a file that is unreadable, malformed or of other weights is a `DeepLenseError`."
+        "Read a reference written by `save` (or by earlier versions: the summary alone); a file that is unreadable, malformed or of other weights is a `DeepLenseError`."
         from safetensors import safe_open
         try:
             with safe_open(str(path), 'numpy') as f: meta, arr = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e: raise DeepLenseError(f"{path}: not a readable OOD reference ({type(e).__name__})") from None
         if meta.get('weights_sha256') != weights_sha256:
             raise DeepLenseError(f"{path}: fitted on other weights than this run's (the run changed since it was written)")
-        try: return cls(arr['mean'], arr['precision'], float(meta['threshold']), float(meta['false_alarm']),
-                        int(meta['n_reference']), int(meta['n_calibration']))
-        except (KeyError, ValueError) as e: raise DeepLenseError(f"{path}: not an OOD reference ({e})") from None
+        try:
+            if set(arr) == {'mean', 'precision'}: parts = dict(summary=(arr['mean'], arr['precision'], 1.))   # one set, earlier files
+            else:
+                scales = json.loads(meta['scales'])
+                parts = {k: (arr[f'{k}.mean'], arr[f'{k}.precision'], float(s)) for k, s in scales.items()}
+            return cls(parts, float(meta['threshold']), float(meta['false_alarm']), int(meta['n_reference']),
+                       int(meta['n_calibration']))
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise DeepLenseError(f"{path}: not an OOD reference ({type(e).__name__}: {e})") from None
+
+def _as_parts(feats) -> dict:
+    "OOD features as a dict of float64 arrays; an array alone is the summary."
+    if isinstance(feats, dict): return {k: np.asarray(torch.cat(v).numpy() if isinstance(v, list) else v, np.float64)
+                                        for k, v in feats.items()}
+    return dict(summary=np.asarray(feats, np.float64))
 
 # %% ../nbs/05_learner.ipynb #937b1e1e
 def fit_ood(learn:Learner, # A trained learner with its DataLoaders
             false_alarm:float=OOD_FALSE_ALARM, # Share of validation images to flag
            ) -> OODReference|None:
-    "A learner's OOD reference (summaries of up to `OOD_MAX_IMAGES` training images; threshold on its validation set), or None."
+    "A learner's OOD reference (features of up to `OOD_MAX_IMAGES` training images; scales and threshold on its validation set), or None."
     dls, model = learn.dls, getattr(learn.model, 'module', learn.model)      # unwrapped from DistributedDataParallel
     if not len(getattr(dls, 'valid', [])): return None
     try: summary_layer(model)
     except DeepLenseError: return None          # nothing summarises an image (no linear layer): the run goes without `ood`
-    return OODReference.fit(summaries(model, dls.train, OOD_MAX_IMAGES), summaries(model, dls.valid, OOD_MAX_IMAGES), false_alarm)
+    return OODReference.fit(ood_features(model, dls.train, OOD_MAX_IMAGES), ood_features(model, dls.valid, OOD_MAX_IMAGES),
+                            false_alarm)
 
 # %% ../nbs/05_learner.ipynb #6502c816
 def weights_digest(model:nn.Module, # A model (wrapped in DistributedDataParallel or not)

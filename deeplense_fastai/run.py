@@ -123,9 +123,10 @@ class Run:
                 notice=None, # Where one-line notices go (default: stderr)
                ) -> pd.DataFrame:
         "`inference.predict` with this run: one row per image (values, intervals, ood_score, ood, in_prior)."
-        from deeplense_fastai.inference import predict_loaded, _notice
-        return predict_loaded(self.model, self.config, source, bs=self.bs, tta=self.tta, notice=notice or _notice,
-                              samples=samples, pixel_scale=pixel_scale, bad_pixels=bad_pixels)
+        from deeplense_fastai.inputs import Reading, _notice
+        from deeplense_fastai.inference import predict_loaded, Batching
+        return predict_loaded(self.model, self.config, source, batching=Batching(self.bs, self.tta), notice=notice or _notice,
+                              samples=samples, reading=Reading(pixel_scale, bad_pixels))
 
     def posterior(self, source, # Anything `inference.predict` reads, or a list of them (concatenated)
                   raw:bool=False, # Ignore the run's per-lens recalibration (a joint calibration is `combine`'s, never used here)
@@ -144,7 +145,8 @@ class Run:
                 ) -> dict:
         "`deeplense evaluate`'s report: metrics against the labels, `tta`, and how many images the run saw in training."
         from deeplense_fastai.data import open_source
-        from deeplense_fastai.inference import score_loaded, score_classifier_loaded, evaluation_columns, seen_by_run, class_column, _notice
+        from deeplense_fastai.inputs import _notice
+        from deeplense_fastai.evaluate import score_loaded, score_classifier_loaded, evaluation_columns, seen_by_run, class_column
         src = open_source(source)
         used = seen_by_run(self.path, src, notice or _notice)
         if self.config.classes:
@@ -155,24 +157,25 @@ class Run:
 
     def calibrate(self, source, # A labelled calibration split (not the training images)
                   populations:str|None=None, # Also fit the joint calibration on simulated populations of this preset
-                  trials:int=200, lenses:int=50, seed:int=20000, bank:int|None=None, # As `inference.calibrate`'s
+                  trials:int=200, lenses:int=50, seed:int=20000, bank:int|None=None, # As `combine.calibrate`'s
                   force:bool=False, # Replace an existing calibration
                  ) -> dict:
-        "Fit and write the run's calibration (`inference.calibrate`); the run then uses it (it is read again)."
-        from deeplense_fastai.inference import calibrate, BANK
+        "Fit and write the run's calibration (`combine.calibrate`); the run then uses it (it is read again)."
+        from deeplense_fastai.combine import calibrate, BANK
         out = calibrate(self.path, source, bs=self.bs, tta=self.tta, device=self.device, populations=populations, trials=trials,
                         lenses=lenses, seed=seed, bank=BANK if bank is None else bank, force=force)
         self.reload()
         return out
 
     def combine(self, images, # Anything `inference.predict` reads, or a list of them: every image is one lens
-                target:str|None=None, # The shared target (default: `inference.shared_target`, log10_m_axion when predicted)
+                target:str|None=None, # The shared target (default: `combine.shared_target`, log10_m_axion when predicted)
                 allow_ood:bool=False, # Combine even when many lenses are unlike the training images
                 notice=None, # Where one-line notices go (default: stderr)
                ) -> 'JointPosterior':
-        "The `JointPosterior` of a target all the lenses share (`inference.combine`), with the run's joint calibration."
-        from deeplense_fastai.inference import require_flow, joint_loaded, shared_target
+        "The `JointPosterior` of a target all the lenses share (`combine.combine`), with the run's joint calibration."
+        from deeplense_fastai.inference import require_flow, Batching
+        from deeplense_fastai.combine import joint_loaded, shared_target
         require_flow(self.model, self.config, self.path)
         target = target or shared_target(self.config)
-        return joint_loaded(self.model, self.config, self.path, images, [target], bs=self.bs, tta=self.tta, notice=notice,
+        return joint_loaded(self.model, self.config, self.path, images, [target], batching=Batching(self.bs, self.tta), notice=notice,
                             allow_ood=allow_ood)[target]
