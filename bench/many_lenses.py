@@ -34,6 +34,21 @@ Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central 
 error sqrt(p(1 - p) / trials)), the median 68% half-width and the mean bias of the joint median. Then the mean and sd over
 the three seeds, and the issue's targets checked for each method.
 
+The varied world (issue 23 item 3), `--world model_ii_nuisance`: the same protocol (bank, populations, bins, trials, N)
+with every lens drawn from `model_ii_nuisance`: each lens's main lens (theta_E, SIE ellipticity), external shear and
+source (size, index, shape, magnitude, position) drawn per lens by `population_images`, only the axion mass shared and
+fixed within a trial. The per-lens network is the one run of that world that learned, bench/robustness.py's
+`model_ii_nuisance@init_online` (seed 0; fine-tuned from the fixed world's seed-0 run with online simulation):
+
+    deeplense train --preset model_ii_nuisance --init MODEL_II_RUN --online --epoch-size 8000 --epochs 32 --seed 0 --out RUN
+
+One training seed only: the seed spread is not measured there. Results: bench/results/many_lenses_nuisance.json; its
+caches live in the `model_ii_nuisance` subfolder of this bench's cache (the fixed world's files are not touched).
+
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images --world model_ii_nuisance
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors --world model_ii_nuisance
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py score --world model_ii_nuisance
+
 Caches: DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/many_lenses (images, posteriors, runs).
 """
 import argparse
@@ -55,20 +70,28 @@ TRIALS, LENSES, NS = 100, 200, (1, 10, 50, 200)
 BANK, BANK_SEED, CAL_N, FIT_N = 30_000, 30_000, 1_000, 25_000
 POP_TRIALS, POP_LENSES, POP_SEED = 200, 50, 20_000
 TRIAL_SEED = 100_000     # trial k simulates with seed TRIAL_SEED + 200 k + 1: no seed shared with the populations or the bank
+# The worlds (each is also its preset's name): results file, training seeds, the training command of seed S, and the run
+# of seed 0 in the robustness bench's cache. The fixed world keeps its cache layout; the others live in a subfolder.
+WORLDS = {"model_ii": {"results": "many_lenses", "seeds": SEEDS, "train": TRAIN, "robustness_run": "model_ii"},
+          "model_ii_nuisance": {"results": "many_lenses_nuisance", "seeds": (0,),
+                                "robustness_run": "model_ii_nuisance@init_online",
+                                "train": "deeplense train --preset model_ii_nuisance --init MODEL_II_RUN --online "
+                                         "--epoch-size 8000 --epochs 32 --seed {seed} --out RUN"}}
+WORLD = "model_ii"       # set by --world
 METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre")
 
 
 def cache(*parts) -> Path:
     from deeplense_fastai.core import cache_dir
-    return cache_dir("bench", "many_lenses", *parts)
+    return cache_dir("bench", "many_lenses", *(() if WORLD == "model_ii" else (WORLD,)), *parts)
 
 
 def run_dir(seed: int) -> Path:
-    "Seed 0 is the robustness bench's model_ii run (the same command); the others live in this bench's cache."
+    "Seed 0 is the robustness bench's run of the world (the same command); the others live in this bench's cache."
     if seed == 0:
         from deeplense_fastai.core import cache_dir
-        return cache_dir("bench", "robustness") / "model_ii"
-    return cache() / f"model_ii-xresnet_small-flow-seed{seed}"
+        return cache_dir("bench", "robustness") / WORLDS[WORLD]["robustness_run"]
+    return cache() / f"{WORLD}-xresnet_small-flow-seed{seed}"
 
 
 def weights_digest(seed: int) -> str:
@@ -92,14 +115,14 @@ def trial_truths() -> np.ndarray:
 def pop_truths() -> np.ndarray:
     "The populations' masses, drawn as `calibrate` draws them."
     from deeplense_fastai.simulate import get_preset
-    return np.random.default_rng(POP_SEED).uniform(*get_preset("model_ii").axion.log10_m, POP_TRIALS)
+    return np.random.default_rng(POP_SEED).uniform(*get_preset(WORLD).axion.log10_m, POP_TRIALS)
 
 
 def images() -> None:
     "Simulate the bank, the populations and the trials once (each file written whole, then kept)."
-    from deeplense_fastai.inference import population_images
+    from deeplense_fastai.combine import population_images
     from deeplense_fastai.simulate import get_preset, simulate
-    p, d = get_preset("model_ii"), cache("images")
+    p, d = get_preset(WORLD), cache("images")
     if not (d / "bank.npy").exists():
         x, lab = simulate(p, BANK, seed=BANK_SEED, batch_size=256)
         _save_atomic(d / "bank_y.npy", lab["log10_m_axion"].to_numpy())
@@ -310,6 +333,7 @@ def cells_of(seed: int) -> dict:
 
 
 def score(seeds, cells_only=False) -> None:
+    w = WORLDS[WORLD]
     rows, info = [], {}
     for s in seeds:
         doc = cells_of(s)
@@ -319,19 +343,33 @@ def score(seeds, cells_only=False) -> None:
     for m, t in targets.items(): print(m, t, flush=True)
     ch = choose(targets)
     print("chosen:", ch, flush=True)
-    save("many_lenses", table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
-         runs={str(s): dict(command=TRAIN.format(seed=s), weights_sha256=weights_digest(s)) for s in seeds},
-         settings=dict(nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
+    save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
+         runs={str(s): dict(command=w["train"].format(seed=s), weights_sha256=weights_digest(s)) for s in seeds},
+         settings=dict(**_world_settings(seeds), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
                        fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED))
 
 
+def _world_settings(seeds) -> dict:
+    "What the varied world's results say about where they came from; nothing for the fixed world (its file is unchanged)."
+    if WORLD == "model_ii": return {}
+    from deeplense_fastai.posterior import SUMMARY_FLOORS
+    return dict(world=WORLD, run=f"bench/robustness.py's {WORLDS[WORLD]['robustness_run']}", seeds=list(seeds),
+                seed_spread="not measured: one training seed", per_lens="main lens, shear and source drawn per lens; "
+                "the axion mass fixed within a trial and shared by its lenses",
+                summary_floor_candidates=[float(SUMMARY_FLOORS[0]), float(SUMMARY_FLOORS[-1])])
+
+
 def main():
+    global WORLD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["images", "posteriors", "score"])
-    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--world", choices=list(WORLDS), default="model_ii",
+                    help="the lenses' world: the fixed lens (default) or every nuisance drawn per lens")
+    ap.add_argument("--seeds", default=None, help="training seeds (default: the world's)")
     ap.add_argument("--cells-only", action="store_true", help="score: only compute and cache these seeds' cells")
     a = ap.parse_args()
-    seeds = [int(s) for s in a.seeds.split(",")]
+    WORLD = a.world
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(WORLDS[WORLD]["seeds"])
     torch.set_num_threads(1)
     if a.stage == "images": images()
     elif a.stage == "posteriors": posteriors(seeds)
