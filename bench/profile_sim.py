@@ -7,7 +7,12 @@ Poisson counts), each stage of `simulate.render` / `simulate.add_noise` is timed
 parameter draws, SIE and shear on the grid (cached per preset inside the simulator, so free per image there), 25 CDM
 subhalos, the 100 vortex points, ray shooting, the Sersic source, the PSF and the noise; then the whole `make_images`
 for the same block (the point-mass vortex both with the generic point-mass kernel and with the collinear kernel the
-simulator uses for it, where the library has it). Beside each stage: an arithmetic minimum, max(flops / F, bytes / M), where F is this machine's
+simulator uses for it, where the library has it). Where the library has the closed form for evenly spaced masses
+(`lensing.evenly_spaced_point_mass_deflection`, opt-in: the simulator does not use it), it is timed against the
+collinear kernel in interleaved rounds (the kernel alone, and `make_images` with the closed form swapped in), with
+the ratio of each round ("closed_form_vs_collinear" in the results; not a stage of the table). The point-mass kernels'
+default chunk size is timed the same way against the earlier 2**19 elements ("chunk_size").
+Beside each stage: an arithmetic minimum, max(flops / F, bytes / M), where F is this machine's
 float32 rate measured on a large matrix product (its best case) and M its memory rate measured on a large a*b+c. The
 flop counts are per pixel and per mass, stated in FLOPS below (a division, square root or transcendental counted as
 the number written there); they are estimates of what the formula needs, not of what torch does. The byte counts
@@ -15,6 +20,7 @@ assume DRAM traffic, so a stage whose arrays stay in cache can beat its 'minimum
 file's figures are kept under "previous" in the new one (one level: the run just before).
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -110,6 +116,11 @@ def main():
         stage(f"{p.axion.points} vortex points (collinear kernel)",
               lambda: L.collinear_point_mass_deflection(x, y, te1, off, ax_["vortex_angle"]),
               B * P * p.axion.points * FLOPS["collinear_point_mass"], B * P * 2 * 4, "axion images only: what the simulator uses")
+    closed = hasattr(L, "evenly_spaced_point_mass_deflection") and _vortex_offsets is not None
+    if closed:        # the closed form (digamma functions, opt-in: not a stage the simulator runs), compared below
+        n_pts, hl = p.axion.points, ax_["vortex_half_length"]
+        closed_form = lambda: L.evenly_spaced_point_mass_deflection(x, y, te1, -hl, 2 * hl / max(n_pts - 1, 1), n_pts,
+                                                                    ax_["vortex_angle"])
     stage("ray shooting", lambda: L.ray_shoot(x, y, ax0, ay0, phys["deflection_scale"]), B * P * FLOPS["ray_shoot"], B * P * 4 * 4)
     bx, by = L.ray_shoot(x, y, ax0 + 0.1, ay0, phys["deflection_scale"])
     stage("Sersic source", lambda: L.sersic(bx, by, phys["source_amp"], p.source_galaxy.R, p.source_galaxy.n, p.source_galaxy.e1, p.source_galaxy.e2,
@@ -123,12 +134,59 @@ def main():
     stage(f"noise ({p.observation.noise}, one generator per image)", lambda: add_noise(p, model, ax_, 0), B * P * nf, B * P * 3 * 4)
     t_all = best(lambda: make_images(p, 0, B, 0, ("axion",)), R)
     t_cdm = best(lambda: make_images(p, 0, B, 0, ("cdm",)), R)
+    comparison = None
+    if closed:    # closed form against the collinear kernel: interleaved rounds, ratios per round (noisy machines)
+        def with_closed_form(f):
+            "Run f with the simulator's collinear kernel replaced by the closed form (the opt-in path)."
+            keep = L.collinear_point_mass_deflection
+            def swapped(x, y, theta_E, offsets, angle, **kw):
+                off = np.asarray(offsets, dtype=np.float64); n_ = off.shape[1]
+                return L.evenly_spaced_point_mass_deflection(x, y, theta_E, off[:, 0], (off[:, -1] - off[:, 0]) / max(n_ - 1, 1),
+                                                             n_, angle)
+            L.collinear_point_mass_deflection = swapped
+            try: return f()
+            finally: L.collinear_point_mass_deflection = keep
+        pairs = dict(kernel=(lambda: L.collinear_point_mass_deflection(x, y, te1, off, ax_["vortex_angle"]), closed_form),
+                     make_images_axion=(lambda: make_images(p, 0, B, 0, ("axion",)),
+                                        lambda: with_closed_form(lambda: make_images(p, 0, B, 0, ("axion",)))))
+        comparison = {}
+        for k, (f_old, f_new) in pairs.items():
+            f_old(); f_new()
+            t_old, t_new = [], []
+            for _ in range(max(R, 7)):
+                t0 = time.perf_counter(); f_old(); t1 = time.perf_counter(); f_new(); t2 = time.perf_counter()
+                t_old.append(t1 - t0); t_new.append(t2 - t1)
+            r = np.array(t_old) / np.array(t_new)
+            comparison[k] = dict(collinear_ms_per_image=round(1e3 * float(np.median(t_old)) / B, 4),
+                                 closed_form_ms_per_image=round(1e3 * float(np.median(t_new)) / B, 4),
+                                 speedup_median=round(float(np.median(r)), 2), speedup_per_round=[round(float(v), 2) for v in r])
+    # the point-mass kernels' chunk size (issue 27 item 2): the default against the earlier 2**19 elements, interleaved
+    big = 2**19
+    pairs = {f"{K_sub} CDM subhalos": lambda m: L.point_mass_deflection(x, y, Tn(cdm["sub_theta_E"][:, :K_sub]), Tn(cdm["sub_x"][:, :K_sub]),
+                                                                         Tn(cdm["sub_y"][:, :K_sub]), max_elements=m)}
+    if hasattr(L, "collinear_point_mass_deflection"):
+        pairs[f"{p.axion.points} vortex points (collinear kernel)"] = lambda m: L.collinear_point_mass_deflection(
+            x, y, te1, off, ax_["vortex_angle"], max_elements=m)
+    chunking = {}
+    for k, f in pairs.items():
+        default = inspect.signature(L.point_mass_deflection).parameters["max_elements"].default
+        f(big); f(default)
+        t_big, t_def = [], []
+        for _ in range(max(R, 7)):
+            t0 = time.perf_counter(); f(big); t1 = time.perf_counter(); f(default); t2 = time.perf_counter()
+            t_big.append(t1 - t0); t_def.append(t2 - t1)
+        r = np.array(t_big) / np.array(t_def)
+        chunking[k] = dict(max_elements_default=default, max_elements_before=big,
+                           before_ms_per_image=round(1e3 * float(np.median(t_big)) / B, 4),
+                           default_ms_per_image=round(1e3 * float(np.median(t_def)) / B, 4),
+                           speedup_median=round(float(np.median(r)), 2), speedup_per_round=[round(float(v), 2) for v in r])
     out = header("profile_sim")
     out["machine"].update(matmul_gflops=round(F / 1e9, 1), stream_gb_s=round(M / 1e9, 1))
     out.update(preset=p.name, image_px=p.instrument.npix, block=B,
                flops_per_element=FLOPS, stages=stages,
                make_images_axion_ms_per_image=round(1e3 * t_all / B, 4), make_images_cdm_ms_per_image=round(1e3 * t_cdm / B, 4),
-               make_images_axion_img_per_s=round(B / t_all, 1), make_images_cdm_img_per_s=round(B / t_cdm, 1))
+               make_images_axion_img_per_s=round(B / t_all, 1), make_images_cdm_img_per_s=round(B / t_cdm, 1),
+               closed_form_vs_collinear=comparison, chunk_size=chunking)
     print(f"# {p.name} {p.instrument.npix}x{p.instrument.npix}, block of {B}; {torch.get_num_threads()} threads; matmul {F / 1e9:.0f} GFLOP/s, "
           f"a*b+c {M / 1e9:.1f} GB/s; torch {torch.__version__}")
     print("| stage | ms / image | arithmetic minimum ms / image | ratio | note |\n|---|---|---|---|---|")
@@ -137,6 +195,12 @@ def main():
         print(f"| {s['stage']} | {s['ms_per_image']:.4f} | {mn} | {ra} | {s['note']} |")
     print(f"| make_images, axion (all stages) | {out['make_images_axion_ms_per_image']:.4f} | | | {out['make_images_axion_img_per_s']:.0f} img/s |")
     print(f"| make_images, cdm (all stages) | {out['make_images_cdm_ms_per_image']:.4f} | | | {out['make_images_cdm_img_per_s']:.0f} img/s |")
+    for k, c in chunking.items():
+        print(f"chunks of {c['max_elements_default']} against {c['max_elements_before']} elements, {k}: {c['before_ms_per_image']:.3f} vs "
+              f"{c['default_ms_per_image']:.3f} ms/image, speedup {c['speedup_median']:.2f}x (interleaved rounds {c['speedup_per_round']})")
+    for k, c in (comparison or {}).items():
+        print(f"closed form vs collinear kernel, {k}: {c['collinear_ms_per_image']:.3f} vs {c['closed_form_ms_per_image']:.3f} ms/image, "
+              f"speedup {c['speedup_median']:.2f}x (median of interleaved rounds {c['speedup_per_round']})")
     out["table"] = [dict(stage=s["stage"], ms_per_image=s["ms_per_image"], min_ms_per_image=s.get("min_ms_per_image"),
                          ratio_to_minimum=s.get("ratio_to_minimum")) for s in stages]
     path = a.json or f"bench/results/profile_sim_{p.name}.json"

@@ -15,9 +15,9 @@ __all__ = ['C_KM_S', 'G_SI', 'C_SI', 'M_SUN_KG', 'MPC_M', 'ARCSEC_PER_RAD', 'DEE
            'angular_diameter_distance', 'luminosity_distance', 'lensing_distances', 'einstein_radius',
            'deflection_scaling', 'pixel_grid', 'downsample', 'ellipticity_to_phi_q', 'to_lens_frame', 'from_lens_frame',
            'sie_deflection', 'shear_deflection', 'point_mass_deflection', 'collinear_point_mass_deflection',
-           'line_mass_deflection', 'truncated_sis_deflection', 'tnfw_total_mass', 'tnfw_deflection', 'critical_density',
-           'nfw_physical_to_angle', 'ray_shoot', 'sersic', 'sersic_total_flux', 'magnitude_to_amp', 'gaussian_kernel1d',
-           'convolve_psf', 'counts_noise', 'ccd_noise', 'counts_once_noise']
+           'evenly_spaced_point_mass_deflection', 'line_mass_deflection', 'truncated_sis_deflection', 'tnfw_total_mass',
+           'tnfw_deflection', 'critical_density', 'nfw_physical_to_angle', 'ray_shoot', 'sersic', 'sersic_total_flux',
+           'magnitude_to_amp', 'gaussian_kernel1d', 'convolve_psf', 'counts_noise', 'ccd_noise', 'counts_once_noise']
 
 # %% ../nbs/01_lensing.ipynb #cb4e08b8
 C_KM_S = 299_792.458                   # speed of light, km/s (exact: SI definition of the metre)
@@ -222,7 +222,7 @@ def point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
                           theta_E:torch.Tensor, # Einstein radii, arcsec, (B, K) (0 for an absent mass)
                           center_x:torch.Tensor, # Positions x, arcsec, (B, K)
                           center_y:torch.Tensor, # Positions y, arcsec, (B, K)
-                          max_elements:int=2**19, # Largest (images x K x pixels) intermediate built at once
+                          max_elements:int=2**17, # Largest (images x K x pixels) intermediate built at once
                           compile:bool=False, # Fuse the kernel with torch.compile (no intermediate at all)
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed deflection (arcsec), shape (B, H, W), of K point masses per image."
@@ -247,7 +247,7 @@ def collinear_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W
                                     theta_E, # Einstein radius of each mass, arcsec, float or (B,)
                                     offsets, # Signed distances of the masses from the origin along the line, arcsec, (B, K)
                                     angle, # Direction of the line, radian from the x axis, (B,)
-                                    max_elements:int=2**19, # Largest (images x K x pixels) intermediate built at once
+                                    max_elements:int=2**17, # Largest (images x K x pixels) intermediate built at once
                                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed deflection (arcsec), shape (B, H, W), of K equal point masses per image on a line through the origin."
     dt, dev = x.dtype, x.device
@@ -269,6 +269,126 @@ def collinear_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W
         s_w[sb, sp] = w.sum(1)
         s_d[sb, sp] = d.mul_(w).sum(1)
     a_u, a_v = te2 * s_d, te2 * v * s_w
+    ax, ay = cos * a_u - sin * a_v, sin * a_u + cos * a_v
+    return ax.reshape(B, *x.shape), ay.reshape(B, *x.shape)
+
+# %% ../nbs/01_lensing.ipynb #7f88cce2
+_STIRLING = (-1/12, 1/120, -1/252, 1/240, -1/132)   # psi(w) - log w + 1/(2w) ~ sum_n c_n w^(-2n), c_n = -B_2n / (2n)
+
+def _psi_tail(re, im, terms:int):
+    "psi(w) - log(w) for complex w = re + i im, |w| large and Re w > 0, by `terms` terms of Stirling's series: (real, imag)."
+    n2 = re * re + im * im
+    ir, ii = re / n2, im.neg() / n2                       # 1/w
+    qr, qi = ir * ir - ii * ii, 2 * ir * ii               # 1/w^2
+    pr, pi_ = qr * _STIRLING[terms - 1], qi * _STIRLING[terms - 1]
+    for c in _STIRLING[terms - 2::-1]:                    # Horner in 1/w^2
+        pr, pi_ = (pr + c) * qr - pi_ * qi, (pr + c) * qi + pi_ * qr
+    return pr - 0.5 * ir, pi_ - 0.5 * ii
+
+def _step(t):
+    "1. where t > 0, else 0, as a float tensor: boolean tensors and `torch.where` are many times slower than arithmetic on CPU."
+    return t.sign().clamp_min_(0)
+
+def _atan2(Y, X):
+    "atan2(Y, X) for Y >= 0, (X, Y) not both 0, with one `atan` of a ratio at most 1 (torch's atan2 is slow on CPU): exact to rounding in every quadrant."
+    big = _step(X.abs() - Y)                              # 1 where |X| > Y: atan(Y/X) (+ pi if X < 0); else pi/2 - atan(X/Y)
+    at = torch.atan(torch.lerp(X.neg(), Y, big) / torch.lerp(Y, X, big))   # lerp with weight 0 or 1 picks exactly
+    return at + math.pi * (big * _step(X.neg()) + 0.5 * (1 - big))
+
+def _cot_term(r, ya, sgn, reg, floor:float):
+    "pi cot(pi b) + i pi sgn(y) where reg is 1 (b = r + i y, r b's real part less its nearest integer), else 0: (real, imag)."
+    # with e = exp(-2 pi |y|) and m = 1 - e: pi [4 e sin cos + 2 i sgn(y) e (2 sin^2 - m)] / (m^2 + 4 e sin^2), sin and
+    # cos of pi r: no overflow for any y, no cancellation at a pole (the cotangent has period 1: any r mod 1 will do)
+    sx, cx = torch.sin(math.pi * r), torch.cos(math.pi * r)
+    th = torch.tanh((-math.pi) * ya)                      # e = (1 + th) / (1 - th), 1 - e = -2 th / (1 - th)
+    i1 = 1 / (1 - th)
+    e, m = (1 + th) * i1, -2 * th * i1
+    sx2 = sx * sx
+    g = reg * math.pi / (m * m + 4 * e * sx2 + floor)     # the floor: a pixel on a pole drops that pole
+    return g * (4 * e * sx * cx), g * sgn * 2 * e * (2 * sx2 - m)
+
+def _pole_row_sum(x, y, r, K:int, terms:int, floor:float):
+    "f(z) = sum of 1/(z - m) over m = -(K-1)/2 .. (K-1)/2 (K poles one apart, centred), z = x + i y: (real, imag), by digammas; `r` is x less its nearest pole, formed exactly."
+    s = torch.ones_like(x).copysign_(x)
+    x, y = x.abs(), y * s                                 # f(-z) = -f(z): fold onto Re z >= 0
+    A0 = (K + 1) / 2
+    reg = _step(K / 2 - x)                                # 1: reflected, the pixel lies over the row (Re b < 1/2)
+    wr = torch.lerp(x - (A0 - 1), A0 - x, reg)            # w = 1 - b (reflected) or b, b = z - (K-1)/2: Re w >= 1/2
+    wi = y * (1 - 2 * reg)
+    ar = x + A0                                           # a = z + (K+1)/2 (imaginary part y); D = a - w = 2z or K
+    C, w2 = A0, wr * wr + wi * wi
+    sgn, ya = torch.sign(y), y.abs()
+    # log a - log w, formed without cancellation: |a|^2 - |w|^2 exactly, and the angle by one atan2 of exact parts; in
+    # the reflected case the angle includes the cotangent's -i pi sgn(y), which cancels it far from the row
+    fr = 0.5 * torch.log1p(torch.lerp(K * (2 * wr + K), (4 * C) * x, reg) / w2)
+    fi = -sgn * _atan2(ya * (K + (2 * C - K) * reg), torch.lerp(w2 + K * wr, x * x + y * y - C * C, reg))
+    ta_r, ta_i = _psi_tail(ar, y, terms)
+    tw_r, tw_i = _psi_tail(wr, wi, terms)
+    fr, fi = fr + (ta_r - tw_r), fi + (ta_i - tw_i)
+    cr, ci = _cot_term(r * s, ya, sgn, reg, floor)
+    return (fr + cr) * s, (fi + ci) * s
+
+def _row_coords(x, y, cos, sin, c, ih, tk, n:int):
+    "Pixels (x, y) in spacings from the row's centre along and across it, and along it from the nearest mass (rounded as the direct sum rounds it); rows of cos ... tk per image."
+    u, v = cos * x + sin * y, cos * y - sin * x
+    zx, zy = (u - c) * ih, v * ih
+    o = ((n - 1) % 2) / 2                                 # the masses sit at o + whole numbers of spacings from c
+    k = (torch.round(zx - o) + (o + (n - 1) / 2)).clamp_(0, n - 1).long()
+    return zx, zy, (u - tk.gather(1, k)) * ih
+
+def _row_setup(start, spacing, angle, n:int, x):
+    "Per image (B, 1), in x's dtype: cos and sin of the angle, the row's centre, 1 / spacing; and each mass's offset (B, n), rounded once."
+    f64 = lambda v: torch.as_tensor(v, dtype=torch.float64, device=x.device).reshape(-1, 1)
+    start, step, ang = torch.broadcast_tensors(f64(start), f64(spacing), f64(angle))
+    if n < 1: raise ValueError(f"n must be at least 1, got {n}")
+    if n > 1 and bool((step == 0).any()): raise ValueError("spacing must be nonzero")
+    c = start + (n - 1) / 2 * step                        # the row's centre; the masses are symmetric about it
+    h = step.abs() if n > 1 else torch.ones_like(step)    # a negative spacing walks the same row backwards
+    tk = start + step * torch.arange(n, dtype=torch.float64, device=x.device)
+    return tuple(t.to(x.dtype) for t in (torch.cos(ang), torch.sin(ang), c, 1 / h, tk))
+
+def _row_direct_sum(x, y, cos, sin, tk, ih):
+    "f = h sum_k 1/(w - t_k) directly, for pixels (m, 1) and their images' rows of masses tk (m, n): (real, imag), (m,)."
+    u, v = cos * x + sin * y, cos * y - sin * x
+    dd = u - tk
+    w = torch.addcmul(v * v + torch.finfo(x.dtype).tiny ** 0.5, dd, dd).reciprocal_()   # as the collinear kernel sums
+    return (dd * w).sum(1) / ih[:, 0], -(v[:, 0] * w.sum(1)) / ih[:, 0]
+
+def evenly_spaced_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
+                                        y:torch.Tensor, # y positions, arcsec, (H, W)
+                                        theta_E, # Einstein radius of each mass, arcsec, float or (B,)
+                                        start, # Signed distance of the first mass from the origin along the line, arcsec, float or (B,)
+                                        spacing, # Distance between neighbouring masses, arcsec (nonzero), float or (B,)
+                                        n:int, # Number of masses
+                                        angle, # Direction of the line, radian from the x axis, float or (B,)
+                                        max_elements:int=2**16, # Pixels (images x pixels) evaluated at once: intermediates stay in cache
+                                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Summed deflection (arcsec), shape (B, H, W), of `n` equal point masses at offsets `start + k spacing` on a line through the origin: a closed form in digamma functions, exact for any `n`."
+    dt = x.dtype
+    cos, sin, c, ih, tk = _row_setup(start, spacing, angle, n, x)
+    te2 = torch.as_tensor(theta_E, dtype=dt, device=x.device).reshape(-1, 1)**2
+    B, xf, yf = cos.shape[0], x.reshape(1, -1), y.reshape(1, -1)
+    P = xf.shape[1]
+    # Stirling's series from |w| >= R on (truncation below float rounding); the few pixels closer get the direct sum
+    R, terms = (10., 3) if dt != torch.float64 else (20., 5)
+    floor = torch.finfo(dt).tiny ** 0.5
+    fr, fi, dist = x.new_empty(B, P), x.new_empty(B, P), x.new_empty(B, P)
+    step_b, step_p = max(1, max_elements // P), min(P, max_elements)
+    for i in range(0, B, step_b):
+        for j in range(0, P, step_p):
+            sb, sp = slice(i, i + step_b), slice(j, j + step_p)
+            zx, zy, zr = _row_coords(xf[:, sp], yf[:, sp], cos[sb], sin[sb], c[sb], ih[sb], tk[sb], n)
+            fr[sb, sp], fi[sb, sp] = _pole_row_sum(zx, zy, zr, n, terms, floor)
+            xa = zx.abs()                                  # |w| < R only if this 'distance' is below R: near an end of
+            d = (xa - n / 2).abs()                         # the row, or near its middle when (n + 1)/2 < R (|a| < R)
+            if n + 1 < 2 * R: d = torch.minimum(d, xa + (n + 1) / 2)
+            dist[sb, sp] = torch.maximum(d, zy.abs())
+    near = (dist < R).view(-1).nonzero().squeeze(1)      # all the batch's pixels near an end: the direct sum
+    for q in near.split(max(1, max_elements // n)):
+        bi, pj = torch.div(q, P, rounding_mode='floor'), q % P
+        fr.view(-1)[q], fi.view(-1)[q] = _row_direct_sum(xf[0, pj, None], yf[0, pj, None], cos[bi], sin[bi], tk[bi], ih[bi])
+    sc = te2 * ih                                         # sum_k 1/(w - t_k) = f(z) / h; alpha_u + i alpha_v = te^2 conj of it
+    a_u, a_v = fr.mul_(sc), fi.mul_(sc.neg())
     ax, ay = cos * a_u - sin * a_v, sin * a_u + cos * a_v
     return ax.reshape(B, *x.shape), ay.reshape(B, *x.shape)
 
