@@ -17,6 +17,11 @@ the MAE of the posterior median against the constant guess (the training mean), 
 intervals holding the truth, the largest gap between nominal and empirical coverage over the levels 0.1..0.9, the median
 68% half-width, the share of points outside the training range (`in_prior` false), and the share `ood` flags (its
 threshold flags 5% of the run's own validation images: the false-alarm rate on A's world, by construction about 5%).
+`coverage_error_unflagged` is the coverage error of the images `ood` lets through: what a user who drops the flagged
+images is left with. `ood_rate_summary_only` is the share the summary alone would flag (the score before the
+stem's features were added, at the same 5% false-alarm rate). Before scoring, each run's OOD reference is refitted with the library's current score (the
+summary and the stem's channel statistics; see `refit_ood`), so runs trained before that score existed are measured
+as a run trained today would be.
 
 The varied world's run at that budget stays near the constant guess, so three longer recipes train on it too (run
 names `model_ii_nuisance@RECIPE`): `init`, the same budget starting from the fixed world's run (`--init`: its network
@@ -88,6 +93,56 @@ def test_set(world: str) -> Path:
     return cached_simulation(world, N_TEST, TEST_SEED)
 
 
+REF_IMAGES, CAL_N, CAL_SEED = 4000, 1000, 10_000     # the OOD refit: training images of the world, held-out images
+
+
+def _batches(cfg, path, n: int = None):
+    "The images of a dataset path, normalised as the run's DataLoaders did, in batches of 256."
+    import torch
+    from deeplense_fastai.data import open_source
+    src = open_source(path)
+    n = len(src) if n is None else min(n, len(src))
+    for s in range(0, n, 256):
+        yield cfg.normalise(torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + 256, n))])))
+
+
+def summary_only_flags(run: Path, test: Path) -> np.ndarray:
+    """The flags of the summary alone (the score before the stem was added): the summary's Mahalanobis distance above
+    its scale, which is its 95% quantile on held-out images of the training world."""
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.learner import ood_features
+    model, cfg = load_run(run)
+    mean, prec, scale = model.ood_reference.parts["summary"]
+    d = ood_features(model, _batches(cfg, test), stem=False)["summary"].astype(np.float64) - mean
+    return np.sqrt(np.einsum("nd,de,ne->n", d, prec, d).clip(min=0)) > scale
+
+
+def refit_ood(w: str) -> None:
+    """Refit a run's OOD reference with the library's current score (`learner.fit_ood`'s `OODReference.fit` on
+    `ood_features`): 4,000 images of the run's training world (the cached 8,000-image set, seed 0: the fixed-world runs
+    trained on it, the online runs on images of the same world) and 1,000 held-out images (seed 10,000). Runs trained
+    before the stem features existed carry a summary-only reference; training today writes this one."""
+    import json
+    import torch
+    from deeplense_fastai.core import atomic_write, file_digest
+    from deeplense_fastai.dataset import cached_simulation
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.learner import OODReference, ood_features
+    run = run_dir(w)
+    world = recipe(w)[0]
+    model, cfg = load_run(run)
+    if (old := getattr(model, "ood_reference", None)) is not None and "stem" in old.parts:
+        print(f"{w}: OOD reference has the stem features already", flush=True)
+        return
+    ref = OODReference.fit(ood_features(model, _batches(cfg, cached_simulation(world, 8000, 0), REF_IMAGES)),
+                           ood_features(model, _batches(cfg, cached_simulation(world, CAL_N, CAL_SEED), CAL_N)))
+    ref.save(run / "ood.safetensors", file_digest(run / "weights.safetensors"))
+    raw = json.loads((run / "config.json").read_text())
+    raw["ood"] = dict(ref.info(), refit="bench/robustness.py refit_ood")
+    with atomic_write(run / "config.json") as tmp: tmp.write_text(json.dumps(raw, indent=1))
+    print(f"{w}: OOD reference refitted ({ref.info()['score']}; threshold {ref.threshold:.3f})", flush=True)
+
+
 def score_pair(run: Path, test: Path, cfg) -> dict:
     "Every figure of one (run, test world) pair, from predict's columns and the grid posteriors' PIT values."
     import torch
@@ -105,16 +160,26 @@ def score_pair(run: Path, test: Path, cfg) -> dict:
                 coverage_error=float(max(abs(v - float(k)) for k, v in cover.items())), coverage=cover,
                 half_width_68=float(np.median((pred["q84_log10_m_axion"] - pred["q16_log10_m_axion"]) / 2)),
                 ood_rate=float(pred["ood"].astype(float).mean()),
+                coverage_error_unflagged=_coverage_error(pit[~pred["ood"].to_numpy(dtype=bool)]),
+                ood_rate_summary_only=float(summary_only_flags(run, test).mean()),
                 out_of_prior=float((~pred["in_prior"]).astype(float).mean()),
                 ood_scores=pred["ood_score"].to_numpy())
 
 
+
+def _coverage_error(pit: np.ndarray):
+    "Largest gap between nominal and empirical coverage of central intervals over LEVELS (None without images)."
+    if not len(pit): return None
+    return float(max(abs(np.mean(np.abs(pit - 0.5) <= c / 2) - c) for c in LEVELS))
+
+
 def cached_pair(run: str, test: str, digest: str, compute) -> dict:
-    "One (run, test world) pair's figures, cached under the run's weights digest and the test set's seed and size."
+    "One (run, test world) pair's figures, cached under the run's weights and OOD reference digests and the test set's seed and size."
     import json
-    from deeplense_fastai.core import cache_dir
+    from deeplense_fastai.core import cache_dir, file_digest
     f = cache_dir("bench", "robustness_scores") / f"{run}__{test}.json"
-    key = dict(weights_sha256=digest, n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
+    key = dict(weights_sha256=digest, ood_sha256=file_digest(run_dir(run) / "ood.safetensors"), n_test=N_TEST,
+               test_seed=TEST_SEED, levels=LEVELS.tolist(), columns=3)
     if f.is_file() and (old := json.loads(f.read_text()))["key"] == key:
         return dict(old["pair"], ood_scores=np.asarray(old["pair"]["ood_scores"]))
     pair = compute()
@@ -134,6 +199,8 @@ def score(worlds) -> None:
         run = run_dir(w)
         cfg = read_run_config(run)
         world = recipe(w)[0]
+        refit_ood(w)
+        cfg = read_run_config(run)
         digest = file_digest(run / "weights.safetensors")
         pairs = {t: cached_pair(w, t, digest, lambda: score_pair(run, test_set(t), cfg)) for t in TESTS}
         own = pairs[world]["ood_scores"]
@@ -146,6 +213,7 @@ def score(worlds) -> None:
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
     recipes = {k: " ".join(["deeplense train --preset WORLD", *v]) for k, v in RECIPES.items()}
     settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), recipes=recipes,
+                    ood_refit=" ".join(refit_ood.__doc__.split()),
                     model_ii="the fixed world's run, bench/robustness.py's model_ii", worlds=list(worlds), tests=list(TESTS),
                     n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
     save("robustness", table=rows, settings=settings)
