@@ -17,7 +17,7 @@ __all__ = ['SEEN', 'image_hashes', 'record_images', 'seen_images', 'score_run', 
 # %% ../nbs/05d_evaluate.ipynb #bead3f10
 from .core import DeepLenseError, atomic_write
 from .posterior import (COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, expected_coverage, sbc_ranks,
-                                       tarp_coverage)
+                                       tarp_coverage, _even_bins)
 from .config import RunConfig
 from .inputs import open_checked, _notice
 from .inference import load_run, predict_opened, run_posteriors
@@ -184,8 +184,7 @@ def _pits(grid, logp, y) -> np.ndarray:
 
 def _binned(y, med, pit, bins:int) -> pd.DataFrame:
     "Per bin of the true value: count, bias of the median and coverage of the central 68% and 95% intervals."
-    edges = np.linspace(y.min(), y.max() + 1e-9, bins + 1)
-    k = np.digitize(y, edges[1:-1])
+    edges, k = _even_bins(y, bins)                  # the reports' equal-width bins; the largest value in the last
     rows = [dict(centre=(edges[b] + edges[b + 1]) / 2, n=int((k == b).sum()), bias=float((med - y)[k == b].mean()),
                  coverage68=float((np.abs(pit[k == b] - 0.5) <= 0.34).mean()), coverage95=float((np.abs(pit[k == b] - 0.5) <= 0.475).mean()))
             for b in range(bins) if (k == b).any()]

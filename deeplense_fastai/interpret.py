@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .posterior import _even_bins, _r2     # the binning and R^2 rules, shared with the learner
+
 # %% auto #0
 __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_mae', 'plot_binned_mae', 'calibration_curve',
            'plot_calibration', 'save_report_plots', 'classification_report', 'plot_roc', 'plot_confusion',
@@ -18,11 +20,6 @@ __all__ = ['regression_report', 'plot_pred_vs_true', 'plot_residuals', 'binned_m
            'plot_binned_calibration', 'plot_joint_posterior', 'label_points', 'inpaint_fill', 'occlusion_effect']
 
 # %% ../nbs/06_interpret.ipynb #6d2f1e2f
-def _r2(y, err) -> float:
-    "R^2, or NaN when it is undefined (fewer than two images, or all true values equal)."
-    ss = float(np.sum((y - y.mean())**2))
-    return float(1 - np.sum(err**2) / ss) if len(y) > 1 and ss > 0 else float('nan')
-
 def regression_report(y_true, # True values (N,) or (N, T)
                       y_pred, # Predicted means, same shape
                       y_std=None, # Predicted standard deviations (Gaussian NLL models), same shape
@@ -39,7 +36,7 @@ def regression_report(y_true, # True values (N,) or (N, T)
         err = pj - yj
         mse = float(np.mean(err**2))
         return dict(mae=float(np.mean(np.abs(err))), mse=mse, rmse=float(np.sqrt(mse)),
-                    r2=_r2(yj, err))
+                    r2=float(_r2(pj, yj)))
     out = {}
     for j, name in enumerate(names):
         m = metrics(y[:, j], p[:, j])
@@ -53,13 +50,6 @@ def regression_report(y_true, # True values (N,) or (N, T)
     flat = dict(n=int(len(y)), **out[names[0]]) if len(names) == 1 else dict(n=int(len(y)), targets=out)
     return flat
 
-# %% ../nbs/06_interpret.ipynb #5f98e37b
-def _bins(y, n):
-    "Equal-width bin edges over the range of `y`, and the bin (0 .. n-1) of every value."
-    edges = np.linspace(np.min(y), np.max(y), n + 1)
-    idx = np.clip(np.digitize(y, edges) - 1, 0, n - 1)
-    return edges, idx
-
 # %% ../nbs/06_interpret.ipynb #ad8a626a
 def plot_pred_vs_true(y_true, # True values (N,)
                       y_pred, # Predicted values (N,)
@@ -72,7 +62,7 @@ def plot_pred_vs_true(y_true, # True values (N,)
     ax = ax or plt.subplots(figsize=(4.2, 4))[1]
     y, p = np.ravel(y_true), np.ravel(y_pred)
     ax.scatter(y, p, s=4, alpha=0.35, color='C0', label='test images')
-    edges, idx = _bins(y, bins)
+    edges, idx = _even_bins(y, bins)
     c = 0.5 * (edges[1:] + edges[:-1])
     stats = [(np.mean(p[idx == b]), *np.percentile(p[idx == b], [16, 84])) if np.any(idx == b) else (np.nan,) * 3 for b in range(bins)]
     m, lo, hi = map(np.array, zip(*stats))
@@ -106,7 +96,7 @@ def binned_mae(y_true, # True values (N,)
     "MAE of the model and of the constant baseline in bins of the true value."
     y, p = np.ravel(y_true), np.ravel(y_pred)
     base = np.mean(y) if baseline is None else baseline
-    edges, idx = _bins(y, bins)
+    edges, idx = _even_bins(y, bins)
     rows = [dict(lo=edges[b], hi=edges[b + 1], n=int(np.sum(idx == b)), mae=float(np.mean(np.abs(p[idx == b] - y[idx == b]))),
                  baseline_mae=float(np.mean(np.abs(base - y[idx == b])))) for b in range(bins) if np.any(idx == b)]
     return pd.DataFrame(rows)

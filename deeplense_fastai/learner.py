@@ -19,6 +19,7 @@ with fastai_import():
     from fastai.learner import Learner
     from fastai.callback.core import Callback
     from fastai.callback.tracker import SaveModelCallback, EarlyStoppingCallback, TerminateOnNaNCallback
+    from fastai.callback.progress import CSVLogger
     from fastai.callback.schedule import ParamScheduler
     from fastai.metrics import AccumMetric, accuracy
     from fastai.losses import CrossEntropyLossFlat
@@ -27,7 +28,7 @@ with fastai_import():
 from .core import DeepLenseError
 from .config import RunConfig, _finite_list
 from .models import get_model, MODELS, PRETRAINED
-from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, FLOW_DEFAULTS
+from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, flow_settings, _r2
 from .data import LensTarget
 
 # %% auto #0
@@ -144,10 +145,6 @@ def _split_outputs(raw:torch.Tensor, cfg:dict):
 
 def _mae(p, t): return (p - t).abs().mean()
 def _mse(p, t): return ((p - t)**2).mean()
-def _r2(p, t):
-    "R^2; undefined (NaN) for fewer than two images or constant targets, instead of a huge meaningless number."
-    ss = ((t - t.mean())**2).sum()
-    return 1 - ((p - t)**2).sum() / ss if t.numel() > 1 and ss > 0 else torch.tensor(float('nan'))
 
 def _reused(f):
     "`f` remembering its last input and output: the metrics of one epoch receive equal predictions and share one computation."
@@ -174,14 +171,14 @@ def regression_metrics(cfg:RunConfig, # `dls.lens_config`
 
 # %% ../nbs/05_learner.ipynb #8d396588
 class LRTrace(Callback):
-    "Record the learning rate applied at each training step in `self.lrs`."
-    order = 60
-    def before_fit(self): self.lrs = []
-    def after_step(self):
+    "fastai's `Recorder.lrs` (a rate per training step) holding the rate Ranger21's own schedule applied; also `self.lrs`."
+    order = 51                                   # just after the Recorder has appended the step's nominal rate
+    def after_batch(self):
         opt = getattr(self.learn.opt, 'opt', None)
-        if opt is not None and hasattr(opt, 'current_lr') and hasattr(opt, 'num_epochs'):
-            self.lrs.append(float(opt.current_lr))
-        else: self.lrs.append(float(self.learn.opt.hypers[-1]['lr']))
+        if self.training and self.recorder.lrs and hasattr(opt, 'current_lr') and hasattr(opt, 'num_epochs'):
+            self.recorder.lrs[-1] = float(opt.current_lr)     # Ranger21 scales its nominal rate inside `step`
+    @property
+    def lrs(self) -> list: return self.recorder.lrs
 
 def json_safe(x):
     "`x` with every NaN or infinite float replaced by None, so that strict JSON readers take it."
@@ -254,19 +251,20 @@ class SaveBest(SaveModelCallback):
                                  "infinite); lower the learning rate")
         self.learn.load(self.fname, with_opt=self.with_opt)   # torch.load with weights_only: tensors only
 
-class HistoryCSV(Callback):
-    "Append one CSV row per trained epoch to `path/fname` (a resumed run continues the same file)."
-    order = 55
-    def __init__(self, fname:str='history.csv', start_epoch:int=0): self.fname, self.start_epoch = fname, start_epoch
-    def after_epoch(self):
-        if self.epoch < self.start_epoch or not getattr(self.recorder, 'log', None) or len(self.recorder.log) < 3: return
-        import csv
-        f = Path(self.learn.path)/self.fname
-        new = not f.exists() or self.start_epoch == 0 and self.epoch == 0
-        with open(f, 'w' if new else 'a', newline='') as fh:
-            w = csv.writer(fh)
-            if new: w.writerow(self.recorder.metric_names)
-            w.writerow(self.recorder.log)
+class HistoryCSV(CSVLogger):
+    "fastai's `CSVLogger`: a row per trained epoch in `path/fname`; a resumed run (`start_epoch` > 0) appends to the file."
+    def __init__(self, fname:str='history.csv', # In `learn.path`
+                 start_epoch:int=0, # The first epoch this fit trains (a resumed run's); 0 starts the file afresh
+                ):
+        super().__init__(fname, append=start_epoch > 0)
+    def before_fit(self):
+        f = self.path/self.fname
+        if not (self.append and f.exists() and f.stat().st_size): return super().before_fit()
+        self.file = f.open('a')                  # CSVLogger writes a header on every fit: a resumed file keeps its one
+        self.old_logger, self.learn.logger = self.logger, self._write_line
+    def _write_line(self, log):
+        if len(log) < 3: return self.old_logger(log)   # an epoch a resumed run skips: its log holds epoch and time only
+        super()._write_line(log)
 
 class Checkpoint(Callback):
     "Save model, optimiser, epoch and best loss after every epoch (models/checkpoint.pth + .json) for resuming."
@@ -372,7 +370,7 @@ def _build(arch, n_out:int, image_shape, model_kw:dict) -> nn.Module:
 def _regression_model(arch, loss:str, targets:list, flow:dict|None, model_kw:dict, image_shape=(64, 64)):
     "Model, loss function, outputs and extra config entries for a loss; loss 'flow' builds the posterior head."
     if loss == 'flow':
-        fk = dict(FLOW_DEFAULTS, **(flow or {}))
+        fk = flow_settings(flow)
         if isinstance(arch, str): model = flow_regressor(arch, len(targets), flow=fk, **model_kw)
         else: model = FlowRegressor(_custom_model(arch, fk['n_ctx'], image_shape, model_kw), len(targets), **fk)
         return model, get_loss('flow', model), fk['n_ctx'], dict(flow=fk)
@@ -501,13 +499,19 @@ def fit(learn:Learner, # From `regression_learner`
     if early_stopping: cbs.append(EarlyStoppingCallback(monitor='valid_loss', patience=early_stopping))
     if log and not rank_distrib(): cbs.append(HistoryCSV(log, start))
     if checkpoint: cbs.append(Checkpoint(start_epoch=start))
+    logger = learn.logger
+    try: _run_schedule(learn, schedule, epochs, lr, cbs, start, resume)
+    finally: learn.logger = logger              # CSVLogger puts the logger back only when a fit ends: not after a Ctrl-C
+    return _finite(learn)
+
+def _run_schedule(learn:Learner, schedule:str, epochs:int, lr:float, cbs:list, start:int, resume:bool) -> None:
+    "fastai's fit for the schedule, from epoch `start`."
     if schedule == 'one_cycle': learn.fit_one_cycle(epochs, lr, cbs=cbs, start_epoch=start)
     elif schedule == 'flat_cos': learn.fit_flat_cos(epochs, lr, cbs=cbs, start_epoch=start)
     else:
         learn.opt_func.plan = (epochs, len(learn.dls.train))
         if not resume: learn.opt, learn.lr = None, lr      # Ranger21 warms down from the rate it is built with
         learn.fit(epochs, lr, cbs=cbs, start_epoch=start)
-    return _finite(learn)
 
 def _finite(learn:Learner) -> Learner:
     "`learn`, unless its last loss is NaN or infinite (TerminateOnNaNCallback stopped the fit): a diverged model is never exported."
@@ -728,10 +732,8 @@ def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model,
 
 def _check_flow(cfg:dict, bad) -> None:
     "The flow settings and prior range of a flow run's configuration."
-    fk = cfg.get('flow')
-    if not (isinstance(fk, dict) and set(fk) == set(FLOW_DEFAULTS)
-            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in fk.values())):
-        bad(f"flow must be an object with the integers {', '.join(FLOW_DEFAULTS)}, got {fk!r}")
+    try: fk = flow_settings(cfg.get('flow'), complete=True, where='flow')
+    except DeepLenseError as e: bad(str(e))
     if cfg['n_out'] != fk['n_ctx']: bad(f"n_out must equal flow n_ctx ({fk['n_ctx']}), got {cfg['n_out']!r}")
 
 def check_calibration(cal, # The parsed calibration.json

@@ -24,13 +24,16 @@ __all__ = ['MODELS', 'PRETRAINED', 'register_model', 'load_weights', 'get_model'
 # %% ../nbs/04_models.ipynb #8a0d1c91
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
-def register_model(name:str, # Registry key
+def register_model(f:Callable|str, # A constructor `f(n_in, n_out, **kw)`; or (older form) the registry key
                   ):
-    "Decorator adding a constructor `f(n_in, n_out, **kw)` to `MODELS` under `name`."
-    def _inner(f):
-        MODELS[name] = f
-        return f
-    return _inner
+    "Decorator adding a constructor `f(n_in, n_out, **kw)` to `MODELS` under its function's name (as timm's)."
+    if isinstance(f, str): return lambda g: _registered(f, g)
+    return _registered(f.__name__, f)
+
+def _registered(name:str, f:Callable) -> Callable:
+    "`f`, after putting it in `MODELS` under `name` (a later registration of a name replaces the earlier one)."
+    MODELS[name] = f
+    return f
 
 # %% ../nbs/04_models.ipynb #1032ad47
 def load_weights(model:nn.Module, # The model to fill
@@ -89,22 +92,22 @@ def _torchvision_resnet(fn, n_in, n_out, pretrained=False):
     m.fc = nn.Linear(m.fc.in_features, n_out)
     return m
 
-@register_model('resnet18')
+@register_model
 def resnet18(n_in=1, n_out=1, pretrained=False):
     "ResNet-18 regressor (ImageNet weights with `pretrained=True`)."
     import torchvision; return _torchvision_resnet(torchvision.models.resnet18, n_in, n_out, pretrained)
 
-@register_model('resnet34')
+@register_model
 def resnet34(n_in=1, n_out=1, pretrained=False):
     "ResNet-34 regressor (ImageNet weights with `pretrained=True`)."
     import torchvision; return _torchvision_resnet(torchvision.models.resnet34, n_in, n_out, pretrained)
 
-@register_model('resnet50')
+@register_model
 def resnet50(n_in=1, n_out=1, pretrained=False):
     "ResNet-50 regressor (ImageNet weights with `pretrained=True`)."
     import torchvision; return _torchvision_resnet(torchvision.models.resnet50, n_in, n_out, pretrained)
 
-@register_model('resnet101')
+@register_model
 def resnet101(n_in=1, n_out=1, pretrained=False):
     "ResNet-101 regressor (ImageNet weights with `pretrained=True`)."
     import torchvision; return _torchvision_resnet(torchvision.models.resnet101, n_in, n_out, pretrained)
@@ -119,13 +122,13 @@ def imagenet_file(arch:str, # One of `PRETRAINED`
     return Path(torch.hub.get_dir())/'checkpoints'/w.url.split('/')[-1]
 
 # %% ../nbs/04_models.ipynb #c4bdc8c1
-@register_model('xresnet18')
+@register_model
 def xresnet18(n_in=1, n_out=1, **kw):
     "fastai's XResNet-18 regressor."
     with fastai_import(): from fastai.vision.models.xresnet import xresnet18 as _x
     return _x(c_in=n_in, n_out=n_out, **kw)
 
-@register_model('xresnet_small')
+@register_model
 def xresnet_small(n_in=1, n_out=1, **kw):
     "A small XResNet (one block per stage, half width) for CPU runs."
     with fastai_import(): from fastai.vision.models.xresnet import XResNet, ResBlock
@@ -217,16 +220,16 @@ class MResUNet(UNetRegressor):
         super().__init__(lambda c_in, c_out, p: DilatedResBlock(c_in, c_out, p=p), n_in, n_out, base, attention, p)
 
 # %% ../nbs/04_models.ipynb #3790f71f
-@register_model('mresunet')
+@register_model
 def mresunet(n_in=1, n_out=1, **kw): "mResUNet regressor."; return MResUNet(n_in, n_out, **kw)
 
-@register_model('mresunet_att')
+@register_model
 def mresunet_att(n_in=1, n_out=1, **kw): "mResUNet with attention gates."; return MResUNet(n_in, n_out, attention=True, **kw)
 
-@register_model('mresunet_small')
+@register_model
 def mresunet_small(n_in=1, n_out=1, **kw): "A narrow mResUNet (base 8) for CPU runs."; return MResUNet(n_in, n_out, base=8, **kw)
 
-@register_model('mresunet_att_small')
+@register_model
 def mresunet_att_small(n_in=1, n_out=1, **kw):
     "A narrow mResUNet with attention gates for CPU runs."
     return MResUNet(n_in, n_out, base=8, attention=True, **kw)
@@ -246,10 +249,10 @@ class AttentionUNet(UNetRegressor):
         super().__init__(_double_conv, n_in, n_out, base, attention=True)
 
 # %% ../nbs/04_models.ipynb #a2cb8763
-@register_model('attention_unet')
+@register_model
 def attention_unet(n_in=1, n_out=1, **kw): "Attention U-Net regressor."; return AttentionUNet(n_in, n_out, **kw)
 
-@register_model('attention_unet_small')
+@register_model
 def attention_unet_small(n_in=1, n_out=1, **kw): "A narrow Attention U-Net (base 8) for CPU runs."; return AttentionUNet(n_in, n_out, base=8, **kw)
 
 # %% ../nbs/04_models.ipynb #22820032
@@ -336,13 +339,13 @@ class ResidualAttentionNet(nn.Module):
     def forward(self, x): return self.head(self.body(x))
 
 # %% ../nbs/04_models.ipynb #d2476a57
-@register_model('residual_attention_56')
+@register_model
 def residual_attention_56(n_in=1, n_out=1, **kw): "Attention-56 regressor."; return ResidualAttentionNet(n_in, n_out, (1, 1, 1), **kw)
 
-@register_model('residual_attention_92')
+@register_model
 def residual_attention_92(n_in=1, n_out=1, **kw): "Attention-92 regressor."; return ResidualAttentionNet(n_in, n_out, (1, 2, 3), **kw)
 
-@register_model('residual_attention_small')
+@register_model
 def residual_attention_small(n_in=1, n_out=1, **kw):
     "A narrow Residual Attention Network (width 8, one module per stage) for CPU runs."
     return ResidualAttentionNet(n_in, n_out, (1, 1, 1), width=8, **kw)
@@ -376,19 +379,11 @@ def count_macs(model:nn.Module, # The model
                size:int=150, # Square input size
                n_in:int=1, # Input channels
               ) -> int:
-    "Multiply-accumulates of one forward pass on a (1, n_in, size, size) image (convolutions and linear layers)."
-    total, hooks = [0], []
-    def conv_hook(m, inp, out):
-        total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-    def tconv_hook(m, inp, out):
-        total[0] += inp[0].numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-    def lin_hook(m, inp, out): total[0] += out.numel() * m.in_features
-    for m in model.modules():
-        if isinstance(m, nn.ConvTranspose2d): hooks.append(m.register_forward_hook(tconv_hook))
-        elif isinstance(m, nn.Conv2d): hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear): hooks.append(m.register_forward_hook(lin_hook))
-    was = model.training; model.eval()
-    model(torch.zeros(1, n_in, size, size))
+    "Multiply-accumulates of one forward pass on a (1, n_in, size, size) image (torch's `FlopCounterMode`, halved)."
+    from torch.utils.flop_counter import FlopCounterMode
+    dev = next(iter(model.parameters()), torch.zeros(0)).device
+    was = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter: model(torch.zeros(1, n_in, size, size, device=dev))
     model.train(was)
-    for h in hooks: h.remove()
-    return total[0]
+    return counter.get_total_flops() // 2

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'QUANTILES', 'FlowRegressor', 'flow_regressor',
-           'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample',
-           'expected_coverage', 'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp',
+__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'QUANTILES', 'FlowRegressor', 'flow_settings',
+           'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit',
+           'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp',
            'smooth_log_density', 'combine_log_posteriors', 'summarise', 'aggregate_log_posterior', 'fit_systematic',
            'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood',
            'joint_coverage_by_bin', 'flow_median', 'quantile_columns', 'run_log_posterior']
@@ -45,6 +45,19 @@ class FlowRegressor(nn.Module):
         "The posterior distribution of the standardised targets for contexts `ctx` (B, n_ctx); batch shape (B,)."
         with torch.autocast(ctx.device.type, enabled=False): return self.flow(ctx.float())
 
+def flow_settings(flow:dict|None=None, # Some or all keys of `FLOW_DEFAULTS` (whole numbers); the others take their defaults
+                  complete:bool=False, # Every key must be given (a run's config.json records them all)
+                  where:str='flow settings', # What the message names
+                 ) -> dict:
+    "The complete flow settings: `FLOW_DEFAULTS` updated by `flow`, each a whole number from 1 to 4096; else one clear error."
+    ok = isinstance(flow, dict) or flow is None and not complete
+    fk = dict(FLOW_DEFAULTS, **(flow or {})) if ok else {}
+    if not (ok and set(fk) == set(FLOW_DEFAULTS) and (not complete or set(flow) == set(FLOW_DEFAULTS))
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in fk.values())):
+        raise DeepLenseError(f"{where} must be an object with {'the' if complete else 'some of the'} integers "
+                             f"{', '.join(FLOW_DEFAULTS)} (1 to 4096), got {flow!r}")
+    return fk
+
 def flow_regressor(arch:str, # A name from `MODELS`
                    n_targets:int, # Number of targets
                    n_in:int=1, # Input channels
@@ -52,8 +65,7 @@ def flow_regressor(arch:str, # A name from `MODELS`
                    **model_kw, # Passed to the architecture
                   ) -> FlowRegressor:
     "A registry architecture with its output layer giving the flow's context: the posterior head for any model."
-    fk = dict(FLOW_DEFAULTS, **(flow or {}))
-    if set(fk) != set(FLOW_DEFAULTS): raise DeepLenseError(f"flow settings must be among {', '.join(FLOW_DEFAULTS)}, got {', '.join(flow)}")
+    fk = flow_settings(flow)
     return FlowRegressor(get_model(arch, n_in=n_in, n_out=fk['n_ctx'], **model_kw), n_targets, **fk)
 
 # %% ../nbs/04b_posterior.ipynb #77ad1aff
@@ -204,6 +216,28 @@ def recalibrate_logp(logp:torch.Tensor, # Normalised log densities (B, G) of one
     i = torch.searchsorted(k, cdf.contiguous()).clamp(1, len(k) - 1)
     slope = (lv[i] - lv[i - 1]) / (k[i] - k[i - 1])
     return _normalised((logp + torch.log(slope))[:, None], grid[None])[:, 0]
+
+# %% ../nbs/04b_posterior.ipynb #d6f6fe94
+def _bin_of(values, # Values (N,)
+            edges, # Increasing bin edges (B + 1,)
+           ) -> np.ndarray:
+    "The bin (0 .. B-1) of every value: an inner edge opens the bin above it; values outside go to the end bins."
+    inner = np.asarray(edges, dtype=float)[1:-1]
+    return np.clip(np.digitize(np.asarray(values, dtype=float), inner), 0, len(edges) - 2)
+
+def _even_bins(values, # Values (N,)
+               n:int, # Number of bins
+              ) -> tuple[np.ndarray, np.ndarray]:
+    "Equal-width bin edges (n + 1,) over the range of `values`, and the bin of every value (`_bin_of`)."
+    edges = np.linspace(np.min(values), np.max(values), n + 1)
+    return edges, _bin_of(values, edges)
+
+def _r2(pred, # Predictions (N,): a tensor or an array
+        true, # True values (N,), of the same kind
+       ):
+    "R^2 in the inputs' own kind and precision; NaN for fewer than two values or constant true values."
+    ss = ((true - true.mean())**2).sum()
+    return 1 - ((pred - true)**2).sum() / ss if len(true) > 1 and ss > 0 else float('nan')
 
 # %% ../nbs/04b_posterior.ipynb #a0763eca
 def smooth_log_density(logp:torch.Tensor, # Normalised log densities (B, G)
@@ -381,7 +415,7 @@ def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K
     "Per population size and bin of the truth: the number of populations and how often their joint 68% and 95% intervals held it."
     ns, cum = _sizes_and_sums(logp, grid, log_aggregate, ns)
     t, edges = np.asarray(truths, dtype=float), np.asarray(edges, dtype=float)
-    k = np.clip(np.digitize(t, edges[1:-1]), 0, len(edges) - 2)
+    k = _bin_of(t, edges)
     rows = []
     for n in ns:
         for b in range(len(edges) - 1):
