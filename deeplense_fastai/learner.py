@@ -32,9 +32,9 @@ from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, flow
 from .data import LensTarget
 
 # %% auto #0
-__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'GaussianNLL', 'RMSE', 'get_loss',
-           'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace',
-           'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'ThreadPolicy',
+__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'OOD_STEM_MIN', 'GaussianNLL', 'RMSE',
+           'get_loss', 'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics',
+           'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'ThreadPolicy',
            'body_head_splitter', 'load_init', 'TargetRange', 'regression_learner', 'fit', 'summary_layer', 'stem_layer',
            'summary_hook', 'ood_hook', 'ood_features', 'summaries', 'OODReference', 'fit_ood', 'weights_digest',
            'export_run', 'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config',
@@ -522,6 +522,7 @@ def _finite(learn:Learner) -> Learner:
 # %% ../nbs/05_learner.ipynb #567dc246
 OOD_FALSE_ALARM = 0.05     # share of in-distribution (validation) images that `ood` flags, by construction
 OOD_MAX_IMAGES = 4000      # training images summarised for the reference (more changes the covariance little)
+OOD_STEM_MIN = 200         # held-out images below which the reference keeps the summary alone (two quantiles to fit)
 
 def summary_layer(model:nn.Module, # A regression model or a `FlowRegressor`
                  ) -> nn.Linear:
@@ -580,7 +581,9 @@ def ood_features(model:nn.Module, # A regression model or a `FlowRegressor`
                 n += len(feats['summary'][-1])
                 if max_images and n >= max_images: break
     finally: model.train(was)
-    return {k: torch.cat(v).numpy()[:max_images] for k, v in feats.items()}
+    out = {k: torch.cat(v).numpy()[:max_images] for k, v in feats.items() if v}
+    if len(out.get('stem', ())) != len(out['summary']): out.pop('stem', None)   # a pool the pass never reached
+    return out
 
 def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
               batches, # Iterable of prepared image batches (B, C, H, W), or of (images, targets) tuples
@@ -605,11 +608,14 @@ class OODReference:
         self.parts = {}
         for name, (mean, precision, scale) in parts.items():
             mean, precision = np.asarray(mean, np.float64), np.asarray(precision, np.float64)
-            if mean.ndim != 1 or precision.shape != (len(mean),) * 2 or not float(scale) > 0:
+            if (mean.ndim != 1 or precision.shape != (len(mean),) * 2 or not 0 < float(scale) < np.inf
+                    or not (np.isfinite(mean).all() and np.isfinite(precision).all())):
                 raise DeepLenseError(f"an OOD reference needs a (D,) mean, a (D, D) precision and a positive scale per "
-                                     f"feature set, got {mean.shape}, {precision.shape}, {scale!r} for {name!r}")
+                                     f"feature set, got {mean.shape}, {precision.shape}, {scale!r} for {name!r} (all finite)")
             self.parts[name] = (mean, precision, float(scale))
         if not self.parts: raise DeepLenseError("an OOD reference needs at least one feature set")
+        if np.isnan(float(threshold)) or not 0 < float(false_alarm) < 1:
+            raise DeepLenseError(f"an OOD reference needs a threshold and a false-alarm share in (0, 1), got {threshold!r}, {false_alarm!r}")
         self.threshold, self.false_alarm = float(threshold), float(false_alarm)
         self.n_reference, self.n_calibration = int(n_reference), int(n_calibration)
 
@@ -618,17 +624,19 @@ class OODReference:
             calibration, # Features of held-out images of the same world, of the same kind
             false_alarm:float=OOD_FALSE_ALARM, # Share of `calibration` to flag
            ) -> 'OODReference':
-        "Means and Ledoit-Wolf precisions on `reference`; each set's scale on one half of `calibration`, the threshold on the other."
+        "Means and Ledoit-Wolf precisions on `reference`; each set's scale on one random half of `calibration`, the threshold on the other."
         from sklearn.covariance import LedoitWolf
         reference, calibration = _as_parts(reference), _as_parts(calibration)
         n, m = len(reference['summary']), len(calibration['summary'])
         if n < 2 or m < 1: raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
-        fits = {k: LedoitWolf().fit(v.astype(np.float64)) for k, v in reference.items()}
-        h = m // 2 if len(fits) > 1 and m >= 2 else 0       # one set: no scale to fit, the threshold on every image
-        scales = {k: 1. if not h else float(np.quantile(_mahalanobis(calibration[k][:h], f.location_, f.precision_),
-                                                       1 - false_alarm)) for k, f in fits.items()}
+        if m < OOD_STEM_MIN: reference, calibration = ({'summary': p['summary']} for p in (reference, calibration))
+        fits = {k: LedoitWolf().fit(v) for k, v in reference.items() if k in calibration}
+        order = np.random.default_rng(0).permutation(m)     # held-out images may come sorted (by class, by file)
+        a, b = (order[:m // 2], order[m // 2:]) if len(fits) > 1 else (order[:0], order)   # one set: no scale to fit
+        scales = {k: float(np.quantile(_mahalanobis(calibration[k][a], f.location_, f.precision_), 1 - false_alarm))
+                  if len(a) else 1. for k, f in fits.items()}
         ref = cls({k: (f.location_, f.precision_, scales[k]) for k, f in fits.items()}, np.inf, false_alarm, n, m)
-        ref.threshold = float(np.quantile(ref.score({k: v[h:] for k, v in calibration.items()}), 1 - false_alarm))
+        ref.threshold = float(np.quantile(ref.score({k: v[b] for k, v in calibration.items()}), 1 - false_alarm))
         return ref
 
     def score(self, feats, # Features from `ood_features` (a dict), or summaries (N, D) for a summary-only reference
@@ -674,9 +682,11 @@ class OODReference:
             else:
                 scales = json.loads(meta['scales'])
                 parts = {k: (arr[f'{k}.mean'], arr[f'{k}.precision'], float(s)) for k, s in scales.items()}
-            return cls(parts, float(meta['threshold']), float(meta['false_alarm']), int(meta['n_reference']),
-                       int(meta['n_calibration']))
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            ref = cls(parts, float(meta['threshold']), float(meta['false_alarm']), int(meta['n_reference']),
+                      int(meta['n_calibration']))
+            if not np.isfinite(ref.threshold): raise ValueError(f"threshold {ref.threshold}")
+            return ref
+        except (KeyError, ValueError, TypeError, AttributeError, DeepLenseError) as e:
             raise DeepLenseError(f"{path}: not an OOD reference ({type(e).__name__}: {e})") from None
 
 def _as_parts(feats) -> dict:
