@@ -367,6 +367,8 @@ def evenly_spaced_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (
     dt = x.dtype
     cos, sin, c, ih, tk = _row_setup(start, spacing, angle, n, x)
     te2 = torch.as_tensor(theta_E, dtype=dt, device=x.device).reshape(-1, 1)**2
+    B = max(len(cos), len(te2))                           # per-image values beside ones shared by every image
+    cos, sin, c, ih, te2, tk = (t.expand(B, -1) for t in (cos, sin, c, ih, te2, tk))
     B, xf, yf = cos.shape[0], x.reshape(1, -1), y.reshape(1, -1)
     P = xf.shape[1]
     # Stirling's series from |w| >= R on (truncation below float rounding); the few pixels closer get the direct sum

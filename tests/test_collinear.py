@@ -86,3 +86,14 @@ def test_arguments_broadcast_and_reversed_spacing():
     assert a[0].shape == (2, 32, 32)
     for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError): evenly_spaced_point_mass_deflection(x, y, 0.02, 0., 0., 5, 0.)
+
+
+def test_theta_E_per_image_with_a_shared_row():
+    """theta_E per image (B,) beside a start, spacing and angle shared by every image: each image is its own sum."""
+    x, y = pixel_grid(24, 0.1, dtype=torch.float64)
+    te = torch.tensor([0.01, 0.02, 0.04], dtype=torch.float64)
+    got = evenly_spaced_point_mass_deflection(x, y, te, -0.5, 0.01, 101, 0.3)
+    t = (-0.5 + 0.01 * torch.arange(101, dtype=torch.float64))[None].repeat(3, 1)
+    ref = collinear_point_mass_deflection(x, y, te, t, torch.full((3,), 0.3, dtype=torch.float64))
+    assert got[0].shape == (3, 24, 24)
+    assert _err(got, ref) < 1e-10
