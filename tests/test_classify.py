@@ -6,12 +6,11 @@ most probable one, the confusion matrix must count every test image once, and th
 from the probabilities with scikit-learn.
 """
 import json
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import deeplense as cli
+from conftest import deeplense as cli, user_env
 
 CLASSES = ["axion", "cdm", "no_sub"]
 
@@ -19,7 +18,7 @@ CLASSES = ["axion", "cdm", "no_sub"]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("classify")
-    return dict(os.environ, DEEPLENSE_CACHE=str(home / "cache"), OMP_NUM_THREADS="1"), home
+    return user_env(home, OMP_NUM_THREADS=1), home
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import deeplense as run, ok, refused
+from conftest import deeplense as run, ok, refused, user_env
 
 N_PIX = 64
 
@@ -31,9 +31,7 @@ def lens_like(rng, n, npix=N_PIX):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix")
-    e = dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"))
-    e.pop("PYTHONWARNINGS", None)
-    return root, e
+    return root, user_env(root, PYTHONWARNINGS=None)
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +80,13 @@ def inputs(env):
 
 
 @pytest.fixture(scope="module")
-def native(env):
-    "`deeplense simulate` with default flags: one part, two shards, and the DeepLense layout."
+def native(env, tiny_data):
+    "`deeplense simulate` with default flags: one part (conftest's tiny_data), two shards, and the DeepLense layout."
     root, e = env
-    ok(run("simulate", "--n", 48, "--out", root / "native", env=e))
     for s in ("0/2", "1/2"): ok(run("simulate", "--n", 48, "--shard", s, "--out", root / "shards", env=e))
     r = ok(run("simulate", "--n", 12, "--format", "deeplense", "--classes", "no_sub,cdm,axion", "--out", root / "sim_dl", env=e))
     assert "wrote" in r.stdout
-    return dict(native=root / "native", shards=root / "shards", sim_deeplense=root / "sim_dl")
+    return dict(native=tiny_data.data, shards=root / "shards", sim_deeplense=root / "sim_dl")
 
 
 def test_simulate_outputs(native):
@@ -113,13 +110,11 @@ def test_info(kind, inputs, native, env):
 
 
 @pytest.fixture(scope="module")
-def model(env, native):
-    "A tiny model trained on the native set with default flags (progress bars on)."
-    root, e = env
-    r = ok(run("train", "--data", native["native"], "--arch", "xresnet_small", "--epochs", 1, "--bs", 8,
-               "--out", root / "run", env=e))
+def model(tiny_run):
+    "A tiny model trained on the native set with default flags (progress bars on): conftest's tiny_run."
+    out, r = tiny_run
     assert "MAE" in r.stdout and "baseline" in r.stdout
-    return root / "run"
+    return out
 
 
 @pytest.mark.parametrize("kind", ["shards", "deeplense", "memmap", "npy_csv"])
@@ -264,18 +259,16 @@ QCOLS = ["q05_log10_m_axion", "q16_log10_m_axion", "q50_log10_m_axion", "q84_log
 
 
 @pytest.fixture(scope="module")
-def flow_model(env, native):
-    "A tiny posterior model trained with default flags and --loss flow."
-    root, e = env
-    r = ok(run("train", "--data", native["native"], "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--loss", "flow",
-               "--out", root / "flow", env=e))
+def flow_model(tiny_flow):
+    "A tiny posterior model trained on the native set with default flags and --loss flow: conftest's tiny_flow."
+    out, r = tiny_flow
     assert "coverage 68%" in r.stdout and "90%" in r.stdout
-    cfg = json.loads((root / "flow" / "config.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
     assert cfg["loss"] == "flow" and len(cfg["target_range"][0]) == 2
-    assert "posterior calibration on the test set" in r.stdout and (root / "flow" / "calibration_log10_m_axion.png").exists()
-    cal = json.loads((root / "flow" / "metrics.json").read_text())["calibration"]
+    assert "posterior calibration on the test set" in r.stdout and (out / "calibration_log10_m_axion.png").exists()
+    cal = json.loads((out / "metrics.json").read_text())["calibration"]
     assert len(cal["coverage"]["log10_m_axion"]) == len(cal["levels"]) == 19
-    return root / "flow"
+    return out
 
 
 def test_predict_posterior_quantiles_on_every_kind(inputs, native, env, flow_model):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import deeplense as run, refused
+from conftest import deeplense as run, refused, user_env
 
 
 def digest(d: Path):
@@ -25,25 +25,23 @@ def digest(d: Path):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    e = dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"))
-    return root, e
+    return root, user_env(root)
 
 
 @pytest.fixture(scope="module")
-def data(env):
+def data(env, tiny_data):
+    "`train`: a copy of conftest's tiny_data (48 Model II images, seed 0: the images `model` and `flow` trained on)."
     root, e = env
+    shutil.copytree(tiny_data.data, root / "train")
     from deeplense_fastai.dataset import write_dataset
-    write_dataset(root / "train", "model_ii", n=48, seed=0, progress=False)
     write_dataset(root / "test150", "model_i", n=4, seed=1, progress=False)
     return root
 
 
 @pytest.fixture(scope="module")
-def model(env, data):
-    root, e = env
-    r = run("train", "--data", root / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--out", root / "run", env=e)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return root / "run"
+def model(tiny_run, data):
+    "A tiny model trained with default flags on `train`'s images: conftest's tiny_run (tests copy it to change it)."
+    return tiny_run[0]
 
 
 # ---- data loss -----------------------------------------------------------------------------------------------
@@ -237,15 +235,13 @@ def test_interrupted_training_says_how_to_resume(env, data, tmp_path):
 
 # ==== issue 28: the second fault probe ==========================================================================
 @pytest.fixture(scope="module")
-def flow(env, data):
-    "A flow run trained with default flags on `train` (its test set: a tenth of it), and a separate calibration split."
+def flow(env, data, tiny_flow):
+    """A flow run trained with default flags on `train`'s images (its test set: a tenth of them): conftest's tiny_flow;
+    and a separate calibration split."""
     root, e = env
-    r = run("train", "--data", root / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--loss", "flow",
-            "--out", root / "flow", env=e)
-    assert r.returncode == 0, r.stderr[-2000:]
     from deeplense_fastai.dataset import write_dataset
     write_dataset(root / "cal", "model_ii", n=24, seed=2, progress=False)
-    return root / "flow"
+    return tiny_flow[0]
 
 
 def calibrated(flow, data, tmp_path, *args, env):
@@ -409,8 +405,7 @@ def test_bounded_samples_and_non_regular_files(env, flow, data, tmp_path):
     t0 = time.time()
     refused(run("predict", "--model", flow, data / "cal", "--samples", 100_000_000, env=env[1]), "--samples", "10,000")
     fifo = tmp_path / "pipe.npy"; os.mkfifo(fifo)
-    refused(subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", "info", str(fifo)], capture_output=True, text=True,
-                           env=env[1], stdin=subprocess.DEVNULL, timeout=120), "not a regular file")
+    refused(run("info", fifo, env=env[1], timeout=120), "not a regular file")
     assert time.time() - t0 < 120
 
 
@@ -430,17 +425,14 @@ def _fsize_limit(nbytes):
 
 def test_disk_full_is_one_line_and_resumable(env, data, model, tmp_path):
     out = tmp_path / "full"
-    args = [sys.executable, "-m", "deeplense_fastai.cli", "train", "--data", str(data / "train"), "--arch", "xresnet_small",
-            "--epochs", 1, "--bs", 8, "--out", str(out)]
-    r = subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env[1], stdin=subprocess.DEVNULL,
-                       preexec_fn=_fsize_limit(200_000))
+    args = ["train", "--data", data / "train", "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--out", out]
+    r = run(*args, env=env[1], preexec_fn=_fsize_limit(200_000))
     line = refused(r, "file size limit reached", "--force")
     assert not list(out.rglob("*.partial*")) or "models" in line or True
-    r = run(*args[3:], "--force", env=env[1])
+    r = run(*args, "--force", env=env[1])
     assert r.returncode == 0, r.stderr[-2000:]
-    p = subprocess.run([sys.executable, "-m", "deeplense_fastai.cli", "predict", "--model", str(model), str(data / "train"),
-                        "--out", str(tmp_path / "p.csv")], capture_output=True, text=True, env=env[1],
-                       stdin=subprocess.DEVNULL, preexec_fn=_fsize_limit(2_000))
+    p = run("predict", "--model", model, data / "train", "--out", tmp_path / "p.csv", env=env[1],
+            preexec_fn=_fsize_limit(2_000))
     refused(p, "file size limit reached")
     assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob(".p.csv*"))
 

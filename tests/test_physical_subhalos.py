@@ -16,7 +16,7 @@ from scipy import optimize, special, stats
 from deeplense_fastai.lensing import tnfw_deflection, nfw_physical_to_angle, pixel_grid
 from deeplense_fastai.simulate import (PRESETS, Nuisance, Preset, Subhalos, add_noise, draw_parameters, get_preset,
                                        lenstronomy_kwargs, render, simulate)
-from conftest import deeplense as cli
+from conftest import deeplense as cli, refused, user_env
 
 N = 4000
 P_MIN = 1e-3
@@ -272,7 +272,6 @@ def test_custom_preset_with_quirks_gets_one_note(capsys):
 # --- the command line
 
 def test_deeplense_layout_refuses_a_target_it_cannot_hold(tmp_path):
-    from conftest import refused
     refused(cli("simulate", "--preset", "fsub_physical", "--format", "deeplense", "--n", 4, "--out", tmp_path / "dl"),
             "f_sub_ring", "native")
     assert not (tmp_path / "dl").exists()
@@ -286,8 +285,7 @@ def test_presets_command_lists_the_physical_presets():
 
 
 def test_train_on_the_physical_preset_from_the_cli(tmp_path):
-    import os
-    env = dict(os.environ, DEEPLENSE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env = user_env(tmp_path, OMP_NUM_THREADS=1)
     r = cli("train", "--preset", "model_ii_physical", "--n", 64, "--epochs", 1, "--arch", "xresnet_small", "--bs", 16,
             "--out", tmp_path / "run", env=env)
     assert r.returncode == 0, r.stderr[-2000:]

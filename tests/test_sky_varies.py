@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from deeplense_fastai.simulate import PRESETS, draw_parameters, render, simulate, Preset
-from conftest import deeplense as cli
+from conftest import deeplense as cli, user_env
 
 N = 20_000
 P_MIN = 1e-3        # a correct sampler fails one of these ~20 tests with probability about 2%
@@ -143,8 +143,7 @@ def test_varied_clumpy_lenses_match_lenstronomy(cls):
 # --- the user's path: the command line, no TTY, default flags
 
 def test_presets_command_lists_every_world(tmp_path):
-    import os
-    env = dict(os.environ, DEEPLENSE_CACHE=str(tmp_path / "cache"))
+    env = user_env(tmp_path)
     r = cli("train", "--preset", "model_ii", "--n", 64, "--target", "halo_e1", env=env)   # refused before simulating
     assert r.returncode == 2 and "--target halo_e1: preset model_ii does not simulate it" in r.stderr
     assert not (tmp_path / "cache" / "sims").exists() or not any((tmp_path / "cache" / "sims").iterdir())
@@ -156,8 +155,7 @@ def test_presets_command_lists_every_world(tmp_path):
 
 def test_train_on_a_varied_world_from_the_cli(tmp_path):
     """train --preset model_ii_nuisance_clumpy (fixed and online), then predict writes the OOD columns for its images."""
-    import os
-    env = dict(os.environ, DEEPLENSE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env = user_env(tmp_path, OMP_NUM_THREADS=1)
     r = cli("train", "--preset", "model_ii_nuisance_clumpy", "--n", 160, "--epochs", 1, "--arch", "xresnet_small",
             "--bs", 16, "--out", tmp_path / "run", env=env)
     assert r.returncode == 0, r.stderr[-2000:]

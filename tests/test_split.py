@@ -3,11 +3,10 @@ without copying them, every command takes them as data, overlap with the trainin
 after splitting is refused in one line."""
 import io
 import json
-import os
 
 import pandas as pd
 import pytest
-from conftest import deeplense as run, refused
+from conftest import deeplense as run, refused, user_env
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +14,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("split")
     from deeplense_fastai.dataset import write_dataset
     write_dataset(root / "data", "model_ii", n=60, seed=0, progress=False)
-    return root, dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"))
+    return root, user_env(root)
 
 
 def test_split_train_evaluate(env):

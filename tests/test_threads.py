@@ -1,14 +1,13 @@
 """The thread policy on the user's path: with a busy process beside it, a command must not run torch on the core that
 process holds (two threads beside one busy process ran the simulator 5-30x slower than one thread on a 2-core machine).
 The oracle is the machine itself: the cores this process may use, read here from its affinity."""
-import os
 import subprocess
 import sys
 
 import pytest
 
 from deeplense_fastai.core import available_cores
-from conftest import deeplense as cli
+from conftest import deeplense as cli, user_env
 
 
 def threads_used(stdout: str) -> int:
@@ -21,8 +20,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("threads")
     from deeplense_fastai.dataset import write_dataset
     write_dataset(root / "d", "model_ii", n=40, seed=0, progress=False)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}       # the default: no choice made by the user
-    return root, dict(env, DEEPLENSE_CACHE=str(root / "cache"))
+    return root, user_env(root, OMP_NUM_THREADS=None)                # the default: no choice made by the user
 
 
 def test_train_leaves_a_busy_core_alone(data):

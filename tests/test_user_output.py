@@ -2,11 +2,10 @@
 and default flags. stdout carries results only (lines, a CSV or JSON objects), never a progress bar's carriage returns
 or block characters; `--quiet` prints nothing per epoch; `--log json` prints only JSON objects; `info` writes nothing."""
 import json
-import os
 
 import numpy as np
 import pytest
-from conftest import deeplense as run
+from conftest import deeplense as run, user_env
 
 
 def clean(text):
@@ -19,7 +18,7 @@ def clean(text):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("output")
-    e = dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"))
+    e = user_env(root)
     from deeplense_fastai.dataset import write_dataset
     write_dataset(root / "train", "model_ii", n=48, seed=0, progress=False)
     return root, e
