@@ -19,7 +19,9 @@ intervals holding the truth, the largest gap between nominal and empirical cover
 threshold flags 5% of the run's own validation images: the false-alarm rate on A's world, by construction about 5%).
 `coverage_error_unflagged` is the coverage error of the images `ood` lets through: what a user who drops the flagged
 images is left with. `ood_rate_summary_only` is the share the summary alone would flag (the score before the
-stem's features were added, at the same 5% false-alarm rate). Before scoring, each run's OOD reference is refitted with the library's current score (the
+stem's features were added) with its threshold set to flag as many of the training world's own test images as `ood`
+does (the same operating point), and `ood_auroc_summary_only` its AUROC; `ood_rate_by_knot_share` splits the flag
+rate of a clumpy test world by the share of the source's light in its knots. Before scoring, each run's OOD reference is refitted with the library's current score (the
 summary and the stem's channel statistics; see `refit_ood`), so runs trained before that score existed are measured
 as a run trained today would be.
 
@@ -106,15 +108,14 @@ def _batches(cfg, path, n: int = None):
         yield cfg.normalise(torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + 256, n))])))
 
 
-def summary_only_flags(run: Path, test: Path) -> np.ndarray:
-    """The flags of the summary alone (the score before the stem was added): the summary's Mahalanobis distance above
-    its scale, which is its 95% quantile on held-out images of the training world."""
+def summary_distances(run: Path, test: Path) -> np.ndarray:
+    "The summary's Mahalanobis distance from the training summaries (the score before the stem was added)."
     from deeplense_fastai.inference import load_run
     from deeplense_fastai.learner import ood_features
     model, cfg = load_run(run)
     mean, prec, scale = model.ood_reference.parts["summary"]
     d = ood_features(model, _batches(cfg, test), stem=False)["summary"].astype(np.float64) - mean
-    return np.sqrt(np.einsum("nd,de,ne->n", d, prec, d).clip(min=0)) > scale
+    return np.sqrt(np.einsum("nd,de,ne->n", d, prec, d).clip(min=0))
 
 
 def refit_ood(w: str) -> None:
@@ -130,10 +131,7 @@ def refit_ood(w: str) -> None:
     from deeplense_fastai.learner import OODReference, ood_features
     run = run_dir(w)
     world = recipe(w)[0]
-    model, cfg = load_run(run)
-    if (old := getattr(model, "ood_reference", None)) is not None and "stem" in old.parts:
-        print(f"{w}: OOD reference has the stem features already", flush=True)
-        return
+    model, cfg = load_run(run)       # refitted every time: the same images give the same file (and cached pairs)
     ref = OODReference.fit(ood_features(model, _batches(cfg, cached_simulation(world, 8000, 0), REF_IMAGES)),
                            ood_features(model, _batches(cfg, cached_simulation(world, CAL_N, CAL_SEED), CAL_N)))
     ref.save(run / "ood.safetensors", file_digest(run / "weights.safetensors"))
@@ -161,10 +159,21 @@ def score_pair(run: Path, test: Path, cfg) -> dict:
                 half_width_68=float(np.median((pred["q84_log10_m_axion"] - pred["q16_log10_m_axion"]) / 2)),
                 ood_rate=float(pred["ood"].astype(float).mean()),
                 coverage_error_unflagged=_coverage_error(pit[~pred["ood"].to_numpy(dtype=bool)]),
-                ood_rate_summary_only=float(summary_only_flags(run, test).mean()),
+                ood_rate_by_knot_share=_by_knot_share(srcs[0].labels, pred["ood"].to_numpy(dtype=bool)),
+                summary_scores=summary_distances(run, test),
                 out_of_prior=float((~pred["in_prior"]).astype(float).mean()),
                 ood_scores=pred["ood_score"].to_numpy())
 
+
+
+KNOT_SHARES = (0.1, 0.2, 0.3, 0.4)    # thirds of the Knots part's flux_fraction range (the clumpy presets' default)
+
+
+def _by_knot_share(labels, flags: np.ndarray):
+    "The share `ood` flags among images whose knots carry [a, b) of the source's light (None without knots)."
+    if "knot_fraction" not in labels: return None
+    f = labels["knot_fraction"].to_numpy()
+    return {f"[{a}, {b})": float(flags[(f >= a) & (f < b)].mean()) for a, b in zip(KNOT_SHARES, KNOT_SHARES[1:])}
 
 
 def _coverage_error(pit: np.ndarray):
@@ -173,18 +182,21 @@ def _coverage_error(pit: np.ndarray):
     return float(max(abs(np.mean(np.abs(pit - 0.5) <= c / 2) - c) for c in LEVELS))
 
 
+ARRAYS = ("ood_scores", "summary_scores")     # per-image scores kept with a cached pair
+
+
 def cached_pair(run: str, test: str, digest: str, compute) -> dict:
     "One (run, test world) pair's figures, cached under the run's weights and OOD reference digests and the test set's seed and size."
     import json
     from deeplense_fastai.core import cache_dir, file_digest
     f = cache_dir("bench", "robustness_scores") / f"{run}__{test}.json"
     key = dict(weights_sha256=digest, ood_sha256=file_digest(run_dir(run) / "ood.safetensors"), n_test=N_TEST,
-               test_seed=TEST_SEED, levels=LEVELS.tolist(), columns=3)
+               test_seed=TEST_SEED, levels=LEVELS.tolist(), columns=4)
     if f.is_file() and (old := json.loads(f.read_text()))["key"] == key:
-        return dict(old["pair"], ood_scores=np.asarray(old["pair"]["ood_scores"]))
+        return dict(old["pair"], **{k: np.asarray(old["pair"][k]) for k in ARRAYS})
     pair = compute()
     tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(key=key, pair=dict(pair, ood_scores=pair["ood_scores"].tolist()))))
+    tmp.write_text(json.dumps(dict(key=key, pair=dict(pair, **{k: pair[k].tolist() for k in ARRAYS}))))
     tmp.replace(f)
     return pair
 
@@ -203,11 +215,15 @@ def score(worlds) -> None:
         cfg = read_run_config(run)
         digest = file_digest(run / "weights.safetensors")
         pairs = {t: cached_pair(w, t, digest, lambda: score_pair(run, test_set(t), cfg)) for t in TESTS}
-        own = pairs[world]["ood_scores"]
+        own, own_s = pairs[world]["ood_scores"], pairs[world]["summary_scores"]
+        # the summary alone at the same operating point: its threshold flags as many of the own world's test images
+        thr_s = np.quantile(own_s, 1 - pairs[world]["ood_rate"])
         for t, r in pairs.items():
-            s = r.pop("ood_scores")
+            s, ss = r.pop("ood_scores"), r.pop("summary_scores")
             auc = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(s))], np.r_[own, s]))
-            rows.append(dict(train=w, test=t, **r, ood_auroc=auc, n_test=N_TEST, ood_threshold=cfg["ood"]["threshold"],
+            auc_s = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own_s)), np.ones(len(ss))], np.r_[own_s, ss]))
+            rows.append(dict(train=w, test=t, **r, ood_rate_summary_only=float(np.mean(ss > thr_s)), ood_auroc=auc,
+                             ood_auroc_summary_only=auc_s, n_test=N_TEST, ood_threshold=cfg["ood"]["threshold"],
                              weights_sha256=digest))
             shown = {k: v for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")}
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
