@@ -11,9 +11,8 @@ from .core import DeepLenseError, _inside
 import numpy as np
 
 # %% auto #0
-__all__ = ['COMMANDS', 'COMPUTE', 'CLASSIFY_CLASSES', 'DEFAULT_N', 'MAX_SAMPLES', 'build_parser', 'main', 'cmd_simulate',
-           'cmd_info', 'cmd_presets', 'cmd_split', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate',
-           'cmd_combine']
+__all__ = ['COMMANDS', 'COMPUTE', 'CLASSIFY_CLASSES', 'DEFAULT_N', 'build_parser', 'main', 'cmd_simulate', 'cmd_info',
+           'cmd_presets', 'cmd_split', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_calibrate', 'cmd_combine']
 
 # %% ../nbs/07_cli.ipynb #589d5ea2
 class _Parser(argparse.ArgumentParser):
@@ -51,36 +50,32 @@ def _classes(text:str) -> tuple[str, ...]:
     if bad or not names: raise argparse.ArgumentTypeError(f"classes are a comma-separated subset of no_sub,cdm,axion, got {text!r}")
     return names
 
-def _force(p): p.add_argument('--force', action='store_true', help='replace an existing output file (never an input)')
-
-def _read_by(*paths) -> list:
-    "Every path an input makes the data module read: the input, a .npy stack's CSV of labels, a memmap pair's folder, a split's dataset."
-    out = []
-    for p in map(Path, paths):
-        out.append(p)
-        if p.suffix == '.npy': out.append(p.with_suffix('.csv'))
-        if p.name.endswith('_mmep.npy'): out.append(p.parent)
-        if (ds := _split_dataset(p)) is not None: out += [ds] + ([ds.with_suffix('.csv')] if ds.suffix == '.npy' else [])
-    return out
-
-def _split_dataset(p:Path) -> Path|None:
-    "The dataset a split file names (None for anything else), read without importing the data module."
-    if p.suffix != '.json' or not p.is_file() or p.stat().st_size > 1 << 28: return None
-    try: doc = json.loads(p.read_text())
-    except (OSError, ValueError, UnicodeDecodeError): return None
-    if not isinstance(doc, dict) or doc.get('format') != 'deeplense_fastai/split' or not isinstance(doc.get('source'), str): return None
-    src = Path(doc['source'])
-    return src if src.is_absolute() else p.parent/src
-
 def _scale(text:str) -> float:
     try: v = float(text)
     except ValueError: raise argparse.ArgumentTypeError(f"expected arcsec per pixel, such as 0.101, got {text!r}") from None
     if not (v > 0 and np.isfinite(v)): raise argparse.ArgumentTypeError(f"must be a positive number of arcsec per pixel, got {text!r}")
     return v
 
-def _pixel_scale(p): p.add_argument('--pixel-scale', type=_scale, default=None, metavar='ARCSEC',
-                                    help="arcsec per pixel of inputs whose files do not say (FITS WCS and simulated datasets do); "
-                                         "images are resampled to the run's scale and cropped or padded to its field, never resized")
+_OPTIONS = {   # flag -> add_argument keywords: one definition of each option that several commands share
+    '--model': dict(required=True, type=Path, help='run directory'),
+    '--bs': dict(type=_positive, default=64, help='images per batch (default 64)'),
+    '--device': dict(default=None, help='cpu or cuda (default: cuda if available)'),
+    '--tta': dict(action='store_true', help='average over the eight symmetries of the square'),
+    '--force': dict(action='store_true', help='replace an existing output file (never an input)'),
+    '--pixel-scale': dict(type=_scale, default=None, metavar='ARCSEC',
+                          help="arcsec per pixel of inputs whose files do not say (FITS WCS and simulated datasets do); images "
+                               "are resampled to the run's scale and cropped or padded to its field, never resized"),
+    '--seed': dict(type=_seed, default=0, help='seed of every random choice (default 0)'),
+    '--quiet': dict(action='store_true', help='no progress bar and no notes'),
+    '--progress': dict(action='store_true', help='progress bars (on stderr) even when stderr is not a terminal'),
+}
+
+def _add(p, *flags, **helps) -> None:
+    "Add the shared `flags` to parser `p`; `helps` (keyed by the flag's dest, e.g. tta=) words one help for this command."
+    for f in flags:
+        kw = dict(_OPTIONS[f])
+        if (dest := f.lstrip('-').replace('-', '_')) in helps: kw['help'] = helps[dest]
+        p.add_argument(f, **kw)
 
 def _scaled(path, scale:float|None):
     "`path` opened, with `scale` as its pixel scale where the file records none (a caching bar on stderr, on a terminal only)."
@@ -140,21 +135,20 @@ _FULL = {_errno.ENOSPC: 'no space left on the device', _errno.EDQUOT: 'disk quot
 def _simulate_args(s):
     s.add_argument('--preset', default='model_ii', help='preset name (default: model_ii)')
     s.add_argument('--n', type=_positive, required=True, help='number of images in the whole dataset')
-    s.add_argument('--seed', type=_seed, default=0, help='dataset seed (default: 0)')
+    _add(s, '--seed', seed='dataset seed (default: 0)')
     s.add_argument('--out', required=True, type=_path, help='output directory')
     s.add_argument('--classes', type=_classes, default=None, help="comma-separated classes, e.g. no_sub,cdm,axion "
                    "(equal numbers of each; default: the preset's)")
     s.add_argument('--format', dest='fmt', choices=['native', 'deeplense'], default='native',
                    help='native (images.npy + labels.csv + manifest.json) or deeplense (one .npy per image)')
     s.add_argument('--shard', type=_shard, default=(0, 1), metavar='I/K', help='write only part I of K (0-based)')
-    s.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
+    _add(s, '--device')
     s.add_argument('--batch-size', type=_positive, default=256, help='images per step (default: 256)')
     s.add_argument('--vortex', choices=['points', 'segment'], default=None,
                    help="axion vortex as DeepLenseSim's 100 points or the analytic segment (faster)")
     s.add_argument('--no-noise', action='store_true', help='write noiseless images')
     s.add_argument('--compile', action='store_true', help='fuse the point-mass sums with torch.compile (faster for large runs)')
-    s.add_argument('--quiet', action='store_true', help='no progress bar and no notes')
-    s.add_argument('--progress', action='store_true', help='a progress bar (on stderr) even when stderr is not a terminal')
+    _add(s, '--quiet', '--progress')
 
 def cmd_simulate(a) -> int:
     "`deeplense simulate`: validate everything, then write (part of) a dataset."
@@ -268,18 +262,17 @@ def _split_args(s):
     s.add_argument('--out', type=_path, required=True, help='folder of the split files (<name>.json each)')
     s.add_argument('--fractions', type=_fractions, default=(0.8, 0.1, 0.1), help='fraction of the images per split (default 0.8,0.1,0.1)')
     s.add_argument('--names', default='train,calib,test', help='split names, one per fraction (default train,calib,test)')
-    s.add_argument('--seed', type=_seed, default=0)
-    s.add_argument('--force', action='store_true', help='replace split files that exist')
+    _add(s, '--seed', '--force', force='replace split files that exist')
 
 def cmd_split(a) -> int:
     "`deeplense split`: random splits of a dataset as files listing its images (nothing copied), for train/calibrate/evaluate."
-    from deeplense_fastai.data import write_splits, detect_source
+    from deeplense_fastai.data import write_splits, detect_source, paths_read
     names = tuple(n.strip() for n in a.names.split(','))
     if len(names) != len(a.fractions) or len(set(names)) != len(names) or not all(n.isidentifier() for n in names):
         raise DeepLenseError(f"--names {a.names}: {len(a.fractions)} different simple names, one per fraction")
     if detect_source(a.path) == 'split': raise DeepLenseError(f"{a.path}: already a split; split the dataset it names")
     _out_parent(a.out)
-    if (bad := [p for p in _read_by(a.path) if any(a.out/f'{n}.json' == Path(p) for n in names)]):
+    if (bad := [p for p in paths_read(a.path) if any(a.out/f'{n}.json' == Path(p) for n in names)]):
         raise DeepLenseError(f"--out {a.out}: would overwrite the input {bad[0]}")
     files = write_splits(a.path, a.out, a.fractions, names, a.seed, a.force)
     for n, f in files.items(): print(f"{n}: {json.loads(f.read_text())['n']} images -> {f}")
@@ -306,28 +299,29 @@ def _train_args(t):
                    "default mse, or --init's)")
     t.add_argument('--opt', default='ranger', help='adam, radam, ranger or ranger21')
     t.add_argument('--schedule', default=None, help='one_cycle, flat_cos or ranger21 (default: one_cycle; ranger21 for --opt ranger21)')
-    t.add_argument('--epochs', type=_positive, default=8)
-    t.add_argument('--bs', type=_positive, default=64)
-    t.add_argument('--lr', type=float, default=3e-3)
+    t.add_argument('--epochs', type=_positive, default=8, help='passes over the training images (default 8)')
+    _add(t, '--bs')
+    t.add_argument('--lr', type=float, default=3e-3, help='peak learning rate (default 3e-3)')
     t.add_argument('--size', type=_positive, default=None, help='resize images to SIZE x SIZE')
-    t.add_argument('--seed', type=_seed, default=0)
-    t.add_argument('--norm', choices=['minmax', 'meanstd'], default='minmax')
+    _add(t, '--seed')
+    t.add_argument('--norm', choices=['minmax', 'meanstd'], default='minmax',
+                   help='image normalisation: minmax (each image to [0, 1], the default) or meanstd (training-set statistics)')
     t.add_argument('--no-augment', action='store_true', help='no random symmetries of the square')
-    t.add_argument('--early-stopping', type=_positive, default=None, metavar='EPOCHS')
+    t.add_argument('--early-stopping', type=_positive, default=None, metavar='EPOCHS',
+                   help='stop when the validation loss has not improved for EPOCHS epochs')
     t.add_argument('--out', type=_path, default=None, help='run directory (default runs/<timestamp>)')
     t.add_argument('--resume', action='store_true', help='continue an interrupted run in --out (same data and settings)')
-    t.add_argument('--force', action='store_true', help='remove the run already in --out (a failed or finished one) and train anew')
+    _add(t, '--force', force='remove the run already in --out (a failed or finished one) and train anew')
     t.add_argument('--init', type=Path, default=None, metavar='RUN', help="start from a trained run's weights (same arch and targets)")
     t.add_argument('--freeze-epochs', type=int, default=0, metavar='N', help='with --init or --pretrained: train only the head for N epochs first')
     t.add_argument('--pretrained', action='store_true', help="start a torchvision ResNet from ImageNet weights (in torch's cache; nothing is downloaded here)")
-    t.add_argument('--device', default=None, help='cpu or cuda (default: cuda if available)')
+    _add(t, '--device')
     t.add_argument('--workers', type=int, default=0, help='DataLoader worker processes')
     t.add_argument('--quiet', action='store_true', help='nothing per epoch (the test report still prints)')
     t.add_argument('--log', choices=('text', 'json'), default='text',
                    help='per-epoch lines on stdout: text, or one JSON object per epoch and one at the end (all other text on stderr)')
-    t.add_argument('--progress', action='store_true', help='progress bars (on stderr) even when stderr is not a terminal')
-    t.add_argument('--pixel-scale', type=_scale, default=None, metavar='ARCSEC',
-                   help="arcsec per pixel of --data whose files do not say (recorded in the run; predictions use it)")
+    _add(t, '--progress', '--pixel-scale',
+         pixel_scale="arcsec per pixel of --data whose files do not say (recorded in the run; predictions use it)")
 
 def _check_pretrained(a):
     "--pretrained: a torchvision ResNet, no --init, and its ImageNet weights already in torch's cache (nothing is downloaded here)."
@@ -339,13 +333,6 @@ def _check_pretrained(a):
         raise DeepLenseError(f"--pretrained: the ImageNet weights of {a.arch} are not in torch's cache ({imagenet_file(a.arch)}); "
                              f"fetch them once where there is internet (torchvision.models.{a.arch}(weights='DEFAULT')), or train from scratch")
 
-def _check_preset_targets(preset:str, targets) -> None:
-    "The preset exists and simulates every --target (before anything is simulated)."
-    from deeplense_fastai.simulate import get_preset, simulated_targets
-    known = simulated_targets(get_preset(preset))
-    for t in targets or []:
-        if t not in known: raise DeepLenseError(f"--target {t}: preset {preset} does not simulate it; its labels: {', '.join(known)}")
-
 CLASSIFY_CLASSES = ('no_sub', 'cdm', 'axion')   # what `train --task classify --preset P` simulates: DeepLense's three classes
 
 def _resumed(a):
@@ -356,70 +343,31 @@ def _resumed(a):
     try: return RunConfig.from_json(json.loads(meta.read_text())['config'], meta)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError): return None     # _resume names what is wrong with it
 
-def _check_task(a, init) -> None:
-    "--task (default: --init's, else regress) and what goes with it: a classifier has cross-entropy, one class column, fixed data."
-    task = 'classify' if init is not None and init.classes else 'regress'
-    if a.task is not None and init is not None and a.task != task:
-        raise DeepLenseError(f"{'--init ' + str(a.init) if a.init else '--resume ' + str(a.out)}: it is a "
-                             f"{'classifier' if task == 'classify' else 'regression run'}; --task {a.task} cannot continue it")
-    a.task = a.task or task
-    if a.task != 'classify': return
-    if a.loss not in (None, 'cross_entropy'): raise DeepLenseError(f"--loss {a.loss}: a classifier trains with cross-entropy; leave --loss out")
-    if a.target and len(a.target) > 1: raise DeepLenseError("--task classify: give one --target (the column of class names)")
-    if a.online: raise DeepLenseError("--task classify trains on a fixed set: give --data or --preset, not --online")
-    a.loss = 'cross_entropy'
-
-def _check_preset_classes(preset:str, target) -> None:
-    "A classifier on a simulated preset: the preset exists, and its classes are in its column 'class'."
-    from deeplense_fastai.simulate import get_preset
-    get_preset(preset)
-    if target and target[0] != 'class': raise DeepLenseError(f"--target {target[0]}: a simulated preset names its classes in the column 'class'")
-
 def _check_train_args(a):
-    "Every argument checked before any work starts."
-    from deeplense_fastai.models import MODELS
-    from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES, read_run_config
+    "Every argument checked before any work starts: the plan by the library, its names against the registries, then --out."
+    from deeplense_fastai.config import TrainPlan
+    from deeplense_fastai.learner import read_run_config
+    from deeplense_fastai.data import detect_source
     init = read_run_config(a.init) if a.init is not None else None    # a fine-tune continues the run's model and head
     init = init or _resumed(a)                                        # a resume continues the checkpoint's model
-    a.arch = a.arch or (init.arch if init else 'resnet18')
-    _check_task(a, init)
-    a.loss = a.loss or (init.loss or 'mse' if init else 'mse')
-    if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
-    if a.pretrained: _check_pretrained(a)
-    if a.loss == 'cross_entropy' and a.task != 'classify': raise DeepLenseError("--loss cross_entropy: give --task classify (a classifier)")
-    if a.loss not in LOSSES and a.task != 'classify': raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
-    if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
-    a.schedule = a.schedule or ('ranger21' if a.opt == 'ranger21' else 'one_cycle')
-    if a.schedule not in SCHEDULES: raise DeepLenseError(f"--schedule: unknown schedule {a.schedule!r}; use one of {', '.join(SCHEDULES)}")
-    if (a.opt == 'ranger21') != (a.schedule == 'ranger21'):
-        raise DeepLenseError("--schedule ranger21 goes with --opt ranger21 and only with it (Ranger21 schedules its own learning rate)")
-    if not (a.lr > 0 and np.isfinite(a.lr)): raise DeepLenseError(f"--lr must be a positive number, got {a.lr}")
-    if a.freeze_epochs < 0: raise DeepLenseError(f"--freeze-epochs must be 0 or more, got {a.freeze_epochs}")
-    if a.freeze_epochs and a.init is None and not a.pretrained:
-        raise DeepLenseError("--freeze-epochs goes with --init or --pretrained (the head of a pretrained network is trained first)")
-    if init is not None and init.arch != a.arch:     # the pretrained run must fit this one: said before any data is read
-        raise DeepLenseError(f"--init {a.init}: its arch is {init.arch!r}, this run's is {a.arch!r} (leave --arch out to use its)")
-    if a.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {a.workers}")
-    if a.data is not None and a.preset is not None: raise DeepLenseError("give --data or --preset, not both")
-    for f in ('data', 'test'):
-        p = getattr(a, f)
-        if p is not None and not p.exists(): raise DeepLenseError(f"--{f} {p}: no such file or directory")
-    if a.data is None:
-        if a.task == 'regress': _check_preset_targets(a.preset or 'model_ii', a.target)
-        else: _check_preset_classes(a.preset or 'model_ii', a.target)
-    elif a.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
-    if a.online and a.data is not None: raise DeepLenseError("--online simulates the training data: give --preset (or nothing), not --data")
-    if a.online and a.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
-    if a.epoch_size is not None and not a.online: raise DeepLenseError("--epoch-size goes with --online")
+    plan = TrainPlan.of(vars(a)).resolved(init, f"--init {a.init}" if a.init else f"--resume {a.out}")
+    a.arch, a.task, a.loss, a.schedule = plan.arch, plan.task, plan.loss, plan.schedule
+    _check_names(a)
+    plan.check(init)
+    for p in (a.data, a.test):                     # the data module's own check (exists, a kind it reads), said up front
+        if p is not None: detect_source(p)
     if a.out is None: a.out = Path('runs')/time.strftime('%Y%m%d-%H%M%S')
     _check_run_out(a)
 
-_RUN_FILES = ('models', 'history.csv', 'config.json', 'weights.safetensors', 'model.pkl', 'metrics.json', 'calibration.json',
-              'images_seen.npz', 'ood.safetensors', 'summary_likelihood.safetensors')
-
-def _is_run_file(name:str) -> bool:
-    "Whether a name in a run directory is one `train` or `calibrate` writes (or an atomic write's leftover temporary)."
-    return name in _RUN_FILES or name.endswith('.png') or (name.startswith('.') and name.endswith('.tmp'))
+def _check_names(a) -> None:
+    "The plan's architecture, loss, optimiser and schedule against the registries above `config` (before any data is read)."
+    from deeplense_fastai.models import MODELS
+    from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES
+    if a.arch not in MODELS: raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
+    if a.pretrained: _check_pretrained(a)
+    if a.loss not in LOSSES and a.task != 'classify': raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
+    if a.opt not in OPTIMIZERS: raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
+    if a.schedule not in SCHEDULES: raise DeepLenseError(f"--schedule: unknown schedule {a.schedule!r}; use one of {', '.join(SCHEDULES)}")
 
 def _check_run_out(a) -> None:
     "The run directory: usable, and new, or an unfinished run to --resume, or a run to replace with --force."
@@ -430,54 +378,32 @@ def _check_run_out(a) -> None:
                              f"--init {a.out}, or --force to train it again from scratch")
     if a.resume and not (a.out/'models'/'checkpoint.json').exists():
         raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models (no epoch finished); start again with --force")
+    from deeplense_fastai.data import paths_read
     for flag in ('data', 'test', 'init'):           # --force would remove what the run reads; a run never writes into data
-        for p in _read_by(getattr(a, flag)) if getattr(a, flag, None) is not None else []:
+        for p in paths_read(getattr(a, flag)) if getattr(a, flag, None) is not None else []:
             if p.exists() and (_inside(a.out, p) or _inside(p, a.out)):
                 raise DeepLenseError(f"--out {a.out}: holds or lies inside {p}, which --{flag} reads; write the run elsewhere")
     if a.resume or not a.out.exists() or not any(a.out.iterdir()): return
     if not a.force: raise DeepLenseError(f"--out {a.out}: exists and is not empty (another directory; --resume continues an "
                                          f"unfinished run; --force removes the run and starts again)")
-    strangers = sorted(f.name for f in a.out.iterdir() if not _is_run_file(f.name))
-    strangers += sorted(f'models/{f.name}' for f in (a.out/'models').glob('*') if not _is_model_file(f.name)) if (a.out/'models').is_dir() else []
-    if strangers or not _is_run(a.out):
+    from deeplense_fastai.config import run_strangers, is_run_dir
+    strangers = run_strangers(a.out)
+    if strangers or not is_run_dir(a.out):
         raise DeepLenseError(f"--force: {a.out} " + (f"holds {strangers[0]!r}, which no run writes" if strangers else
                              "is not a deeplense_fastai run (no config.json of a run, no checkpoint)") + "; refusing to remove anything there")
 
-def _is_model_file(name:str) -> bool:
-    "What `fit` writes into models/: checkpoints, the best epoch, and atomic writes' temporaries."
-    return name.startswith(('checkpoint', 'best', '.checkpoint', '.best')) and name.endswith(('.pth', '.json', '.tmp'))
-
-def _is_run(out:Path) -> bool:
-    "Whether `out` holds a run: an exported config.json of the run format, or the models/ folder a fit creates."
-    try:
-        if json.loads((out/'config.json').read_text()).get('format') == 'deeplense_fastai/run': return True
-    except (OSError, ValueError, AttributeError): pass
-    return (out/'models').is_dir()
-
-def _clear_run(out:Path) -> None:
-    "Remove a run's own files from `out` (checked by `_check_run_out`): what --force starts again from."
-    import shutil
-    for f in out.iterdir():
-        if not _is_run_file(f.name): continue
-        if f.is_dir() and not f.is_symlink(): shutil.rmtree(f)
-        else: f.unlink()
 
 # %% ../nbs/07_cli.ipynb #7725c05f
-DEFAULT_N = 6000
+DEFAULT_N = 6000   # images the embedded default simulates (and an online epoch holds): a ResNet18 learns Model II from them
 
-def _simulated(preset:str, n:int, seed:int, device, classes=None) -> tuple[Path, Path]:
-    "Train and test sets of the embedded default (the test set from a disjoint seed)."
-    from deeplense_fastai.dataset import cached_simulation
-    return (cached_simulation(preset, n, seed, device, classes),
-            cached_simulation(preset, max(1000, n // 6), seed + 10_000, device, classes))
 
 # %% ../nbs/07_cli.ipynb #0282aba9
 def _online_data(a, device, say):
     "Online DataLoaders (new images every batch) and the path of the fixed test set."
-    from deeplense_fastai.data import online_dataloaders
+    from deeplense_fastai.data import online_dataloaders, online_valid_size, simulated_test_size
     from deeplense_fastai.dataset import cached_simulation
     preset, epoch = a.preset or 'model_ii', a.epoch_size or DEFAULT_N
-    n_valid, n_test = min(1024, max(256, epoch // 8)), max(1000, epoch // 6)
+    n_valid, n_test = online_valid_size(epoch), simulated_test_size(epoch)
     say(f"online {preset}: new training images every batch, {epoch} per epoch, {n_valid} fixed validation images; "
         f"test on {a.test or f'{n_test} images (cached)'} ...")
     test_path = a.test or cached_simulation(preset, n_test, a.seed + 10_000, device)
@@ -487,22 +413,20 @@ def _online_data(a, device, say):
 
 def _fixed_data(a, device, say):
     "Training source and test (path or held-out tenth) of a fixed-set run: simulated (cached) or the user's --data."
-    from deeplense_fastai.data import open_source
+    from deeplense_fastai.data import open_source, hold_out, simulated_test_size
     from deeplense_fastai.dataset import cached_simulation
-    if a.data is None:
+    if a.data is None:                           # the test set from a disjoint seed, unless the user gives one
         preset, n = a.preset or 'model_ii', a.n or DEFAULT_N
         classes = CLASSIFY_CLASSES if a.task == 'classify' else None
-        if a.test is not None:                   # the user's test set: only the training images are simulated
-            say(f"simulating {preset}: {n} training images (cached after the first run) ...")
-            return open_source(cached_simulation(preset, n, a.seed, device, classes)), a.test, None
-        say(f"simulating {preset}: {n} training and {max(1000, n // 6)} test images (cached after the first run) ...")
-        train_path, test_path = _simulated(preset, n, a.seed, device, classes)
+        n_test = simulated_test_size(n)
+        say(f"simulating {preset}: {n} training" + ('' if a.test else f" and {n_test} test") + " images (cached after the first run) ...")
+        train_path = cached_simulation(preset, n, a.seed, device, classes)
+        test_path = a.test or cached_simulation(preset, n_test, a.seed + 10_000, device, classes)
         return open_source(train_path), test_path, None
     train = _scaled(a.data, a.pixel_scale)
     if a.test is not None: return train, a.test, None
-    perm = np.random.default_rng(a.seed).permutation(len(train))      # hold out 10% for the final test, before the validation split
-    k = max(1, len(train) // 10)
-    return train.subset(np.sort(perm[k:])), None, train.subset(np.sort(perm[:k]))
+    train, test = hold_out(train, 0.1, a.seed)   # the final test's tenth, kept back before the validation split
+    return train, None, test
 
 def _class_column(a) -> str: return a.target[0] if a.target else 'class'
 
@@ -617,6 +541,12 @@ def _threads_note(device) -> str:
     n = torch.get_num_threads()
     return f" ({n} thread{'s' if n > 1 else ''})" if device.type == 'cpu' else ''
 
+def _replace_old_run(a) -> None:
+    "With --force, remove the run already in --out (its own files only; `config.run_strangers` checked there are no others)."
+    from deeplense_fastai.config import clear_run
+    from deeplense_fastai.dataset import _is_rank0
+    if a.force and a.out.exists() and _is_rank0(): clear_run(a.out)
+
 def cmd_train(a) -> int:
     "`deeplense train`: data, learner, fit, export, test metrics and plots."
     _check_train_args(a)
@@ -634,7 +564,7 @@ def cmd_train(a) -> int:
     if train is not None:                        # the images' identity: a resume on edited images is another run
         dls.lens_config.extra['data_sha256'] = _hashes_digest(seen['train'])
     learn = _learner(a, dls)
-    if a.force and a.out.exists() and _is_rank0(): _clear_run(a.out)      # every check passed: only now is the old run removed
+    _replace_old_run(a)                          # every check passed: only now is the old run removed
     exported = a.resume and (a.out/'config.json').is_file()      # killed while testing: the exported run is kept, only tested
     cfg = learn.lens_config
     say(f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, validating on {cfg['n_valid']}, "
@@ -665,15 +595,11 @@ COMMANDS['train'] = ('train a regression model or a classifier (no arguments: th
 
 # %% ../nbs/07_cli.ipynb #753d308e
 def _evaluate_args(e):
-    e.add_argument('--model', required=True, type=Path, help='run directory')
+    _add(e, '--model')
     e.add_argument('--data', required=True, type=Path, help='dataset with the target column(s)')
     e.add_argument('--target', action='append', help="column(s) of the data to compare with (default: the model's targets)")
-    e.add_argument('--tta', action='store_true', help='average over the eight symmetries of the square')
     e.add_argument('--json', type=Path, help='also write the metrics to this JSON file (a new file; --force replaces one)')
-    e.add_argument('--bs', type=_positive, default=64)
-    e.add_argument('--device', default=None)
-    _pixel_scale(e)
-    _force(e)
+    _add(e, '--tta', '--bs', '--device', '--pixel-scale', '--force')
 
 
 def _write_metrics(a, rep:dict) -> None:
@@ -701,9 +627,10 @@ def cmd_evaluate(a) -> int:
     from deeplense_fastai.core import get_device, check_output
     from deeplense_fastai.inference import load_run
     from deeplense_fastai.evaluate import score_run, evaluation_columns, seen_by_run
+    from deeplense_fastai.data import paths_read
     device = get_device(a.device)
     _, cfg = load_run(a.model)
-    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(a.data)])
+    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *paths_read(a.data)])
     src = _scaled(a.data, a.pixel_scale)
     if cfg.classes: return _evaluate_classifier(a, src, cfg, device)
     cols = evaluation_columns(cfg, src, a.target)
@@ -718,56 +645,37 @@ COMMANDS['evaluate'] = ('evaluate a trained model on a dataset', None, _evaluate
 
 # %% ../nbs/07_cli.ipynb #904fe408
 def _predict_args(pr):
-    pr.add_argument('--model', required=True, type=Path, help='run directory')
+    _add(pr, '--model')
     pr.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='datasets, image stacks (.npy), image folders or FITS files, '
                     'labelled or not')
     pr.add_argument('--out', type=Path, help='write predictions to this CSV (default: print them)')
-    pr.add_argument('--tta', action='store_true', help='average over the eight symmetries of the square')
-    pr.add_argument('--bs', type=_positive, default=64)
-    pr.add_argument('--device', default=None)
-    pr.add_argument('--samples', type=int, default=0, metavar='K', help=f'flow runs: also K posterior samples per image and target '
-                    f'(at most {MAX_SAMPLES:,})')
+    _add(pr, '--tta', '--bs', '--device')
+    pr.add_argument('--samples', type=int, default=0, metavar='K', help='flow runs: also K posterior samples per image and target '
+                    '(at most 10,000: inference.MAX_SAMPLES)')
     pr.add_argument('--bad-pixels', choices=('skip', 'mask', 'refuse'), default='skip',
                     help="images with NaN or Inf pixels: skip (their row says why, with no numbers; the default), mask (read "
                          "those pixels as the image's median) or refuse (stop before any prediction)")
-    _pixel_scale(pr)
-    _force(pr)
-
-MAX_SAMPLES = 10_000   # a CSV row of more draws than this is no longer a table a person reads; an estimate bounds memory too
-
-def _check_samples(k:int, n_images:int, n_targets:int) -> None:
-    "Refuse a number of posterior samples that is negative, above `MAX_SAMPLES`, or would not fit in the memory free now."
-    if k < 0 or k > MAX_SAMPLES: raise DeepLenseError(f"--samples {k}: must be between 0 and {MAX_SAMPLES:,}")
-    need = 40 * k * n_images * n_targets           # float64 draws, the DataFrame's copy and the CSV text
-    import psutil
-    free = psutil.virtual_memory().available       # what can be had without swapping (page cache counted), on any OS
-    if k and need > free / 2:
-        raise DeepLenseError(f"--samples {k}: {k:,} draws for {n_images:,} images need about {need / 1e9:.1f} GB, and "
-                             f"{free / 1e9:.1f} GB of memory is free; ask for fewer samples or fewer images at a time")
+    _add(pr, '--pixel-scale', '--force')
 
 def _opened_inputs(paths, cfg:dict, scale:float|None=None, bad_pixels:str='refuse') -> list:
     "Every input opened and checked (exists, size, pixels) before any prediction; progress bars go to stderr."
     from deeplense_fastai.inputs import open_checked
-    srcs = []
     with contextlib.redirect_stdout(sys.stderr):
-        for p in paths:
-            if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-            srcs.append((p, *open_checked(_scaled(p, scale), cfg, bad_pixels=bad_pixels)))
-    return srcs
+        return [(p, *open_checked(_scaled(p, scale), cfg, bad_pixels=bad_pixels)) for p in paths]
 
 def cmd_predict(a) -> int:
     "`deeplense predict`: one row per image (source, index, file, prediction and its std or quantiles) of any inputs."
     from deeplense_fastai.core import get_device, atomic_write, check_output
     from deeplense_fastai.inputs import bad_pixel_summary
-    from deeplense_fastai.inference import load_run, predict_opened, limits_summary
+    from deeplense_fastai.inference import load_run, predict_opened, limits_summary, check_samples
+    from deeplense_fastai.data import paths_read
     import pandas as pd
     device = get_device(a.device)
     model, cfg = load_run(a.model, device)
-    if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *_read_by(*a.paths)])
-    _check_samples(a.samples, 0, 1)
-    if a.samples and cfg.get('loss') != 'flow': raise DeepLenseError(f"--samples {a.samples}: {a.model} is not a flow run (train with --loss flow)")
+    if a.out is not None: check_output(a.out, '--out', a.force, protected=[a.model, *paths_read(*a.paths)])
+    check_samples(a.samples, cfg, 0, a.model)            # before any input is opened; the memory once they are
     opened = _opened_inputs(a.paths, cfg, a.pixel_scale, a.bad_pixels)
-    _check_samples(a.samples, sum(len(src) for _, src, _ in opened), len(cfg['targets']))
+    check_samples(a.samples, cfg, sum(len(src) for _, src, _ in opened), a.model)
     frames = []
     with contextlib.redirect_stdout(sys.stderr):         # progress bars and notices never mix with a CSV on stdout
         for p, src, size in opened:
@@ -793,19 +701,17 @@ COMMANDS['predict'] = ('predict for every image of one or more datasets', None, 
 
 # %% ../nbs/07_cli.ipynb #fb90d36c
 def _calibrate_args(c):
-    c.add_argument('--model', required=True, type=Path, help='a run trained with --loss flow')
+    _add(c, '--model', model='a run trained with --loss flow')
     c.add_argument('--data', required=True, type=Path, help='labelled calibration split (not the training or test set)')
-    c.add_argument('--tta', action='store_true', help='recalibrate the posteriors mixed over the eight symmetries')
-    c.add_argument('--force', action='store_true', help="replace an existing calibration.json; also accept --data holding the run's own images")
+    _add(c, '--tta', '--force', tta='recalibrate the posteriors mixed over the eight symmetries',
+         force="replace an existing calibration.json; also accept --data holding the run's own images")
     c.add_argument('--populations', metavar='PRESET', help='fit the joint calibration on lenses simulated from this preset: the summary likelihood on a --bank of lenses from the prior, floors on --trials populations')
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
     c.add_argument('--seed', type=_seed, default=20_000, help='seed of the populations and the bank (not one used for training or testing)')
     c.add_argument('--bank', type=_seed, default=None, metavar='N', help='with --populations: lenses simulated from the prior to fit '
                    "the summary likelihood combine uses (default 30000, as bench/many_lenses.py measured; 0: only the network's prior and its floor)")
-    c.add_argument('--bs', type=_positive, default=64)
-    c.add_argument('--device', default=None)
-    _pixel_scale(c)
+    _add(c, '--bs', '--device', '--pixel-scale')
 
 def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
@@ -813,10 +719,10 @@ def cmd_calibrate(a) -> int:
     from deeplense_fastai.combine import calibrate, BANK
     if a.bank is not None and a.populations is None:
         raise DeepLenseError("--bank goes with --populations (the bank fits the summary likelihood of the joint calibration)")
-    if not a.data.exists(): raise DeepLenseError(f"--data {a.data}: no such file or directory")
     with contextlib.redirect_stdout(sys.stderr):
-        r = calibrate(a.model, _scaled(a.data, a.pixel_scale), a.bs, a.tta, get_device(a.device), a.force, a.populations, a.trials,
-                      a.lenses, a.seed, BANK if a.bank is None else a.bank)
+        r = calibrate(a.model, _scaled(a.data, a.pixel_scale), bs=a.bs, tta=a.tta, device=get_device(a.device), force=a.force,
+                      populations=a.populations, trials=a.trials, lenses=a.lenses, seed=a.seed,
+                      bank=BANK if a.bank is None else a.bank)
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for {c.loc[0.5]:.1%} "
@@ -844,35 +750,35 @@ COMMANDS['calibrate'] = ('recalibrate a flow run on a labelled calibration split
 
 # %% ../nbs/07_cli.ipynb #3023de67
 def _combine_args(c):
-    c.add_argument('--model', required=True, type=Path, help='a run trained with --loss flow')
+    _add(c, '--model', model='a run trained with --loss flow')
     c.add_argument('paths', nargs='+', type=Path, metavar='PATH', help='the lenses: datasets, .npy stacks, image folders, FITS files')
     c.add_argument('--target', action='append', help="the shared target(s) (default: all of the run's targets)")
     c.add_argument('--json', type=Path, help='write the joint medians and intervals to this JSON file (a new file)')
     c.add_argument('--plot', type=Path, help='draw the per-lens and joint posteriors into this image file (.png, .pdf, .svg)')
-    _pixel_scale(c)
-    _force(c)
-    c.add_argument('--tta', action='store_true', help="mix each lens's posteriors over the eight symmetries")
+    _add(c, '--pixel-scale', '--force', '--tta', tta="mix each lens's posteriors over the eight symmetries")
     c.add_argument('--allow-ood', action='store_true', help='combine even when more than 20%% of the lenses (and at least two) are '
                    'unlike the training images (refused otherwise)')
-    c.add_argument('--bs', type=_positive, default=64)
-    c.add_argument('--device', default=None)
+    _add(c, '--bs', '--device')
+
+def _check_combine(a) -> None:
+    "Everything `combine` can refuse before an image is read: the run and targets, each input's kind, the output files."
+    from deeplense_fastai.core import check_output
+    from deeplense_fastai.learner import read_run_config
+    from deeplense_fastai.data import detect_source, paths_read
+    from deeplense_fastai.combine import check_joint, plot_format
+    check_joint(read_run_config(a.model), a.target, a.model)
+    for p in a.paths: detect_source(p)                  # the data module's check (exists, a kind it reads), for every lens first
+    read = [a.model, *paths_read(*a.paths)]
+    if a.json is not None: check_output(a.json, '--json', a.force, protected=read, others=[a.plot])
+    if a.plot is not None:
+        check_output(a.plot, '--plot', a.force, protected=read)
+        plot_format(a.plot)
 
 def cmd_combine(a) -> int:
     "`deeplense combine`: the joint posterior of the parameter(s) shared by all the lenses given."
     from deeplense_fastai.core import get_device, atomic_write
-    from deeplense_fastai.learner import read_run_config
-    from deeplense_fastai.combine import joint_posteriors
-    cfg = read_run_config(a.model)
-    if cfg.loss != 'flow': raise DeepLenseError(f"{a.model}: trained with loss {cfg.loss or 'mse'!r}; posteriors need a run trained with loss 'flow'")
-    for t in a.target or []:
-        if t not in cfg['targets']: raise DeepLenseError(f"--target {t}: the run predicts {', '.join(cfg['targets'])}")
-    for p in a.paths:
-        if not p.exists(): raise DeepLenseError(f"{p}: no such file or directory")
-    from deeplense_fastai.core import check_output
-    if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *_read_by(*a.paths)], others=[a.plot])
-    if a.plot is not None:
-        check_output(a.plot, '--plot', a.force, protected=[a.model, *_read_by(*a.paths)])
-        _plot_format(a.plot)
+    from deeplense_fastai.combine import joint_posteriors, save_joint_plot
+    _check_combine(a)
     with contextlib.redirect_stdout(sys.stderr):
         joints = joint_posteriors(a.model, [_scaled(p, a.pixel_scale) for p in a.paths], a.target, a.bs, a.tta, get_device(a.device),
                                   allow_ood=a.allow_ood)
@@ -884,29 +790,8 @@ def cmd_combine(a) -> int:
         with atomic_write(a.json) as tmp:
             tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic, method=jp.method,
                                                validated=jp.validated) for t, jp in joints.items()}, indent=1))
-    if a.plot is not None: _plot_joints(joints, a.plot)
+    if a.plot is not None: save_joint_plot(joints, a.plot)
     return 0
-
-def _plot_format(path:Path) -> str:
-    "The image format of a --plot path, from its suffix; one line naming the formats matplotlib writes otherwise."
-    import matplotlib; matplotlib.use('Agg')
-    from matplotlib.figure import Figure
-    formats = Figure().canvas.get_supported_filetypes()
-    fmt = path.suffix.lstrip('.').lower()
-    if fmt not in formats: raise DeepLenseError(f"--plot {path}: unknown image format {path.suffix or '(no suffix)'!r}; use one of {', '.join(sorted(formats))}")
-    return fmt
-
-def _plot_joints(joints:dict, path:Path) -> None:
-    "One panel per target: per-lens and joint posteriors (written atomically)."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.interpret import plot_joint_posterior
-    fig, axs = plt.subplots(1, len(joints), figsize=(5 * len(joints), 3.6), squeeze=False)
-    for ax, jp in zip(axs[0], joints.values()): plot_joint_posterior(jp, ax=ax)
-    fig.tight_layout()
-    with atomic_write(path) as tmp: fig.savefig(tmp, dpi=110, format=_plot_format(path))
-    plt.close(fig)
 
 COMMANDS['combine'] = ('joint posterior of a parameter shared by many lenses (flow runs)', None, _combine_args, cmd_combine)
 

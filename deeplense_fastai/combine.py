@@ -14,8 +14,8 @@ import torch.nn as nn
 
 # %% auto #0
 __all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'OOD_COMBINE_SHARE', 'population_images',
-           'calibrate', 'check_ood_share', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine',
-           'shared_target', 'joint_posterior']
+           'calibrate', 'check_ood_share', 'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded',
+           'combine', 'shared_target', 'joint_posterior', 'plot_format', 'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
 from .core import DeepLenseError, atomic_write, file_digest
@@ -224,6 +224,18 @@ def check_ood_share(model:nn.Module, # A run's model with its OOD reference (`lo
     if not allow: raise DeepLenseError(msg + "; pass --allow-ood (allow_ood=True) to combine them anyway")
     (notice or _notice)("note: " + msg)
 
+# %% ../nbs/05e_combine.ipynb #5f447daa
+def check_joint(cfg:RunConfig, # The run's configuration (`read_run_config`: nothing loaded yet)
+                targets:list|None=None, # The shared targets asked for (None: all of the run's)
+                where='the run', # The run's name in the message (its directory)
+               ) -> None:
+    "Refuse, before any image is read, a run without posteriors or a target it does not predict."
+    if cfg.get('loss') != 'flow':
+        raise DeepLenseError(f"{where}: trained with loss {cfg.get('loss') or 'mse'!r}; posteriors need a run trained with loss 'flow'")
+    for t in targets or []:
+        if t not in cfg['targets']: raise DeepLenseError(f"--target {t}: the run predicts {', '.join(cfg['targets'])}")
+
+
 # %% ../nbs/05e_combine.ipynb #8efb2f32
 @dataclass
 class JointPosterior:
@@ -265,8 +277,7 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
     "`joint_posteriors` with a flow run already loaded."
     bs, tta = batching.bs, batching.tta
     cfg = replace(cfg, extra=dict(cfg.extra))            # a copy: the joint calibration drops the recalibration below
-    for t in targets or []:
-        if t not in cfg['targets']: raise DeepLenseError(f"target {t!r}: the run predicts {', '.join(cfg['targets'])}")
+    check_joint(cfg, targets, run_dir)
     joint = cfg.get('joint_calibration')
     if joint:                                            # the joint calibration was fitted on the raw posteriors
         cfg.pop('recalibration')
@@ -332,3 +343,31 @@ def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -
         raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, the posteriors {len(grid)}")
     width = float(cal['systematic'])
     return combine_log_posteriors(logp, grid, log_aggregate=agg, systematic=width), width, 'aggregate+floor', cal.get('validated')
+
+# %% ../nbs/05e_combine.ipynb #047ea7da
+def plot_format(path:str|Path, # Where a figure will be written
+               ) -> str:
+    "The image format of `path`, from its suffix; one clear error naming the formats matplotlib writes otherwise."
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    formats = Figure().canvas.get_supported_filetypes()
+    path = Path(path)
+    fmt = path.suffix.lstrip('.').lower()
+    if fmt not in formats:
+        raise DeepLenseError(f"--plot {path}: unknown image format {path.suffix or '(no suffix)'!r}; use one of {', '.join(sorted(formats))}")
+    return fmt
+
+def save_joint_plot(joints:dict, # `joint_posteriors`' answer: target -> `JointPosterior`
+                    path:str|Path, # The image file (.png, .pdf, .svg, ...), written atomically
+                   ) -> None:
+    "One panel per target: the per-lens and joint posteriors, drawn by `interpret.plot_joint_posterior`."
+    fmt = plot_format(path)
+    import matplotlib.pyplot as plt
+    from deeplense_fastai.interpret import plot_joint_posterior
+    fig, axs = plt.subplots(1, len(joints), figsize=(5 * len(joints), 3.6), squeeze=False)
+    for ax, jp in zip(axs[0], joints.values()): plot_joint_posterior(jp, ax=ax)
+    fig.tight_layout()
+    with atomic_write(Path(path)) as tmp: fig.savefig(tmp, dpi=110, format=fmt)
+    plt.close(fig)
+

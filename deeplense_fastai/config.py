@@ -4,14 +4,16 @@
 
 # %% ../nbs/02d_config.ipynb #edc06e39
 from __future__ import annotations
-import math
+import json, math
+from pathlib import Path
 from dataclasses import dataclass, field, fields, replace
 from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NORMS', 'RUNTIME', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig']
+__all__ = ['NORMS', 'RUNTIME', 'RUN_FILES', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'TrainPlan', 'run_strangers',
+           'is_run_dir', 'clear_run']
 
 # %% ../nbs/02d_config.ipynb #2ac298e3
 from .core import DeepLenseError
@@ -185,3 +187,122 @@ def from_json(cls:RunConfig, d, where='config.json') -> RunConfig:
     _check_targets(d, bad); _check_images(d, bad)
     known = {k: v for k, v in d.items() if k in _field_names() and k not in RUNTIME + ('extra',)}
     return cls(**known, extra={k: v for k, v in d.items() if k not in known and k not in RUNTIME})
+
+# %% ../nbs/02d_config.ipynb #c3cced2a
+@dataclass(frozen=True)
+class TrainPlan:
+    "What a training run is asked to do, checked as a whole before any image is simulated or read (`deeplense train`'s flags)."
+    data: Path|None = None # A dataset to train on (None: simulate `preset`)
+    test: Path|None = None # A held-out test set (None: a tenth of `data` kept back, or a simulated one)
+    preset: str|None = None # With no data: the preset to simulate (None: model_ii)
+    n: int|None = None # With a preset: the images to simulate
+    online: bool = False # Simulate new training images for every batch instead of a fixed set
+    epoch_size: int|None = None # Online: training images per epoch
+    task: str|None = None # 'regress' or 'classify' (None: the continued run's task, else regress)
+    target: list|None = None # Target columns (classify: the one column of class names)
+    arch: str|None = None # Architecture (None: the continued run's, else resnet18)
+    loss: str|None = None # Loss (None: the continued run's, else mse; a classifier's is cross_entropy)
+    opt: str = 'ranger' # Optimiser
+    schedule: str|None = None # Learning-rate schedule (None: one_cycle, or ranger21 with opt ranger21)
+    lr: float = 3e-3 # Peak learning rate
+    freeze_epochs: int = 0 # With init or pretrained: epochs that train only the head first
+    init: Path|None = None # A trained run whose weights start this one
+    pretrained: bool = False # Start from ImageNet weights
+    workers: int = 0 # DataLoader worker processes
+
+    @classmethod
+    def of(cls, values:dict) -> TrainPlan:
+        "A plan from any mapping that uses these names (`vars` of `deeplense train`'s arguments); other keys are left out."
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def resolved(self, start:RunConfig|None=None, # The run this one continues (`init`'s, or a checkpoint's), if any
+                 where:str='--init', # How the message names that run
+                ) -> TrainPlan:
+        "The plan with its defaults filled from `start` (architecture, task, loss) or the house's, its task and loss checked."
+        task = 'classify' if start is not None and start.classes else 'regress'
+        if self.task is not None and start is not None and self.task != task:
+            raise DeepLenseError(f"{where}: it is a {'classifier' if task == 'classify' else 'regression run'}; "
+                                 f"--task {self.task} cannot continue it")
+        p = replace(self, arch=self.arch or (start.arch if start else 'resnet18'), task=self.task or task,
+                    schedule=self.schedule or ('ranger21' if self.opt == 'ranger21' else 'one_cycle'))
+        if p.task == 'classify':
+            if p.loss not in (None, 'cross_entropy'): raise DeepLenseError(f"--loss {p.loss}: a classifier trains with cross-entropy; leave --loss out")
+            if p.target and len(p.target) > 1: raise DeepLenseError("--task classify: give one --target (the column of class names)")
+            if p.online: raise DeepLenseError("--task classify trains on a fixed set: give --data or --preset, not --online")
+            return replace(p, loss='cross_entropy')
+        if p.loss == 'cross_entropy': raise DeepLenseError("--loss cross_entropy: give --task classify (a classifier)")
+        return replace(p, loss=p.loss or (start.loss or 'mse' if start else 'mse'))
+
+    def check(self, start:RunConfig|None=None, # The run this one continues, if any: its architecture must match
+              ) -> None:
+        "Refuse a (resolved) plan whose parts do not go together, naming the flag at fault."
+        if (self.opt == 'ranger21') != (self.schedule == 'ranger21'):
+            raise DeepLenseError("--schedule ranger21 goes with --opt ranger21 and only with it (Ranger21 schedules its own learning rate)")
+        if not (self.lr > 0 and math.isfinite(self.lr)): raise DeepLenseError(f"--lr must be a positive number, got {self.lr}")
+        if self.freeze_epochs < 0: raise DeepLenseError(f"--freeze-epochs must be 0 or more, got {self.freeze_epochs}")
+        if self.freeze_epochs and self.init is None and not self.pretrained:
+            raise DeepLenseError("--freeze-epochs goes with --init or --pretrained (the head of a pretrained network is trained first)")
+        if start is not None and start.arch != self.arch:     # the continued run must fit this one: said before any data is read
+            raise DeepLenseError(f"--init {self.init}: its arch is {start.arch!r}, this run's is {self.arch!r} (leave --arch out to use its)")
+        if self.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {self.workers}")
+        _check_plan_data(self)
+
+def _check_plan_data(p:TrainPlan) -> None:
+    "Where the images come from: a dataset or a preset, a fixed set or an online one, and a preset that has the targets."
+    if p.data is not None and p.preset is not None: raise DeepLenseError("give --data or --preset, not both")
+    if p.data is None: _check_plan_preset(p.preset or 'model_ii', p.task, p.target)
+    elif p.n is not None: raise DeepLenseError("--n goes with --preset (the number of images to simulate)")
+    if p.online and p.data is not None: raise DeepLenseError("--online simulates the training data: give --preset (or nothing), not --data")
+    if p.online and p.n is not None: raise DeepLenseError("--online has no fixed set: give --epoch-size, not --n")
+    if p.epoch_size is not None and not p.online: raise DeepLenseError("--epoch-size goes with --online")
+
+def _check_plan_preset(preset:str, task:str, target) -> None:
+    "The preset exists and simulates every target (a classifier's classes are in its column 'class')."
+    from deeplense_fastai.simulate import get_preset, simulated_targets
+    known = simulated_targets(get_preset(preset))
+    if task == 'classify':
+        if target and target[0] != 'class':
+            raise DeepLenseError(f"--target {target[0]}: a simulated preset names its classes in the column 'class'")
+        return
+    for t in target or []:
+        if t not in known: raise DeepLenseError(f"--target {t}: preset {preset} does not simulate it; its labels: {', '.join(known)}")
+
+
+# %% ../nbs/02d_config.ipynb #e7b2152e
+RUN_FILES = ('models', 'history.csv', 'config.json', 'weights.safetensors', 'model.pkl', 'metrics.json', 'calibration.json',
+             'images_seen.npz', 'ood.safetensors', 'summary_likelihood.safetensors')   # besides the plots (*.png)
+
+def _is_run_file(name:str) -> bool:
+    "Whether a name in a run directory is one `train` or `calibrate` writes (or an atomic write's leftover temporary)."
+    return name in RUN_FILES or name.endswith('.png') or (name.startswith('.') and name.endswith('.tmp'))
+
+def _is_model_file(name:str) -> bool:
+    "What `fit` writes into models/: checkpoints, the best epoch, and atomic writes' temporaries."
+    return name.startswith(('checkpoint', 'best', '.checkpoint', '.best')) and name.endswith(('.pth', '.json', '.tmp'))
+
+def run_strangers(out:Path, # A run directory
+                 ) -> list[str]:
+    "The names in `out` (and in its models/) that no run writes, sorted: what removing a run must leave alone."
+    out = Path(out)
+    names = sorted(f.name for f in out.iterdir() if not _is_run_file(f.name))
+    return names + (sorted(f'models/{f.name}' for f in (out/'models').glob('*') if not _is_model_file(f.name))
+                    if (out/'models').is_dir() else [])
+
+def is_run_dir(out:Path, # A folder
+              ) -> bool:
+    "Whether `out` holds a run: an exported config.json of the run format, or the models/ folder a fit creates."
+    out = Path(out)
+    try:
+        if json.loads((out/'config.json').read_text()).get('format') == 'deeplense_fastai/run': return True
+    except (OSError, ValueError, AttributeError): pass
+    return (out/'models').is_dir()
+
+def clear_run(out:Path, # A run directory that `run_strangers` found clean
+             ) -> None:
+    "Remove a run's own files from `out` (and nothing else): what training from scratch in the same folder starts from."
+    import shutil
+    for f in Path(out).iterdir():
+        if not _is_run_file(f.name): continue
+        if f.is_dir() and not f.is_symlink(): shutil.rmtree(f)
+        else: f.unlink()
+

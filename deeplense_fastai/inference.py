@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['SUMMARY_FILE', 'HPARAM_MAX', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches', 'predict_batches',
+__all__ = ['SUMMARY_FILE', 'HPARAM_MAX', 'MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches', 'predict_batches',
            'get_predictions', 'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'Batching',
-           'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary', 'require_flow',
-           'run_posteriors']
+           'check_samples', 'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary',
+           'require_flow', 'run_posteriors']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, file_digest
@@ -241,6 +241,26 @@ class Batching:
     bs:int=64 # Batch size
     tta:bool=False # Average (or, for posteriors, mix) over the eight symmetries of the square
 
+# %% ../nbs/05b_inference.ipynb #eb152839
+MAX_SAMPLES = 10_000   # a CSV row of more draws than this is no longer a table a person reads; an estimate bounds memory too
+
+def check_samples(samples:int, # Posterior samples asked for, per image and target
+                  cfg:RunConfig, # The run's configuration (only a flow run draws samples)
+                  n_images:int=0, # Images they are drawn for (0: the memory is not estimated yet)
+                  where='the run', # The run's name in the message (its directory)
+                 ) -> None:
+    "Refuse a number of posterior samples that is out of range, asked of a run without posteriors, or would not fit in memory."
+    if samples < 0 or samples > MAX_SAMPLES: raise DeepLenseError(f"--samples {samples}: must be 0 or more and at most {MAX_SAMPLES:,}")
+    if samples and cfg.get('loss') != 'flow':
+        raise DeepLenseError(f"--samples {samples}: {where} is not a flow run (train with loss 'flow' for posteriors)")
+    need = 40 * samples * n_images * len(cfg['targets'])      # float64 draws, the DataFrame's copy and the CSV text
+    import psutil
+    free = psutil.virtual_memory().available       # what can be had without swapping (page cache counted), on any OS
+    if need > free / 2:
+        raise DeepLenseError(f"--samples {samples}: {samples:,} draws for {n_images:,} images need about {need / 1e9:.1f} GB, and "
+                             f"{free / 1e9:.1f} GB of memory is free; ask for fewer samples or fewer images at a time")
+
+
 # %% ../nbs/05b_inference.ipynb #8e5fde7b
 def _posterior_columns(grid:torch.Tensor, logp:torch.Tensor, targets, samples:int=0) -> dict:
     "Per target: pred_ (the median), q05_ ... q95_, and `samples` draws sample<k>_ from its marginal posterior."
@@ -293,9 +313,7 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
                    bad_pixels:str='refuse', # Images with NaN/Inf pixels: 'refuse', 'skip' or 'mask' (see `pixel_status`)
                   ) -> pd.DataFrame:
     "`predict` for a run already loaded and a source already opened: the columns index, file, status, then the values."
-    if samples < 0: raise DeepLenseError(f"samples {samples}: must be 0 or more")
-    if samples and not isinstance(model, FlowRegressor):
-        raise DeepLenseError(f"samples: the run ({cfg.arch}) is not a flow run (train with loss 'flow' for posteriors)")
+    check_samples(samples, cfg, len(src), f"the run ({cfg.arch})")
     from deeplense_fastai.data import masked
     use, keep, status = pixel_status(src, bad_pixels)
     out = pd.DataFrame({'index': np.asarray(src.meta.get('indices', np.arange(len(src)))), 'file': src.labels['file'].to_numpy() if 'file' in src.labels else '',
