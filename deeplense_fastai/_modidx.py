@@ -333,6 +333,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'deeplense_fastai/evaluate.py')},
             'deeplense_fastai.inference': { 'deeplense_fastai.inference.Batching': ( 'inference.html#batching',
                                                                                      'deeplense_fastai/inference.py'),
+                                            'deeplense_fastai.inference.__getattr__': ( 'inference.html#__getattr__',
+                                                                                        'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference._check_record': ( 'inference.html#_check_record',
                                                                                           'deeplense_fastai/inference.py'),
                                             'deeplense_fastai.inference._check_tta': ( 'inference.html#_check_tta',

@@ -426,3 +426,20 @@ def _posteriors_of(model, cfg, opened:list, bs, tta):
     "`run_posteriors` for a flow run already loaded and sources already opened (`_open_all`)."
     parts = [posterior_source(model, cfg, src, bs, tta, g) for src, g in opened]
     return parts[0][0], torch.cat([p[1] for p in parts]), [src for src, _ in opened], cfg
+
+# %% ../nbs/05b_inference.ipynb #c5b925b1
+_MOVED = {**dict.fromkeys(('SEEN', 'image_hashes', 'record_images', 'seen_images', 'score_run', 'score_loaded',
+                           'score_classifier', 'score_classifier_loaded', 'evaluation_columns', 'class_column',
+                           'seen_by_run', 'calibration_report'), 'evaluate'),
+          **dict.fromkeys(('OOD_COMBINE_SHARE', 'MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK',
+                           'check_ood_share', 'population_images', 'calibrate', 'JointPosterior', 'joint_posteriors',
+                           'joint_loaded', 'combine', 'shared_target', 'joint_posterior'), 'combine'),
+          **dict.fromkeys(('BAD_PIXELS', 'input_grid'), 'inputs')}
+
+def __getattr__(name:str):
+    "A name that moved to `evaluate`, `combine` or `inputs`: fetched from there, with a warning naming its new home."
+    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib, warnings
+    warnings.warn(f"deeplense_fastai.inference.{name} moved to deeplense_fastai.{_MOVED[name]}: import it from there",
+                  FutureWarning, stacklevel=2)
+    return getattr(importlib.import_module(f'deeplense_fastai.{_MOVED[name]}'), name)
