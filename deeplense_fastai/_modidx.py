@@ -561,6 +561,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'deeplense_fastai.learner._custom_model': ( 'learner.html#_custom_model',
                                                                                       'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner._finite': ('learner.html#_finite', 'deeplense_fastai/learner.py'),
+                                          'deeplense_fastai.learner._keep_rows_before': ( 'learner.html#_keep_rows_before',
+                                                                                          'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner._last_linear': ( 'learner.html#_last_linear',
                                                                                      'deeplense_fastai/learner.py'),
                                           'deeplense_fastai.learner._learner_start': ( 'learner.html#_learner_start',

@@ -350,10 +350,11 @@ def _check_train_args(a):
     from deeplense_fastai.data import detect_source
     init = read_run_config(a.init) if a.init is not None else None    # a fine-tune continues the run's model and head
     init = init or _resumed(a)                                        # a resume continues the checkpoint's model
-    plan = TrainPlan.of(vars(a)).resolved(init, f"--init {a.init}" if a.init else f"--resume {a.out}")
+    where = f"--init {a.init}" if a.init else f"--resume {a.out}"
+    plan = TrainPlan.of(vars(a)).resolved(init, where)
     a.arch, a.task, a.loss, a.schedule = plan.arch, plan.task, plan.loss, plan.schedule
     _check_names(a)
-    plan.check(init)
+    plan.check(init, where)
     for p in (a.data, a.test):                     # the data module's own check (exists, a kind it reads), said up front
         if p is not None: detect_source(p)
     if a.out is None: a.out = Path('runs')/time.strftime('%Y%m%d-%H%M%S')

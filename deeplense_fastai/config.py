@@ -234,6 +234,7 @@ class TrainPlan:
         return replace(p, loss=p.loss or (start.loss or 'mse' if start else 'mse'))
 
     def check(self, start:RunConfig|None=None, # The run this one continues, if any: its architecture must match
+              where:str='--init', # How the message names that run
               ) -> None:
         "Refuse a (resolved) plan whose parts do not go together, naming the flag at fault."
         if (self.opt == 'ranger21') != (self.schedule == 'ranger21'):
@@ -243,7 +244,7 @@ class TrainPlan:
         if self.freeze_epochs and self.init is None and not self.pretrained:
             raise DeepLenseError("--freeze-epochs goes with --init or --pretrained (the head of a pretrained network is trained first)")
         if start is not None and start.arch != self.arch:     # the continued run must fit this one: said before any data is read
-            raise DeepLenseError(f"--init {self.init}: its arch is {start.arch!r}, this run's is {self.arch!r} (leave --arch out to use its)")
+            raise DeepLenseError(f"{where}: its arch is {start.arch!r}, this run's is {self.arch!r} (leave --arch out to use its)")
         if self.workers < 0: raise DeepLenseError(f"--workers must be 0 or more, got {self.workers}")
         _check_plan_data(self)
 
@@ -301,7 +302,11 @@ def clear_run(out:Path, # A run directory that `run_strangers` found clean
              ) -> None:
     "Remove a run's own files from `out` (and nothing else): what training from scratch in the same folder starts from."
     import shutil
-    for f in Path(out).iterdir():
+    out = Path(out)
+    if any(out.iterdir()) and (not is_run_dir(out) or (strangers := run_strangers(out))):   # never a user's folder
+        raise DeepLenseError(f"{out}: " + (f"holds {strangers[0]!r}, which no run writes" if is_run_dir(out) else
+                             "is not a deeplense_fastai run") + "; nothing removed")
+    for f in out.iterdir():
         if not _is_run_file(f.name): continue
         if f.is_dir() and not f.is_symlink(): shutil.rmtree(f)
         else: f.unlink()

@@ -257,14 +257,24 @@ class HistoryCSV(CSVLogger):
                  start_epoch:int=0, # The first epoch this fit trains (a resumed run's); 0 starts the file afresh
                 ):
         super().__init__(fname, append=start_epoch > 0)
+        self.start_epoch = start_epoch
     def before_fit(self):
         f = self.path/self.fname
         if not (self.append and f.exists() and f.stat().st_size): return super().before_fit()
+        _keep_rows_before(f, self.start_epoch)   # a row written before an interruption beat its checkpoint: retrained now
         self.file = f.open('a')                  # CSVLogger writes a header on every fit: a resumed file keeps its one
         self.old_logger, self.learn.logger = self.logger, self._write_line
     def _write_line(self, log):
         if len(log) < 3: return self.old_logger(log)   # an epoch a resumed run skips: its log holds epoch and time only
         super()._write_line(log)
+
+def _keep_rows_before(f:Path, start:int) -> None:
+    "Keep the header and the rows of epochs before `start` in a history file (rewritten atomically if any other is there)."
+    from deeplense_fastai.core import atomic_write
+    lines = f.read_text().splitlines(True)
+    keep = lines[:1] + [l for l in lines[1:] if (e := l.split(',', 1)[0].strip()).isdigit() and int(e) < start]
+    if len(keep) == len(lines): return
+    with atomic_write(f) as tmp: tmp.write_text(''.join(keep))
 
 class Checkpoint(Callback):
     "Save model, optimiser, epoch and best loss after every epoch (models/checkpoint.pth + .json) for resuming."

@@ -228,6 +228,8 @@ def test_interrupted_training_says_how_to_resume(env, data, tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "--resume" in err, err[-2000:]
     refused(run(*args, "--lr", "1e-3", "--resume", env=env[1]), "fit lr")          # another schedule: refused, not mixed in
+    other = [a if a != "xresnet_small" else "resnet18" for a in args]                 # another architecture: named as the resume
+    assert "--init None" not in refused(run(*other, "--resume", env=env[1]), f"--resume {out}", "its arch is")
     r = run(*args, "--resume", env=env[1])
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(pd.read_csv(out / "history.csv").epoch) == list(range(12))

@@ -110,3 +110,24 @@ def test_diverged_training_is_one_error(dls, tmp_path):
     learn = regression_learner(dls, "xresnet_small", path=tmp_path)
     with learn.no_bar(), pytest.raises(DeepLenseError, match="diverged"):
         fit(learn, 2, 1e10)
+
+
+class InterruptAfterLog(Callback):
+    "Ctrl-C in epoch 1 after history.csv got its row (order 50) but before the checkpoint (order 70) saved the epoch."
+    order = 65
+
+    def after_epoch(self):
+        if self.epoch == 1: raise KeyboardInterrupt
+
+
+def test_resume_after_an_interruption_between_the_log_and_the_checkpoint(dls, tmp_path):
+    learn = regression_learner(dls, "xresnet_small", path=tmp_path)
+    learn.add_cb(InterruptAfterLog())
+    with learn.no_bar(), pytest.raises(KeyboardInterrupt):
+        fit(learn, 3, 3e-3)
+    assert list(pd.read_csv(tmp_path / "history.csv").epoch) == [0, 1]         # epoch 1 logged, not checkpointed
+    assert json.loads((tmp_path / "models" / "checkpoint.json").read_text())["epoch"] == 0
+    resumed = regression_learner(dls, "xresnet_small", path=tmp_path)
+    with resumed.no_bar():
+        fit(resumed, 3, 3e-3, resume=True)
+    assert list(pd.read_csv(tmp_path / "history.csv").epoch) == [0, 1, 2]      # epoch 1 retrained: one row, not two
