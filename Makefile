@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
 export MPLBACKEND := Agg
 
-.PHONY: demo test test-fast sync-check nbtest pytest docs docs-serve browser clean
+.PHONY: demo test test-fast sync-check lint nbtest pytest docs docs-serve browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ sync-check: $(VENV)/.installed-dev
 	@untracked=$$(git ls-files --others --exclude-standard deeplense_fastai nbs); \
 	  if [ -n "$$untracked" ]; then echo "untracked generated files (commit them): $$untracked"; exit 1; fi
 
+# The house's habits on the exported package and the bench (pyproject.toml's [tool.ruff] says which rules and why);
+# a finding in deeplense_fastai/ is fixed in its notebook, then nbdev-export.
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check deeplense_fastai bench
+
 # One notebook at a time: two notebooks training at once on a 2-core machine oversubscribe torch's OpenMP threads,
 # which made them ten times slower when measured. `--flags slow` runs the cells marked `#| slow` too (pyproject.toml's
 # tst_flags): `make test-fast` leaves them out.
@@ -67,9 +72,9 @@ browser:
 pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q --durations=25 tests
 
-test: sync-check nbtest browser pytest
+test: sync-check lint nbtest browser pytest
 
-test-fast: sync-check
+test-fast: sync-check lint
 	$(BIN)/nbdev-test --n-workers 1 --timing --skip-folder-re '^([_.]|tutorials$$)'
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
 

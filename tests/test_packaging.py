@@ -14,9 +14,20 @@ def settings():
     return cfg["DEFAULT"]
 
 
-def test_pyproject_holds_only_build_system_and_nbdev():
+def test_pyproject_holds_only_build_system_nbdev_and_ruff():
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert set(py) == {"build-system", "tool"} and set(py["tool"]) == {"nbdev"}
+    assert set(py) == {"build-system", "tool"} and set(py["tool"]) == {"nbdev", "ruff"}
+
+
+def test_ruff_holds_the_house_rules_and_make_test_runs_it():
+    "Issue 26's habits: 120-character lines, no `;` joins, at most 8 parameters, bounded complexity, run by make test."
+    ruff = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert ruff["line-length"] == 120 and ruff["lint"]["pylint"]["max-args"] == 8
+    assert {"E501", "E702", "E703", "PLR0913", "C901"} <= set(ruff["lint"]["select"])
+    assert ruff["lint"]["mccabe"]["max-complexity"] == 10
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\blint\b", make, re.M) and re.search(r"^test-fast: .*\blint\b", make, re.M)
+    assert "ruff check deeplense_fastai bench" in make and "ruff" in settings()["dev_requirements"]
 
 
 def test_repeated_values_agree_with_settings_ini():
