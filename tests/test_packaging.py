@@ -27,7 +27,23 @@ def test_ruff_holds_the_house_rules_and_make_test_runs_it():
     assert ruff["lint"]["mccabe"]["max-complexity"] == 10
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: .*\blint\b", make, re.M) and re.search(r"^test-fast: .*\blint\b", make, re.M)
-    assert "ruff check deeplense_fastai bench" in make and "ruff" in settings()["dev_requirements"]
+    assert "tools/lint.py" in make and "ruff" in settings()["dev_requirements"]
+
+
+def test_lint_drops_only_nbdevs_own_all_line(tmp_path):
+    "tools/lint.py forgives E501 on the `__all__` line nbdev writes, and nothing else (a planted long line fails)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lint", ROOT / "tools" / "lint.py")
+    lint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lint)
+    mod = ROOT / "deeplense_fastai" / "core.py"
+    row = next(i for i, l in enumerate(mod.read_text().splitlines(), 1) if l.startswith("__all__ = ["))
+    f = lambda code, path, r: dict(code=code, filename=str(path), location=dict(row=r, column=121))
+    assert lint.nbdev_all_line(f("E501", mod, row))
+    assert not lint.nbdev_all_line(f("E501", mod, row + 1)) and not lint.nbdev_all_line(f("E702", mod, row))
+    bench = tmp_path / "x.py"
+    bench.write_text("__all__ = ['a']\n")
+    assert not lint.nbdev_all_line(f("E501", bench, 1))       # outside the package: ours to wrap
 
 
 def test_repeated_values_agree_with_settings_ini():
