@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from fastcore.basics import patch
+from fastcore.meta import delegates
 
 from .core import DeepLenseError, atomic_write
 from .simulate import Preset, SimSpec, get_preset, labels_frame, make_images
@@ -49,7 +49,8 @@ def _identity(spec:SimSpec, n, fmt) -> dict:
 def _read_json(f:Path):
     "A JSON file of ours, or one clear error naming it."
     try: return json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError, OSError) as e: raise DeepLenseError(f"{f}: unreadable ({type(e).__name__}); not ours, or damaged") from None
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise DeepLenseError(f"{f}: unreadable ({type(e).__name__}); not ours, or damaged") from None
 
 def _existing_manifests(out:Path) -> list[dict]:
     "The manifests in directory `out`, in file-name order (so part 0 first)."
@@ -69,7 +70,8 @@ def _check_same_dataset(out:Path, ident:dict) -> dict|None:
                                  f"n={m.get('n')}, seed={m.get('seed')}); choose another directory")
     for f in out.glob('.*.progress.json'):
         if _read_json(f).get('identity') != ident:
-            raise DeepLenseError(f"--out {out}: holds an unfinished different dataset ({f.name}); choose another directory")
+            raise DeepLenseError(f"--out {out}: holds an unfinished different dataset ({f.name}); "
+                                 f"choose another directory")
     marker = _read_json(out/MARKER) if (out/MARKER).exists() else None
     if marker is not None and marker.get('identity') != ident:
         raise DeepLenseError(f"--out {out}: holds a different unfinished dataset; choose another directory")
@@ -85,9 +87,11 @@ def _check_directory(out:Path, ident:dict) -> None:
         raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({sorted(entries)[0]}); "
                              f"nothing was changed; choose an empty or new directory")
     ours = ('images', 'labels', 'manifest', '.images', '.deeplense_fastai', 'no_sub', 'cdm', 'axion')
-    tmp = lambda f: f.endswith('.tmp') and f[1:].startswith(ours)   # atomic_write's temporary of one of ours, left by a kill mid-write
+    # atomic_write's temporary of one of ours, left by a kill mid-write
+    tmp = lambda f: f.endswith('.tmp') and f[1:].startswith(ours)
     strangers = [f for f in entries if not (f.startswith(ours) or tmp(f))]
-    if strangers: raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({strangers[0]})")
+    if strangers:
+        raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({strangers[0]})")
 
 @contextlib.contextmanager
 def _writer_lock(out:Path, shard:int, nshards:int):
@@ -96,7 +100,8 @@ def _writer_lock(out:Path, shard:int, nshards:int):
     f = open(out/f'.lock-{shard}-{nshards}', 'w')
     try:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError: raise DeepLenseError(f"--out {out}: another process is writing part {shard}/{nshards} there now") from None
+        except OSError:
+            raise DeepLenseError(f"--out {out}: another process is writing part {shard}/{nshards} there now") from None
         yield
     finally: f.close()
 
@@ -123,99 +128,92 @@ class DatasetWriter:
         if self.fmt not in ('native', 'deeplense'):
             raise DeepLenseError(f"--format must be 'native' or 'deeplense', got {self.fmt!r}")
         if self.fmt == 'deeplense' and p.target not in ('log10_m_axion', 'f_sub'):
-            raise DeepLenseError(f"--format deeplense: DeepLense files hold one label, the axion mass or f_sub; preset {p.name!r} "
-                                 f"targets {p.target}, which only the native format keeps")
+            raise DeepLenseError(f"--format deeplense: DeepLense files hold one label, the axion mass or f_sub; preset "
+                                 f"{p.name!r} targets {p.target}, which only the native format keeps")
         self.start, self.stop = shard_range(int(self.n), *self.shard)
         self.out, self.names = Path(self.out), _names(*self.shard)
         self.ident = _identity(self.spec, self.n, self.fmt)
 
-
-# %% ../nbs/02b_dataset.ipynb #8086fabf
-@patch
-def write(self:DatasetWriter) -> dict:
-    "Write this part (or resume it, or verify it if complete) and return its manifest."
-    out, (i, k) = self.out, self.shard
-    _check_directory(out, self.ident)
-    if self.stop == self.start: raise DeepLenseError(f"--shard {i}/{k}: this part of {self.n} images is empty")
-    out.mkdir(parents=True, exist_ok=True)
-    with _writer_lock(out, i, k):
-        _check_directory(out, self.ident)            # again, under the lock: another writer may have started meanwhile
-        if not (out/MARKER).exists():
-            with atomic_write(out/MARKER) as tmp: tmp.write_text(json.dumps(dict(identity=self.ident)))
-        m = self._write_native() if self.fmt == 'native' else self._write_deeplense()
-        (out/MARKER).unlink(missing_ok=True)         # the manifest says whose the directory is from now on
-    (out/f'.lock-{i}-{k}').unlink(missing_ok=True)
-    return m
+    def write(self) -> dict:
+        "Write this part (or resume it, or verify it if complete) and return its manifest."
+        out, (i, k) = self.out, self.shard
+        _check_directory(out, self.ident)
+        if self.stop == self.start: raise DeepLenseError(f"--shard {i}/{k}: this part of {self.n} images is empty")
+        out.mkdir(parents=True, exist_ok=True)
+        with _writer_lock(out, i, k):
+            _check_directory(out, self.ident)    # again, under the lock: another writer may have started meanwhile
+            if not (out/MARKER).exists():
+                with atomic_write(out/MARKER) as tmp: tmp.write_text(json.dumps(dict(identity=self.ident)))
+            m = _write_native(self) if self.fmt == 'native' else _write_deeplense(self)
+            (out/MARKER).unlink(missing_ok=True)         # the manifest says whose the directory is from now on
+        (out/f'.lock-{i}-{k}').unlink(missing_ok=True)
+        return m
 
 # %% ../nbs/02b_dataset.ipynb #e05031fb
-@patch
-def _steps(self:DatasetWriter, steps:range):
+def _steps(w:DatasetWriter, steps:range):
     "`steps`, shown as a progress bar when `progress` is on."
-    if not self.progress: return steps
+    if not w.progress: return steps
     from fastprogress.fastprogress import progress_bar
     return progress_bar(steps, total=len(steps))
 
-@patch
-def _write_labels(self:DatasetWriter) -> Path:
+def _write_labels(w:DatasetWriter) -> Path:
     "Write the label table of this part (atomically) and return its path."
-    f = self.out/self.names['labels']
-    labels = labels_frame(self.spec.draw(np.arange(self.start, self.stop)))
+    f = w.out/w.names['labels']
+    labels = labels_frame(w.spec.draw(np.arange(w.start, w.stop)))
     with atomic_write(f) as tmp: labels.to_csv(tmp, index=False)
     return f
 
-@patch
-def _write_manifest(self:DatasetWriter, files:list, **shape) -> dict:
+def _write_manifest(w:DatasetWriter, files:list, **shape) -> dict:
     "Write this part's manifest, the identity plus the sha256 of `files`: its presence means the part is complete."
     from deeplense_fastai import __version__
-    m = dict(self.ident, format_version=1, package_version=__version__, shard=list(self.shard), start=self.start,
-             stop=self.stop, **shape, target=self.spec.preset.target, files={f.name: _sha256(f) for f in files},
+    m = dict(w.ident, format_version=1, package_version=__version__, shard=list(w.shard), start=w.start,
+             stop=w.stop, **shape, target=w.spec.preset.target, files={f.name: _sha256(f) for f in files},
              created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
-    with atomic_write(self.out/self.names['manifest']) as tmp: tmp.write_text(json.dumps(m, indent=1))
+    with atomic_write(w.out/w.names['manifest']) as tmp: tmp.write_text(json.dumps(m, indent=1))
     return m
 
 # %% ../nbs/02b_dataset.ipynb #45a5561c
-@patch
-def _verified(self:DatasetWriter, man:Path) -> dict:
+def _verified(w:DatasetWriter, man:Path) -> dict:
     "The manifest of an already complete part, after checking each of its files against its sha256."
     m = json.loads(man.read_text())
     for fname, digest in m['files'].items():
-        if not (self.out/fname).exists() or _sha256(self.out/fname) != digest:
-            raise DeepLenseError(f"{self.out/fname}: missing or changed since it was written (sha256 mismatch); "
+        if not (w.out/fname).exists() or _sha256(w.out/fname) != digest:
+            raise DeepLenseError(f"{w.out/fname}: missing or changed since it was written (sha256 mismatch); "
                                  f"delete {man.name} and it to regenerate this part")
-    self.log(f"{self.out}: part {self.shard[0]}/{self.shard[1]} already complete and verified ({m['stop'] - m['start']} images)")
+    w.log(f"{w.out}: part {w.shard[0]}/{w.shard[1]} already complete and verified "
+          f"({m['stop'] - m['start']} images)")
     return m
 
-@patch
-def _render_into(self:DatasetWriter, partial:Path, prog:Path) -> None:
+def _render_into(w:DatasetWriter, partial:Path, prog:Path) -> None:
     "Render this part's images into the memory map `partial`, resuming where the progress file `prog` says."
-    p, n_here = self.spec.preset, self.stop - self.start
+    p, n_here = w.spec.preset, w.stop - w.start
     done = json.loads(prog.read_text())['done'] if prog.exists() and partial.exists() else 0
-    arr = np.lib.format.open_memmap(partial, mode='r+' if done else 'w+', dtype=np.float32, shape=(n_here, 1, p.instrument.npix, p.instrument.npix))
-    if done: self.log(f"{self.out}: resuming part {self.shard[0]}/{self.shard[1]} at image {self.start + done}")
-    for s in self._steps(range(done, n_here, self.batch_size)):
-        e = min(s + self.batch_size, n_here)
-        img, _ = make_images(self.spec, self.start + s, self.start + e, device=self.device, compile=self.compile)
+    arr = np.lib.format.open_memmap(partial, mode='r+' if done else 'w+', dtype=np.float32,
+                                    shape=(n_here, 1, p.instrument.npix, p.instrument.npix))
+    if done: w.log(f"{w.out}: resuming part {w.shard[0]}/{w.shard[1]} at image {w.start + done}")
+    for s in _steps(w, range(done, n_here, w.batch_size)):
+        e = min(s + w.batch_size, n_here)
+        img, _ = make_images(w.spec, w.start + s, w.start + e, device=w.device, compile=w.compile)
         arr[s:e, 0] = img.float().cpu().numpy()
         arr.flush()
-        with atomic_write(prog) as tmp: tmp.write_text(json.dumps(dict(identity=self.ident, done=int(e))))
+        with atomic_write(prog) as tmp: tmp.write_text(json.dumps(dict(identity=w.ident, done=int(e))))
     del arr
 
-@patch
-def _write_native(self:DatasetWriter) -> dict:
+def _write_native(w:DatasetWriter) -> dict:
     "Write (or resume, or verify) this part in the native layout; return its manifest."
-    final, man = self.out/self.names['images'], self.out/self.names['manifest']
-    if man.exists(): return self._verified(man)
-    partial, prog = self.out/f'.{final.name}.partial', self.out/f'.{final.name}.progress.json'
-    self._render_into(partial, prog)
+    final, man = w.out/w.names['images'], w.out/w.names['manifest']
+    if man.exists(): return _verified(w, man)
+    partial, prog = w.out/f'.{final.name}.partial', w.out/f'.{final.name}.progress.json'
+    _render_into(w, partial, prog)
     os.replace(partial, final)
-    npix = self.spec.preset.instrument.npix
-    m = self._write_manifest([final, self._write_labels()], image_shape=[1, npix, npix], dtype='float32')
+    npix = w.spec.preset.instrument.npix
+    m = _write_manifest(w, [final, _write_labels(w)], image_shape=[1, npix, npix], dtype='float32')
     prog.unlink(missing_ok=True)
     return m
 
 # %% ../nbs/02b_dataset.ipynb #1ab53f30
 def _deeplense_payload(p:Preset, img:np.ndarray, row) -> np.ndarray:
-    "What one DeepLense file holds: `[image, label]` (object array) where DeepLenseSim stored a label, else the bare image."
+    "What one DeepLense file holds: `[image, label]` (object array) where DeepLenseSim stored a label, else the image."
     if p.target == 'f_sub': return np.array([img, float(row.f_sub)], dtype=object)
     if row._2 == 'axion': return np.array([img, float(10**row.log10_m_axion)], dtype=object)
     return img          # no_sub and cdm: DeepLenseSim saved `lens.image_real` alone
@@ -227,23 +225,23 @@ def _save_new_npy(path:Path, payload:np.ndarray) -> None:
     with atomic_write(path) as tmp:
         with open(tmp, 'wb') as f: np.save(f, payload, allow_pickle=payload.dtype == object)
 
-@patch
-def _write_deeplense(self:DatasetWriter) -> dict:
+def _write_deeplense(w:DatasetWriter) -> dict:
     "Write this part as DeepLense per-image files (skipping those on disk); return its manifest."
-    spec, p = self.spec, self.spec.preset
-    fname = lambda i, c: self.out/c/f'{c}_sim_{i:07d}.npy'
-    for s in self._steps(range(self.start, self.stop, self.batch_size)):
-        e = min(s + self.batch_size, self.stop)
+    spec, p = w.spec, w.spec.preset
+    fname = lambda i, c: w.out/c/f'{c}_sim_{i:07d}.npy'
+    for s in _steps(w, range(w.start, w.stop, w.batch_size)):
+        e = min(s + w.batch_size, w.stop)
         prm = spec.draw(np.arange(s, e))
         if all(fname(i, c).exists() for i, c in zip(prm['index'], prm['cls'])): continue
-        imgs, prm = make_images(spec, s, e, device=self.device, compile=self.compile)
+        imgs, prm = make_images(spec, s, e, device=w.device, compile=w.compile)
         imgs = imgs.double().cpu().numpy()
         if p.observation.noise == 'counts' and spec.noise: imgs = np.rint(imgs).astype(np.int64)
         for img, row in zip(imgs, labels_frame(prm).itertuples()):
             _save_new_npy(fname(row.index, row._2), _deeplense_payload(p, img, row))
-    return self._write_manifest([self._write_labels()], image_shape=[p.instrument.npix, p.instrument.npix])
+    return _write_manifest(w, [_write_labels(w)], image_shape=[p.instrument.npix, p.instrument.npix])
 
 # %% ../nbs/02b_dataset.ipynb #f0e22ee9
+@delegates(DatasetWriter, but='spec')
 def write_dataset(out:str|Path, # Directory to write (created if missing)
                   preset:str|Preset='model_ii', # Preset name or recipe
                   n:int=1000, # Images in the whole dataset (all shards together)
@@ -252,15 +250,13 @@ def write_dataset(out:str|Path, # Directory to write (created if missing)
                   fmt:str='native', # 'native' or 'deeplense'
                   shard:tuple[int, int]=(0, 1), # (i, k): write only part i of k (0-based)
                   noise:bool=True, # Add the preset's noise
-                  device=None, # torch device for rendering
-                  batch_size:int=64, # Images rendered at once
-                  progress:bool=True, # Show a progress bar
-                  log=print, # Where to report resuming/verifying
-                  compile:bool=False, # Fuse the point-mass sums with torch.compile
+                  # the writer's other settings: device, batch_size, progress, log, compile (below)
+                  **kwargs,
                  ) -> dict:
     "Write (part of) a simulated dataset to `out`; resumes an interrupted run and verifies a finished one."
-    spec = SimSpec(preset, seed, classes, noise)
-    return DatasetWriter(out, spec, n, fmt, shard, device, batch_size, progress, log, compile).write()
+    return DatasetWriter(out, SimSpec(preset, seed, classes, noise), n, fmt, shard, **kwargs).write()
+
+write_dataset.__delwrap__ = DatasetWriter   # docments reads the fields' comments in the class (its `__init__` has none)
 
 # %% ../nbs/02b_dataset.ipynb #3ec835a8
 def _complete_parts(path:Path) -> list[dict]:
@@ -285,7 +281,8 @@ def _open_part(path:Path, m:dict):
     try: arr = np.load(path/names['images'], mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError) as e: raise DeepLenseError(f"{path/names['images']}: unreadable ({e})") from None
     if arr.shape[0] != m['stop'] - m['start']:
-        raise DeepLenseError(f"{path/names['images']}: holds {arr.shape[0]} images, manifest says {m['stop'] - m['start']}")
+        raise DeepLenseError(f"{path/names['images']}: holds {arr.shape[0]} images, manifest says "
+                             f"{m['stop'] - m['start']}")
     return arr, pd.read_csv(path/names['labels'])
 
 # %% ../nbs/02b_dataset.ipynb #9f2f2bda
@@ -349,7 +346,8 @@ def cached_simulation(preset:str, # A preset name
     with open(path.parent/f'.{path.name}.lock', 'w') as f:    # a second run needing the same cache waits for the first
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            print(f"note: another deeplense process is simulating {path.name} into the cache; waiting for it", file=sys.stderr)
+            print(f"note: another deeplense process is simulating {path.name} into the cache; waiting for it",
+                  file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
         write_dataset(path, preset, n, seed, classes=classes, progress=False, log=lambda *a: None, device=device)
     return path

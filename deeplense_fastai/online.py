@@ -6,10 +6,12 @@
 # %% ../nbs/02c_online.ipynb #6211e96c
 from __future__ import annotations
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from fastcore.basics import store_attr
+from fastcore.meta import delegates
 from .core import DeepLenseError, fastai_import
 with fastai_import():
     from fastai.callback.core import Callback, CancelTrainException, CancelFitException
@@ -20,12 +22,13 @@ from .simulate import Preset, SimSpec, LABEL_COLUMNS, get_preset, make_images, d
 from .simulate import _as_spec
 
 # %% auto #0
-__all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', 'OnlineSim', 'Positions', 'OnlineDL',
-           'OnlineEpoch', 'target_moments', 'Budget']
+__all__ = ['TRAIN_START', 'TARGETS', 'PILOT', 'PILOT_IMAGES', 'epoch_indices', 'target_scaling', 'scale_targets', 'OnlineSim',
+           'Positions', 'OnlineDL', 'OnlineEpoch', 'target_moments', 'Budget']
 
 # %% ../nbs/02c_online.ipynb #215c4db3
 TRAIN_START = 2**32   # first index of online training images; [0, TRAIN_START) is for fixed (validation, test) sets
-TARGETS = tuple(c for c in LABEL_COLUMNS if c not in ('index', 'class'))   # the labels every preset simulates (its parts add more)
+# the labels every preset simulates (its parts add more)
+TARGETS = tuple(c for c in LABEL_COLUMNS if c not in ('index', 'class'))
 
 def epoch_indices(epoch:int, # Training epoch (0-based)
                   epoch_size:int, # Images per epoch, all processes together
@@ -39,9 +42,42 @@ def epoch_indices(epoch:int, # Training epoch (0-based)
     lo, hi = epoch_size * rank // world, epoch_size * (rank + 1) // world
     return start + int(epoch) * epoch_size + np.arange(lo, hi, dtype=np.int64)
 
+# %% ../nbs/02c_online.ipynb #1f55e881
+def target_scaling(y:np.ndarray, # Training targets, (N, T)
+                   standardize:bool=True, # False: (0, 1), targets left as they are
+                  ) -> tuple:
+    "Mean and std (per target) that standardise the training targets `y`; `(0, 1)` when not standardising."
+    if not standardize: return np.zeros(y.shape[1]), np.ones(y.shape[1])
+    return y.mean(0), y.std(0) + 1e-12
+
+def scale_targets(y, # Targets in physical units, (N, T)
+                  mean, # Mean of each target, from `target_scaling`
+                  std, # Its standard deviation
+                 ) -> np.ndarray:
+    "Standardised targets `(y - mean) / std` (computed in float64), as float32."
+    return ((np.asarray(y, dtype=np.float64) - mean) / std).astype(np.float32)
+
 # %% ../nbs/02c_online.ipynb #ad618c1b
+def _delegates_fields(cls, keep:bool=False):
+    "fastcore's `delegates` to the dataclass `cls`: its fields join the signature, and their comments the docs."
+    def _f(f):
+        f = delegates(cls, keep=keep)(f)
+        f.__delwrap__ = cls     # docments reads the field comments in the class (its `__init__` has no source)
+        return f
+    return _f
+
+@dataclass(frozen=True)
+class _Rendering:
+    "How `OnlineSim` renders: where epochs start, on which device, and its speed settings."
+    start: int = TRAIN_START # Index of the first training image
+    device: object = None # Where to simulate
+    compile: bool = False # Fuse the point-mass sums with torch.compile
+    sync: bool = False # Wait for the GPU before stopping the clock (exact `seconds`, a little slower)
+    keep: int = 2 # Rendered blocks kept for the next batch
+
 class OnlineSim:
     "Images and standardised targets of given global indices, rendered in canonical blocks (picklable)."
+    @_delegates_fields(_Rendering)
     def __init__(self, spec:SimSpec|Preset, # What to simulate; older form: a preset, with `seed`, `classes`, `noise`
                  targets, # Target columns, e.g. ['log10_m_axion']
                  seed:int|None=None, # Older form only: seed of every image (default 0)
@@ -50,17 +86,15 @@ class OnlineSim:
                  target_mean=0., # Subtracted from the targets
                  target_std=1., # Then divided into them
                  epoch_size:int|None=None, # Images per epoch (all processes); required
-                 start:int=TRAIN_START, # Index of the first training image
-                 device=None, # Where to simulate
-                 compile:bool=False, # Fuse the point-mass sums with torch.compile
-                 sync:bool=False, # Wait for the GPU before stopping the clock (exact `seconds`, a little slower)
-                 keep:int=2, # Rendered blocks kept for the next batch
+                 **kwargs, # How to render: `start`, `device`, `compile`, `sync`, `keep` (below)
                 ):
+        r = _Rendering(**kwargs)
         if epoch_size is None: raise DeepLenseError("OnlineSim: epoch_size (images per epoch) is missing")
         self.spec = _as_spec(spec, seed, classes, noise, 'OnlineSim')
-        store_attr('targets,epoch_size,start,compile,sync,keep')
+        store_attr('targets,epoch_size')
+        self.start, self.compile, self.sync, self.keep = r.start, r.compile, r.sync, r.keep
         self.target_mean, self.target_std = np.asarray(target_mean, np.float32), np.asarray(target_std, np.float32)
-        self.device = torch.device(device or 'cpu')
+        self.device = torch.device(r.device or 'cpu')
         self.seconds, self.images, self._cache = 0., 0, {}
 
     def __getstate__(self): return dict(self.__dict__, _cache={})   # never pickle rendered images
@@ -75,7 +109,7 @@ class OnlineSim:
             img, prm = make_images(self.spec, b0, b0 + blk, device=self.device, compile=self.compile)
             y = np.stack([np.asarray(prm[t], dtype=np.float64) for t in self.targets], 1)
             while len(self._cache) >= self.keep: self._cache.pop(next(iter(self._cache)))
-            self._cache[b0] = img, ((y - self.target_mean) / self.target_std).astype(np.float32)
+            self._cache[b0] = img, scale_targets(y, self.target_mean, self.target_std)
         return self._cache[b0]
 
     def __call__(self, idx) -> tuple:
@@ -156,10 +190,9 @@ def target_moments(p:Preset, # The recipe
     pilot = np.stack([np.asarray(prm[t], dtype=np.float64) for t in targets], 1)
     ok = np.isfinite(pilot).all(0)
     if not ok.all():
-        raise DeepLenseError(f"target {targets[int(np.argmin(ok))]!r} is undefined for some images of preset {p.name!r} "
-                             f"with classes {', '.join(classes)}")
-    if not standardize: return np.zeros(len(targets)), np.ones(len(targets))
-    return pilot.mean(0), pilot.std(0) + 1e-12
+        raise DeepLenseError(f"target {targets[int(np.argmin(ok))]!r} is undefined for some images of preset "
+                             f"{p.name!r} with classes {', '.join(classes)}")
+    return target_scaling(pilot, standardize)
 
 # %% ../nbs/02c_online.ipynb #48df6df6
 class Budget(Callback):
