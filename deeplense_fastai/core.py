@@ -45,13 +45,16 @@ def get_device(device:str|None=None, # 'cpu', 'cuda', 'cuda:1', ... or None for 
     import torch
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try: dev = torch.device(device)
-    except (RuntimeError, TypeError): raise DeepLenseError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
-    if dev.type not in ('cpu', 'cuda', 'mps'): raise DeepLenseError(f"device {device!r} cannot run models (use cpu, cuda or cuda:N)")
+    except (RuntimeError, TypeError):
+        raise DeepLenseError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type not in ('cpu', 'cuda', 'mps'):
+        raise DeepLenseError(f"device {device!r} cannot run models (use cpu, cuda or cuda:N)")
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise DeepLenseError(f"device {device!r}: CUDA is not available on this machine")
     if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DeepLenseError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise DeepLenseError(f"device {device!r}: MPS is not available")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise DeepLenseError(f"device {device!r}: MPS is not available")
     return dev
 
 # %% ../nbs/00_core.ipynb #d505f7ac
@@ -104,13 +107,15 @@ def cache_dir(*parts:str, # Sub-folders inside the cache
     "The library's cache directory (created if missing), or a sub-folder of it."
     root = os.environ.get('DEEPLENSE_CACHE')
     if root is not None and not root.strip():       # an empty value would put the cache in the working directory
-        raise DeepLenseError("DEEPLENSE_CACHE is set but empty: name a directory, or unset it for ~/.cache/deeplense_fastai")
+        raise DeepLenseError("DEEPLENSE_CACHE is set but empty: name a directory, "
+                             "or unset it for ~/.cache/deeplense_fastai")
     if root is None:
         root = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'deeplense_fastai'
     path = Path(root).expanduser().joinpath(*parts)
     try: path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DeepLenseError(f"cache directory {path}: cannot be created ({e.strerror}); set DEEPLENSE_CACHE to a writable directory") from None
+        raise DeepLenseError(f"cache directory {path}: cannot be created ({e.strerror}); "
+                             "set DEEPLENSE_CACHE to a writable directory") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise DeepLenseError(f"cache directory {path}: not writable; set DEEPLENSE_CACHE to a writable directory")
     return path
@@ -127,13 +132,15 @@ def atomic_write(path:str|Path, # The file to create or replace
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    umask = os.umask(0); os.umask(umask)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         try: yield tmp
         except Exception as e:
             if isinstance(e, (DeepLenseError, OSError)) or not _write_failure(e): raise
             raise _full_disk(path) from e      # torch's and safetensors' writers report a full disk in their own words
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp (and some writers, e.g. safetensors) make 0600; shared files get the usual mode
+        # mkstemp (and some writers, e.g. safetensors) make 0600; shared files get the usual mode
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -141,7 +148,8 @@ def atomic_write(path:str|Path, # The file to create or replace
 def _write_failure(e:Exception) -> bool:
     "Whether a non-OSError from a file writer (torch.save, safetensors) says that writing failed."
     s = str(e).lower()
-    return any(w in s for w in ('write failed', 'failed writing', 'ioerror', 'file write', 'no space', 'inline_container'))
+    return any(w in s for w in ('write failed', 'failed writing', 'ioerror', 'file write', 'no space',
+                                'inline_container'))
 
 def _full_disk(path:Path) -> OSError:
     "The OSError a full disk (or, under `ulimit -f`, the file-size limit) gives, naming `path`."
@@ -165,20 +173,33 @@ def check_output(path:str|Path, # The output file the user named
     "Refuse, in one line and before any work, an output path that would lose data (see above); return it as a `Path`."
     path = Path(path)
     if not str(path).strip(): raise DeepLenseError(f"{flag}: an empty path; name a file")
-    for p in protected:
-        if _inside(path, Path(p)): raise DeepLenseError(f"{flag} {path}: inside {p}, which this command reads; write elsewhere")
-    for o in others:
-        if o is not None and Path(o).absolute() == path.absolute(): raise DeepLenseError(f"{flag} {path}: also given as another output")
+    _check_clashes(path, flag, protected, others)
     if path.is_dir() and not path.is_symlink(): raise DeepLenseError(f"{flag} {path}: is a directory; give a file name")
     if path.exists() and not path.is_file() and not path.is_symlink():
         raise DeepLenseError(f"{flag} {path}: not a regular file (a device, FIFO or socket); give a file name")
-    if path.is_symlink() and not force: raise DeepLenseError(f"{flag} {path}: is a symbolic link; refusing to write through it (--force replaces the link)")
-    if path.exists() and not force: raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it (--force replaces it)")
+    if path.is_symlink() and not force:
+        raise DeepLenseError(f"{flag} {path}: is a symbolic link; "
+                             "refusing to write through it (--force replaces the link)")
+    if path.exists() and not force:
+        raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it (--force replaces it)")
+    _check_parent(path, flag)
+    return path
+
+def _check_clashes(path:Path, flag:str, protected, others):
+    "Refuse `path` inside a path the command reads, or named by another output too."
+    for p in protected:
+        if _inside(path, Path(p)):
+            raise DeepLenseError(f"{flag} {path}: inside {p}, which this command reads; write elsewhere")
+    for o in others:
+        if o is not None and Path(o).absolute() == path.absolute():
+            raise DeepLenseError(f"{flag} {path}: also given as another output")
+
+def _check_parent(path:Path, flag:str):
+    "Refuse `path` whose directory is missing, is not a directory, or is not writable."
     d = path.absolute().parent
     if d.exists() and not d.is_dir(): raise DeepLenseError(f"{flag} {path}: {d} is not a directory")
     if not d.is_dir(): raise DeepLenseError(f"{flag} {path}: the directory {d} does not exist")
     if not os.access(d, os.W_OK): raise DeepLenseError(f"{flag} {path}: the directory {d} is not writable")
-    return path
 
 def file_digest(path:str|Path, # A file
                ) -> str:
@@ -192,7 +213,8 @@ def file_digest(path:str|Path, # A file
 # %% ../nbs/00_core.ipynb #6fa2296d
 @contextlib.contextmanager
 def fastai_import():
-    "Context manager around the library's fastai imports: hides fastai 2.8's torch.jit.script FutureWarning, nothing else."
+    ("Context manager around the library's fastai imports: "
+     "hides fastai 2.8's torch.jit.script FutureWarning, nothing else.")
     import warnings
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
