@@ -432,8 +432,7 @@ def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of 
                        # `classes`, `noise`, `sim_device`, `compile`, `progress` (below)
                        **kwargs,
                       ) -> DataLoaders:
-    ("fastai DataLoaders whose training batches are simulated as they are needed (new every epoch), with a fixed "
-     "validation set.")
+    "fastai DataLoaders whose training batches are simulated when needed (new every epoch); a fixed validation set."
     pipe, kwargs = LoaderPlan.take(pipe, **kwargs)
     classes, noise, sim_device, compile, progress = _options(kwargs, classes=None, noise=True, sim_device=None,
                                                              compile=False, progress=True)

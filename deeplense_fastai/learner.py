@@ -1022,8 +1022,7 @@ def classification_learner(dls, # DataLoaders from `class_dataloaders`
                            **kw,
                           ) -> Learner:
     """A fastai Learner that classifies lenses by their substructure: cross-entropy, accuracy and one-vs-rest ROC AUC.
-    Keywords `metrics`, `wd` and `cbs` go to fastai's `Learner` (`LearnerSettings`), any other to the model
-    constructor."""
+    As for `regression_learner`, `metrics`, `wd` and `cbs` are fastai's (`LearnerSettings`), the rest the model's."""
     ls, model_kw = LearnerSettings.split(kw)
     cfg, shape, build_kw = _learner_start(dls, arch, pretrained, init, model_kw)
     if not cfg.classes:
