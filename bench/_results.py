@@ -85,7 +85,8 @@ def versus(a: dict, b: dict, min_seeds: int = 3) -> str:
     carry `trained`. 'first lower', 'second lower', 'not separated' (the means differ by at most twice the larger seed
     sd), or why no call is made: a run that never trained is not a baseline, fewer than `min_seeds` seeds measure too
     little noise."""
-    if not (a.get("trained", True) and b.get("trained", True)): return "refused: a run that never trained is not a baseline"
+    if not (a.get("trained", True) and b.get("trained", True)):
+        return "refused: a run that never trained is not a baseline"
     if min(a["n"], b["n"]) < min_seeds or a["sd"] is None or b["sd"] is None:
         return f"fewer than {min_seeds} training seeds: not called"
     d, bar = b["mean"] - a["mean"], 2 * max(a["sd"], b["sd"])

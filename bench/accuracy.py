@@ -1,16 +1,16 @@
 """Accuracy protocol: every architecture of the proposal on the same simulated data, the same recipe, one table.
 
-    python bench/accuracy.py --small [--archs resnet18,...] [--epochs 8]     # CPU protocol (model_ii, 8k training images)
-    python bench/accuracy.py --full --preset model_i --device cuda          # the published protocol (30k / 5k)
+    python bench/accuracy.py --small [--archs resnet18,...] [--epochs 8]  # CPU protocol (model_ii, 8k training images)
+    python bench/accuracy.py --full --preset model_i --device cuda        # the published protocol (30k / 5k)
 
 Data come from the simulator (train: seed 0, 10% of it held out for validation; test: seed 99), are written once into
 the cache and reused. Each architecture: a short learning-rate finder (fastai's `lr_find`, 100 steps from 1e-6 to
 1e-1, weights restored afterwards) whose smoothed-loss minimum, clipped to [1e-3, 1e-2], is the peak rate of the
-one-cycle schedule (see `find_lr` for why not `valley`); then the DeepLense recipe (Ranger, one-cycle, per-image min-max, the square's symmetries) for the
-same number of epochs, the epoch with the best validation loss kept; seeds fixed. The held-out test set is scored with
-and without test-time augmentation (the eight symmetries of the square), with a bootstrap 68%/95% interval of the MAE
-(1,000 resamples of the test set) and the per-image predictions kept, so that two architectures can be compared by a
-paired bootstrap.
+one-cycle schedule (see `find_lr` for why not `valley`); then the DeepLense recipe (Ranger, one-cycle, per-image
+min-max, the square's symmetries) for the same number of epochs, the epoch with the best validation loss kept; seeds
+fixed. The held-out test set is scored with and without test-time augmentation (the eight symmetries of the square),
+with a bootstrap 68%/95% interval of the MAE (1,000 resamples of the test set) and the per-image predictions kept, so
+that two architectures can be compared by a paired bootstrap.
 
 One JSON file per architecture, bench/results/accuracy/<preset>-<arch>.json (machine, versions, date, command), written
 when the architecture is done; an architecture whose file exists with the same protocol is skipped (the sweep resumes
@@ -40,7 +40,8 @@ from pathlib import Path
 
 from _results import RESULTS, header, write_json
 
-PUBLISHED = {"model_i": "MAE 0.274 (XResNet18 hybrid)", "model_ii": "MAE 0.216 (ResNet34)", "model_iii": "MAE 0.126 (XResNet18 hybrid)",
+PUBLISHED = {"model_i": "MAE 0.274 (XResNet18 hybrid)", "model_ii": "MAE 0.216 (ResNet34)",
+             "model_iii": "MAE 0.126 (XResNet18 hybrid)",
              "fsub": "MSE 6.1e-5, R^2 0.72 (ResNet18)"}
 SMALL_ARCHS = ("resnet18,xresnet18,xresnet_small,mresunet_small,mresunet_att_small,attention_unet_small,"
                "residual_attention_small,resnet34,resnet50,attention_unet,residual_attention_56,mresunet,mresunet_att,"
@@ -71,7 +72,8 @@ def find_lr(learn):
 
 def protocol(a, preset, n_train, n_test, epochs):
     return dict(preset=preset, n_train=n_train, n_test=n_test, epochs=epochs, bs=a.bs, size=a.size,
-                lr="lr_find (100 steps, 1e-6 to 1e-1): smoothed-loss minimum, clipped to [1e-3, 1e-2]" if a.lr is None else a.lr)
+                lr="lr_find (100 steps, 1e-6 to 1e-1): smoothed-loss minimum, clipped to [1e-3, 1e-2]" if a.lr is None
+                else a.lr)
 
 
 def score(model, cfg, test, tta):
@@ -104,7 +106,8 @@ def run_arch(arch, a, preset, train_dir, test, epochs, device):
     plain, pred, y = score(learn.model, cfg, test, tta=False)
     tta, pred_tta, _ = score(learn.model, cfg, test, tta=True)
     size = cfg.get("size") or test.image_shape[-1]
-    return dict(arch=arch, params=count_parameters(learn.model), gmacs=round(count_macs(learn.model.cpu(), size) / 1e9, 3),
+    return dict(arch=arch, params=count_parameters(learn.model),
+                gmacs=round(count_macs(learn.model.cpu(), size) / 1e9, 3),
                 image_px=size, lr=lr, lr_found=found, lr_find_seconds=t1 - t0, train_seconds=dt,
                 train_img_per_s=epochs * cfg["n_train"] / dt, test=plain, test_tta=tta,
                 predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
@@ -138,7 +141,8 @@ def run_online(arch, fixed, a, preset, train_dir, test, epochs, device):
                 budget_images=total, images_seen=cb.images, sim_seconds=sim_s,
                 sim_share=sim_s / cb.train_s, train_seconds=cb.train_s, seconds=dt,
                 train_img_per_s=cb.images / cb.train_s, fixed_train_seconds=fixed["train_seconds"],
-                fixed_train_img_per_s=fixed["train_img_per_s"], fixed_test=fixed["test"], fixed_test_tta=fixed["test_tta"],
+                fixed_train_img_per_s=fixed["train_img_per_s"], fixed_test=fixed["test"],
+                fixed_test_tta=fixed["test_tta"],
                 test=plain, test_tta=tta, predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
 
 
@@ -156,18 +160,23 @@ def main():
     ap.add_argument("--archs", default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--bs", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=None, help="fixed peak learning rate (default: lr_find per architecture)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="fixed peak learning rate (default: lr_find per architecture)")
     ap.add_argument("--size", type=int, default=None, help="resize images (e.g. 64 for Model I on a CPU)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--force", action="store_true", help="re-run architectures whose results exist")
-    ap.add_argument("--out", default=None, help="folder of the per-architecture results (default: bench/results/accuracy, "
+    ap.add_argument("--out", default=None,
+                    help="folder of the per-architecture results (default: bench/results/accuracy, "
                     "or accuracy_online with --online)")
     ap.add_argument("--online", action="store_true", help="online simulation at each fixed run's wall-clock budget")
-    ap.add_argument("--fixed", default=str(RESULTS / "accuracy"), help="with --online: folder of the fixed-data results")
-    ap.add_argument("--max-images", type=int, default=None, help="with --online: cap the budget (a quick check of the script)")
+    ap.add_argument("--fixed", default=str(RESULTS / "accuracy"),
+                    help="with --online: folder of the fixed-data results")
+    ap.add_argument("--max-images", type=int, default=None,
+                    help="with --online: cap the budget (a quick check of the script)")
     a = ap.parse_args()
     a.out = a.out or str(RESULTS / ("accuracy_online" if a.online else "accuracy"))
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir, get_device
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.dataset import write_dataset
@@ -194,33 +203,39 @@ def main():
     for arch in archs:
         path = Path(a.out) / f"{preset}-{arch}.json"
         if done(path, proto, a.force):
-            print(f"| {arch} | (done: {path.name}) |", flush=True); continue
+            print(f"| {arch} | (done: {path.name}) |", flush=True)
+            continue
         row = run_arch(arch, a, preset, train_dir, test, epochs, device)
         t, tt = row["test"], row["test_tta"]
         print(f"| {arch} | {row['params'] / 1e6:.2f}M | {row['gmacs']:.2f} | {row['lr']:.1e} | {t['mae']:.4f} "
-              f"({t['mae_lo95']:.4f}-{t['mae_hi95']:.4f}) | {tt['mae']:.4f} | {t['r2']:.3f} | {row['train_img_per_s']:.0f} | "
-              f"{row['train_seconds'] / 60:.1f} min |", flush=True)
+              f"({t['mae_lo95']:.4f}-{t['mae_hi95']:.4f}) | {tt['mae']:.4f} | {t['r2']:.3f} | "
+              f"{row['train_img_per_s']:.0f} | {row['train_seconds'] / 60:.1f} min |", flush=True)
         write_json(path, {**header("accuracy"), "protocol": proto, "published": PUBLISHED.get(preset), **row})
 
 
 def main_online(a, archs, preset, train_dir, test, epochs, device, proto):
     "The online table: every architecture with a fixed-data result of the same protocol, at that run's budget."
-    print("| architecture | fixed MAE | online MAE (95% bootstrap) | MAE with TTA | images seen | simulation share | time |")
+    print("| architecture | fixed MAE | online MAE (95% bootstrap) | MAE with TTA | images seen | "
+          "simulation share | time |")
     print("|---|---|---|---|---|---|---|")
     for arch in archs:
         src, path = Path(a.fixed) / f"{preset}-{arch}.json", Path(a.out) / f"{preset}-{arch}.json"
         fixed = json.loads(src.read_text()) if src.exists() else None
         if fixed is None or fixed.get("protocol") != proto:
-            print(f"| {arch} | (no fixed-data result of this protocol in {a.fixed}: run it first) |", flush=True); continue
+            print(f"| {arch} | (no fixed-data result of this protocol in {a.fixed}: run it first) |", flush=True)
+            continue
         online_proto = dict(proto, online=f"charged wall-clock budget of the fixed run ({a.max_images or epochs} "
                             f"{'images' if a.max_images else 'epochs'})", fixed_date=fixed["date"])
         if done(path, online_proto, a.force):
-            print(f"| {arch} | (done: {path.name}) |", flush=True); continue
+            print(f"| {arch} | (done: {path.name}) |", flush=True)
+            continue
         row = run_online(arch, fixed, a, preset, train_dir, test, epochs, device)
         t, tt = row["test"], row["test_tta"]
-        print(f"| {arch} | {fixed['test']['mae']:.4f} | {t['mae']:.4f} ({t['mae_lo95']:.4f}-{t['mae_hi95']:.4f}) | {tt['mae']:.4f} | "
+        print(f"| {arch} | {fixed['test']['mae']:.4f} | {t['mae']:.4f} ({t['mae_lo95']:.4f}-{t['mae_hi95']:.4f}) | "
+              f"{tt['mae']:.4f} | "
               f"{row['images_seen']} | {row['sim_share']:.1%} | {row['seconds'] / 60:.1f} min |", flush=True)
-        write_json(path, {**header("accuracy_online"), "protocol": online_proto, "published": PUBLISHED.get(preset), **row})
+        write_json(path, {**header("accuracy_online"), "protocol": online_proto, "published": PUBLISHED.get(preset),
+                          **row})
 
 
 if __name__ == "__main__":

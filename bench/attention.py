@@ -67,10 +67,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="model_ii")
     ap.add_argument("--images", type=int, default=4, help="test images whose maps are kept for the figures")
-    ap.add_argument("--summary-images", type=int, default=256, help="test images the attention shares are averaged over")
+    ap.add_argument("--summary-images", type=int, default=256,
+                    help="test images the attention shares are averaged over")
     ap.add_argument("--json", default=None, help="results file (default bench/results/attention.json)")
     a = ap.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.data import open_source
     from deeplense_fastai.inference import load_run, predict_source
@@ -78,7 +80,7 @@ def main():
     from deeplense_fastai.simulate import get_preset
     preset, seed = get_preset(a.preset), 99
     test = open_source(cache_dir("bench") / f"{a.preset}-n2000-seed{seed}")
-    many = np.arange(min(a.summary_images, len(test)))                 # the first test images: masses uniform in the prior
+    many = np.arange(min(a.summary_images, len(test)))  # the first test images: masses uniform in the prior
     vortex = vortex_mask(preset, test.labels["index"].to_numpy()[many], seed)
     control = vortex_mask(preset, test.labels["index"].to_numpy()[many], seed, turn=np.pi / 2)
     rows = []
@@ -93,18 +95,23 @@ def main():
         with torch.no_grad(): pred = predict_source(model, cfg, test.subset(idx), bs=len(idx))[0][:, 0]
         xs = cfg.normalise(torch.from_numpy(np.stack([test.image(i) for i in many])))
         with torch.no_grad(): mm = attention_maps(model, xs)
-        rows.append(dict(arch=arch, indices=idx, truth=[float(v) for v in test.labels[cfg["targets"][0]].to_numpy()[idx]],
+        rows.append(dict(arch=arch, indices=idx,
+                         truth=[float(v) for v in test.labels[cfg["targets"][0]].to_numpy()[idx]],
                          prediction=[float(v) for v in pred], layers=len(maps), summary_images=len(many),
                          ring_fraction=ring_fraction(mm, xs[:, 0]), vortex_fraction=share_on(mm, vortex),
                          control_fraction=share_on(mm, control),
-                         vortex_area=float(vortex.float().mean()), images=pooled(x[:, 0]), maps=[pooled(m) for m in maps],
+                         vortex_area=float(vortex.float().mean()), images=pooled(x[:, 0]),
+                         maps=[pooled(m) for m in maps],
                          vortex_masks=pooled(vortex_mask(preset, test.labels["index"].to_numpy()[idx], seed).double())))
         print(f"{arch}: {len(maps)} attention layers; share of attention on the brightest 10% of pixels: "
-              + ", ".join(f"{v:.2f}" for v in rows[-1]["ring_fraction"]) + f"; on the vortex ({rows[-1]['vortex_area']:.3f} "
+              + ", ".join(f"{v:.2f}" for v in rows[-1]["ring_fraction"])
+              + f"; on the vortex ({rows[-1]['vortex_area']:.3f} "
               "of the pixels): " + ", ".join(f"{v:.3f}" for v in rows[-1]["vortex_fraction"])
-              + "; on the same segment turned 90 degrees: " + ", ".join(f"{v:.3f}" for v in rows[-1]["control_fraction"]), flush=True)
+              + "; on the same segment turned 90 degrees: "
+              + ", ".join(f"{v:.3f}" for v in rows[-1]["control_fraction"]), flush=True)
     if not rows: raise SystemExit("no trained attention model in the cache: run bench/accuracy.py --small first")
-    save("attention", a.json, preset=a.preset, table=[{k: v for k, v in r.items() if k not in ("images", "maps", "vortex_masks")} for r in rows],
+    save("attention", a.json, preset=a.preset,
+         table=[{k: v for k, v in r.items() if k not in ("images", "maps", "vortex_masks")} for r in rows],
          maps={r["arch"]: dict(images=r["images"], maps=r["maps"], vortex=r["vortex_masks"]) for r in rows})
 
 

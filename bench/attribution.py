@@ -17,9 +17,9 @@ of that protocol (dataset seed 99), `deeplense_fastai.interpret.occlusion_effect
   distances from the centre, so about the same overlap with the Einstein ring;
 - the profile: the region turned by 22.5, 45 and 67.5 degrees (each averaged with its mirror turn, 157.5, 135, 112.5).
 Every region is cut to two radial parts, each compared on its own: `beyond_centre`, the pixels further than
-1.5 * sqrt(2) px from the lens centre (nearer, the vortex and its 90-degree turn overlap), and `outer`, the pixels beyond
-half the Einstein radius, where the vortex crosses or nears the ring. Images whose vortex does not reach a part (the
-heavier axions) have an empty region there and are left out of that part.
+1.5 * sqrt(2) px from the lens centre (nearer, the vortex and its 90-degree turn overlap), and `outer`, the pixels
+beyond half the Einstein radius, where the vortex crosses or nears the ring. Images whose vortex does not reach a part
+(the heavier axions) have an empty region there and are left out of that part.
 
 Reported per run and part: the mean absolute change on the vortex and on the control, their ratio, and the mean
 paired difference |vortex| - |control| with its standard error over the images; per architecture the mean and sd of
@@ -89,8 +89,9 @@ def physics_reference(data):
     a, b = ext.flatten(1) - ext.flatten(1).mean(1, keepdim=True), data.raw.double().flatten(1)
     b = b - b.mean(1, keepdim=True)
     corr = float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).median())
-    if corr < 0.99: raise SystemExit(f"the re-rendered lenses do not match the stored test images (median correlation {corr:.3f}): "
-                                     "the simulator changed since the dataset was written, and the vortex regions would be wrong")
+    if corr < 0.99:
+        raise SystemExit(f"the re-rendered lenses do not match the stored test images (median correlation {corr:.3f}): "
+                         "the simulator changed since the dataset was written, and the vortex regions would be wrong")
     d = (ext - com).abs()
     out = dict(render_correlation=corr)
     for part, masks in data.masks.items():
@@ -102,7 +103,8 @@ def physics_reference(data):
     mid = (x**2 + y**2).sqrt() < 3 * data.preset.instrument.pixel_scale
     ratio = (ext[:, mid].sum(1) / com[:, mid].sum(1)).numpy()
     short = data.lam < 3 * data.preset.instrument.pixel_scale
-    out["central_flux_ratio"] = dict(reaches_ring=float(np.median(ratio[data.reach])), within_3px=float(np.median(ratio[short])),
+    out["central_flux_ratio"] = dict(reaches_ring=float(np.median(ratio[data.reach])),
+                                     within_3px=float(np.median(ratio[short])),
                                      images_reaching=int(data.reach.sum()), images_within_3px=int(short.sum()))
     return out
 
@@ -198,7 +200,8 @@ def prepare(a):
     examples = [int(i) for i in np.flatnonzero(reach & keep["outer"])[:3]]
     raw = torch.from_numpy(np.stack([test.image(i) for i in range(n)]))
     return SimpleNamespace(preset=preset, seed=seed, indices=indices, masks=masks, keep=keep, reach=reach, lam=lam,
-                           theta_E=theta_E, inner_px=inner, examples=examples, raw=raw, fill=partial(inpaint_fill, sigma=a.sigma),
+                           theta_E=theta_E, inner_px=inner, examples=examples, raw=raw,
+                           fill=partial(inpaint_fill, sigma=a.sigma),
                            log10_m=test.labels["log10_m_axion"].to_numpy()[:n],
                            train_dir=cache_dir("bench") / f"{a.preset}-n{a.n_train}-seed0")
 
@@ -217,10 +220,12 @@ def main():
     ap.add_argument("--json", default=None, help="results file (default bench/results/attribution.json)")
     a = ap.parse_args()
     a.seeds = [int(s) for s in a.seeds.split(",")]
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     data = prepare(a)
     ref = physics_reference(data)
-    print(f"# {len(data.indices)} test images; regions beyond the central disc in {int(data.keep['beyond_centre'].sum())}, "
+    print(f"# {len(data.indices)} test images; regions beyond the central disc in "
+          f"{int(data.keep['beyond_centre'].sum())}, "
           f"beyond half the Einstein radius in {int(data.keep['outer'].sum())}. Where the vortex changes the image, "
           f"vortex/control: {ref['beyond_centre']['ratio']:.2f} and {ref['outer']['ratio']:.2f}", flush=True)
     rows = []
@@ -233,8 +238,9 @@ def main():
             row, x = run(arch, s, a, data, json.loads(f.read_text()))
             rows.append(row)
             print(f"{arch} seed {s}: mean |change of log10 m| on vortex/control "
-                  + "; ".join(f"{p}: {row[p]['vortex']:.4f}/{row[p]['control']:.4f}, ratio {row[p]['ratio']:.2f}, paired "
-                              f"difference {row[p]['diff']:+.4f} +- {row[p]['diff_se']:.4f}" for p in data.masks), flush=True)
+                  + "; ".join(f"{p}: {row[p]['vortex']:.4f}/{row[p]['control']:.4f}, ratio {row[p]['ratio']:.2f}, "
+                              f"paired difference {row[p]['diff']:+.4f} +- {row[p]['diff_se']:.4f}"
+                              for p in data.masks), flush=True)
     if not rows: raise SystemExit("no architecture has all its seed runs: run bench/seeds.py first")
     pick = lambda m: [int(p) for p in np.flatnonzero(m.flatten().numpy())]
     examples = dict(images=np.round(x[data.examples, 0].numpy(), 3).tolist(), test_index=data.examples,
@@ -243,9 +249,11 @@ def main():
                     control=[pick(data.masks["beyond_centre"][4, i]) for i in data.examples])
     save("attribution", a.json, preset=a.preset, images=len(data.indices), turns_deg=list(TURNS),
          profile_deg=[0, 22.5, 45, 67.5, 90],
-         parts={p: dict(inner_px=float(px), images=int(data.keep[p].sum()), reaching_ring=int((data.keep[p] & data.reach).sum()),
+         parts={p: dict(inner_px=float(px), images=int(data.keep[p].sum()),
+                        reaching_ring=int((data.keep[p] & data.reach).sum()),
                         log10_m=np.round(data.log10_m[data.keep[p]], 4).tolist()) for p, px in data.inner_px.items()},
-         settings=dict(fill="inpaint_fill", sigma_px=a.sigma, width_px=1.5, patch_px=a.patch, theta_E_arcsec=data.theta_E,
+         settings=dict(fill="inpaint_fill", sigma_px=a.sigma, width_px=1.5, patch_px=a.patch,
+                       theta_E_arcsec=data.theta_E,
                        pixel_scale_arcsec=data.preset.instrument.pixel_scale),
          physics=ref, fill_middle_change=fill_change(x, data), table=over_seeds(rows, list(data.masks)), runs=rows,
          examples=examples)

@@ -1,11 +1,12 @@
 """Classification, DeepLense's own task: which dark matter (no substructure, CDM subhalos, an axion vortex) made a lens.
 
-    OMP_NUM_THREADS=1 nice -n 19 python bench/classify.py          # three seeds, resumable -> bench/results/classify.json
+    OMP_NUM_THREADS=1 nice -n 19 python bench/classify.py  # three seeds, resumable -> bench/results/classify.json
 
 Protocol (CPU). Model II (64x64, Euclid VIS as DeepLenseSim ran it), the three classes cycled (no_sub, cdm, axion).
 Each seed is trained by the user's command, exactly as a user runs it (a subprocess, default flags):
 
-    deeplense train --task classify --preset model_ii --n 6000 --arch xresnet_small --epochs 8 --seed S --test TEST --out RUN
+    deeplense train --task classify --preset model_ii --n 6000 --arch xresnet_small --epochs 8 --seed S --test TEST \\
+        --out RUN
 
 The seed sets the simulated training images (cached per seed), the validation split, the initialisation and the batch
 order. Every seed is scored on one test set of 3,000 images (seed 99, 1,000 per class, never trained on), so the seeds
@@ -82,12 +83,13 @@ def main():
             *(["--force"] if test.exists() else []))
     rows = [one_seed(a, int(s), test) for s in a.seeds.split(",")]
     classes = rows[0]["classes"]
-    summary = dict(accuracy=spread(rows, "accuracy"), auc=spread(rows, "auc"), accuracy_tta=spread(rows, "accuracy", True),
+    summary = dict(accuracy=spread(rows, "accuracy"), auc=spread(rows, "auc"),
+                   accuracy_tta=spread(rows, "accuracy", True),
                    auc_tta=spread(rows, "auc", True), baseline_accuracy=rows[0]["baseline_accuracy"],
                    auc_per_class={c: spread([dict(r, x=r["auc_per_class"][c]) for r in rows], "x") for c in classes})
     save("classify", settings=dict(vars(a), n_test=N_TEST, test_seed=TEST_SEED, classes=CLASSES,
-                                   test_command=f"deeplense simulate --preset {a.preset} --n {N_TEST} --seed {TEST_SEED} "
-                                                f"--classes {CLASSES}"),
+                                   test_command=f"deeplense simulate --preset {a.preset} --n {N_TEST} "
+                                                f"--seed {TEST_SEED} --classes {CLASSES}"),
          summary=summary, table=rows)
 
 

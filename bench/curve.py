@@ -67,7 +67,7 @@ def run(a, n, seed, test):
     from deeplense_fastai.data import online_dataloaders
     from deeplense_fastai.learner import fit, regression_learner
     epoch_size = n or a.epoch_size
-    if epoch_size % a.bs or a.steps * a.bs % epoch_size:            # else the epochs would not hold exactly a.steps steps
+    if epoch_size % a.bs or a.steps * a.bs % epoch_size:  # else the epochs would not hold exactly a.steps steps
         raise SystemExit(f"{epoch_size} images: use sizes that are multiples of {a.bs} and divide {a.steps * a.bs}")
     epochs = a.steps * a.bs // epoch_size
     set_seed(seed)
@@ -85,7 +85,8 @@ def run(a, n, seed, test):
     return dict(n_distinct=distinct, online=n is None, seed=seed, epochs=epochs, steps=epochs * epoch_size // a.bs,
                 lr=a.lr, valid_loss=valid, trained=trained(valid) if len(valid) > 1 else None, test=rep,
                 train_seconds=round(wall - sim_s, 1), sim_seconds=round(sim_s, 1), sim_images=sim_n,
-                sim_img_per_s=round(sim_n / sim_s, 1), charged_seconds=round(wall - sim_s + distinct * sim_s / sim_n, 1),
+                sim_img_per_s=round(sim_n / sim_s, 1),
+                charged_seconds=round(wall - sim_s + distinct * sim_s / sim_n, 1),
                 predictions=dict(y=y, pred=pred))
 
 
@@ -106,7 +107,8 @@ def summarise(out, proto, sizes, dest=RESULTS / "curve.json"):
                          sim_img_per_s=mean_sd([d["sim_img_per_s"] for d in runs[k]])["mean"]) for k in keys}
     pairs = [(str(x), str(y)) for x, y in zip(keys, keys[1:])]
     if "online" in rows and str(proto["epoch_size"]) in rows: pairs.append(("online", str(proto["epoch_size"])))
-    calls = [dict(first=x, second=y, call=versus(rows[x], rows[y]), mae_ratio=rows[x]["mean"] / rows[y]["mean"]) for x, y in pairs]
+    calls = [dict(first=x, second=y, call=versus(rows[x], rows[y]), mae_ratio=rows[x]["mean"] / rows[y]["mean"])
+             for x, y in pairs]
     return write_json(dest, dict(header("curve"), protocol=proto, rows=rows, calls=calls))
 
 
@@ -122,7 +124,8 @@ def main():
     ap.add_argument("--valid", type=int, default=800)
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, results in a temporary folder")
-    ap.add_argument("--summary", action="store_true", help="only (re)write bench/results/curve.json from the runs on disk")
+    ap.add_argument("--summary", action="store_true",
+                    help="only (re)write bench/results/curve.json from the runs on disk")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -131,7 +134,8 @@ def main():
         import tempfile
         sizes, seeds, a.steps, a.epoch_size, a.valid, a.n_test = [64, 128], [0], 4, 128, 64, 100
         out = Path(tempfile.mkdtemp())
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.data import open_source
     from deeplense_fastai.dataset import write_dataset
@@ -144,7 +148,8 @@ def main():
     proto = dict(preset=a.preset, arch=a.arch, steps=a.steps, bs=a.bs, lr=a.lr, valid=a.valid, n_test=a.n_test,
                  epoch_size=a.epoch_size, rate_from=f"bench/results/seeds/{chosen.name}")
     if a.summary: return print(f"wrote {summarise(out, proto, sizes)}")
-    print(f"# {a.arch} on {a.preset}, {a.steps} steps of {a.bs}, lr {a.lr:g}; sizes {sizes} and online; seeds {seeds}", flush=True)
+    print(f"# {a.arch} on {a.preset}, {a.steps} steps of {a.bs}, lr {a.lr:g}; sizes {sizes} and online; seeds {seeds}",
+          flush=True)
     key = [n for n in sizes if n == a.epoch_size] + [None]          # the online-against-fixed call gets its seeds first
     order = [(seeds[0], n) for n in sizes + [None]] + [(s, n) for s in seeds[1:] for n in key] + \
             [(s, n) for s in seeds[1:] for n in sizes + [None] if n not in key]
@@ -154,7 +159,8 @@ def main():
         doc = dict(header("curve"), protocol=proto, **run(a, n, seed, test))
         write_json(path, doc)
         print(f"{n or 'online'} seed {seed}: test MAE {doc['test']['mae']:.4f}, {doc['epochs']} epochs, training "
-              f"{doc['train_seconds']:.0f} s, simulation {doc['sim_img_per_s']:.0f} img/s, charged {doc['charged_seconds']:.0f} s",
+              f"{doc['train_seconds']:.0f} s, simulation {doc['sim_img_per_s']:.0f} img/s, charged "
+              f"{doc['charged_seconds']:.0f} s",
               flush=True)
         summarise(out, proto, sizes, dest=out / "summary.json" if a.smoke else RESULTS / "curve.json")
 

@@ -1,6 +1,8 @@
-"""A user's cutouts of another size or pixel scale: scored like the images the run was trained on, never resized into wrong answers.
+"""A user's cutouts of another size or pixel scale: scored like the images the run was trained on, never resized into
+wrong answers.
 
-    OMP_NUM_THREADS=1 python bench/cutouts.py          # -> bench/results/cutouts.json (needs bench/robustness.py's model_ii run)
+    # -> bench/results/cutouts.json (needs bench/robustness.py's model_ii run)
+    OMP_NUM_THREADS=1 python bench/cutouts.py
 
 Why (issue 25). The same 40 test lenses padded from 64 to 96 px at the same 0.101"/px used to be "resized as training
 resizes": the MAE went from 0.258 to 0.49-0.59, worse than a constant guess, because resizing changes the arcsec per
@@ -49,7 +51,8 @@ def predict(run: Path, *args) -> pd.DataFrame:
 
 
 def pad(images: np.ndarray, size: int, noise: bool, seed: int = 0) -> np.ndarray:
-    "Each (H, W) image centred in a size x size frame of its border's sky (Gaussian, its median and spread) or of zeros."
+    """Each (H, W) image centred in a size x size frame of its border's sky (Gaussian, its median and spread) or of
+    zeros."""
     n, h, w = images.shape
     out = np.zeros((n, size, size), np.float32)
     if noise:
@@ -77,7 +80,8 @@ def finer(preset, scale: float, npix: int) -> np.ndarray:
     from deeplense_fastai.simulate import make_images
     p = preset.replace(pixel_scale=scale, npix=npix)
     torch.set_num_threads(1)
-    out = [make_images(p, s, min(s + 250, N_TEST), SEED, ("axion",), True, "cpu")[0].numpy() for s in range(0, N_TEST, 250)]
+    out = [make_images(p, s, min(s + 250, N_TEST), SEED, ("axion",), True, "cpu")[0].numpy()
+           for s in range(0, N_TEST, 250)]
     return np.concatenate(out)
 
 
@@ -97,7 +101,8 @@ def main():
     work = cache() / "bench" / "cutouts"
     work.mkdir(parents=True, exist_ok=True)
     sky, zeros = pad(imgs, 96, True), pad(imgs, 96, False)
-    np.save(work / "sky96.npy", sky); np.save(work / "zeros96.npy", zeros)
+    np.save(work / "sky96.npy", sky)
+    np.save(work / "zeros96.npy", zeros)
     np.save(work / "resized64.npy", resize_images(torch.from_numpy(sky[:, None]), 64)[:, 0].numpy())
     write_fits(work / "sky96.fits", sky, scale)
     write_fits(work / "fine128.fits", finer(preset, scale / 2, 2 * preset.instrument.npix), scale / 2)
@@ -106,7 +111,8 @@ def main():
                 ("padded to 96 px, zeros, .npy + --pixel-scale", [work / "zeros96.npy", "--pixel-scale", scale]),
                 ("padded to 96 px, sky noise, FITS cube with WCS", [work / "sky96.fits"]),
                 ("the same lenses at half the pixel size (128 px), FITS WCS", [work / "fine128.fits"]),
-                ("padded to 96 px, resized to 64 px (the old behaviour)", [work / "resized64.npy", "--pixel-scale", scale])]
+                ("padded to 96 px, resized to 64 px (the old behaviour)",
+                 [work / "resized64.npy", "--pixel-scale", scale])]
     base = float(np.abs(y - cfg["target_mean"][0]).mean())
     rows = []
     for name, args in variants:
@@ -114,9 +120,11 @@ def main():
         pred = df["pred_log10_m_axion"].to_numpy()
         rows.append(dict(variant=name, input=" ".join(str(a).replace(str(cache()), "$CACHE") for a in args),
                          n=int(len(df)), mae=float(np.abs(pred - y).mean()), baseline_mae=base,
-                         ood_share=float(df["ood"].astype(float).mean()), notes=[n.replace(str(cache()), "$CACHE") for n in notes]))
+                         ood_share=float(df["ood"].astype(float).mean()),
+                         notes=[n.replace(str(cache()), "$CACHE") for n in notes]))
         print(f"{name}: MAE {rows[-1]['mae']:.4f} (constant {base:.4f}), ood {rows[-1]['ood_share']:.3f}", flush=True)
-    save("cutouts", settings=dict(run="$CACHE/bench/robustness/model_ii", run_trained_on=str(cfg.get("source")).replace(str(cache()), "$CACHE"), n_test=N_TEST,
+    save("cutouts", settings=dict(run="$CACHE/bench/robustness/model_ii",
+                                  run_trained_on=str(cfg.get("source")).replace(str(cache()), "$CACHE"), n_test=N_TEST,
                                   test_seed=SEED, pixel_scale=scale), table=rows)
 
 

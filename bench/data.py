@@ -28,7 +28,9 @@ def loader_rate(dls, batches):
     t0, n = time.perf_counter(), 0
     for _ in range(batches):
         try: next(it)
-        except StopIteration: it = iter(dls.train); next(it)
+        except StopIteration:
+            it = iter(dls.train)
+            next(it)
         n += 1
     return n / (time.perf_counter() - t0)
 
@@ -40,7 +42,9 @@ def step_rate(size, bs, steps=5):
     x, y = torch.rand(bs, 1, size, size), torch.rand(bs, 1)
     def step():
         loss = torch.nn.functional.mse_loss(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     step()
     t0 = time.perf_counter()
     for _ in range(steps): step()
@@ -54,7 +58,8 @@ def main():
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--json", default=None, help="results file (default bench/results/data.json)")
     a = ap.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders
     tmp = Path(tempfile.mkdtemp())
@@ -71,7 +76,8 @@ def main():
     np.save(tmp / "arrays.npy", imgs.astype(np.float32))
     lab[["log10_m_axion"]].to_csv(tmp / "arrays.csv", index=False)
     sources = [("native (model_ii)", tmp / "native64", 64, {}), ("DeepLense files, cached", tmp / "dl64", 64, {}),
-               ("memmap pair (int16)", tmp / "mm", 64, {"shape": (n64, 64, 64)}), ("plain .npy + CSV", tmp / "arrays.npy", 64, {}),
+               ("memmap pair (int16)", tmp / "mm", 64, {"shape": (n64, 64, 64)}),
+               ("plain .npy + CSV", tmp / "arrays.npy", 64, {}),
                ("native (model_i)", tmp / "native150", 150, {})]
     steps = {64: step_rate(64, a.bs), 150: step_rate(150, a.bs)}
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}; bs {a.bs}; "

@@ -106,7 +106,8 @@ class _Images:
 
 
 def score_images(model, cfg, images, y, device=None, bs=256):
-    """regression_report of `model` on raw images (n, 1, H, W), normalised as the run's DataLoaders did (predict_source)."""
+    """regression_report of `model` on raw images (n, 1, H, W), normalised as the run's DataLoaders did
+    (predict_source)."""
     from deeplense_fastai.inference import predict_source
     from deeplense_fastai.interpret import regression_report
     mu, _ = predict_source(model, cfg, _Images(images), bs=bs)
@@ -115,7 +116,8 @@ def score_images(model, cfg, images, y, device=None, bs=256):
 
 
 def transfer(a):
-    """Train on our images, evaluate on ours and on lenstronomy's (same draws): the accuracy protocol of bench/accuracy.py."""
+    """Train on our images, evaluate on ours and on lenstronomy's (same draws): the accuracy protocol of
+    bench/accuracy.py."""
     from deeplense_fastai.core import cache_dir, get_device, set_seed
     from deeplense_fastai.simulate import PRESETS
     from deeplense_fastai.dataset import write_dataset
@@ -152,7 +154,8 @@ def transfer(a):
                mae_ours_test=r_ours["mae"], mae_lenstronomy_test=r_ref["mae"], r2_ours_test=r_ours["r2"],
                r2_lenstronomy_test=r_ref["r2"], baseline_mae=r_ours["baseline_mae"],
                mae_ratio=r_ref["mae"] / r_ours["mae"], criterion="mae_lenstronomy_test <= 1.1 * mae_ours_test",
-               passed=bool(r_ref["mae"] <= 1.1 * r_ours["mae"]), seconds=dict(fit=round(t_fit, 1), lenstronomy=round(t_ref, 1)),
+               passed=bool(r_ref["mae"] <= 1.1 * r_ours["mae"]),
+               seconds=dict(fit=round(t_fit, 1), lenstronomy=round(t_ref, 1)),
                **dict(_results.header("fidelity"), versions=versions()))
     print(json.dumps(out, indent=1))
     path = Path(a.out)
@@ -168,20 +171,23 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--presets", default="model_i,model_ii,model_iii,fsub,euclid_2026")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity.json"))
-    ap.add_argument("--transfer", action="store_true", help="train on ours, evaluate on lenstronomy's images (Model II)")
+    ap.add_argument("--transfer", action="store_true",
+                    help="train on ours, evaluate on lenstronomy's images (Model II)")
     ap.add_argument("--epochs", type=int, default=8, help="--transfer: training epochs")
     ap.add_argument("--device", default=None, help="--transfer: torch device")
     ap.add_argument("--n-train", type=int, default=8000, help="--transfer: training images")
     ap.add_argument("--n-test", type=int, default=2000, help="--transfer: test images")
     a = ap.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     if a.transfer:
         return transfer(a)
     import _lenstronomy_ref as ref
     from deeplense_fastai.simulate import PRESETS, draw_parameters, make_images
     t_start = time.time()
     results = {}
-    print(f"| preset | variant | statistic | ours mean (std) | lenstronomy mean (std) | rel. diff of means | diff / s.e. | KS p |")
+    print("| preset | variant | statistic | ours mean (std) | lenstronomy mean (std) | rel. diff of means | "
+          "diff / s.e. | KS p |")
     print("|---|---|---|---|---|---|---|---|")
     for name in a.presets.split(","):
         p = PRESETS[name]
@@ -196,7 +202,8 @@ def main():
             theirs = [ref.deeplensesim_image(name, prm, b, noise=noise, seed=1000 * a.seed + b) for b in range(a.n)]
             t_ref = time.perf_counter() - t0
             ours = imgs.double().numpy()
-            entry = compare([image_stats(o, p.instrument.pixel_scale) for o in ours], [image_stats(t, p.instrument.pixel_scale) for t in theirs])
+            entry = compare([image_stats(o, p.instrument.pixel_scale) for o in ours],
+                            [image_stats(t, p.instrument.pixel_scale) for t in theirs])
             if not noise:
                 rel = [float(np.abs(o - t).max() / np.abs(t).max()) for o, t in zip(ours, theirs)]
                 entry["paired_max_abs_diff_of_peak"] = dict(median=float(np.median(rel)), max=float(np.max(rel)))
@@ -204,16 +211,20 @@ def main():
             results[name][variant] = entry
             for s in STATS:
                 e = entry[s]
-                print(f"| {name} | {variant} | {s} | {e['ours_mean']:.5g} ({e['ours_std']:.3g}) | {e['lenstronomy_mean']:.5g} "
-                      f"({e['lenstronomy_std']:.3g}) | {e['rel_diff_of_means']:+.2%} | {e['diff_in_se']:+.2f} | {e['ks_pvalue']:.3f} |",
+                print(f"| {name} | {variant} | {s} | {e['ours_mean']:.5g} ({e['ours_std']:.3g}) | "
+                      f"{e['lenstronomy_mean']:.5g} ({e['lenstronomy_std']:.3g}) | {e['rel_diff_of_means']:+.2%} | "
+                      f"{e['diff_in_se']:+.2f} | {e['ks_pvalue']:.3f} |",
                       flush=True)
             if not noise:
                 d = entry["paired_max_abs_diff_of_peak"]
-                print(f"| {name} | {variant} | paired max pixel diff / peak | median {d['median']:.2e}, max {d['max']:.2e} | | | | |")
-    doc = dict(_results.header("fidelity"), versions=versions(), n_per_preset=a.n, seed=a.seed, dtype_ours="float32", dtype_lenstronomy="float64",
+                print(f"| {name} | {variant} | paired max pixel diff / peak | "
+                      f"median {d['median']:.2e}, max {d['max']:.2e} | | | | |")
+    doc = dict(_results.header("fidelity"), versions=versions(), n_per_preset=a.n, seed=a.seed,
+               dtype_ours="float32", dtype_lenstronomy="float64",
                statistics=dict(peak="largest pixel", background_std="std of the outer frame of width npix/8",
-                               total_flux="sum of all pixels", ring_radius="flux-weighted mean distance from the centre "
-                               "of the pixels above 10% of the peak, arcsec"),
+                               total_flux="sum of all pixels",
+                               ring_radius="flux-weighted mean distance from the centre "
+                                           "of the pixels above 10% of the peak, arcsec"),
                units="Model I / fsub: counts (noisy) or counts/s (noiseless); Models II/III: counts/s",
                wall_seconds=round(time.time() - t_start, 1), results=results)
     out = Path(a.out)

@@ -194,7 +194,7 @@ def variants_part(a, device):
     import tempfile
     from deeplense_fastai.data import lens_dataloaders
     from deeplense_fastai.dataset import cached_simulation
-    from training import VARIANTS, variant_rates
+    from training import VARIANTS, Timing, variant_rates
     cuda = device.type == "cuda"
     variants = ("default", "fp32") + VARIANTS[1:] if cuda else VARIANTS
     n, seed, bs = (8000, 0, a.bs) if not a.smoke else (256, 99, a.bs)
@@ -208,8 +208,8 @@ def variants_part(a, device):
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for arch in (("xresnet_small",) if a.smoke else ("xresnet_small", "resnet18")):
-            r = variant_rates(dls, arch, variants, a.rounds, a.variant_batches, 1 if a.smoke else 3, device,
-                              Path(tmp) / arch, log=lambda *x: None)
+            timing = Timing(a.rounds, a.variant_batches, 1 if a.smoke else 3)
+            r = variant_rates(dls, arch, variants, timing, device, Path(tmp) / arch, log=lambda *x: None)
             res["rows"] += r["rows"]
             res["table"] += r["summary"]
             res["same_batches"][arch] = r["same_batches"]
@@ -219,14 +219,19 @@ def variants_part(a, device):
     return res
 
 
-def peers_part(a, device):
-    "bench/peers.py's scenes and protocol with the library (and caustics, where it can) on `device`."
-    import argparse as _ap
-    import peers as P                       # sets OMP/MKL/XLA one-thread variables for what is imported after it
+def jax_backend_name():
+    "The backend jax runs on, or why it is unavailable."
+    try:
+        import jax
+        return jax.default_backend()
+    except Exception as e:  # noqa: BLE001
+        return f"unavailable: {type(e).__name__}"
+
+
+def device_makers(P, device, block, jax_backend):
+    """bench/peers.py's makers of the library, caustics and herculens_vmap, moved to `device` where they can run there
+    (registered in `P.MAKERS`); returns the caustics maker, whose `last` says where its last scene ran."""
     cuda = device.type == "cuda"
-    if cuda: torch.backends.cudnn.allow_tf32 = False
-    torch.set_num_threads(1)                # the CPU peers as in peers.json (the GPU parts ran before this one)
-    block = a.peer_block
 
     class LibraryDev(P.Library):
         batch = block
@@ -257,17 +262,23 @@ def peers_part(a, device):
             with torch.no_grad():
                 return np.stack([self.sim(self.args[b]).cpu().numpy() for b in idx]) * self.area
 
-    jax_backend = None
-    try:
-        import jax
-        jax_backend = jax.default_backend()
-    except Exception as e:  # noqa: BLE001
-        jax_backend = f"unavailable: {type(e).__name__}"
-
     class HerculensVmapDev(P.Herculens):
         batch = block if jax_backend == "gpu" else P.BLOCK
 
     P.MAKERS.update(deeplense_fastai=LibraryDev, caustics=CausticsDev, herculens_vmap=HerculensVmapDev)
+    return CausticsDev
+
+
+def peers_part(a, device):
+    "bench/peers.py's scenes and protocol with the library (and caustics, where it can) on `device`."
+    import argparse as _ap
+    import peers as P                       # sets OMP/MKL/XLA one-thread variables for what is imported after it
+    cuda = device.type == "cuda"
+    if cuda: torch.backends.cudnn.allow_tf32 = False
+    torch.set_num_threads(1)                # the CPU peers as in peers.json (the GPU parts ran before this one)
+    block = a.peer_block
+    jax_backend = jax_backend_name()
+    CausticsDev = device_makers(P, device, block, jax_backend)
     tools = [t for t in P.TOOLS if not (a.smoke and t == "herculens_vmap")]
     avail = P.availability(tools)
     res = dict(device=str(device), library_block=block, jax_backend=jax_backend, cudnn_tf32=False if cuda else None,

@@ -1,8 +1,8 @@
 """Many lenses, done right (issue 23): joint posteriors of one axion mass shared by N lenses, validated per mass bin.
 
-    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images       # simulate every image once (resumable)
-    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors   # each run's raw grid posteriors (resumable)
-    OMP_NUM_THREADS=1 python bench/many_lenses.py score                   # every method -> bench/results/many_lenses.json
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images      # simulate every image once (resumable)
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors  # each run's raw grid posteriors (resumable)
+    OMP_NUM_THREADS=1 python bench/many_lenses.py score  # every method -> bench/results/many_lenses.json
 
 Protocol (CPU; Model II, target log10 m_axion, prior U[-24, -22]). The per-lens networks are three flow runs trained by
 the user's command, one per seed (seed 0 is bench/robustness.py's `model_ii` run, the same command):
@@ -11,28 +11,30 @@ the user's command, one per seed (seed 0 is bench/robustness.py's `model_ii` run
 
 (xresnet_small: the cheapest architecture that learns this task in 8 CPU epochs, bench/results/seeds_summary.json.)
 Images, simulated once and shared by the three runs (seeds disjoint from training and from each other):
-- a bank of 30,000 lenses from the prior (seed 30,000): its first 1,000 are the calibration split whose average posterior
-  the aggregate methods divide by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000 to stop);
+- a bank of 30,000 lenses from the prior (seed 30,000): its first 1,000 are the calibration split whose average
+  posterior the aggregate methods divide by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000 to
+  stop);
 - 200 populations of 50 lenses (seed 20,000): the systematic floor, exactly as `calibrate(populations=...)` fits it;
 - the test trials: four true-mass bins [-24, -23.5), [-23.5, -23), [-23, -22.5), [-22.5, -22], 100 trials each, a true
   log10 m uniform in the bin, 200 lenses simulated with it (seed 100,001 + 200 x trial). N in {1, 10, 50, 200} takes the
   first N lenses of each trial.
 Methods (each gives a joint posterior on the run's 512-point grid; the prior is flat on it):
-- `product`: the plain product of the raw per-lens posteriors, the training prior divided out (exact for an exact network);
+- `product`: the plain product of the raw per-lens posteriors, the training prior divided out (exact for an exact
+  network);
 - `aggregate`: the product divided by the network's own prior (the mean posterior of the calibration split) instead;
 - `floor`: `product` widened by a systematic floor fitted on the populations;
 - `aggregate+floor`: both: the joint calibration `calibrate(populations='model_ii')` fitted before (now `bank=0`);
 - `summary_nle`: a neural likelihood of each lens's posterior summary s = (median, log 68% half-width) given the mass,
-  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, what `calibrate` fits); log q(s_i | m) adds over lenses exactly whatever the network's
-  bias (the bias is part of what q models);
-- `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as the aggregate's floor is (candidate
-  floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` now fits with its default bank of 30,000
-  and `combine` reports as method 'summary_likelihood';
+  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, what `calibrate`
+  fits); log q(s_i | m) adds over lenses exactly whatever the network's bias (the bias is part of what q models);
+- `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as the aggregate's floor is
+  (candidate floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` now fits with its default bank of
+  30,000 and `combine` reports as method 'summary_likelihood';
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
-error sqrt(p(1 - p) / trials)), the median 68% half-width and the mean bias of the joint median. Then the mean and sd over
-the three seeds, and the issue's targets checked for each method.
+error sqrt(p(1 - p) / trials)), the median 68% half-width and the mean bias of the joint median. Then the mean and sd
+over the three seeds, and the issue's targets checked for each method.
 
 The varied world (issue 23 item 3), `--world model_ii_nuisance`: the same protocol (bank, populations, bins, trials, N)
 with every lens drawn from `model_ii_nuisance`: each lens's main lens (theta_E, SIE ellipticity), external shear and
@@ -40,7 +42,8 @@ source (size, index, shape, magnitude, position) drawn per lens by `population_i
 fixed within a trial. The per-lens network is the one run of that world that learned, bench/robustness.py's
 `model_ii_nuisance@init_online` (seed 0; fine-tuned from the fixed world's seed-0 run with online simulation):
 
-    deeplense train --preset model_ii_nuisance --init MODEL_II_RUN --online --epoch-size 8000 --epochs 32 --seed 0 --out RUN
+    deeplense train --preset model_ii_nuisance --init MODEL_II_RUN --online --epoch-size 8000 --epochs 32 --seed 0 \\
+        --out RUN
 
 One training seed only: the seed spread is not measured there. Results: bench/results/many_lenses_nuisance.json; its
 caches live in the `model_ii_nuisance` subfolder of this bench's cache (the fixed world's files are not touched).
@@ -69,7 +72,8 @@ BINS = (-24., -23.5, -23., -22.5, -22.)
 TRIALS, LENSES, NS = 100, 200, (1, 10, 50, 200)
 BANK, BANK_SEED, CAL_N, FIT_N = 30_000, 30_000, 1_000, 25_000
 POP_TRIALS, POP_LENSES, POP_SEED = 200, 50, 20_000
-TRIAL_SEED = 100_000     # trial k simulates with seed TRIAL_SEED + 200 k + 1: no seed shared with the populations or the bank
+# trial k simulates with seed TRIAL_SEED + 200 k + 1: no seed shared with the populations or the bank
+TRIAL_SEED = 100_000
 # The worlds (each is also its preset's name): results file, training seeds, the training command of seed S, and the run
 # of seed 0 in the robustness bench's cache. The fixed world keeps its cache layout; the others live in a subfolder.
 WORLDS = {"model_ii": {"results": "many_lenses", "seeds": SEEDS, "train": TRAIN, "robustness_run": "model_ii"},
@@ -155,7 +159,8 @@ def posteriors(seeds) -> None:
     for s in seeds:
         run = run_dir(s)
         if not (run / "weights.safetensors").exists():
-            print(f"seed {s}: no trained run at {run} yet", flush=True); continue
+            print(f"seed {s}: no trained run at {run} yet", flush=True)
+            continue
         d, digest = cache("posteriors", f"seed{s}"), weights_digest(s)
         if (d / "weights.sha256").exists() and (d / "weights.sha256").read_text() != digest:
             raise SystemExit(f"{d}: posteriors of other weights than {run}'s; delete the folder and rerun")
@@ -170,7 +175,7 @@ def posteriors(seeds) -> None:
             print(f"seed {s} {name}: {len(x)} posteriors in {time.time() - t0:.0f} s", flush=True)
 
 
-# ---- the estimators ---------------------------------------------------------------------------------------------------
+# ---- the estimators -------------------------------------------------------------------------------------------------
 class Standard:
     "Standardise summaries and masses with the fitting set's mean and sd."
     def __init__(self, s, m): self.s_mu, self.s_sd, self.m_mu, self.m_sd = s.mean(0), s.std(0), m.mean(), m.std()
@@ -203,12 +208,13 @@ def fit_bnre(s, m, seed, lam=100.):
     def loglik(s_test, grid):          # (B, G): log r(s_i, m_g)
         with torch.no_grad():
             G, mg = len(grid), st.m(grid)
-            return torch.cat([net(torch.cat([st.s(c)[:, None].expand(-1, G, -1), mg[None].expand(len(c), -1, -1)], -1))[..., 0]
+            return torch.cat([net(torch.cat([st.s(c)[:, None].expand(-1, G, -1),
+                                             mg[None].expand(len(c), -1, -1)], -1))[..., 0]
                               for c in s_test.split(500)])
     return loglik, val
 
 
-# ---- scoring -----------------------------------------------------------------------------------------------------------
+# ---- scoring --------------------------------------------------------------------------------------------------------
 def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> torch.Tensor:
     "Median, 68% and 95% bounds (K, 5) of unnormalised joint log densities (K, G), widened by a floor of `width`."
     from deeplense_fastai.posterior import _widened_joint, grid_quantiles
@@ -240,13 +246,15 @@ def _per_lens_terms(seed, grid):
     terms, info = {}, dict(floor=float(floor_flat), floor_with_aggregate=float(floor_agg))
     terms["product"], terms["floor"] = (trials, 0.), (trials, float(floor_flat))
     terms["aggregate"], terms["aggregate+floor"] = (trials - agg, 0.), (trials - agg, float(floor_agg))
-    s_trials, s_pop = posterior_summaries(trials.reshape(-1, len(g)), g), posterior_summaries(pop.reshape(-1, len(g)), g)
+    s_trials = posterior_summaries(trials.reshape(-1, len(g)), g)
+    s_pop = posterior_summaries(pop.reshape(-1, len(g)), g)
     for name, fit in (("summary_nle", fit_nle), ("summary_bnre", fit_bnre)):
         t0 = time.time()
         loglik, val = fit(s_bank.float(), m.float(), seed)
         terms[name] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
         info[name] = dict(validation_loss=val, seconds=round(time.time() - t0, 1))
-        if name == "summary_nle":      # the same likelihood, widened by a floor fitted on the populations as the aggregate's is
+        # the same likelihood, widened by a floor fitted on the populations as the aggregate's is
+        if name == "summary_nle":
             on_pop = loglik(s_pop.float(), g.float()).double().reshape(pop.shape)
             floor, _ = fit_systematic(on_pop, pop_truths(), g, widths=SUMMARY_FLOORS)
             terms["summary_nle+floor"], info["floor_summary_nle"] = (terms[name][0], float(floor)), float(floor)
@@ -259,7 +267,8 @@ def score_seed(seed: int) -> tuple[list, dict]:
     from deeplense_fastai.posterior import target_grid
     stamp = cache("posteriors", f"seed{seed}") / "weights.sha256"
     if not stamp.exists() or stamp.read_text() != weights_digest(seed):
-        raise SystemExit(f"{stamp.parent}: posteriors of other weights than {run_dir(seed)}'s; delete the folder and rerun `posteriors`")
+        raise SystemExit(f"{stamp.parent}: posteriors of other weights than {run_dir(seed)}'s; delete the folder and "
+                         "rerun `posteriors`")
     grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0]
     terms, info = _per_lens_terms(seed, grid)
     truths, rows = trial_truths().reshape(len(BINS) - 1, TRIALS), []
@@ -279,21 +288,23 @@ def _within(c: dict) -> bool:
 
 
 def _targets(cells: list) -> dict:
-    """The issue's targets for one method: 68% coverage within 2 sigma in every bin at N = 10, 50, 200 (cells counted per
-    seed, then mean +- sd over seeds); below -23 the N = 200 half-width <= 0.01 dex and >= 1.6x narrower than N = 50;
-    any floor <= 0.01 dex. Also the light-mass |bias| at N = 200 (mean over the two bins, per seed)."""
+    """The issue's targets for one method: 68% coverage within 2 sigma in every bin at N = 10, 50, 200 (cells counted
+    per seed, then mean +- sd over seeds); below -23 the N = 200 half-width <= 0.01 dex and >= 1.6x narrower than
+    N = 50; any floor <= 0.01 dex. Also the light-mass |bias| at N = 200 (mean over the two bins, per seed)."""
     seeds = sorted({c["seed"] for c in cells})
     cov = [c for c in cells if c["n"] in (10, 50, 200)]
     light = lambda n: [c["halfwidth68"] for c in cells if c["n"] == n and c["bin"] in (0, 1)]
     w50, w200 = np.array(light(50)), np.array(light(200))
-    bias = [np.mean([abs(c["bias"]) for c in cells if c["n"] == 200 and c["bin"] in (0, 1) and c["seed"] == s]) for s in seeds]
+    bias = [np.mean([abs(c["bias"]) for c in cells if c["n"] == 200 and c["bin"] in (0, 1) and c["seed"] == s])
+            for s in seeds]
     floors = [next(c["floor"] for c in cells if c["seed"] == s) for s in seeds]
     return dict(coverage_cells=len(cov), coverage_cells_within_2sigma=int(sum(map(_within, cov))),
                 cells_per_seed=len(cov) // len(seeds),
                 within_2sigma_per_seed=mean_sd([sum(_within(c) for c in cov if c["seed"] == s) for s in seeds]),
                 light_abs_bias200=mean_sd(bias), floor=mean_sd(floors),
                 halfwidth200_light_max=float(w200.max()), narrowing_50_to_200_light_min=float((w50 / w200).min()),
-                meets=bool(all(map(_within, cov)) and w200.max() <= 0.01 and (w50 / w200).min() >= 1.6 and max(floors) <= 0.01))
+                meets=bool(all(map(_within, cov)) and w200.max() <= 0.01 and (w50 / w200).min() >= 1.6
+                           and max(floors) <= 0.01))
 
 
 def _over_seeds(rows: list) -> list:
@@ -303,20 +314,23 @@ def _over_seeds(rows: list) -> list:
     for m, n, b in keys:
         cell = [r for r in rows if (r["method"], r["n"], r["bin"]) == (m, n, b)]
         out.append(dict(method=m, n=n, bin=b, bin_range=cell[0]["bin_range"], seeds=[r["seed"] for r in cell],
-                        **{k: mean_sd([r[k] for r in cell]) for k in ("coverage68", "coverage95", "halfwidth68", "bias", "floor")}))
+                        **{k: mean_sd([r[k] for r in cell])
+                           for k in ("coverage68", "coverage95", "halfwidth68", "bias", "floor")}))
     return out
 
 
 def choose(targets: dict) -> dict:
-    """The method with the most coverage cells within 2 sigma per seed (then the narrowest light-mass N = 200 width), the
-    methods it is not separated from (a mean count within twice the larger seed sd of its own), and `versus` calls of
-    its light-mass |bias| at N = 200 against each other method's (lower is better)."""
+    """The method with the most coverage cells within 2 sigma per seed (then the narrowest light-mass N = 200 width),
+    the methods it is not separated from (a mean count within twice the larger seed sd of its own), and `versus` calls
+    of its light-mass |bias| at N = 200 against each other method's (lower is better)."""
     key = lambda m: (-targets[m]["within_2sigma_per_seed"]["mean"], targets[m]["halfwidth200_light_max"])
     best = min(targets, key=key)
     b = targets[best]["within_2sigma_per_seed"]
     tied = [m for m, t in targets.items() if m != best and
-            b["mean"] - t["within_2sigma_per_seed"]["mean"] <= 2 * max(b["sd"] or 0, t["within_2sigma_per_seed"]["sd"] or 0)]
-    bias = {m: versus(targets[best]["light_abs_bias200"], t["light_abs_bias200"]) for m, t in targets.items() if m != best}
+            b["mean"] - t["within_2sigma_per_seed"]["mean"]
+            <= 2 * max(b["sd"] or 0, t["within_2sigma_per_seed"]["sd"] or 0)]
+    bias = {m: versus(targets[best]["light_abs_bias200"], t["light_abs_bias200"]) for m, t in targets.items()
+            if m != best}
     return dict(method=best, not_separated_from=tied, any_meets_targets=any(t["meets"] for t in targets.values()),
                 light_bias_calls=bias)
 
@@ -345,12 +359,14 @@ def score(seeds, cells_only=False) -> None:
     print("chosen:", ch, flush=True)
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
          runs={str(s): dict(command=w["train"].format(seed=s), weights_sha256=weights_digest(s)) for s in seeds},
-         settings=dict(**_world_settings(seeds), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
+         settings=dict(**_world_settings(seeds), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS,
+                       lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
                        fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED))
 
 
 def _world_settings(seeds) -> dict:
-    "What the varied world's results say about where they came from; nothing for the fixed world (its file is unchanged)."
+    """What the varied world's results say about where they came from; nothing for the fixed world (its file is
+    unchanged)."""
     if WORLD == "model_ii": return {}
     from deeplense_fastai.posterior import SUMMARY_FLOORS
     return dict(world=WORLD, run=f"bench/robustness.py's {WORLDS[WORLD]['robustness_run']}", seeds=list(seeds),

@@ -19,7 +19,9 @@ def rate(f, n, steps):
     f()
     best = float("inf")
     for _ in range(steps):
-        t0 = time.perf_counter(); f(); best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
     return n / best
 
 
@@ -30,7 +32,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--json", default=None, help="results file (default bench/results/models.json)")
     a = ap.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.models import MODELS, get_model, count_parameters, count_macs
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
           f"throughput at {a.size}x{a.size}, batch {a.bs}")
@@ -44,12 +47,17 @@ def main():
         macs = count_macs(m, 150)
         opt = torch.optim.Adam(m.parameters(), 1e-3)
         def train_step():
-            m.train(); loss = torch.nn.functional.mse_loss(m(x), y); opt.zero_grad(); loss.backward(); opt.step()
+            m.train()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         def infer():
             m.eval()
             with torch.no_grad(): m(x)
         row = dict(model=name, params=count_parameters(m), gmacs_150px=round(macs / 1e9, 2),
-                   train_img_s=round(rate(train_step, a.bs, a.steps), 1), infer_img_s=round(rate(infer, a.bs, a.steps), 1))
+                   train_img_s=round(rate(train_step, a.bs, a.steps), 1),
+                   infer_img_s=round(rate(infer, a.bs, a.steps), 1))
         rows.append(row)
         print(f"| {name} | {row['params'] / 1e6:.2f}M | {row['gmacs_150px']:.2f} | {row['train_img_s']:.0f} | "
               f"{row['infer_img_s']:.0f} |", flush=True)

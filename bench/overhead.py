@@ -4,9 +4,9 @@
 
 Both loops consume the same fastai DataLoader (the same memory-mapped images, min-max normalisation and square
 symmetries) and train the same model with the same optimiser (Adam, fixed learning rate); the fastai side is
-`regression_learner(...).fit(1)` with its recorder and callbacks (training phase timed by a callback), the bare side is a plain
-forward/backward/step loop. The ratio of the two times is fastai's overhead; the target is at most 1.10.
-The two loops alternate `--repeats` times and the best time of each is kept (shared machines are noisy).
+`regression_learner(...).fit(1)` with its recorder and callbacks (training phase timed by a callback), the bare side is
+a plain forward/backward/step loop. The ratio of the two times is fastai's overhead; the target is at most 1.10. The two
+loops alternate `--repeats` times and the best time of each is kept (shared machines are noisy).
 """
 import argparse
 import platform
@@ -27,7 +27,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="results file (default bench/results/overhead.json)")
     a = ap.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.dataset import write_dataset
     from deeplense_fastai.data import lens_dataloaders
     from deeplense_fastai.learner import regression_learner
@@ -70,7 +71,8 @@ def main():
 
     fa, ba = [], []
     for _ in range(a.repeats):
-        ba.append(bare_epoch()); fa.append(fastai_epoch())
+        ba.append(bare_epoch())
+        fa.append(fastai_epoch())
     f, b = min(fa), min(ba)
     print(f"# machine: {platform.machine()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {a.arch}, "
           f"bs {a.bs}, {n_batches} training batches of 64x64 Model II images; best of {a.repeats}")
@@ -80,7 +82,8 @@ def main():
     print(f"| fastai Learner | {f:.2f} | {n_batches * a.bs / f:.0f} | {f / b:.3f} |")
     save("overhead", a.json, arch=a.arch, bs=a.bs, batches=n_batches, repeats=a.repeats, table=[
         dict(loop="bare PyTorch", seconds_per_epoch=round(b, 3), img_s=round(n_batches * a.bs / b, 1), ratio=1.0),
-        dict(loop="fastai Learner", seconds_per_epoch=round(f, 3), img_s=round(n_batches * a.bs / f, 1), ratio=round(f / b, 3))])
+        dict(loop="fastai Learner", seconds_per_epoch=round(f, 3), img_s=round(n_batches * a.bs / f, 1),
+             ratio=round(f / b, 3))])
 
 
 if __name__ == "__main__":

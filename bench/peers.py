@@ -99,7 +99,8 @@ def version(dist):
 
 
 def instrument(p):
-    """npix, pixel scale, PSF FWHM and truncation of a preset (its `instrument` part, or the flat fields of older presets)."""
+    """npix, pixel scale, PSF FWHM and truncation of a preset (its `instrument` part, or the flat fields of older
+    presets)."""
     i = getattr(p, "instrument", p)
     return int(i.npix), float(i.pixel_scale), float(i.psf_fwhm), float(i.psf_truncation)
 
@@ -312,7 +313,8 @@ class Herculens(Tool):
         from herculens.LightModel.light_model import LightModel
         from herculens.MassModel.mass_model import MassModel
         n, d, fwhm, trunc, ra0, dec0, M = pixel_grid(scene.p)
-        li = LensImage(PixelGrid(n, n, M, ra0, dec0), PSF(psf_type="GAUSSIAN", fwhm=fwhm, pixel_size=d, truncation=trunc),
+        li = LensImage(PixelGrid(n, n, M, ra0, dec0),
+                       PSF(psf_type="GAUSSIAN", fwhm=fwhm, pixel_size=d, truncation=trunc),
                        lens_mass_model_class=MassModel(scene.models), source_model_class=LightModel(["SERSIC_ELLIPSE"]),
                        kwargs_numerics={"supersampling_factor": 1})
         model = lambda lens, src: li.model(kwargs_lens=lens, kwargs_source=src)
@@ -392,7 +394,8 @@ def availability(tools):
     for t in tools:
         v = version(DIST[t])
         if v is None:
-            out[t] = dict(version=None, status="skipped", reason=f"{DIST[t]} is not installed (pip install -e \".[peers]\")")
+            out[t] = dict(version=None, status="skipped",
+                          reason=f"{DIST[t]} is not installed (pip install -e \".[peers]\")")
             continue
         try:
             if t in ("herculens", "herculens_vmap"):
@@ -416,12 +419,13 @@ def availability(tools):
     return out
 
 
-def measure_scene(scene, tools, a, log):
-    "Agreement, warm-up and interleaved rounds of every available tool on one scene: the scene's table rows."
+def start_tools(scene, tools):
+    "Each tool set up on `scene` and called once: its table row and, where it runs, the live tool."
     rows, live = {}, {}
     for t in tools:
         if t == "paltax" and scene.n_masses:
-            rows[t] = dict(scene=scene.name, tool=t, timed=False, note="no point-mass profile in paltax: not this scene")
+            rows[t] = dict(scene=scene.name, tool=t, timed=False,
+                           note="no point-mass profile in paltax: not this scene")
             continue
         try:
             t0 = time.perf_counter()
@@ -429,20 +433,30 @@ def measure_scene(scene, tools, a, log):
             setup = time.perf_counter() - t0
             t0 = time.perf_counter()
             live[t].call(0)
-            rows[t] = dict(scene=scene.name, tool=t, setup_s=round(setup, 4), first_call_s=round(time.perf_counter() - t0, 4),
+            rows[t] = dict(scene=scene.name, tool=t, setup_s=round(setup, 4),
+                           first_call_s=round(time.perf_counter() - t0, 4),
                            batch=live[t].batch)
         except Exception as e:  # noqa: BLE001  a peer that fails on a scene is reported, not fatal
             rows[t] = dict(scene=scene.name, tool=t, timed=False, note=f"failed: {type(e).__name__}: {e}"[:300])
             live.pop(t, None)
             continue
-    ref = live["lenstronomy"].render(list(range(a.check)))
+    return rows, live
+
+
+def check_agreement(rows, live, check):
+    "Each live tool's largest difference from lenstronomy (of the peak) on `check` images; those beyond TOL stop."
+    ref = live["lenstronomy"].render(list(range(check)))
     for t in list(live):
-        img = np.concatenate([live[t].call(j) for j in range(math.ceil(a.check / live[t].batch))])[:a.check]
-        err = float(max(np.abs(img[i] - ref[i]).max() / np.abs(ref[i]).max() for i in range(a.check)))
+        img = np.concatenate([live[t].call(j) for j in range(math.ceil(check / live[t].batch))])[:check]
+        err = float(max(np.abs(img[i] - ref[i]).max() / np.abs(ref[i]).max() for i in range(check)))
         rows[t].update(agreement=err, agrees=err <= TOL)
         if err > TOL:
             rows[t].update(timed=False, note=f"differs from lenstronomy by {err:.2e} of the peak: not timed")
             live.pop(t)
+
+
+def timed_rounds(rows, live, a):
+    "Interleaved rounds of the live tools, sized by a warm call: rates, medians and ratios to the library in `rows`."
     est = {}
     for t, tool in live.items():            # size the rounds: images per round ~ round_seconds x this warm rate
         t0 = time.perf_counter()
@@ -459,14 +473,38 @@ def measure_scene(scene, tools, a, log):
     for t in live:
         med = statistics.median(rates[t])
         row = rows[t]
-        row.update(timed=True, images_per_round=size[t], rates=[round(x, 2) for x in rates[t]], median_img_s=round(med, 2))
+        row.update(timed=True, images_per_round=size[t], rates=[round(x, 2) for x in rates[t]],
+                   median_img_s=round(med, 2))
         if lib:
             ratios = [x / y for x, y in zip(rates[t], lib)]
             row.update(ratios=[round(x, 4) for x in ratios], ratio_to_library=round(statistics.median(ratios), 4))
+
+
+def measure_scene(scene, tools, a, log):
+    "Agreement, warm-up and interleaved rounds of every available tool on one scene: the scene's table rows."
+    rows, live = start_tools(scene, tools)
+    check_agreement(rows, live, a.check)
+    timed_rounds(rows, live, a)
     for t, row in rows.items():
         log(f"| {scene.name} | {t} | {row.get('agreement', float('nan')):.1e} | {row.get('median_img_s', '-')} | "
             f"{row.get('ratio_to_library', '-')} | {row.get('first_call_s', '-')} | {row.get('note', '')} |")
     return [rows[t] for t in tools if t in rows]
+
+
+def measure_scenes(a, ok, done, partial):
+    "The scenes of `a.scenes` not in `done` measured into it, each saved to `partial` when done (resumable)."
+    for name in a.scenes.split(","):
+        if name in done:
+            print(f"# {name}: kept from {partial}")
+            continue
+        pname, sub = name.rsplit("_", 1)
+        scene = Scene(pname, sub, a.images)
+        rows = measure_scene(scene, ok, a, print)
+        for r in rows:
+            r.update(preset=pname, substructure=sub, n_masses=scene.n_masses,
+                     flops_per_image=flops_per_image(scene.p, scene.n_masses))
+        done[name] = rows
+        write_json(partial, done)
 
 
 def main():
@@ -505,17 +543,7 @@ def main():
     print("| scene | tool | agreement (of peak) | median img/s | ratio to library | first call s | note |")
     print("|---|---|---|---|---|---|---|")
     F = [matmul_rate()]
-    for name in a.scenes.split(","):
-        if name in done:
-            print(f"# {name}: kept from {partial}")
-            continue
-        pname, sub = name.rsplit("_", 1)
-        scene = Scene(pname, sub, a.images)
-        rows = measure_scene(scene, ok, a, print)
-        for r in rows:
-            r.update(preset=pname, substructure=sub, n_masses=scene.n_masses, flops_per_image=flops_per_image(scene.p, scene.n_masses))
-        done[name] = rows
-        write_json(partial, done)
+    measure_scenes(a, ok, done, partial)
     F.append(matmul_rate())
     rate = max(F)
     table = []

@@ -9,12 +9,12 @@ for validation and epoch choice, 8 epochs, Ranger + one-cycle 3e-3). Two runs on
 head (`--loss flow`) and the MSE-trained point regressor it is compared with. Separate simulated sets (disjoint seeds):
 a 1,000-image calibration split (the recalibration and the network's own prior) and a 1,000-image test set (every
 per-lens number); the joint posterior's systematic floor is fitted on 200 simulated populations of 50 lenses (seed
-20,000, `calibrate(populations='model_ii', bank=0)`: the aggregate and floor). Then 200 test trials per N in {1, 10, 50} (seed 5,000): the true
-log10 m drawn from the prior U[-24, -22], N images simulated with that one mass, their joint posterior with the joint
-calibration (the network's prior divided out, the floor applied) and without it (the plain product of the recalibrated
-per-lens posteriors, flat prior divided out); how often the truth lies inside the joint 68% and 95% intervals, and
-the interval widths. The same per-lens calibration for f_sub with the fsub preset
-(Model I instrument, resized to 64x64 for the CPU), with the posterior of the mean f_sub of N lenses.
+20,000, `calibrate(populations='model_ii', bank=0)`: the aggregate and floor). Then 200 test trials per N in {1, 10, 50}
+(seed 5,000): the true log10 m drawn from the prior U[-24, -22], N images simulated with that one mass, their joint
+posterior with the joint calibration (the network's prior divided out, the floor applied) and without it (the plain
+product of the recalibrated per-lens posteriors, flat prior divided out); how often the truth lies inside the joint 68%
+and 95% intervals, and the interval widths. The same per-lens calibration for f_sub with the fsub preset (Model I
+instrument, resized to 64x64 for the CPU), with the posterior of the mean f_sub of N lenses.
 
 Trained runs are cached (DEEPLENSE_CACHE/bench/posterior-*) so a second call only re-scores. Results:
 bench/results/posterior.json (machine, versions, date, command).
@@ -42,7 +42,8 @@ def simulated(preset, n, seed, tag):
     x_path, y_path = d / f"{tag}-n{n}-seed{seed}.npy", d / f"{tag}-n{n}-seed{seed}.csv"
     if not (x_path.exists() and y_path.exists()):
         x, lab = simulate(preset, n, seed=seed, batch_size=256)
-        np.save(x_path, x[:, 0].numpy()); lab.to_csv(y_path, index=False)
+        np.save(x_path, x[:, 0].numpy())
+        lab.to_csv(y_path, index=False)
     return x_path
 
 
@@ -71,7 +72,8 @@ def per_lens(run, test, cal, log, populations=None):
     (run / "calibration.json").unlink(missing_ok=True)       # a rerun starts from the raw posteriors
     before = calibration_report(run, test, raw=True)
     widths = dict(raw=float(np.median(_halfwidths(run, test, before))))
-    fitted = calibrate(run, cal, force=True, populations=populations, bank=0)   # the aggregate and floor this bench measures
+    # the aggregate and floor this bench measures
+    fitted = calibrate(run, cal, force=True, populations=populations, bank=0)
     after = calibration_report(run, test)
     widths["recalibrated"] = float(np.median(_halfwidths(run, test, after)))
     out = {}
@@ -79,14 +81,16 @@ def per_lens(run, test, cal, log, populations=None):
         t = r["targets"][0]
         out[name] = dict(coverage=r["coverage"][t].round(4).tolist(), max_coverage_error=r["max_coverage_error"],
                          sbc_hist=np.histogram(r["sbc"][:, 0], bins=20, range=(0, 201))[0].tolist(),
-                         tarp_ecp=np.asarray(r["tarp"][0]).round(4).tolist(), tarp_alpha=np.asarray(r["tarp"][1]).round(4).tolist(),
+                         tarp_ecp=np.asarray(r["tarp"][0]).round(4).tolist(),
+                         tarp_alpha=np.asarray(r["tarp"][1]).round(4).tolist(),
                          binned=r["binned"][t].round(4).to_dict("records"), points=r["points"],
                          interval68_halfwidth=widths[name])
         log(f"  {name}: max |coverage - nominal| {r['max_coverage_error']:.3f}; median MAE {r['points']['mae']:.4f}")
     if fitted["floor"] is not None:
         j = fitted["joint"]["log10_m_axion"]
         out["joint_calibration"] = dict(systematic=j["systematic"], populations=j["populations"],
-                                        fit=fitted["floor"][fitted["floor"].width == j["systematic"]].round(4).to_dict("records"))
+                                        fit=fitted["floor"][fitted["floor"].width
+                                                            == j["systematic"]].round(4).to_dict("records"))
         log(f"  joint calibration: systematic floor {j['systematic']:.4f} dex on {j['populations']}")
     return out
 
@@ -115,8 +119,8 @@ def _trial_summaries(grid, logp, cfg, n, joint_posterior):
 
 def joint_trials(run, preset, trials, ns, seed, log):
     """Coverage of the joint 68% and 95% intervals and their widths, for N lenses sharing one true log10 m: with the
-    run's joint calibration (its own prior divided out, the fitted systematic floor) and without it (the plain product of
-    the recalibrated per-lens posteriors, the flat prior divided out)."""
+    run's joint calibration (its own prior divided out, the fitted systematic floor) and without it (the plain product
+    of the recalibrated per-lens posteriors, the flat prior divided out)."""
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.inference import run_posteriors
     from deeplense_fastai.combine import joint_posterior, population_images
@@ -132,9 +136,11 @@ def joint_trials(run, preset, trials, ns, seed, log):
             lo68, hi68, lo95, hi95, med = _trial_summaries(grid, logp, cfg, n, joint_posterior)
             r = dict(n=n, trials=trials, coverage68=float(((truths >= lo68) & (truths <= hi68)).mean()),
                      coverage95=float(((truths >= lo95) & (truths <= hi95)).mean()),
-                     halfwidth68_median=float(np.median((hi68 - lo68) / 2)), halfwidth95_median=float(np.median((hi95 - lo95) / 2)),
+                     halfwidth68_median=float(np.median((hi68 - lo68) / 2)),
+                     halfwidth95_median=float(np.median((hi95 - lo95) / 2)),
                      mae_median=float(np.abs(med - truths).mean()),
-                     truth=truths.round(4).tolist(), median=med.round(4).tolist(), lo68=lo68.round(4).tolist(), hi68=hi68.round(4).tolist())
+                     truth=truths.round(4).tolist(), median=med.round(4).tolist(), lo68=lo68.round(4).tolist(),
+                     hi68=hi68.round(4).tolist())
             out.setdefault(mode, {})[str(n)] = r
             log(f"  {mode} N={n}: joint 68% covers {r['coverage68']:.3f}, 95% covers {r['coverage95']:.3f}, "
                 f"68% half-width {r['halfwidth68_median']:.4f} dex")
@@ -156,7 +162,9 @@ def fsub_population(run, test, ns, trials, seed):
             idx = rng.choice(len(y), n, replace=False)
             m = draws[:, idx].mean(1)
             lo68, hi68, lo95, hi95 = np.quantile(m, [0.16, 0.84, 0.025, 0.975])
-            inside68.append(lo68 <= y[idx].mean() <= hi68); inside95.append(lo95 <= y[idx].mean() <= hi95); widths.append((hi68 - lo68) / 2)
+            inside68.append(lo68 <= y[idx].mean() <= hi68)
+            inside95.append(lo95 <= y[idx].mean() <= hi95)
+            widths.append((hi68 - lo68) / 2)
         out[str(n)] = dict(n=n, trials=trials, coverage68=float(np.mean(inside68)), coverage95=float(np.mean(inside95)),
                            halfwidth68_median=float(np.median(widths)))
     return out
@@ -174,15 +182,18 @@ def main():
                     help="model_ii -> posterior.json, fsub -> posterior_fsub.json (all: both, in one file)")
     ap.add_argument("--json", default=None, help="results file (default bench/results/posterior.json)")
     a = ap.parse_args()
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     import platform
     ns = [int(v) for v in a.ns.split(",")]
     log = lambda *x: print(*x, flush=True)
-    res = dict(protocol=dict(preset="model_ii", arch="resnet18", n_train=a.n_train, n_test=a.n_test, n_calibration=a.n_test,
+    res = dict(protocol=dict(preset="model_ii", arch="resnet18", n_train=a.n_train, n_test=a.n_test,
+                             n_calibration=a.n_test,
                              epochs=a.epochs, trials=a.trials, ns=ns), targets=TARGETS)
     t0 = time.perf_counter()
     if a.part == "fsub": return run_fsub(a, ns, log, t0)
-    train, cal, test = (simulated("model_ii", n, s, "model_ii") for n, s in ((a.n_train, 0), (a.n_test, 98), (a.n_test, 99)))
+    train, cal, test = (simulated("model_ii", n, s, "model_ii")
+                        for n, s in ((a.n_train, 0), (a.n_test, 98), (a.n_test, 99)))
     log(f"model_ii data ready ({time.perf_counter() - t0:.0f} s)")
     flow, t_flow = trained("model_ii", train, "log10_m_axion", "flow", a.epochs, None, log)
     mse, t_mse = trained("model_ii", train, "log10_m_axion", "mse", a.epochs, None, log)
@@ -193,14 +204,17 @@ def main():
     res["mse_mae"] = point_mae(mse, test, "log10_m_axion")
     res["flow_median_mae"] = res["per_lens"]["recalibrated"]["points"]["mae"]
     res["mae_ratio"] = res["flow_median_mae"] / res["mse_mae"]
-    log(f"  posterior-median MAE {res['flow_median_mae']:.4f} vs MSE ResNet18 {res['mse_mae']:.4f}: ratio {res['mae_ratio']:.3f}")
+    log(f"  posterior-median MAE {res['flow_median_mae']:.4f} vs MSE ResNet18 {res['mse_mae']:.4f}: ratio "
+        f"{res['mae_ratio']:.3f}")
     res["joint"] = joint_trials(flow, "model_ii", a.trials, ns, 5000, log)
     save("posterior", a.json, **res)
     if not a.skip_fsub and a.part == "all":
-        ftrain, fcal, ftest = (simulated("fsub", n, s, "fsub") for n, s in ((a.n_train, 0), (a.n_test, 98), (a.n_test, 99)))
+        ftrain, fcal, ftest = (simulated("fsub", n, s, "fsub")
+                               for n, s in ((a.n_train, 0), (a.n_test, 98), (a.n_test, 99)))
         frun, t_f = trained("fsub", ftrain, "f_sub", "flow", a.epochs, 64, log)
         res["fsub"] = dict(size=64, train_seconds=t_f, per_lens=per_lens(frun, ftest, fcal, log),
-                           population_mean=fsub_population(frun, ftest, [n for n in ns if n <= a.n_test // 4], a.trials, 7),
+                           population_mean=fsub_population(frun, ftest, [n for n in ns if n <= a.n_test // 4], a.trials,
+                                                           7),
                            published="ResNet18 MSE 6.1e-5, R^2 0.72 (GSoC test III, PyAutoLens set, 150x150)")
         save("posterior", a.json, **res)
     log(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
@@ -211,7 +225,8 @@ def run_fsub(a, ns, log, t0):
     ftrain, fcal, ftest = (simulated("fsub", n, s, "fsub") for n, s in ((a.n_train, 0), (a.n_test, 98), (a.n_test, 99)))
     log(f"fsub data ready ({time.perf_counter() - t0:.0f} s)")
     frun, t_f = trained("fsub", ftrain, "f_sub", "flow", a.epochs, 64, log)
-    res = dict(protocol=dict(preset="fsub", arch="resnet18", size=64, n_train=a.n_train, n_test=a.n_test, n_calibration=a.n_test,
+    res = dict(protocol=dict(preset="fsub", arch="resnet18", size=64, n_train=a.n_train, n_test=a.n_test,
+                             n_calibration=a.n_test,
                              epochs=a.epochs, trials=a.trials, ns=ns), train_seconds=t_f,
                per_lens=per_lens(frun, ftest, fcal, log),
                population_mean=fsub_population(frun, ftest, [n for n in ns if n <= a.n_test // 4], a.trials, 7),

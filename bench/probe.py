@@ -158,10 +158,13 @@ def output_tries() -> list:
     for cname, base in cmds.items():
         model = "{RUN}" if "{RUN}" in base else "{FLOW}"
         png = cname.endswith("--plot")
-        targets = [(f"{model}/config.json", "refuse", ("reads",)), (f"{model}/weights.safetensors", "refuse", ("reads",)),
-                   (f"{model}/metrics.json", "refuse", ("reads",)), (f"{model}/new.png" if png else f"{model}/new.json", "refuse", ("reads",)),
+        targets = [(f"{model}/config.json", "refuse", ("reads",)),
+                   (f"{model}/weights.safetensors", "refuse", ("reads",)),
+                   (f"{model}/metrics.json", "refuse", ("reads",)),
+                   (f"{model}/new.png" if png else f"{model}/new.json", "refuse", ("reads",)),
                    ("{CAL}/labels.csv", "refuse", ("reads",)), ("{CAL}/images.npy", "refuse", ("reads",)),
-                   ("{CAL}/manifest.json", "refuse", ("reads",)), ("{CAL}/new.png" if png else "{CAL}/new.json", "refuse", ("reads",)),
+                   ("{CAL}/manifest.json", "refuse", ("reads",)),
+                   ("{CAL}/new.png" if png else "{CAL}/new.json", "refuse", ("reads",)),
                    ("{W}/missing/x.png" if png else "{W}/missing/x.json", "refuse", ("does not exist",)),
                    ("{MINE}/x.png" if png else "{MINE}/x.json", "refuse", ("not a directory",)),
                    ("{W}", "refuse", ("is a directory",))]
@@ -180,20 +183,27 @@ def output_tries() -> list:
             lnk = "{W}/link.png" if png else "{W}/link.json"
             tries.append(Try("output paths", f"{cname} a link to the user's file{' --force' if force else ''}",
                              base + [lnk] + (["--force"] if force else []), "ok" if force else "refuse",
-                             ("symbolic link",) if not force else (), setup=_link("{MINE}", lnk), outputs=(Path(lnk).name,)))
+                             ("symbolic link",) if not force else (), setup=_link("{MINE}", lnk),
+                             outputs=(Path(lnk).name,)))
             dang = "{W}/dangling.png" if png else "{W}/dangling.json"
             tries.append(Try("output paths", f"{cname} a dangling link{' --force' if force else ''}",
                              base + [dang] + (["--force"] if force else []), "ok" if force else "refuse",
-                             ("symbolic link",) if not force else (), setup=_link("{W}/nowhere", dang), outputs=(Path(dang).name,)))
+                             ("symbolic link",) if not force else (), setup=_link("{W}/nowhere", dang),
+                             outputs=(Path(dang).name,)))
     tries.append(Try("output paths", "combine --json and --plot on one path",
-                     ["combine", "--model", "{FLOW}", "{CAL}", "--json", "{W}/x.png", "--plot", "{W}/x.png"], "refuse", ("another output",)))
-    tries.append(Try("output paths", "combine --plot of an unknown format", ["combine", "--model", "{FLOW}", "{CAL}", "--plot",
+                     ["combine", "--model", "{FLOW}", "{CAL}", "--json", "{W}/x.png", "--plot", "{W}/x.png"], "refuse",
+                     ("another output",)))
+    tries.append(Try("output paths", "combine --plot of an unknown format",
+                     ["combine", "--model", "{FLOW}", "{CAL}", "--plot",
                      "{W}/x.xyz"], "refuse", ("unknown image format",)))
-    tries.append(Try("output paths", "train --out under a plain file", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{MINE}/r"],
+    tries.append(Try("output paths", "train --out under a plain file",
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{MINE}/r"],
                      "refuse", ("not a directory",)))
-    tries.append(Try("output paths", "train --out a dangling link", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/dl"],
+    tries.append(Try("output paths", "train --out a dangling link",
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/dl"],
                      "refuse", ("dangling",), setup=_link("{W}/nowhere", "{W}/dl")))
-    tries.append(Try("output paths", "simulate --out under a plain file", ["simulate", "--n", 4, "--out", "{MINE}/d"], "refuse"))
+    tries.append(Try("output paths", "simulate --out under a plain file", ["simulate", "--n", 4, "--out", "{MINE}/d"],
+                     "refuse"))
     return tries
 
 
@@ -204,11 +214,13 @@ def _unfinish(run, *names):
 
 
 def _same_run(name):
-    "The resumed run equals the uninterrupted one in the fixture: config (prior range included), weights, a test report."
+    """The resumed run equals the uninterrupted one in the fixture: config (prior range included), weights, a test
+    report."""
     def f(p, r):
         a, b = p["W"] / name, p["FIX"] / name
         ca, cb = json.loads((a / "config.json").read_text()), json.loads((b / "config.json").read_text())
-        diff = [k for k in set(ca) | set(cb) if k != "source" and ca.get(k) != cb.get(k)]   # the copy lives in another folder
+        # the copy lives in another folder
+        diff = [k for k in set(ca) | set(cb) if k != "source" and ca.get(k) != cb.get(k)]
         if diff: return f"config.json differs: {diff}"
         if (a / "weights.safetensors").read_bytes() != (b / "weights.safetensors").read_bytes(): return "other weights"
         if not (a / "metrics.json").exists(): return "no metrics.json"
@@ -220,34 +232,44 @@ def resume_tries() -> list:
     tries = []
     for run, loss in (("{RUN}", []), ("{FLOW}", ["--loss", "flow"])):
         base = ["train", "--data", "{TRAIN}", *SMALL, *loss, "--out", run]
-        for extra, what in (([], "the same command"), (["--lr", "1e-3"], "another rate"), (["--epochs", "2"], "more epochs"),
+        for extra, what in (([], "the same command"), (["--lr", "1e-3"], "another rate"),
+                            (["--epochs", "2"], "more epochs"),
                             (["--target", "f_sub"], "another target")):
             tries.append(Try("resume", f"--resume a finished {run} with {what}", base + extra + ["--resume"], "refuse",
                              ("finished run",)))
         other = ["train", "--data", "{CAL}", *SMALL, *loss, "--out", run, "--resume"]
         tries.append(Try("resume", f"--resume a finished {run} on other data", other, "refuse", ("finished run",)))
-        for n, what in ((("config.json", "metrics.json"), "killed during export"), (("metrics.json",), "killed during the test")):
-            tries.append(Try("resume", f"--resume {run} {what}, other data", other, "refuse", ("cannot resume", "the data"),
+        for n, what in ((("config.json", "metrics.json"), "killed during export"),
+                        (("metrics.json",), "killed during the test")):
+            tries.append(Try("resume", f"--resume {run} {what}, other data", other, "refuse",
+                             ("cannot resume", "the data"),
                              setup=_unfinish(run, *n)))
-            tries.append(Try("resume", f"--resume {run} {what}, other rate", base + ["--lr", "1e-3", "--resume"], "refuse",
-                             ("cannot resume",), setup=_unfinish(run, *n)))
+            tries.append(Try("resume", f"--resume {run} {what}, other rate", base + ["--lr", "1e-3", "--resume"],
+                             "refuse", ("cannot resume",), setup=_unfinish(run, *n)))
             tries.append(Try("resume", f"--resume {run} {what}", base + ["--resume"], "ok", setup=_unfinish(run, *n),
                              outputs=(f"{run[1:-1].lower()}/",), check=_same_run(run[1:-1].lower())))
         tries.append(Try("resume", f"train into finished {run} without a flag", base, "refuse", ("not empty",)))
-        tries.append(Try("resume", f"--resume and --force on {run}", base + ["--resume", "--force"], "refuse", ("not both",)))
-    tries.append(Try("resume", "--resume with no checkpoint", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/empty", "--resume"],
+        tries.append(Try("resume", f"--resume and --force on {run}", base + ["--resume", "--force"], "refuse",
+                         ("not both",)))
+    tries.append(Try("resume", "--resume with no checkpoint",
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/empty", "--resume"],
                      "refuse", ("no checkpoint",)))
     tries.append(Try("resume", "--resume after a kill that left only a partial checkpoint",
-                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/half", "--resume"], "refuse", ("no checkpoint", "--force"),
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/half", "--resume"], "refuse",
+                     ("no checkpoint", "--force"),
                      setup=lambda p: ((p["W"] / "half" / "models").mkdir(parents=True),
                                       (p["W"] / "half" / "models" / "checkpoint.partial.pth").write_bytes(b"half"))))
-    tries.append(Try("resume", "--force over a partial run", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/half", "--force"],
+    tries.append(Try("resume", "--force over a partial run",
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/half", "--force"],
                      "ok", setup=lambda p: ((p["W"] / "half" / "models").mkdir(parents=True),
-                                            (p["W"] / "half" / "models" / "checkpoint.partial.pth").write_bytes(b"half")),
+                                            (p["W"] / "half" / "models" / "checkpoint.partial.pth")
+                                            .write_bytes(b"half")),
                      outputs=("half/",)))
     tries.append(Try("resume", "--force over a folder with the user's files",
-                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/notes", "--force"], "refuse", ("refusing to remove",),
-                     setup=lambda p: ((p["W"] / "notes").mkdir(), (p["W"] / "notes" / "thesis.tex").write_text("mine"))))
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/notes", "--force"], "refuse",
+                     ("refusing to remove",),
+                     setup=lambda p: ((p["W"] / "notes").mkdir(),
+                                      (p["W"] / "notes" / "thesis.tex").write_text("mine"))))
     return tries
 
 
@@ -269,26 +291,33 @@ def calibration_tries() -> list:
                   ("this run's own",), setup=_held),
               Try("calibration", "calibrate on the training data with --force", base + ["{TRAIN}", "--force"], "ok",
                   outputs=("flow/calibration.json",)),
-              Try("calibration", "calibrate populations of Model I for a Model II run", base + ["{CAL}", "--populations", "model_i"],
-                  "refuse", ("150x150",)),
-              Try("calibration", "calibrate populations of Model III for a Model II run", base + ["{CAL}", "--populations", "model_iii"],
-                  "refuse", ("model_iii",)),
-              Try("calibration", "calibrate populations of f_sub", base + ["{CAL}", "--populations", "fsub"], "refuse", ("log10_m_axion",)),
-              Try("calibration", "calibrate 1 trial of 1 lens", base + ["{CAL}", "--populations", "model_ii", "--trials", 1, "--lenses", 1],
+              Try("calibration", "calibrate populations of Model I for a Model II run",
+                  base + ["{CAL}", "--populations", "model_i"], "refuse", ("150x150",)),
+              Try("calibration", "calibrate populations of Model III for a Model II run",
+                  base + ["{CAL}", "--populations", "model_iii"], "refuse", ("model_iii",)),
+              Try("calibration", "calibrate populations of f_sub", base + ["{CAL}", "--populations", "fsub"], "refuse",
+                  ("log10_m_axion",)),
+              Try("calibration", "calibrate 1 trial of 1 lens",
+                  base + ["{CAL}", "--populations", "model_ii", "--trials", 1, "--lenses", 1],
                   "refuse", ("cannot fit a floor",)),
-              Try("calibration", "calibrate 19 trials", base + ["{CAL}", "--populations", "model_ii", "--trials", 19, "--lenses", 5],
+              Try("calibration", "calibrate 19 trials",
+                  base + ["{CAL}", "--populations", "model_ii", "--trials", 19, "--lenses", 5],
                   "refuse", ("cannot fit a floor",)),
-              Try("calibration", "calibrate --seed -1", base + ["{CAL}", "--populations", "model_ii", "--seed", -1], "refuse", ("--seed",)),
-              Try("calibration", "calibrate over a corrupt calibration.json with --force", ["calibrate", "--model", "{CALFLOW}", "--data",
+              Try("calibration", "calibrate --seed -1", base + ["{CAL}", "--populations", "model_ii", "--seed", -1],
+                  "refuse", ("--seed",)),
+              Try("calibration", "calibrate over a corrupt calibration.json with --force",
+                  ["calibrate", "--model", "{CALFLOW}", "--data",
                   "{CAL}", "--force"], "ok", setup=lambda p: (p["CALFLOW"] / "calibration.json").write_text("{corrupt"),
                   outputs=("calflow/calibration.json",)),
-              Try("calibration", "calibrate a point-estimate run", ["calibrate", "--model", "{RUN}", "--data", "{CAL}"], "refuse",
-                  ("flow",))]
+              Try("calibration", "calibrate a point-estimate run", ["calibrate", "--model", "{RUN}", "--data", "{CAL}"],
+                  "refuse", ("flow",))]
     return tries
 
 
 def _flip(f: Path):
-    b = bytearray(f.read_bytes()); b[-1] ^= 1; f.write_bytes(bytes(b))
+    b = bytearray(f.read_bytes())
+    b[-1] ^= 1
+    f.write_bytes(bytes(b))
 
 
 def _held(p):
@@ -303,14 +332,18 @@ def duplicate_tries() -> list:
     def folder(p):
         (p["W"] / "f").mkdir()
         im = np.load(p["STACK"])[0]
-        np.save(p["W"] / "f" / "a.npy", im); np.save(p["W"] / "f" / "b.npy", im)
+        np.save(p["W"] / "f" / "a.npy", im)
+        np.save(p["W"] / "f" / "b.npy", im)
     def n_lenses(n):
         return lambda p, r: None if f"from {n} lenses" in r.stdout else f"expected {n} lenses: {r.stdout.strip()[:120]}"
     base = ["combine", "--model", "{FLOW}"]
     return [Try("duplicates", "combine one dataset twice", base + ["{CAL}", "{CAL}"], "refuse", ("same image",)),
-            Try("duplicates", "combine a dataset and its own images.npy", base + ["{CAL}", "{CAL}/images.npy"], "refuse", ("same image",)),
-            Try("duplicates", "combine a dataset and a subset of it", base + ["{CAL}", "{W}/three.npy"], "refuse", ("same image",), setup=sub),
-            Try("duplicates", "combine a folder holding one image twice", base + ["{W}/f"], "refuse", ("same image",), setup=folder),
+            Try("duplicates", "combine a dataset and its own images.npy", base + ["{CAL}", "{CAL}/images.npy"],
+                "refuse", ("same image",)),
+            Try("duplicates", "combine a dataset and a subset of it", base + ["{CAL}", "{W}/three.npy"], "refuse",
+                ("same image",), setup=sub),
+            Try("duplicates", "combine a folder holding one image twice", base + ["{W}/f"], "refuse", ("same image",),
+                setup=folder),
             Try("duplicates", "combine one stack twice", base + ["{STACK}", "{STACK}"], "refuse", ("same image",)),
             Try("duplicates", "combine distinct lenses", base + ["{CAL}", "{STACK}"], "ok", check=n_lenses(29))]
 
@@ -327,18 +360,24 @@ def _fits5(p):
 
 def bounded_tries() -> list:
     rows = lambda n: (lambda p, r: None if len(pd.read_csv(io.StringIO(r.stdout))) == n else "wrong number of rows")
-    tries = [Try("bounded work", f"predict --samples {k}", ["predict", "--model", "{FLOW}", "{CAL}", "--samples", k], "refuse",
-                 ("--samples",), timeout=120) for k in (100_000_000, 10_001, -1)]
-    tries.append(Try("bounded work", "predict --samples 3", ["predict", "--model", "{FLOW}", "{STACK}", "--samples", 3], "ok"))
-    for c in (["info", "{W}/pipe.npy"], ["predict", "--model", "{RUN}", "{W}/pipe.npy"], ["evaluate", "--model", "{RUN}", "--data",
-              "{W}/pipe.npy"], ["train", "--data", "{W}/pipe.npy", "--out", "{W}/r"], ["combine", "--model", "{FLOW}", "{W}/pipe.npy"],
+    tries = [Try("bounded work", f"predict --samples {k}", ["predict", "--model", "{FLOW}", "{CAL}", "--samples", k],
+                 "refuse", ("--samples",), timeout=120) for k in (100_000_000, 10_001, -1)]
+    tries.append(Try("bounded work", "predict --samples 3", ["predict", "--model", "{FLOW}", "{STACK}", "--samples", 3],
+                     "ok"))
+    for c in (["info", "{W}/pipe.npy"], ["predict", "--model", "{RUN}", "{W}/pipe.npy"],
+              ["evaluate", "--model", "{RUN}", "--data", "{W}/pipe.npy"],
+              ["train", "--data", "{W}/pipe.npy", "--out", "{W}/r"], ["combine", "--model", "{FLOW}", "{W}/pipe.npy"],
               ["calibrate", "--model", "{FLOW}", "--data", "{W}/pipe.npy"]):
-        tries.append(Try("bounded work", f"{c[0]} on a FIFO", c, "refuse", ("not a regular file",), setup=_fifo, timeout=120))
-    tries.append(Try("bounded work", "predict every extension of a FITS file", ["predict", "--model", "{RUN}", "{W}/five.fits"], "ok",
+        tries.append(Try("bounded work", f"{c[0]} on a FIFO", c, "refuse", ("not a regular file",), setup=_fifo,
+                         timeout=120))
+    tries.append(Try("bounded work", "predict every extension of a FITS file",
+                     ["predict", "--model", "{RUN}", "{W}/five.fits"], "ok",
                      setup=_fits5, check=rows(5)))
-    tries.append(Try("bounded work", "predict a FITS file with extensions of two shapes", ["predict", "--model", "{RUN}",
+    tries.append(Try("bounded work", "predict a FITS file with extensions of two shapes",
+                     ["predict", "--model", "{RUN}",
                      "{W}/mixed.fits"], "refuse", ("HDU 1",), setup=_fits5))
-    tries.append(Try("bounded work", "info on every extension of a FITS file", ["info", "{W}/five.fits"], "ok", setup=_fits5,
+    tries.append(Try("bounded work", "info on every extension of a FITS file", ["info", "{W}/five.fits"], "ok",
+                     setup=_fits5,
                      check=lambda p, r: None if "5 images" in r.stdout else r.stdout[:120]))
     return tries
 
@@ -347,23 +386,30 @@ def disk_tries() -> list:
     "A file-size limit (as `ulimit -f` sets) met while writing, for each command that writes, at several sizes."
     tries = []
     for lim in (2_000, 100_000, 1_000_000):
-        tries.append(Try("disk full", f"train at a {lim:,}-byte file limit", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/full"],
+        tries.append(Try("disk full", f"train at a {lim:,}-byte file limit",
+                         ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/full"],
                          "refuse", ("file size limit",), fsize=lim, outputs=("full/",)))
-        tries.append(Try("disk full", f"simulate at a {lim:,}-byte file limit", ["simulate", "--n", 64, "--out", "{W}/sim"], "refuse",
+        tries.append(Try("disk full", f"simulate at a {lim:,}-byte file limit",
+                         ["simulate", "--n", 64, "--out", "{W}/sim"], "refuse",
                          ("file size limit",), fsize=lim, outputs=("sim/",)))
     for lim in (100, 600):                  # the 24 rows take about 1,500 bytes
-        tries.append(Try("disk full", f"predict --out at {lim:,} bytes", ["predict", "--model", "{RUN}", "{CAL}", "--out", "{W}/p.csv"],
+        tries.append(Try("disk full", f"predict --out at {lim:,} bytes",
+                         ["predict", "--model", "{RUN}", "{CAL}", "--out", "{W}/p.csv"],
                          "refuse", ("file size limit",), fsize=lim))
-    tries.append(Try("disk full", "evaluate --json at 50 bytes", ["evaluate", "--model", "{RUN}", "--data", "{CAL}", "--json",
+    tries.append(Try("disk full", "evaluate --json at 50 bytes",
+                     ["evaluate", "--model", "{RUN}", "--data", "{CAL}", "--json",
                      "{W}/e.json"], "refuse", ("file size limit",), fsize=50))
-    tries.append(Try("disk full", "combine --plot at 500 bytes", ["combine", "--model", "{FLOW}", "{CAL}", "--plot", "{W}/j.png"],
+    tries.append(Try("disk full", "combine --plot at 500 bytes",
+                     ["combine", "--model", "{FLOW}", "{CAL}", "--plot", "{W}/j.png"],
                      "refuse", ("file size limit",), fsize=500))
-    tries.append(Try("disk full", "calibrate at 100 bytes", ["calibrate", "--model", "{FLOW}", "--data", "{CAL}"], "refuse",
-                     ("file size limit",), fsize=100))
+    tries.append(Try("disk full", "calibrate at 100 bytes", ["calibrate", "--model", "{FLOW}", "--data", "{CAL}"],
+                     "refuse", ("file size limit",), fsize=100))
     def partial_train(p):
-        r = run(["train", "--data", p["TRAIN"], *SMALL, "--out", p["W"] / "full"], dict(os.environ, **ENV), p["W"], fsize=100_000)
+        r = run(["train", "--data", p["TRAIN"], *SMALL, "--out", p["W"] / "full"], dict(os.environ, **ENV), p["W"],
+                fsize=100_000)
         assert r is not None and r.returncode == 2, r and r.stderr[-500:]
-    tries.append(Try("disk full", "--force after a full disk", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/full", "--force"],
+    tries.append(Try("disk full", "--force after a full disk",
+                     ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/full", "--force"],
                      "ok", setup=partial_train, outputs=("full/",)))
     return tries
 
@@ -373,11 +419,14 @@ ENV: dict = {}
 
 def environment_tries() -> list:
     tries = []
-    for val, words in (("", ("set but empty",)), ("{MINE}", ("cache directory",)), ("{MINE}/sub", ("cache directory",))):
-        for c in (["train", *SMALL, "--out", "{W}/c"], ["train", "--preset", "model_ii", "--n", 50, *SMALL, "--out", "{W}/c"]):
-            tries.append(Try("environment", f"DEEPLENSE_CACHE={val!r}: {' '.join(c[:3])}", c, "refuse", words, env={"DEEPLENSE_CACHE": val}))
-    tries.append(Try("environment", "info on a DeepLense folder with DEEPLENSE_CACHE empty", ["info", "{W}/dl"], "refuse",
-                     ("set but empty",), env={"DEEPLENSE_CACHE": ""}, setup=_dl_folder))
+    for val, words in (("", ("set but empty",)), ("{MINE}", ("cache directory",)),
+                       ("{MINE}/sub", ("cache directory",))):
+        for c in (["train", *SMALL, "--out", "{W}/c"],
+                  ["train", "--preset", "model_ii", "--n", 50, *SMALL, "--out", "{W}/c"]):
+            tries.append(Try("environment", f"DEEPLENSE_CACHE={val!r}: {' '.join(c[:3])}", c, "refuse", words,
+                             env={"DEEPLENSE_CACHE": val}))
+    tries.append(Try("environment", "info on a DeepLense folder with DEEPLENSE_CACHE empty", ["info", "{W}/dl"],
+                     "refuse", ("set but empty",), env={"DEEPLENSE_CACHE": ""}, setup=_dl_folder))
     tries.append(Try("environment", "info on a DeepLense folder", ["info", "{W}/dl"], "ok", setup=_dl_folder))
     return tries
 
@@ -392,36 +441,47 @@ def _dl_folder(p):
 def training_tries() -> list:
     def trunc(p):
         shutil.copytree(p["RUN"], p["W"] / "trunc")
-        f = p["W"] / "trunc" / "weights.safetensors"; f.write_bytes(f.read_bytes()[:1000])
+        f = p["W"] / "trunc" / "weights.safetensors"
+        f.write_bytes(f.read_bytes()[:1000])
     def empty(p):
-        shutil.copytree(p["RUN"], p["W"] / "trunc"); (p["W"] / "trunc" / "weights.safetensors").write_bytes(b"")
+        shutil.copytree(p["RUN"], p["W"] / "trunc")
+        (p["W"] / "trunc" / "weights.safetensors").write_bytes(b"")
     def const(p):
         np.save(p["W"] / "c.npy", np.load(p["TRAIN"] / "images.npy")[:20])
         pd.DataFrame({"log10_m_axion": [-23.0] * 20}).to_csv(p["W"] / "c.csv", index=False)
     def kw(p):
         shutil.copytree(p["RUN"], p["W"] / "kw")
-        c = json.loads((p["W"] / "kw" / "config.json").read_text()); c["model_kw"] = {"weights": "/etc/hostname"}
+        c = json.loads((p["W"] / "kw" / "config.json").read_text())
+        c["model_kw"] = {"weights": "/etc/hostname"}
         (p["W"] / "kw" / "config.json").write_text(json.dumps(c))
     def odd(p):
         (p["W"] / "odd").mkdir()
         np.save(p["W"] / "odd" / os.fsdecode(b"lens_\xff.npy"), np.load(p["STACK"])[0])
-    utf = lambda p, r: None if "\\xff" in (r.stdout + (p["W"] / "o.csv").read_text() if (p["W"] / "o.csv").exists() else r.stdout) \
-        else "the name is not in the CSV"
-    t = [Try("training", f"train --lr {lr}", ["train", "--data", "{TRAIN}", *SMALL, "--lr", lr, "--out", "{W}/nan"], "refuse",
-             ("diverged",), outputs=("nan/",)) for lr in ("1e10", "1e6")]
-    t += [Try("training", "train --init from truncated weights", ["train", "--data", "{TRAIN}", *SMALL, "--init", "{W}/trunc", "--out",
+    utf = lambda p, r: (None if "\\xff" in (r.stdout + (p["W"] / "o.csv").read_text() if (p["W"] / "o.csv").exists()
+                                            else r.stdout)
+                        else "the name is not in the CSV")
+    t = [Try("training", f"train --lr {lr}", ["train", "--data", "{TRAIN}", *SMALL, "--lr", lr, "--out", "{W}/nan"],
+             "refuse", ("diverged",), outputs=("nan/",)) for lr in ("1e10", "1e6")]
+    t += [Try("training", "train --init from truncated weights",
+              ["train", "--data", "{TRAIN}", *SMALL, "--init", "{W}/trunc", "--out",
                "{W}/i"], "refuse", ("cannot be loaded",), setup=trunc),
-          Try("training", "train --init from empty weights", ["train", "--data", "{TRAIN}", *SMALL, "--init", "{W}/trunc", "--out",
+          Try("training", "train --init from empty weights",
+              ["train", "--data", "{TRAIN}", *SMALL, "--init", "{W}/trunc", "--out",
               "{W}/i"], "refuse", ("cannot be loaded",), setup=empty),
-          Try("training", "train --init from a folder that is no run", ["train", "--data", "{TRAIN}", *SMALL, "--init", "{CAL}", "--out",
+          Try("training", "train --init from a folder that is no run",
+              ["train", "--data", "{TRAIN}", *SMALL, "--init", "{CAL}", "--out",
               "{W}/i"], "refuse", ("not a deeplense_fastai run",)),
-          Try("training", "flow on a constant target", ["train", "--data", "{W}/c.npy", "--loss", "flow", *SMALL, "--out", "{W}/cf"],
+          Try("training", "flow on a constant target",
+              ["train", "--data", "{W}/c.npy", "--loss", "flow", *SMALL, "--out", "{W}/cf"],
               "refuse", ("constant",), setup=const),
-          Try("training", "config.json naming a weights file", ["predict", "--model", "{W}/kw", "{STACK}"], "refuse", ("weights file",),
+          Try("training", "config.json naming a weights file", ["predict", "--model", "{W}/kw", "{STACK}"], "refuse",
+              ("weights file",),
               setup=kw),
-          Try("training", "predict a file whose name is not UTF-8 (stdout)", ["predict", "--model", "{RUN}", "{W}/odd"], "ok",
+          Try("training", "predict a file whose name is not UTF-8 (stdout)", ["predict", "--model", "{RUN}", "{W}/odd"],
+              "ok",
               setup=odd, check=utf),
-          Try("training", "predict a file whose name is not UTF-8 (--out)", ["predict", "--model", "{RUN}", "{W}/odd", "--out",
+          Try("training", "predict a file whose name is not UTF-8 (--out)",
+              ["predict", "--model", "{RUN}", "{W}/odd", "--out",
               "{W}/o.csv"], "ok", setup=odd, check=utf, outputs=("o.csv",)),
           Try("training", "info on a folder with a non-UTF-8 name", ["info", "{W}/odd"], "ok", setup=odd)]
     return t
@@ -457,24 +517,33 @@ def kill_tries() -> list:
     "kill -9 in each phase of each command that writes, then what a user does next."
     train = ["train", "--data", "{TRAIN}", "--arch", "xresnet_small", "--epochs", 3, "--bs", 4, "--out", "{W}/k"]
     ck = "{W}/k/models/checkpoint.json"
-    hist = lambda p, r: None if list(pd.read_csv(p["W"] / "k" / "history.csv").epoch) == [0, 1, 2] else "history is not epochs 0-2"
-    t = [Try("kill -9", "train killed after an epoch, then --resume", train + ["--resume"], "ok", setup=_killed(train, ck),
+    hist = lambda p, r: (None if list(pd.read_csv(p["W"] / "k" / "history.csv").epoch) == [0, 1, 2]
+                         else "history is not epochs 0-2")
+    t = [Try("kill -9", "train killed after an epoch, then --resume", train + ["--resume"], "ok",
+             setup=_killed(train, ck),
              outputs=("k/",), check=hist),
-         Try("kill -9", "train killed after an epoch, then --resume at another rate", train + ["--lr", "1e-2", "--resume"], "refuse",
-             ("cannot resume",), setup=_killed(train, ck)),
-         Try("kill -9", "train killed after an epoch, then the plain command", train, "refuse", ("not empty",), setup=_killed(train, ck)),
-         Try("kill -9", "train killed after an epoch, then --force", train + ["--force"], "ok", setup=_killed(train, ck), outputs=("k/",)),
+         Try("kill -9", "train killed after an epoch, then --resume at another rate",
+             train + ["--lr", "1e-2", "--resume"], "refuse", ("cannot resume",), setup=_killed(train, ck)),
+         Try("kill -9", "train killed after an epoch, then the plain command", train, "refuse", ("not empty",),
+             setup=_killed(train, ck)),
+         Try("kill -9", "train killed after an epoch, then --force", train + ["--force"], "ok",
+             setup=_killed(train, ck), outputs=("k/",)),
          Try("kill -9", "train killed while exporting, then --resume", train + ["--resume"], "ok",
              setup=_killed(train, "{W}/k/weights.safetensors"), outputs=("k/",), check=hist),
          Try("kill -9", "train killed while testing, then --resume", train + ["--resume"], "ok",
              setup=_killed(train, "{W}/k/config.json"), outputs=("k/",), check=hist)]
     sim = ["simulate", "--n", 600, "--seed", 5, "--out", "{W}/s"]
-    t += [Try("kill -9", f"simulate killed {w:.1f} s in, then the same command", sim, "ok", setup=_killed(sim, "{W}/s", w),
+    t += [Try("kill -9", f"simulate killed {w:.1f} s in, then the same command", sim, "ok",
+              setup=_killed(sim, "{W}/s", w),
               outputs=("s/",), check=_same_dataset("s", 600, 5)) for w in (1.0, 3.0)]
-    for name, argv, out in (("predict --out", ["predict", "--model", "{RUN}", "{TRAIN}", "--out", "{W}/p.csv"], "p.csv"),
-                            ("calibrate", ["calibrate", "--model", "{FLOW}", "--data", "{CAL}"], "flow/calibration.json"),
-                            ("combine --json", ["combine", "--model", "{FLOW}", "{CAL}", "--json", "{W}/j.json"], "j.json")):
-        t.append(Try("kill -9", f"{name} killed at start, then the same command", argv, "ok", setup=_killed(argv, "{W}", 2.5),
+    for name, argv, out in (("predict --out", ["predict", "--model", "{RUN}", "{TRAIN}", "--out", "{W}/p.csv"],
+                             "p.csv"),
+                            ("calibrate", ["calibrate", "--model", "{FLOW}", "--data", "{CAL}"],
+                             "flow/calibration.json"),
+                            ("combine --json", ["combine", "--model", "{FLOW}", "{CAL}", "--json", "{W}/j.json"],
+                             "j.json")):
+        t.append(Try("kill -9", f"{name} killed at start, then the same command", argv, "ok",
+                     setup=_killed(argv, "{W}", 2.5),
                      outputs=(out,)))
     return t
 
@@ -482,18 +551,26 @@ def kill_tries() -> list:
 def directory_tries() -> list:
     "Output directories that hold something else: datasets, runs, the user's files."
     return [Try("output dirs", "simulate into another dataset", ["simulate", "--n", 8, "--out", "{CAL}"], "refuse"),
-            Try("output dirs", "simulate into a run", ["simulate", "--n", 8, "--out", "{RUN}"], "refuse", ("not a deeplense_fastai dataset",)),
-            Try("output dirs", "train into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}"], "refuse", ("not empty",)),
-            Try("output dirs", "train --force into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--force"],
+            Try("output dirs", "simulate into a run", ["simulate", "--n", 8, "--out", "{RUN}"], "refuse",
+                ("not a deeplense_fastai dataset",)),
+            Try("output dirs", "train into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}"],
+                "refuse", ("not empty",)),
+            Try("output dirs", "train --force into a dataset",
+                ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--force"],
                 "refuse", ("refusing to remove",)),
-            Try("output dirs", "train --force into its own data", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{TRAIN}", "--force"],
+            Try("output dirs", "train --force into its own data",
+                ["train", "--data", "{TRAIN}", *SMALL, "--out", "{TRAIN}", "--force"],
                 "refuse", ("--data",)),
-            Try("output dirs", "train --resume into a dataset", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--resume"],
+            Try("output dirs", "train --resume into a dataset",
+                ["train", "--data", "{TRAIN}", *SMALL, "--out", "{CAL}", "--resume"],
                 "refuse", ("no checkpoint",)),
-            Try("output dirs", "train into the folder that holds its data", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}"],
+            Try("output dirs", "train into the folder that holds its data",
+                ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}"],
                 "refuse", ("--data",)),
-            Try("output dirs", "train into the user's folder", ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/notes"], "refuse",
-                ("not empty",), setup=lambda p: ((p["W"] / "notes").mkdir(), (p["W"] / "notes" / "thesis.tex").write_text("mine")))]
+            Try("output dirs", "train into the user's folder",
+                ["train", "--data", "{TRAIN}", *SMALL, "--out", "{W}/notes"], "refuse",
+                ("not empty",), setup=lambda p: ((p["W"] / "notes").mkdir(),
+                                                 (p["W"] / "notes" / "thesis.tex").write_text("mine")))]
 
 
 CATEGORIES = dict(outputs=output_tries, resume=resume_tries, calibration=calibration_tries, duplicates=duplicate_tries,
@@ -519,7 +596,7 @@ def one(t: Try, fixture: Path, base_env: dict) -> dict:
             dirs = [o for o in t.outputs if o.endswith("/")]
             allowed = [k for k in before if any(k.startswith(d) or k == d[:-1] for d in dirs)]
             t.outputs = tuple(t.outputs) + tuple(allowed)
-        if r is not None:                              # messages name the try's folder as {W}, not a path of this machine
+        if r is not None:  # messages name the try's folder as {W}, not a path of this machine
             r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout, r.stderr.replace(str(work), "{W}"))
         verdict, why = judge(t, r, before, after, paths)
         return dict(category=t.category, name=t.name, argv=" ".join(map(str, t.argv)), expect=t.expect, verdict=verdict,
@@ -532,15 +609,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2, help="tries run at once (each a subprocess)")
     ap.add_argument("--only", default=None, help=f"comma-separated categories: {', '.join(CATEGORIES)}")
-    ap.add_argument("--keep", default=None, help="build (or reuse) the fixture in this folder instead of a temporary one")
+    ap.add_argument("--keep", default=None,
+                    help="build (or reuse) the fixture in this folder instead of a temporary one")
     a = ap.parse_args()
     root = Path(a.keep or tempfile.mkdtemp(prefix="deeplense-probe-"))
     fixture = root / "fixture"
     env = dict(os.environ, DEEPLENSE_CACHE=str(root / "cache"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     ENV.update(DEEPLENSE_CACHE=env["DEEPLENSE_CACHE"], OMP_NUM_THREADS=env["OMP_NUM_THREADS"])
     if not (fixture / "calflow" / "calibration.json").exists():
-        shutil.rmtree(fixture, ignore_errors=True); fixture.mkdir(parents=True)
-        t0 = time.time(); build_fixture(fixture, env); print(f"fixture built in {time.time() - t0:.0f} s", flush=True)
+        shutil.rmtree(fixture, ignore_errors=True)
+        fixture.mkdir(parents=True)
+        t0 = time.time()
+        build_fixture(fixture, env)
+        print(f"fixture built in {time.time() - t0:.0f} s", flush=True)
     tries = [t for k, f in CATEGORIES.items() if not a.only or k in a.only.split(",") for t in f()]
     print(f"{len(tries)} tries, {a.jobs} at a time", flush=True)
     rows = []

@@ -21,9 +21,9 @@ threshold flags 5% of the run's own validation images: the false-alarm rate on A
 images is left with. `ood_rate_summary_only` is the share the summary alone would flag (the score before the
 stem's features were added) with its threshold set to flag as many of the training world's own test images as `ood`
 does (the same operating point), and `ood_auroc_summary_only` its AUROC; `ood_rate_by_knot_share` splits the flag
-rate of a clumpy test world by the share of the source's light in its knots. Before scoring, each run's OOD reference is refitted with the library's current score (the
-summary and the stem's channel statistics; see `refit_ood`), so runs trained before that score existed are measured
-as a run trained today would be.
+rate of a clumpy test world by the share of the source's light in its knots. Before scoring, each run's OOD reference is
+refitted with the library's current score (the summary and the stem's channel statistics; see `refit_ood`), so runs
+trained before that score existed are measured as a run trained today would be.
 
 The varied world's run at that budget stays near the constant guess, so three longer recipes train on it too (run
 names `model_ii_nuisance@RECIPE`): `init`, the same budget starting from the fixed world's run (`--init`: its network
@@ -36,6 +36,7 @@ The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/r
 retrained. The results file records each run's weights digest and OOD threshold, the commands, the machine and the date.
 """
 import argparse
+import functools
 import subprocess
 import sys
 import time
@@ -108,14 +109,20 @@ def _batches(cfg, path, n: int = None):
         yield cfg.normalise(torch.from_numpy(np.stack([src.image(i) for i in range(s, min(s + 256, n))])))
 
 
+@functools.lru_cache(maxsize=1)
+def _loaded(run: Path, ood_sha256: str):
+    "`load_run(run)`, once for all the pairs of a run (`ood_sha256`, its OOD reference's digest, keys a refit apart)."
+    from deeplense_fastai.inference import load_run
+    return load_run(run)
+
+
 def summary_distances(run: Path, test: Path) -> np.ndarray:
     "The summary's Mahalanobis distance from the training summaries (the score before the stem was added)."
-    from deeplense_fastai.inference import load_run
-    from deeplense_fastai.learner import ood_features
-    model, cfg = load_run(run)
+    from deeplense_fastai.core import file_digest
+    from deeplense_fastai.learner import mahalanobis, ood_features
+    model, cfg = _loaded(run, file_digest(run / "ood.safetensors"))
     mean, prec, scale = model.ood_reference.parts["summary"]
-    d = ood_features(model, _batches(cfg, test), stem=False)["summary"].astype(np.float64) - mean
-    return np.sqrt(np.einsum("nd,de,ne->n", d, prec, d).clip(min=0))
+    return mahalanobis(ood_features(model, _batches(cfg, test), stem=False)["summary"], mean, prec)
 
 
 def refit_ood(w: str) -> None:
@@ -165,7 +172,6 @@ def score_pair(run: Path, test: Path, cfg) -> dict:
                 ood_scores=pred["ood_score"].to_numpy())
 
 
-
 KNOT_SHARES = (0.1, 0.2, 0.3, 0.4)    # thirds of the Knots part's flux_fraction range (the clumpy presets' default)
 
 
@@ -186,7 +192,8 @@ ARRAYS = ("ood_scores", "summary_scores")     # per-image scores kept with a cac
 
 
 def cached_pair(run: str, test: str, digest: str, compute) -> dict:
-    "One (run, test world) pair's figures, cached under the run's weights and OOD reference digests and the test set's seed and size."
+    """One (run, test world) pair's figures, cached under the run's weights and OOD reference digests and the test set's
+    seed and size."""
     import json
     from deeplense_fastai.core import cache_dir, file_digest
     f = cache_dir("bench", "robustness_scores") / f"{run}__{test}.json"
@@ -220,8 +227,10 @@ def score(worlds) -> None:
         thr_s = np.quantile(own_s, 1 - pairs[world]["ood_rate"])
         for t, r in pairs.items():
             s, ss = r.pop("ood_scores"), r.pop("summary_scores")
-            auc = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(s))], np.r_[own, s]))
-            auc_s = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own_s)), np.ones(len(ss))], np.r_[own_s, ss]))
+            auc = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own)), np.ones(len(s))],
+                                                              np.r_[own, s]))
+            auc_s = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own_s)), np.ones(len(ss))],
+                                                                np.r_[own_s, ss]))
             rows.append(dict(train=w, test=t, **r, ood_rate_summary_only=float(np.mean(ss > thr_s)), ood_auroc=auc,
                              ood_auroc_summary_only=auc_s, n_test=N_TEST, ood_threshold=cfg["ood"]["threshold"],
                              weights_sha256=digest))
@@ -230,7 +239,8 @@ def score(worlds) -> None:
     recipes = {k: " ".join(["deeplense train --preset WORLD", *v]) for k, v in RECIPES.items()}
     settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), recipes=recipes,
                     ood_refit=" ".join(refit_ood.__doc__.split()),
-                    model_ii="the fixed world's run, bench/robustness.py's model_ii", worlds=list(worlds), tests=list(TESTS),
+                    model_ii="the fixed world's run, bench/robustness.py's model_ii", worlds=list(worlds),
+                    tests=list(TESTS),
                     n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
     save("robustness", table=rows, settings=settings)
 

@@ -129,15 +129,15 @@ def sweep(arch, a, train_dir, test):
             found = lr_find_suggestion(arch, a, train_dir)
         doc = cached(path, protocol(a, "seed"), a.force, lambda s=s: run_seed(arch, a, train_dir, test, lr, s, found))
         flag = "" if doc["trained"] else "  (did not train: never below its first epoch's validation loss)"
-        print(f"{arch} seed {s}: lr {doc['lr']:g}, test MAE {doc['test']['mae']:.4f} (TTA {doc['test_tta']['mae']:.4f}), "
-              f"{doc['train_seconds']:.0f} s{flag}", flush=True)
+        print(f"{arch} seed {s}: lr {doc['lr']:g}, test MAE {doc['test']['mae']:.4f} "
+              f"(TTA {doc['test_tta']['mae']:.4f}), {doc['train_seconds']:.0f} s{flag}", flush=True)
 
 
 def summarise(out, preset):
     """bench/results/seeds_summary.json: per architecture the test MAE over its seeds (mean, sd) at its chosen rate, and
     for every pair the call `versus` makes (beyond twice the larger seed sd) with the mean paired difference (seed k
-    against seed k). The README and the performance page quote this file; the runs stay in bench/results/seeds/, and each
-    architecture lists the commands and dates of its runs (`sources`) and whether its chosen rate is the top of the
+    against seed k). The README and the performance page quote this file; the runs stay in bench/results/seeds/, and
+    each architecture lists the commands and dates of its runs (`sources`) and whether its chosen rate is the top of the
     sweep (`at_grid_edge`: then its best rate may lie above it, and its mean is an upper bound)."""
     runs = {}
     for p in sorted(Path(out).glob(f"{preset}-*-seed*.json")):
@@ -152,9 +152,11 @@ def summarise(out, preset):
     for v in archs.values(): v["at_grid_edge"] = v["lr"] == max(v["rates"])     # the best rate may lie above the sweep
     order = sorted(archs, key=lambda a: archs[a]["mean"])
     pairs = [dict(first=x, second=y, call=versus(archs[x], archs[y]),
-                  paired=mean_sd([runs[x][s]["test"]["mae"] - runs[y][s]["test"]["mae"] for s in sorted(set(runs[x]) & set(runs[y]))]))
+                  paired=mean_sd([runs[x][s]["test"]["mae"] - runs[y][s]["test"]["mae"]
+                                  for s in sorted(set(runs[x]) & set(runs[y]))]))
              for i, x in enumerate(order) for y in order[i + 1:]]
-    return write_json(RESULTS / "seeds_summary.json", dict(header("seeds"), preset=preset, ranking=order, archs=archs, pairs=pairs))
+    return write_json(RESULTS / "seeds_summary.json",
+                      dict(header("seeds"), preset=preset, ranking=order, archs=archs, pairs=pairs))
 
 
 def main():
@@ -170,12 +172,14 @@ def main():
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--force", action="store_true", help="re-run runs whose results exist")
-    ap.add_argument("--summary", action="store_true", help="only (re)write bench/results/seeds_summary.json from the runs on disk")
+    ap.add_argument("--summary", action="store_true",
+                    help="only (re)write bench/results/seeds_summary.json from the runs on disk")
     a = ap.parse_args()
     if a.summary: return print(f"wrote {summarise(a.out, a.preset)}")
     a.seeds = [int(s) for s in a.seeds.split(",")]
     a.rates = [float(r) for r in a.rates.split(",")]
-    import warnings; warnings.filterwarnings("ignore")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.data import open_source
     from deeplense_fastai.dataset import write_dataset
@@ -187,8 +191,9 @@ def main():
     test_dir = cache_dir("bench") / f"{a.preset}-n{a.n_test}-seed99"
     write_dataset(train_dir, p, a.n_train, 0, progress=False, log=lambda *x: None)
     write_dataset(test_dir, p, a.n_test, 99, progress=False, log=lambda *x: None)
-    print(f"# {a.preset}: {a.n_train} training, {a.n_test} test images; rates {a.rates} ({a.sweep_epochs} epochs, seed 0), "
-          f"seeds {a.seeds} ({a.epochs} epochs); torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(f"# {a.preset}: {a.n_train} training, {a.n_test} test images; rates {a.rates} "
+          f"({a.sweep_epochs} epochs, seed 0), seeds {a.seeds} ({a.epochs} epochs); "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     test = open_source(test_dir)
     for arch in a.archs.split(","): sweep(arch, a, train_dir, test)
     print(f"wrote {summarise(a.out, a.preset)}")

@@ -21,7 +21,8 @@ import torch
 
 from deeplense_fastai.simulate import PRESETS, get_preset, make_images, draw_parameters
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the one reference pipeline, shared with the tests
+# the one reference pipeline, shared with the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import _lenstronomy_ref as ref  # noqa: E402
 from _results import save  # noqa: E402  (bench/ is on the path when this script runs)
 
@@ -45,9 +46,10 @@ def lenstronomy_rate(name, n, cls):
     """DeepLenseSim's per-image lenstronomy pipeline (tests/_lenstronomy_ref.py: ImageModel for Model I, SimAPI with
     the frozen band for Models II/III) on the same parameters, noise included."""
     lenstronomy_rate.warm = getattr(lenstronomy_rate, "warm", False)
-    if not lenstronomy_rate.warm:        # numba compiles lenstronomy's kernels on first use: keep that out of the timing
+    if not lenstronomy_rate.warm:  # numba compiles lenstronomy's kernels on first use: keep that out of the timing
         lenstronomy_rate.warm = True
-        lenstronomy_rate("model_i", 2, "cdm"); lenstronomy_rate("model_ii", 2, "cdm")
+        lenstronomy_rate("model_i", 2, "cdm")
+        lenstronomy_rate("model_ii", 2, "cdm")
     prm = draw_parameters(PRESETS[name], np.arange(n), 0, (cls,))
     t0 = time.perf_counter()
     for b in range(n):
@@ -70,9 +72,11 @@ def main():
     if a.threads: torch.set_num_threads(a.threads)
     warnings_off()
     dev = torch.device(a.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"# machine: {name}; torch {torch.__version__}; float32")
-    print(f"| preset | class | vortex | ours img/s | ours + torch.compile img/s | lenstronomy img/s | ratio (eager / compiled) |")
+    print("| preset | class | vortex | ours img/s | ours + torch.compile img/s | lenstronomy img/s | "
+          "ratio (eager / compiled) |")
     print(f"|---|---|---|---|---|---|---|")
     rows = []
     for pname in a.presets.split(","):
@@ -86,11 +90,13 @@ def main():
                 lts = f"{lt:.0f}" if lt else "-"
                 ratio = (f"{r / lt:.1f}x" + (f" / {rc / lt:.1f}x" if rc else "")) if lt else "-"
                 rcs = f"{rc:.0f}" if rc else "-"
-                print(f"| {pname} ({p.instrument.npix}x{p.instrument.npix}) | {cls} | {mode if cls == 'axion' else '-'} | {r:.0f} | {rcs} | {lts} | {ratio} |", flush=True)
+                print(f"| {pname} ({p.instrument.npix}x{p.instrument.npix}) | {cls} | "
+                      f"{mode if cls == 'axion' else '-'} | {r:.0f} | {rcs} | {lts} | {ratio} |", flush=True)
                 rows.append(dict(preset=pname, npix=p.instrument.npix, cls=cls, vortex=mode if cls == "axion" else None,
                                  ours_img_s=round(r, 1), ours_compiled_img_s=round(rc, 1) if rc else None,
                                  lenstronomy_img_s=round(lt, 1) if lt else None,
-                                 ratio=round(r / lt, 2) if lt else None, ratio_compiled=round(rc / lt, 2) if lt and rc else None))
+                                 ratio=round(r / lt, 2) if lt else None,
+                                 ratio_compiled=round(rc / lt, 2) if lt and rc else None))
     if a.json != "":
         path = Path(a.json or Path(__file__).resolve().parent / "results" / "simulate.json")
         extra = {}

@@ -19,9 +19,11 @@ from _results import header, write_json, RESULTS
 
 
 def first_line_seconds(args, env) -> float:
-    "Seconds from starting `python -m deeplense_fastai.cli ARGS` to its first line on stdout (the process then finishes)."
+    """Seconds from starting `python -m deeplense_fastai.cli ARGS` to its first line on stdout (the process then
+    finishes)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "deeplense_fastai.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    p = subprocess.Popen([sys.executable, "-m", "deeplense_fastai.cli", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL,
                          stdin=subprocess.DEVNULL, env=env, text=True)
     p.stdout.readline()
     dt = time.perf_counter() - t0
@@ -40,10 +42,11 @@ def main():
         env = dict(os.environ, DEEPLENSE_CACHE=str(Path(d) / "cache"))
         rows = []
         for name, args, target in (("help", ["--help"], 1.5), ("info first line", ["info", str(Path(d) / "ds")], 3.0)):
-            first_line_seconds(args, env)                              # warm the file cache once, as a second call would be
+            first_line_seconds(args, env)  # warm the file cache once, as a second call would be
             times = [first_line_seconds(args, env) for _ in range(a.repeat)]
             rows.append(dict(command=f"deeplense {args[0]}", what=name, median_s=round(statistics.median(times), 3),
-                             runs_s=[round(t, 3) for t in times], target_s=target, met=statistics.median(times) <= target))
+                             runs_s=[round(t, 3) for t in times], target_s=target,
+                             met=statistics.median(times) <= target))
             print(f"{name}: median {statistics.median(times):.2f} s (target {target} s) over {a.repeat} runs")
     write_json(RESULTS / "startup.json", dict(header("startup"), repeat=a.repeat, table=rows))
 

@@ -3,13 +3,15 @@
     python bench/threads.py          # -> bench/results/threads.json (about 10 minutes on 2 cores)
 
 Why. torch runs CPU operations on one thread per core. Beside one busy process on a 2-core machine, Model I simulation
-ran 5-30x slower on torch's default two threads than on one, and a training epoch 2.2x slower. `core.apply_thread_policy`
-(applied by every computing command and, before every epoch, by the Learners) takes away the cores that other runnable
-work at our priority holds. Target: the policy at least 0.9x the one-thread rate, idle and loaded.
+ran 5-30x slower on torch's default two threads than on one, and a training epoch 2.2x slower.
+`core.apply_thread_policy` (applied by every computing command and, before every epoch, by the Learners) takes away the
+cores that other runnable work at our priority holds. Target: the policy at least 0.9x the one-thread rate, idle and
+loaded.
 
 Protocol. Each measurement is a fresh process (so torch's thread pool starts as a user's would), in alternating rounds:
 - `simulate`: `make_images('model_i', 0, 128)` axion images (150x150, 100-point vortex, noise), images per second;
-- `train`: one epoch of `xresnet_small` on 1,000 Model II images (fixed data, bs 64, Ranger, one-cycle), images per second;
+- `train`: one epoch of `xresnet_small` on 1,000 Model II images (fixed data, bs 64, Ranger, one-cycle), images per
+  second;
 each under three settings: `policy` (no OMP_NUM_THREADS: the library's default), `one thread` (OMP_NUM_THREADS=1) and
 `torch default` (torch.set_num_threads(os.cpu_count()), what torch does without the library). `loaded` runs them beside
 one busy Python loop at the same priority; `idle` without it (other jobs of this machine at nice 19 may run: they are
@@ -63,7 +65,8 @@ print(json.dumps(dict(rate=len(dls.train_ds) / dt, threads=torch.get_num_threads
 def measure(code: str, mode: str, *args) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if mode == "one thread": env["OMP_NUM_THREADS"] = "1"
-    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=dict(env, MODE=mode), capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=dict(env, MODE=mode), capture_output=True,
+                       text=True)
     if r.returncode: sys.exit(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -80,7 +83,9 @@ def run_case(name: str, code: str, loaded: bool, *args) -> list:
                                  load_average=[round(x, 2) for x in os.getloadavg()]))
                 print(rows[-1], flush=True)
     finally:
-        if busy: busy.kill(); busy.wait()
+        if busy:
+            busy.kill()
+            busy.wait()
     return rows
 
 

@@ -36,6 +36,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -43,6 +44,13 @@ from _results import save
 
 VARIANTS = ("default", "channels_last", "bf16", "channels_last+bf16")
 ARCHS = ("xresnet_small", "resnet18")
+
+
+class Timing(NamedTuple):
+    "How `variant_rates` times the variants."
+    rounds: int  # interleaved rounds of every variant
+    batches: int  # timed training batches per variant and round
+    warmup: int  # untimed batches per variant before the rounds
 
 
 def cpu_flags() -> dict:
@@ -123,9 +131,9 @@ def same_batches(dls, seed: int):
     dls.train.rng = random.Random(seed)     # fastai's DataLoader shuffles with its own generator, reseeded from itself
 
 
-def variant_rates(dls, arch: str, variants, rounds: int, batches: int, warmup: int, device, path, valid_images=256,
-                  log=print) -> dict:
+def variant_rates(dls, arch: str, variants, timing: Timing, device, path, valid_images=256, log=print) -> dict:
     "Interleaved rounds of `variants` of `regression_learner(dls, arch)`: rows per (variant, round) and a summary."
+    rounds, batches, warmup = timing
     from deeplense_fastai.core import set_seed
     from deeplense_fastai.learner import regression_learner, weights_digest
     _, Steps = make_callbacks()
@@ -210,7 +218,7 @@ def main():
     out = dict(rows=[], table=[], same_batches={})
     with tempfile.TemporaryDirectory() as tmp:
         for arch in a.archs.split(","):
-            res = variant_rates(dls, arch, VARIANTS, a.rounds, a.batches, a.warmup, device, Path(tmp) / arch)
+            res = variant_rates(dls, arch, VARIANTS, Timing(a.rounds, a.batches, a.warmup), device, Path(tmp) / arch)
             out["rows"] += res["rows"]
             out["table"] += res["summary"]
             out["same_batches"][arch] = res["same_batches"]

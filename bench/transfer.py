@@ -11,10 +11,11 @@ The "user's files" are written by the simulator in the DeepLense per-file layout
 noiseless like the first pretraining set, and with Model II's noise (a shift the noiseless model never saw; the noisy
 pretraining is the honest comparison there: it is what a user who knows their noise would train on).
 
-Recipe: xresnet_small, Ranger, one-cycle, the files' own 10% validation split (the same for every seed). Fine-tuning starts from a pretrained run
-(`init=`), trains the head alone for one epoch (`freeze_epochs=1`), then the whole network at a third of the rate.
-From scratch gets what it needs to train rather than the fine-tuning's budget: its rate is chosen among --scratch-rates
-by the files' validation loss (seed 0; the test files are never looked at), and it trains --scratch-epochs epochs.
+Recipe: xresnet_small, Ranger, one-cycle, the files' own 10% validation split (the same for every seed). Fine-tuning
+starts from a pretrained run (`init=`), trains the head alone for one epoch (`freeze_epochs=1`), then the whole network
+at a third of the rate. From scratch gets what it needs to train rather than the fine-tuning's budget: its rate is
+chosen among --scratch-rates by the files' validation loss (seed 0; the test files are never looked at), and it trains
+--scratch-epochs epochs.
 
 Working baselines. A run from scratch whose best validation loss never fell below its first epoch's did not train; it
 is marked `trained: false`, and a comparison with it is refused (the summary says so instead of printing a ratio). A
@@ -24,8 +25,9 @@ that is the first epoch of the whole network). Fine-tuning
 and scratch run at --seeds training seeds; the summary gives mean +- sd over seeds and calls a difference only when it
 exceeds twice the larger seed sd (a fine-tuning's seed sd leaves out its pretraining's seed: calls that involve a
 pretrained model hold for that one pretraining run, two pretrainings are never compared, and zero-shot rows, one
-seed, are never called). The summary also counts the runs whose best validation epoch was their last (still improving). Every run also counts its test predictions outside the training range of the mass
-(`in_prior` false: a prediction the prior says is impossible) and the images the run's OOD check flags.
+seed, are never called). The summary also counts the runs whose best validation epoch was their last (still improving).
+Every run also counts its test predictions outside the training range of the mass (`in_prior` false: a prediction the
+prior says is impossible) and the images the run's OOD check flags.
 
 Each run is cached as JSON under the cache (bench_transfer/runs/) with the protocol it was measured on, so a stopped
 bench resumes; the results go to --json with machine, versions, command and date.
@@ -85,7 +87,8 @@ def data(root, a):
     "Write (once) the two pretraining sets and each scenario's files and test files."
     from deeplense_fastai.dataset import write_dataset
     sets = {f"pre-{k}": root / f"pre-{k}-n{a.pretrain}" for k in PRE}
-    for k, noise in PRE.items(): write_dataset(sets[f"pre-{k}"], "model_ii", n=a.pretrain, seed=0, noise=noise, progress=False)
+    for k, noise in PRE.items():
+        write_dataset(sets[f"pre-{k}"], "model_ii", n=a.pretrain, seed=0, noise=noise, progress=False)
     for tag, (_, noise) in SCENARIOS.items():
         for kind, n, seed in (("files", a.files, 101), ("test", a.test, 202)):
             sets[f"{kind}-{tag}"] = root / f"{kind}-{tag}-n{n}"
@@ -105,22 +108,26 @@ def scenario_runs(tag, a, sets, runs_dir, work, tests):
     def fresh(name, src, epochs, lr, seed, **kw):
         path, hist = train(src, epochs, lr, work / name, seed, **kw)
         if kw.get("init"):   # a fine-tuning starts from a working model: it trained if its pretraining did
-            hist = dict(hist, improved=hist["trained"], trained=json.loads((runs_dir / f"{Path(kw['init']).parent.name}.json").read_text())["fit"]["trained"])
+            pre = json.loads((runs_dir / f"{Path(kw['init']).parent.name}.json").read_text())
+            hist = dict(hist, improved=hist["trained"], trained=pre["fit"]["trained"])
         return dict(hist, lr=lr, seed=seed, **score(path, tests[tag]))
     out = {f"pretrained on {k} simulations, zero-shot": run(f"{tag}-zeroshot-{k}", lambda k=k: dict(
         json.loads((runs_dir / f"pre-{k}.json").read_text())["fit"], **score(work / f"pre-{k}" / "run", tests[tag])))
         for k in PRE}
     sweep = [run(f"{tag}-scratch-rate{lr:g}", lambda lr=lr: fresh(f"{tag}-scratch-rate{lr:g}", sets[f"files-{tag}"],
-                                                                     a.scratch_epochs, lr, 0)) for lr in a.scratch_rates]
+                                                                     a.scratch_epochs, lr, 0))
+             for lr in a.scratch_rates]
     ok = [r for r in sweep if r["trained"]] or sweep
     lr = min(ok, key=lambda r: min(r["valid_loss"]))["lr"]
     out["from scratch on the files"] = [sweep[a.scratch_rates.index(lr)]] + [
-        run(f"{tag}-scratch-seed{s}", lambda s=s: fresh(f"{tag}-scratch-seed{s}", sets[f"files-{tag}"], a.scratch_epochs, lr, s))
+        run(f"{tag}-scratch-seed{s}",
+            lambda s=s: fresh(f"{tag}-scratch-seed{s}", sets[f"files-{tag}"], a.scratch_epochs, lr, s))
         for s in a.seeds if s != 0]
     for k in PRE:
         out[f"pretrained on {k} simulations, fine-tuned on the files"] = [
-            run(f"{tag}-finetune-{k}-seed{s}", lambda s=s, k=k: fresh(f"{tag}-finetune-{k}-seed{s}", sets[f"files-{tag}"],
-                a.epochs, a.lr / 3, s, init=work / f"pre-{k}" / "run", freeze=1)) for s in a.seeds]
+            run(f"{tag}-finetune-{k}-seed{s}",
+                lambda s=s, k=k: fresh(f"{tag}-finetune-{k}-seed{s}", sets[f"files-{tag}"], a.epochs, a.lr / 3, s,
+                                       init=work / f"pre-{k}" / "run", freeze=1)) for s in a.seeds]
     return out, dict(scratch_rate=lr, scratch_sweep={f"{r['lr']:g}": min(r["valid_loss"]) for r in sweep})
 
 
@@ -131,14 +138,17 @@ def summary(runs):
         docs = docs if isinstance(docs, list) else [docs]
         rows[name] = dict(mean_sd([d["test"]["mae"] for d in docs]), trained=all(d["trained"] for d in docs),
                           pretraining=next((k for k in PRE if f"on {k} simulations" in name), None),
-                          best_at_last_epoch=sum(int(np.argmin(d["valid_loss"])) == len(d["valid_loss"]) - 1 for d in docs),
-                          out_of_prior=sum(d["out_of_prior"] for d in docs), ood_flagged=sum(d["ood_flagged"] for d in docs),
+                          best_at_last_epoch=sum(int(np.argmin(d["valid_loss"])) == len(d["valid_loss"]) - 1
+                                                 for d in docs),
+                          out_of_prior=sum(d["out_of_prior"] for d in docs),
+                          ood_flagged=sum(d["ood_flagged"] for d in docs),
                           n_test=sum(d["n_test"] for d in docs), baseline_mae=docs[0]["test"]["baseline_mae"])
     return rows
 
 
 def call(a, b):
-    "`versus`, except between runs built on two different pretrainings: one pretraining run each measures no seed noise."
+    """`versus`, except between runs built on two different pretrainings: one pretraining run each measures no seed
+    noise."""
     if a["pretraining"] and b["pretraining"] and a["pretraining"] != b["pretraining"]:
         return "one pretraining run each: not called"
     return versus(a, b)
@@ -159,8 +169,11 @@ def main():
     a = ap.parse_args()
     a.scratch_rates = [float(r) for r in a.scratch_rates.split(",")]
     a.seeds = [int(s) for s in a.seeds.split(",")]
-    if a.smoke: a.pretrain, a.files, a.test, a.epochs, a.scratch_epochs, a.seeds, a.json = 200, 60, 40, 2, 2, [0, 1], tempfile.mktemp(suffix=".json")
-    import warnings; warnings.filterwarnings("ignore")
+    if a.smoke:
+        a.pretrain, a.files, a.test, a.epochs, a.scratch_epochs = 200, 60, 40, 2, 2
+        a.seeds, a.json = [0, 1], tempfile.mktemp(suffix=".json")
+    import warnings
+    warnings.filterwarnings("ignore")
     from deeplense_fastai.core import cache_dir
     from deeplense_fastai.data import open_source
     root = cache_dir("bench_transfer") / ("smoke" if a.smoke else "")
@@ -168,14 +181,18 @@ def main():
     sets = data(root, a)
     proto = dict(vars(a), json=None)
     for k in PRE:   # pretraining: one run each, kept in the cache (weights under work/, its record under runs/)
-        cached(runs_dir / f"pre-{k}.json", proto, lambda k=k: dict(fit=dict(train(sets[f"pre-{k}"], a.epochs, a.lr, work / f"pre-{k}", 0)[1], lr=a.lr, seed=0)))
+        cached(runs_dir / f"pre-{k}.json", proto,
+               lambda k=k: dict(fit=dict(train(sets[f"pre-{k}"], a.epochs, a.lr, work / f"pre-{k}", 0)[1], lr=a.lr,
+                                         seed=0)))
     tests = {tag: open_source(sets[f"test-{tag}"], progress=False) for tag in SCENARIOS}
-    out = dict(header("transfer"), settings=dict(vars(a), json=None), scenarios={}, summary={}, comparisons={}, choices={})
+    out = dict(header("transfer"), settings=dict(vars(a), json=None), scenarios={}, summary={}, comparisons={},
+               choices={})
     for tag, (scenario, _) in SCENARIOS.items():
         out["scenarios"][scenario], out["choices"][scenario] = scenario_runs(tag, a, sets, runs_dir, work, tests)
         rows = out["summary"][scenario] = summary(out["scenarios"][scenario])
         names = list(rows)
-        out["comparisons"][scenario] = {f"{x} vs {y}": call(rows[x], rows[y]) for i, x in enumerate(names) for y in names[i + 1:]}
+        out["comparisons"][scenario] = {f"{x} vs {y}": call(rows[x], rows[y]) for i, x in enumerate(names)
+                                        for y in names[i + 1:]}
     write_json(a.json, out)
     print(f"wrote {a.json}")
 
