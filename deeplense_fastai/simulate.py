@@ -798,17 +798,24 @@ def _macro_field(p:Preset, device, dtype):
     return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
 
 # %% ../nbs/02_simulate.ipynb #c6363c5e
-def _lens_field(p:Preset, params:dict, device, dtype):
-    "Grid and main-lens deflection: the preset's cached field, or with a `Nuisance` each image's own (B, H, W)."
+@functools.lru_cache(maxsize=4)
+def _grid(i:Instrument, device, dtype):
+    "The (sub-)pixel grid `(x, y)` of instrument `i` in float64 and in `dtype` (kept: the per-image lenses reuse it)."
     import torch
-    from deeplense_fastai.lensing import pixel_grid, sie_deflection, shear_deflection
-    if p.nuisance is None: return _macro_field(p, device, dtype)
-    i = p.instrument
+    from deeplense_fastai.lensing import pixel_grid
     x, y = pixel_grid(i.npix, i.pixel_scale, i.supersample, device=device, dtype=torch.float64)
+    return x, y, x.to(dtype), y.to(dtype)
+
+def _lens_field(p:Preset, params:dict, device, dtype):
+    ("Grid and main-lens deflection: the preset's cached field, or with a `Nuisance` each image's own (B, H, W) "
+     "(new arrays, which `render` may change in place).")
+    import torch
+    from deeplense_fastai.lensing import sie_shear_deflection
+    if p.nuisance is None: return _macro_field(p, device, dtype)
+    x, y, xd, yd = _grid(p.instrument, device, dtype)
     T = lambda k: torch.as_tensor(np.asarray(params[k], dtype=np.float64), device=device)
-    ax, ay = sie_deflection(x, y, T('theta_E'), T('halo_e1'), T('halo_e2'))
-    sx, sy = shear_deflection(x, y, T('gamma1'), T('gamma2'))
-    return tuple(t.to(dtype) for t in (x, y, ax + sx, ay + sy))
+    ax, ay = sie_shear_deflection(x, y, T('theta_E'), T('halo_e1'), T('halo_e2'), T('gamma1'), T('gamma2'), dtype)
+    return xd, yd, ax, ay
 
 # %% ../nbs/02_simulate.ipynb #48a2d5e5
 _TNFW_KEYS = ('sub_Rs', 'sub_alpha_Rs', 'sub_r_trunc', 'sub_x', 'sub_y')   # tnfw_deflection's arguments, in order
@@ -899,10 +906,10 @@ def render(preset:Preset, # The recipe
     import torch
     from deeplense_fastai.lensing import ray_shoot, downsample, convolve_psf
     p, dtype = preset, dtype or torch.float32
-    x, y, mx, my = _lens_field(p, params, device, dtype)
+    x, y, ax, ay = _lens_field(p, params, device, dtype)
     B = len(params['index'])
     T = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64), device=device).to(dtype)
-    ax, ay = mx.expand(B, *mx.shape[-2:]).clone(), my.expand(B, *my.shape[-2:]).clone()
+    if ax.ndim == 2: ax, ay = ax.expand(B, *ax.shape).clone(), ay.expand(B, *ay.shape).clone()   # the cached field
     _add_substructure(p, params, x, y, ax, ay, T, compile)
     phys = preset_physics(p)
     bx, by = ray_shoot(x, y, ax, ay, phys['deflection_scale'])
