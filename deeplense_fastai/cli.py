@@ -379,17 +379,6 @@ def _train_args(t):
     _add(t, '--progress', '--pixel-scale',
          pixel_scale="arcsec per pixel of --data whose files do not say (recorded in the run; predictions use it)")
 
-def _check_pretrained(a):
-    "--pretrained: a torchvision ResNet, no --init, its ImageNet weights already in torch's cache (nothing downloaded)."
-    from deeplense_fastai.models import PRETRAINED, imagenet_file
-    if a.init or a.arch not in PRETRAINED:
-        raise DeepLenseError("--pretrained: give --init or --pretrained, not both" if a.init else
-                             f"--pretrained: ImageNet weights exist for {', '.join(PRETRAINED)}, not {a.arch}")
-    if not imagenet_file(a.arch).is_file():
-        raise DeepLenseError(f"--pretrained: the ImageNet weights of {a.arch} are not in torch's cache "
-                             f"({imagenet_file(a.arch)}); fetch them once where there is internet "
-                             f"(torchvision.models.{a.arch}(weights='DEFAULT')), or train from scratch")
-
 # what `train --task classify --preset P` simulates: DeepLense's three classes
 CLASSIFY_CLASSES = ('no_sub', 'cdm', 'axion')
 
@@ -421,18 +410,9 @@ def _check_train_args(a):
     _check_run_out(a)
 
 def _check_names(a) -> None:
-    "The plan's architecture, loss, optimiser and schedule against the registries above `config` (before data is read)."
-    from deeplense_fastai.models import MODELS
-    from deeplense_fastai.learner import LOSSES, OPTIMIZERS, SCHEDULES
-    if a.arch not in MODELS:
-        raise DeepLenseError(f"--arch: unknown architecture {a.arch!r}; known: {', '.join(MODELS)}")
-    if a.pretrained: _check_pretrained(a)
-    if a.loss not in LOSSES and a.task != 'classify':
-        raise DeepLenseError(f"--loss: unknown loss {a.loss!r}; use one of {', '.join(LOSSES)}")
-    if a.opt not in OPTIMIZERS:
-        raise DeepLenseError(f"--opt: unknown optimiser {a.opt!r}; use one of {', '.join(OPTIMIZERS)}")
-    if a.schedule not in SCHEDULES:
-        raise DeepLenseError(f"--schedule: unknown schedule {a.schedule!r}; use one of {', '.join(SCHEDULES)}")
+    "The plan's names and ImageNet start, checked by the learner's own code (`check_train_names`) before data is read."
+    from deeplense_fastai.learner import check_train_names
+    check_train_names(a.arch, a.loss, a.opt, a.schedule, a.task, pretrained=a.pretrained, init=a.init, flags=True)
 
 def _check_run_out(a) -> None:
     "The run directory: usable, and new, or an unfinished run to --resume, or a run to replace with --force."
@@ -573,20 +553,20 @@ def _class_test_report(run_dir:Path, test, column:str, bs:int, device) -> dict:
     return dict(rep, tta=rep_tta)
 
 # %% ../nbs/07_cli.ipynb #e3b2d7c5
-def _test_report(a, cfg:dict, test) -> None:
+def _test_report(a, cfg, test) -> None:
     "Score the exported run on the test set (plain and with TTA), write metrics.json and the plots, print the report."
     from deeplense_fastai.core import atomic_write
     from deeplense_fastai.evaluate import score_run
     from deeplense_fastai.interpret import save_report_plots
-    if cfg.classes: return _class_test_report(a.out, test, cfg.get('class_column', 'class'), a.bs, a.device)
-    targets = cfg['targets']
+    if cfg.classes: return _class_test_report(a.out, test, cfg.extra.get('class_column') or 'class', a.bs, a.device)
+    targets = cfg.targets
     rep, (y, mu, sd) = score_run(a.out, test, targets, a.bs, a.device)
     rep_tta, _ = score_run(a.out, test, targets, a.bs, a.device, tta=True)   # averaged over the square's symmetries
-    if cfg.get('loss') == 'flow': rep['calibration'] = _calibration_plots(a.out, test, a.bs, a.device)
+    if cfg.loss == 'flow': rep['calibration'] = _calibration_plots(a.out, test, a.bs, a.device)
     with atomic_write(a.out/'metrics.json') as tmp:
         tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
     for j, t in enumerate(targets):
-        save_report_plots(a.out, y[:, j], mu[:, j], None if sd is None else sd[:, j], t, cfg['target_mean'][j])
+        save_report_plots(a.out, y[:, j], mu[:, j], None if sd is None else sd[:, j], t, cfg.target_mean[j])
     _print_report(rep, targets)
     print("with test-time augmentation (8 symmetries):")
     _print_report(rep_tta, targets)
@@ -628,10 +608,10 @@ def _threads_note(device) -> str:
 
 def _training_line(a, cfg) -> str:
     "What `train` says before it fits: the model, the images, the targets or classes, the epochs and the device."
-    what = (f"classes {', '.join(cfg.classes)} (column {cfg['class_column']})" if cfg.classes
-            else f"target {', '.join(cfg['targets'])}")
-    return (f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg['n_train']} images, "
-            f"validating on {cfg['n_valid']}, {what}, {a.epochs} epochs on {a.device}" + _threads_note(a.device))
+    what = (f"classes {', '.join(cfg.classes)} (column {cfg.extra['class_column']})" if cfg.classes
+            else f"target {', '.join(cfg.targets)}")
+    return (f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg.n_train} images, "
+            f"validating on {cfg.n_valid}, {what}, {a.epochs} epochs on {a.device}" + _threads_note(a.device))
 
 def _replace_old_run(a) -> None:
     "With --force, remove the run already in --out (its own files only: `config.run_strangers` found no others)."

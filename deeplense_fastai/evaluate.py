@@ -99,14 +99,14 @@ def score_loaded(model:nn.Module, # A run's model (`load_run`, `run.Run`)
                 ) -> tuple[dict, tuple]:
     "`score_run` with a run already loaded."
     from deeplense_fastai.interpret import regression_report
-    cols = cols or cfg['targets']
+    cols = cols or cfg.targets
     preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
     y, keep = _finite_labels([src], cols)
     preds, y = preds[keep].reset_index(drop=True), y[keep]
-    mu = preds[[f'pred_{t}' for t in cfg['targets']]].to_numpy()
-    sd = preds[[f'std_{t}' for t in cfg['targets']]].to_numpy() if f"std_{cfg['targets'][0]}" in preds else None
-    rep = regression_report(y, mu, sd, baseline=cfg['target_mean'], targets=cols)
-    if f"q16_{cfg['targets'][0]}" in preds: rep = _interval_coverage(rep, preds, y, cfg['targets'])
+    mu = preds[[f'pred_{t}' for t in cfg.targets]].to_numpy()
+    sd = preds[[f'std_{t}' for t in cfg.targets]].to_numpy() if f"std_{cfg.targets[0]}" in preds else None
+    rep = regression_report(y, mu, sd, baseline=cfg.target_mean, targets=cols)
+    if f"q16_{cfg.targets[0]}" in preds: rep = _interval_coverage(rep, preds, y, cfg.targets)
     return rep, (y, mu, sd)
 
 
@@ -156,7 +156,7 @@ def evaluation_columns(cfg:RunConfig, # A regression run's configuration
     "The columns to score a run against; one clear error when their number, or the quantity one holds, does not fit."
     from deeplense_fastai.data import resolve_targets
     from deeplense_fastai.simulate import LABEL_COLUMNS, NUISANCE_COLUMNS, KNOT_COLUMNS, SUBHALO_COLUMNS
-    cols, targets = resolve_targets(src, columns or cfg['targets']), cfg['targets']
+    cols, targets = resolve_targets(src, columns or cfg.targets), cfg.targets
     if len(cols) != len(targets):
         raise DeepLenseError(f"target columns {', '.join(cols)}: the model predicts {len(targets)} target(s), "
                              f"got {len(cols)} column(s)")
@@ -175,7 +175,7 @@ def class_column(cfg:RunConfig, # A classifier's configuration
             raise DeepLenseError(f"target columns {', '.join(map(str, columns))}: "
                                  "a classifier compares with one column of class names")
         columns = columns[0]
-    return columns or cfg.get('class_column', 'class')
+    return columns or cfg.extra.get('class_column') or 'class'
 
 def seen_by_run(run_dir:str|Path, # A run directory
                 src, # The LensSource about to be scored
@@ -219,17 +219,17 @@ def calibration_report(run_dir:str|Path, # A flow run
     "Coverage, SBC ranks, TARP, point metrics and per-bin bias/coverage of a flow run's posteriors, per target."
     from deeplense_fastai.interpret import regression_report
     grid, logp, srcs, cfg = run_posteriors(run_dir, source, bs, tta, device, raw)
-    logp, y = _labelled(logp, srcs, cfg['targets'])
+    logp, y = _labelled(logp, srcs, cfg.targets)
     pit = _pits(grid, logp, y)
     draws = np.stack([grid_sample(logp[:, j], grid[j], samples, torch.Generator().manual_seed(j)).numpy()
                       for j in range(len(grid))], -1)
     med = np.stack([grid_quantiles(logp[:, j], grid[j], [0.5])[:, 0].numpy() for j in range(len(grid))], 1)
     ecp, alpha = tarp_coverage(draws, y)
-    out = dict(n=len(y), targets=cfg['targets'], recalibrated=bool(cfg.get('recalibration')), pit=pit, y=y, median=med,
+    out = dict(n=len(y), targets=cfg.targets, recalibrated=bool(cfg.recalibration), pit=pit, y=y, median=med,
                coverage=pd.DataFrame(expected_coverage(pit), index=pd.Index(COVERAGE_LEVELS, name='level'),
-                                     columns=cfg['targets']),
+                                     columns=cfg.targets),
                sbc=np.stack([sbc_ranks(draws[..., j], y[:, j]) for j in range(len(grid))], 1), tarp=(ecp, alpha),
-               points=regression_report(y, med, baseline=cfg['target_mean'], targets=cfg['targets']))
-    out['binned'] = {t: _binned(y[:, j], med[:, j], pit[:, j], bins) for j, t in enumerate(cfg['targets'])}
+               points=regression_report(y, med, baseline=cfg.target_mean, targets=cfg.targets))
+    out['binned'] = {t: _binned(y[:, j], med[:, j], pit[:, j], bins) for j, t in enumerate(cfg.targets)}
     out['max_coverage_error'] = float(np.abs(out['coverage'].to_numpy() - COVERAGE_LEVELS[:, None]).max())
     return out

@@ -35,7 +35,7 @@ def input_grid(shape, # (H, W) of the images to predict
                notice=_notice, # Called with a one-line note when images are resampled, cropped or padded
               ) -> Grid|None:
     "The `Grid` that puts images of `shape` and `scale` on the run's pixel grid, or None when they are on it already."
-    want, own = cfg.get('image_shape'), cfg.get('pixel_scale')
+    want, own = cfg.image_shape, cfg.pixel_scale
     if not want: return None
     factor = scale / own if scale and own else 1.
     if abs(factor - 1) < 1e-3: factor = 1.

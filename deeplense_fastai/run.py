@@ -119,7 +119,7 @@ class Run:
     def __repr__(self) -> str:
         c = self.config
         kind = (f"classifier of {', '.join(c.classes)}" if c.classes
-                else f"{c.get('loss') or 'mse'} regression of {', '.join(c.targets)}")
+                else f"{c.loss or 'mse'} regression of {', '.join(c.targets)}")
         return f"Run({str(self.path)!r}: {c.arch}, {kind})"
 
     def predict(self, source, # One source, anything `inference.predict` reads
