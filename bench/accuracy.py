@@ -80,9 +80,9 @@ def score(model, cfg, test, tta):
     from deeplense_fastai.inference import predict_source
     from deeplense_fastai.interpret import regression_report
     mu, _ = predict_source(model, cfg, test, bs=128, tta=tta)
-    y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
+    y = test.labels[cfg.targets].to_numpy(dtype=np.float64)
     keep = np.isfinite(y).all(1)
-    rep = regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])
+    rep = regression_report(y[keep], mu[keep], baseline=cfg.target_mean)
     rep.update(bootstrap_mae(mu[keep, 0] - y[keep, 0]))
     return rep, [round(float(v), 5) for v in mu[keep, 0]], [round(float(v), 5) for v in y[keep, 0]]
 
@@ -105,11 +105,11 @@ def run_arch(arch, a, preset, train_dir, test, epochs, device):
     cfg = learn.lens_config
     plain, pred, y = score(learn.model, cfg, test, tta=False)
     tta, pred_tta, _ = score(learn.model, cfg, test, tta=True)
-    size = cfg.get("size") or test.image_shape[-1]
+    size = cfg.size or test.image_shape[-1]
     return dict(arch=arch, params=count_parameters(learn.model),
                 gmacs=round(count_macs(learn.model.cpu(), size) / 1e9, 3),
                 image_px=size, lr=lr, lr_found=found, lr_find_seconds=t1 - t0, train_seconds=dt,
-                train_img_per_s=epochs * cfg["n_train"] / dt, test=plain, test_tta=tta,
+                train_img_per_s=epochs * cfg.n_train / dt, test=plain, test_tta=tta,
                 predictions=dict(y=y, pred=pred, pred_tta=pred_tta))
 
 

@@ -88,7 +88,7 @@ def main():
         run = cache_dir("bench", "runs", f"accuracy-{a.preset}-{arch}", "run")
         if not (run / "weights.safetensors").exists(): continue
         model, cfg = load_run(run)
-        idx = pick_images(test, cfg["targets"][0], a.images)
+        idx = pick_images(test, cfg.targets[0], a.images)
         raw = torch.from_numpy(np.stack([test.image(i) for i in idx]))
         x = cfg.normalise(raw)
         maps = attention_maps(model, x)
@@ -96,7 +96,7 @@ def main():
         xs = cfg.normalise(torch.from_numpy(np.stack([test.image(i) for i in many])))
         with torch.no_grad(): mm = attention_maps(model, xs)
         rows.append(dict(arch=arch, indices=idx,
-                         truth=[float(v) for v in test.labels[cfg["targets"][0]].to_numpy()[idx]],
+                         truth=[float(v) for v in test.labels[cfg.targets[0]].to_numpy()[idx]],
                          prediction=[float(v) for v in pred], layers=len(maps), summary_images=len(many),
                          ring_fraction=ring_fraction(mm, xs[:, 0]), vortex_fraction=share_on(mm, vortex),
                          control_fraction=share_on(mm, control),

@@ -112,7 +112,7 @@ def score_images(model, cfg, images, y, device=None, bs=256):
     from deeplense_fastai.interpret import regression_report
     mu, _ = predict_source(model, cfg, _Images(images), bs=bs)
     keep = np.isfinite(y).all(1)
-    return regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])
+    return regression_report(y[keep], mu[keep], baseline=cfg.target_mean)
 
 
 def transfer(a):
@@ -144,8 +144,8 @@ def transfer(a):
 
     def score(images, y): return score_images(learn.model, cfg, images, y, device)
 
-    y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
-    y_ref = ref_labels[cfg["targets"]].to_numpy(dtype=np.float64)
+    y = test.labels[cfg.targets].to_numpy(dtype=np.float64)
+    y_ref = ref_labels[cfg.targets].to_numpy(dtype=np.float64)
     assert np.allclose(y, y_ref, equal_nan=True), "test labels differ between the two test sets"
     ours_images = np.stack([test.image(i) for i in range(len(test))])
     r_ours, r_ref = score(ours_images, y), score(ref_images, y_ref)

@@ -102,7 +102,7 @@ def train_rate(preset, arch, bs, batches, warm, max_seconds, device):
     dt = clock.t1 - clock.t0
     sim_s = sim.seconds - clock.s0
     amp = any(type(cb).__name__ == "MixedPrecision" for cb in learn.cbs)
-    return dict(preset=dls.lens_config["preset"], image_px=dls.lens_config["image_shape"][0], arch=arch, bs=bs,
+    return dict(preset=dls.lens_config.extra["preset"], image_px=dls.lens_config.image_shape[0], arch=arch, bs=bs,
                 mixed_precision=amp, timed_batches=clock.n // bs, seconds=round(dt, 3),
                 train_img_per_s=round(clock.n / dt, 1),
                 sim_seconds=round(sim_s, 3), sim_share=round(sim_s / dt, 4))

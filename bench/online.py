@@ -55,11 +55,11 @@ def score(learn, test, device):
     cfg = learn.lens_config
 
     mu, _ = predict_source(learn.model, cfg, test, bs=256)
-    y = test.labels[cfg["targets"]].to_numpy(dtype=np.float64)
+    y = test.labels[cfg.targets].to_numpy(dtype=np.float64)
     keep = np.isfinite(y).all(1)
-    rep = regression_report(y[keep], mu[keep], baseline=cfg["target_mean"])
+    rep = regression_report(y[keep], mu[keep], baseline=cfg.target_mean)
     ref_images, ref_labels = test.ref
-    ref = score_images(learn.model, cfg, ref_images, ref_labels[cfg["targets"]].to_numpy(dtype=np.float64), device)
+    ref = score_images(learn.model, cfg, ref_images, ref_labels[cfg.targets].to_numpy(dtype=np.float64), device)
     return {k: float(rep[k]) for k in KEYS}, {k: float(ref[k]) for k in KEYS}
 
 
@@ -77,8 +77,8 @@ def train_run(mode, dls, arch, budget, lr, test, device, path):
     row = dict(mode=mode, arch=arch, seconds=round(seconds, 1), train_seconds=round(tb.train_s, 1),
                images_seen=tb.images,
                train_img_per_s=round(tb.images / tb.train_s, 1), epochs_started=len(tb.curve),
-               distinct_images=tb.images if mode == "online" else min(tb.images, dls.lens_config["n_train"]),
-               n_train=dls.lens_config["n_train"], n_valid=dls.lens_config["n_valid"], curve=tb.curve)
+               distinct_images=tb.images if mode == "online" else min(tb.images, dls.lens_config.n_train),
+               n_train=dls.lens_config.n_train, n_valid=dls.lens_config.n_valid, curve=tb.curve)
     row["test"], row["test_lenstronomy"] = score(learn, test, device)
     sim = getattr(dls.train, "sim", None)
     if sim is not None:
@@ -115,7 +115,7 @@ def sim_share(preset, arch, n_batches, bs, device, path):
     total = clock.t1 - clock.t0
     sim_s = sim.seconds - clock.s0
     imgs = sim.images - clock.n0
-    p = dls.lens_config["image_shape"]
+    p = dls.lens_config.image_shape
     return dict(preset=getattr(preset, "name", preset), image_px=p[0], arch=arch, bs=bs, batches=n_batches,
                 sim_seconds=round(sim_s, 2),
                 step_seconds=round(total, 2), sim_share=round(sim_s / total, 4), sim_img_per_s=round(imgs / sim_s, 1),
@@ -171,8 +171,8 @@ def gap_runs(src, valid, n_fixed, epochs, a, test, device, path):
         curve = [dict(epoch=i, train_set_loss=tsl.losses[i], **{n: float(v) for n, v in zip(names, vals)})
                  for i, vals in enumerate(learn.recorder.values)]
         sc, sc_ref = score(learn, test, device)
-        rows.append(dict(mode=mode, arch=arch, n_train_per_epoch=dls.lens_config["n_train"], epochs=epochs,
-                         distinct_images=dls.lens_config["n_train"] * (epochs if mode == "online" else 1),
+        rows.append(dict(mode=mode, arch=arch, n_train_per_epoch=dls.lens_config.n_train, epochs=epochs,
+                         distinct_images=dls.lens_config.n_train * (epochs if mode == "online" else 1),
                          seconds=round(time.perf_counter() - t0, 1), curve=curve, test=sc, test_lenstronomy=sc_ref))
         print(f"gap {mode}: final loss on the training images {curve[-1]['train_set_loss']:.3f}, "
               f"valid loss {curve[-1]['valid_loss']:.3f}, test MAE {sc['mae']:.4f} "
@@ -248,7 +248,7 @@ def main():
               f"{r['images_seen']} images seen ({r['distinct_images']} distinct), "
               f"{r['epochs_started']} epochs, {r['train_img_per_s']:.0f} img/s", flush=True)
     if "online" not in skip:
-        dls = online_dataloaders("model_ii", epoch_size=fixed.lens_config["n_train"], bs=a.bs, valid=valid, seed=0,
+        dls = online_dataloaders("model_ii", epoch_size=fixed.lens_config.n_train, bs=a.bs, valid=valid, seed=0,
                                  device=device)
         r = train_run("online", dls, a.arch, budget, a.lr, test, device, runs / "online-bench-online")
         out["runs"].append(r)

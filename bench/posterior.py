@@ -130,7 +130,7 @@ def joint_trials(run, preset, trials, ns, seed, log):
     out = {}
     for mode, raw in (("calibrated", True), ("uncalibrated", False)):
         grid, logp, _, cfg = run_posteriors(run, imgs, bs=256, raw=raw)
-        if not raw: cfg.pop("joint_calibration", None)
+        if not raw: cfg.joint_calibration = None
         logp = logp.reshape(trials, n_max, *logp.shape[1:])
         for n in ns:
             lo68, hi68, lo95, hi95, med = _trial_summaries(grid, logp, cfg, n, joint_posterior)

@@ -159,7 +159,7 @@ def score_pair(run: Path, test: Path, cfg) -> dict:
     pit = grid_pit(logp[:, 0], grid[0], torch.as_tensor(y, dtype=logp.dtype)).numpy()
     cover = {f"{c:.1f}": float(np.mean(np.abs(pit - 0.5) <= c / 2)) for c in LEVELS}
     med = pred["pred_log10_m_axion"].to_numpy()
-    return dict(mae=float(np.mean(np.abs(med - y))), baseline_mae=float(np.mean(np.abs(cfg["target_mean"][0] - y))),
+    return dict(mae=float(np.mean(np.abs(med - y))), baseline_mae=float(np.mean(np.abs(cfg.target_mean[0] - y))),
                 coverage_68=float(np.mean((pred["q16_log10_m_axion"] <= y) & (y <= pred["q84_log10_m_axion"]))),
                 coverage_95=float(np.mean(np.abs(pit - 0.5) <= 0.475)),
                 coverage_error=float(max(abs(v - float(k)) for k, v in cover.items())), coverage=cover,
@@ -232,7 +232,7 @@ def score(worlds) -> None:
             auc_s = None if t == world else float(roc_auc_score(np.r_[np.zeros(len(own_s)), np.ones(len(ss))],
                                                                 np.r_[own_s, ss]))
             rows.append(dict(train=w, test=t, **r, ood_rate_summary_only=float(np.mean(ss > thr_s)), ood_auroc=auc,
-                             ood_auroc_summary_only=auc_s, n_test=N_TEST, ood_threshold=cfg["ood"]["threshold"],
+                             ood_auroc_summary_only=auc_s, n_test=N_TEST, ood_threshold=cfg.extra["ood"]["threshold"],
                              weights_sha256=digest))
             shown = {k: v for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")}
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)

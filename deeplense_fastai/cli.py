@@ -506,7 +506,7 @@ def _train_data(a, device, say):
         with _naming('--test', a.test):                  # a simulated test set (no --test) is named by its path alone
             test = open_source(test_path)
             if a.task == 'classify': _check_class_test(test, _class_column(a), dls.lens_config.classes, test_path)
-            else: check_source(test, resolve_targets(test, dls.lens_config['targets']))
+            else: check_source(test, resolve_targets(test, dls.lens_config.targets))
         if train is not None and test.image_shape != train.image_shape and not a.size:
             raise DeepLenseError(f"--test {test_path}: images are {test.image_shape[0]}x{test.image_shape[1]}, "
                                  f"the training images {train.image_shape[0]}x{train.image_shape[1]} "

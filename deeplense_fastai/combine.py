@@ -44,9 +44,9 @@ def _population_preset(preset:str, cfg:RunConfig):
     ("The preset of the populations; one clear error unless it holds log10_m_axion, which the run predicts, "
      "fixed across lenses.")
     p = get_preset(preset)
-    if p.target != 'log10_m_axion' or 'log10_m_axion' not in cfg['targets']:
+    if p.target != 'log10_m_axion' or 'log10_m_axion' not in cfg.targets:
         raise DeepLenseError(f"populations {preset!r}: only log10_m_axion, shared by every lens, can be held fixed "
-                             f"across a population (the run predicts {', '.join(cfg['targets'])}; "
+                             f"across a population (the run predicts {', '.join(cfg.targets)}; "
                              f"the preset's target is {p.target})")
     # resized lenses are another pixel scale: another sky
     if cfg.image_shape and list(cfg.image_shape) != [p.instrument.npix, p.instrument.npix]:
@@ -84,12 +84,12 @@ def _population_posteriors(model, cfg, preset:str, trials:int, lenses:int, seed:
     truths = np.random.default_rng(seed).uniform(*p.axion.log10_m, trials)
     imgs = population_images(p, truths, lenses, seed)
     return (_simulated_posteriors(model, cfg, imgs, bs, tta).reshape(trials, lenses, -1), truths,
-            cfg['targets'].index('log10_m_axion'))
+            cfg.targets.index('log10_m_axion'))
 
 def _simulated_posteriors(model, cfg, imgs:np.ndarray, bs, tta) -> torch.Tensor:
     "Raw posteriors (M, G) of log10_m_axion of simulated images (M, H, W) already on the run's grid."
     _, logp, _, _ = _posteriors_of(model, cfg, _open_all(imgs, cfg, lambda *_: None), bs, tta)
-    return logp[:, cfg['targets'].index('log10_m_axion')]
+    return logp[:, cfg.targets.index('log10_m_axion')]
 
 def _bank_posteriors(model, cfg, preset:str, bank:int, seed:int, bs, tta) -> tuple:
     ("Raw posteriors (M, G) of `bank` lenses simulated from the preset, log10_m_axion drawn from its prior, "
@@ -162,7 +162,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     opened = _open_all(source, cfg)
     hashes = _calibration_images(run_dir, cfg, opened, force)
     grid, logp, srcs, cfg = _posteriors_of(model, cfg, opened, batching.bs, batching.tta)
-    lp, y = _labelled(logp, srcs, cfg['targets'])
+    lp, y = _labelled(logp, srcs, cfg.targets)
     pit = _pits(grid, lp, y)
     knots = fit_recalibration(pit)
     joint, floor = None, None
@@ -175,7 +175,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     if not (joint and 'summary_likelihood' in joint['log10_m_axion']):
         (Path(run_dir)/SUMMARY_FILE).unlink(missing_ok=True)
     return dict(knots=knots, n=len(pit),
-                coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg['targets']),
+                coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg.targets),
                 joint=joint, floor=floor)
 
 # %% ../nbs/05e_combine.ipynb #b82570b8
@@ -184,7 +184,7 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:Populations
     ("The joint calibration of log10_m_axion: the network's prior and its floor, and with a bank the summary "
      "likelihood (written).")
     (preset, trials, lenses, seed, bank), (bs, tta) = astuple(pops), (batching.bs, batching.tta)
-    j = cfg['targets'].index('log10_m_axion')
+    j = cfg.targets.index('log10_m_axion')
     own = aggregate_log_posterior(lp[:, j], grid[j])
     pop, truths, j = _population_posteriors(model, cfg, preset, trials, lenses, seed, bs, tta)
     width, floor = fit_systematic(pop, truths, grid[j], own)
@@ -270,11 +270,11 @@ def check_joint(cfg:RunConfig, # The run's configuration (`read_run_config`: not
                 where='the run', # The run's name in the message (its directory)
                ) -> None:
     "Refuse, before any image is read, a run without posteriors or a target it does not predict."
-    if cfg.get('loss') != 'flow':
-        raise DeepLenseError(f"{where}: trained with loss {cfg.get('loss') or 'mse'!r}; "
+    if cfg.loss != 'flow':
+        raise DeepLenseError(f"{where}: trained with loss {cfg.loss or 'mse'!r}; "
                              f"posteriors need a run trained with loss 'flow'")
     for t in targets or []:
-        if t not in cfg['targets']: raise DeepLenseError(f"--target {t}: the run predicts {', '.join(cfg['targets'])}")
+        if t not in cfg.targets: raise DeepLenseError(f"--target {t}: the run predicts {', '.join(cfg.targets)}")
 
 # %% ../nbs/05e_combine.ipynb #8efb2f32
 @dataclass
@@ -320,21 +320,21 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
     bs, tta = batching.bs, batching.tta
     cfg = replace(cfg, extra=dict(cfg.extra))            # a copy: the joint calibration drops the recalibration below
     check_joint(cfg, targets, run_dir)
-    joint = cfg.get('joint_calibration')
+    joint = cfg.joint_calibration
     if joint:                                            # the joint calibration was fitted on the raw posteriors
-        cfg.pop('recalibration')
+        cfg.recalibration = None
         _check_tta(cfg, tta)
     opened = _open_all(images, cfg, notice)
     _check_distinct(opened)                              # one lens given twice would count its evidence twice
     check_ood_share(model, cfg, opened, bs, allow_ood, notice)
     grid, logp, _, cfg = _posteriors_of(model, cfg, opened, bs, tta)
     if not joint:
-        how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg['targets'] else
+        how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg.targets else
                "only log10_m_axion, which every lens shares, can be calibrated; a target that differs from lens "
                "to lens has no joint value")
         (notice or _notice)(f"note: {run_dir}: no joint calibration ({how}); the joint intervals of many lenses can "
                             f"be far too narrow")
-    out = {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg['targets'])}
+    out = {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg.targets)}
     for jp in out.values(): _beyond_validated(jp, notice or _notice)
     return out
 
@@ -371,10 +371,10 @@ def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
                    ) -> JointPosterior:
     ("The joint posterior of `target` from per-lens grid posteriors, under the run's joint calibration where it "
      "has one (`_joint_of`).")
-    if target not in cfg['targets']:
-        raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg['targets'])}")
-    j = cfg['targets'].index(target)
-    joint, width, method, validated = _joint_of((cfg.get('joint_calibration') or {}).get(target), logp[:, j], grid[j],
+    if target not in cfg.targets:
+        raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg.targets)}")
+    j = cfg.targets.index(target)
+    joint, width, method, validated = _joint_of((cfg.joint_calibration or {}).get(target), logp[:, j], grid[j],
                                                 target)
     return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width,
                           method != 'product', method, validated)

@@ -4,15 +4,15 @@
 
 # %% ../nbs/02d_config.ipynb #edc06e39
 from __future__ import annotations
-import json, math
+import json, math, warnings
 from pathlib import Path
 from dataclasses import dataclass, field, fields, replace
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NORMS', 'RUNTIME', 'RUN_FILES', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'TrainPlan', 'run_strangers',
-           'is_run_dir', 'clear_run']
+__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'RUN_FILES', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'TrainPlan',
+           'run_strangers', 'is_run_dir', 'clear_run']
 
 # %% ../nbs/02d_config.ipynb #2ac298e3
 from .core import DeepLenseError
@@ -53,6 +53,7 @@ def to_grid(x:torch.Tensor, # Raw images (B, C, H, W), pixel values are fluxes p
 NORMS = ('minmax', 'meanstd')
 # attached from calibration.json, never written to config.json
 RUNTIME = ('recalibration', 'joint_calibration', 'calibration')
+RUN_FORMAT = dict(format='deeplense_fastai/run', format_version=1)   # stamped into every config.json
 
 @dataclass
 class RunConfig:
@@ -103,35 +104,49 @@ class RunConfig:
         "A copy with the model's settings (arch, loss, opt, n_out, model_kw, flow, init) added."
         return replace(self, **{'extra': dict(self.extra), 'model_kw': dict(self.model_kw), **settings})
 
-    # Dictionary-style access: a field by name, else an entry of `extra`
+    # Dictionary-style access, kept for old scripts: each use warns (FutureWarning) naming the attribute to use
     def __getitem__(self, key:str):
-        "A field by name, else an entry of `extra` (KeyError if neither)."
-        if key in _field_names() and key != 'extra': return getattr(self, key)
-        return self.extra[key]
+        "Deprecated: a field by name, else an entry of `extra` (KeyError if neither)."
+        _deprecated(f"RunConfig[{key!r}]", key, f".{key}", f".extra[{key!r}]")
+        return self._item(key)
 
     def __setitem__(self, key:str, value):
-        "Set a field by name, else an entry of `extra`."
-        if key in _field_names() and key != 'extra': setattr(self, key, value)
+        "Deprecated: set a field by name, else an entry of `extra`."
+        _deprecated(f"RunConfig[{key!r}] = ...", key, f".{key} = ...", f".extra[{key!r}] = ...")
+        if _is_field(key): setattr(self, key, value)
         else: self.extra[key] = value
 
     def get(self, key:str, # A field or an entry of `extra`
             default=None, # What a missing or None value reads as
            ):
-        "A field or `extra` entry by name; `default` if it is missing or None."
-        try: v = self[key]
-        except KeyError: return default
-        return default if v is None else v
+        "Deprecated: a field or `extra` entry by name; `default` if it is missing or None."
+        _deprecated(f"RunConfig.get({key!r})", key, f".{key}", f".extra.get({key!r})")
+        return self._get(key, default)
 
     def pop(self, key:str, # A field or an entry of `extra`
             default=None, # What a missing or None value reads as
            ):
-        "Read and clear a field (set to None) or remove an `extra` entry."
-        v = self.get(key, default)
-        if key in _field_names(): setattr(self, key, None)
+        "Deprecated: read and clear a field (set to None) or remove an `extra` entry."
+        _deprecated(f"RunConfig.pop({key!r})", key, f".{key} = None", f".extra.pop({key!r})")
+        v = self._get(key, default)
+        if _is_field(key): setattr(self, key, None)
         else: self.extra.pop(key, None)
         return v
 
-    def __contains__(self, key:str) -> bool: return self.get(key) is not None
+    def __contains__(self, key:str) -> bool:
+        "Deprecated: whether a field or `extra` entry is set (not None)."
+        _deprecated(f"{key!r} in RunConfig", key, f".{key} is not None", f"{key!r} in .extra")
+        return self._get(key) is not None
+
+    def _item(self, key:str):
+        "A field by name, else an entry of `extra` (KeyError if neither)."
+        return getattr(self, key) if _is_field(key) else self.extra[key]
+
+    def _get(self, key:str, default=None):
+        "A field or `extra` entry by name; `default` if it is missing or None."
+        try: v = self._item(key)
+        except KeyError: return default
+        return default if v is None else v
 
     # config.json
     def to_json(self) -> dict:
@@ -153,7 +168,35 @@ class RunConfig:
         known = {k: v for k, v in d.items() if k in _field_names() and k not in RUNTIME + ('extra',)}
         return cls(**known, extra={k: v for k, v in d.items() if k not in known and k not in RUNTIME})
 
+    # the run directory's config.json: the one reader and writer of the file
+    @classmethod
+    def read(cls, run_dir:str|Path, # A run directory
+             check=None, # `f(parsed, where) -> RunConfig` validating it (None: `from_json`; runs: `check_run_config`)
+            ) -> RunConfig:
+        "The validated RunConfig in `run_dir`'s config.json; one clear error naming the file otherwise."
+        f = Path(run_dir)/'config.json'
+        try: d = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
+        return (check or cls.from_json)(d, f)
+
+    def write(self, run_dir:str|Path, # A run directory (created if needed)
+             ) -> Path:
+        "Write config.json into `run_dir` atomically, stamped with the run format and the package version; its path."
+        from deeplense_fastai import __version__
+        from deeplense_fastai.core import atomic_write
+        f = Path(run_dir)/'config.json'
+        with atomic_write(f) as tmp:
+            tmp.write_text(json.dumps(dict(self.to_json(), package_version=__version__, **RUN_FORMAT), indent=1))
+        return f
+
 def _field_names() -> tuple: return tuple(f.name for f in fields(RunConfig))
+
+def _is_field(key:str) -> bool: return key in _field_names() and key != 'extra'
+
+def _deprecated(what:str, key:str, field_use:str, extra_use:str) -> None:
+    "Warn that the mapping interface `what` is deprecated, naming the attribute (or `extra` entry) to use instead."
+    warnings.warn(f"{what} is deprecated: use {field_use if _is_field(key) else extra_use}", FutureWarning,
+                  stacklevel=3)
 
 # %% ../nbs/02d_config.ipynb #ef65f374
 def _finite_list(v, n:int, positive:bool=False) -> bool:
@@ -319,7 +362,7 @@ def is_run_dir(out:Path, # A folder
     "Whether `out` holds a run: an exported config.json of the run format, or the models/ folder a fit creates."
     out = Path(out)
     try:
-        if json.loads((out/'config.json').read_text()).get('format') == 'deeplense_fastai/run': return True
+        if json.loads((out/'config.json').read_text()).get('format') == RUN_FORMAT['format']: return True
     except (OSError, ValueError, AttributeError): pass
     return (out/'models').is_dir()
 

@@ -39,15 +39,15 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
     from safetensors.torch import load_file
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    kw, flow = cfg.get('model_kw', {}), cfg.get('loss') == 'flow'
+    kw, flow = (cfg.model_kw or {}), cfg.loss == 'flow'
     try:
-        model = (flow_regressor(cfg['arch'], len(cfg['targets']), flow=cfg['flow'], **kw) if flow
-                 else get_model(cfg['arch'], n_in=1, n_out=cfg['n_out'], **kw))
+        model = (flow_regressor(cfg.arch, len(cfg.targets), flow=cfg.flow, **kw) if flow
+                 else get_model(cfg.arch, n_in=1, n_out=cfg.n_out, **kw))
     except TypeError as e:
-        raise DeepLenseError(f"{run_dir/'config.json'}: model_kw does not fit {cfg['arch']} ({e})") from None
+        raise DeepLenseError(f"{run_dir/'config.json'}: model_kw does not fit {cfg.arch} ({e})") from None
     try: model.load_state_dict(load_file(str(run_dir/'weights.safetensors')))
     except Exception as e:
-        raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg['arch']} "
+        raise DeepLenseError(f"{run_dir/'weights.safetensors'}: does not fit {cfg.arch} "
                              f"({type(e).__name__})") from None
     if calibration and (f := run_dir/'calibration.json').is_file():          # written by `calibrate`: plain numbers
         if not flow: raise DeepLenseError(f"{f}: only flow runs (loss 'flow') are recalibrated")
@@ -61,9 +61,9 @@ def _attach_calibration(cfg:RunConfig, run_dir:Path, f:Path) -> None:
     "Read a flow run's calibration.json `f` into `cfg` (recalibration, joint calibration), checked against the weights."
     try: cal = json.loads(f.read_text())
     except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
-    cfg['recalibration'] = check_calibration(cal, len(cfg['targets']), f)
-    if (joint := check_joint_calibration(cal, cfg['targets'], f)):
-        cfg['joint_calibration'] = _with_summary_likelihoods(joint, run_dir, f)
+    cfg.recalibration = check_calibration(cal, len(cfg.targets), f)
+    if (joint := check_joint_calibration(cal, cfg.targets, f)):
+        cfg.joint_calibration = _with_summary_likelihoods(joint, run_dir, f)
     if 'weights_sha256' not in cal:          # written before calibrations named their weights: said, not refused
         _notice(f"note: {f}: predates weight digests, so it cannot be checked against the weights; "
                 f"recalibrate to tie them")
@@ -71,7 +71,7 @@ def _attach_calibration(cfg:RunConfig, run_dir:Path, f:Path) -> None:
         raise DeepLenseError(f"{f}: fitted on other weights than {run_dir/'weights.safetensors'} "
                              f"(the run changed since); recalibrate: deeplense calibrate --model {run_dir} "
                              f"--data SPLIT --force")
-    cfg['calibration'] = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
+    cfg.calibration = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
 
 # %% ../nbs/05b_inference.ipynb #04340a5e
 SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
@@ -143,7 +143,7 @@ def _views(b, tta:bool) -> tuple[list, torch.Tensor|None]:
 
 def _check_tta(cfg:RunConfig, tta:bool) -> None:
     "Refuse to apply a calibration fitted on posteriors mixed over the symmetries (or not) to the other kind."
-    fitted = bool((cfg.get('calibration') or {}).get('tta'))
+    fitted = bool((cfg.calibration or {}).get('tta'))
     if fitted != bool(tta):
         raise DeepLenseError(f"the run's calibration was fitted {'with' if fitted else 'without'} test-time "
                              f"augmentation: {'add' if fitted else 'drop'} --tta (tta={fitted}), or recalibrate "
@@ -157,7 +157,7 @@ def posterior_batches(model:nn.Module, # A `FlowRegressor` (a run's, or `learn.m
                      ):
     "Grid posteriors of a flow run: (grid (T, G), log densities (N, T, G), decoded targets or None)."
     model.eval()
-    if cfg.get('recalibration'): _check_tta(cfg, tta)
+    if cfg.recalibration: _check_tta(cfg, tta)
     flow, grid, lps, ys = _unwrap(model), target_grid(cfg), [], []
     for b in batches:
         views, y = _views(b, tta)
@@ -286,9 +286,9 @@ def check_samples(samples:int, # Posterior samples asked for, per image and targ
      "or would not fit in memory.")
     if samples < 0 or samples > MAX_SAMPLES:
         raise DeepLenseError(f"--samples {samples}: must be 0 or more and at most {MAX_SAMPLES:,}")
-    if samples and cfg.get('loss') != 'flow':
+    if samples and cfg.loss != 'flow':
         raise DeepLenseError(f"--samples {samples}: {where} is not a flow run (train with loss 'flow' for posteriors)")
-    need = 40 * samples * n_images * len(cfg['targets'])      # float64 draws, the DataFrame's copy and the CSV text
+    need = 40 * samples * n_images * len(cfg.targets)      # float64 draws, the DataFrame's copy and the CSV text
     import psutil
     free = psutil.virtual_memory().available       # what can be had without swapping (page cache counted), on any OS
     if need > free / 2:
@@ -358,13 +358,13 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
     if not len(keep):           # no usable image: one blank one names the value columns (all NaN)
         use = masked(src.subset([0]))
     if isinstance(model, FlowRegressor):
-        vals = pd.DataFrame(_posterior_columns(*posterior_source(model, cfg, use, bs, tta, grid), cfg['targets'],
+        vals = pd.DataFrame(_posterior_columns(*posterior_source(model, cfg, use, bs, tta, grid), cfg.targets,
                                                samples))
     elif cfg.classes:
         vals = class_columns(class_probabilities(model, _source_batches(model, cfg, use, bs, grid), tta), cfg.classes)
     else:
         mu, sd = predict_source(model, cfg, use, bs, tta, grid)
-        vals = pd.DataFrame({k: v for j, t in enumerate(cfg['targets'])
+        vals = pd.DataFrame({k: v for j, t in enumerate(cfg.targets)
                              for k, v in [(f'pred_{t}', mu[:, j])]
                              + ([(f'std_{t}', sd[:, j])] if sd is not None else [])})
     vals = pd.concat([vals, pd.DataFrame(limit_columns(model, cfg, use, vals, bs, grid))], axis=1)
@@ -408,14 +408,14 @@ def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD ref
                  ) -> dict:
     ("Is each image like the training images? `ood_score`, `ood` (above the threshold) and `in_prior` "
      "(estimates in the training range).")
-    ref, n, rng = getattr(model, 'ood_reference', None), len(preds), cfg.get('target_range')
+    ref, n, rng = getattr(model, 'ood_reference', None), len(preds), cfg.target_range
     score, flow_med = _limit_pass(model, cfg, src, bs, grid, ref)
     na = pd.array([pd.NA] * n, dtype='boolean')
     ood = na if score is None else pd.array(score > ref.threshold, dtype='boolean')
     inside = None                                        # a classifier has no range: in_prior stays empty
     if rng:
         point = (flow_med if flow_med is not None
-                 else np.stack([preds[f'pred_{t}'].to_numpy() for t in cfg['targets']], 1))
+                 else np.stack([preds[f'pred_{t}'].to_numpy() for t in cfg.targets], 1))
         inside = np.all([(lo <= point[:, j]) & (point[:, j] <= hi) for j, (lo, hi) in enumerate(rng)], 0)
     return dict(ood_score=np.full(n, np.nan) if score is None else score, ood=ood,
                 in_prior=na if inside is None else pd.array(inside, dtype='boolean'))
@@ -429,7 +429,7 @@ def limits_summary(preds:pd.DataFrame, # Output of `predict`
         lines.append("note: this run has no OOD reference (ood.safetensors, which training writes; "
                      "older runs lack it): ood is empty")
     elif (k := int(preds['ood'].sum())):
-        share = (cfg.get('ood') or {}).get('false_alarm', 0.05)
+        share = (cfg.extra.get('ood') or {}).get('false_alarm', 0.05)
         lines.append(f"note: {k} of {n} images are unlike the run's training images (ood: beyond the threshold "
                      f"that flags {share:.0%} of its validation images); what the run says of them is an extrapolation")
     if (k := int((preds['in_prior'] == False).sum())):                      # noqa: E712 (NA counts as unknown)
@@ -444,14 +444,14 @@ def require_flow(model:nn.Module, # A run's model
                 ) -> None:
     "One clear error unless the run is a flow run: posteriors, calibration and combining need one."
     if not isinstance(model, FlowRegressor):
-        raise DeepLenseError(f"{where}: trained with loss {cfg.get('loss') or 'mse'!r}; "
+        raise DeepLenseError(f"{where}: trained with loss {cfg.loss or 'mse'!r}; "
                              f"posteriors need a run trained with loss 'flow'")
 
 def _flow_run(run_dir, device=None, raw:bool=False):
     "A flow run's model and configuration (without its recalibration if `raw`); one clear error for other runs."
     model, cfg = load_run(run_dir, device)
     require_flow(model, cfg, run_dir)
-    if raw: cfg.pop('recalibration', None)
+    if raw: cfg.recalibration = None
     return model, cfg
 
 def run_posteriors(run_dir:str|Path, # A flow run's directory

@@ -116,9 +116,9 @@ class LensLoss:
     def activation(self, out): return out
     def decodes(self, out):
         "Point estimates in the targets' units: what `get_preds(with_decoded=True)` and `learn.predict` return."
-        n = len(self.cfg['targets'])
+        n = len(self.cfg.targets)
         est = self.point(out) if self.point is not None else out[..., :n]
-        return LensTarget(self.cfg.decode(est.float().cpu()), names=list(self.cfg['targets']))
+        return LensTarget(self.cfg.decode(est.float().cpu()), names=list(self.cfg.targets))
 
 
 # %% ../nbs/05_learner.ipynb #46180eeb
@@ -156,9 +156,9 @@ def get_opt_func(name:str):
 # %% ../nbs/05_learner.ipynb #d47b9167
 def _split_outputs(raw:torch.Tensor, cfg:dict):
     "Decoded (mean, std or None) from raw model outputs."
-    n = len(cfg['targets'])
+    n = len(cfg.targets)
     mu = cfg.decode(raw[:, :n])
-    if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * torch.tensor(cfg['target_std'])
+    if raw.shape[1] == 2 * n: return mu, torch.exp(0.5 * raw[:, n:].clamp(-12, 12)) * torch.tensor(cfg.target_std)
     return mu, None
 
 
@@ -182,8 +182,8 @@ def regression_metrics(cfg:RunConfig, # `dls.lens_config`
     fns = dict(mae=_mae, mse=_mse, rmse=lambda p, t: _mse(p, t).sqrt(), r2=_r2)
     point = _reused(point) if point else (lambda p: p)
     out = []
-    for j, name in enumerate(cfg['targets']):
-        sfx = '' if len(cfg['targets']) == 1 else f'_{name}'
+    for j, name in enumerate(cfg.targets):
+        sfx = '' if len(cfg.targets) == 1 else f'_{name}'
         for w in which:
             f = lambda p, t, j=j, w=w: fns[w](cfg.decode(point(p))[:, j], cfg.decode(t)[:, j])
             out.append(AccumMetric(f, flatten=False, name=f'{w}{sfx}'))
@@ -351,9 +351,9 @@ def _last_linear(model:nn.Module, n_out:int) -> nn.Linear:
 @torch.no_grad()
 def _rescale_output(model:nn.Module, old:dict, new:dict, n_out:int) -> None:
     "Rewrite the output layer so the model, under the new target statistics, predicts what it did under the old ones."
-    lin, n = _last_linear(model, n_out), len(new['targets'])
-    a = torch.tensor(old['target_std']) / torch.tensor(new['target_std'])
-    b = (torch.tensor(old['target_mean']) - torch.tensor(new['target_mean'])) / torch.tensor(new['target_std'])
+    lin, n = _last_linear(model, n_out), len(new.targets)
+    a = torch.tensor(old.target_std) / torch.tensor(new.target_std)
+    b = (torch.tensor(old.target_mean) - torch.tensor(new.target_mean)) / torch.tensor(new.target_std)
     lin.weight[:n] *= a[:, None]
     lin.bias[:n] = lin.bias[:n] * a + b
     if n_out == 2 * n: lin.bias[n:] += 2 * torch.log(a)       # log-variances scale with the square of the std
@@ -366,33 +366,33 @@ def load_init(model:nn.Module, # A freshly built model
     from safetensors.torch import load_file
     old = read_run_config(init)
     for key in ('arch', 'n_out', 'targets', 'classes'):
-        if old.get(key) != cfg.get(key):
-            raise DeepLenseError(f"--init {init}: its {key} is {old[key]!r}, this run's is {cfg[key]!r}")
-    if old.get('model_kw', {}) != cfg.get('model_kw', {}):
-        raise DeepLenseError(f"--init {init}: built with model options {old.get('model_kw')}, "
-                             f"this run with {cfg.get('model_kw')}")
-    if (old.get('loss') == 'flow') != (cfg.get('loss') == 'flow') or old.get('flow') != cfg.get('flow'):
-        raise DeepLenseError(f"--init {init}: its loss is {old.get('loss')!r}, this run's is {cfg.get('loss')!r}: "
+        if (was := getattr(old, key)) != (now := getattr(cfg, key)):
+            raise DeepLenseError(f"--init {init}: its {key} is {was!r}, this run's is {now!r}")
+    if (old.model_kw or {}) != (cfg.model_kw or {}):
+        raise DeepLenseError(f"--init {init}: built with model options {old.model_kw}, "
+                             f"this run with {cfg.model_kw}")
+    if (old.loss == 'flow') != (cfg.loss == 'flow') or old.flow != cfg.flow:
+        raise DeepLenseError(f"--init {init}: its loss is {old.loss!r}, this run's is {cfg.loss!r}: "
                              f"a flow posterior head and a point head (or two different flows) do not share weights")
     try: model.load_state_dict(load_file(str(Path(init)/'weights.safetensors')))
     except Exception as e:                      # truncated, foreign or corrupt: named, never half-loaded into a run
         raise DeepLenseError(f"--init {init}: weights.safetensors cannot be loaded "
                              f"({type(e).__name__}: {str(e)[:120]})") from None
-    if cfg.get('loss') not in ('flow', 'cross_entropy'):         # a flow's head is retrained
-        _rescale_output(model, old, cfg, cfg['n_out'])
+    if cfg.loss not in ('flow', 'cross_entropy'):         # a flow's head is retrained
+        _rescale_output(model, old, cfg, cfg.n_out)
     return old
 
 class TargetRange(Callback):
-    """Records the range of the training targets (target units) in `learn.lens_config['target_range']`: a flow run's
+    """Records the range of the training targets (target units) in `learn.lens_config.target_range`: a flow run's
     prior support, every run's `in_prior`."""
     order = 0
     def after_batch(self):
         if not self.training: return
         cfg = self.learn.lens_config
         y = cfg.decode(self.yb[0].detach())
-        old = torch.tensor(cfg.get('target_range') or [[math.inf, -math.inf]] * y.shape[1])
+        old = torch.tensor(cfg.target_range or [[math.inf, -math.inf]] * y.shape[1])
         lo, hi = torch.minimum(old[:, 0], y.min(0).values), torch.maximum(old[:, 1], y.max(0).values)
-        cfg['target_range'] = [[float(a), float(b)] for a, b in zip(lo, hi)]
+        cfg.target_range = [[float(a), float(b)] for a, b in zip(lo, hi)]
 
 def _custom_model(arch, n_out:int, image_shape, model_kw:dict) -> nn.Module:
     "A user's network: an `nn.Module` as it is, or a callable `f(n_in=1, n_out=n_out, **model_kw)` that builds one."
@@ -474,7 +474,7 @@ def _learner_start(dls, arch, pretrained:bool, init, model_kw:dict) -> tuple:
     cfg = getattr(dls, 'lens_config', None)
     if cfg is None: raise DeepLenseError("dls has no lens_config: build it with lens_dataloaders or class_dataloaders")
     check_train_names(arch, pretrained=pretrained, init=init)
-    size = cfg.get('size') or cfg.get('image_shape') or (64, 64)
+    size = cfg.size or cfg.image_shape or (64, 64)
     build_kw = dict(model_kw, pretrained=True) if pretrained else model_kw
     return cfg, ((size, size) if isinstance(size, int) else size), build_kw
 
@@ -497,7 +497,7 @@ def _start_weights(model:nn.Module, run_cfg:RunConfig, init, pretrained:bool) ->
     if init is not None:
         run_cfg.init = str(init)
         load_init(model, init, run_cfg)
-    if pretrained: run_cfg['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'   # recorded, never rebuilt
+    if pretrained: run_cfg.extra['pretrained'] = 'torchvision ImageNet weights (DEFAULT)'   # recorded, never rebuilt
 
 def _learner(dls, model, loss_fn, opt:str, path, ls:LearnerSettings, metrics:list, cbs:list) -> Learner:
     "fastai's Learner with the house's splitter, mixed precision on CUDA, and the given defaults for `ls`."
@@ -526,15 +526,15 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
     cfg, shape, build_kw = _learner_start(dls, arch, pretrained, init, model_kw)
     if cfg.classes: raise DeepLenseError("these DataLoaders classify (class_dataloaders): use classification_learner")
     if loss == 'flow' and any(s <= 1e-9 * max(1., abs(m)) for m, s in zip(cfg.target_mean, cfg.target_std)):
-        raise DeepLenseError(f"targets {', '.join(cfg['targets'])}: one is constant in the training data; "
+        raise DeepLenseError(f"targets {', '.join(cfg.targets)}: one is constant in the training data; "
                              f"a posterior needs a target that varies")
-    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg['targets'], flow, build_kw, shape)
+    model, loss_fn, n_out, extra = _regression_model(arch, loss, cfg.targets, flow, build_kw, shape)
     if not isinstance(arch, str): arch = f"custom:{type(model.body if loss == 'flow' else model).__name__}"
     run_cfg = cfg.with_model(arch=arch, loss=loss, opt=opt, n_out=n_out, model_kw=model_kw, **extra)
     _start_weights(model, run_cfg, init, pretrained)
     cbs = [Ranger21Guard(), LRTrace(), TargetRange(), ThreadPolicy()] + list(ls.cbs or [])
     point = partial(flow_median, model) if loss == 'flow' else None
-    if cfg.get('kind') == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
+    if cfg.kind == 'online':               # new simulated images every epoch, reproducible from (seed, epoch)
         from deeplense_fastai.online import OnlineEpoch
         if not any(isinstance(c, OnlineEpoch) for c in cbs): cbs.append(OnlineEpoch())
     metrics = regression_metrics(cfg, point=point)
@@ -890,7 +890,6 @@ def export_run(learn:Learner, # A trained learner
               ) -> Path:
     "Write weights.safetensors + config.json (pickle-free), the OOD reference and fastai's model.pkl into `run_dir`."
     from safetensors.torch import save_file
-    from deeplense_fastai import __version__
     from deeplense_fastai.core import atomic_write, file_digest
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -899,16 +898,13 @@ def export_run(learn:Learner, # A trained learner
     with atomic_write(run_dir/'weights.safetensors') as tmp: save_file(state, str(tmp))
     if ood and (ref := fit_ood(learn)) is not None:
         ref.save(run_dir/'ood.safetensors', file_digest(run_dir/'weights.safetensors'))
-        learn.lens_config['ood'] = ref.info()
+        learn.lens_config.extra['ood'] = ref.info()
     if pickle:
         from deeplense_fastai.data import without_data
         with (contextlib.redirect_stderr(io.StringIO()), without_data(learn.dls),
               atomic_write(run_dir/'model.pkl') as tmp):
             learn.export(tmp.absolute())
-    cfg = dict(learn.lens_config.to_json(), package_version=__version__, format='deeplense_fastai/run',
-               format_version=1)
-    with atomic_write(run_dir/'config.json') as tmp:            # last: a run with it is whole
-        tmp.write_text(json.dumps(cfg, indent=1))
+    learn.lens_config.write(run_dir)            # last: a run with it is whole
     return run_dir
 
 def _unwrap(model:nn.Module) -> nn.Module: return model.module if hasattr(model, 'module') else model
@@ -988,10 +984,7 @@ def read_run_config(run_dir:str|Path, # A run directory
     if not run_dir.is_dir(): raise DeepLenseError(f"{run_dir}: no such run directory")
     for f in ('config.json', 'weights.safetensors'):
         if not (run_dir/f).is_file(): raise DeepLenseError(f"{run_dir}: no {f} (not a deeplense_fastai run directory)")
-    try: cfg = json.loads((run_dir/'config.json').read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DeepLenseError(f"{run_dir/'config.json'}: not valid JSON ({e})") from None
-    return check_run_config(cfg, run_dir/'config.json')
+    return RunConfig.read(run_dir, check_run_config)
 
 
 # %% ../nbs/05_learner.ipynb #776a4cf3

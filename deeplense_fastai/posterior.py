@@ -85,8 +85,8 @@ def target_grid(cfg:RunConfig, # A run's configuration (targets, target statisti
                ) -> torch.Tensor:
     ("An even grid (T, n) over each target's prior range in its own units "
      "(the run's `target_range`, else mean +- 5 std).")
-    m, s = cfg['target_mean'], cfg['target_std']
-    rng = cfg.get('target_range') or [[mj - 5 * sj, mj + 5 * sj] for mj, sj in zip(m, s)]
+    m, s = cfg.target_mean, cfg.target_std
+    rng = cfg.target_range or [[mj - 5 * sj, mj + 5 * sj] for mj, sj in zip(m, s)]
     return torch.stack([torch.linspace(float(lo), float(hi), n) for lo, hi in rng])
 
 # %% ../nbs/04b_posterior.ipynb #bbd4683a
@@ -488,6 +488,6 @@ def run_log_posterior(model:FlowRegressor, # A trained flow model
                      ) -> torch.Tensor:
     "The run's per-image posteriors on the grid (B, T, G), recalibrated where the run carries a calibration."
     logp = grid_log_posterior(model, ctx, cfg, grid)
-    knots = cfg.get('recalibration')
+    knots = cfg.recalibration
     if knots: logp = torch.stack([recalibrate_logp(logp[:, j], grid[j], knots[j]) for j in range(grid.shape[0])], 1)
     return logp

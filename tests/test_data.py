@@ -33,7 +33,7 @@ def digest(path):
 def test_deeplense_files_load_and_train_targets(dl_dir):
     before = digest(dl_dir)
     dls = lens_dataloaders(dl_dir, bs=4, valid_pct=0.25, progress=False)
-    assert dls.lens_config["targets"] == ["log10_m_axion"] and dls.lens_config["n_train"] + dls.lens_config["n_valid"] == 8
+    assert dls.lens_config.targets == ["log10_m_axion"] and dls.lens_config.n_train + dls.lens_config.n_valid == 8
     xb, yb = dls.one_batch()
     assert xb.shape == (4, 1, 150, 150) and xb.dtype == torch.float32 and yb.shape == (4, 1)
     labels = pd.read_csv(dl_dir / "labels.csv")
@@ -139,5 +139,5 @@ def test_explicit_validation_source_and_meanstd(tmp_path):
     write_dataset(tmp_path / "test", "model_ii", n=8, seed=1, progress=False)
     dls = lens_dataloaders(tmp_path / "train", valid=tmp_path / "test", bs=4, norm="meanstd")
     cfg = dls.lens_config
-    assert cfg["n_train"] == 24 and cfg["n_valid"] == 8 and cfg["image_stats"] is not None
+    assert cfg.n_train == 24 and cfg.n_valid == 8 and cfg.image_stats is not None
     assert len(dls.valid_ds) == 8

@@ -86,10 +86,10 @@ def test_gaussian_nll_predicts_a_width(dls, tmp_path):
     mu_t, sd_t, _ = get_predictions(learn, tta=True)
     assert (sd_t > 0).all() and not np.allclose(mu_t, mu)
     export_run(learn, tmp_path / "run")
-    out = predict(tmp_path / "run", dls.lens_config["source"])
+    out = predict(tmp_path / "run", dls.lens_config.source)
     assert {"pred_log10_m_axion", "std_log10_m_axion"} <= set(out.columns)
     model, cfg = load_run(tmp_path / "run")
-    assert cfg["n_out"] == 2 and cfg["loss"] == "gaussian_nll"
+    assert cfg.n_out == 2 and cfg.loss == "gaussian_nll"
 
 
 def test_resume_refuses_other_settings(dls, tmp_path):

@@ -27,7 +27,7 @@ ENV = dict(os.environ, PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="", OMP_NUM
 
 def decoded(dls, y):
     cfg = dls.lens_config
-    return y[:, 0].double().numpy() * cfg["target_std"][0] + cfg["target_mean"][0]
+    return y[:, 0].double().numpy() * cfg.target_std[0] + cfg.target_mean[0]
 
 
 def passes(dls, n):
@@ -42,7 +42,7 @@ def test_reproducible_from_seed_and_new_every_epoch():
         for (xa, ya), (xb, yb) in zip(ea, eb):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert a.train.epoch == 2
-    mean, std = a.lens_config["image_stats"]
+    mean, std = a.lens_config.image_stats
     for e in range(2):                                # epoch e is images 2**32 + 96 e + [0, 96), as the simulator makes them
         x = torch.cat([xb for xb, _ in pa[e]])[:, 0].double() * std + mean
         ref, prm = make_images(SMALL, START + 96 * e, START + 96 * (e + 1), 0)
@@ -72,7 +72,7 @@ DDP_SCRIPT = textwrap.dedent("""
     with distributed(learn, cpu=True), learn.no_bar(), learn.no_logging():
         fit(learn, 2, 1e-3, log=None, checkpoint=False, save_best=False)
     out = os.path.join(sys.argv[1], f"seen-{os.environ['RANK']}.json")
-    with open(out, 'w') as f: json.dump(dict(n_train=dls.lens_config['n_train'], seen=seen), f)
+    with open(out, 'w') as f: json.dump(dict(n_train=dls.lens_config.n_train, seen=seen), f)
     import torch.distributed as dist
     if dist.is_initialized():          # a clean shutdown: gloo threads left running abort the process at exit
         dist.barrier(); dist.destroy_process_group()
