@@ -204,7 +204,7 @@ def fit_bnre(s, m, seed, lam=100.):
         balance = (torch.sigmoid(d1).mean() + torch.sigmoid(d0).mean() - 1) ** 2
         return bce(d1, torch.ones_like(d1)) + bce(d0, torch.zeros_like(d0)) + lam * balance
     from deeplense_fastai.posterior import fit_early_stopped
-    val = fit_early_stopped(net, loss, FIT_N, len(s) - FIT_N, seed, bs=256, what='the ratio estimator')
+    val = fit_early_stopped(net, loss, (FIT_N, len(s) - FIT_N), seed, bs=256, what='the ratio estimator')
     def loglik(s_test, grid):          # (B, G): log r(s_i, m_g)
         with torch.no_grad():
             G, mg = len(grid), st.m(grid)

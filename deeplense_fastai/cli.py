@@ -805,11 +805,9 @@ def _calibrate_args(c):
 def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.combine import calibrate, BANK
+    from deeplense_fastai.combine import calibrate, check_bank, BANK
     from deeplense_fastai.learner import read_run_config
-    if a.bank is not None and a.populations is None:
-        raise DeepLenseError("--bank goes with --populations "
-                             "(the bank fits the summary likelihood of the joint calibration)")
+    check_bank(a.populations, a.bank, flags=True)
     with _naming('--model', a.model): read_run_config(a.model)
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale, '--data'), bs=a.bs, tta=a.tta,

@@ -14,8 +14,9 @@ import torch.nn as nn
 
 # %% auto #0
 __all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'OOD_COMBINE_SHARE', 'population_images',
-           'Populations', 'calibrate', 'check_ood_share', 'check_joint', 'JointPosterior', 'joint_posteriors',
-           'joint_loaded', 'combine', 'shared_target', 'joint_posterior', 'plot_format', 'save_joint_plot']
+           'Populations', 'check_bank', 'calibrate', 'check_ood_share', 'check_joint', 'JointPosterior',
+           'joint_posteriors', 'joint_loaded', 'combine', 'shared_target', 'joint_posterior', 'plot_format',
+           'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
 from .core import DeepLenseError, atomic_write, file_digest
@@ -137,6 +138,16 @@ class Populations:
     seed:int=20_000 # Seed of the populations (not a seed used for training or testing)
     bank:int=BANK # Lenses simulated from the prior to fit the summary likelihood (0: aggregate and floor only)
 
+def check_bank(populations, # A preset name, a `Populations`, or None (no joint calibration)
+               bank:int|None, # The bank asked for (None: not asked)
+               flags:bool=False, # Name the fault by its command-line flags, as `deeplense calibrate`
+              ) -> None:
+    "Refuse a bank without populations: the bank fits the summary likelihood of the joint calibration, nothing else."
+    preset = populations.preset if isinstance(populations, Populations) else populations
+    if bank is not None and preset is None:
+        b, p = ('--bank', '--populations') if flags else ('bank', 'populations')
+        raise DeepLenseError(f"{b} goes with {p} (the bank fits the summary likelihood of the joint calibration)")
+
 def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               # A labelled calibration split drawn from the training prior, separate from training and from the test set
               source,
@@ -150,6 +161,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
              ) -> dict:
     ("Fit quantile recalibration and the joint calibration on `source`, write `calibration.json`; "
      "returns what was fitted.")
+    check_bank(populations, kw.get('bank'))
     pops = populations if isinstance(populations, Populations) else Populations(populations)
     batching, pops = _plans(kw, 'calibrate', batching, pops)
     f = Path(run_dir)/'calibration.json'

@@ -11,7 +11,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'available_cores', 'policy_threads', 'apply_thread_policy',
-           'cache_dir', 'atomic_write', 'check_output', 'file_digest', 'fastai_import']
+           'cache_dir', 'atomic_write', 'check_output', 'file_digest', 'check_keywords', 'fastai_import']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -209,6 +209,19 @@ def file_digest(path:str|Path, # A file
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #e4f1d7d2
+def check_keywords(kw:dict, # The `**kw` a function was given
+                   where:str, # The function's name, as the user called it
+                   *takers, # Dataclasses or callables whose fields or parameters these keywords may name
+                  ) -> None:
+    "Refuse a keyword that none of `takers` accepts, with the TypeError Python gives for the function `where`."
+    import dataclasses, inspect
+    names = lambda t: ({f.name for f in dataclasses.fields(t)} if dataclasses.is_dataclass(t)
+                       else set(inspect.signature(t).parameters))
+    ok = set().union(*map(names, takers))
+    bad = [k for k in kw if k not in ok]
+    if bad: raise TypeError(f"{where}() got an unexpected keyword argument {bad[0]!r}")
 
 # %% ../nbs/00_core.ipynb #6fa2296d
 @contextlib.contextmanager

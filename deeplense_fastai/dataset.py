@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from fastcore.meta import delegates
 
-from .core import DeepLenseError, atomic_write
+from .core import DeepLenseError, atomic_write, check_keywords
 from .simulate import Preset, SimSpec, get_preset, labels_frame, make_images
 
 # %% auto #0
@@ -254,6 +254,7 @@ def write_dataset(out:str|Path, # Directory to write (created if missing)
                   **kwargs,
                  ) -> dict:
     "Write (part of) a simulated dataset to `out`; resumes an interrupted run and verifies a finished one."
+    check_keywords(kwargs, 'write_dataset', DatasetWriter)
     return DatasetWriter(out, SimSpec(preset, seed, classes, noise), n, fmt, shard, **kwargs).write()
 
 write_dataset.__delwrap__ = DatasetWriter   # docments reads the fields' comments in the class (its `__init__` has none)

@@ -269,6 +269,7 @@ def show_predictions(images, # Images (N, H, W) or (N, 1, H, W)
                      names=('log10_m_axion',), # Target names (for labels and formatting)
                      idx=None, # Which images to draw (default: the first `n`)
                      n:int=9, # How many
+                     *,
                      panels:Panels=Panels(), # Columns, colour map and inches per panel
                      # `ncols`, `cmap`, `size`: the fields of `panels`, one by one
                      **kw,
@@ -276,6 +277,8 @@ def show_predictions(images, # Images (N, H, W) or (N, 1, H, W)
     "A grid of images titled with the true value, the prediction and its standard deviation."
     import matplotlib.pyplot as plt
     from deeplense_fastai.data import _TITLES
+    from deeplense_fastai.core import check_keywords
+    check_keywords(kw, 'show_predictions', Panels)
     ncols, cmap, size = astuple(replace(panels, **kw))
     imgs = np.asarray(images).reshape(len(images), *np.shape(images)[-2:])
     col = lambda a: None if a is None else np.asarray(a, dtype=np.float64).reshape(len(imgs), -1)

@@ -26,7 +26,7 @@ with fastai_import():
     from fastai.losses import CrossEntropyLossFlat
     from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
 
-from .core import DeepLenseError
+from .core import DeepLenseError, check_keywords
 from .config import RunConfig, _finite_list
 from .models import get_model, imagenet_file, MODELS, PRETRAINED
 from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, flow_settings, _r2
@@ -511,7 +511,7 @@ def regression_learner(dls, # DataLoaders from `lens_dataloaders`
                        arch='resnet18',
                        loss:str='mse', # mse, rmse, mae, huber, gaussian_nll, or flow (a posterior: see `posterior`)
                        opt:str='ranger', # adam, radam, ranger or ranger21
-                       path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
+                       *, path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
                        init:str|Path|None=None, # Start from this trained run's weights (transfer, fine-tuning)
                        flow:dict|None=None, # With loss='flow': flow settings (keys of `FLOW_DEFAULTS`)
                        # Start a torchvision ResNet from ImageNet weights (torch's cache; see `models`)
@@ -620,7 +620,7 @@ def fit(learn:Learner, # From `regression_learner`
         epochs:int, # Number of epochs
         lr:float=3e-3, # Peak (one-cycle), flat (flat-cos) or starting (Ranger21) learning rate
         schedule:str|None=None, # one_cycle, flat_cos or ranger21 (default: ranger21 for Ranger21, else one_cycle)
-        early_stopping:int|None=None, # Stop after this many epochs without improvement
+        *, early_stopping:int|None=None, # Stop after this many epochs without improvement
         resume:bool=False, # Continue from models/checkpoint.pth
         freeze_epochs:int=0, # First train only the head (body frozen) for this many epochs, as fastai's `fine_tune`
         # `save_best`, `log`, `checkpoint`, `verbose`: what it keeps and writes (`FitRecord`)
@@ -628,6 +628,7 @@ def fit(learn:Learner, # From `regression_learner`
        ) -> Learner:
     """Train `learn` with the chosen schedule, best-epoch tracking, CSV log, checkpoints and optional early stopping
     (keywords `save_best`, `log`, `checkpoint` and `verbose`: see `FitRecord`)."""
+    check_keywords(kw, 'fit', FitRecord)
     rec = FitRecord(**kw)
     is_r21, schedule = _fit_schedule(learn, epochs, schedule, freeze_epochs)
     from fastai.torch_core import rank_distrib
@@ -1008,7 +1009,7 @@ def _auc_metric() -> AccumMetric:
 def classification_learner(dls, # DataLoaders from `class_dataloaders`
                            arch='resnet18', # A name from `MODELS`, an `nn.Module`, or a callable `f(n_in, n_out)`
                            opt:str='ranger', # adam, radam, ranger or ranger21
-                           path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
+                           *, path:str|Path='.', # Where `models/` (checkpoints, best epoch) and logs go
                            init:str|Path|None=None, # Start from a trained classifier's weights (same classes and arch)
                            pretrained:bool=False, # Start a torchvision ResNet from ImageNet weights (torch's cache)
                            # `metrics` (default: accuracy, mean one-vs-rest ROC AUC), `wd`, `cbs`; others: model options

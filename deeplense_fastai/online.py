@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from fastcore.basics import store_attr
 from fastcore.meta import delegates
-from .core import DeepLenseError, fastai_import
+from .core import DeepLenseError, check_keywords, fastai_import
 with fastai_import():
     from fastai.callback.core import Callback, CancelTrainException, CancelFitException
     from fastai.data.core import TfmdDL
@@ -88,6 +88,7 @@ class OnlineSim:
                  epoch_size:int|None=None, # Images per epoch (all processes); required
                  **kwargs, # How to render: `start`, `device`, `compile`, `sync`, `keep` (below)
                 ):
+        check_keywords(kwargs, 'OnlineSim', _Rendering)
         r = _Rendering(**kwargs)
         if epoch_size is None: raise DeepLenseError("OnlineSim: epoch_size (images per epoch) is missing")
         self.spec = _as_spec(spec, seed, classes, noise, 'OnlineSim')

@@ -372,12 +372,10 @@ class SummaryLikelihood(nn.Module):
         return torch.cat([dist.log_prob(self.scaled(c, grid[:0])[0][:, None]) for c in s.split(chunk)])
 
 # %% ../nbs/04b_posterior.ipynb #bdc8a8cb
-# a plain training loop, each of its settings a keyword (fit_summary_likelihood, bench/many_lenses.py pass them)
-def fit_early_stopped(  # noqa: PLR0913
-                      module:nn.Module, # What is fitted (its parameters, its state restored at the end)
+def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its state restored at the end)
                       loss_of, # loss_of(idx, train) -> scalar loss of the pairs `idx` (train: a training step's batch)
-                      n_fit:int, # Indices 0..n_fit-1 are trained on, in shuffled batches
-                      n_val:int, # Indices n_fit..n_fit+n_val-1 are held out: the early-stopping loss
+                      # (n_fit, n_val): indices 0..n_fit-1 are trained on in shuffled batches, the next n_val held out
+                      split:tuple[int, int],
                       seed:int, # Seed of the batch order
                       epochs:int=60, # At most this many passes
                       bs:int=512, # Pairs per step
@@ -386,8 +384,8 @@ def fit_early_stopped(  # noqa: PLR0913
                      ) -> float:
     ("Adam (rate 1e-3) on `loss_of`, early-stopped on the held-out tail; "
      "the best state restored, its held-out loss returned.")
-    opt, g, val_idx = (torch.optim.Adam(module.parameters(), lr=1e-3), torch.Generator().manual_seed(seed),
-                       torch.arange(n_fit, n_fit + n_val))
+    (n_fit, n_val), opt = split, torch.optim.Adam(module.parameters(), lr=1e-3)
+    g, val_idx = torch.Generator().manual_seed(seed), torch.arange(n_fit, n_fit + n_val)
     best, state, bad = math.inf, None, 0
     for _ in range(epochs):
         module.train()
@@ -427,8 +425,9 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
     q.m_mean.copy_(m[:n_fit].mean())
     q.m_sd.copy_(m[:n_fit].std().clamp_min(1e-4))
     S, M = q.scaled(s, m)
-    q.validation_loss = fit_early_stopped(q.flow, lambda i, _: -q.flow(M[i]).log_prob(S[i]).mean(), n_fit,
-                                          len(s) - n_fit, seed, epochs, bs, patience, what='the summary likelihood')
+    q.validation_loss = fit_early_stopped(q.flow, lambda i, _: -q.flow(M[i]).log_prob(S[i]).mean(),
+                                          (n_fit, len(s) - n_fit), seed, epochs, bs, patience,
+                                          what='the summary likelihood')
     return q.eval()
 
 def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K populations (`fit_systematic`'s input)
