@@ -159,8 +159,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               # `bs`, `tta` (of `batching`), `trials`, `lenses`, `seed`, `bank` (of `populations`), one by one
               **kw,
              ) -> dict:
-    ("Fit quantile recalibration and the joint calibration on `source`, write `calibration.json`; "
-     "returns what was fitted.")
+    "Fit quantile recalibration and the joint calibration on `source` into calibration.json; return what was fitted."
     check_bank(populations, kw.get('bank'))
     pops = populations if isinstance(populations, Populations) else Populations(populations)
     batching, pops = _plans(kw, 'calibrate', batching, pops)
