@@ -298,7 +298,7 @@ def _split_args(s):
 
 def cmd_split(a) -> int:
     "`deeplense split`: random splits of a dataset as files that list its images (nothing copied), for later commands."
-    from deeplense_fastai.data import write_splits, detect_source, paths_read
+    from deeplense_fastai.sources import write_splits, detect_source, paths_read
     names = tuple(n.strip() for n in a.names.split(','))
     if len(names) != len(a.fractions) or len(set(names)) != len(names) or not all(n.isidentifier() for n in names):
         raise DeepLenseError(f"--names {a.names}: {len(a.fractions)} different simple names, one per fraction")
@@ -424,7 +424,7 @@ def _check_run_out(a) -> None:
                              f"--out with --init {a.out}, or --force to train it again from scratch")
     if a.resume and not (a.out/'models'/'checkpoint.json').exists():
         raise DeepLenseError(f"--resume: no checkpoint in {a.out}/models (no epoch finished); start again with --force")
-    from deeplense_fastai.data import paths_read
+    from deeplense_fastai.sources import paths_read
     for flag in ('data', 'test', 'init'):  # --force would remove what the run reads; a run never writes into data
         for p in paths_read(getattr(a, flag)) if getattr(a, flag, None) is not None else []:
             if p.exists() and (_inside(a.out, p) or _inside(p, a.out)):
@@ -701,7 +701,7 @@ def cmd_evaluate(a) -> int:
     from deeplense_fastai.core import get_device, check_output
     from deeplense_fastai.inference import load_run
     from deeplense_fastai.evaluate import score_run, evaluation_columns, seen_by_run
-    from deeplense_fastai.data import paths_read
+    from deeplense_fastai.sources import paths_read
     device = get_device(a.device)
     with _naming('--model', a.model): _, cfg = load_run(a.model)
     if a.json is not None: check_output(a.json, '--json', a.force, protected=[a.model, *paths_read(a.data)])
@@ -752,7 +752,7 @@ def cmd_predict(a) -> int:
     from deeplense_fastai.core import get_device, atomic_write, check_output
     from deeplense_fastai.inputs import bad_pixel_summary
     from deeplense_fastai.inference import load_run, predict_opened, limits_summary, check_samples
-    from deeplense_fastai.data import paths_read
+    from deeplense_fastai.sources import paths_read
     import pandas as pd
     device = get_device(a.device)
     with _naming('--model', a.model): model, cfg = load_run(a.model, device)
@@ -805,14 +805,14 @@ def _calibrate_args(c):
 def cmd_calibrate(a) -> int:
     "`deeplense calibrate`: fit and store a flow run's recalibration on a calibration split."
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.combine import calibrate, check_bank, BANK
+    from deeplense_fastai.combine import calibrate, check_bank
     from deeplense_fastai.learner import read_run_config
     check_bank(a.populations, a.bank, flags=True)
     with _naming('--model', a.model): read_run_config(a.model)
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale, '--data'), bs=a.bs, tta=a.tta,
                       device=get_device(a.device), force=a.force, populations=a.populations, trials=a.trials,
-                      lenses=a.lenses, seed=a.seed, bank=BANK if a.bank is None else a.bank)
+                      lenses=a.lenses, seed=a.seed, **({} if a.bank is None else {'bank': a.bank}))
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for "
@@ -860,7 +860,7 @@ def _check_combine(a) -> None:
     "Everything `combine` can refuse before an image is read: the run and targets, each input's kind, the output files."
     from deeplense_fastai.core import check_output
     from deeplense_fastai.learner import read_run_config
-    from deeplense_fastai.data import detect_source, paths_read
+    from deeplense_fastai.sources import detect_source, paths_read
     from deeplense_fastai.combine import check_joint, plot_format
     with _naming('--model', a.model): cfg = read_run_config(a.model)
     check_joint(cfg, a.target, a.model)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'RUN_FILES', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'TrainPlan',
+__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'SUMMARY_FILE', 'HPARAM_MAX', 'RUN_FILES', 'minmax_scale', 'resize_images',
+           'to_grid', 'RunConfig', 'read_calibration', 'check_calibration', 'check_joint_calibration', 'TrainPlan',
            'run_strangers', 'is_run_dir', 'clear_run']
 
 # %% ../nbs/02d_config.ipynb #2ac298e3
@@ -240,6 +241,71 @@ def _check_images(d:dict, bad) -> None:
     if scale is not None and not (_finite_list([scale], 1) and 0 < scale < 3600):
         bad(f"pixel_scale must be arcsec per pixel (a positive number) or null, got {scale!r}")
     if not isinstance(d.get('model_kw', {}), dict): bad(f"model_kw must be an object, got {d['model_kw']!r}")
+
+# %% ../nbs/02d_config.ipynb #782bcdb6
+SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
+HPARAM_MAX = dict(transforms=16, hidden=512, bins=64)  # a recorded flow's size, bounded (a file cannot ask for GBs)
+
+def read_calibration(f:str|Path, # A run's calibration.json
+                    ) -> dict:
+    "The parsed `calibration.json` (its fields are checked by the functions below); one clear error if it is not JSON."
+    try: return json.loads(Path(f).read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
+
+def check_calibration(cal, # The parsed calibration.json
+                      n_targets:int, # The run's number of targets
+                      where='calibration.json', # Its path, for messages
+                     ) -> list:
+    "The recalibration knots of a flow run (per target: strictly increasing from 0 to 1); one clear error otherwise."
+    knots = cal.get('knots') if isinstance(cal, dict) else None
+    ok = isinstance(knots, list) and len(knots) == n_targets and all(
+        isinstance(k, list) and len(k) >= 2 and _finite_list(k, len(k)) and k[0] == 0 and k[-1] == 1
+        and all(a < b for a, b in zip(k, k[1:])) for k in knots)
+    if not ok: raise DeepLenseError(f"{where}: 'knots' must be {n_targets} list(s) rising strictly from 0 to 1")
+    return knots
+
+def check_joint_calibration(cal, # The parsed calibration.json
+                            targets:list, # The run's targets
+                            where='calibration.json', # Its path, for messages
+                           ) -> dict|None:
+    "The joint calibration of a flow run (per target: its records, the network's log prior, a floor), or None."
+    joint = cal.get('joint') if isinstance(cal, dict) else None
+    if joint is None: return None
+    ok = isinstance(joint, dict) and set(joint) <= set(targets) and all(
+        isinstance(v, dict) and isinstance(v.get('log_aggregate'), list) and len(v['log_aggregate']) >= 2
+        and _finite_list(v['log_aggregate'], len(v['log_aggregate'])) and _finite_list([v.get('systematic')], 1)
+        and v['systematic'] >= 0 for v in joint.values())
+    if not ok: raise DeepLenseError(f"{where}: 'joint' must map targets to a finite 'log_aggregate' list "
+                                    f"and a 'systematic' width >= 0")
+    for t, v in joint.items():
+        _check_record(v, 'aggregate+floor', where, f"joint {t}")
+        if 'summary_likelihood' in v: _check_summary_record(v['summary_likelihood'], where, f"joint {t}")
+    return joint
+
+def _check_record(rec:dict, method:str, where, name:str) -> None:
+    "A joint calibration record's `method` and `validated` (each if present), or one clear error naming the field."
+    if 'method' in rec and rec['method'] != method:
+        raise DeepLenseError(f"{where}: {name}'s 'method' must be {method!r}, got {rec['method']!r}")
+    if (v := rec.get('validated')) is None: return
+    ok = (isinstance(v, dict) and type(v.get('n_max')) is int and v['n_max'] >= 1
+          and isinstance(v.get('mass_range'), list) and len(v['mass_range']) == 2
+          and all(type(x) in (int, float) and math.isfinite(x) for x in v['mass_range'])
+          and isinstance(v.get('coverage'), list) and all(isinstance(c, dict) for c in v['coverage']))
+    if not ok: raise DeepLenseError(f"{where}: {name}'s 'validated' must hold a whole 'n_max' >= 1, a 'mass_range' "
+                                    f"of two finite numbers and a 'coverage' list of records")
+
+def _check_summary_record(rec, where, name:str) -> None:
+    "A summary likelihood's record: its method and validity, its flow's size (bounded), its file's SHA-256, a floor."
+    if not isinstance(rec, dict): raise DeepLenseError(f"{where}: {name}'s 'summary_likelihood' must be a record")
+    _check_record(rec, 'summary_likelihood', where, f"{name}'s summary_likelihood")
+    hp = rec.get('hparams')
+    ok = (isinstance(hp, dict) and set(hp) == set(HPARAM_MAX)
+          and all(type(v) is int and 1 <= v <= HPARAM_MAX[k] for k, v in hp.items())
+          and isinstance(rec.get('sha256'), str) and isinstance(rec.get('systematic'), (int, float))
+          and 0 <= rec['systematic'] < math.inf)
+    if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ("
+                                    + ', '.join(f"{k} 1 to {v}" for k, v in HPARAM_MAX.items())
+                                    + "), 'sha256' and a 'systematic' width >= 0")
 
 # %% ../nbs/02d_config.ipynb #c3cced2a
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ with fastai_import():
 
 # %% auto #0
 __all__ = ['MAX_CLASSES', 'without_data', 'split_indices', 'LoaderPlan', 'lens_dataloaders', 'class_names', 'class_dataloaders',
-           'online_dataloaders', 'paths_read', 'hold_out', 'simulated_test_size', 'online_valid_size', 'RefusedPickle',
-           'SafeUnpickler', 'load_deeplense_file', 'FITS_SUFFIXES', 'FITS_AUXILIARY', 'is_fits', 'read_fits',
-           'fits_pixel_scale', 'load_image_file', 'raw_image', 'LensSource', 'as_source', 'scan_deeplense_dir',
-           'convert_deeplense_dir', 'OPENERS', 'detect_source', 'open_source', 'SPLIT_FORMAT', 'write_splits',
-           'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked', 'check_source', 'PerImageMinMax',
+           'online_dataloaders', 'RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'FITS_SUFFIXES',
+           'FITS_AUXILIARY', 'is_fits', 'read_fits', 'fits_pixel_scale', 'load_image_file', 'raw_image', 'LensSource',
+           'as_source', 'scan_deeplense_dir', 'convert_deeplense_dir', 'OPENERS', 'detect_source', 'open_source',
+           'SPLIT_FORMAT', 'write_splits', 'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked',
+           'check_source', 'paths_read', 'hold_out', 'simulated_test_size', 'online_valid_size', 'PerImageMinMax',
            'TargetScaler', 'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch', 'show_results',
            'plot_top_losses']
 
@@ -42,14 +42,16 @@ from .readers import (
     fits_pixel_scale, load_image_file, raw_image)
 from .sources import (
     LensSource, as_source, scan_deeplense_dir, convert_deeplense_dir, OPENERS, detect_source, open_source, SPLIT_FORMAT,
-    write_splits, resolve_targets, bad_pixel_counts, check_pixels, masked, check_source)
+    write_splits, resolve_targets, bad_pixel_counts, check_pixels, masked, check_source, paths_read, hold_out,
+    simulated_test_size, online_valid_size)
 from .transforms import (
     PerImageMinMax, TargetScaler, target_title, LensTarget, SquareSymmetry, ResizeBatch, show_results, plot_top_losses)
 from .transforms import _TITLES  # noqa: F401 (interpret reads the titles' formats)
 _all_ = ['RefusedPickle', 'SafeUnpickler', 'load_deeplense_file', 'FITS_SUFFIXES', 'FITS_AUXILIARY', 'is_fits',
          'read_fits', 'fits_pixel_scale', 'load_image_file', 'raw_image', 'LensSource', 'as_source',
          'scan_deeplense_dir', 'convert_deeplense_dir', 'OPENERS', 'detect_source', 'open_source', 'SPLIT_FORMAT',
-         'write_splits', 'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked', 'check_source',
+         'write_splits', 'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked', 'check_source', 'paths_read',
+         'hold_out', 'simulated_test_size', 'online_valid_size',
          'PerImageMinMax', 'TargetScaler', 'target_title', 'LensTarget', 'SquareSymmetry', 'ResizeBatch',
          'show_results', 'plot_top_losses']
 
@@ -459,47 +461,3 @@ def online_dataloaders(preset:str|Preset='model_ii', # Preset name or recipe of 
                                    source=f'online:{p.name}', kind='online', preset=p.name,
                                    online=_online_record(spec, epoch_size, vsrc))
     return dls
-
-# %% ../nbs/03_data.ipynb #764b7405
-def paths_read(*paths) -> list[Path]:
-    "Every path that opening `paths` reads: each input, a .npy stack's CSV, a memmap pair's folder, a split's dataset."
-    out = []
-    for p in map(Path, paths):
-        out.append(p)
-        if p.suffix == '.npy': out.append(p.with_suffix('.csv'))
-        if p.name.endswith('_mmep.npy'): out.append(p.parent)
-        if (ds := _split_dataset(p)) is not None:
-            out += [ds] + ([ds.with_suffix('.csv')] if ds.suffix == '.npy' else [])
-    return out
-
-def _split_dataset(p:Path) -> Path|None:
-    "The dataset a split file names (None for anything else), read from its JSON alone."
-    if p.suffix != '.json' or not p.is_file() or p.stat().st_size > 1 << 28: return None
-    try: doc = json.loads(p.read_text())
-    except (OSError, ValueError, UnicodeDecodeError): return None
-    if not isinstance(doc, dict) or doc.get('format') != SPLIT_FORMAT or not isinstance(doc.get('source'), str):
-        return None
-    src = Path(doc['source'])
-    return src if src.is_absolute() else p.parent/src
-
-
-# %% ../nbs/03_data.ipynb #6853e4a9
-def hold_out(source:LensSource, # The labelled images given for training
-             frac:float=0.1, # Share kept back for the final test (at least one image)
-             seed:int=0, # Seed of the random choice
-            ) -> tuple[LensSource, LensSource]:
-    "(training, test) subsets of `source`: a seeded random `frac` kept back for the final test, each in file order."
-    perm = np.random.default_rng(seed).permutation(len(source))
-    k = max(1, int(len(source) * frac))
-    return source.subset(np.sort(perm[k:])), source.subset(np.sort(perm[:k]))
-
-def simulated_test_size(n:int, # Training images (or images per epoch, online)
-                        ) -> int:
-    "Images in the test set simulated beside `n` training images: a sixth of them, and never fewer than 1,000."
-    return max(1000, n // 6)
-
-def online_valid_size(epoch_size:int, # Training images per epoch
-                     ) -> int:
-    "Fixed validation images of an online run: an eighth of an epoch, between 256 and 1,024."
-    return min(1024, max(256, epoch_size // 8))
-

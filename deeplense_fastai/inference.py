@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['SUMMARY_FILE', 'HPARAM_MAX', 'MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches', 'predict_batches',
-           'get_predictions', 'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'Batching',
-           'check_samples', 'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary',
-           'require_flow', 'run_posteriors']
+__all__ = ['MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches', 'predict_batches', 'get_predictions',
+           'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'Batching', 'check_samples',
+           'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary', 'require_flow',
+           'run_posteriors', 'SUMMARY_FILE', 'HPARAM_MAX']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, file_digest
@@ -24,9 +24,11 @@ from .posterior import (FlowRegressor, grid_quantiles, grid_sample, SummaryLikel
 import torch.nn as nn
 import torch.nn.functional as F
 from fastai.learner import Learner
-from .config import RunConfig
+from .config import (RunConfig, SUMMARY_FILE, HPARAM_MAX, read_calibration, check_calibration,
+                                     check_joint_calibration)
+_all_ = ['SUMMARY_FILE', 'HPARAM_MAX']   # their home is config (the calibration record)
 from .models import get_model
-from .learner import read_run_config, check_calibration, check_joint_calibration, _unwrap, _split_outputs
+from .learner import read_run_config, _unwrap, _split_outputs
 from .learner import OODReference, ood_hook
 from .inputs import Grid, Reading, open_checked, pixel_status, bad_pixel_summary, _notice
 
@@ -59,8 +61,7 @@ def load_run(run_dir:str|Path, # A run directory with weights.safetensors and co
 
 def _attach_calibration(cfg:RunConfig, run_dir:Path, f:Path) -> None:
     "Read a flow run's calibration.json `f` into `cfg` (recalibration, joint calibration), checked against the weights."
-    try: cal = json.loads(f.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise DeepLenseError(f"{f}: not valid JSON ({e})") from None
+    cal = read_calibration(f)
     cfg.recalibration = check_calibration(cal, len(cfg.targets), f)
     if (joint := check_joint_calibration(cal, cfg.targets, f)):
         cfg.joint_calibration = _with_summary_likelihoods(joint, run_dir, f)
@@ -74,57 +75,26 @@ def _attach_calibration(cfg:RunConfig, run_dir:Path, f:Path) -> None:
     cfg.calibration = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
 
 # %% ../nbs/05b_inference.ipynb #04340a5e
-SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
-
 def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood:
-    ("The summary likelihood a joint calibration names, its file checked against the recorded SHA-256; "
-     "one clear error otherwise.")
+    "The summary likelihood a checked joint calibration record names, its file checked against the recorded SHA-256."
     from safetensors.torch import load_file
-    f, hp = Path(run_dir)/SUMMARY_FILE, rec.get('hparams') if isinstance(rec, dict) else None
-    ok = (isinstance(hp, dict) and set(hp) == set(SUMMARY_FLOW)
-          and all(type(v) is int and 1 <= v <= HPARAM_MAX[k] for k, v in hp.items())
-          and isinstance(rec.get('sha256'), str) and isinstance(rec.get('systematic'), (int, float))
-          and 0 <= rec['systematic'] < math.inf)
-    if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ("
-                                    + ', '.join(f"{k} 1 to {v}" for k, v in HPARAM_MAX.items())
-                                    + "), 'sha256' and a 'systematic' width >= 0")
+    f = Path(run_dir)/SUMMARY_FILE
     again = f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --populations PRESET --force"
     if not f.is_file(): raise DeepLenseError(f"{f}: missing, and {where} names it; {again}")
     if file_digest(f) != rec['sha256']:
         raise DeepLenseError(f"{f}: not the file calibrate wrote (its SHA-256 differs from {where}'s); {again}")
-    q = SummaryLikelihood(**hp)
+    q = SummaryLikelihood(**rec['hparams'])
     try: q.load_state_dict(load_file(str(f)))
     except Exception as e:
         raise DeepLenseError(f"{f}: does not fit its recorded hparams ({type(e).__name__}); {again}") from None
     return q.eval()
 
-# bounds on a recorded flow's size (a file cannot ask for gigabytes)
-HPARAM_MAX = dict(transforms=16, hidden=512, bins=64)
-
-def _check_record(rec:dict, method:str, where, name:str) -> None:
-    "A joint calibration record's `method` and `validated` (each if present), or one clear error naming the field."
-    if 'method' in rec and rec['method'] != method:
-        raise DeepLenseError(f"{where}: {name}'s 'method' must be {method!r}, got {rec['method']!r}")
-    if (v := rec.get('validated')) is None: return
-    ok = (isinstance(v, dict) and type(v.get('n_max')) is int and v['n_max'] >= 1
-          and isinstance(v.get('mass_range'), list) and len(v['mass_range']) == 2
-          and all(type(x) in (int, float) and math.isfinite(x) for x in v['mass_range'])
-          and isinstance(v.get('coverage'), list) and all(isinstance(c, dict) for c in v['coverage']))
-    if not ok: raise DeepLenseError(f"{where}: {name}'s 'validated' must hold a whole 'n_max' >= 1, a 'mass_range' "
-                                    f"of two finite numbers and a 'coverage' list of records")
-
 def _with_summary_likelihoods(joint:dict, run_dir, where) -> dict:
-    ("The joint calibration with each target's summary likelihood (where it has one) loaded beside its record, "
-     "as `model`; records checked.")
-    for t, v in joint.items():
-        _check_record(v, 'aggregate+floor', where, f"joint {t}")
-        if 'summary_likelihood' in v:
-            if not isinstance(v['summary_likelihood'], dict):
-                raise DeepLenseError(f"{where}: joint {t}'s 'summary_likelihood' must be a record")
-            _check_record(v['summary_likelihood'], 'summary_likelihood', where, f"joint {t}'s summary_likelihood")
+    "The (checked) joint calibration with each target's summary likelihood, where it has one, loaded as `model`."
     return {t: dict(v, summary_likelihood=dict(v['summary_likelihood'],
                                                model=_summary_likelihood(v['summary_likelihood'], run_dir, where)))
             if 'summary_likelihood' in v else v for t, v in joint.items()}
+
 
 # %% ../nbs/05b_inference.ipynb #09ae2250
 def _square_views(x:torch.Tensor) -> list[torch.Tensor]:

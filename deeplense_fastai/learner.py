@@ -27,7 +27,8 @@ with fastai_import():
     from fastai.optimizer import Adam, RAdam, ranger, OptimWrapper
 
 from .core import DeepLenseError, check_keywords
-from .config import RunConfig, _finite_list
+from .config import RunConfig, _finite_list, check_calibration, check_joint_calibration
+_all_ = ['check_calibration', 'check_joint_calibration']   # their home is config (the calibration record)
 from .models import get_model, imagenet_file, MODELS, PRETRAINED
 from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, flow_settings, _r2
 from .data import LensTarget
@@ -39,8 +40,8 @@ __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAG
            'body_head_splitter', 'load_init', 'TargetRange', 'check_train_names', 'LearnerSettings',
            'regression_learner', 'FitRecord', 'fit', 'summary_layer', 'stem_layer', 'summary_hook', 'ood_hook',
            'ood_features', 'summaries', 'mahalanobis', 'OODReference', 'fit_ood', 'weights_digest', 'export_run',
-           'check_calibration', 'check_joint_calibration', 'check_run_config', 'read_run_config', 'ovr_auc',
-           'classification_learner', 'distributed']
+           'check_run_config', 'read_run_config', 'ovr_auc', 'classification_learner', 'distributed',
+           'check_calibration', 'check_joint_calibration']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -915,34 +916,6 @@ def _check_flow(cfg:dict, bad) -> None:
     try: fk = flow_settings(cfg.get('flow'), complete=True, where='flow')
     except DeepLenseError as e: bad(str(e))
     if cfg['n_out'] != fk['n_ctx']: bad(f"n_out must equal flow n_ctx ({fk['n_ctx']}), got {cfg['n_out']!r}")
-
-def check_calibration(cal, # The parsed calibration.json
-                      n_targets:int, # The run's number of targets
-                      where='calibration.json', # Its path, for messages
-                     ) -> list:
-    "The recalibration knots of a flow run (per target: strictly increasing from 0 to 1); one clear error otherwise."
-    knots = cal.get('knots') if isinstance(cal, dict) else None
-    ok = isinstance(knots, list) and len(knots) == n_targets and all(
-        isinstance(k, list) and len(k) >= 2 and _finite_list(k, len(k)) and k[0] == 0 and k[-1] == 1
-        and all(a < b for a, b in zip(k, k[1:])) for k in knots)
-    if not ok: raise DeepLenseError(f"{where}: 'knots' must be {n_targets} list(s) rising strictly from 0 to 1")
-    return knots
-
-def check_joint_calibration(cal, # The parsed calibration.json
-                            targets:list, # The run's targets
-                            where='calibration.json', # Its path, for messages
-                           ) -> dict|None:
-    """The joint calibration of a flow run (per target: the network's log prior on the grid and a systematic floor), or
-    None."""
-    joint = cal.get('joint') if isinstance(cal, dict) else None
-    if joint is None: return None
-    ok = isinstance(joint, dict) and set(joint) <= set(targets) and all(
-        isinstance(v, dict) and isinstance(v.get('log_aggregate'), list) and len(v['log_aggregate']) >= 2
-        and _finite_list(v['log_aggregate'], len(v['log_aggregate'])) and _finite_list([v.get('systematic')], 1)
-        and v['systematic'] >= 0 for v in joint.values())
-    if not ok: raise DeepLenseError(f"{where}: 'joint' must map targets to a finite 'log_aggregate' list "
-                                    f"and a 'systematic' width >= 0")
-    return joint
 
 def check_run_config(cfg, # The parsed config.json
                      where:str='config.json', # Its path, for messages

@@ -19,7 +19,7 @@ from .readers import (
 # %% auto #0
 __all__ = ['SPLIT_FORMAT', 'OPENERS', 'LensSource', 'as_source', 'scan_deeplense_dir', 'convert_deeplense_dir', 'detect_source',
            'write_splits', 'open_source', 'resolve_targets', 'bad_pixel_counts', 'check_pixels', 'masked',
-           'check_source']
+           'check_source', 'paths_read', 'hold_out', 'simulated_test_size', 'online_valid_size']
 
 # %% ../nbs/03b_sources.ipynb #9a8d0132
 @dataclass
@@ -504,3 +504,47 @@ def check_source(src:LensSource, # The source
     if len(keep) == 0: raise DeepLenseError(f"{src.path}: no image has a finite value of {', '.join(targets)}")
     check_pixels(src, keep, chunk)
     return keep
+
+# %% ../nbs/03b_sources.ipynb #764b7405
+def paths_read(*paths) -> list[Path]:
+    "Every path that opening `paths` reads: each input, a .npy stack's CSV, a memmap pair's folder, a split's dataset."
+    out = []
+    for p in map(Path, paths):
+        out.append(p)
+        if p.suffix == '.npy': out.append(p.with_suffix('.csv'))
+        if p.name.endswith('_mmep.npy'): out.append(p.parent)
+        if (ds := _split_dataset(p)) is not None:
+            out += [ds] + ([ds.with_suffix('.csv')] if ds.suffix == '.npy' else [])
+    return out
+
+def _split_dataset(p:Path) -> Path|None:
+    "The dataset a split file names (None for anything else), read from its JSON alone."
+    if p.suffix != '.json' or not p.is_file() or p.stat().st_size > 1 << 28: return None
+    try: doc = json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeDecodeError): return None
+    if not isinstance(doc, dict) or doc.get('format') != SPLIT_FORMAT or not isinstance(doc.get('source'), str):
+        return None
+    src = Path(doc['source'])
+    return src if src.is_absolute() else p.parent/src
+
+
+# %% ../nbs/03b_sources.ipynb #6853e4a9
+def hold_out(source:LensSource, # The labelled images given for training
+             frac:float=0.1, # Share kept back for the final test (at least one image)
+             seed:int=0, # Seed of the random choice
+            ) -> tuple[LensSource, LensSource]:
+    "(training, test) subsets of `source`: a seeded random `frac` kept back for the final test, each in file order."
+    perm = np.random.default_rng(seed).permutation(len(source))
+    k = max(1, int(len(source) * frac))
+    return source.subset(np.sort(perm[k:])), source.subset(np.sort(perm[:k]))
+
+def simulated_test_size(n:int, # Training images (or images per epoch, online)
+                        ) -> int:
+    "Images in the test set simulated beside `n` training images: a sixth of them, and never fewer than 1,000."
+    return max(1000, n // 6)
+
+def online_valid_size(epoch_size:int, # Training images per epoch
+                     ) -> int:
+    "Fixed validation images of an online run: an eighth of an epoch, between 256 and 1,024."
+    return min(1024, max(256, epoch_size // 8))
+
