@@ -73,7 +73,7 @@ def per_lens(run, test, cal, log, populations=None):
     before = calibration_report(run, test, raw=True)
     widths = dict(raw=float(np.median(_halfwidths(run, test, before))))
     # the aggregate and floor this bench measures
-    fitted = calibrate(run, cal, force=True, populations=populations, bank=0)
+    fitted = calibrate(run, cal, force=True, populations=populations, **({'bank': 0} if populations else {}))
     after = calibration_report(run, test)
     widths["recalibrated"] = float(np.median(_halfwidths(run, test, after)))
     out = {}

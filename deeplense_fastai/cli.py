@@ -537,62 +537,20 @@ def _print_class_report(rep:dict) -> None:
     print("confusion (rows true, columns predicted: " + ", ".join(rep['classes']) + "): "
           + "; ".join(" ".join(map(str, r)) for r in rep['confusion']))
 
-def _class_test_report(run_dir:Path, test, column:str, bs:int, device) -> dict:
-    "Score a classifier on its test set (plain and TTA), write metrics.json, roc.png, confusion.png, print the report."
-    from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.evaluate import score_classifier
-    from deeplense_fastai.interpret import save_classifier_plots
-    rep, (y, probs) = score_classifier(run_dir, test, column, bs, device)
-    rep_tta, _ = score_classifier(run_dir, test, column, bs, device, tta=True)
-    with atomic_write(run_dir/'metrics.json') as tmp:
-        tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
-    save_classifier_plots(run_dir, y, probs, rep['classes'])
-    _print_class_report(rep)
-    print("with test-time augmentation (8 symmetries):")
-    _print_class_report(rep_tta)
-    return dict(rep, tta=rep_tta)
 
 # %% ../nbs/07_cli.ipynb #e3b2d7c5
-def _test_report(a, cfg, test) -> None:
-    "Score the exported run on the test set (plain and with TTA), write metrics.json and the plots, print the report."
-    from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.evaluate import score_run
-    from deeplense_fastai.interpret import save_report_plots
-    if cfg.classes: return _class_test_report(a.out, test, cfg.extra.get('class_column') or 'class', a.bs, a.device)
-    targets = cfg.targets
-    rep, (y, mu, sd) = score_run(a.out, test, targets, a.bs, a.device)
-    rep_tta, _ = score_run(a.out, test, targets, a.bs, a.device, tta=True)   # averaged over the square's symmetries
-    if cfg.loss == 'flow': rep['calibration'] = _calibration_plots(a.out, test, a.bs, a.device)
-    with atomic_write(a.out/'metrics.json') as tmp:
-        tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
-    for j, t in enumerate(targets):
-        save_report_plots(a.out, y[:, j], mu[:, j], None if sd is None else sd[:, j], t, cfg.target_mean[j])
-    _print_report(rep, targets)
+def _test_report(a, cfg, test) -> dict:
+    "Score the exported run on the test set (the library writes metrics.json and the plots); print the report."
+    from deeplense_fastai.evaluate import write_test_report
+    rep = write_test_report(a.out, test, a.bs, a.device)
+    show = _print_class_report if cfg.classes else (lambda r: _print_report(r, cfg.targets))
+    show(rep)
     print("with test-time augmentation (8 symmetries):")
-    _print_report(rep_tta, targets)
+    show(rep['tta'])
     if 'calibration' in rep:
         print(f"posterior calibration on the test set: largest |expected coverage - nominal level| "
               f"{rep['calibration']['max_coverage_error']:.3f} (plot: calibration_<target>.png)")
-    return dict(rep, tta=rep_tta)
-
-def _calibration_plots(run_dir:Path, test, bs:int, device) -> dict:
-    "A flow run's test-set calibration: coverage and binned bias/coverage plots per target; the numbers returned."
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from deeplense_fastai.core import atomic_write
-    from deeplense_fastai.evaluate import calibration_report
-    from deeplense_fastai.interpret import plot_coverage, plot_binned_calibration
-    rep = calibration_report(run_dir, test, bs, device=device)
-    for t in rep['targets']:
-        fig, axs = plt.subplots(1, 3, figsize=(12, 3.4))
-        plot_coverage(rep['coverage'].index, {'test set': rep['coverage'][t]}, ax=axs[0])
-        plot_binned_calibration(rep['binned'][t], t, axs=axs[1:])
-        fig.tight_layout()
-        with atomic_write(run_dir/f'calibration_{t}.png') as tmp: fig.savefig(tmp, dpi=110, format='png')
-        plt.close(fig)
-    return dict(max_coverage_error=rep['max_coverage_error'], levels=rep['coverage'].index.tolist(),
-                coverage={t: rep['coverage'][t].round(4).tolist() for t in rep['targets']})
+    return rep
 
 def _learner(a, dls):
     "The classifier or regression learner of a train run."

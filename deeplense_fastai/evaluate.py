@@ -4,6 +4,7 @@
 
 # %% ../nbs/05d_evaluate.ipynb #ec8dadd4
 from __future__ import annotations
+import json
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -12,13 +13,15 @@ import torch.nn as nn
 
 # %% auto #0
 __all__ = ['SEEN', 'image_hashes', 'record_images', 'seen_images', 'score_run', 'score_loaded', 'score_classifier',
-           'score_classifier_loaded', 'evaluation_columns', 'class_column', 'seen_by_run', 'calibration_report']
+           'score_classifier_loaded', 'evaluation_columns', 'class_column', 'seen_by_run', 'calibration_report',
+           'write_test_report']
 
 # %% ../nbs/05d_evaluate.ipynb #bead3f10
 from .core import DeepLenseError, atomic_write
 from .posterior import (COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, expected_coverage, sbc_ranks,
                                        tarp_coverage, _even_bins)
 from .config import RunConfig
+from .learner import read_run_config
 from .inputs import open_checked, _notice
 from .inference import load_run, predict_opened, run_posteriors
 
@@ -233,3 +236,46 @@ def calibration_report(run_dir:str|Path, # A flow run
     out['binned'] = {t: _binned(y[:, j], med[:, j], pit[:, j], bins) for j, t in enumerate(cfg.targets)}
     out['max_coverage_error'] = float(np.abs(out['coverage'].to_numpy() - COVERAGE_LEVELS[:, None]).max())
     return out
+
+# %% ../nbs/05d_evaluate.ipynb #e2f5ca7b
+def write_test_report(run_dir:str|Path, # A trained run (written into: metrics.json and the report's plots)
+                      test, # Its labelled test set: a path or a LensSource the run has not seen
+                      bs:int=64, # Batch size
+                      device=None, # Device
+                     ) -> dict:
+    "Score a run on its test set, plain and with TTA; write metrics.json and the plots; the report (TTA's as `tta`)."
+    from deeplense_fastai.interpret import save_classifier_plots, save_report_plots
+    from deeplense_fastai.sources import LensSource, open_source
+    run_dir, cfg = Path(run_dir), read_run_config(run_dir)
+    test = test if isinstance(test, LensSource) else open_source(test)
+    if cfg.classes:
+        rep, (y, probs) = score_classifier(run_dir, test, class_column(cfg, None), bs, device)
+        rep_tta, _ = score_classifier(run_dir, test, class_column(cfg, None), bs, device, tta=True)
+    else:
+        rep, (y, mu, sd) = score_run(run_dir, test, cfg.targets, bs, device)
+        rep_tta, _ = score_run(run_dir, test, cfg.targets, bs, device, tta=True)   # the square's symmetries averaged
+        if cfg.loss == 'flow': rep['calibration'] = _calibration_plots(run_dir, test, bs, device)
+    with atomic_write(run_dir/'metrics.json') as tmp:
+        tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
+    if cfg.classes: save_classifier_plots(run_dir, y, probs, rep['classes'])
+    else:
+        for j, t in enumerate(cfg.targets):
+            save_report_plots(run_dir, y[:, j], mu[:, j], None if sd is None else sd[:, j], t, cfg.target_mean[j])
+    return dict(rep, tta=rep_tta)
+
+def _calibration_plots(run_dir:Path, test, bs:int, device) -> dict:
+    "A flow run's test-set calibration: coverage and binned bias/coverage plots per target; the numbers returned."
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from deeplense_fastai.interpret import plot_coverage, plot_binned_calibration
+    rep = calibration_report(run_dir, test, bs, device=device)
+    for t in rep['targets']:
+        fig, axs = plt.subplots(1, 3, figsize=(12, 3.4))
+        plot_coverage(rep['coverage'].index, {'test set': rep['coverage'][t]}, ax=axs[0])
+        plot_binned_calibration(rep['binned'][t], t, axs=axs[1:])
+        fig.tight_layout()
+        with atomic_write(run_dir/f'calibration_{t}.png') as tmp: fig.savefig(tmp, dpi=110, format='png')
+        plt.close(fig)
+    return dict(max_coverage_error=rep['max_coverage_error'], levels=rep['coverage'].index.tolist(),
+                coverage={t: rep['coverage'][t].round(4).tolist() for t in rep['targets']})

@@ -172,9 +172,10 @@ class Run:
                   force:bool=False, # Replace an existing calibration
                  ) -> dict:
         "Fit and write the run's calibration (`combine.calibrate`); the run then uses it (it is read again)."
-        from deeplense_fastai.combine import calibrate, BANK
+        from deeplense_fastai.combine import calibrate
         out = calibrate(self.path, source, bs=self.bs, tta=self.tta, device=self.device, populations=populations,
-                        trials=trials, lenses=lenses, seed=seed, bank=BANK if bank is None else bank, force=force)
+                        trials=trials, lenses=lenses, seed=seed, force=force,
+                        **({} if bank is None else {'bank': bank}))
         self.reload()
         return out
 
