@@ -1,5 +1,6 @@
 """The main lens per image (issue 27 item 4): the presets with a `Nuisance` part against the cached field.
 
+    OMP_NUM_THREADS=1 python bench/main_lens.py --rounds 15 --reps 3 --compile     # bench/results/main_lens.json
     OMP_NUM_THREADS=1 python bench/main_lens.py [--rounds 9] [--block 16] [--json PATH]
 
 The faithful presets (model_i, model_ii) compute the main lens's deflection (SIE plus external shear) once per preset
@@ -12,8 +13,9 @@ SIE's ellipticity and the shear per image, so every image computes its own. This
   without a copy) and with the kernel it replaced ('before': a copy below of the earlier `sie_deflection`, `_lens_field`
   and `render`, swapped in for the call), for the classes no_sub, axion and cdm;
 - the stages of the nuisance block's path: parameter draws, the main lens before and after (and the SIE alone, both
-  forms), the cached field's copy, the Sersic source (per-image shape, and the faithful presets' one shape), the PSF
-  and the noise;
+  forms), the cached field's copy, the Sersic source (per-image shape, and the faithful presets' one shape; each also
+  as it was before it was computed in place, 'before in place': a copy below; the images are checked bit-identical),
+  the PSF and the noise;
 - with --compile, also the same main-lens arithmetic fused by `torch.compile` (not in the library: measured to see
   whether it pays; its one-off compilation time is reported; cache in .cache/torchinductor, an ignored folder).
 
@@ -93,6 +95,32 @@ def old_render(preset, params, device=None, dtype=None, compile=False):
 # ---- end of the earlier kernel ----
 
 
+# ---- the Sersic source before it was computed in place (as of commit 3255ce0 too), the 'before' of its stage ----
+def old_sersic(x, y, amp, R_sersic, n_sersic, e1=0., e2=0., center_x=0., center_y=0.):  # noqa: PLR0913
+    from deeplense_fastai.lensing import _b_n, _bc, ellipticity_to_phi_q, to_lens_frame
+    phi, q = ellipticity_to_phi_q(_bc(e1, x), _bc(e2, x))
+    xr, yr = to_lens_frame(x, y, _bc(center_x, x), _bc(center_y, x), phi)
+    R = torch.sqrt(q * xr**2 + yr**2 / q).clamp_min(1e-4)
+    frac = R / _bc(R_sersic, x).clamp_min(1e-4)
+    if torch.is_tensor(n_sersic) and n_sersic.ndim:
+        n = _bc(n_sersic, x)
+        return _bc(amp, x) * torch.exp(-_b_n(n) * (frac ** (1 / n) - 1))
+    n = float(n_sersic)
+    return _bc(amp, x) * torch.exp(-_b_n(n) * ((frac if n == 1 else frac ** (1 / n)) - 1))
+
+
+def with_old_sersic(f):
+    "`f` run with the earlier Sersic source swapped in."
+    def g():
+        from deeplense_fastai import lensing as L
+        saved = L.sersic
+        L.sersic = old_sersic
+        try: return f()
+        finally: L.sersic = saved
+    return g
+# ---- end of the earlier Sersic source ----
+
+
 @contextmanager
 def before():
     "`make_images` with the earlier per-image main lens and render swapped in."
@@ -158,8 +186,11 @@ def stage_variants(name, block):
         "cached field: its copy per block": lambda: (mx.expand(block, *mx.shape).clone(),
                                                      my.expand(block, *my.shape).clone()),
         "ray shooting": lambda: L.ray_shoot(xs, ys, ax, ay, S.preset_physics(p)["deflection_scale"]),
-        "Sersic source (per-image shape)": lambda: S._source_light(p, prm, bx, by, Tf),
+        SERSIC_AFTER: lambda: S._source_light(p, prm, bx, by, Tf),
+        SERSIC_BEFORE: with_old_sersic(lambda: S._source_light(p, prm, bx, by, Tf)),
         "Sersic source (faithful: one shape)": lambda: S._source_light(f, fprm, bx, by, Tf),
+        "Sersic source (faithful: one shape) before in place": with_old_sersic(lambda: S._source_light(f, fprm, bx, by,
+                                                                                                   Tf)),
         "PSF": lambda: L.convolve_psf(img, i.psf_fwhm, i.pixel_scale, i.psf_truncation),
         "noise": lambda: S.add_noise(p, model, prm, 0),
     }
@@ -216,6 +247,8 @@ def agreement(block):
         with before(): a = S.make_images(spec, 0, block)[0]
         b = S.make_images(spec, 0, block)[0]
         out[f"{name} images, relative to the brightest pixel"] = float((a - b).abs().max() / a.abs().max())
+        a, b = with_old_sersic(lambda: S.render(p, prm))(), S.render(p, prm)
+        out[f"{name} images with the Sersic source before and after in place: bit-identical"] = bool(torch.equal(a, b))
     return out
 
 
@@ -245,12 +278,14 @@ def stage_rows(name, times, block):
 
 BEFORE, AFTER = "main lens before (SIE + shear, (B, H, W) float64)", "main lens after (sie_shear_deflection)"
 COMPILED = "main lens, torch.compile of the same arithmetic"
+SERSIC_BEFORE, SERSIC_AFTER = "Sersic source (per-image shape) before in place", "Sersic source (per-image shape)"
 
 
 def lens_ratios(times):
     "Medians of the per-round ratios of the main-lens stages: before / after, and compiled / after where timed."
     t = {k: np.array(v) for k, v in times.items()}
-    out = dict(before_over_after=round(med(t[BEFORE] / t[AFTER]), 2))
+    out = dict(before_over_after=round(med(t[BEFORE] / t[AFTER]), 2),
+               sersic_before_over_after=round(med(t[SERSIC_BEFORE] / t[SERSIC_AFTER]), 2))
     if COMPILED in t: out["compiled_over_after"] = round(med(t[COMPILED] / t[AFTER]), 2)
     return out
 

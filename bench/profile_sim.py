@@ -1,7 +1,9 @@
 """Where the simulator's time goes, stage by stage, beside what the arithmetic allows on this machine (measures only).
 
     # --json PATH: default bench/results/profile_sim_<preset>.json
-    OMP_NUM_THREADS=2 python bench/profile_sim.py [--preset model_i] [--block 16] [--repeats 5] [--json PATH]
+    OMP_NUM_THREADS=1 python bench/profile_sim.py --preset model_i --repeats 15
+    OMP_NUM_THREADS=1 python bench/profile_sim.py --preset model_ii --repeats 9
+    OMP_NUM_THREADS=1 python bench/profile_sim.py [--preset model_i] [--block 16] [--repeats 5] [--json PATH]
 
 For one canonical block of images (16 on a CPU) of the preset (Model I: 150x150, DeepLenseSim's 100-point vortex,
 Poisson counts), each stage of `simulate.render` / `simulate.add_noise` is timed on its own (best of --repeats):
@@ -11,7 +13,10 @@ for the same block (the point-mass vortex both with the generic point-mass kerne
 simulator uses for it, where the library has it). Where the library has the closed form for evenly spaced masses
 (`lensing.evenly_spaced_point_mass_deflection`, opt-in: the simulator does not use it), it is timed against the
 collinear kernel in interleaved rounds (the kernel alone, and `make_images` with the closed form swapped in), with
-the ratio of each round ("closed_form_vs_collinear" in the results; not a stage of the table). The point-mass kernels'
+the ratio of each round ("closed_form_vs_collinear" in the results; not a stage of the table). The collinear kernel
+fused by `torch.compile` (`compile=True`, what `render(compile=True)` uses; inductor's cache in the library's cache
+folder unless TORCHINDUCTOR_CACHE_DIR is set) is timed against the eager kernel the same way, alone and in
+`make_images` ("compiled_vs_eager"), with its first call's seconds. The point-mass kernels'
 default chunk size is timed the same way against the earlier 2**19 elements ("chunk_size").
 Beside each stage: an arithmetic minimum, max(flops / F, bytes / M), where F is this machine's
 float32 rate measured on a large matrix product (its best case) and M its memory rate measured on a large a*b+c. The
@@ -208,6 +213,34 @@ def closed_form_comparison(c):
     return comparison
 
 
+def compiled_comparison(c):
+    """The collinear vortex kernel fused by `torch.compile` (`compile=True`, what `render(compile=True)` uses) against
+    the eager kernel: the first call's seconds (compilation, or loading inductor's cache), then interleaved rounds of
+    the kernel alone and of `make_images` for axion images, ratios per round; None where the library lacks it."""
+    L, p, B, ax_ = c.L, c.p, c.B, c.ax_
+    if not (c.collinear and "compile" in inspect.signature(L.collinear_point_mass_deflection).parameters): return None
+    from deeplense_fastai.simulate import make_images
+    kernel = lambda comp: L.collinear_point_mass_deflection(c.x, c.y, c.te1, c.off, ax_["vortex_angle"], compile=comp)
+    t0 = time.perf_counter()
+    fused = kernel(True)
+    first = time.perf_counter() - t0
+    eager = kernel(False)
+    peak = float(torch.hypot(*eager).max())
+    diff = max(float((a - b).abs().max()) for a, b in zip(fused, eager)) / peak
+    pairs = dict(kernel=(lambda: kernel(False), lambda: kernel(True)),
+                 make_images_axion=(lambda: make_images(p, 0, B, 0, ("axion",)),
+                                    lambda: make_images(p, 0, B, 0, ("axion",), compile=True)))
+    out = dict(first_call_seconds=round(first, 1), largest_difference_over_peak_deflection=diff,
+               inductor_cache=("TORCHINDUCTOR_CACHE_DIR set by the user" if c.user_cache else "the library's cache"))
+    for k, (f_old, f_new) in pairs.items():
+        t_old, t_new, r = interleaved(f_old, f_new, max(c.R, 7))
+        out[k] = dict(eager_ms_per_image=round(1e3 * float(np.median(t_old)) / B, 4),
+                      compiled_ms_per_image=round(1e3 * float(np.median(t_new)) / B, 4),
+                      speedup_median=round(float(np.median(r)), 2),
+                      speedup_per_round=[round(float(v), 2) for v in r])
+    return out
+
+
 def chunk_sizes(c):
     "The point-mass kernels' chunk size (issue 27 item 2): the default against the earlier 2**19 elements, interleaved."
     L, cdm, K_sub = c.L, c.cdm, c.K_sub
@@ -248,6 +281,13 @@ def report(c, out):
         print(f"chunks of {r['max_elements_default']} against {r['max_elements_before']} elements, {k}: "
               f"{r['before_ms_per_image']:.3f} vs {r['default_ms_per_image']:.3f} ms/image, "
               f"speedup {r['speedup_median']:.2f}x (interleaved rounds {r['speedup_per_round']})")
+    cc = out["compiled_vs_eager"] or {}
+    for k in ("kernel", "make_images_axion"):
+        if k not in cc: continue
+        r = cc[k]
+        print(f"collinear kernel compiled vs eager, {k}: {r['eager_ms_per_image']:.3f} vs "
+              f"{r['compiled_ms_per_image']:.3f} ms/image, speedup {r['speedup_median']:.2f}x "
+              f"(interleaved rounds {r['speedup_per_round']}); first call {cc['first_call_seconds']} s")
     for k, r in (out["closed_form_vs_collinear"] or {}).items():
         print(f"closed form vs collinear kernel, {k}: {r['collinear_ms_per_image']:.3f} vs "
               f"{r['closed_form_ms_per_image']:.3f} ms/image, "
@@ -263,13 +303,16 @@ def main():
     a = ap.parse_args()
     import warnings
     warnings.filterwarnings("ignore")
+    user_cache = bool(os.environ.get("TORCHINDUCTOR_CACHE_DIR"))
     c = setup(a)
+    c.user_cache = user_cache
     from deeplense_fastai.simulate import make_images
     p, B, R = c.p, c.B, c.R
     stages = deflection_stages(c) + image_stages(c)
     t_all = best(lambda: make_images(p, 0, B, 0, ("axion",)), R)
     t_cdm = best(lambda: make_images(p, 0, B, 0, ("cdm",)), R)
     comparison = closed_form_comparison(c)
+    compiled = compiled_comparison(c)
     chunking = chunk_sizes(c)
     out = header("profile_sim")
     out["machine"].update(matmul_gflops=round(c.F / 1e9, 1), stream_gb_s=round(c.M / 1e9, 1))
@@ -278,7 +321,7 @@ def main():
                make_images_axion_ms_per_image=round(1e3 * t_all / B, 4),
                make_images_cdm_ms_per_image=round(1e3 * t_cdm / B, 4),
                make_images_axion_img_per_s=round(B / t_all, 1), make_images_cdm_img_per_s=round(B / t_cdm, 1),
-               closed_form_vs_collinear=comparison, chunk_size=chunking)
+               closed_form_vs_collinear=comparison, compiled_vs_eager=compiled, chunk_size=chunking)
     report(c, out)
     out["table"] = [dict(stage=s["stage"], ms_per_image=s["ms_per_image"], min_ms_per_image=s.get("min_ms_per_image"),
                          ratio_to_minimum=s.get("ratio_to_minimum")) for s in stages]
@@ -287,7 +330,8 @@ def main():
         old = json.load(open(path))
         out["previous"] = {k: old[k] for k in ("command", "date", "machine", "versions", "stages",
                                                "make_images_axion_ms_per_image", "make_images_cdm_ms_per_image",
-                                               "make_images_axion_img_per_s", "make_images_cdm_img_per_s")
+                                               "make_images_axion_img_per_s", "make_images_cdm_img_per_s",
+                                               "chunk_size", "closed_form_vs_collinear", "compiled_vs_eager")
                            if k in old}
     write_json(path, out)
 

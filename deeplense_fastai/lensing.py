@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_lensing.ipynb #949a3510
 from __future__ import annotations
-import functools, math
+import functools, math, os
 
 import numpy as np
 import torch
@@ -228,9 +228,18 @@ def _point_mass_sum(xf, yf, te2, cx, cy, tiny:float):
     w = te2 / (dx * dx + dy * dy).clamp_min(tiny)
     return (w * dx).sum(1), (w * dy).sum(1)
 
+def _keep_inductor_cache() -> None:
+    ("Keep torch inductor's compiled kernels between runs: its cache in the library's cache folder "
+     "(`core.cache_dir('torchinductor')`), unless TORCHINDUCTOR_CACHE_DIR is set (torch's default is a temporary one).")
+    if os.environ.get('TORCHINDUCTOR_CACHE_DIR'): return
+    from deeplense_fastai.core import DeepLenseError, cache_dir
+    try: os.environ['TORCHINDUCTOR_CACHE_DIR'] = str(cache_dir('torchinductor'))
+    except DeepLenseError: pass        # no usable library cache: torch's own default
+
 @functools.cache
 def _compiled_point_mass_sum():
     "`_point_mass_sum` fused by `torch.compile`, built on first use and kept for the process (compiling takes seconds)."
+    _keep_inductor_cache()
     return torch.compile(_point_mass_sum, dynamic=True)
 
 def _chunks(B:int, K:int, P:int, max_elements:int):
@@ -268,12 +277,36 @@ def point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
     return ax.reshape(B, *x.shape), ay.reshape(B, *x.shape)
 
 # %% ../nbs/01_lensing.ipynb #0a19d399
+def _collinear_sum(u, v2, t):
+    "Sums over K of d / (d^2 + v2) and of 1 / (d^2 + v2), d = u - t, for pixels (b, 1, p) and masses (b, K, 1)."
+    d = u - t
+    w = (v2 + d * d).reciprocal()
+    return (d * w).sum(1), w.sum(1)
+
+def _collinear_sum_chunked(u, v2, t, max_elements:int):
+    "`_collinear_sum` for pixels (B, P) and masses (B, K) in cache-sized chunks, its intermediates updated in place."
+    (B, P), K = u.shape, t.shape[1]
+    s_d, s_w = u.new_empty(B, P), u.new_empty(B, P)
+    for sb, sp in _chunks(B, K, P, max_elements):
+        d = u[sb, None, sp] - t[sb, :, None]                       # (b, K, p)
+        w = torch.addcmul(v2[sb, None, sp], d, d).reciprocal_()   # 1 / |r|^2
+        s_w[sb, sp] = w.sum(1)
+        s_d[sb, sp] = d.mul_(w).sum(1)
+    return s_d, s_w
+
+@functools.cache
+def _compiled_collinear_sum():
+    "`_collinear_sum` fused by `torch.compile` (any shape), built on first use and kept for the process."
+    _keep_inductor_cache()
+    return torch.compile(_collinear_sum, dynamic=True)
+
 def collinear_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W)
                                     y:torch.Tensor, # y positions, arcsec, (H, W)
                                     theta_E, # Einstein radius of each mass, arcsec, float or (B,)
                                     offsets, # Masses' signed distances from the origin along the line, arcsec, (B, K)
                                     angle, # Direction of the line, radian from the x axis, (B,)
                                     max_elements:int=2**17, # Largest (images x K x pixels) intermediate built at once
+                                    compile:bool=False, # Fuse the sum with torch.compile (no intermediate at all)
                                    ) -> tuple[torch.Tensor, torch.Tensor]:
     "Summed deflection (arcsec), shape (B, H, W), of K equal point masses per image on a line through the origin."
     dt, dev = x.dtype, x.device
@@ -287,13 +320,8 @@ def collinear_point_mass_deflection(x:torch.Tensor, # x positions, arcsec, (H, W
     # the floor of |r|^2 that point_mass_deflection clamps to, added instead: below float rounding for any v^2 it
     # could change (v^2 > tiny / eps), and it keeps a pixel exactly on a mass finite
     v2 = v * v + torch.finfo(dt).tiny ** 0.5
-    P = u.shape[1]
-    s_d, s_w = x.new_empty(B, P), x.new_empty(B, P)
-    for sb, sp in _chunks(B, K, P, max_elements):
-        d = u[sb, None, sp] - t[sb, :, None]                       # (b, K, p)
-        w = torch.addcmul(v2[sb, None, sp], d, d).reciprocal_()   # 1 / |r|^2
-        s_w[sb, sp] = w.sum(1)
-        s_d[sb, sp] = d.mul_(w).sum(1)
+    if compile: s_d, s_w = _compiled_collinear_sum()(u[:, None], v2[:, None], t[:, :, None])
+    else: s_d, s_w = _collinear_sum_chunked(u, v2, t, max_elements)
     a_u, a_v = te2 * s_d, te2 * v * s_w
     ax, ay = cos * a_u - sin * a_v, sin * a_u + cos * a_v
     return ax.reshape(B, *x.shape), ay.reshape(B, *x.shape)
@@ -560,6 +588,25 @@ def _b_n(n):
     # (LensModel/Profiles/sersic_utils.py, SersicUtil.b_n), so that an amplitude means the same in both codes
     return (1.9992 * n - 0.3271).clamp_min(1e-5) if torch.is_tensor(n) else max(1.9992 * n - 0.3271, 1e-5)
 
+def _broadcast_shape(*ts) -> list:
+    "The shape tensors `ts` broadcast to (unchecked: the operations check it; `torch.broadcast_shapes` costs ~30 us)."
+    out = [1] * max(t.ndim for t in ts)
+    for t in ts:
+        for i, s in enumerate(t.shape, len(out) - t.ndim):
+            if s != 1: out[i] = s
+    return out
+
+def _elliptical_radius(x, y, e1, e2, cx, cy, shape):
+    ("sqrt(q x'^2 + y'^2 / q) floored at 1e-4, shape `shape`, in lens-frame coordinates (x', y') about (cx, cy): "
+     "`to_lens_frame` and the formula with the same operations in the same order (bit-identical), written in place "
+     "into four image-sized buffers instead of a dozen temporaries.")
+    phi, q = ellipticity_to_phi_q(e1, e2)
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    dx, dy = ((a - c).broadcast_to(shape).contiguous() for a, c in ((x, cx), (y, cy)))   # fresh: ours to overwrite
+    xr = (dx * cos).add_(dy * sin)
+    yr = dx.mul_(-sin).add_(dy.mul_(cos))
+    return xr.pow_(2).mul_(q).add_(yr.pow_(2).div_(q)).sqrt_().clamp_min_(1e-4)
+
 # one argument per parameter of lenstronomy's SERSIC_ELLIPSE, so that its keywords pass straight through
 def sersic(  # noqa: PLR0913
            x:torch.Tensor, # Source-plane x, arcsec
@@ -573,16 +620,14 @@ def sersic(  # noqa: PLR0913
            center_y=0., # Centre y, arcsec
           ) -> torch.Tensor:
     "Surface brightness of an elliptical Sersic profile (lenstronomy's SERSIC_ELLIPSE convention)."
-    phi, q = ellipticity_to_phi_q(_bc(e1, x), _bc(e2, x))
-    xr, yr = to_lens_frame(x, y, _bc(center_x, x), _bc(center_y, x), phi)
+    amp, Rs, e1, e2, cx, cy = (_bc(v, x) for v in (amp, R_sersic, e1, e2, center_x, center_y))
+    per_image = torch.is_tensor(n_sersic) and n_sersic.ndim
+    n = _bc(n_sersic, x) if per_image else float(n_sersic)
+    shape = _broadcast_shape(x, y, amp, Rs, e1, e2, cx, cy, *([n] if per_image else []))
     # 1e-4 arcsec: lenstronomy's smoothing radius of the centre (SersicUtil(smoothing=0.0001)), same floor on R_sersic
-    R = torch.sqrt(q * xr**2 + yr**2 / q).clamp_min(1e-4)
-    frac = R / _bc(R_sersic, x).clamp_min(1e-4)
-    if torch.is_tensor(n_sersic) and n_sersic.ndim:
-        n = _bc(n_sersic, x)
-        return _bc(amp, x) * torch.exp(-_b_n(n) * (frac ** (1 / n) - 1))
-    n = float(n_sersic)        # one index for the batch: a scalar power (none at all for the exponential disc, n=1)
-    return _bc(amp, x) * torch.exp(-_b_n(n) * ((frac if n == 1 else frac ** (1 / n)) - 1))
+    frac = _elliptical_radius(x, y, e1, e2, cx, cy, shape).div_(Rs.clamp_min(1e-4))
+    if per_image or n != 1: frac.pow_(1 / n)    # one index for the batch: a scalar power (none for n=1)
+    return frac.sub_(1).mul_(-_b_n(n)).exp_().mul_(amp)
 
 def sersic_total_flux(amp:float, # Amplitude at the half-light radius
                       R_sersic:float, # Half-light radius, arcsec

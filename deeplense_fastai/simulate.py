@@ -852,12 +852,9 @@ def _add_substructure(p:Preset, params:dict, x, y, ax, ay, T, compile:bool) -> N
         if p.axion.kind == 'segment':
             te = math.sqrt(p.axion.mass) * preset_physics(p)['theta_E_per_sqrt_msun']
             vx, vy = line_mass_deflection(x, y, te, T(sub['vortex_half_length']), T(sub['vortex_angle']))
-        elif compile:
-            te, px, py = _vortex_points(sub, p)
-            vx, vy = point_mass_deflection(x, y, T(te), T(px), T(py), compile=True)
         else:                   # equal masses on a line: the sum in the line's frame (fewer operations per mass)
             te, t = _vortex_offsets(sub, p)
-            vx, vy = collinear_point_mass_deflection(x, y, te, t, sub['vortex_angle'])
+            vx, vy = collinear_point_mass_deflection(x, y, te, t, sub['vortex_angle'], compile=compile)
         ax[axion] += vx
         ay[axion] += vy
 
