@@ -15,7 +15,9 @@ writes the results file when it ends, so a run cut short keeps the parts it fini
 
 sim: `make_images` on the device for Model II (64x64) and Model I (150x150), DeepLenseSim's 100-point vortex
 (and the analytic segment), in the simulator's canonical blocks (512 images on a GPU), timed after a warm-up block,
-with the device synchronised before the clock stops.
+with the device synchronised before the clock stops; the point-mass vortex also with the keyed counter noise stream
+(`noise_stream='counter'`: the whole block's noise at once, no loop over per-image generators; on a CPU it is slower,
+bench/results/noise.json).
 
 train (online training): `online_dataloaders` simulating on the training device in the main process,
 `regression_learner` (which switches on fastai's float16 mixed precision on CUDA), Ranger at a constant 1e-3; the clock
@@ -166,15 +168,15 @@ def main():
 
 def sim_part(a, device, out):
     from deeplense_fastai.simulate import get_preset
-    print("| preset | px | vortex | compile | simulated img/s |\n|---|---|---|---|---|", flush=True)
+    print("| preset | px | vortex | noise stream | compile | simulated img/s |\n" + "|---" * 6 + "|", flush=True)
     for name in ("model_ii", "model_i"):
-        for vortex in ("points", "segment"):
+        for vortex, stream in (("points", "generator"), ("points", "counter"), ("segment", "generator")):
             for comp in ((False, True) if a.compile else (False,)):
-                p = get_preset(name, vortex=vortex)
+                p = get_preset(name, vortex=vortex, noise_stream=stream)
                 r = sim_rate(p, a.n_sim, device, comp)
                 out["simulation"].append(dict(preset=name, image_px=p.instrument.npix, vortex=vortex, compile=comp,
-                                              n=a.n_sim, img_per_s=round(r, 1)))
-                print(f"| {name} | {p.instrument.npix} | {vortex} | {comp} | {r:.0f} |", flush=True)
+                                              noise_stream=stream, n=a.n_sim, img_per_s=round(r, 1)))
+                print(f"| {name} | {p.instrument.npix} | {vortex} | {stream} | {comp} | {r:.0f} |", flush=True)
 
 
 def train_part(a, device, out, warm):

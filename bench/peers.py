@@ -16,6 +16,10 @@ theta_E by its square root. The source amplitude is the preset's (`preset_physic
 Tools (each renders noiseless images the way its documentation shows, parameters converted before the clock starts):
 - deeplense_fastai: `render(preset, params)` on blocks of 16 images (the main lens is cached per preset, as the
   faithful presets do; the vortex uses the collinear point-mass kernel).
+- deeplense_fastai_per_image: the same images through the preset's `_nuisance` twin, whose columns are set to the
+  scene's values: the main lens and the Sersic shape are computed per image (what a varied sky costs), checked too.
+- deeplense_fastai_make_images: the whole path, `make_images` on the `_nuisance` twin (parameter draws, the main lens
+  per image, render and noise) for the scene's class: its own lenses, with noise, so timed but not checked.
 - lenstronomy: one `ImageModel` per scene (PSF 'GAUSSIAN', scipy's gaussian_filter with the preset's truncation),
   `image(kwargs_lens, kwargs_source)` per image. It is the oracle every other tool is checked against.
 - caustics: `LensSource(SinglePlane([SIE, ExternalShear, BatchedPlane(Point)]), Sersic)` with lenstronomy's Sersic k
@@ -83,9 +87,11 @@ TOL = 1e-3                       # agreement with lenstronomy, relative to the p
 BLOCK = 16                       # images per call for the batched tools
 SCENES = [(p, s) for p in ("model_i", "model_ii") for s in ("smooth", "vortex", "cdm")]
 CLASS = dict(smooth="no_sub", vortex="axion", cdm="cdm")
-TOOLS = ("deeplense_fastai", "lenstronomy", "caustics", "herculens", "herculens_vmap", "paltax")
-DIST = dict(deeplense_fastai="deeplense_fastai", lenstronomy="lenstronomy", caustics="caustics", herculens="herculens",
-            herculens_vmap="herculens", paltax="paltax")
+TOOLS = ("deeplense_fastai", "deeplense_fastai_per_image", "deeplense_fastai_make_images", "lenstronomy", "caustics",
+         "herculens", "herculens_vmap", "paltax")
+DIST = dict(deeplense_fastai="deeplense_fastai", deeplense_fastai_per_image="deeplense_fastai",
+            deeplense_fastai_make_images="deeplense_fastai", lenstronomy="lenstronomy", caustics="caustics",
+            herculens="herculens", herculens_vmap="herculens", paltax="paltax")
 T = 4
 FLOPS = dict(sie=2 + 4 + 5 + T + 2 * (2 + T) + 6, shear=6, point_mass=2 + 3 + T + 2 + 2, ray_shoot=4,
              sersic=2 + 4 + 3 + T + T + 2, flux=1)
@@ -218,6 +224,47 @@ class Library(Tool):
 
     def call(self, j):
         return self._render(self.scene.p, self.prm[j % len(self.prm)]).numpy()
+
+
+def faithful_nuisance(p, params):
+    "The parameters of `params` for the preset's `_nuisance` twin, every varied column at the faithful preset's value."
+    n = len(params["index"])
+    fixed = dict(halo_e1=p.lens.e1, halo_e2=p.lens.e2, gamma1=p.lens.gamma1, gamma2=p.lens.gamma2,
+                 source_R=p.source_galaxy.R, source_n=p.source_galaxy.n, source_e1=p.source_galaxy.e1,
+                 source_e2=p.source_galaxy.e2, source_dmag=0.)
+    return {**params, **{k: np.full(n, float(v)) for k, v in fixed.items()}}
+
+
+class LibraryPerImage(Library):
+    """The same scene through the `_nuisance` twin: the main lens (SIE + shear) and the Sersic shape computed per image
+    from per-image columns (set to the scene's values), as a varied sky needs: no cached field."""
+
+    def __init__(self, scene):
+        super().__init__(scene)
+        from deeplense_fastai.simulate import get_preset
+        self.twin = get_preset(scene.p.name + "_nuisance")
+        self.prm = [faithful_nuisance(scene.p, prm) for prm in self.prm]
+
+    def call(self, j):
+        return self._render(self.twin, self.prm[j % len(self.prm)]).numpy()
+
+
+class LibraryMakeImages(Tool):
+    """The library's whole path on the `_nuisance` twin: `make_images` (parameter draws, the main lens per image,
+    render, noise) for the scene's class. Its lenses are its own draws and it adds noise, so it is timed, not checked
+    against lenstronomy (LibraryPerImage checks the same render path)."""
+    batch = BLOCK
+    checked = False
+
+    def __init__(self, scene):
+        super().__init__(scene)
+        from deeplense_fastai.simulate import SimSpec, get_preset, make_images
+        self._make = make_images
+        self.spec = SimSpec(get_preset(scene.p.name + "_nuisance"), seed=0, classes=(CLASS[scene.sub],))
+
+    def call(self, j):
+        i = (j % len(self.calls)) * self.batch
+        return self._make(self.spec, i, i + self.batch)[0].numpy()
 
 
 class Lenstronomy(Tool):
@@ -384,8 +431,9 @@ class Paltax(Tool):
         return np.stack([np.asarray(self.f(self.args[b])) for b in idx])
 
 
-MAKERS = dict(deeplense_fastai=Library, lenstronomy=Lenstronomy, caustics=Caustics, herculens=Herculens,
-              herculens_vmap=HerculensVmap, paltax=Paltax)
+MAKERS = dict(deeplense_fastai=Library, deeplense_fastai_per_image=LibraryPerImage,
+              deeplense_fastai_make_images=LibraryMakeImages, lenstronomy=Lenstronomy, caustics=Caustics,
+              herculens=Herculens, herculens_vmap=HerculensVmap, paltax=Paltax)
 
 
 def availability(tools):
@@ -447,6 +495,9 @@ def check_agreement(rows, live, check):
     "Each live tool's largest difference from lenstronomy (of the peak) on `check` images; those beyond TOL stop."
     ref = live["lenstronomy"].render(list(range(check)))
     for t in list(live):
+        if not getattr(live[t], "checked", True):
+            rows[t].update(agreement=None, note="not checked: draws its own lenses and adds noise")
+            continue
         img = np.concatenate([live[t].call(j) for j in range(math.ceil(check / live[t].batch))])[:check]
         err = float(max(np.abs(img[i] - ref[i]).max() / np.abs(ref[i]).max() for i in range(check)))
         rows[t].update(agreement=err, agrees=err <= TOL)
@@ -486,7 +537,8 @@ def measure_scene(scene, tools, a, log):
     check_agreement(rows, live, a.check)
     timed_rounds(rows, live, a)
     for t, row in rows.items():
-        log(f"| {scene.name} | {t} | {row.get('agreement', float('nan')):.1e} | {row.get('median_img_s', '-')} | "
+        agree = float("nan") if row.get("agreement") is None else row["agreement"]
+        log(f"| {scene.name} | {t} | {agree:.1e} | {row.get('median_img_s', '-')} | "
             f"{row.get('ratio_to_library', '-')} | {row.get('first_call_s', '-')} | {row.get('note', '')} |")
     return [rows[t] for t in tools if t in rows]
 
@@ -505,6 +557,27 @@ def measure_scenes(a, ok, done, partial):
                      flops_per_image=flops_per_image(scene.p, scene.n_masses))
         done[name] = rows
         write_json(partial, done)
+
+
+def full_path_targets(table):
+    """Issue 27's targets on the whole path with the main lens per image (`deeplense_fastai_make_images`): at least
+    1.5x herculens (its faster form) on every point-mass scene, at least 3x every peer on smooth scenes. Per scene:
+    the fastest peer that counts, the median over rounds of the full path's rate over its rate, and whether it is met.
+    The peers render noiseless images from given parameters; the full path also draws the parameters and the noise."""
+    out = []
+    for scene in dict.fromkeys(r["scene"] for r in table):
+        rows = {r["tool"]: r for r in table if r["scene"] == scene and r.get("timed")}
+        full = rows.get("deeplense_fastai_make_images")
+        smooth = scene.endswith("_smooth")
+        peers = [t for t in rows if not t.startswith("deeplense_fastai")]
+        peers = peers if smooth else [t for t in peers if t.startswith("herculens")]
+        if full is None or not peers: continue
+        best = max(peers, key=lambda t: rows[t]["median_img_s"])
+        ratio = statistics.median(f / b for f, b in zip(full["rates"], rows[best]["rates"]))     # per round
+        need = 3.0 if smooth else 1.5
+        out.append(dict(scene=scene, peer=best, full_over_peer=round(ratio, 3), need=need, met=ratio >= need,
+                        want=f"{need:g}x {'every peer' if smooth else 'herculens'}"))
+    return out
 
 
 def main():
@@ -553,11 +626,14 @@ def main():
             if r.get("timed"):
                 r["times_bound"] = round(r["bound_img_s"] / r["median_img_s"], 2)
             table.append(r)
+    targets = full_path_targets(table)
+    for t in targets: print(f"# target {t['scene']}: {t['want']}; measured {t['full_over_peer']:.2f}x {t['peer']}")
     bound = dict(flops_per_pixel=FLOPS, transcendental=T, psf="4 (2 r + 1) per pixel, r = int(truncation sigma + 0.5)",
                  matmul_flop_s=[round(x) for x in F], matmul_flop_s_used=round(rate),
                  psf_radius={p: psf_radius(get_preset(p)) for p in ("model_i", "model_ii")})
     if a.json != "":
-        save("peers", path=a.json, table=table, peers=peers, bound=bound, settings=settings, tolerance=TOL,
+        save("peers", path=a.json, table=table, targets=targets, peers=peers, bound=bound, settings=settings,
+             tolerance=TOL,
              peer_versions={d: version(d) for d in ("caustics", "herculens", "paltax", "jax", "jaxlib", "lenstronomy")})
     return table
 

@@ -164,6 +164,9 @@ def _simulate_args(s):
     s.add_argument('--vortex', choices=['points', 'segment'], default=None,
                    help="axion vortex as DeepLenseSim's 100 points or the analytic segment (faster)")
     s.add_argument('--no-noise', action='store_true', help='write noiseless images')
+    s.add_argument('--noise-stream', choices=['generator', 'counter'], default=None,
+                   help="the noise's random numbers: one torch generator per image (the presets' default) or a keyed "
+                        "counter stream drawn for the whole batch at once (no loop over images; other noise)")
     s.add_argument('--compile', action='store_true',
                    help='fuse the point-mass sums with torch.compile (faster for large runs)')
     _add(s, '--quiet', '--progress')
@@ -173,7 +176,8 @@ def cmd_simulate(a) -> int:
     from deeplense_fastai.core import get_device
     from deeplense_fastai.simulate import get_preset
     from deeplense_fastai.dataset import write_dataset
-    preset = get_preset(a.preset, **({'vortex': a.vortex} if a.vortex else {}))
+    changes = {k: v for k, v in (('vortex', a.vortex), ('noise_stream', a.noise_stream)) if v}
+    preset = get_preset(a.preset, **changes)
     device = get_device(a.device)
     _check_space(a.out, _dataset_bytes(preset, a.n, a.shard, a.fmt), f"--n {a.n}")
     log = (lambda *args: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .streams import KeyedStreams, keyed_poisson
+
 # %% auto #0
 __all__ = ['C_KM_S', 'G_SI', 'C_SI', 'M_SUN_KG', 'MPC_M', 'ARCSEC_PER_RAD', 'DEEPLENSESIM_ARCSEC_PER_RAD', 'comoving_distance',
            'angular_diameter_distance', 'luminosity_distance', 'lensing_distances', 'einstein_radius',
@@ -690,6 +692,9 @@ def convolve_psf(img:torch.Tensor, # Images, (..., H, W)
 # %% ../nbs/01_lensing.ipynb #daf410d8
 def _normal_pairs(model:torch.Tensor, generators) -> torch.Tensor:
     "Two standard-normal fields per image, (B, 2, H, W); with generators, image b draws only from generators[b]."
+    if isinstance(generators, KeyedStreams):                  # the keyed counter stream: the whole batch at once
+        z = torch.stack(generators.normal_pair(model[0].numel()), 1)
+        return z.reshape(len(model), 2, *model.shape[1:]).to(model.dtype)
     draw = lambda g, n: torch.randn((n, 2) + tuple(model.shape[1:]), generator=g, device=model.device,
                                     dtype=model.dtype)
     if generators is None: return draw(None, len(model))
@@ -698,7 +703,7 @@ def _normal_pairs(model:torch.Tensor, generators) -> torch.Tensor:
 def counts_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
                  exposure:torch.Tensor, # Exposure time per image, (B,)
                  background_rms:float, # Background rms in counts/s
-                 generators=None, # One torch.Generator per image (on model's device), or None
+                 generators=None, # One torch.Generator per image (on model's device), a `KeyedStreams`, or None
                 ) -> torch.Tensor:
     "DeepLenseSim's Model I noise: Poisson counts of the exposure-scaled model plus Gaussian terms (see above)."
     t = _bc(exposure, model)
@@ -709,12 +714,13 @@ def counts_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
 def _poisson(rate:torch.Tensor, generators) -> torch.Tensor:
     "Poisson counts of `rate` (B, H, W); with generators, image b draws only from generators[b]."
     if generators is None: return torch.poisson(rate)
+    if isinstance(generators, KeyedStreams): return keyed_poisson(generators, rate)
     return torch.stack([torch.poisson(r, generator=g) for r, g in zip(rate, generators)])
 
 def ccd_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
               exposure:torch.Tensor, # Total exposure time per image, (B,)
               background_noise:float, # Background rms in counts/s (read noise and sky)
-              generators=None, # One torch.Generator per image, or None
+              generators=None, # One torch.Generator per image, a `KeyedStreams`, or None
              ) -> torch.Tensor:
     "lenstronomy's SimAPI noise: Gaussian background plus Gaussian-approximated Poisson noise, added to the model."
     t = _bc(exposure, model)
@@ -725,7 +731,7 @@ def ccd_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
 def counts_once_noise(model:torch.Tensor, # Noiseless images in counts/s, (B, H, W)
                       exposure:torch.Tensor, # Exposure time per image, (B,)
                       background_rms:float, # Background rms in counts/s
-                      generators=None, # One torch.Generator per image (on model's device), or None
+                      generators=None, # One torch.Generator per image (on model's device), a `KeyedStreams`, or None
                      ) -> torch.Tensor:
     ("Counts with the Poisson noise counted once: Poisson(t * model) plus a Gaussian background of "
      "rms t * background_rms.")

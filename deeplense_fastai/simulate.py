@@ -13,13 +13,13 @@ from .core import DeepLenseError, image_seed
 
 # %% auto #0
 __all__ = ['CLASSES', 'LABEL_COLUMNS', 'NUISANCE_COLUMNS', 'KNOT_COLUMNS', 'SUBHALO_COLUMNS', 'EUCLID_VIS_2021',
-           'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DUFFY08_C200', 'NOISES', 'DISTANCES',
-           'FLAT_FIELDS', 'FLAT_SUBHALO_FIELDS', 'PRESETS', 'DEEPLENSESIM_MODEL_I', 'NUISANCE_DRAWS', 'BLOCK',
-           'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms', 'Band', 'Nuisance', 'Knots', 'Subhalos',
-           'Instrument', 'Observation', 'Cosmology', 'MainLens', 'Source', 'DeepLenseSubhalos', 'Vortex', 'Preset',
-           'register_preset', 'get_preset', 'preset_physics', 'axion_vortex_half_length', 'draw_parameters',
-           'labels_frame', 'label_columns', 'simulated_targets', 'source_fluxes', 'render', 'lenstronomy_kwargs',
-           'add_noise', 'SimSpec', 'block_size', 'make_images', 'quirk_note', 'simulate']
+           'EUCLID_VIS_2026', 'HST_WFC3_F160W', 'HST_TDLMC_F160W', 'BANDS', 'DUFFY08_C200', 'NOISES', 'STREAMS',
+           'DISTANCES', 'FLAT_FIELDS', 'FLAT_SUBHALO_FIELDS', 'FLAT_DEFAULTS', 'PRESETS', 'DEEPLENSESIM_MODEL_I',
+           'NUISANCE_DRAWS', 'BLOCK', 'CUDA_BLOCK', 'counter_uniforms', 'ccd_background_rms', 'Band', 'Nuisance',
+           'Knots', 'Subhalos', 'Instrument', 'Observation', 'Cosmology', 'MainLens', 'Source', 'DeepLenseSubhalos',
+           'Vortex', 'Preset', 'register_preset', 'get_preset', 'preset_physics', 'axion_vortex_half_length',
+           'draw_parameters', 'labels_frame', 'label_columns', 'simulated_targets', 'source_fluxes', 'render',
+           'lenstronomy_kwargs', 'add_noise', 'SimSpec', 'block_size', 'make_images', 'quirk_note', 'simulate']
 
 # %% ../nbs/02_simulate.ipynb #0dd256b0
 CLASSES = ('no_sub', 'cdm', 'axion')
@@ -33,7 +33,7 @@ SUBHALO_COLUMNS = ('f_sub_ring',)      # the physical `Subhalos` part's projecte
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 def _splitmix64(z:np.ndarray) -> np.ndarray:
-    "SplitMix64 finaliser, element-wise on uint64 arrays (wrapping arithmetic)."
+    "SplitMix64's step and finaliser, element-wise on uint64 arrays (wrapping; `streams.mix64` is the torch twin)."
     with np.errstate(over='ignore'):
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -235,6 +235,7 @@ class Subhalos:
 
 # %% ../nbs/02_simulate.ipynb #2b3466d6
 NOISES = ('counts', 'counts_once', 'ccd', 'none')     # the noise recipes an `Observation` can name
+STREAMS = ('generator', 'counter')                    # where an `Observation`'s random numbers come from
 DISTANCES = ('angular', 'deeplensesim')               # the distance conventions of `lensing.einstein_radius`
 
 def _whole(v, lo:int) -> bool:
@@ -286,6 +287,9 @@ class Observation:
     background_rms: float = EUCLID_VIS_2021.background_rms  # background rms per pixel, counts/s (a `Band`'s)
     exposure: tuple = (EUCLID_VIS_2021.total_exposure,) * 2  # exposure time, s, log-uniform in [low, high] per image
     noiseless_scale: float = 1.         # factor on images made without noise (DeepLenseSim's SimAPI models stored 2x)
+    # where the noise's random numbers come from: 'generator' (one torch.Generator per image: the frozen default) or
+    # 'counter' (a keyed counter stream per image, the whole batch at once: `streams.KeyedStreams`)
+    stream: str = 'generator'
 
     def __post_init__(self):
         _as_tuples(self, 'exposure')
@@ -294,7 +298,8 @@ class Observation:
         _require(self, [(self.noise in NOISES, f"noise must be one of {names}, got {self.noise!r}"),
             (_real(rms) and rms >= 0, f"background_rms must be >= 0 counts/s, got {rms!r}"),
             (_pair(e) and e[0] > 0, f"exposure must be a (low, high) pair of seconds, 0 < low <= high, got {e!r}"),
-            (_real(k) and k > 0, f"noiseless_scale must be positive, got {k!r}")])
+            (_real(k) and k > 0, f"noiseless_scale must be positive, got {k!r}"),
+            (self.stream in STREAMS, f"stream must be one of {', '.join(map(repr, STREAMS))}, got {self.stream!r}")])
 
     @classmethod
     def from_band(cls, band:Band, # Where the background and exposure come from
@@ -405,7 +410,8 @@ FLAT_FIELDS = {
     'psf_fwhm': ('instrument', 'psf_fwhm'), 'psf_truncation': ('instrument', 'psf_truncation'),
     'supersample': ('instrument', 'supersample'), 'noise': ('observation', 'noise'),
     'background_rms': ('observation', 'background_rms'), 'exposure': ('observation', 'exposure'),
-    'noiseless_scale': ('observation', 'noiseless_scale'), 'H0': ('cosmology', 'H0'), 'Om0': ('cosmology', 'Om0'),
+    'noiseless_scale': ('observation', 'noiseless_scale'), 'noise_stream': ('observation', 'stream'),
+    'H0': ('cosmology', 'H0'), 'Om0': ('cosmology', 'Om0'),
     'z_lens': ('cosmology', 'z_lens'), 'z_source': ('cosmology', 'z_source'),
     'z_source_convention': ('cosmology', 'z_source_convention'), 'distances': ('cosmology', 'distances'),
     'halo_mass': ('lens', 'halo_mass'), 'halo_e1': ('lens', 'e1'), 'halo_e2': ('lens', 'e2'),
@@ -420,6 +426,9 @@ FLAT_FIELDS = {
     'vortex_points': ('axion', 'points'), 'log10_m_axion': ('axion', 'log10_m'), 'vortex': ('axion', 'kind')}
 # DeepLenseSim's subhalo fields: a preset with a `Subhalos` part does not use them (they stay at their defaults)
 FLAT_SUBHALO_FIELDS = tuple(k for k, (part, _) in FLAT_FIELDS.items() if part == 'deeplense_subhalos')
+# flat names added after records were first written: left out of `to_dict` and `legacy_repr` while at this default,
+# so that every dataset, run record and cached simulation written before them keeps its key
+FLAT_DEFAULTS = {'noise_stream': 'generator'}
 _PARTS = dict(nuisance=Nuisance, knots=Knots, subhalos=Subhalos)   # optional parts (None: left out of to_dict)
 
 @dataclass(frozen=True)
@@ -496,7 +505,8 @@ class Preset:
         "Every value by its flat name in the flat preset's order (parts as they are): `to_dict` before JSON."
         head = {k: getattr(self, k) for k in ('name', 'description', 'source')}
         tail = {k: getattr(self, k) for k in ('classes', 'target', *_PARTS)}
-        return head | {k: self.value(k) for k in FLAT_FIELDS} | tail
+        quiet = {k for k, v in FLAT_DEFAULTS.items() if self.value(k) == v}     # later fields, left at their default
+        return head | {k: self.value(k) for k in FLAT_FIELDS if k not in quiet} | tail
 
     def to_dict(self) -> dict:
         """The preset as one flat JSON-friendly dict, spelled as before presets had parts (what manifests, run records
@@ -966,12 +976,15 @@ def add_noise(preset:Preset, # The recipe
               seed:int, # Dataset seed (noise stream 1 of each image)
               noise:bool=True, # False: return the noiseless images as DeepLenseSim stored them
              ) -> 'torch.Tensor':
-    "The preset's noise added to a batch, drawn from one generator per image (batch-independent)."
+    "The preset's noise added to a batch, from one generator or keyed stream per image (batch-independent)."
     import torch
     from deeplense_fastai.lensing import counts_noise, ccd_noise, counts_once_noise
+    from deeplense_fastai.streams import KeyedStreams
     obs = preset.observation
     if not noise or obs.noise == 'none': return model * obs.noiseless_scale
-    gens = [torch.Generator(device=model.device).manual_seed(image_seed(seed, int(i), 1)) for i in params['index']]
+    idx = params['index']
+    if obs.stream == 'counter': gens = KeyedStreams.for_images(seed, idx, 1, model.device)
+    else: gens = [torch.Generator(device=model.device).manual_seed(image_seed(seed, int(i), 1)) for i in idx]
     t = torch.as_tensor(params['exposure'], device=model.device, dtype=model.dtype)
     if obs.noise == 'counts': return counts_noise(model, t, obs.background_rms, gens)
     if obs.noise == 'counts_once': return counts_once_noise(model, t, obs.background_rms, gens)

@@ -7,7 +7,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "deeplense_fastai"
 
 # Lower layers first: a module may import only the modules before it (at the top or inside a function).
-LAYERS = ["core", "lensing", "simulate", "dataset", "online", "config", "readers", "sources", "transforms", "data",
+LAYERS = ["core", "streams", "lensing", "simulate", "dataset", "online", "config", "readers", "sources", "transforms", "data",
           "models", "posterior", "learner", "interpret",
           "inputs", "inference", "evaluate", "combine", "run", "cli"]
 

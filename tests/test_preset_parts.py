@@ -104,7 +104,7 @@ def _another(value):
     if isinstance(value, tuple): return (value[0] - 0.5, value[1]) if value[0] < 0 else (value[0] / 2, value[1])
     if isinstance(value, int): return value + 1
     if isinstance(value, float): return value * 0.9 if value else 0.01
-    return {"ccd": "none", "deeplensesim": "angular", "points": "segment"}[value]
+    return {"ccd": "none", "deeplensesim": "angular", "points": "segment", "generator": "counter"}[value]
 
 
 @pytest.mark.parametrize("flat", list(FLAT_FIELDS))
