@@ -168,6 +168,10 @@ def main():
 
 def sim_part(a, device, out):
     from deeplense_fastai.simulate import get_preset
+    from deeplense_fastai.streams import KeyedStreams
+    keyed = lambda d: KeyedStreams.for_images(7, np.arange(64), device=d).bits(3, 4096).cpu()
+    out["keyed_stream_bits_match_cpu"] = bool(torch.equal(keyed(device), keyed(torch.device("cpu"))))
+    print(f"# keyed noise stream: the device's 64-bit words equal the CPU's: {out['keyed_stream_bits_match_cpu']}")
     print("| preset | px | vortex | noise stream | compile | simulated img/s |\n" + "|---" * 6 + "|", flush=True)
     for name in ("model_ii", "model_i"):
         for vortex, stream in (("points", "generator"), ("points", "counter"), ("segment", "generator")):

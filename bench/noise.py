@@ -13,6 +13,7 @@ counted once of `fsub_physical`), the noiseless images are rendered once; then t
   only to measure what the loop over per-image generators itself costs);
 - 'counter': the keyed counter stream of `streams.KeyedStreams` (`Observation.stream='counter'`).
 
+Each call builds its random source too (the per-image generators and their seeds, or the keys), as `add_noise` does.
 The figures are medians over rounds of the times (ms per image) and of the per-round ratios to 'generator' (the
 machine is shared and noisy: only ratios from one run compare). Beside them, a statistics check of the two streams on
 the block: the mean and the variance of (noisy - exposure * model) over the block, each stream's, so that a wrong

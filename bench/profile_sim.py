@@ -8,7 +8,8 @@
 For one canonical block of images (16 on a CPU) of the preset (Model I: 150x150, DeepLenseSim's 100-point vortex,
 Poisson counts), each stage of `simulate.render` / `simulate.add_noise` is timed on its own (best of --repeats):
 parameter draws, SIE and shear on the grid (cached per preset inside the simulator, so free per image there), 25 CDM
-subhalos, the 100 vortex points, ray shooting, the Sersic source, the PSF and the noise; then the whole `make_images`
+subhalos, the 100 vortex points, ray shooting, the Sersic source, the PSF and the noise (one generator per image, the
+default, and the keyed counter stream of `Observation.stream='counter'`, an option); then the whole `make_images`
 for the same block (the point-mass vortex both with the generic point-mass kernel and with the collinear kernel the
 simulator uses for it, where the library has it). Where the library has the closed form for evenly spaced masses
 (`lensing.evenly_spaced_point_mass_deflection`, opt-in: the simulator does not use it), it is timed against the
@@ -157,6 +158,10 @@ def image_stages(c):
     nf = FLOPS["noise_counts" if p.observation.noise == "counts" else "noise_ccd"]
     stages.append(stage(c, f"noise ({p.observation.noise}, one generator per image)",
                         lambda: add_noise(p, model, ax_, 0), B * P * nf, B * P * 3 * 4))
+    keyed = p.replace(noise_stream="counter")
+    stages.append(stage(c, f"noise ({p.observation.noise}, keyed counter stream)",
+                        lambda: add_noise(keyed, model, ax_, 0), B * P * nf, B * P * 3 * 4,
+                        "an option (Observation.stream='counter'), not the default: no loop over images"))
     return stages
 
 

@@ -692,6 +692,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._keep_inductor_cache': ( 'lensing.html#_keep_inductor_cache',
                                                                                              'deeplense_fastai/lensing.py'),
+                                          'deeplense_fastai.lensing._needs_grad': ( 'lensing.html#_needs_grad',
+                                                                                    'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._nfw_F': ('lensing.html#_nfw_f', 'deeplense_fastai/lensing.py'),
                                           'deeplense_fastai.lensing._normal_pairs': ( 'lensing.html#_normal_pairs',
                                                                                       'deeplense_fastai/lensing.py'),

@@ -232,7 +232,8 @@ def _point_mass_sum(xf, yf, te2, cx, cy, tiny:float):
 
 def _keep_inductor_cache() -> None:
     ("Keep torch inductor's compiled kernels between runs: its cache in the library's cache folder "
-     "(`core.cache_dir('torchinductor')`), unless TORCHINDUCTOR_CACHE_DIR is set (torch's default is a temporary one).")
+     "(`core.cache_dir('torchinductor')`), unless TORCHINDUCTOR_CACHE_DIR is set (torch's default: "
+     "/tmp/torchinductor_USER); it sets that variable for the process, before inductor first runs.")
     if os.environ.get('TORCHINDUCTOR_CACHE_DIR'): return
     from deeplense_fastai.core import DeepLenseError, cache_dir
     try: os.environ['TORCHINDUCTOR_CACHE_DIR'] = str(cache_dir('torchinductor'))
@@ -598,12 +599,20 @@ def _broadcast_shape(*ts) -> list:
             if s != 1: out[i] = s
     return out
 
+def _needs_grad(*ts) -> bool:
+    "Whether autograd records operations on any of `ts` (then nothing it keeps may be written over in place)."
+    return torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad for t in ts)
+
 def _elliptical_radius(x, y, e1, e2, cx, cy, shape):
     ("sqrt(q x'^2 + y'^2 / q) floored at 1e-4, shape `shape`, in lens-frame coordinates (x', y') about (cx, cy): "
      "`to_lens_frame` and the formula with the same operations in the same order (bit-identical), written in place "
-     "into four image-sized buffers instead of a dozen temporaries.")
+     "into four image-sized buffers instead of a dozen temporaries (out of place where gradients are taken).")
     phi, q = ellipticity_to_phi_q(e1, e2)
     cos, sin = torch.cos(phi), torch.sin(phi)
+    if _needs_grad(x, y, e1, e2, cx, cy):
+        dx, dy = x - cx, y - cy
+        xr, yr = dx * cos + dy * sin, dx * -sin + dy * cos
+        return (xr**2 * q + yr**2 / q).sqrt().clamp_min(1e-4).broadcast_to(shape)
     dx, dy = ((a - c).broadcast_to(shape).contiguous() for a, c in ((x, cx), (y, cy)))   # fresh: ours to overwrite
     xr = (dx * cos).add_(dy * sin)
     yr = dx.mul_(-sin).add_(dy.mul_(cos))
@@ -627,7 +636,12 @@ def sersic(  # noqa: PLR0913
     n = _bc(n_sersic, x) if per_image else float(n_sersic)
     shape = _broadcast_shape(x, y, amp, Rs, e1, e2, cx, cy, *([n] if per_image else []))
     # 1e-4 arcsec: lenstronomy's smoothing radius of the centre (SersicUtil(smoothing=0.0001)), same floor on R_sersic
-    frac = _elliptical_radius(x, y, e1, e2, cx, cy, shape).div_(Rs.clamp_min(1e-4))
+    r = _elliptical_radius(x, y, e1, e2, cx, cy, shape)
+    if _needs_grad(r, amp, Rs, n):                # the same operations out of place, so that autograd keeps its inputs
+        frac = r / Rs.clamp_min(1e-4)
+        frac = frac ** (1 / n) if per_image or n != 1 else frac
+        return ((frac - 1) * -_b_n(n)).exp() * amp
+    frac = r.div_(Rs.clamp_min(1e-4))
     if per_image or n != 1: frac.pow_(1 / n)    # one index for the batch: a scalar power (none for n=1)
     return frac.sub_(1).mul_(-_b_n(n)).exp_().mul_(amp)
 
@@ -694,7 +708,7 @@ def _normal_pairs(model:torch.Tensor, generators) -> torch.Tensor:
     "Two standard-normal fields per image, (B, 2, H, W); with generators, image b draws only from generators[b]."
     if isinstance(generators, KeyedStreams):                  # the keyed counter stream: the whole batch at once
         z = torch.stack(generators.normal_pair(model[0].numel()), 1)
-        return z.reshape(len(model), 2, *model.shape[1:]).to(model.dtype)
+        return z.reshape(len(model), 2, *model.shape[1:]).to(model.device, model.dtype)
     draw = lambda g, n: torch.randn((n, 2) + tuple(model.shape[1:]), generator=g, device=model.device,
                                     dtype=model.dtype)
     if generators is None: return draw(None, len(model))

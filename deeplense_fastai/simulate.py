@@ -33,7 +33,7 @@ SUBHALO_COLUMNS = ('f_sub_ring',)      # the physical `Subhalos` part's projecte
 
 # %% ../nbs/02_simulate.ipynb #8f95ce28
 def _splitmix64(z:np.ndarray) -> np.ndarray:
-    "SplitMix64's step and finaliser, element-wise on uint64 arrays (wrapping; `streams.mix64` is the torch twin)."
+    "SplitMix64's step and finaliser, element-wise on uint64 arrays (wrapping; `streams.mix64`: the finaliser, torch)."
     with np.errstate(over='ignore'):
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

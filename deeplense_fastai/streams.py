@@ -91,8 +91,8 @@ class KeyedStreams:
                 numel:int, # Elements per image
                 at=None, # (images, elements) index tensors, as in `bits`
                ) -> torch.Tensor:
-        "Float64 uniforms in (0, 1) from the top 53 bits of each word: (k + 1/2) / 2**53, never 0 or 1."
-        return (_shr(self.bits(draw, numel, at), 11).double() + 0.5) * 2.0**-53
+        "Float64 uniforms in (0, 1) from the top 52 bits of each word: (k + 1/2) / 2**52, exact, never 0 or 1."
+        return (_shr(self.bits(draw, numel, at), 12).double() + 0.5) * 2.0**-52
 
     def normal_pair(self, numel:int, # Elements per image
                    ) -> tuple:
@@ -107,12 +107,13 @@ def _inversion(lam:torch.Tensor, u:torch.Tensor) -> torch.Tensor:
     k, p = torch.zeros_like(lam), torch.exp(-lam)
     F = p.clone()
     idx = torch.nonzero(u > F).flatten()
-    for j in range(1, 200):             # P(k >= 200 | lam < 10) is below 1e-200
+    for j in range(1, 200):             # P(k >= 200 | lam < 10) is about 1e-180
         if not len(idx): break
         p[idx] = p[idx] * lam[idx] / j
         F[idx] = F[idx] + p[idx]
         k[idx] = j
-        idx = idx[u[idx] > F[idx]]
+        # a u above the float64 sum of the probabilities (1 - a few 2**-53) stops where the terms no longer add
+        idx = idx[(u[idx] > F[idx]) & (p[idx] >= F[idx] * 2.0**-53)]
     return k
 
 def _ptrs_propose(lam:torch.Tensor, U:torch.Tensor, V:torch.Tensor) -> tuple:
@@ -137,10 +138,14 @@ def keyed_poisson(streams:KeyedStreams, # One stream per image
                   first:int=2, # The first draw to use (draws 0 and 1 are the Gaussian fields')
                  ) -> torch.Tensor:
     "Poisson counts of `rate` from the images' keyed streams: inversion below a mean of 10, PTRS above (exact)."
+    if len(rate) != len(streams): raise ValueError(f"{len(rate)} images of rates for {len(streams)} streams")
+    if not rate.numel(): return rate.clone()
+    if not bool(torch.isfinite(rate).all() & (rate >= 0).all()):          # as torch.poisson: no count for such a mean
+        raise ValueError("invalid Poisson rate: every rate must be finite and >= 0")
     lam = rate.double().reshape(len(streams), -1)
     n = lam.shape[1]
     U, V = streams.uniform(first, n) - 0.5, streams.uniform(first + 1, n)
-    k, c, ok = _ptrs_propose(lam.clamp_min(10.), U, V)        # one dense round: most pixels are accepted here
+    k, c, ok = _ptrs_propose(lam.clamp_min(10.), U, V)        # one dense round for every pixel
     small = lam < 10
     k[small] = _inversion(lam[small], V[small])
     b, e = (~small & ~ok).nonzero(as_tuple=True)

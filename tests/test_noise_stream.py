@@ -9,19 +9,29 @@ import torch
 from scipy import stats
 
 from conftest import deeplense, ok, refused
-from deeplense_fastai.simulate import SimSpec, get_preset, make_images, simulate
+from deeplense_fastai.simulate import SimSpec, add_noise, get_preset, make_images, render, simulate
 
 PRESETS = ("model_i", "model_ii", "fsub_physical")        # counts, ccd, counts_once
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_counter_images_do_not_depend_on_the_batch(name):
+    """The noise of an image is a function of (seed, its global index) only: the same whether it is drawn with the
+    whole block, with two others in another order, or alone (`add_noise` itself, since `make_images` always renders
+    whole canonical blocks); another seed or index gives other noise."""
     p = get_preset(name, noise_stream="counter", npix=24)
     spec = SimSpec(p, seed=5, classes=("no_sub", "cdm", "axion"))
-    whole, _ = make_images(spec, 0, 9)
-    parts = torch.cat([make_images(spec, a, b)[0] for a, b in ((0, 2), (2, 7), (7, 9))])
-    assert torch.equal(whole, parts)
-    assert not torch.equal(whole, make_images(SimSpec(p, seed=6, classes=spec.classes), 0, 9)[0])
+    prm = spec.draw(np.arange(20, 26))
+    model = render(p, prm)
+    pick = lambda rows: {k: prm[k][rows] for k in ("index", "exposure")}
+    whole = add_noise(p, model, pick(slice(None)), 5)
+    for rows in ([4, 1, 3], [2]):
+        assert torch.equal(add_noise(p, model[rows], pick(rows), 5), whole[rows])
+    assert not torch.equal(add_noise(p, model, pick(slice(None)), 6), whole)
+    shifted = {"index": prm["index"] + 1, "exposure": prm["exposure"]}
+    assert not torch.equal(add_noise(p, model, shifted, 5), whole)
+    m, _ = make_images(spec, 20, 26)
+    assert torch.equal(m, whole[:, None] if m.ndim == 4 else whole)
 
 
 def expected_var(noise, mu, t, bg):

@@ -36,10 +36,16 @@ def test_peers_smoke(tmp_path):
     for r in rows:
         assert r["tool"] in ok and r["flops_per_image"] > 0 and r["bound_img_s"] > 0
         if r["timed"]:
-            assert r["agreement"] <= 1e-3 and len(r["rates"]) == doc["settings"]["rounds"] and r["median_img_s"] > 0
+            unchecked = r["tool"] == "deeplense_fastai_make_images"       # its own lenses, with noise: timed only
+            assert (r["agreement"] is None and r["note"]) if unchecked else r["agreement"] <= 1e-3
+            assert len(r["rates"]) == doc["settings"]["rounds"] and r["median_img_s"] > 0
             assert r["ratio_to_library"] > 0 and r["times_bound"] > 0
         else:
             assert r["note"]
     ours = [r for r in rows if r["tool"] == "deeplense_fastai"]
     assert len(ours) == 6 and all(r["timed"] and r["agreement"] <= 1e-3 for r in ours), ours
     assert all(r["ratio_to_library"] == 1 for r in ours)
+    targets = {t["scene"]: t for t in doc["targets"]}          # issue 27's full-path targets: one row per scene
+    assert set(targets) == scenes and all(t["need"] in (1.5, 3.0) for t in targets.values())
+    for t in targets.values():     # a required peer missing means "not measured", never "met"
+        assert t["met"] is None if t["peers_missing"] else t["met"] == (t["full_over_peer"] >= t["need"]), t
