@@ -12,7 +12,9 @@ shows up as a disagreement.
 The instrument numbers are written here literally, frozen from lenstronomy's `ObservationConfig` files (never read
 from the installed lenstronomy): `SimAPI` receives them as an explicit `kwargs_single_band`.
 
-Used by tests/test_simulate_oracle.py, tests/test_simulate_stats.py and bench/fidelity.py (which puts tests/ on its path).
+`varied_image` does the same for the Model II presets with parts (a varied main lens and source, star-forming knots),
+from their raw draws. Used by tests/test_simulate_oracle.py, tests/test_simulate_stats.py, tests/test_sky_varies.py,
+bench/fidelity.py and bench/sky_lenstronomy.py (the benches put tests/ on their path).
 """
 import numpy as np
 
@@ -145,5 +147,41 @@ def deeplensesim_image(name, params, b, noise=False, seed=0):
     model, sim = simapi_model(name, params, b)
     if not noise:
         return model + model
+    np.random.seed(seed)
+    return model + sim.noise_for_model(model=model)
+
+
+def varied_image(params, b, noise=False, seed=0):
+    """Image b of a Model II preset with parts (`model_ii_nuisance`, `model_ii_clumpy`, `model_ii_nuisance_clumpy`)
+    from its raw draws: DeepLenseSim's lenses (`lens_lists`) with the main lens (theta_E, halo_e1/e2, gamma1/2) and the
+    Sersic source (source_R, source_n, source_e1/e2, source_dmag on magnitude 20) taken from their columns where the
+    preset varies them, plus `n_knots` GAUSSIAN knots carrying `knot_fraction` of the source's light (amp: each knot's
+    flux), in DeepLenseSim's SimAPI band. `noise=False`: the model (counts/s); `noise=True`: model plus
+    `SimAPI.noise_for_model` from NumPy's generator seeded `seed` (lenstronomy's own noise, as `deeplensesim_image`)."""
+    from lenstronomy.SimulationAPI.sim_api import SimAPI
+    models, kwargs = lens_lists(params, b)
+    if "halo_e1" in params:
+        kwargs[0] = dict(theta_E=float(params["theta_E"][b]), e1=float(params["halo_e1"][b]),
+                         e2=float(params["halo_e2"][b]), center_x=0.0, center_y=0.0)
+        kwargs[1] = dict(gamma1=float(params["gamma1"][b]), gamma2=float(params["gamma2"][b]))
+    n = int(params["n_knots"][b]) if "n_knots" in params else 0
+    kwargs_model = {"lens_model_list": models, "lens_redshift_list": [Z_LENS] * len(models),
+                    "source_light_model_list": ["SERSIC_ELLIPSE"] + ["GAUSSIAN"] * n,
+                    "source_redshift_list": [Z_SOURCE] * (1 + n), "cosmo": cosmology(), "z_source_convention": 2.5,
+                    "z_source": Z_SOURCE}
+    sim = SimAPI(num_pix=NUM_PIX_SIMAPI, kwargs_single_band=dict(EUCLID_VIS_DEEPLENSESIM), kwargs_model=kwargs_model)
+    own = lambda k, v: float(params[k][b]) if k in params else v          # the draw, or DeepLenseSim's value
+    mag = 20.0 + own("source_dmag", 0.0)
+    frac = own("knot_fraction", 0.0) if n else 0.0
+    disc = dict(magnitude=mag - 2.5 * np.log10(1 - frac), R_sersic=own("source_R", 0.25), n_sersic=own("source_n", 1.0),
+                e1=own("source_e1", -0.1), e2=own("source_e2", 0.1), center_x=float(params["source_x"][b]),
+                center_y=float(params["source_y"][b]))
+    _, src, _ = sim.magnitude2amplitude(None, [disc])
+    flux = 10 ** (-0.4 * (mag - EUCLID_VIS_DEEPLENSESIM["magnitude_zero_point"]))      # counts/s of the source
+    for j in range(n):
+        src.append(dict(amp=flux * frac * float(params["knot_weight"][b, j]), sigma=float(params["knot_sigma"][b, j]),
+                        center_x=float(params["knot_x"][b, j]), center_y=float(params["knot_y"][b, j])))
+    model = sim.image_model_class({"point_source_supersampling_factor": 1}).image(kwargs, src, None)
+    if not noise: return model
     np.random.seed(seed)
     return model + sim.noise_for_model(model=model)

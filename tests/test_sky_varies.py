@@ -106,33 +106,14 @@ def lenstronomy_image(prm, b):
     pytest.importorskip("lenstronomy", reason="lenstronomy (a dev dependency) is the oracle")
     pytest.importorskip("astropy", reason="astropy gives DeepLenseSim's distances")
     import _lenstronomy_ref as ref
-    from lenstronomy.SimulationAPI.sim_api import SimAPI
-    models, kwargs = ref.lens_lists(prm, b)
-    kwargs[0] = dict(theta_E=float(prm["theta_E"][b]), e1=float(prm["halo_e1"][b]), e2=float(prm["halo_e2"][b]),
-                     center_x=0.0, center_y=0.0)
-    kwargs[1] = dict(gamma1=float(prm["gamma1"][b]), gamma2=float(prm["gamma2"][b]))
-    n = int(prm["n_knots"][b])
-    kwargs_model = {"lens_model_list": models, "lens_redshift_list": [ref.Z_LENS] * len(models),
-                    "source_light_model_list": ["SERSIC_ELLIPSE"] + ["GAUSSIAN"] * n,
-                    "source_redshift_list": [ref.Z_SOURCE] * (1 + n), "cosmo": ref.cosmology(), "z_source_convention": 2.5,
-                    "z_source": ref.Z_SOURCE}
-    sim = SimAPI(num_pix=ref.NUM_PIX_SIMAPI, kwargs_single_band=dict(ref.EUCLID_VIS_DEEPLENSESIM), kwargs_model=kwargs_model)
-    mag = 20.0 + float(prm["source_dmag"][b])                                 # the preset's magnitude 20, shifted
-    frac = float(prm["knot_fraction"][b])
-    disc = dict(magnitude=mag - 2.5 * np.log10(1 - frac), R_sersic=float(prm["source_R"][b]),
-                n_sersic=float(prm["source_n"][b]), e1=float(prm["source_e1"][b]), e2=float(prm["source_e2"][b]),
-                center_x=float(prm["source_x"][b]), center_y=float(prm["source_y"][b]))
-    _, src, _ = sim.magnitude2amplitude(None, [disc])
-    flux = 10 ** (-0.4 * (mag - ref.EUCLID_VIS_DEEPLENSESIM["magnitude_zero_point"]))      # counts/s of the source
-    for j in range(n):
-        src.append(dict(amp=flux * frac * float(prm["knot_weight"][b, j]), sigma=float(prm["knot_sigma"][b, j]),
-                        center_x=float(prm["knot_x"][b, j]), center_y=float(prm["knot_y"][b, j])))
-    return sim.image_model_class({"point_source_supersampling_factor": 1}).image(kwargs, src, None)
+    return ref.varied_image(prm, b)
 
 
-@pytest.mark.parametrize("cls", ["axion", "cdm", "no_sub"])
-def test_varied_clumpy_lenses_match_lenstronomy(cls):
-    p = PRESETS["model_ii_nuisance_clumpy"]
+@pytest.mark.parametrize("name,cls", [("model_ii_nuisance_clumpy", "axion"), ("model_ii_nuisance_clumpy", "cdm"),
+                                      ("model_ii_nuisance_clumpy", "no_sub"), ("model_ii_nuisance", "axion"),
+                                      ("model_ii_clumpy", "axion")])
+def test_varied_clumpy_lenses_match_lenstronomy(name, cls):
+    p = PRESETS[name]
     prm = draw_parameters(p, [0, 1, 2], seed=8, classes=(cls,))
     ours = render(p, prm, dtype=torch.float64).numpy()
     for b in range(3):

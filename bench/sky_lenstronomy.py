@@ -1,0 +1,133 @@
+"""Knowing the limits on images this library did not make (issue 22): the fixed world's run on lenstronomy's renders.
+
+    OMP_NUM_THREADS=1 nice -n 19 python bench/robustness.py train --worlds model_ii    # the run, if not trained yet
+    OMP_NUM_THREADS=1 python bench/sky_lenstronomy.py [--n 1000]     # bench/results/sky_lenstronomy.json
+
+bench/robustness.py measures the OOD flag and the posteriors on skies this library rendered, with every run's OOD
+reference refitted by the bench. Here the robustness bench's fixed-world run
+
+    deeplense train --preset model_ii --n 8000 --arch xresnet_small --loss flow --epochs 8 --seed 0
+
+is used as a user gets it: its own OOD reference, fitted when it was trained (threshold: 5% of its held-out images
+flagged). It predicts on test sets that lenstronomy renders from raw draws with lenstronomy's own noise
+(tests/_lenstronomy_ref.py, written independently of the library: DeepLenseSim's Model II recipe, SimAPI with
+DeepLenseSim's Euclid VIS numbers; `varied_image` for the presets with parts), for four skies (axion images, seed 99,
+the first --n of the robustness bench's test draws): the recipe as is (`model_ii`), the fixed lens with 2-8
+star-forming knots in the source (`model_ii_clumpy`), the main lens and source varied (`model_ii_nuisance`) and both
+(`model_ii_nuisance_clumpy`). Beside each, the same draws rendered by this library (its cached test set), so that a gap
+between the two renderers is the renderer's and a gap between skies is the sky's. Per (sky, renderer): the share `ood`
+flags, the MAE of the posterior median of log10 m_axion against the constant guess (the training mean), the share of
+68% intervals holding the truth, the largest gap between nominal and empirical coverage of central intervals over
+0.1..0.9 (from the grid posteriors' PIT values), and the median 68% half-width. Also the share `ood` flags among the
+run's own training-world images (its training and validation set) read through `predict`.
+
+The lenstronomy renders are cached beside the library's test sets (cache_dir('bench')/lenstronomy-<sky>-n<n>-seed99.npy;
+bench/fidelity.py's file for model_ii). The results record the run's weights digest and OOD threshold.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _results import save
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))      # the reference pipeline
+
+SKIES = ("model_ii", "model_ii_clumpy", "model_ii_nuisance", "model_ii_nuisance_clumpy")
+SEED, LEVELS = 99, np.round(np.arange(0.1, 1.0, 0.1), 2)
+
+
+def lenstronomy_set(sky, n, log=print):
+    "lenstronomy's render of the first n test draws of `sky` (noise seeded 10_000 + b), cached; and their labels."
+    import _lenstronomy_ref as ref
+    from deeplense_fastai.core import atomic_write, cache_dir
+    from deeplense_fastai.simulate import PRESETS, draw_parameters, labels_frame
+    if sky == "model_ii":
+        from fidelity import lenstronomy_test_set
+        return lenstronomy_test_set(sky, n, SEED, log)
+    prm = draw_parameters(PRESETS[sky], np.arange(n), SEED)
+    path = cache_dir("bench") / f"lenstronomy-{sky}-n{n}-seed{SEED}.npy"
+    if not path.exists():
+        t0 = time.perf_counter()
+        images = np.stack([ref.varied_image(prm, b, noise=True, seed=10_000 + b) for b in range(n)])
+        with atomic_write(path) as tmp:
+            with open(tmp, "wb") as f: np.save(f, images.astype(np.float32)[:, None])
+        log(f"# lenstronomy test set: {n} {sky} images in {time.perf_counter() - t0:.0f} s -> {path}")
+    return np.load(path), labels_frame(prm)
+
+
+def library_set(sky, n):
+    "The library's render of the same draws: the first n images of its cached test set (the robustness bench's)."
+    from deeplense_fastai.dataset import cached_simulation
+    from deeplense_fastai.sources import open_source
+    src = open_source(cached_simulation(sky, 2000, SEED))
+    return np.stack([src.image(i) for i in range(n)]).astype(np.float32), src.labels.iloc[:n].reset_index(drop=True)
+
+
+def score(run, images, labels):
+    "The figures of one (sky, renderer): predict's columns and the grid posteriors' PIT values."
+    import torch
+    from deeplense_fastai.inference import predict, run_posteriors
+    from deeplense_fastai.posterior import grid_pit
+    quiet = lambda m: None
+    pred = predict(run, images, notice=quiet)
+    grid, logp, _, cfg = run_posteriors(run, images, notice=quiet)
+    y = labels["log10_m_axion"].to_numpy(dtype=np.float64)
+    pit = grid_pit(logp[:, 0], grid[0], torch.as_tensor(y, dtype=logp.dtype)).numpy()
+    lo, hi = pred["q16_log10_m_axion"].to_numpy(), pred["q84_log10_m_axion"].to_numpy()
+    return dict(n=len(y), ood_rate=float(pred["ood"].astype(float).mean()),
+                mae=float(np.mean(np.abs(pred["pred_log10_m_axion"].to_numpy() - y))),
+                baseline_mae=float(np.mean(np.abs(cfg.target_mean[0] - y))),
+                coverage_68=float(np.mean((lo <= y) & (y <= hi))),
+                coverage_error=float(max(abs(np.mean(np.abs(pit - 0.5) <= c / 2) - c) for c in LEVELS)),
+                half_width_68=float(np.median((hi - lo) / 2)),
+                out_of_prior=float((~pred["in_prior"].astype(bool)).mean()))
+
+
+def own_training_set_ood(run):
+    """The share `ood` flags among the run's own 8,000 training-world images (its training and validation images,
+    `cached_simulation('model_ii', 8000, 0)`) read through `predict`, as a user's images are."""
+    from deeplense_fastai.dataset import cached_simulation
+    from deeplense_fastai.inference import predict
+    pred = predict(run, cached_simulation("model_ii", 8000, 0), notice=lambda m: None)
+    return dict(n=len(pred), ood_rate=float(pred["ood"].astype(float).mean()))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="test images per sky (at most 2000; default 1000)")
+    a = ap.parse_args(argv)
+    from deeplense_fastai.config import RunConfig
+    from deeplense_fastai.core import file_digest
+    from deeplense_fastai.learner import OODReference
+    from robustness import TRAIN, run_dir
+    run = run_dir("model_ii")
+    if not (run / "weights.safetensors").exists():
+        sys.exit(f"no trained run at {run}: OMP_NUM_THREADS=1 python bench/robustness.py train --worlds model_ii")
+    digest = file_digest(run / "weights.safetensors")
+    ref = OODReference.load(run / "ood.safetensors", digest)
+    ood = dict(parts=sorted(ref.parts), threshold=ref.threshold, false_alarm=ref.false_alarm,
+               n_reference=ref.n_reference, n_calibration=ref.n_calibration)
+    cfg = RunConfig.read(run)
+    table = []
+    for sky in SKIES:
+        for renderer, (images, labels) in (("lenstronomy", lenstronomy_set(sky, a.n)), ("deeplense_fastai",
+                                                                                       library_set(sky, a.n))):
+            row = dict(sky=sky, renderer=renderer, **score(run, images, labels))
+            print(f"{sky:26s} {renderer:17s} ood {row['ood_rate']:.3f}  MAE {row['mae']:.3f} (constant "
+                  f"{row['baseline_mae']:.3f})  68% coverage {row['coverage_68']:.3f}  coverage error "
+                  f"{row['coverage_error']:.3f}  half-width {row['half_width_68']:.3f}", flush=True)
+            table.append(row)
+    own = own_training_set_ood(run)
+    print(f"the run's own training set through predict: ood flags {own['ood_rate']:.3f} of {own['n']}", flush=True)
+    trained = dict(train=["deeplense", "train", "--preset", "model_ii", *TRAIN], weights_sha256=digest, ood=ood,
+                   target_mean=list(map(float, cfg.target_mean)))
+    save("sky_lenstronomy", table=table, training_set=own, run=trained,
+         settings=dict(vars(a), seed=SEED, skies=list(SKIES),
+                       command="OMP_NUM_THREADS=1 python bench/sky_lenstronomy.py " + " ".join(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()
