@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     from deeplense_fastai import __version__
     p.add_argument('--version', action='version', version=f'deeplense_fastai {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+    p.commands = {}                              # name -> its parser, whose errors name the command
     for name, (help, description, add_arguments, _) in COMMANDS.items():
         s = sub.add_parser(name, help=help, description=description or help)
+        p.commands[name] = s
         add_arguments(s)
         if name in COMPUTE: s.add_argument('--threads', type=_positive, default=None, metavar='N',
                                            help='CPU threads (default: the cores that other busy processes leave free)')
@@ -120,7 +122,8 @@ def main(argv:list[str]|None=None, # Arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `deeplense` console script."
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, unknown = parser.parse_known_args(argv)
+    if unknown: parser.commands.get(a.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     import warnings
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')   # raised by a dependency at import
     if a.command is None:
@@ -166,27 +169,31 @@ def _simulate_args(s):
     s.add_argument('--no-noise', action='store_true', help='write noiseless images')
     s.add_argument('--noise-stream', choices=['generator', 'counter'], default=None,
                    help="the noise's random numbers: one torch generator per image (the presets' default) or a keyed "
-                        "counter stream drawn for the whole batch at once (no loop over images; other noise)")
+                        "counter stream drawn for the whole batch at once (no loop over images; different random "
+                        "numbers from the default, the same distributions)")
     s.add_argument('--compile', action='store_true',
                    help='fuse the point-mass sums with torch.compile (faster for large runs)')
     _add(s, '--quiet', '--progress')
 
 def cmd_simulate(a) -> int:
     "`deeplense simulate`: validate everything, then write (part of) a dataset."
+    if a.noise_stream == 'counter' and a.no_noise:
+        raise DeepLenseError("--noise-stream counter with --no-noise: the noise stream needs noise; drop one of them")
     from deeplense_fastai.core import get_device
-    from deeplense_fastai.simulate import get_preset
-    from deeplense_fastai.dataset import write_dataset
+    from deeplense_fastai.simulate import SimSpec, get_preset
+    from deeplense_fastai.dataset import DatasetWriter
     changes = {k: v for k, v in (('vortex', a.vortex), ('noise_stream', a.noise_stream)) if v}
     preset = get_preset(a.preset, **changes)
     device = get_device(a.device)
     _check_space(a.out, _dataset_bytes(preset, a.n, a.shard, a.fmt), f"--n {a.n}")
     log = (lambda *args: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
     bar = not a.quiet and (a.progress or sys.stderr.isatty())   # a bar is for a person at a terminal, never on stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        m = write_dataset(a.out, preset, a.n, a.seed, a.classes, a.fmt, a.shard, noise=not a.no_noise, device=device,
-                          batch_size=a.batch_size, progress=bar, log=log, compile=a.compile)
-    print(f"wrote {a.out}: {m['stop'] - m['start']} images [{m['start']}, {m['stop']}) of {a.n}, preset {preset.name}, "
-          f"format {a.fmt}")
+    w = DatasetWriter(a.out, SimSpec(preset, a.seed, a.classes, not a.no_noise), a.n, a.fmt, a.shard, device=device,
+                      batch_size=a.batch_size, progress=bar, log=log, compile=a.compile)
+    with contextlib.redirect_stdout(sys.stderr): m = w.write()
+    span = f"{m['stop'] - m['start']} images [{m['start']}, {m['stop']}) of {a.n}"
+    if w.already_complete: print(f"{a.out}: already complete, {span}, nothing written")
+    else: print(f"wrote {a.out}: {span}, preset {preset.name}, format {a.fmt}")
     return 0
 
 def _dataset_bytes(preset, n:int, shard, fmt:str) -> int:
@@ -223,9 +230,9 @@ COMMANDS['simulate'] = ('simulate a dataset and write it to disk',
 def _info_args(i):
     i.add_argument('path', type=Path, help='dataset directory, DeepLense folder, memmap pair, .npy or FITS file')
 
-def _native_line(path, n:int, npix:int, preset:str, seed:int, parts:int, noise:bool) -> str:
+def _native_line(path, n:int, npix:int, preset:str, seed:int, parts:int, noise:bool, stream:str) -> str:
     return (f"{path}: {n} images of {npix}x{npix}, preset {preset}, seed {seed}, {parts} part(s), "
-            f"noise {'on' if noise else 'off'}")
+            f"noise {'on' if noise else 'off'}" + ('' if stream == 'generator' else f", noise stream {stream}"))
 
 def _native_first_line(path:Path) -> str|None:
     "The first line of `info` for one of our datasets, read from its manifest files only (None for anything else)."
@@ -234,7 +241,7 @@ def _native_first_line(path:Path) -> str|None:
         if not ms or any(m.get('format') != 'native' for m in ms): return None
         p = ms[0]['preset']
         return _native_line(path, sum(m['stop'] - m['start'] for m in ms), p['npix'], p['name'], ms[0]['seed'], len(ms),
-                            ms[0]['noise'])
+                            ms[0]['noise'], p.get('noise_stream', 'generator'))
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError): return None
 
 def cmd_info(a) -> int:
@@ -247,7 +254,7 @@ def cmd_info(a) -> int:
         from deeplense_fastai.dataset import open_dataset
         ds = open_dataset(a.path)
         line = _native_line(a.path, len(ds), ds.preset.instrument.npix, ds.preset.name, ds.manifest['seed'],
-                            len(ds.parts), ds.manifest['noise'])
+                            len(ds.parts), ds.manifest['noise'], ds.preset.observation.stream)
         if line != early: print(line)
     if kind == 'deeplense':  # read file by file: info writes nothing (no cache), whatever the folder
         from deeplense_fastai.data import scan_deeplense_dir
@@ -853,7 +860,10 @@ def cmd_combine(a) -> int:
             tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic,
                                                method=jp.method, validated=jp.validated) for t, jp in joints.items()},
                                       indent=1))
-    if a.plot is not None: save_joint_plot(joints, a.plot)
+        print(f"wrote {a.json}")
+    if a.plot is not None:
+        save_joint_plot(joints, a.plot)
+        print(f"wrote {a.plot}")
     return 0
 
 COMMANDS['combine'] = ('joint posterior of a parameter shared by many lenses (flow runs)', None,

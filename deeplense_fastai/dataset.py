@@ -13,7 +13,7 @@ import numpy as np
 from fastcore.meta import delegates
 
 from .core import DeepLenseError, atomic_write, check_keywords
-from .simulate import Preset, SimSpec, get_preset, labels_frame, make_images
+from .simulate import FLAT_DEFAULTS, Preset, SimSpec, get_preset, labels_frame, make_images
 
 # %% auto #0
 __all__ = ['MARKER', 'shard_range', 'DatasetWriter', 'write_dataset', 'NativeDataset', 'open_dataset', 'cached_simulation']
@@ -65,17 +65,57 @@ MARKER = '.deeplense_fastai.json'   # written first into every dataset directory
 def _check_same_dataset(out:Path, ident:dict) -> dict|None:
     "Refuse `out` if its manifests, progress files or marker belong to another dataset; return the marker, if any."
     for m in _existing_manifests(out):
-        if {k: m.get(k) for k in ident} != ident:
-            raise DeepLenseError(f"--out {out}: holds a different dataset (preset {m.get('preset', {}).get('name')}, "
-                                 f"n={m.get('n')}, seed={m.get('seed')}); choose another directory")
-    for f in out.glob('.*.progress.json'):
-        if _read_json(f).get('identity') != ident:
-            raise DeepLenseError(f"--out {out}: holds an unfinished different dataset ({f.name}); "
+        if (theirs := {k: m.get(k) for k in ident}) != ident:
+            raise DeepLenseError(f"--out {out}: holds a different dataset ({_difference(theirs, ident)}); "
                                  f"choose another directory")
+    for f in out.glob('.*.progress.json'):
+        if (theirs := _read_json(f).get('identity')) != ident:
+            raise DeepLenseError(f"--out {out}: holds an unfinished different dataset ({f.name}: "
+                                 f"{_difference(theirs, ident)}); choose another directory")
     marker = _read_json(out/MARKER) if (out/MARKER).exists() else None
     if marker is not None and marker.get('identity') != ident:
-        raise DeepLenseError(f"--out {out}: holds a different unfinished dataset; choose another directory")
+        raise DeepLenseError(f"--out {out}: holds a different unfinished dataset "
+                             f"({_difference(marker.get('identity'), ident)}); choose another directory")
     return marker
+
+def _fields(ident) -> dict:
+    "A dataset identity as one flat dict, named as messages say them: preset, format, images, seed, ..., its preset's."
+    ident = ident if isinstance(ident, dict) else {}
+    p = {**FLAT_DEFAULTS, **ident['preset']} if isinstance(ident.get('preset'), dict) else {}
+    top = {('images' if k == 'n' else k): v for k, v in ident.items() if k != 'preset'}
+    return dict(preset=p.get('name'), **top, **{('preset ' if k in top else '') + k.replace('_', ' '): v
+                                                 for k, v in p.items() if k != 'name'})
+
+def _difference(theirs, ident:dict) -> str:
+    "The first field in which the dataset on disk (`theirs`) differs from the one asked for: 'seed 1, asked 0'."
+    show = lambda v: ('on' if v else 'off') if isinstance(v, bool) else (
+        ','.join(map(str, v)) if isinstance(v, list) else str(v))
+    a, b = _fields(theirs), _fields(ident)
+    k = next((k for k in [*b, *a] if a.get(k) != b.get(k)), 'preset')
+    return f"{k} {show(a.get(k))}, asked {show(b.get(k))}"
+
+def _part_of(name:str) -> tuple[int, int]|None:
+    "(i, k) of the part that a manifest or progress file belongs to, from its name; None for any other file."
+    import re
+    m = re.fullmatch(r'(?:manifest|\.images)(?:-(\d+)-of-(\d+))?(?:\.json|\.npy\.progress\.json)', name)
+    return None if m is None else (int(m[1]), int(m[2])) if m[1] else (0, 1)
+
+def _check_layout(out:Path, n:int, shard:tuple) -> None:
+    "Refuse to write part `shard` = (i, k) beside (parts of) the same dataset cut into another number of parts."
+    i, k = shard
+    here = sorted({p for f in (out.iterdir() if out.is_dir() else ()) if (p := _part_of(f.name)) and p[1] != k})
+    if not here: return
+    if (out/'manifest.json').exists():
+        raise DeepLenseError(f"--out {out}: already holds the complete dataset ({n} images, manifest.json); "
+                             f"--shard {i}/{k} is not needed; nothing was written")
+    if here[0][1] == 1:
+        raise DeepLenseError(f"--out {out}: holds this dataset unfinished, written without --shard; rerun without "
+                             f"--shard to finish it, or choose another directory; nothing was written")
+    kk = here[0][1]
+    asked = 'without --shard' if k == 1 else f'with --shard {i}/{k}'
+    raise DeepLenseError(f"--out {out}: holds parts {[p[0] for p in here if p[1] == kk]} of {kk} of this dataset; "
+                         f"write the others with --shard I/{kk}, not {asked}, or choose another directory; "
+                         f"nothing was written")
 
 def _check_directory(out:Path, ident:dict) -> None:
     "Refuse a directory that holds anything but (parts of) this same dataset."
@@ -133,15 +173,18 @@ class DatasetWriter:
         self.start, self.stop = shard_range(int(self.n), *self.shard)
         self.out, self.names = Path(self.out), _names(*self.shard)
         self.ident = _identity(self.spec, self.n, self.fmt)
+        self.already_complete = False   # set by `write` when this part was on disk, complete: verified, not written
 
     def write(self) -> dict:
         "Write this part (or resume it, or verify it if complete) and return its manifest."
         out, (i, k) = self.out, self.shard
         _check_directory(out, self.ident)
+        _check_layout(out, self.n, self.shard)
         if self.stop == self.start: raise DeepLenseError(f"--shard {i}/{k}: this part of {self.n} images is empty")
         out.mkdir(parents=True, exist_ok=True)
         with _writer_lock(out, i, k):
             _check_directory(out, self.ident)    # again, under the lock: another writer may have started meanwhile
+            _check_layout(out, self.n, self.shard)
             if not (out/MARKER).exists():
                 with atomic_write(out/MARKER) as tmp: tmp.write_text(json.dumps(dict(identity=self.ident)))
             m = _write_native(self) if self.fmt == 'native' else _write_deeplense(self)
@@ -176,6 +219,7 @@ def _write_manifest(w:DatasetWriter, files:list, **shape) -> dict:
 def _verified(w:DatasetWriter, man:Path) -> dict:
     "The manifest of an already complete part, after checking each of its files against its sha256."
     m = json.loads(man.read_text())
+    w.already_complete = True
     for fname, digest in m['files'].items():
         if not (w.out/fname).exists() or _sha256(w.out/fname) != digest:
             raise DeepLenseError(f"{w.out/fname}: missing or changed since it was written (sha256 mismatch); "
