@@ -46,7 +46,7 @@ def input_grid(shape, # (H, W) of the images to predict
     at = f"{own:.4g} arcsec/px" if own else "its (unrecorded) pixel scale"
     if factor != 1: how = f"resampled from {scale:.4g} to {own:.4g} arcsec/px (total flux kept), then"
     elif scale or own is None: how = "at the same pixel scale:"
-    else: how = f"taken to be at the run's {own:.4g} arcsec/px (give the pixel scale if not), then"
+    else: how = f"taken to be at the run's {own:.4g} arcsec/px (else give --pixel-scale, or pixel_scale=), then"
     notice(f"note: {where}: images are {shape[0]}x{shape[1]}, the run was trained on {want[0]}x{want[1]} at {at}: "
            f"{how} centre-cropped or padded to its field; never resized to fit")
     return Grid(tuple(want), factor)
