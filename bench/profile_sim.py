@@ -208,14 +208,18 @@ def closed_form_comparison(c):
                          closed_form),
                  make_images_axion=(lambda: make_images(p, 0, B, 0, ("axion",)),
                                     lambda: with_closed_form(L, lambda: make_images(p, 0, B, 0, ("axion",)))))
-    comparison = {}
+    return compared(pairs, c, "collinear", "closed_form")
+
+
+def compared(pairs, c, old, new):
+    "Each (old, new) pair of calls in interleaved rounds: median ms per image of each, per-round speedups old / new."
+    out = {}
     for k, (f_old, f_new) in pairs.items():
         t_old, t_new, r = interleaved(f_old, f_new, max(c.R, 7))
-        comparison[k] = dict(collinear_ms_per_image=round(1e3 * float(np.median(t_old)) / B, 4),
-                             closed_form_ms_per_image=round(1e3 * float(np.median(t_new)) / B, 4),
-                             speedup_median=round(float(np.median(r)), 2),
-                             speedup_per_round=[round(float(v), 2) for v in r])
-    return comparison
+        out[k] = {f"{old}_ms_per_image": round(1e3 * float(np.median(t_old)) / c.B, 4),
+                  f"{new}_ms_per_image": round(1e3 * float(np.median(t_new)) / c.B, 4),
+                  "speedup_median": round(float(np.median(r)), 2), "speedup_per_round": [round(float(v), 2) for v in r]}
+    return out
 
 
 def compiled_comparison(c):
@@ -237,13 +241,7 @@ def compiled_comparison(c):
                                     lambda: make_images(p, 0, B, 0, ("axion",), compile=True)))
     out = dict(first_call_seconds=round(first, 1), largest_difference_over_peak_deflection=diff,
                inductor_cache=("TORCHINDUCTOR_CACHE_DIR set by the user" if c.user_cache else "the library's cache"))
-    for k, (f_old, f_new) in pairs.items():
-        t_old, t_new, r = interleaved(f_old, f_new, max(c.R, 7))
-        out[k] = dict(eager_ms_per_image=round(1e3 * float(np.median(t_old)) / B, 4),
-                      compiled_ms_per_image=round(1e3 * float(np.median(t_new)) / B, 4),
-                      speedup_median=round(float(np.median(r)), 2),
-                      speedup_per_round=[round(float(v), 2) for v in r])
-    return out
+    return out | compared(pairs, c, "eager", "compiled")
 
 
 def chunk_sizes(c):
