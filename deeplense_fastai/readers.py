@@ -76,7 +76,8 @@ def _as_image(a, path) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == object: raise DeepLenseError(f"{path}: the image is an object array, not numbers")
     if a.ndim == 3 and 1 in (a.shape[0], a.shape[-1]): a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:-1])
-    if a.ndim != 2: raise DeepLenseError(f"{path}: expected a 2-d image, got shape {a.shape}")
+    if a.ndim != 2:
+        raise DeepLenseError(f"{path}: an image must have shape (H, W), (1, H, W) or (H, W, 1); got {a.shape}")
     return a
 
 def load_deeplense_file(path:str|Path, # One DeepLense .npy file

@@ -14,6 +14,7 @@ import pandas as pd
 from .core import DeepLenseError, cache_dir
 from .readers import (
     load_deeplense_file, is_fits, read_fits, fits_pixel_scale, load_image_file, _read_npy_header, _check_pixel_type)
+from .readers import _as_image
 
 
 # %% auto #0
@@ -41,15 +42,20 @@ class LensSource:
 
     def image(self, i:int) -> np.ndarray:
         "Image `i` as a float32 (1, H, W) array (a copy: memory maps are read-only)."
-        return np.array(self.images[i], dtype=np.float32).reshape(1, *self.image_shape)
+        a = np.array(self.images[i], dtype=np.float32)       # a folder of FITS cutouts may mix sizes: each its own
+        return a.reshape(1, *a.shape[-2:])
 
     def subset(self, idx) -> 'LensSource':
         "The images `idx` (and their labels) as a new source, without copying images."
         idx = np.asarray(idx, dtype=np.int64)
         # positions in the file(s) the images come from
         whole = self.meta['indices'][idx] if 'indices' in self.meta else idx
+        per_image = {k: np.asarray(self.meta[k])[idx] for k in _PER_IMAGE if k in self.meta}
         return LensSource(_Indexed(self.images, idx), self.labels.iloc[idx].reset_index(drop=True), self.kind,
-                          self.path, self.default_target, dict(self.meta, subset=True, indices=whole))
+                          self.path, self.default_target, dict(self.meta, subset=True, indices=whole, **per_image))
+
+# meta entries with one value per image (a folder of FITS cutouts of mixed sizes or scales): a subset takes its rows
+_PER_IMAGE = ('pixel_scales', 'image_shapes')
 
 class _Indexed:
     "A view of an image store through an index array."
@@ -106,8 +112,8 @@ def _as_stack(a, where):
     "An image stack (N, H, W) or (N, 1, H, W) from a stack or a single (H, W) image."
     if a.ndim == 2: a = a[None]
     if a.ndim not in (3, 4) or (a.ndim == 4 and a.shape[1] != 1):
-        raise DeepLenseError(f"{where}: expected an image (H, W) or a stack (N, H, W) or (N, 1, H, W), "
-                             f"got shape {a.shape}")
+        raise DeepLenseError(f"{where}: an image stack must have shape (H, W), (N, H, W) or (N, 1, H, W); "
+                             f"got {a.shape}")
     if a.shape[0] == 0 or min(a.shape[-2:]) == 0: raise DeepLenseError(f"{where}: holds no images (shape {a.shape})")
     _check_pixel_type(a, where)
     return a
@@ -131,9 +137,10 @@ def _arrays_source(path:Path, labels=None, **_) -> LensSource:
         image, label = load_deeplense_file(path)
         return LensSource(image[None], _label_columns(pd.DataFrame({'file': [path.name], 'label': [label]})), 'arrays',
                           path, None if np.isnan(label) else _default_target([label]))
-    try: images = _as_stack(np.load(path, mmap_mode='r', allow_pickle=False), path)
+    try: stack = np.load(path, mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DeepLenseError(f"{path}: unreadable or truncated .npy file ({e})") from None
+    images = _as_stack(stack, path)                   # a readable file of the wrong shape says so, not "unreadable"
     csv = Path(labels) if labels is not None else path.with_suffix('.csv')
     if labels is not None and not csv.exists(): raise DeepLenseError(f"{csv}: no such labels file")
     if not csv.exists(): return LensSource(images, _unlabelled(len(images)), 'arrays', path, None, dict(labelled=False))
@@ -142,7 +149,8 @@ def _arrays_source(path:Path, labels=None, **_) -> LensSource:
     return LensSource(images, frame, 'arrays', path, numeric[0] if len(numeric) == 1 else None)
 
 # %% ../nbs/03b_sources.ipynb #3b502450
-def _fits_source(path:Path, **_) -> LensSource:
+def _fits_source(path:Path, progress:bool=True, **_) -> LensSource:
+    if path.is_dir(): return _fits_dir_source(path, progress)
     images = _as_stack(read_fits(path), path)
     return LensSource(images, _unlabelled(len(images)), 'fits', path, None,
                       dict(labelled=False, pixel_scale=fits_pixel_scale(path)))
@@ -205,16 +213,38 @@ def _cache_key(path:Path, files:list[Path]) -> str:
     return h.hexdigest()[:24]
 
 # %% ../nbs/03b_sources.ipynb #615dee49
-def _read_files(path:Path, files:list[Path], progress:bool, verb:str):
+def _is_stack(shape) -> bool:
+    "Does an array of `shape` hold several images (where one file should hold one image)?"
+    return len(shape) >= 3 and shape[0] > 1 and not (len(shape) == 3 and shape[-1] == 1)
+
+def _stack_in_folder(f:Path, folder:Path, shape) -> DeepLenseError:
+    "The error for a stack of images (or a dataset's images) met in a folder of images, naming what to give instead."
+    ds = f.parent if f.parent != folder and (any(f.parent.glob('manifest*.json')) or
+                                             (f.parent/'images_mmep.npy').exists()) else None
+    give = f"the dataset {ds}" if ds is not None else f"{f} (an image stack)"
+    return DeepLenseError(f"{f}: holds {shape[0]} images (shape {tuple(shape)}), but a folder of images such as "
+                          f"{folder} holds one image per file; give {give} itself")
+
+def _folder_image(f:Path, folder:Path) -> tuple[np.ndarray, float]:
+    "The image and label of file `f` of a folder of images; a stack of images there is refused, saying what to give."
+    if is_fits(f):
+        a = read_fits(f)
+        if _is_stack(a.shape): raise _stack_in_folder(f, folder, a.shape)
+        return _as_image(a, f), float('nan')
+    shape, _, dtype = _read_npy_header(f)                                # the header alone tells a stack
+    if not dtype.hasobject and _is_stack(shape): raise _stack_in_folder(f, folder, shape)
+    return load_deeplense_file(f)
+
+def _read_files(path:Path, files:list[Path], progress:bool, verb:str, same_size:bool=True):
     ("(index, image, label) of each DeepLense file, read safely; "
-     "one image size and real pixels, else one error naming the file.")
+     "one image size (unless not `same_size`) and real pixels, else one error naming the file.")
     shape, it = None, range(len(files))
     if progress: it = _progress(it, len(files), f'{verb} {len(files)} files of {path.name}')
     try:
         for i in it:
-            img, label = load_image_file(files[i])
+            img, label = _folder_image(files[i], path)
             shape = shape or img.shape
-            if img.shape != shape:
+            if same_size and img.shape != shape:
                 raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: "
                                      "mixed image sizes")
             _check_pixel_type(img, files[i])
@@ -250,7 +280,7 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
     if (target/'labels.csv').exists(): return target
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=target.parent))
     try:
-        shape = load_image_file(files[0])[0].shape
+        shape = _folder_image(files[0], path)[0].shape
         arr = np.lib.format.open_memmap(tmp/'images.npy', mode='w+', dtype=np.float32, shape=(len(files), 1, *shape))
         labels = np.empty(len(files))
         for i, img, labels[i] in _read_files(path, files, progress, 'caching'): arr[i, 0] = img
@@ -288,6 +318,27 @@ def _deeplense_source(path:Path, progress:bool=True, **_) -> LensSource:
     return LensSource(images, frame, 'deeplense', path, _default_target(frame['label']),
                       dict(cache=str(cache), labelled=bool(frame['label'].notna().any())))
 
+class _FileImages:
+    "The images of a folder of image files, one per file, read when asked for (each keeps its own size)."
+    def __init__(self, files:list[Path], folder:Path): self.files, self.folder = files, folder
+    def __len__(self): return len(self.files)
+    def __getitem__(self, i): return _folder_image(self.files[int(i)], self.folder)[0]
+
+def _fits_dir_source(path:Path, progress:bool=True) -> LensSource:
+    ("A folder of FITS cutouts (one image per file) as the same files named one by one: each with its own size and "
+     "its own WCS pixel scale (`meta['pixel_scales']`, NaN without a WCS, where they are not all alike).")
+    files = _deeplense_files(path)
+    shapes, scales = [], np.full(len(files), np.nan)
+    for i, img, _ in _read_files(path, files, progress, 'reading', same_size=False):
+        shapes.append(img.shape)
+        scales[i] = fits_pixel_scale(files[i]) or np.nan
+    known = np.isfinite(scales)
+    alike = len(set(shapes)) == 1 and (not known.any() or (known.all() and np.ptp(scales) <= 1e-6 * scales.max()))
+    meta = dict(labelled=False, pixel_scale=float(scales[0]) if known[0] else None)
+    if not alike: meta.update(pixel_scales=scales, image_shapes=np.asarray(shapes), first_scale=float(scales[0]))
+    labels = _file_table(path, files, np.full(len(files), np.nan)).drop(columns='label')
+    return LensSource(_FileImages(files, path), labels, 'fits', path, None, meta)
+
 # %% ../nbs/03b_sources.ipynb #b03d6640
 def detect_source(path:str|Path, # A dataset directory, a .npy file or a FITS file
                  ) -> str:
@@ -306,12 +357,14 @@ def detect_source(path:str|Path, # A dataset directory, a .npy file or a FITS fi
                          "(expected a directory, a .npy or a FITS file, or a split's .json)")
 
 def _dir_kind(path:Path) -> str:
-    "Which kind of dataset directory `path` is: 'native' (a manifest says so), 'memmap' or 'deeplense'."
+    ("Which kind of dataset directory `path` is: 'native' (a manifest says so), 'memmap', 'fits' (FITS files only) "
+     "or 'deeplense'.")
     for m in path.glob('manifest*.json'):
         try:
             if json.loads(m.read_text()).get('format') == 'native': return 'native'
         except (ValueError, OSError): raise DeepLenseError(f"{m}: unreadable manifest") from None
     if (path/'images_mmep.npy').exists(): return 'memmap'
+    if all(is_fits(f) for f in _deeplense_files(path)): return 'fits'    # cutouts: each file's WCS says its scale
     return 'deeplense'
 
 # %% ../nbs/03b_sources.ipynb #1eb7fffb
@@ -460,9 +513,10 @@ def bad_pixel_counts(src:LensSource, # The source
     if not len(src.images) or not np.issubdtype(np.asarray(src.images[0]).dtype, np.floating): return counts
     for s in range(0, len(idx), chunk):
         part = idx[s:s + chunk]
-        block = (np.stack([np.asarray(src.images[i]) for i in part]) if not isinstance(src.images, np.ndarray)
-                 else src.images[part])
-        counts[s:s + len(part)] = (~np.isfinite(block.reshape(len(part), -1))).sum(1)
+        if isinstance(src.images, np.ndarray):
+            counts[s:s + len(part)] = (~np.isfinite(src.images[part].reshape(len(part), -1))).sum(1)
+        else:                                            # one at a time: a folder of cutouts may mix sizes
+            counts[s:s + len(part)] = [(~np.isfinite(np.asarray(src.images[i]))).sum() for i in part]
     return counts
 
 def check_pixels(src:LensSource, # The source
