@@ -19,7 +19,9 @@ between the two renderers is the renderer's and a gap between skies is the sky's
 flags, the MAE of the posterior median of log10 m_axion against the constant guess (the training mean), the share of
 68% intervals holding the truth, the largest gap between nominal and empirical coverage of central intervals over
 0.1..0.9 (from the grid posteriors' PIT values), and the median 68% half-width. Also the share `ood` flags among the
-run's own training-world images (its training and validation set) read through `predict`.
+run's own training-world images read through `predict` (training and validation images apart), and whether the
+validation images score the same through the training DataLoaders (where the reference was fitted) as through
+`predict`.
 
 The lenstronomy renders are cached beside the library's test sets (cache_dir('bench')/lenstronomy-<sky>-n<n>-seed99.npy;
 bench/fidelity.py's file for model_ii). The results record the run's weights digest and OOD threshold.
@@ -86,13 +88,24 @@ def score(run, images, labels):
                 out_of_prior=float((~pred["in_prior"].astype(bool)).mean()))
 
 
-def own_training_set_ood(run):
-    """The share `ood` flags among the run's own 8,000 training-world images (its training and validation images,
-    `cached_simulation('model_ii', 8000, 0)`) read through `predict`, as a user's images are."""
+def own_training_set_ood(run, ref):
+    """The share `ood` flags among the run's own 8,000 training-world images (`cached_simulation('model_ii', 8000, 0)`)
+    read through `predict`, as a user's images are: its training images and its validation images apart (the split
+    `deeplense train` made: 10%, seed 0), and the validation images' scores through the training DataLoaders (the
+    path the reference was fitted on) against `predict`'s (the largest relative difference)."""
+    from deeplense_fastai.data import lens_dataloaders
     from deeplense_fastai.dataset import cached_simulation
-    from deeplense_fastai.inference import predict
-    pred = predict(run, cached_simulation("model_ii", 8000, 0), notice=lambda m: None)
-    return dict(n=len(pred), ood_rate=float(pred["ood"].astype(float).mean()))
+    from deeplense_fastai.inference import load_run, predict
+    from deeplense_fastai.learner import ood_features
+    data = cached_simulation("model_ii", 8000, 0)
+    pred = predict(run, data, notice=lambda m: None)
+    dls = lens_dataloaders(data, "log10_m_axion", valid_pct=0.1, seed=0, progress=False)
+    valid = np.sort(np.asarray(dls.valid.items))
+    flags, scores = pred["ood"].to_numpy(bool), pred["ood_score"].to_numpy()
+    via_dls = ref.score(ood_features(load_run(run)[0], dls.valid))[np.argsort(np.asarray(dls.valid.items))]
+    return dict(n=len(pred), ood_rate=float(flags.mean()), n_valid=len(valid),
+                ood_rate_valid=float(flags[valid].mean()), ood_rate_train=float(np.delete(flags, valid).mean()),
+                valid_score_largest_relative_difference=float(np.max(np.abs(via_dls - scores[valid]) / scores[valid])))
 
 
 def main(argv=None):
@@ -120,8 +133,11 @@ def main(argv=None):
                   f"{row['baseline_mae']:.3f})  68% coverage {row['coverage_68']:.3f}  coverage error "
                   f"{row['coverage_error']:.3f}  half-width {row['half_width_68']:.3f}", flush=True)
             table.append(row)
-    own = own_training_set_ood(run)
-    print(f"the run's own training set through predict: ood flags {own['ood_rate']:.3f} of {own['n']}", flush=True)
+    own = own_training_set_ood(run, ref)
+    print(f"the run's own images through predict: ood flags {own['ood_rate']:.3f} of {own['n']} (training "
+          f"{own['ood_rate_train']:.3f}, validation {own['ood_rate_valid']:.3f}); validation scores through the "
+          f"DataLoaders differ from predict's by at most {own['valid_score_largest_relative_difference']:.1e}",
+          flush=True)
     trained = dict(train=["deeplense", "train", "--preset", "model_ii", *TRAIN], weights_sha256=digest, ood=ood,
                    target_mean=list(map(float, cfg.target_mean)))
     save("sky_lenstronomy", table=table, training_set=own, run=trained,
