@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'OOD_COMBINE_SHARE', 'population_images',
-           'Populations', 'check_bank', 'calibrate', 'check_ood_share', 'check_joint', 'JointPosterior',
-           'joint_posteriors', 'joint_loaded', 'combine', 'shared_target', 'joint_posterior', 'plot_format',
-           'save_joint_plot']
+__all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'JOINT_CHECK_SE', 'OOD_COMBINE_SHARE',
+           'population_images', 'Populations', 'check_bank', 'calibrate', 'joint_check', 'check_ood_share',
+           'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine', 'shared_target',
+           'joint_posterior', 'plot_format', 'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
 from .core import DeepLenseError, atomic_write, file_digest
@@ -201,10 +201,12 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:Populations
     width, floor = fit_systematic(pop, truths, grid[j], own)
     rec = dict(method='aggregate+floor', log_aggregate=own.tolist(), systematic=width, tta=tta,
                populations=dict(preset=preset, trials=trials, lenses=lenses, seed=seed),
-               validated=_validated(pop, truths, grid[j], width, get_preset(preset).axion.log10_m, own))
+               validated=_validated(pop, truths, grid[j], width, get_preset(preset).axion.log10_m, own),
+               joint_check=joint_check(floor, width, trials))
     if bank:                                  # seeded apart from every population (they use seed + 1 + k, k < trials)
         rec['summary_likelihood'] = _summary_calibration(run_dir, model, cfg, (preset, bank, seed + 1 + trials),
                                                          (pop, truths, grid[j]), batching)
+    _say_check(rec)
     return {'log10_m_axion': rec}, floor
 
 def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populations:tuple, batching:Batching) -> dict:
@@ -217,7 +219,7 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
     q = fit_summary_likelihood(posterior_summaries(lp, grid), m, seed=seed)
     g = grid.double()
     terms = q.loglik(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double().reshape(pop.shape)
-    width, _ = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
+    width, table = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
     if (at_cap := width >= float(SUMMARY_FLOORS[-1])):
         _notice(f"note: the summary likelihood's floor reached the largest candidate, {width:.3f} dex, so the floor "
                 f"it needs may be larger")
@@ -225,7 +227,48 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
                 sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
                 standardisation=q.standardisation(), validation_loss=q.validation_loss, systematic=width,
                 bank=dict(preset=preset, n=bank, seed=seed),
-                validated=_validated(terms, truths, g, width, get_preset(preset).axion.log10_m))
+                validated=_validated(terms, truths, g, width, get_preset(preset).axion.log10_m),
+                joint_check=joint_check(table, width, len(truths)))
+
+JOINT_CHECK_SE = 2   # a joint calibration fails its check beyond this many binomial standard errors of 0.68 or 0.95
+
+def joint_check(table:pd.DataFrame, # `fit_systematic`'s table: width, n, coverage68, coverage95 per floor and size
+                width:float, # The floor fitted
+                trials:int, # The number of populations each coverage was measured on
+               ) -> dict:
+    ("Did the joint 68% and 95% intervals at the fitted floor hold the truth as often as they claim, within "
+     "`JOINT_CHECK_SE` binomial standard errors over `trials` populations, at every population size checked?")
+    rows = table[np.isclose(table.width, width)]
+    tol = {p: JOINT_CHECK_SE * float(np.sqrt(p * (1 - p) / trials)) for p in (0.68, 0.95)}
+    miss = np.maximum((rows.coverage68 - 0.68).abs() / tol[0.68], (rows.coverage95 - 0.95).abs() / tol[0.95])
+    w = rows.loc[miss.idxmax()]
+    return dict(passed=bool((miss <= 1).all()), populations=int(trials), floor=float(width),
+                rule=f"each population size's 68% and 95% coverage within {JOINT_CHECK_SE} binomial standard errors "
+                     f"of 0.68 and 0.95 over the populations",
+                tolerance68=round(tol[0.68], 4), tolerance95=round(tol[0.95], 4),
+                worst=dict(n=int(w.n), coverage68=round(float(w.coverage68), 4),
+                           coverage95=round(float(w.coverage95), 4)))
+
+def _check_said(check:dict, # `joint_check`'s record (from calibration.json)
+               ) -> tuple[str, str]:
+    "What a failed joint check measured, in words, and which way the joint intervals are off ('too narrow', ...)."
+    try:
+        w, k = check['worst'], int(check['populations'])
+        c68, c95 = float(w['coverage68']), float(w['coverage95'])
+        said = (f"68% held the truth in {c68:.0%} and 95% in {c95:.0%} of {k} populations of {int(w['n'])} lenses "
+                f"(allowed: 68% ± {float(check['tolerance68']):.0%}, 95% ± {float(check['tolerance95']):.0%}, "
+                f"{JOINT_CHECK_SE} binomial standard errors)")
+    except (KeyError, TypeError, ValueError): return "its coverage missed the nominal levels", 'miscalibrated'
+    return said, ('too narrow' if c68 < 0.68 and c95 < 0.95 else 'too wide' if c68 > 0.68 and c95 > 0.95
+                  else 'miscalibrated')
+
+def _say_check(rec:dict) -> None:
+    "One warning when the joint calibration combine will use (the summary likelihood, if fitted) failed its check."
+    used = rec.get('summary_likelihood') or rec
+    if used['joint_check']['passed']: return
+    said, off = _check_said(used['joint_check'])
+    _notice(f"warning: the joint intervals are not calibrated ({used['method']}, floor {used['systematic']:.4f} dex): "
+            f"{said}; combine's joint intervals will be {off}")
 
 def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
     ("What a joint calibration was checked on: its largest population, the mass range, coverage per quarter of it "
@@ -301,6 +344,8 @@ class JointPosterior:
     method: str = 'product' # 'summary_likelihood', 'aggregate+floor' (the joint calibration used) or 'product' (none)
     # What the calibration was checked on: n_max, mass_range, coverage per bin (None: unknown)
     validated: dict|None = None
+    # The calibration's coverage check in calibrate (`joint_check`: 'passed', ...; None: none recorded)
+    check: dict|None = None
     @property
     def n(self) -> int: return len(self.per_lens)
 
@@ -346,8 +391,17 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
         (notice or _notice)(f"note: {run_dir}: no joint calibration ({how}); the joint intervals of many lenses can "
                             f"be far too narrow")
     out = {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg.targets)}
-    for jp in out.values(): _beyond_validated(jp, notice or _notice)
+    for jp in out.values():
+        _beyond_validated(jp, notice or _notice)
+        _failed_check(jp, run_dir, notice or _notice)
     return out
+
+def _failed_check(jp:JointPosterior, run_dir, notice) -> None:
+    "One warning when the joint calibration used failed its coverage check in calibrate (an older record: none)."
+    if not (isinstance(jp.check, dict) and jp.check.get('passed') is False): return
+    said, off = _check_said(jp.check)
+    notice(f"warning: {run_dir}: the joint calibration of {jp.target} ({jp.method}) failed its check in calibrate: "
+           f"{said}; these joint intervals are not calibrated and are likely {off}")
 
 def _beyond_validated(jp:JointPosterior, notice) -> None:
     "One notice when more lenses are combined than the joint calibration was validated for."
@@ -385,25 +439,24 @@ def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
     if target not in cfg.targets:
         raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg.targets)}")
     j = cfg.targets.index(target)
-    joint, width, method, validated = _joint_of((cfg.joint_calibration or {}).get(target), logp[:, j], grid[j],
-                                                target)
+    joint, width, method, rec = _joint_of((cfg.joint_calibration or {}).get(target), logp[:, j], grid[j], target)
     return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width,
-                          method != 'product', method, validated)
+                          method != 'product', method, rec.get('validated'), rec.get('joint_check'))
 
 def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -> tuple:
-    "(joint log density (G,), floor, method, validation record) of one target's raw per-lens posteriors (N, G)."
-    if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', None
+    ("(joint log density (G,), floor, method, the record used ({} for none)) of one target's raw per-lens "
+     "posteriors (N, G).")
+    if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', {}
     if (sl := cal.get('summary_likelihood')) is not None:   # log q(s_i | m) adds over lenses; a flat prior on the grid
         terms = sl['model'].loglik(posterior_summaries(logp, grid), grid).double()
         joint = combine_log_posteriors(terms, grid.double(), systematic=float(sl['systematic'])).to(logp.dtype)
-        return joint, float(sl['systematic']), 'summary_likelihood', sl.get('validated')
+        return joint, float(sl['systematic']), 'summary_likelihood', sl
     agg = torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
     if len(agg) != len(grid):
         raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, "
                              f"the posteriors {len(grid)}")
     width = float(cal['systematic'])
-    return (combine_log_posteriors(logp, grid, log_aggregate=agg, systematic=width), width, 'aggregate+floor',
-            cal.get('validated'))
+    return combine_log_posteriors(logp, grid, log_aggregate=agg, systematic=width), width, 'aggregate+floor', cal
 
 # %% ../nbs/05e_combine.ipynb #047ea7da
 def plot_format(path:str|Path, # Where a figure will be written

@@ -83,6 +83,29 @@ def _finite_labels(srcs, cols) -> tuple[np.ndarray, np.ndarray]:
         raise DeepLenseError(f"{', '.join(str(s.path) for s in srcs)}: no image has a finite {', '.join(cols)}")
     return y, keep
 
+def _left_out_note(src, cols:list, keep:np.ndarray, notice) -> int:
+    "How many images have no finite value of a target (left out of the metrics); one note saying so, and why."
+    k = int((~keep).sum())
+    if not k: return 0
+    why = 'NaN or empty in the labels'
+    if 'class' in src.labels:                  # no_sub and cdm lenses have no axion mass: say which classes they are
+        by = src.labels['class'][~keep].astype(str).value_counts().sort_index()
+        why = ', '.join(f"{c} {n}" for c, n in by.items()) + ': ' + why
+    notice(f"note: {k} of {len(keep)} images have no value of {', '.join(cols)} ({why}) and are left out: these "
+           f"metrics are on the other {len(keep) - k}")
+    return k
+
+def _ood_note(preds:pd.DataFrame, cfg:RunConfig, notice) -> int|None:
+    ("How many images the run's OOD reference flags (None without one); one note, as `predict`'s, when it flags "
+     "any.")
+    if 'ood' not in preds or preds['ood'].isna().all(): return None
+    k = int(preds['ood'].sum())
+    if k:
+        share = (cfg.extra.get('ood') or {}).get('false_alarm', 0.05)
+        notice(f"note: {k} of {len(preds)} images are unlike the run's training images (ood: beyond the threshold "
+               f"that flags {share:.0%} of its validation images); on them these metrics measure an extrapolation")
+    return k
+
 def score_run(run_dir:str|Path, # A run directory
               src, # A labelled LensSource
               # Its columns holding the run's targets, in the run's order (default: the targets' names)
@@ -90,26 +113,29 @@ def score_run(run_dir:str|Path, # A run directory
               bs:int=64, # Batch size
               device=None, # Device
               tta:bool=False, # Average over the eight symmetries of the square
+              notice=_notice, # Where one-line notes go (images left out, images flagged ood)
              ) -> tuple[dict, tuple]:
     "Metrics of a run on the labelled images of `src` (and a flow's interval coverage); also their (y, mean, std)."
-    return score_loaded(*load_run(run_dir, device), src, cols, bs=bs, tta=tta)
+    return score_loaded(*load_run(run_dir, device), src, cols, bs=bs, tta=tta, notice=notice)
 
 def score_loaded(model:nn.Module, # A run's model (`load_run`, `run.Run`)
                  cfg:RunConfig, # Its configuration
                  src, # A labelled LensSource
                  cols:list|None=None, # Its columns holding the run's targets (default: the targets' names)
-                 *, bs:int=64, tta:bool=False, # As `score_run`'s
+                 *, bs:int=64, tta:bool=False, notice=_notice, # As `score_run`'s
                 ) -> tuple[dict, tuple]:
     "`score_run` with a run already loaded."
     from deeplense_fastai.interpret import regression_report
     cols = cols or cfg.targets
     preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
     y, keep = _finite_labels([src], cols)
+    left_out = _left_out_note(src, cols, keep, notice)
     preds, y = preds[keep].reset_index(drop=True), y[keep]
     mu = preds[[f'pred_{t}' for t in cfg.targets]].to_numpy()
     sd = preds[[f'std_{t}' for t in cfg.targets]].to_numpy() if f"std_{cfg.targets[0]}" in preds else None
     rep = regression_report(y, mu, sd, baseline=cfg.target_mean, targets=cols)
     if f"q16_{cfg.targets[0]}" in preds: rep = _interval_coverage(rep, preds, y, cfg.targets)
+    rep.update(left_out=left_out, ood=_ood_note(preds, cfg, notice))
     return rep, (y, mu, sd)
 
 
@@ -120,19 +146,20 @@ def score_classifier(run_dir:str|Path, # A classifier run (`classification_learn
                      bs:int=64, # Batch size
                      device=None, # Device
                      tta:bool=False, # Average the probabilities over the eight symmetries of the square
+                     notice=_notice, # Where one-line notes go (images flagged ood)
                     ) -> tuple[dict, tuple]:
     ("Accuracy, one-vs-rest ROC AUC and confusion matrix of a classifier on the images of its classes; also "
      "(true class numbers, probabilities).")
     model, cfg = load_run(run_dir, device)
     if not cfg.classes:
         raise DeepLenseError(f"{run_dir}: not a classifier (its config has no classes); score it with score_run")
-    return score_classifier_loaded(model, cfg, src, column, bs=bs, tta=tta)
+    return score_classifier_loaded(model, cfg, src, column, bs=bs, tta=tta, notice=notice)
 
 def score_classifier_loaded(model:nn.Module, # A classifier (`load_run`, `run.Run`)
                             cfg:RunConfig, # Its configuration
                             src, # A LensSource whose labels name each image's class
                             column:str='class', # Its column of class names
-                            *, bs:int=64, tta:bool=False, # As `score_classifier`'s
+                            *, bs:int=64, tta:bool=False, notice=_notice, # As `score_classifier`'s
                            ) -> tuple[dict, tuple]:
     "`score_classifier` with a run already loaded."
     from deeplense_fastai.data import class_names
@@ -148,7 +175,8 @@ def score_classifier_loaded(model:nn.Module, # A classifier (`load_run`, `run.Ru
     preds = predict_opened(model, cfg, *open_checked(src, cfg), bs, tta)
     probs = preds[[f'p_{c}' for c in cfg.classes]].to_numpy(dtype=float)[known]
     y = np.array([cfg.classes.index(c) for c in names[known]])
-    rep = dict(classification_report(y, probs, cfg.classes), other_classes=int((~known & (names != '')).sum()))
+    rep = dict(classification_report(y, probs, cfg.classes), other_classes=int((~known & (names != '')).sum()),
+               ood=_ood_note(preds[known].reset_index(drop=True), cfg, notice))
     return rep, (y, probs)
 
 # %% ../nbs/05d_evaluate.ipynb #a86b83aa
@@ -250,10 +278,11 @@ def write_test_report(run_dir:str|Path, # A trained run (written into: metrics.j
     test = test if isinstance(test, LensSource) else open_source(test)
     if cfg.classes:
         rep, (y, probs) = score_classifier(run_dir, test, class_column(cfg, None), bs, device)
-        rep_tta, _ = score_classifier(run_dir, test, class_column(cfg, None), bs, device, tta=True)
+        rep_tta, _ = score_classifier(run_dir, test, class_column(cfg, None), bs, device, tta=True, notice=_quiet)
     else:
         rep, (y, mu, sd) = score_run(run_dir, test, cfg.targets, bs, device)
-        rep_tta, _ = score_run(run_dir, test, cfg.targets, bs, device, tta=True)   # the square's symmetries averaged
+        # the square's symmetries averaged; its notes were said by the plain pass
+        rep_tta, _ = score_run(run_dir, test, cfg.targets, bs, device, tta=True, notice=_quiet)
         if cfg.loss == 'flow': rep['calibration'] = _calibration_plots(run_dir, test, bs, device)
     with atomic_write(run_dir/'metrics.json') as tmp:
         tmp.write_text(json.dumps(dict(rep, split='test', tta=rep_tta), indent=1))
@@ -262,6 +291,8 @@ def write_test_report(run_dir:str|Path, # A trained run (written into: metrics.j
         for j, t in enumerate(cfg.targets):
             save_report_plots(run_dir, y[:, j], mu[:, j], None if sd is None else sd[:, j], t, cfg.target_mean[j])
     return dict(rep, tta=rep_tta)
+
+def _quiet(msg:str) -> None: "Say nothing (a second pass over images already noted)."
 
 def _calibration_plots(run_dir:Path, test, bs:int, device) -> dict:
     "A flow run's test-set calibration: coverage and binned bias/coverage plots per target; the numbers returned."
