@@ -858,7 +858,8 @@ def cmd_combine(a) -> int:
     if a.json is not None:
         with atomic_write(a.json) as tmp:
             tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic,
-                                               method=jp.method, validated=jp.validated) for t, jp in joints.items()},
+                                               method=jp.method, validated=jp.validated, check=jp.check)
+                                          for t, jp in joints.items()},
                                       indent=1))
         print(f"wrote {a.json}")
     if a.plot is not None:

@@ -119,14 +119,16 @@ def _calibration_images(run_dir, cfg:RunConfig, opened:list, force:bool) -> np.n
     if (off := [str(s.path) for s, g in opened if g is not None]) and not force:   # another grid is another sky
         raise DeepLenseError(f"{off[0]}: not on the run's pixel grid ({cfg.image_shape[0]}x{cfg.image_shape[1]} at "
                              f"{cfg.pixel_scale or 'its'} arcsec/px); calibrate on images like the training images "
-                             f"(force to use them)")
+                             f"(--force, or force=True, to use them)")
     hashes = np.concatenate([image_hashes(s) for s, _ in opened])
     used = {k: v for k, v in seen_images(run_dir, hashes).items() if v}
     if used:                              # calibrating on what the run was trained or tested on hides its errors
         msg = (f"{', '.join(str(s.path) for s, _ in opened)}: {sum(used.values())} of its {len(hashes)} images "
                f"are this run's own ({', '.join(f'{k} {v}' for k, v in used.items())})")
-        if not force: raise DeepLenseError(f"{msg}; calibrate on a separate labelled split (force to use them anyway)")
-        _notice(f"note: {msg}; used anyway (force)")
+        if not force:
+            raise DeepLenseError(f"{msg}; calibrate on a separate labelled split "
+                                 f"(--force, or force=True, to use them anyway)")
+        _notice(f"note: {msg}; used anyway (--force)")
     return hashes
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     batching, pops = _plans(kw, 'calibrate', batching, pops)
     f = Path(run_dir)/'calibration.json'
     if f.exists() and not force:
-        raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass force")
+        raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass --force (force=True)")
     # an old, stale or corrupt calibration.json is replaced, never read
     model, cfg = load_run(run_dir, device, calibration=False)
     require_flow(model, cfg, run_dir)
@@ -385,7 +387,7 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
     check_ood_share(model, cfg, opened, bs, allow_ood, notice)
     grid, logp, _, cfg = _posteriors_of(model, cfg, opened, bs, tta)
     if not joint:
-        how = ("run `calibrate` with populations" if 'log10_m_axion' in cfg.targets else
+        how = ("run `calibrate` with --populations (populations=)" if 'log10_m_axion' in cfg.targets else
                "only log10_m_axion, which every lens shares, can be calibrated; a target that differs from lens "
                "to lens has no joint value")
         (notice or _notice)(f"note: {run_dir}: no joint calibration ({how}); the joint intervals of many lenses can "

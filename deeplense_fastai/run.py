@@ -156,14 +156,14 @@ class Run:
         from deeplense_fastai.inputs import _notice
         from deeplense_fastai.evaluate import (score_loaded, score_classifier_loaded, evaluation_columns, seen_by_run,
                                                class_column)
-        src = open_source(source)
-        used = seen_by_run(self.path, src, notice or _notice)
+        src, notice = open_source(source), notice or _notice
+        used = seen_by_run(self.path, src, notice)
         if self.config.classes:
             rep = score_classifier_loaded(self.model, self.config, src, class_column(self.config, columns), bs=self.bs,
-                                          tta=self.tta)[0]
+                                          tta=self.tta, notice=notice)[0]
         else:
             rep = score_loaded(self.model, self.config, src, evaluation_columns(self.config, src, columns), bs=self.bs,
-                               tta=self.tta)[0]
+                               tta=self.tta, notice=notice)[0]
         return dict(rep, tta=self.tta, seen_by_run=used)
 
     def calibrate(self, source, # A labelled calibration split (not the training images)

@@ -58,8 +58,11 @@ def test_combine_repeats_a_failed_check_and_old_files_stay_quiet(calibrated, tin
         if check is None: cal["joint"]["log10_m_axion"].pop("joint_check")      # a calibration.json from before
         else: cal["joint"]["log10_m_axion"]["joint_check"] = check
         f.write_text(json.dumps(cal))
-        r = ok(deeplense("combine", "--model", run, lenses, env=tiny_data.env))
+        out = tmp_path / "joint.json"
+        out.unlink(missing_ok=True)
+        r = ok(deeplense("combine", "--model", run, lenses, "--json", out, env=tiny_data.env))
         assert "(aggregate+floor, systematic floor" in r.stdout
+        assert json.loads(out.read_text())["log10_m_axion"]["check"] == check     # --json records the check used
         return _warnings(r.stderr, "warning:")
 
     failed = combine_warnings(dict(rec["joint_check"], passed=False))
