@@ -94,6 +94,7 @@ def _scaled(path, scale:float|None, flag:str):
     from deeplense_fastai.data import open_source
     with contextlib.redirect_stdout(sys.stderr), _naming(flag, path):
         src = open_source(path, progress=sys.stderr.isatty())
+    if scale: src.meta['given_scale'] = scale                  # for files that record none (`inference.image_grids`)
     if scale and not src.meta.get('pixel_scale'): src.meta['pixel_scale'] = scale
     return src
 

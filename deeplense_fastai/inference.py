@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_inference.ipynb #39aa0aab
 from __future__ import annotations
-import json, math
+import collections, json, math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 import numpy as np
@@ -232,18 +232,24 @@ def image_grids(src, # A LensSource opened by `open_checked`
     scales = src.meta.get('pixel_scales')
     if scales is None: return None
     shapes = [tuple(int(n) for n in s) for s in src.meta['image_shapes']]
-    # a file without WCS is at the scale open_checked took (--pixel-scale or the run's): its grid's, if image 0 has none
+    files = src.labels['file'].tolist() if 'file' in src.labels else [str(i) for i in range(len(shapes))]
+    if not cfg.image_shape and len(set(shapes)) > 1:
+        raise DeepLenseError(f"{src.path}: images of several sizes, and this run records no size to bring them to")
+    # a file without WCS is at the scale the user gave (--pixel-scale), else at the one open_checked took
     first_known = bool(np.isfinite(src.meta.get('first_scale', scales[0])))
     own = (grid.factor * cfg.pixel_scale if grid and cfg.pixel_scale else None) if not first_known else None
-    keys = [(shape, float(s) if np.isfinite(s) else own) for shape, s in zip(shapes, scales)]
-    files = src.labels['file'].tolist() if 'file' in src.labels else [str(i) for i in range(len(keys))]
+    own = src.meta.get('given_scale') or own
+    # scales alike to 1e-6 (WCS float noise) share one grid and one note: the first such file's scale
+    exact = [float(s) if np.isfinite(s) else own for s in scales]
+    keys = [(shape, None if s is None else float(f"{s:.6g}")) for shape, s in zip(shapes, exact)]
+    counts = collections.Counter(keys)
     grids, quiet = {}, notice is None or src.meta.get('grids_noted')
     for i, key in enumerate(keys):
         if key in grids: continue
-        k = keys.count(key)
+        k = counts[key]
         where = f"{Path(src.path)/files[i]}" + (f" and {k - 1} more of its size and scale" if k > 1 else '')
         say = (lambda m: None) if quiet or i == 0 else notice        # the first image's: noted by open_checked
-        grids[key] = input_grid(key[0], cfg, where, key[1], say)
+        grids[key] = input_grid(key[0], cfg, where, exact[i], say)
     if not quiet: src.meta['grids_noted'] = True
     return [grids[key] for key in keys]
 

@@ -65,6 +65,7 @@ def open_checked(source, # A path `open_source` reads, a LensSource, or an array
     "`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and complex pixels refused first."
     from deeplense_fastai.data import open_source, check_pixels
     src = open_source(source, progress=progress)
+    if pixel_scale: src.meta['given_scale'] = pixel_scale       # for files that record none (`inference.image_grids`)
     scale = src.meta.get('pixel_scale') or pixel_scale
     grid = input_grid(src.image_shape, cfg, src.path, scale, notice or _notice)
     check_pixels(src, None if bad_pixels == 'refuse' else [])     # named before any work (complex pixels always)
@@ -82,11 +83,13 @@ def pixel_status(src, # A LensSource
     if policy not in BAD_PIXELS:
         raise DeepLenseError(f"bad_pixels must be one of {', '.join(BAD_PIXELS)}, got {policy!r}")
     counts = bad_pixel_counts(src) if policy != 'refuse' else np.zeros(len(src), np.int64)
-    npix, bad = int(np.prod(src.image_shape)), counts > 0
+    shapes = src.meta.get('image_shapes')           # a folder of cutouts of several sizes: each image's own
+    npix = np.prod(shapes, 1) if shapes is not None else np.full(len(src), int(np.prod(src.image_shape)))
+    bad = counts > 0
     drop = bad if policy == 'skip' else counts >= npix      # masking needs at least one finite pixel
     status = np.full(len(src), 'ok', dtype=object)
     status[bad & ~drop] = [f"masked: {c} NaN/Inf pixels read as the image's median" for c in counts[bad & ~drop]]
-    status[drop] = [f"skipped: {c} of {npix} pixels are NaN/Inf" for c in counts[drop]]
+    status[drop] = [f"skipped: {c} of {n} pixels are NaN/Inf" for c, n in zip(counts[drop], npix[drop])]
     keep = np.flatnonzero(~drop)
     use = src if len(keep) == len(src) else src.subset(keep)
     return (masked(use) if policy == 'mask' and bad.any() else use), keep, status

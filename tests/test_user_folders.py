@@ -43,13 +43,15 @@ def cutouts(tiny_run, tiny_data, tmp_path_factory):
     own = json.loads((run / "config.json").read_text())["pixel_scale"]
     imgs = np.load(tiny_data.data / "images.npy").reshape(-1, 64, 64)[:6]
     root = tmp_path_factory.mktemp("cutouts")
-    d = {k: root / k for k in ("cut2", "mixed", "nowcs")}
+    d = {k: root / k for k in ("cut2", "mixed", "nowcs", "partwcs")}
     for p in d.values(): p.mkdir()
     for i in range(2): write_fits(d["cut2"] / f"c{i}.fits", finer(imgs[i], own, 0.05, 150), 0.05)   # 150x150 at 0.05
     write_fits(d["mixed"] / "a.fits", finer(imgs[2], own, 0.05, 150), 0.05)
     write_fits(d["mixed"] / "b.fits", imgs[3], own)                                                   # the run's grid
     write_fits(d["mixed"] / "c.fits", finer(imgs[4], own, 0.06, 120), 0.06)
     for i in range(2): write_fits(d["nowcs"] / f"n{i}.fits", finer(imgs[i], own, 0.05, 150))        # no WCS
+    write_fits(d["partwcs"] / "a.fits", finer(imgs[0], own, 0.05, 150), 0.05)       # a WCS, sorted first
+    write_fits(d["partwcs"] / "z.fits", finer(imgs[1], own, 0.05, 130))             # none: at --pixel-scale
     return run, tiny_data.env, d, own
 
 
@@ -91,6 +93,13 @@ def test_fits_folder_without_wcs_takes_the_given_pixel_scale(cutouts):
     assert "taken to be at the run's" in said, said
     said = same_as_one_by_one(run, d["nowcs"], env, "--pixel-scale", 0.05)
     assert f"resampled from 0.05 to {own:.4g}" in said, said
+
+
+def test_fits_folder_with_and_without_wcs_takes_the_given_scale_where_none(cutouts):
+    """The first file has a WCS, the second none: `--pixel-scale` still applies to the second (as named alone)."""
+    run, env, d, own = cutouts
+    said = same_as_one_by_one(run, d["partwcs"], env, "--pixel-scale", 0.05)
+    assert "z.fits: images are 130x130" in said and "taken to be at the run's" not in said, said
 
 
 def ood_note(stderr):
