@@ -23,6 +23,13 @@ run's own training-world images read through `predict` (training and validation 
 validation images score the same through the training DataLoaders (where the reference was fitted) as through
 `predict`.
 
+The run's OOD reference is the one `deeplense train` fits today: a reference written before the threshold became the
+conformal quantile of all held-out images (`OOD_SPLIT_FIT`: scales on one random half of the validation images, the
+threshold on the other) is refitted once by the library's `fit_ood` on DataLoaders built as `deeplense train` built the
+run's (the same 8,000 images, 10% held out, seed 0) and written into the run in its place; the earlier file is kept
+as ood-split.safetensors, and `ood_before` in the results gives the share the earlier reference flags among the fresh
+images of the run's own world and among its own images, beside the current one's.
+
 The lenstronomy renders are cached beside the library's test sets (cache_dir('bench')/lenstronomy-<sky>-n<n>-seed99.npy;
 bench/fidelity.py's file for model_ii). The results record the run's weights digest and OOD threshold.
 """
@@ -108,21 +115,65 @@ def own_training_set_ood(run, ref):
                 valid_score_largest_relative_difference=float(np.max(np.abs(via_dls - scores[valid]) / scores[valid])))
 
 
+def _dataloaders():
+    "DataLoaders as `deeplense train` built the run's: its 8,000 images, 10% held out, seed 0, augmented batches."
+    from deeplense_fastai.data import lens_dataloaders
+    from deeplense_fastai.dataset import cached_simulation
+    return lens_dataloaders(cached_simulation("model_ii", 8000, 0), "log10_m_axion", valid_pct=0.1, seed=0,
+                            norm="minmax", augment=True, progress=False)
+
+
+def current_reference(run):
+    """The run's OOD reference as `deeplense train` fits it today, refitted and written into the run (once) if it was
+    fitted the earlier way; and the earlier reference (None if the run's was current)."""
+    import shutil
+    from types import SimpleNamespace
+    from deeplense_fastai.config import RunConfig
+    from deeplense_fastai.core import file_digest
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.learner import OOD_THRESHOLD_FIT, OODReference, fit_ood
+    digest = file_digest(run / "weights.safetensors")
+    ref = OODReference.load(run / "ood.safetensors", digest)
+    if ref.threshold_fit == OOD_THRESHOLD_FIT:
+        old = run / "ood-split.safetensors"
+        return ref, (OODReference.load(old, digest) if old.exists() else None)
+    import torch
+    torch.manual_seed(0)                                    # the augmentations of the training batches
+    new = fit_ood(SimpleNamespace(dls=_dataloaders(), model=load_run(run)[0]))
+    shutil.copy2(run / "ood.safetensors", run / "ood-split.safetensors")
+    new.save(run / "ood.safetensors", digest)
+    cfg = RunConfig.read(run)
+    cfg.extra["ood"] = new.info()
+    cfg.write(run)
+    return new, ref
+
+
+def flagged(run, ref, images) -> float:
+    "The share of `images` (N, 1, H, W) that the OOD reference `ref` flags, through the run's network."
+    import torch
+    from deeplense_fastai.config import RunConfig
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.learner import ood_features
+    model, cfg = load_run(run)[0], RunConfig.read(run)
+    x = torch.from_numpy(np.asarray(images, np.float32))
+    feats = ood_features(model, (cfg.normalise(x[s:s + 256]) for s in range(0, len(x), 256)))
+    return float(np.mean(ref.score(feats) > ref.threshold))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="test images per sky (at most 2000; default 1000)")
     a = ap.parse_args(argv)
     from deeplense_fastai.config import RunConfig
     from deeplense_fastai.core import file_digest
-    from deeplense_fastai.learner import OODReference
     from robustness import TRAIN, run_dir
     run = run_dir("model_ii")
     if not (run / "weights.safetensors").exists():
         sys.exit(f"no trained run at {run}: OMP_NUM_THREADS=1 python bench/robustness.py train --worlds model_ii")
     digest = file_digest(run / "weights.safetensors")
-    ref = OODReference.load(run / "ood.safetensors", digest)
+    ref, before = current_reference(run)
     ood = dict(parts=sorted(ref.parts), threshold=ref.threshold, false_alarm=ref.false_alarm,
-               n_reference=ref.n_reference, n_calibration=ref.n_calibration)
+               n_reference=ref.n_reference, n_calibration=ref.n_calibration, threshold_fit=ref.threshold_fit)
     cfg = RunConfig.read(run)
     table = []
     for sky in SKIES:
@@ -138,6 +189,18 @@ def main(argv=None):
           f"{own['ood_rate_train']:.3f}, validation {own['ood_rate_valid']:.3f}); validation scores through the "
           f"DataLoaders differ from predict's by at most {own['valid_score_largest_relative_difference']:.1e}",
           flush=True)
+    if before is not None:
+        from deeplense_fastai.dataset import cached_simulation
+        from deeplense_fastai.sources import open_source
+        src = open_source(cached_simulation("model_ii", 8000, 0))
+        own_images = np.stack([src.image(i) for i in range(len(src))])
+        fresh = dict(lenstronomy=lenstronomy_set("model_ii", a.n)[0], deeplense_fastai=library_set("model_ii", a.n)[0])
+        ood["before"] = dict(threshold=before.threshold, threshold_fit=before.threshold_fit,
+                             **{f"fresh_{k}": flagged(run, before, v) for k, v in fresh.items()},
+                             own_images=flagged(run, before, own_images))
+        print(f"the earlier reference ({before.threshold_fit}) flags {ood['before']['fresh_lenstronomy']:.3f} / "
+              f"{ood['before']['fresh_deeplense_fastai']:.3f} of the fresh model_ii images and "
+              f"{ood['before']['own_images']:.3f} of the run's own", flush=True)
     trained = dict(train=["deeplense", "train", "--preset", "model_ii", *TRAIN], weights_sha256=digest, ood=ood,
                    target_mean=list(map(float, cfg.target_mean)))
     save("sky_lenstronomy", table=table, training_set=own, run=trained,

@@ -34,14 +34,14 @@ from .posterior import FlowRegressor, FlowNLL, flow_regressor, flow_median, flow
 from .data import LensTarget
 
 # %% auto #0
-__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'OOD_STEM_MIN', 'GaussianNLL', 'RMSE',
-           'get_loss', 'outputs_per_target', 'LensLoss', 'warmdown_floor', 'get_opt_func', 'regression_metrics',
-           'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest', 'HistoryCSV', 'Checkpoint', 'ThreadPolicy',
-           'body_head_splitter', 'load_init', 'TargetRange', 'check_train_names', 'LearnerSettings',
-           'regression_learner', 'FitRecord', 'fit', 'summary_layer', 'stem_layer', 'summary_hook', 'ood_hook',
-           'ood_features', 'summaries', 'mahalanobis', 'OODReference', 'fit_ood', 'weights_digest', 'export_run',
-           'check_run_config', 'read_run_config', 'ovr_auc', 'classification_learner', 'distributed',
-           'check_calibration', 'check_joint_calibration']
+__all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'OOD_THRESHOLD_FIT', 'OOD_SPLIT_FIT',
+           'OOD_STEM_MIN', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss', 'warmdown_floor',
+           'get_opt_func', 'regression_metrics', 'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest',
+           'HistoryCSV', 'Checkpoint', 'ThreadPolicy', 'body_head_splitter', 'load_init', 'TargetRange',
+           'check_train_names', 'LearnerSettings', 'regression_learner', 'FitRecord', 'fit', 'summary_layer',
+           'stem_layer', 'summary_hook', 'ood_hook', 'ood_features', 'summaries', 'conformal_quantile', 'mahalanobis',
+           'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_run_config', 'read_run_config', 'ovr_auc',
+           'classification_learner', 'distributed', 'check_calibration', 'check_joint_calibration']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -671,6 +671,8 @@ def _finite(learn:Learner) -> Learner:
 # %% ../nbs/05_learner.ipynb #567dc246
 OOD_FALSE_ALARM = 0.05     # share of in-distribution (validation) images that `ood` flags, by construction
 OOD_MAX_IMAGES = 4000      # training images summarised for the reference (more changes the covariance little)
+OOD_THRESHOLD_FIT = 'conformal quantile of all held-out images'   # how `OODReference.fit` sets the threshold
+OOD_SPLIT_FIT = 'quantile of one half of the held-out images'     # references written before (scales: the other half)
 OOD_STEM_MIN = 200         # held-out images below which the reference keeps the summary alone (two quantiles to fit)
 
 def summary_layer(model:nn.Module, # A regression model or a `FlowRegressor`
@@ -746,6 +748,14 @@ def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
     return ood_features(model, batches, max_images, stem=False)['summary']
 
 # %% ../nbs/05_learner.ipynb #56ed4a39
+def conformal_quantile(scores:np.ndarray, # Scores of held-out in-distribution images (N,)
+                       false_alarm:float, # The share of new in-distribution images that may score above it
+                      ) -> float:
+    """The split-conformal threshold: the ceil((N + 1)(1 - false_alarm))-th smallest score (the largest when N is too
+    small): a new image exchangeable with the held-out ones scores above it with probability <= `false_alarm`."""
+    s = np.sort(np.asarray(scores, np.float64))
+    return float(s[min(len(s), int(np.ceil((len(s) + 1) * (1 - false_alarm)))) - 1])
+
 def mahalanobis(x:np.ndarray, # Points (N, D)
                 mean:np.ndarray, # The reference's mean (D,)
                 precision:np.ndarray, # Its precision, the inverse covariance (D, D)
@@ -764,6 +774,7 @@ class OODReference:
                  false_alarm:float, # Share of held-out in-distribution images above `threshold`
                  n_reference:int, # Training images the means and precisions come from
                  n_calibration:int, # Held-out images the scales and the threshold come from
+                 threshold_fit:str=OOD_THRESHOLD_FIT, # How the threshold was fitted (earlier files: `OOD_SPLIT_FIT`)
                 ):
         self.parts = {}
         for name, (mean, precision, scale) in parts.items():
@@ -780,26 +791,25 @@ class OODReference:
                                  f"got {threshold!r}, {false_alarm!r}")
         self.threshold, self.false_alarm = float(threshold), float(false_alarm)
         self.n_reference, self.n_calibration = int(n_reference), int(n_calibration)
+        self.threshold_fit = str(threshold_fit)
 
     @classmethod
     def fit(cls, reference, # Features of training images: a dict from `ood_features`, or summaries (N, D)
             calibration, # Features of held-out images of the same world, of the same kind
             false_alarm:float=OOD_FALSE_ALARM, # Share of `calibration` to flag
            ) -> 'OODReference':
-        """Means and Ledoit-Wolf precisions on `reference`; each set's scale on one random half of `calibration`, the
-        threshold on the other."""
+        """Means and Ledoit-Wolf precisions on `reference`; each set's scale and the threshold on all of `calibration`
+        (the threshold is the conformal quantile: at most `false_alarm` of exchangeable new images score above it)."""
         from sklearn.covariance import LedoitWolf
         reference, calibration = _as_parts(reference), _as_parts(calibration)
         n, m = len(reference['summary']), len(calibration['summary'])
         if n < 2 or m < 1: raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
         if m < OOD_STEM_MIN: reference, calibration = ({'summary': p['summary']} for p in (reference, calibration))
         fits = {k: LedoitWolf().fit(v) for k, v in reference.items() if k in calibration}
-        order = np.random.default_rng(0).permutation(m)     # held-out images may come sorted (by class, by file)
-        a, b = (order[:m // 2], order[m // 2:]) if len(fits) > 1 else (order[:0], order)   # one set: no scale to fit
-        scales = {k: float(np.quantile(mahalanobis(calibration[k][a], f.location_, f.precision_), 1 - false_alarm))
-                  if len(a) else 1. for k, f in fits.items()}
+        scales = {k: conformal_quantile(mahalanobis(calibration[k], f.location_, f.precision_), false_alarm)
+                  if len(fits) > 1 else 1. for k, f in fits.items()}             # one set: no scale to fit
         ref = cls({k: (f.location_, f.precision_, scales[k]) for k, f in fits.items()}, np.inf, false_alarm, n, m)
-        ref.threshold = float(np.quantile(ref.score({k: v[b] for k, v in calibration.items()}), 1 - false_alarm))
+        ref.threshold = conformal_quantile(ref.score(calibration), false_alarm)
         return ref
 
     def score(self, feats, # Features from `ood_features` (a dict), or summaries (N, D) for a summary-only reference
@@ -816,7 +826,7 @@ class OODReference:
                 f"largest over {', '.join(self.parts)} of the mahalanobis distance over its held-out "
                 f"{1 - self.false_alarm:.0%} quantile")
         return dict(score=what, threshold=self.threshold, false_alarm=self.false_alarm, n_reference=self.n_reference,
-                    n_calibration=self.n_calibration)
+                    n_calibration=self.n_calibration, threshold_fit=self.threshold_fit)
 
     def save(self, path:Path, # Where to write (ood.safetensors of a run)
              weights_sha256:str, # Digest of the weights file the summaries came from
@@ -852,7 +862,7 @@ class OODReference:
                 scales = json.loads(meta['scales'])
                 parts = {k: (arr[f'{k}.mean'], arr[f'{k}.precision'], float(s)) for k, s in scales.items()}
             ref = cls(parts, float(meta['threshold']), float(meta['false_alarm']), int(meta['n_reference']),
-                      int(meta['n_calibration']))
+                      int(meta['n_calibration']), meta.get('threshold_fit', OOD_SPLIT_FIT))
             if not np.isfinite(ref.threshold): raise ValueError(f"threshold {ref.threshold}")
             return ref
         except (KeyError, ValueError, TypeError, AttributeError, DeepLenseError) as e:
