@@ -133,6 +133,12 @@ def _check_directory(out:Path, ident:dict) -> None:
     if strangers:
         raise DeepLenseError(f"--out {out}: is not empty and is not a deeplense_fastai dataset ({strangers[0]})")
 
+def _check_out(out:Path, ident:dict, n:int, shard:tuple) -> None:
+    ("Refuse to write part `shard` of the dataset `ident` (`n` images) into `out`: a directory of something else, or "
+     "of this dataset cut into another number of parts. Checked before the lock, and again under it.")
+    _check_directory(out, ident)
+    _check_layout(out, n, shard)
+
 @contextlib.contextmanager
 def _writer_lock(out:Path, shard:int, nshards:int):
     "Hold an exclusive lock on part `shard` of `out`: a second writer of the same part is refused, not crashed."
@@ -178,13 +184,11 @@ class DatasetWriter:
     def write(self) -> dict:
         "Write this part (or resume it, or verify it if complete) and return its manifest."
         out, (i, k) = self.out, self.shard
-        _check_directory(out, self.ident)
-        _check_layout(out, self.n, self.shard)
+        _check_out(out, self.ident, self.n, self.shard)      # before anything (the lock's file too) is written there
         if self.stop == self.start: raise DeepLenseError(f"--shard {i}/{k}: this part of {self.n} images is empty")
         out.mkdir(parents=True, exist_ok=True)
         with _writer_lock(out, i, k):
-            _check_directory(out, self.ident)    # again, under the lock: another writer may have started meanwhile
-            _check_layout(out, self.n, self.shard)
+            _check_out(out, self.ident, self.n, self.shard)     # again: another writer may have started meanwhile
             if not (out/MARKER).exists():
                 with atomic_write(out/MARKER) as tmp: tmp.write_text(json.dumps(dict(identity=self.ident)))
             m = _write_native(self) if self.fmt == 'native' else _write_deeplense(self)

@@ -13,9 +13,9 @@ import torch
 
 # %% auto #0
 __all__ = ['MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches', 'predict_batches', 'get_predictions',
-           'class_probabilities', 'class_columns', 'predict_source', 'image_grids', 'posterior_source', 'Batching',
-           'check_samples', 'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary',
-           'require_flow', 'run_posteriors', 'SUMMARY_FILE', 'HPARAM_MAX']
+           'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'Batching', 'check_samples',
+           'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary', 'require_flow',
+           'run_posteriors', 'SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, file_digest
@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from fastai.learner import Learner
 from .config import (RunConfig, SUMMARY_FILE, HPARAM_MAX, read_calibration, check_calibration,
                                      check_joint_calibration)
-_all_ = ['SUMMARY_FILE', 'HPARAM_MAX']   # their home is config (the calibration record)
+_all_ = ['SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']   # their homes: config (the calibration record), inputs
 from .models import get_model
 from .learner import read_run_config, _unwrap, _split_outputs
 from .learner import OODReference, ood_hook
-from .inputs import Grid, Reading, open_checked, pixel_status, bad_pixel_summary, input_grid, _notice
+from .inputs import (Grid, Reading, open_checked, pixel_status, bad_pixel_summary, input_grid, _notice,
+                                     image_grids, _with_grids)
 
 # %% ../nbs/05b_inference.ipynb #5fab6f6c
 def load_run(run_dir:str|Path, # A run directory with weights.safetensors and config.json
@@ -212,7 +213,8 @@ def predict_source(model:nn.Module, # A regression model (a run's, or `learn.mod
 def _source_batches(model:nn.Module, cfg:RunConfig, src, bs:int, grid:Grid|None):
     ("Batches of `src`'s images on the model's device, on the run's grid, normalised (and resized) as the run's "
      "DataLoaders did.")
-    dev, each = next(model.parameters()).device, image_grids(src, cfg, grid)
+    dev, each = next(model.parameters()).device, src.meta.get('grids')       # each image's, found by `open_checked`
+    if each is None: each = image_grids(src, cfg, grid)          # a source opened otherwise: its sizes and scales
     for s in range(0, len(src), bs):
         idx = range(s, min(s + bs, len(src)))
         if each is None:
@@ -221,37 +223,6 @@ def _source_batches(model:nn.Module, cfg:RunConfig, src, bs:int, grid:Grid|None)
         else:                                  # each image onto the run's grid from its own size and pixel scale
             xs = [torch.from_numpy(src.image(i)[None]).to(dev) for i in idx]
             yield cfg.normalise(torch.cat([each[i](x) if each[i] else x for i, x in zip(idx, xs)]))
-
-def image_grids(src, # A LensSource opened by `open_checked`
-                cfg:RunConfig, # The run's configuration
-                grid:Grid|None=None, # The `Grid` `open_checked` returned (for the first image, and images without WCS)
-                notice=None, # Called once with a note for each size and scale other than the first image's
-               ) -> list|None:
-    ("Each image's `Grid` (or None) for a source whose files differ in size or pixel scale (a folder of FITS cutouts: "
-     "each as if named alone); None for other sources, which `grid` serves whole. Scales too far off are refused.")
-    scales = src.meta.get('pixel_scales')
-    if scales is None: return None
-    shapes = [tuple(int(n) for n in s) for s in src.meta['image_shapes']]
-    files = src.labels['file'].tolist() if 'file' in src.labels else [str(i) for i in range(len(shapes))]
-    if not cfg.image_shape and len(set(shapes)) > 1:
-        raise DeepLenseError(f"{src.path}: images of several sizes, and this run records no size to bring them to")
-    # a file without WCS is at the scale the user gave (--pixel-scale), else at the one open_checked took
-    first_known = bool(np.isfinite(src.meta.get('first_scale', scales[0])))
-    own = (grid.factor * cfg.pixel_scale if grid and cfg.pixel_scale else None) if not first_known else None
-    own = src.meta.get('given_scale') or own
-    # scales alike to 1e-6 (WCS float noise) share one grid and one note: the first such file's scale
-    exact = [float(s) if np.isfinite(s) else own for s in scales]
-    keys = [(shape, None if s is None else float(f"{s:.6g}")) for shape, s in zip(shapes, exact)]
-    counts = collections.Counter(keys)
-    grids, quiet = {}, notice is None or src.meta.get('grids_noted')
-    for i, key in enumerate(keys):
-        if key in grids: continue
-        k = counts[key]
-        where = f"{Path(src.path)/files[i]}" + (f" and {k - 1} more of its size and scale" if k > 1 else '')
-        say = (lambda m: None) if quiet or i == 0 else notice        # the first image's: noted by open_checked
-        grids[key] = input_grid(key[0], cfg, where, exact[i], say)
-    if not quiet: src.meta['grids_noted'] = True
-    return [grids[key] for key in keys]
 
 def posterior_source(model:FlowRegressor, # A flow run's model
                      cfg:RunConfig, # Its configuration
@@ -341,7 +312,6 @@ def predict_loaded(model:nn.Module, # A run's model (`load_run`, `run.Run`)
                   ) -> pd.DataFrame:
     "`predict` with a run already loaded: the batch size and augmentation as a `Batching`, the opening as a `Reading`."
     src, grid = open_checked(source, cfg, reading.progress, notice, reading.pixel_scale, reading.bad_pixels)
-    image_grids(src, cfg, grid, notice or _notice)         # files of other sizes or scales: noted (or refused) now
     out = predict_opened(model, cfg, src, grid, batching.bs, batching.tta, samples, reading.bad_pixels)
     for line in [bad_pixel_summary(out['status'], reading.bad_pixels), *limits_summary(out, cfg)]:
         if line: (notice or _notice)(line)
@@ -358,7 +328,8 @@ def predict_opened(model:nn.Module, # A run's model (`load_run`)
                   ) -> pd.DataFrame:
     "`predict` for a run already loaded and a source already opened: the columns index, file, status, then the values."
     check_samples(samples, cfg, len(src), f"the run ({cfg.arch})")
-    image_grids(src, cfg, grid, _notice)         # files of other sizes or scales noted (once), or refused, before work
+    if 'grids' not in src.meta:        # not opened by `open_checked`: other sizes or scales noted (or refused) now
+        src = _with_grids(src, cfg, grid, _notice)
     from deeplense_fastai.data import masked
     use, keep, status = pixel_status(src, bad_pixels)
     out = pd.DataFrame({'index': np.asarray(src.meta.get('indices', np.arange(len(src)))),
@@ -480,9 +451,7 @@ def run_posteriors(run_dir:str|Path, # A flow run's directory
 
 def _open_all(source, cfg:RunConfig, notice=None) -> list:
     "Every source of `source` (one, or a list) opened and checked for the run: [(LensSource, grid), ...]."
-    opened = [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
-    for src, grid in opened: image_grids(src, cfg, grid, notice or _notice)
-    return opened
+    return [open_checked(s, cfg, notice=notice) for s in (source if isinstance(source, (list, tuple)) else [source])]
 
 def _posteriors_of(model, cfg, opened:list, bs, tta):
     "`run_posteriors` for a flow run already loaded and sources already opened (`_open_all`)."

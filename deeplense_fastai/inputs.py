@@ -4,14 +4,15 @@
 
 # %% ../nbs/05a_inputs.ipynb #0d7738eb
 from __future__ import annotations
-import sys
-from dataclasses import dataclass
+import collections, sys
+from dataclasses import dataclass, replace
+from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['BAD_PIXELS', 'Grid', 'input_grid', 'open_checked', 'pixel_status', 'bad_pixel_summary', 'Reading']
+__all__ = ['BAD_PIXELS', 'Grid', 'input_grid', 'open_checked', 'image_grids', 'pixel_status', 'bad_pixel_summary', 'Reading']
 
 # %% ../nbs/05a_inputs.ipynb #986a7479
 from .core import DeepLenseError
@@ -62,14 +63,58 @@ def open_checked(source, # A path `open_source` reads, a LensSource, or an array
                  # NaN/Inf pixels: 'refuse' (named here), or 'skip'/'mask' (each image's status, in `predict_opened`)
                  bad_pixels:str='refuse',
                 ):
-    "`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and complex pixels refused first."
+    ("`source` opened for a run: (LensSource, its `Grid` or None); scales too far off and complex pixels refused "
+     "first. Images of several sizes or scales get their own grids here, once (`image_grids`, in `meta['grids']`).")
     from deeplense_fastai.data import open_source, check_pixels
     src = open_source(source, progress=progress)
-    if pixel_scale: src.meta['given_scale'] = pixel_scale       # for files that record none (`inference.image_grids`)
+    if pixel_scale: src.meta['given_scale'] = pixel_scale       # for files that record none (`image_grids`)
     scale = src.meta.get('pixel_scale') or pixel_scale
-    grid = input_grid(src.image_shape, cfg, src.path, scale, notice or _notice)
+    notice = notice or _notice
+    grid = input_grid(src.image_shape, cfg, src.path, scale, notice)
     check_pixels(src, None if bad_pixels == 'refuse' else [])     # named before any work (complex pixels always)
-    return src, grid
+    return _with_grids(src, cfg, grid, notice), grid
+
+def image_grids(src, # A LensSource opened by `open_source`
+                cfg:RunConfig, # The run's configuration
+                grid:Grid|None=None, # The `Grid` `open_checked` found (for the first image, and images without WCS)
+                notice=None, # Called once with a note for each size and scale other than the first image's
+               ) -> list|None:
+    ("Each image's `Grid` (or None) for a source whose files differ in size or pixel scale (a folder of FITS cutouts: "
+     "each as if named alone); None for other sources, which `grid` serves whole. Scales too far off are refused.")
+    scales = src.meta.get('pixel_scales')
+    if scales is None: return None
+    shapes = [tuple(int(n) for n in s) for s in src.meta['image_shapes']]
+    files = src.labels['file'].tolist() if 'file' in src.labels else [str(i) for i in range(len(shapes))]
+    if not cfg.image_shape and len(set(shapes)) > 1:
+        raise DeepLenseError(f"{src.path}: images of several sizes, and this run records no size to bring them to")
+    # a file without WCS is at the scale the user gave (--pixel-scale), else at the one open_checked took
+    first_known = bool(np.isfinite(src.meta.get('first_scale', scales[0])))
+    own = (grid.factor * cfg.pixel_scale if grid and cfg.pixel_scale else None) if not first_known else None
+    own = src.meta.get('given_scale') or own
+    # scales alike to 1e-6 (WCS float noise) share one grid and one note: the first such file's scale
+    exact = [float(s) if np.isfinite(s) else own for s in scales]
+    keys = [(shape, None if s is None else float(f"{s:.6g}")) for shape, s in zip(shapes, exact)]
+    counts, grids = collections.Counter(keys), {}
+    for i, key in enumerate(keys):
+        if key in grids: continue
+        k = counts[key]
+        where = f"{Path(src.path)/files[i]}" + (f" and {k - 1} more of its size and scale" if k > 1 else '')
+        say = notice if notice is not None and i else (lambda m: None)      # the first image's: noted by open_checked
+        grids[key] = input_grid(key[0], cfg, where, exact[i], say)
+    return [grids[key] for key in keys]
+
+def _with_grids(src, # A LensSource opened by `open_source`
+                cfg:RunConfig, # The run's configuration
+                grid:Grid|None=None, # The `Grid` of its first image (`input_grid`)
+                notice=None, # Called once with a note for each size and scale other than the first image's
+               ):
+    ("`src` with each image's `Grid` in `meta['grids']` (a copy: `src` is left as it was) where its images differ in "
+     "size or scale; `src` itself where `grid` serves them all. The batches read the grids from there.")
+    each = image_grids(src, cfg, grid, notice)
+    if each is None: return src
+    grids = np.empty(len(each), dtype=object)          # one entry per image, so that a subset takes its rows
+    grids[:] = each
+    return replace(src, meta=dict(src.meta, grids=grids))
 
 BAD_PIXELS = ('skip', 'mask', 'refuse')
 
@@ -107,7 +152,6 @@ def bad_pixel_summary(status, # The status column of predictions
              else "--bad-pixels skip leaves them out")
     return (f"note: {skipped + masked_} of {len(st)} images have NaN or Inf pixels: {done}; "
             f"the status column names each ({other})")
-
 
 # %% ../nbs/05a_inputs.ipynb #8c832ea7
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_sources.ipynb #a162eb33
 from __future__ import annotations
-import contextlib, hashlib, json, os, shutil, sys, tempfile
+import contextlib, hashlib, json, os, shutil, sys, tempfile, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from .core import DeepLenseError, cache_dir
-from .readers import (
-    load_deeplense_file, is_fits, read_fits, fits_pixel_scale, load_image_file, _read_npy_header, _check_pixel_type)
+from deeplense_fastai.readers import (
+    load_deeplense_file, is_fits, read_fits, fits_pixel_scale, load_image_file, _read_npy_header, _check_pixel_type,
+    FITS_AUXILIARY)
 from .readers import _as_image
-
 
 # %% auto #0
 __all__ = ['SPLIT_FORMAT', 'OPENERS', 'LensSource', 'as_source', 'scan_deeplense_dir', 'convert_deeplense_dir', 'detect_source',
@@ -37,8 +37,9 @@ class LensSource:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        "(H, W) of the images."
-        return tuple(np.asarray(self.images[0]).shape[-2:])
+        "(H, W) of the images (the first one's, where they differ)."
+        known = getattr(self.images, 'shapes', None)     # a folder of FITS cutouts knows them from its headers
+        return tuple(known[0]) if known is not None else tuple(np.asarray(self.images[0]).shape[-2:])
 
     def image(self, i:int) -> np.ndarray:
         "Image `i` as a float32 (1, H, W) array (a copy: memory maps are read-only)."
@@ -54,8 +55,9 @@ class LensSource:
         return LensSource(_Indexed(self.images, idx), self.labels.iloc[idx].reset_index(drop=True), self.kind,
                           self.path, self.default_target, dict(self.meta, subset=True, indices=whole, **per_image))
 
-# meta entries with one value per image (a folder of FITS cutouts of mixed sizes or scales): a subset takes its rows
-_PER_IMAGE = ('pixel_scales', 'image_shapes')
+# meta entries with one value per image (a folder of FITS cutouts of mixed sizes or scales, and the `Grid` of each that
+# `inputs.open_checked` adds): a subset takes its rows
+_PER_IMAGE = ('pixel_scales', 'image_shapes', 'grids')
 
 class _Indexed:
     "A view of an image store through an index array."
@@ -149,8 +151,8 @@ def _arrays_source(path:Path, labels=None, **_) -> LensSource:
     return LensSource(images, frame, 'arrays', path, numeric[0] if len(numeric) == 1 else None)
 
 # %% ../nbs/03b_sources.ipynb #3b502450
-def _fits_source(path:Path, progress:bool=True, **_) -> LensSource:
-    if path.is_dir(): return _fits_dir_source(path, progress)
+def _fits_source(path:Path, progress:bool=True, files=None, **_) -> LensSource:
+    if path.is_dir(): return _fits_dir_source(path, progress, files)
     images = _as_stack(read_fits(path), path)
     return LensSource(images, _unlabelled(len(images)), 'fits', path, None,
                       dict(labelled=False, pixel_scale=fits_pixel_scale(path)))
@@ -235,22 +237,26 @@ def _folder_image(f:Path, folder:Path) -> tuple[np.ndarray, float]:
     if not dtype.hasobject and _is_stack(shape): raise _stack_in_folder(f, folder, shape)
     return load_deeplense_file(f)
 
-def _read_files(path:Path, files:list[Path], progress:bool, verb:str, same_size:bool=True):
-    ("(index, image, label) of each DeepLense file, read safely; "
-     "one image size (unless not `same_size`) and real pixels, else one error naming the file.")
-    shape, it = None, range(len(files))
+def _each(path:Path, files:list[Path], progress:bool, verb:str):
+    "The index of each of `files`, with a progress bar when `progress` is on."
+    it = range(len(files))
     if progress: it = _progress(it, len(files), f'{verb} {len(files)} files of {path.name}')
-    try:
-        for i in it:
-            img, label = _folder_image(files[i], path)
-            shape = shape or img.shape
-            if same_size and img.shape != shape:
-                raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: "
-                                     "mixed image sizes")
-            _check_pixel_type(img, files[i])
-            yield i, img, label
+    try: yield from it
     finally:
         if hasattr(it, 'close'): it.close()      # ends the progress bar (and its redirection) on errors too
+
+def _read_files(path:Path, files:list[Path], progress:bool, verb:str):
+    ("(index, image, label) of each DeepLense file, read safely; "
+     "one image size and real pixels, else one error naming the file.")
+    shape = None
+    for i in _each(path, files, progress, verb):
+        img, label = _folder_image(files[i], path)
+        shape = shape or img.shape
+        if img.shape != shape:
+            raise DeepLenseError(f"{files[i]}: image of shape {img.shape}, but {files[0].name} is {shape}: "
+                                 "mixed image sizes")
+        _check_pixel_type(img, files[i])
+        yield i, img, label
 
 def _file_table(path:Path, files:list[Path], labels) -> pd.DataFrame:
     ("file (relative, \\xNN for bytes that are not UTF-8), class (the first sub-folder) "
@@ -274,8 +280,11 @@ def convert_deeplense_dir(path:str|Path, # Directory of DeepLense .npy files (cl
                           progress:bool=True, # Show a progress bar
                          ) -> Path:
     "Convert a DeepLense per-file directory into a memory-mapped cache once; return the cache folder."
-    path = Path(path)
-    files = _deeplense_files(path)
+    return _convert(Path(path), progress)
+
+def _convert(path:Path, progress:bool, files=None) -> Path:
+    "`convert_deeplense_dir` of a folder whose `files` may be listed already (`open_source` lists a folder once)."
+    files = _deeplense_files(path) if files is None else files
     target = cache_dir('deeplense_files')/_cache_key(path, files)
     if (target/'labels.csv').exists(): return target
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=target.parent))
@@ -311,61 +320,107 @@ def _default_target(labels) -> str|None:
     return 'f_sub' if ((lab >= 1e-10) & (lab < 1)).any() else None
 
 # %% ../nbs/03b_sources.ipynb #9282d835
-def _deeplense_source(path:Path, progress:bool=True, **_) -> LensSource:
-    cache = convert_deeplense_dir(path, progress)
+def _deeplense_source(path:Path, progress:bool=True, files=None, **_) -> LensSource:
+    cache = _convert(path, progress, files)
     frame = _label_columns(pd.read_csv(cache/'labels.csv'))
     images = np.load(cache/'images.npy', mmap_mode='r')
     return LensSource(images, frame, 'deeplense', path, _default_target(frame['label']),
                       dict(cache=str(cache), labelled=bool(frame['label'].notna().any())))
 
+def _wcs_scale(header) -> float:
+    "Arcsec per pixel from a FITS header's celestial WCS, as `fits_pixel_scale` reads it; NaN without one."
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FITSFixedWarning)
+            wcs = WCS(header, naxis=2)
+    except Exception: return float('nan')  # a header astropy cannot read as WCS: the scale is unknown, not an error
+    if not wcs.has_celestial: return float('nan')
+    # two axes, both celestial: the celestial sub-WCS has the same ones (perhaps swapped: the same mean), so no copy
+    scales = proj_plane_pixel_scales(wcs if wcs.naxis == 2 else wcs.celestial) * 3600        # degrees -> arcsec
+    return float(np.mean(scales)) if np.all(np.isfinite(scales)) and np.all(scales > 0) else float('nan')
+
+def _fits_head(f:Path, folder:Path) -> tuple[tuple, float]:
+    ("(image shape, arcsec per pixel or NaN) of file `f` of a folder of FITS cutouts from its headers alone (no pixel "
+     "is read): the shape `_folder_image` gives and the scale `fits_pixel_scale` gives, with the same refusals.")
+    if not is_fits(f): return _folder_image(f, folder)[0].shape, float('nan')     # a .npy where 'fits' was forced
+    try: from astropy.io import fits
+    except ImportError:
+        raise DeepLenseError(f'{f}: reading FITS needs astropy: pip install "deeplense_fastai[fits]"') from None
+    try:
+        with fits.open(f, memmap=False) as hdul, warnings.catch_warnings():
+            warnings.filterwarnings('error', message='File may have been truncated')     # its data would not read
+            heads = [(i, h.header, tuple(h.shape)) for i, h in enumerate(hdul)
+                     if h.is_image and h.shape and np.prod(h.shape)]              # HDUs with data, as read_fits's
+    except (OSError, ValueError, TypeError, IndexError, Warning) as e:
+        raise DeepLenseError(f"{f}: unreadable FITS file ({e})") from None
+    # the image HDUs `read_fits` reads (auxiliary ones aside), and the shape of what it would return
+    parts = [(i, s) for i, h, s in heads if str(h.get('EXTNAME', '')).strip().upper() not in FITS_AUXILIARY]
+    if not parts: raise DeepLenseError(f"{f}: no image data in any HDU")
+    shape = parts[0][1]
+    if len(parts) > 1:
+        if len({s[-2:] for _, s in parts}) > 1 or any(len(s) not in (2, 3) for _, s in parts):
+            raise DeepLenseError(f"{f}: {len(parts)} image extensions of different shapes (" +
+                                 ", ".join(f"HDU {i}: {'x'.join(map(str, s))}" for i, s in parts) +
+                                 "); split them into files")
+        shape = (sum(int(np.prod(s[:-2])) for _, s in parts), *shape[-2:])
+    if _is_stack(shape): raise _stack_in_folder(f, folder, shape)
+    image = _as_image(np.broadcast_to(np.float32(0), shape), f)        # its checks on a view of no memory
+    return image.shape, _wcs_scale(heads[0][1])                        # the scale of the first image HDU, as there
+
 class _FileImages:
-    "The images of a folder of image files, one per file, read when asked for (each keeps its own size)."
-    def __init__(self, files:list[Path], folder:Path): self.files, self.folder = files, folder
+    ("The images of a folder of image files, one per file, read when asked for (each keeps its own size, "
+     "`shapes`, known from the headers).")
+    def __init__(self, files:list[Path], folder:Path, shapes:list):
+        self.files, self.folder, self.shapes = files, folder, shapes
     def __len__(self): return len(self.files)
     def __getitem__(self, i): return _folder_image(self.files[int(i)], self.folder)[0]
 
-def _fits_dir_source(path:Path, progress:bool=True) -> LensSource:
+def _fits_dir_source(path:Path, progress:bool=True, files=None) -> LensSource:
     ("A folder of FITS cutouts (one image per file) as the same files named one by one: each with its own size and "
-     "its own WCS pixel scale (`meta['pixel_scales']`, NaN without a WCS, where they are not all alike).")
-    files = _deeplense_files(path)
-    shapes, scales = [], np.full(len(files), np.nan)
-    for i, img, _ in _read_files(path, files, progress, 'reading', same_size=False):
-        shapes.append(img.shape)
-        scales[i] = fits_pixel_scale(files[i]) or np.nan
+     "its own WCS pixel scale (`meta['pixel_scales']`, NaN without a WCS, where they are not all alike). Only the "
+     "headers are read here; each image is read when it is asked for.")
+    files = _deeplense_files(path) if files is None else files
+    shapes, scales = [None] * len(files), np.full(len(files), np.nan)
+    for i in _each(path, files, progress, 'reading'): shapes[i], scales[i] = _fits_head(files[i], path)
     known = np.isfinite(scales)
     alike = len(set(shapes)) == 1 and (not known.any() or (known.all() and np.ptp(scales) <= 1e-6 * scales.max()))
     meta = dict(labelled=False, pixel_scale=float(scales[0]) if known[0] else None)
     if not alike: meta.update(pixel_scales=scales, image_shapes=np.asarray(shapes), first_scale=float(scales[0]))
     labels = _file_table(path, files, np.full(len(files), np.nan)).drop(columns='label')
-    return LensSource(_FileImages(files, path), labels, 'fits', path, None, meta)
+    return LensSource(_FileImages(files, path, shapes), labels, 'fits', path, None, meta)
 
 # %% ../nbs/03b_sources.ipynb #b03d6640
 def detect_source(path:str|Path, # A dataset directory, a .npy file or a FITS file
                  ) -> str:
     "Which kind of source `path` is: 'native', 'memmap', 'deeplense', 'arrays' or 'fits'."
-    path = Path(path)
+    return _detect(Path(path))[0]
+
+def _detect(path:Path) -> tuple[str, list|None]:
+    "`detect_source`'s answer, with a folder of image files' listing (None for other kinds): `open_source` reuses it."
     if not path.exists(): raise DeepLenseError(f"{path}: no such file or directory")
     if not (path.is_dir() or path.is_file()):   # reading a FIFO would wait forever; a device has no end
         raise DeepLenseError(f"{path}: not a regular file or directory (a FIFO, socket or device); "
                              "give a file or folder")
     if path.is_dir(): return _dir_kind(path)
-    if path.name.endswith('_mmep.npy'): return 'memmap'
-    if path.suffix == '.npy': return 'arrays'
-    if is_fits(path): return 'fits'
-    if path.suffix == '.json' and _is_split(path): return 'split'
+    if path.name.endswith('_mmep.npy'): return 'memmap', None
+    if path.suffix == '.npy': return 'arrays', None
+    if is_fits(path): return 'fits', None
+    if path.suffix == '.json' and _is_split(path): return 'split', None
     raise DeepLenseError(f"{path}: not a dataset or image file "
                          "(expected a directory, a .npy or a FITS file, or a split's .json)")
 
-def _dir_kind(path:Path) -> str:
+def _dir_kind(path:Path) -> tuple[str, list|None]:
     ("Which kind of dataset directory `path` is: 'native' (a manifest says so), 'memmap', 'fits' (FITS files only) "
-     "or 'deeplense'.")
+     "or 'deeplense' (with the files listed, for the latter two).")
     for m in path.glob('manifest*.json'):
         try:
-            if json.loads(m.read_text()).get('format') == 'native': return 'native'
+            if json.loads(m.read_text()).get('format') == 'native': return 'native', None
         except (ValueError, OSError): raise DeepLenseError(f"{m}: unreadable manifest") from None
-    if (path/'images_mmep.npy').exists(): return 'memmap'
-    if all(is_fits(f) for f in _deeplense_files(path)): return 'fits'    # cutouts: each file's WCS says its scale
-    return 'deeplense'
+    if (path/'images_mmep.npy').exists(): return 'memmap', None
+    files = _deeplense_files(path)
+    return ('fits' if all(is_fits(f) for f in files) else 'deeplense'), files  # fits: each file's WCS says its scale
 
 # %% ../nbs/03b_sources.ipynb #1eb7fffb
 SPLIT_FORMAT = 'deeplense_fastai/split'
@@ -467,12 +522,12 @@ def open_source(path, # Dataset path, or images in memory (numpy array, torch te
     "Open any supported dataset (or images in memory) as a `LensSource`."
     if isinstance(path, LensSource) or hasattr(path, 'shape') or isinstance(path, list): return as_source(path)
     path = Path(path)
-    kind = kind or detect_source(path)
+    kind, files = (kind, None) if kind else _detect(path)       # a folder is listed once: its opener takes the list
     if not path.exists(): raise DeepLenseError(f"{path}: no such file or directory")
     if kind not in OPENERS:
         *kinds, last = OPENERS
         raise DeepLenseError(f"unknown source kind {kind!r}; use {', '.join(kinds)} or {last}")
-    return OPENERS[kind](path, shape=shape, labels=labels, progress=progress)
+    return OPENERS[kind](path, shape=shape, labels=labels, progress=progress, **({'files': files} if files else {}))
 
 # %% ../nbs/03b_sources.ipynb #0bba4285
 def resolve_targets(src:LensSource, # The source
@@ -508,15 +563,17 @@ def bad_pixel_counts(src:LensSource, # The source
     idx = np.arange(len(src)) if idx is None else np.asarray(idx)
     if len(src.images) != len(src.labels):
         raise DeepLenseError(f"{src.path}: {len(src.images)} images but {len(src.labels)} labels")
-    if len(src.images): _check_pixel_type(np.asarray(src.images[0]), src.path)
+    first = np.asarray(src.images[0]) if len(src.images) else None      # read once (a file, in a folder of them)
+    if first is not None: _check_pixel_type(first, src.path)
     counts = np.zeros(len(idx), dtype=np.int64)
-    if not len(src.images) or not np.issubdtype(np.asarray(src.images[0]).dtype, np.floating): return counts
+    if first is None or not np.issubdtype(first.dtype, np.floating): return counts
     for s in range(0, len(idx), chunk):
         part = idx[s:s + chunk]
         if isinstance(src.images, np.ndarray):
             counts[s:s + len(part)] = (~np.isfinite(src.images[part].reshape(len(part), -1))).sum(1)
-        else:                                            # one at a time: a folder of cutouts may mix sizes
-            counts[s:s + len(part)] = [(~np.isfinite(np.asarray(src.images[i]))).sum() for i in part]
+        else:                                 # one at a time: a folder of cutouts may mix sizes (the first is read)
+            read = lambda i: first if i == 0 else np.asarray(src.images[i])
+            counts[s:s + len(part)] = [(~np.isfinite(read(i))).sum() for i in part]
     return counts
 
 def check_pixels(src:LensSource, # The source
