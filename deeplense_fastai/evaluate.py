@@ -23,7 +23,7 @@ from .posterior import (COVERAGE_LEVELS, grid_pit, grid_quantiles, grid_sample, 
 from .config import RunConfig
 from .learner import read_run_config
 from .inputs import open_checked, _notice
-from .inference import load_run, predict_opened, run_posteriors
+from .inference import load_run, predict_opened, run_posteriors, ood_words
 
 # %% ../nbs/05d_evaluate.ipynb #9b1a7778
 SEEN = 'images_seen.npz'
@@ -101,9 +101,8 @@ def _ood_note(preds:pd.DataFrame, cfg:RunConfig, notice) -> int|None:
     if 'ood' not in preds or preds['ood'].isna().all(): return None
     k = int(preds['ood'].sum())
     if k:
-        share = (cfg.extra.get('ood') or {}).get('false_alarm', 0.05)
-        notice(f"note: {k} of {len(preds)} images are unlike the run's training images (ood: beyond the threshold "
-               f"that flags {share:.0%} of its validation images); on them these metrics measure an extrapolation")
+        notice(f"note: {k} of {len(preds)} images are unlike the run's training images ({ood_words(cfg)}); on them "
+               f"these metrics measure an extrapolation")
     return k
 
 def score_run(run_dir:str|Path, # A run directory

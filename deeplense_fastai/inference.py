@@ -14,8 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches', 'predict_batches', 'get_predictions',
            'class_probabilities', 'class_columns', 'predict_source', 'posterior_source', 'Batching', 'check_samples',
-           'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'limits_summary', 'require_flow',
-           'run_posteriors', 'SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']
+           'predict', 'predict_loaded', 'predict_opened', 'limit_columns', 'ood_words', 'limits_summary',
+           'require_flow', 'run_posteriors', 'SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, file_digest
@@ -29,7 +29,7 @@ from .config import (RunConfig, SUMMARY_FILE, HPARAM_MAX, read_calibration, chec
 _all_ = ['SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']   # their homes: config (the calibration record), inputs
 from .models import get_model
 from .learner import read_run_config, _unwrap, _split_outputs
-from .learner import OODReference, ood_hook
+from .learner import OODReference, ood_hook, OOD_SPLIT_FIT, OOD_THRESHOLD_FIT
 from .inputs import (Grid, Reading, open_checked, pixel_status, bad_pixel_summary, input_grid, _notice,
                                      image_grids, _with_grids)
 
@@ -399,6 +399,17 @@ def limit_columns(model:nn.Module, # A run's model (`load_run`: with its OOD ref
     return dict(ood_score=np.full(n, np.nan) if score is None else score, ood=ood,
                 in_prior=na if inside is None else pd.array(inside, dtype='boolean'))
 
+def ood_words(cfg:RunConfig, # The run's configuration
+             ) -> str:
+    """What the run's `ood` threshold means, for notes: a share of held-out images, and for a reference fitted before
+    the conformal threshold (`OOD_SPLIT_FIT`, on one half of them) that it flags about twice that share."""
+    info = cfg.extra.get('ood') or {}
+    share = info.get('false_alarm', 0.05)
+    if info.get('threshold_fit', OOD_SPLIT_FIT) == OOD_SPLIT_FIT:
+        return (f"ood: beyond a threshold fitted by an earlier version on half its held-out images, which flags about "
+                f"twice its stated {share:.0%} of new in-distribution images; retraining refits it")
+    return f"ood: beyond the threshold that flags at most {share:.0%} of its held-out images"
+
 def limits_summary(preds:pd.DataFrame, # Output of `predict`
                    cfg:RunConfig, # The run's configuration
                   ) -> list[str]:
@@ -410,10 +421,8 @@ def limits_summary(preds:pd.DataFrame, # Output of `predict`
         lines.append("note: this run has no OOD reference (ood.safetensors, which training writes; "
                      "older runs lack it): ood is empty")
     elif (k := int(preds['ood'].sum())):
-        share = (cfg.extra.get('ood') or {}).get('false_alarm', 0.05)
         lines.append(f"note: {k} of {n} {'image is' if n == 1 else 'images are'} unlike the run's training images "
-                     f"(ood: beyond the threshold that flags {share:.0%} of its validation images); what the run says "
-                     f"of {'it' if k == 1 else 'them'} is an extrapolation")
+                     f"({ood_words(cfg)}); what the run says of {'it' if k == 1 else 'them'} is an extrapolation")
     if (k := int((preds['in_prior'] == False).sum())):                      # noqa: E712 (NA counts as unknown)
         lines.append(f"note: {k} of {n} {'point estimate lies' if n == 1 else 'point estimates lie'} outside the "
                      f"training range of the targets (in_prior false); {'it is' if k == 1 else 'they are'} reported "
