@@ -74,9 +74,10 @@ pytest: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q --durations=25 tests
 
 # `make test` runs the notebooks beside pytest, and pytest in two processes (pytest-xdist, a test file per process, so
-# a file's module fixtures are built once), every process with one torch thread: on a 2-core machine the suite used
-# one core (CPU time equal to wall time), and one thread per process is what avoids the oversubscription measured
-# above. The checks that find a broken tree in seconds (sync, lint) and the browser run first.
+# a file's module fixtures are built once; conftest's session fixtures, tiny runs, once per process), every process
+# with one torch thread: run one after the other, the suite kept one of 2 cores busy (CPU time equal to wall time).
+# Three one-thread processes on two cores share them; the oversubscription measured above was many threads per
+# process. The checks that find a broken tree in seconds (sync, lint) and the browser run first.
 pytest-parallel: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q --durations=25 -n 2 --dist loadfile tests
 

@@ -27,8 +27,9 @@ The run's OOD reference is the one `deeplense train` fits today: a reference wri
 conformal quantile of all held-out images (`OOD_SPLIT_FIT`: scales on one random half of the validation images, the
 threshold on the other) is refitted once by the library's `fit_ood` on DataLoaders built as `deeplense train` built the
 run's (the same 8,000 images, 10% held out, seed 0) and written into the run in its place; the earlier file is kept
-as ood-split.safetensors, and `ood_before` in the results gives the share the earlier reference flags among the fresh
-images of the run's own world and among its own images, beside the current one's.
+as ood-split.safetensors, and `run.ood.before` in the results gives the share the earlier reference flags among the
+fresh images of the run's own world and among its own images, beside the current one's. (A reference that
+bench/robustness.py refitted on other images is refitted again the same way.)
 
 The lenstronomy renders are cached beside the library's test sets (cache_dir('bench')/lenstronomy-<sky>-n<n>-seed99.npy;
 bench/fidelity.py's file for model_ii). The results record the run's weights digest and OOD threshold.
@@ -132,20 +133,20 @@ def current_reference(run):
     from deeplense_fastai.core import file_digest
     from deeplense_fastai.inference import load_run
     from deeplense_fastai.learner import OOD_THRESHOLD_FIT, OODReference, fit_ood
-    digest = file_digest(run / "weights.safetensors")
-    ref = OODReference.load(run / "ood.safetensors", digest)
-    if ref.threshold_fit == OOD_THRESHOLD_FIT:
-        old = run / "ood-split.safetensors"
+    digest, old = file_digest(run / "weights.safetensors"), run / "ood-split.safetensors"
+    ref, cfg = OODReference.load(run / "ood.safetensors", digest), RunConfig.read(run)
+    by_bench = "refit" in (cfg.extra.get("ood") or {})     # robustness.py's refit (other images) is not training's
+    if ref.threshold_fit == OOD_THRESHOLD_FIT and not by_bench:
         return ref, (OODReference.load(old, digest) if old.exists() else None)
     import torch
     torch.manual_seed(0)                                    # the augmentations of the training batches
     new = fit_ood(SimpleNamespace(dls=_dataloaders(), model=load_run(run)[0]))
-    shutil.copy2(run / "ood.safetensors", run / "ood-split.safetensors")
+    if not old.exists(): shutil.copy2(run / "ood.safetensors", old)
+    before = OODReference.load(old, digest)
     new.save(run / "ood.safetensors", digest)
-    cfg = RunConfig.read(run)
     cfg.extra["ood"] = new.info()
     cfg.write(run)
-    return new, ref
+    return new, before
 
 
 def flagged(run, ref, images) -> float:

@@ -35,13 +35,14 @@ from .data import LensTarget
 
 # %% auto #0
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'OOD_FALSE_ALARM', 'OOD_MAX_IMAGES', 'OOD_THRESHOLD_FIT', 'OOD_SPLIT_FIT',
-           'OOD_STEM_MIN', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss', 'warmdown_floor',
-           'get_opt_func', 'regression_metrics', 'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard', 'SaveBest',
-           'HistoryCSV', 'Checkpoint', 'ThreadPolicy', 'body_head_splitter', 'load_init', 'TargetRange',
+           'OOD_QUANTILE_FIT', 'OOD_STEM_MIN', 'GaussianNLL', 'RMSE', 'get_loss', 'outputs_per_target', 'LensLoss',
+           'warmdown_floor', 'get_opt_func', 'regression_metrics', 'LRTrace', 'json_safe', 'EpochLog', 'Ranger21Guard',
+           'SaveBest', 'HistoryCSV', 'Checkpoint', 'ThreadPolicy', 'body_head_splitter', 'load_init', 'TargetRange',
            'check_train_names', 'LearnerSettings', 'regression_learner', 'FitRecord', 'fit', 'summary_layer',
            'stem_layer', 'summary_hook', 'ood_hook', 'ood_features', 'summaries', 'conformal_quantile', 'mahalanobis',
-           'OODReference', 'fit_ood', 'weights_digest', 'export_run', 'check_run_config', 'read_run_config', 'ovr_auc',
-           'classification_learner', 'distributed', 'check_calibration', 'check_joint_calibration']
+           'OODReference', 'ood_threshold_fit', 'fit_ood', 'weights_digest', 'export_run', 'check_run_config',
+           'read_run_config', 'ovr_auc', 'classification_learner', 'distributed', 'check_calibration',
+           'check_joint_calibration']
 
 # %% ../nbs/05_learner.ipynb #f5d63db3
 class GaussianNLL(nn.Module):
@@ -673,6 +674,7 @@ OOD_FALSE_ALARM = 0.05     # share of in-distribution (validation) images that `
 OOD_MAX_IMAGES = 4000      # training images summarised for the reference (more changes the covariance little)
 OOD_THRESHOLD_FIT = 'conformal quantile of all held-out images'   # how `OODReference.fit` sets the threshold
 OOD_SPLIT_FIT = 'quantile of one half of the held-out images'     # references written before (scales: the other half)
+OOD_QUANTILE_FIT = 'quantile of all held-out images'              # summary-only references written before
 OOD_STEM_MIN = 200         # held-out images below which the reference keeps the summary alone (two quantiles to fit)
 
 def summary_layer(model:nn.Module, # A regression model or a `FlowRegressor`
@@ -751,8 +753,10 @@ def summaries(model:nn.Module, # A regression model or a `FlowRegressor`
 def conformal_quantile(scores:np.ndarray, # Scores of held-out in-distribution images (N,)
                        false_alarm:float, # The share of new in-distribution images that may score above it
                       ) -> float:
-    """The split-conformal threshold: the ceil((N + 1)(1 - false_alarm))-th smallest score (the largest when N is too
-    small): a new image exchangeable with the held-out ones scores above it with probability <= `false_alarm`."""
+    """The split-conformal threshold: the ceil((N + 1)(1 - false_alarm))-th smallest score, so that a new image
+    exchangeable with the held-out ones scores above it with probability <= `false_alarm` (about that when the scores'
+    scales were fitted on the same images; below 1 / `false_alarm` - 1 scores it is the largest, which a new image
+    exceeds with probability 1 / (N + 1))."""
     s = np.sort(np.asarray(scores, np.float64))
     return float(s[min(len(s), int(np.ceil((len(s) + 1) * (1 - false_alarm)))) - 1])
 
@@ -804,6 +808,9 @@ class OODReference:
         reference, calibration = _as_parts(reference), _as_parts(calibration)
         n, m = len(reference['summary']), len(calibration['summary'])
         if n < 2 or m < 1: raise DeepLenseError("an OOD reference needs >= 2 training and >= 1 held-out images")
+        if (bad := sum(int((~np.isfinite(v)).any(1).sum()) for v in (*reference.values(), *calibration.values()))):
+            raise DeepLenseError(f"an OOD reference needs finite features: {bad} image(s) have NaN or infinite ones "
+                                 f"(the network's summary is not finite)")
         if m < OOD_STEM_MIN: reference, calibration = ({'summary': p['summary']} for p in (reference, calibration))
         fits = {k: LedoitWolf().fit(v) for k, v in reference.items() if k in calibration}
         scales = {k: conformal_quantile(mahalanobis(calibration[k], f.location_, f.precision_), false_alarm)
@@ -862,11 +869,18 @@ class OODReference:
                 scales = json.loads(meta['scales'])
                 parts = {k: (arr[f'{k}.mean'], arr[f'{k}.precision'], float(s)) for k, s in scales.items()}
             ref = cls(parts, float(meta['threshold']), float(meta['false_alarm']), int(meta['n_reference']),
-                      int(meta['n_calibration']), meta.get('threshold_fit', OOD_SPLIT_FIT))
+                      int(meta['n_calibration']), ood_threshold_fit(meta))
             if not np.isfinite(ref.threshold): raise ValueError(f"threshold {ref.threshold}")
             return ref
         except (KeyError, ValueError, TypeError, AttributeError, DeepLenseError) as e:
             raise DeepLenseError(f"{path}: not an OOD reference ({type(e).__name__}: {e})") from None
+
+def ood_threshold_fit(info:dict, # A reference's numbers: config.json's `ood`, or its file's metadata
+                     ) -> str:
+    """How a reference's threshold was fitted: its `threshold_fit`; for files written before the field, the split
+    (`OOD_SPLIT_FIT`) when it had several feature sets, else the plain quantile of all held-out images."""
+    if 'threshold_fit' in info: return str(info['threshold_fit'])
+    return OOD_SPLIT_FIT if str(info.get('score', '')).startswith('largest over') else OOD_QUANTILE_FIT
 
 def _as_parts(feats) -> dict:
     "OOD features as a dict of float64 arrays; an array alone is the summary."

@@ -95,7 +95,8 @@ def test_data_specific_errors(run_dir, data, tmp_path):
 def test_accelerate_launch_two_cpu_processes(data, tmp_path):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     out = tmp_path / "ddp"
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "29518",
+           "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "deeplense_fastai.cli", "train", "--data", str(data / "train"), "--arch",
            "xresnet_small", "--epochs", "1", "--bs", "32", "--out", str(out), "--quiet", "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(ENV, CUDA_VISIBLE_DEVICES=""), timeout=600)

@@ -195,17 +195,15 @@ def test_pickled_checkpoint_is_refused_and_not_run(env, data, model, tmp_path):
 
 
 # ---- other ----------------------------------------------------------------------------------------------------
-def test_cache_sees_an_edit_that_keeps_size_and_time(env, tmp_path):
+def test_cache_sees_an_edit_that_keeps_size_and_time(env, tmp_path, monkeypatch):
     from deeplense_fastai.data import open_source
-    os.environ["DEEPLENSE_CACHE"] = str(tmp_path / "cache")
-    try:
-        d = tmp_path / "dl"; d.mkdir()
-        f = d / "x.npy"; np.save(f, np.zeros((8, 8), np.float32)); st = f.stat()
-        assert open_source(d, progress=False).image(0).max() == 0
-        np.save(f, np.ones((8, 8), np.float32)); os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
-        assert open_source(d, progress=False).image(0).max() == 1
-    finally: del os.environ["DEEPLENSE_CACHE"]
+    monkeypatch.setenv("DEEPLENSE_CACHE", str(tmp_path / "cache"))     # restored after the test, whatever it was
+    d = tmp_path / "dl"; d.mkdir()
+    f = d / "x.npy"; np.save(f, np.zeros((8, 8), np.float32)); st = f.stat()
+    assert open_source(d, progress=False).image(0).max() == 0
+    np.save(f, np.ones((8, 8), np.float32)); os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    assert open_source(d, progress=False).image(0).max() == 1
 
 
 def test_shared_files_have_the_users_permissions(env, model, data):
@@ -482,23 +480,21 @@ def test_config_cannot_name_a_weights_file(env, model, data, tmp_path):
     refused(run("predict", "--model", bad, data / "train", env=env[1]), "weights file")
 
 
-def test_second_process_waits_for_the_same_cache(env, tmp_path):
+def test_second_process_waits_for_the_same_cache(env, tmp_path, monkeypatch):
     "A second run needing a cached simulation that another is writing waits for it (and says so), then reads it."
     from deeplense_fastai.dataset import cached_simulation
     e = dict(env[1], DEEPLENSE_CACHE=str(tmp_path / "cache"))
     code = "from deeplense_fastai.dataset import cached_simulation as c; print(c('model_ii', 8, 3))"
-    os.environ["DEEPLENSE_CACHE"] = str(tmp_path / "cache")
-    try:
-        path = cached_simulation("model_ii", 8, 3)
-        import fcntl
-        with open(path.parent / f".{path.name}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
-            time.sleep(8)
-            assert p.poll() is None, p.communicate()
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0 and "waiting for it" in err and out.strip() == str(path), err[-2000:]
-    finally: del os.environ["DEEPLENSE_CACHE"]
+    monkeypatch.setenv("DEEPLENSE_CACHE", str(tmp_path / "cache"))
+    path = cached_simulation("model_ii", 8, 3)
+    import fcntl
+    with open(path.parent / f".{path.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+        time.sleep(8)
+        assert p.poll() is None, p.communicate()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "waiting for it" in err and out.strip() == str(path), err[-2000:]
 
 
 # ---- found by review: a noise map is not a lens, --force needs a run, inputs' sidecars are inputs ----

@@ -85,7 +85,8 @@ def test_disjoint_shares_across_two_processes(tmp_path):
     script.write_text(DDP_SCRIPT)
     (tmp_path / "run").mkdir()
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "29517",
+           "--mixed_precision", "no",
            "--dynamo_backend", "no", str(script), str(tmp_path / "run")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(ENV, ACCELERATE_USE_CPU="1"), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

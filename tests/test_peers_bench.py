@@ -15,7 +15,7 @@ pytest.importorskip("lenstronomy", reason="lenstronomy (the oracle, in the dev e
 
 def test_peers_smoke(tmp_path):
     out = tmp_path / "peers.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", DEEPLENSE_CACHE=str(tmp_path / "cache"))
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "peers.py"), "--smoke", "--json", str(out)], check=False,
                        cwd=ROOT,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, env=env)
