@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, contextlib, json, os, sys, time
 from pathlib import Path
 
-from .core import DeepLenseError, _inside
+from .core import DeepLenseError, _inside, plural
 import numpy as np
 
 # %% auto #0
@@ -72,6 +72,9 @@ _OPTIONS = {   # flag -> add_argument keywords: one definition of each option th
     '--seed': dict(type=_seed, default=0, help='seed of every random choice (default 0)'),
     '--quiet': dict(action='store_true', help='no progress bar and no notes'),
     '--progress': dict(action='store_true', help='progress bars (on stderr) even when stderr is not a terminal'),
+    '--bad-pixels': dict(choices=('skip', 'mask', 'refuse'), default='skip',
+                         help="images with NaN or Inf pixels: skip (the default), mask (read those pixels as the "
+                              "image's median) or refuse (stop before any work)"),
 }
 
 def _add(p, *flags, **helps) -> None:
@@ -192,7 +195,7 @@ def cmd_simulate(a) -> int:
     w = DatasetWriter(a.out, SimSpec(preset, a.seed, a.classes, not a.no_noise), a.n, a.fmt, a.shard, device=device,
                       batch_size=a.batch_size, progress=bar, log=log, compile=a.compile)
     with contextlib.redirect_stdout(sys.stderr): m = w.write()
-    span = f"{m['stop'] - m['start']} images [{m['start']}, {m['stop']}) of {a.n}"
+    span = f"{plural(m['stop'] - m['start'], 'image')} [{m['start']}, {m['stop']}) of {a.n}"
     if w.already_complete: print(f"{a.out}: already complete, {span}, nothing written")
     else: print(f"wrote {a.out}: {span}, preset {preset.name}, format {a.fmt}")
     return 0
@@ -232,7 +235,8 @@ def _info_args(i):
     i.add_argument('path', type=Path, help='dataset directory, DeepLense folder, memmap pair, .npy or FITS file')
 
 def _native_line(path, n:int, npix:int, preset:str, seed:int, parts:int, noise:bool, stream:str) -> str:
-    return (f"{path}: {n} images of {npix}x{npix}, preset {preset}, seed {seed}, {parts} part(s), "
+    return (f"{path}: {plural(n, 'image')} of {npix}x{npix}, preset {preset}, seed {seed}, "
+            f"{plural(parts, 'part')}, "
             f"noise {'on' if noise else 'off'}" + ('' if stream == 'generator' else f", noise stream {stream}"))
 
 def _native_first_line(path:Path) -> str|None:
@@ -260,14 +264,14 @@ def cmd_info(a) -> int:
     if kind == 'deeplense':  # read file by file: info writes nothing (no cache), whatever the folder
         from deeplense_fastai.data import scan_deeplense_dir
         (h, w), lab = scan_deeplense_dir(a.path, progress=sys.stderr.isatty())
-        print(f"{a.path}: {len(lab)} images of {h}x{w}, deeplense, "
+        print(f"{a.path}: {plural(len(lab), 'image')} of {h}x{w}, deeplense, "
               f"{'labelled' if lab['label'].notna().any() else 'unlabelled'}")
     else:
         with contextlib.redirect_stdout(sys.stderr): src = open_source(a.path, progress=sys.stderr.isatty())
         lab = src.labels
     if kind not in ('native', 'deeplense'):
         h, w = src.image_shape
-        print(f"{a.path}: {len(src)} images of {h}x{w}, {kind}, "
+        print(f"{a.path}: {plural(len(src), 'image')} of {h}x{w}, {kind}, "
               f"{'labelled' if src.meta.get('labelled', True) else 'unlabelled'}")
     if 'class' in lab and lab['class'].astype(str).str.len().gt(0).any():
         print("classes: " + ", ".join(f"{c} {n}" for c, n in lab['class'].value_counts().sort_index().items()))
@@ -275,7 +279,7 @@ def cmd_info(a) -> int:
     for col in [c for c in lab.columns
                 if c not in ('index', 'file', 'class') and pd.api.types.is_numeric_dtype(lab[c])]:
         v = lab[col].dropna()
-        if len(v): print(f"{col}: {len(v)} values, min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g}")
+        if len(v): print(f"{col}: {plural(len(v), 'value')}, min {v.min():.4g}, mean {v.mean():.4g}, max {v.max():.4g}")
     return 0
 
 COMMANDS['info'] = ('describe a dataset or image file (any kind the data module reads)', None, _info_args, cmd_info)
@@ -319,7 +323,7 @@ def cmd_split(a) -> int:
     if (bad := [p for p in paths_read(a.path) if any(a.out/f'{n}.json' == Path(p) for n in names)]):
         raise DeepLenseError(f"--out {a.out}: would overwrite the input {bad[0]}")
     files = write_splits(a.path, a.out, a.fractions, names, a.seed, a.force)
-    for n, f in files.items(): print(f"{n}: {json.loads(f.read_text())['n']} images -> {f}")
+    for n, f in files.items(): print(f"{n}: {plural(json.loads(f.read_text())['n'], 'image')} -> {f}")
     return 0
 
 COMMANDS['split'] = ('split a dataset into train/calibration/test files (no copying)',
@@ -466,8 +470,9 @@ def _online_data(a, device, say):
     from deeplense_fastai.dataset import cached_simulation
     preset, epoch = a.preset or 'model_ii', a.epoch_size or DEFAULT_N
     n_valid, n_test = online_valid_size(epoch), simulated_test_size(epoch)
-    say(f"online {preset}: new training images every batch, {epoch} per epoch, {n_valid} fixed validation images; "
-        f"test on {a.test or f'{n_test} images (cached)'} ...")
+    test = a.test or plural(n_test, 'image') + ' (cached)'
+    say(f"online {preset}: new training images every batch, {epoch} per epoch, "
+        f"{plural(n_valid, 'fixed validation image')}; test on {test} ...")
     test_path = a.test or cached_simulation(preset, n_test, a.seed + 10_000, device)
     dls = online_dataloaders(preset, a.target, epoch_size=epoch, bs=a.bs, valid=n_valid, seed=a.seed, norm=a.norm,
                              augment=not a.no_augment, size=a.size, num_workers=a.workers, device=device)
@@ -481,8 +486,8 @@ def _fixed_data(a, device, say):
         preset, n = a.preset or 'model_ii', a.n or DEFAULT_N
         classes = CLASSIFY_CLASSES if a.task == 'classify' else None
         n_test = simulated_test_size(n)
-        say(f"simulating {preset}: {n} training" + ('' if a.test else f" and {n_test} test")
-            + " images (cached after the first run) ...")
+        say(f"simulating {preset}: {plural(n, 'training image')}"
+            + ('' if a.test else f" and {plural(n_test, 'test image')}") + " (cached after the first run) ...")
         train_path = cached_simulation(preset, n, a.seed, device, classes)
         test_path = a.test or cached_simulation(preset, n_test, a.seed + 10_000, device, classes)
         return open_source(train_path), test_path, None
@@ -574,14 +579,26 @@ def _learner(a, dls):
 def _threads_note(device) -> str:
     import torch
     n = torch.get_num_threads()
-    return f" ({n} thread{'s' if n > 1 else ''})" if device.type == 'cpu' else ''
+    return f" ({plural(n, 'thread')})" if device.type == 'cpu' else ''
 
 def _training_line(a, cfg) -> str:
     "What `train` says before it fits: the model, the images, the targets or classes, the epochs and the device."
     what = (f"classes {', '.join(cfg.classes)} (column {cfg.extra['class_column']})" if cfg.classes
             else f"target {', '.join(cfg.targets)}")
-    return (f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {cfg.n_train} images, "
-            f"validating on {cfg.n_valid}, {what}, {a.epochs} epochs on {a.device}" + _threads_note(a.device))
+    return (f"training {a.arch} ({a.loss}, {a.opt}, {a.schedule}) on {plural(cfg.n_train, 'image')}, "
+            f"validating on {cfg.n_valid}, {what}, {plural(a.epochs, 'epoch')} on {a.device}" + _threads_note(a.device))
+
+def _start_line(a) -> str|None:
+    ("What `train` says of a run that starts from trained weights (--init, --pretrained): which layers train when, "
+     "as `learner.fit` does it (None for a run from scratch, and on --resume, which never trains frozen again).")
+    if a.resume or (a.init is None and not a.pretrained): return None
+    start = f"fine-tuning {a.init}" if a.init is not None else "starting from ImageNet weights"
+    if not a.freeze_epochs:
+        return (f"{start}: every layer trains from the first epoch (--freeze-epochs N first trains only the head for "
+                f"N epochs, as fastai's fine_tune does)")
+    return (f"{start}: first {plural(a.freeze_epochs, 'epoch')} of the head alone (the fully connected layers, and the "
+            f"batch-norm layers, which fastai's freeze leaves trainable) on a frozen body, then every layer for the "
+            f"{plural(a.epochs, 'epoch')} above")
 
 def _replace_old_run(a) -> None:
     "With --force, remove the run already in --out (its own files only: `config.run_strangers` found no others)."
@@ -610,6 +627,7 @@ def cmd_train(a) -> int:
     exported = a.resume and (a.out/'config.json').is_file()   # killed while testing: the exported run is only tested
     cfg = learn.lens_config
     say(_training_line(a, cfg))
+    if (line := _start_line(a)): say(line)
     bars = not a.quiet and (a.progress or sys.stderr.isatty())     # fastai's bar and table, on stderr, for a person
     log = EpochLog(a.log, sys.stdout) if not a.quiet and (js or not bars) else None
     if log: learn.add_cb(log)
@@ -697,10 +715,9 @@ def _predict_args(pr):
     pr.add_argument('--samples', type=int, default=0, metavar='K',
                     help='flow runs: also K posterior samples per image and target '
                          '(at most 10,000: inference.MAX_SAMPLES)')
-    pr.add_argument('--bad-pixels', choices=('skip', 'mask', 'refuse'), default='skip',
-                    help="images with NaN or Inf pixels: skip (their row says why, with no numbers; the default), mask "
-                         "(read those pixels as the image's median) or refuse (stop before any prediction)")
-    _add(pr, '--pixel-scale', '--force')
+    _add(pr, '--bad-pixels', '--pixel-scale', '--force',
+         bad_pixels="images with NaN or Inf pixels: skip (their row says why, with no numbers; the default), mask "
+                    "(read those pixels as the image's median) or refuse (stop before any prediction)")
 
 def __getattr__(name:str):
     "`cli.MAX_SAMPLES` (predict's limit on --samples) moved to `inference`: fetched from there, with a warning."
@@ -744,7 +761,7 @@ def cmd_predict(a) -> int:
     if a.out is None: print(out.to_csv(index=False), end='')
     else:
         with atomic_write(a.out) as tmp: out.to_csv(tmp, index=False)
-        print(f"wrote {len(out)} predictions to {a.out}")
+        print(f"wrote {plural(len(out), 'prediction')} to {a.out}")
     return 0
 
 def _printable(name) -> str:
@@ -785,7 +802,7 @@ def cmd_calibrate(a) -> int:
                       lenses=a.lenses, seed=a.seed, **({} if a.bank is None else {'bank': a.bank}))
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
-        print(f"{t}: before recalibration, on {r['n']} images, the central 50% intervals held the truth for "
+        print(f"{t}: before recalibration, on {plural(r['n'], 'image')}, the central 50% intervals held the truth for "
               f"{c.loc[0.5]:.1%} of them, the 70% intervals for {c.loc[0.7]:.1%}, the 95% intervals for "
               f"{c.loc[0.95]:.1%}")
     if r['floor'] is not None:
@@ -796,7 +813,7 @@ def cmd_calibrate(a) -> int:
               + ", ".join(f"{int(n)} lenses' 68% and 95% intervals held the truth in {c68:.0%} and {c95:.0%}"
                           for n, c68, c95 in zip(f.n, f.coverage68, f.coverage95)))
         if (sl := r['joint']['log10_m_axion'].get('summary_likelihood')): _print_summary_likelihood(sl)
-    print(f"wrote {a.model/'calibration.json'} ({r['n']} images)")
+    print(f"wrote {a.model/'calibration.json'} ({plural(r['n'], 'image')})")
     return 0
 
 def _print_summary_likelihood(sl:dict) -> None:
@@ -824,7 +841,9 @@ def _combine_args(c):
     c.add_argument('--allow-ood', action='store_true',
                    help='combine even when more than 20%% of the lenses (and at least two) are '
                         'unlike the training images (refused otherwise)')
-    _add(c, '--bs', '--device')
+    _add(c, '--bs', '--device', '--bad-pixels',
+         bad_pixels="lenses with NaN or Inf pixels: skip (not combined; a note counts and names them; the default), "
+                    "mask (read those pixels as the image's median) or refuse (stop before any image is combined)")
 
 def _check_combine(a) -> None:
     "Everything `combine` can refuse before an image is read: the run and targets, each input's kind, the output files."
@@ -849,11 +868,11 @@ def cmd_combine(a) -> int:
     _check_combine(a)
     with contextlib.redirect_stdout(sys.stderr):
         joints = joint_posteriors(a.model, [_scaled(p, a.pixel_scale, 'PATH') for p in a.paths], a.target, a.bs, a.tta,
-                                  get_device(a.device), allow_ood=a.allow_ood)
+                                  get_device(a.device), allow_ood=a.allow_ood, bad_pixels=a.bad_pixels)
     for t, jp in joints.items():
         s = jp.summary
-        print(f"{t} from {jp.n} lenses: median {s['median']:.4f}, 68% [{s['lo68']:.4f}, {s['hi68']:.4f}], "
-              f"95% [{s['lo95']:.4f}, {s['hi95']:.4f}]"
+        print(f"{t} from {plural(jp.n, 'lens', 'lenses')}: median {s['median']:.4f}, "
+              f"68% [{s['lo68']:.4f}, {s['hi68']:.4f}], 95% [{s['lo95']:.4f}, {s['hi95']:.4f}]"
               + (f" ({jp.method}, systematic floor {jp.systematic:.4f})" if jp.calibrated
                  else " (no joint calibration)"))
     if a.json is not None:

@@ -19,7 +19,7 @@ __all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BAN
            'joint_posterior', 'plot_format', 'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
-from .core import DeepLenseError, atomic_write, file_digest
+from .core import DeepLenseError, atomic_write, file_digest, plural
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_recalibration,
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
                                        posterior_summaries, SummaryLikelihood, fit_summary_likelihood,
@@ -27,7 +27,7 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_r
 from .simulate import get_preset
 from .config import RunConfig
 from .learner import read_run_config, ood_features
-from .inputs import _notice
+from .inputs import _notice, open_checked, pixel_status, BAD_PIXELS, Reading
 from .inference import (load_run, require_flow, Batching, SUMMARY_FILE, _check_tta, _flow_run,
                                        _open_all, _posteriors_of, _source_batches, _plans)
 from .evaluate import image_hashes, seen_images, _hashes_digest, _labelled, _pits
@@ -104,14 +104,17 @@ def _check_populations(preset:str, cfg:RunConfig, trials:int, lenses:int, bank:i
      "not more than memory holds.")
     _population_preset(preset, cfg)
     if bank and not MIN_BANK <= bank <= MAX_POPULATION_IMAGES:
-        raise DeepLenseError(f"bank: {bank:,} lenses cannot fit the summary likelihood; use {MIN_BANK} to "
-                             f"{MAX_POPULATION_IMAGES:,} (default {BANK:,}), or 0 for the aggregate and floor alone")
+        raise DeepLenseError(f"bank: {plural(bank, 'lens', 'lenses', ',')} cannot fit the summary likelihood; use "
+                             f"{MIN_BANK} to {MAX_POPULATION_IMAGES:,} (default {BANK:,}), or 0 for the aggregate and "
+                             f"floor alone")
     if trials < MIN_TRIALS or lenses < MIN_LENSES:
-        raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses cannot fit a floor; use at least "
-                             f"{MIN_TRIALS} trials of {MIN_LENSES} lenses (default 200 of 50)")
+        raise DeepLenseError(f"populations: {plural(trials, 'trial')} of {plural(lenses, 'lens', 'lenses')} cannot "
+                             f"fit a floor; use at least {MIN_TRIALS} trials of {MIN_LENSES} lenses "
+                             f"(default 200 of 50)")
     if trials * lenses > MAX_POPULATION_IMAGES:   # every population image is simulated and held at once
-        raise DeepLenseError(f"populations: {trials} trials of {lenses} lenses are {trials * lenses:,} images; at most "
-                             f"{MAX_POPULATION_IMAGES:,} (the default is 200 of 50)")
+        raise DeepLenseError(f"populations: {plural(trials, 'trial')} of {plural(lenses, 'lens', 'lenses')} are "
+                             f"{trials * lenses:,} images; at most {MAX_POPULATION_IMAGES:,} "
+                             f"(the default is 200 of 50)")
 
 def _calibration_images(run_dir, cfg:RunConfig, opened:list, force:bool) -> np.ndarray:
     ("The hashes of a calibration split, refused (unless `force`) when off the run's grid or holding the run's "
@@ -123,8 +126,9 @@ def _calibration_images(run_dir, cfg:RunConfig, opened:list, force:bool) -> np.n
     hashes = np.concatenate([image_hashes(s) for s, _ in opened])
     used = {k: v for k, v in seen_images(run_dir, hashes).items() if v}
     if used:                              # calibrating on what the run was trained or tested on hides its errors
-        msg = (f"{', '.join(str(s.path) for s, _ in opened)}: {sum(used.values())} of its {len(hashes)} images "
-               f"are this run's own ({', '.join(f'{k} {v}' for k, v in used.items())})")
+        k = sum(used.values())
+        msg = (f"{', '.join(str(s.path) for s, _ in opened)}: {k} of its {plural(len(hashes), 'image')} "
+               f"{'is' if k == 1 else 'are'} this run's own ({', '.join(f'{w} {v}' for w, v in used.items())})")
         if not force:
             raise DeepLenseError(f"{msg}; calibrate on a separate labelled split "
                                  f"(--force, or force=True, to use them anyway)")
@@ -257,7 +261,8 @@ def _check_said(check:dict, # `joint_check`'s record (from calibration.json)
     try:
         w, k = check['worst'], int(check['populations'])
         c68, c95 = float(w['coverage68']), float(w['coverage95'])
-        said = (f"68% held the truth in {c68:.0%} and 95% in {c95:.0%} of {k} populations of {int(w['n'])} lenses "
+        said = (f"68% held the truth in {c68:.0%} and 95% in {c95:.0%} of {plural(k, 'population')} of "
+                f"{plural(int(w['n']), 'lens', 'lenses')} "
                 f"(allowed: 68% ± {float(check['tolerance68']):.0%}, 95% ± {float(check['tolerance95']):.0%}, "
                 f"{JOINT_CHECK_SE} binomial standard errors)")
     except (KeyError, TypeError, ValueError): return "its coverage missed the nominal levels", 'miscalibrated'
@@ -278,7 +283,8 @@ def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
     K, N = terms.shape[:2]
     lo, hi = float(prior[0]), float(prior[1])
     return dict(n_max=int(N), mass_range=[lo, hi],
-                measured_on=f"the {K} simulated populations of {N} lenses the floor was fitted on",
+                measured_on=f"the {plural(K, 'simulated population')} of {plural(N, 'lens', 'lenses')} the floor was "
+                            f"fitted on",
                 coverage=joint_coverage_by_bin(terms, truths, grid, width, np.linspace(lo, hi, 5), own))
 
 def _save_summary_likelihood(run_dir, q:SummaryLikelihood) -> str:
@@ -320,6 +326,40 @@ def check_ood_share(model:nn.Module, # A run's model with its OOD reference (`lo
     if not allow: raise DeepLenseError(msg + "; pass --allow-ood (allow_ood=True) to combine them anyway")
     (notice or _notice)("note: " + msg)
 
+def _open_lenses(images, cfg:RunConfig, reading:Reading=Reading(), notice=None) -> list:
+    ("Every source of `images` opened and checked for the run, [(LensSource, grid), ...], its images with NaN or Inf "
+     "pixels refused, left out ('skip') or read with those pixels as the image's median ('mask'), said in one notice.")
+    bad_pixels = reading.bad_pixels
+    if bad_pixels not in BAD_PIXELS:
+        raise DeepLenseError(f"bad_pixels must be one of {', '.join(BAD_PIXELS)}, got {bad_pixels!r}")
+    sources = images if isinstance(images, (list, tuple)) else [images]
+    opened = [open_checked(s, cfg, progress=reading.progress, notice=notice, pixel_scale=reading.pixel_scale,
+                           bad_pixels=bad_pixels) for s in sources]           # 'refuse': the first one is named here
+    if bad_pixels == 'refuse': return opened
+    kept, n, skipped, masked_ = [], 0, [], 0
+    for src, g in opened:
+        use, keep, status = pixel_status(src, bad_pixels)
+        st = pd.Series(status, dtype=str)
+        names = src.labels['file'].astype(str).tolist() if 'file' in src.labels else None   # as `check_pixels` names
+        skipped += [f"{src.path} image {names[i] if names else f'index {i}'}"
+                    for i in np.flatnonzero(st.str.startswith('skipped'))]
+        masked_, n = masked_ + int(st.str.startswith('masked').sum()), n + len(src)
+        if len(keep): kept.append((use, g))
+    if not kept:
+        raise DeepLenseError(f"no lens to combine: {'the one image has' if n == 1 else f'all {n} images have'} "
+                             + ("no finite pixel" if bad_pixels == 'mask' else
+                                "NaN or Inf pixels (--bad-pixels mask reads them as each image's median)"))
+    if skipped or masked_:
+        done = ', '.join(s for s in (f"{len(skipped)} skipped, not combined ({', '.join(skipped[:3])}"
+                                     f"{', ...' if len(skipped) > 3 else ''})" if skipped else '',
+                                     f"{masked_} masked" if masked_ else '') if s)
+        other = ("--bad-pixels mask reads them as the image's median, refuse stops" if bad_pixels == 'skip'
+                 else "--bad-pixels skip leaves them out")
+        k = len(skipped) + masked_
+        (notice or _notice)(f"note: {k} of {plural(n, 'lens', 'lenses')} {'has' if k == 1 else 'have'} NaN or Inf "
+                            f"pixels: {done} ({other})")
+    return kept
+
 # %% ../nbs/05e_combine.ipynb #5f447daa
 def check_joint(cfg:RunConfig, # The run's configuration (`read_run_config`: nothing loaded yet)
                 targets:list|None=None, # The shared targets asked for (None: all of the run's)
@@ -359,11 +399,14 @@ def joint_posteriors(run_dir:str|Path, # A flow run
                      device=None, # Device
                      notice=None, # Where one-line notices go (default: stderr)
                      allow_ood:bool=False, # Combine even when many lenses are flagged `ood` (see `check_ood_share`)
+                     # `reading` (an `inputs.Reading`), or its fields one by one: `bad_pixels` ('refuse', the default:
+                     # an error naming the first image with NaN/Inf pixels; 'skip': not combined; 'mask'), `pixel_scale`
+                     **kw,
                     ) -> dict:
     ("Joint posterior of each target shared by all the lenses in `images`, with the run's joint calibration "
      "where it has one.")
     return joint_loaded(*_flow_run(run_dir, device), run_dir, images, targets, batching=Batching(bs, tta),
-                        notice=notice, allow_ood=allow_ood)
+                        notice=notice, allow_ood=allow_ood, **kw)
 
 def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
                  cfg:RunConfig, # Its configuration (not changed)
@@ -373,16 +416,19 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
                  *, batching:Batching=Batching(), # Batch size and test-time augmentation
                  notice=None, # Where one-line notices go (default: stderr)
                  allow_ood:bool=False, # Combine even when many lenses are flagged `ood` (see `check_ood_share`)
+                 # `reading` (how the images are opened: an `inputs.Reading`), or its fields (`bad_pixels`, ...) alone
+                 **kw,
                 ) -> dict:
     "`joint_posteriors` with a flow run already loaded."
     bs, tta = batching.bs, batching.tta
+    reading, = _plans(kw, 'joint_posteriors', kw.pop('reading', Reading()))
     cfg = replace(cfg, extra=dict(cfg.extra))            # a copy: the joint calibration drops the recalibration below
     check_joint(cfg, targets, run_dir)
     joint = cfg.joint_calibration
     if joint:                                            # the joint calibration was fitted on the raw posteriors
         cfg.recalibration = None
         _check_tta(cfg, tta)
-    opened = _open_all(images, cfg, notice)
+    opened = _open_lenses(images, cfg, reading, notice)
     _check_distinct(opened)                              # one lens given twice would count its evidence twice
     check_ood_share(model, cfg, opened, bs, allow_ood, notice)
     grid, logp, _, cfg = _posteriors_of(model, cfg, opened, bs, tta)
@@ -409,8 +455,9 @@ def _beyond_validated(jp:JointPosterior, notice) -> None:
     "One notice when more lenses are combined than the joint calibration was validated for."
     n_max = (jp.validated or {}).get('n_max')
     if isinstance(n_max, int) and jp.n > n_max:
-        notice(f"note: {jp.n} lenses: the joint calibration of {jp.target} ({jp.method}) was validated on populations "
-               f"of at most {n_max} lenses; the coverage of a joint posterior of more is not checked")
+        notice(f"note: {plural(jp.n, 'lens', 'lenses')}: the joint calibration of {jp.target} ({jp.method}) was "
+               f"validated on populations of at most {plural(n_max, 'lens', 'lenses')}; the coverage of a joint "
+               f"posterior of more is not checked")
 
 def combine(run_dir:str|Path, # A flow run
             images, # Anything `predict` reads, or a list of them: every image is one lens
@@ -420,10 +467,11 @@ def combine(run_dir:str|Path, # A flow run
             device=None, # Device
             notice=None, # Where one-line notices go (default: stderr)
             allow_ood:bool=False, # Combine even when many lenses are unlike the training images
+            **kw, # How the images are opened: `bad_pixels` ('refuse', 'skip', 'mask'), ... (see `joint_posteriors`)
            ) -> JointPosterior:
     "Joint posterior of a target shared by all the lenses in `images` (see `joint_posteriors`)."
     target = target or shared_target(read_run_config(run_dir))
-    return joint_posteriors(run_dir, images, [target], bs, tta, device, notice, allow_ood)[target]
+    return joint_posteriors(run_dir, images, [target], bs, tta, device, notice, allow_ood, **kw)[target]
 
 def shared_target(cfg:RunConfig, # A run's configuration
                  ) -> str:

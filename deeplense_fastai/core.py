@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #5a4ea351
 from __future__ import annotations
-import contextlib, os, tempfile
+import contextlib, os, tempfile, warnings
 from pathlib import Path
 
 import numpy as np
 
 # %% auto #0
 __all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'available_cores', 'policy_threads', 'apply_thread_policy',
-           'cache_dir', 'atomic_write', 'check_output', 'file_digest', 'check_keywords', 'fastai_import']
+           'cache_dir', 'atomic_write', 'check_output', 'file_digest', 'check_keywords', 'fastai_import', 'plural']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -224,11 +224,21 @@ def check_keywords(kw:dict, # The `**kw` a function was given
     if bad: raise TypeError(f"{where}() got an unexpected keyword argument {bad[0]!r}")
 
 # %% ../nbs/00_core.ipynb #6fa2296d
+_JIT_SCRIPT = dict(message=r'`torch\.jit\.script` is deprecated', category=FutureWarning, module=r'torch\.jit\._script')
+
 @contextlib.contextmanager
 def fastai_import():
     ("Context manager around the library's fastai imports: "
      "hides fastai 2.8's torch.jit.script FutureWarning, nothing else.")
-    import warnings
     with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated', category=FutureWarning)
+        warnings.filterwarnings('ignore', **_JIT_SCRIPT)
         yield
+
+# %% ../nbs/00_core.ipynb #20b319ae
+def plural(n, # A count
+           noun:str, # The noun for one ('epoch', 'lens')
+           many:str|None=None, # The noun for several (default: `noun` + 's')
+           fmt:str='', # Format spec of the count (',' for thousands separators)
+          ) -> str:
+    "The count and its noun, agreed: '1 epoch', '0 epochs', '3 lenses', '1,000 images'."
+    return f"{n:{fmt}} {noun if n == 1 else (many or noun + 's')}"

@@ -18,12 +18,12 @@ __all__ = ['MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches'
            'require_flow', 'run_posteriors', 'SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
-from .core import DeepLenseError, file_digest
+from .core import DeepLenseError, file_digest, fastai_import
 from .posterior import (FlowRegressor, grid_quantiles, grid_sample, SummaryLikelihood, SUMMARY_FLOW,
                                        flow_regressor, target_grid, run_log_posterior, quantile_columns)
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.learner import Learner
+with fastai_import(): from fastai.learner import Learner
 from .config import (RunConfig, SUMMARY_FILE, HPARAM_MAX, read_calibration, check_calibration,
                                      check_joint_calibration)
 _all_ = ['SUMMARY_FILE', 'HPARAM_MAX', 'image_grids']   # their homes: config (the calibration record), inputs

@@ -14,7 +14,7 @@ import torch
 __all__ = ['GridPosterior', 'Run']
 
 # %% ../nbs/05c_run.ipynb #dda714d8
-from .core import DeepLenseError, get_device
+from .core import DeepLenseError, get_device, plural
 from .posterior import FlowRegressor, grid_quantiles, grid_sample, grid_pit, expected_coverage, COVERAGE_LEVELS
 
 # %% ../nbs/05c_run.ipynb #898a8110
@@ -29,14 +29,16 @@ class GridPosterior:
         T, G = self.grid.shape
         if self.logp.ndim != 3 or self.logp.shape[1:] != (T, G) or len(self.targets) != T:
             raise DeepLenseError(f"GridPosterior: log densities {tuple(self.logp.shape)}, grid {(T, G)} and "
-                                 f"{len(self.targets)} targets do not fit together (want (N, {T}, {G}) and {T} names)")
+                                 f"{plural(len(self.targets), 'target')} do not fit together "
+                                 f"(want (N, {T}, {G}) and {T} names)")
 
     def __len__(self) -> int: return self.logp.shape[0]
 
     def __getitem__(self, idx) -> GridPosterior:
         "The posteriors of some images (an index, slice, list or boolean mask of length N), as a `GridPosterior`."
         if isinstance(idx, np.ndarray) and idx.dtype == bool and idx.shape != (len(self),):
-            raise DeepLenseError(f"GridPosterior: a mask of {len(self)} images is needed, got shape {idx.shape}")
+            raise DeepLenseError(f"GridPosterior: a mask of {plural(len(self), 'image')} is needed, "
+                                 f"got shape {idx.shape}")
         return GridPosterior(self.grid, self.logp[torch.as_tensor(np.atleast_1d(np.arange(len(self))[idx]))],
                              self.targets)
 
@@ -183,6 +185,7 @@ class Run:
                 target:str|None=None, # The shared target (default: `combine.shared_target`, log10_m_axion if predicted)
                 allow_ood:bool=False, # Combine even when many lenses are unlike the training images
                 notice=None, # Where one-line notices go (default: stderr)
+                bad_pixels:str='refuse', # Lenses with NaN/Inf pixels: 'refuse', 'skip' (not combined) or 'mask'
                ) -> 'JointPosterior':
         "The `JointPosterior` of a target all the lenses share (`combine.combine`), with the run's joint calibration."
         from deeplense_fastai.inference import require_flow, Batching
@@ -190,4 +193,4 @@ class Run:
         require_flow(self.model, self.config, self.path)
         target = target or shared_target(self.config)
         return joint_loaded(self.model, self.config, self.path, images, [target], batching=Batching(self.bs, self.tta),
-                            notice=notice, allow_ood=allow_ood)[target]
+                            notice=notice, allow_ood=allow_ood, bad_pixels=bad_pixels)[target]

@@ -10,6 +10,7 @@ images; FITS files and a folder of them.
 import io
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -106,7 +107,7 @@ def path_of(kind, inputs, native):
 @pytest.mark.parametrize("kind", LABELLED + UNLABELLED)
 def test_info(kind, inputs, native, env):
     r = ok(run("info", path_of(kind, inputs, native), env=env[1]))
-    assert "images of" in r.stdout
+    assert re.search(r"\b1 image of |\b\d+ images of ", r.stdout), r.stdout     # the count agrees with its noun
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,69 @@
+"""What a new user following the README still met (a plain shell, default flags): `combine` without `--bad-pixels`,
+"1 epochs", a fine-tune that did not say which layers train, and torch's `torch.jit.script` FutureWarning on importing
+the library. Each runs `deeplense` (or Python) as a script does: a subprocess with no terminal."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import deeplense, ok, refused, user_env
+
+
+@pytest.fixture(scope="module")
+def holed(tiny_data, tmp_path_factory):
+    "Eight training-like lenses, the third with one NaN pixel (a masked star, a dead column): lenses.npy."
+    f = tmp_path_factory.mktemp("holed") / "lenses.npy"
+    x = np.load(tiny_data.data / "images.npy")[:8].astype(np.float32).reshape(8, 64, 64)
+    x[2, 10, 10] = np.nan
+    np.save(f, x)
+    return f
+
+
+def test_combine_skips_a_lens_with_bad_pixels_by_default_as_predict_does(tiny_flow, tiny_data, holed):
+    r = ok(deeplense("combine", "--model", tiny_flow[0], holed, env=tiny_data.env))
+    assert "log10_m_axion from 7 lenses: median" in r.stdout, r.stdout
+    said = [l for l in r.stderr.splitlines() if "NaN or Inf" in l]
+    assert said == [f"note: 1 of 8 lenses has NaN or Inf pixels: 1 skipped, not combined ({holed} image index 2) "
+                    "(--bad-pixels mask reads them as the image's median, refuse stops)"], r.stderr
+
+
+def test_combine_bad_pixels_mask_and_refuse(tiny_flow, tiny_data, holed):
+    r = ok(deeplense("combine", "--model", tiny_flow[0], holed, "--bad-pixels", "mask", env=tiny_data.env))
+    assert "log10_m_axion from 8 lenses: median" in r.stdout and "1 masked" in r.stderr, r.stderr
+    refused(deeplense("combine", "--model", tiny_flow[0], holed, "--bad-pixels", "refuse", env=tiny_data.env),
+            "deeplense combine: error:", f"{holed}: image index 2 has NaN or Inf pixels")
+
+
+def test_one_image_is_one_image(tmp_path):
+    "Counts agree with their nouns: `simulate --n 1` and `info` say '1 image' and '1 part'."
+    e, out = user_env(tmp_path), tmp_path / "one"
+    r = ok(deeplense("simulate", "--n", 1, "--out", out, "--quiet", env=e))
+    assert r.stdout == f"wrote {out}: 1 image [0, 1) of 1, preset model_ii, format native\n"
+    first = ok(deeplense("info", out, env=e)).stdout.splitlines()[0]
+    assert first == f"{out}: 1 image of 64x64, preset model_ii, seed 0, 1 part, noise on", first
+
+
+def test_fine_tuning_says_which_layers_train(tiny_run, tiny_data, tmp_path):
+    "`train --init RUN` with default flags trains every layer (said); --freeze-epochs 1 trains the head first (said)."
+    run = tiny_run[0]
+    plain = ok(deeplense("train", "--data", tiny_data.data, "--init", run, "--epochs", 1, "--bs", 8,
+                         "--out", tmp_path / "ft", env=tiny_data.env)).stdout
+    assert ", 1 epoch on cpu" in plain and "1 epochs" not in plain, plain
+    assert f"fine-tuning {run}: every layer trains from the first epoch" in plain, plain
+    frozen = ok(deeplense("train", "--data", tiny_data.data, "--init", run, "--epochs", 1, "--bs", 8,
+                          "--freeze-epochs", 1, "--out", tmp_path / "frozen", env=tiny_data.env)).stdout
+    assert (f"fine-tuning {run}: first 1 epoch of the head alone (the fully connected layers, and the batch-norm "
+            "layers, which fastai's freeze leaves trainable) on a frozen body, then every layer for the 1 epoch "
+            "above") in frozen, frozen
+
+
+@pytest.mark.parametrize("module", ["inference", "combine"])
+def test_importing_the_library_hides_only_the_jit_warning(module):
+    "`import deeplense_fastai.<module>` from Python with every warning shown: no torch.jit.script FutureWarning, and "
+    "a FutureWarning of the user's own is still shown."
+    code = (f"import warnings, deeplense_fastai.{module}\n"
+            "warnings.warn('a warning of my own', FutureWarning)\n")
+    r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "torch.jit.script" not in r.stderr and "FutureWarning: a warning of my own" in r.stderr, r.stderr
