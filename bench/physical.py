@@ -22,9 +22,7 @@ holding the truth, the median 68% half-width, and the share `ood` flags. Runs li
 (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/physical); the results record each run's weights digest.
 """
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,18 +62,9 @@ def command(world: str) -> list:
 
 
 def train() -> None:
-    "Train each world's run with the CLI unless it finished before (weights and config on disk)."
-    exe = Path(sys.executable).with_name("deeplense")
-    for w in WORLDS:
-        out = folder(w)
-        if (out / "weights.safetensors").exists() and (out / "config.json").exists():
-            print(f"{w}: trained before ({out})", flush=True)
-            continue
-        cmd = [str(exe), "train", *command(w), "--out", str(out), "--quiet"] + (["--force"] if out.exists() else [])
-        t0 = time.time()
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
-        print(f"{w}: trained in {time.time() - t0:.0f} s", flush=True)
+    "Train each world's run with the CLI unless it finished before (bench/robustness.py's `train_run`)."
+    from robustness import train_run
+    for w in WORLDS: train_run(w, folder(w), command(w))
 
 
 def score_pair(run: Path, test: Path) -> dict:

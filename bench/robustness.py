@@ -74,21 +74,25 @@ def recipe(run: str) -> tuple:
     return world, [a.format(model_ii=run_dir("model_ii")) for a in args]
 
 
+def train_run(name: str, out: Path, args) -> None:
+    """`deeplense train ARGS --out OUT --quiet` as a subprocess (the user's command, no TTY), unless the run finished
+    before (weights and config on disk); an unfinished one is replaced (`--force`)."""
+    if (out / "weights.safetensors").exists() and (out / "config.json").exists():
+        print(f"{name}: trained before ({out})", flush=True)
+        return
+    cmd = [str(Path(sys.executable).with_name("deeplense")), "train", *args, "--out", str(out), "--quiet"]
+    cmd += ["--force"] if out.exists() else []
+    t0 = time.time()
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+    print(f"{name}: trained in {time.time() - t0:.0f} s", flush=True)
+
+
 def train(worlds) -> None:
-    "Train each world's run with the CLI unless it finished before (weights and config on disk)."
-    exe = Path(sys.executable).with_name("deeplense")
+    "Train each world's run with the CLI unless it finished before."
     for w in worlds:
-        out = run_dir(w)
-        if (out / "weights.safetensors").exists() and (out / "config.json").exists():
-            print(f"{w}: trained before ({out})", flush=True)
-            continue
         world, args = recipe(w)
-        cmd = [str(exe), "train", "--preset", world, *args, "--out", str(out), "--quiet"]
-        cmd += ["--force"] if out.exists() else []
-        t0 = time.time()
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
-        print(f"{w}: trained in {time.time() - t0:.0f} s", flush=True)
+        train_run(w, run_dir(w), ["--preset", world, *args])
 
 
 def test_set(world: str) -> Path:
