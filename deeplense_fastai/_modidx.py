@@ -204,6 +204,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'deeplense_fastai.core._check_parent': ('core.html#_check_parent', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core._full_disk': ('core.html#_full_disk', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core._inside': ('core.html#_inside', 'deeplense_fastai/core.py'),
+                                       'deeplense_fastai.core._owner': ('core.html#_owner', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core._runnable_others': ('core.html#_runnable_others', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core._write_failure': ('core.html#_write_failure', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core.apply_thread_policy': ( 'core.html#apply_thread_policy',

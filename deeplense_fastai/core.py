@@ -182,8 +182,18 @@ def check_output(path:str|Path, # The output file the user named
                              "refusing to write through it (--force replaces the link)")
     if path.exists() and not force:
         raise DeepLenseError(f"{flag} {path}: exists; refusing to overwrite it (--force replaces it)")
+    if path.exists() and (owner := _owner(path)):
+        raise DeepLenseError(f"{flag} {path}: a file of {owner[1]} ({owner[0]}); never replaced, even with --force; "
+                             f"write elsewhere")
     _check_parent(path, flag)
     return path
+
+def _owner(path:Path) -> tuple[Path, str]|None:
+    "The run or simulated dataset whose folder holds `path` at any depth, and which it is; None if neither does."
+    for d in path.absolute().parents:
+        if (d/'weights.safetensors').is_file() and (d/'config.json').is_file(): return d, 'a run'
+        if (d/'manifest.json').is_file() or any(d.glob('manifest-*-of-*.json')): return d, 'a dataset'
+    return None
 
 def _check_clashes(path:Path, flag:str, protected, others):
     "Refuse `path` inside a path the command reads, or named by another output too."

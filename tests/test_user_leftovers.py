@@ -67,3 +67,17 @@ def test_importing_the_library_hides_only_the_jit_warning(module):
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "torch.jit.script" not in r.stderr and "FutureWarning: a warning of my own" in r.stderr, r.stderr
+
+
+def test_force_never_replaces_a_file_of_another_run_or_dataset(tiny_run, tiny_flow, tiny_data, holed, tmp_path):
+    "`predict --out OTHER_RUN/weights.safetensors --force` once wrote predictions over a run the command did not read."
+    import shutil
+    other, data = tmp_path / "other", tmp_path / "data"
+    shutil.copytree(tiny_flow[0], other); shutil.copytree(tiny_data.data, data)
+    before = {p: p.read_bytes() for d in (other, data) for p in d.rglob("*") if p.is_file()}
+    for out, what in ((other / "weights.safetensors", "a file of a run"), (data / "labels.csv", "a file of a dataset")):
+        refused(deeplense("predict", "--model", tiny_run[0], holed, "--out", out, "--force", env=tiny_data.env),
+                what, "never replaced, even with --force")
+    assert {p: p.read_bytes() for p in before} == before
+    r = ok(deeplense("predict", "--model", tiny_run[0], holed, "--out", other / "preds.csv", env=tiny_data.env))
+    assert (other / "preds.csv").exists(), r.stderr          # a new file beside a run is the user's to write
