@@ -507,6 +507,13 @@ def _check_class_test(test, column:str, classes:list, where) -> None:
                              f"({', '.join(classes)}) in column {column!r}")
     check_pixels(test, np.flatnonzero(known))
 
+def _left_out_note(train, cfg, say) -> None:
+    "One note when images of the training data have no value of the targets (other classes) and are left out."
+    used, n = cfg.n_train + cfg.n_valid, len(train)
+    if cfg.classes or used >= n: return
+    say(f"note: {plural(n - used, 'image')} of {n} in the training data {'has' if n - used == 1 else 'have'} no "
+        f"{', '.join(cfg.targets)} (another class): left out of training and validation")
+
 def _train_data(a, device, say):
     "DataLoaders, test and training sources (None online) of a train run; the test set checked before anything trains."
     from deeplense_fastai.data import lens_dataloaders, class_dataloaders, open_source, resolve_targets, check_source
@@ -519,6 +526,7 @@ def _train_data(a, device, say):
         with _naming('--data', a.data):
             dls = (class_dataloaders(train, _class_column(a), **kw) if a.task == 'classify'
                    else lens_dataloaders(train, a.target, **kw))
+        _left_out_note(train, dls.lens_config, say)
     if test_path is not None:
         with _naming('--test', a.test):                  # a simulated test set (no --test) is named by its path alone
             test = open_source(test_path)

@@ -81,3 +81,13 @@ def test_force_never_replaces_a_file_of_another_run_or_dataset(tiny_run, tiny_fl
     assert {p: p.read_bytes() for p in before} == before
     r = ok(deeplense("predict", "--model", tiny_run[0], holed, "--out", other / "preds.csv", env=tiny_data.env))
     assert (other / "preds.csv").exists(), r.stderr          # a new file beside a run is the user's to write
+
+
+def test_train_says_which_images_it_leaves_out(tmp_path):
+    "Training log10 m_axion on three classes uses the axion images only, and says so (the test set already did)."
+    e, d = user_env(tmp_path), tmp_path / "three"
+    ok(deeplense("simulate", "--n", 60, "--classes", "no_sub,cdm,axion", "--out", d, "--quiet", env=e))
+    r = ok(deeplense("train", "--data", d, "--arch", "xresnet_small", "--epochs", 1, "--bs", 8, "--out", tmp_path / "r",
+                     env=e))
+    # 54 images after the test's tenth, 18 of them axion: 36 left out, in one note naming the target
+    assert "note: 36 images of 54 in the training data have no log10_m_axion (another class)" in r.stdout, r.stdout
