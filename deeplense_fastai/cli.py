@@ -249,6 +249,14 @@ def _native_first_line(path:Path) -> str|None:
                             ms[0]['noise'], p.get('noise_stream', 'generator'))
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError): return None
 
+def _sizes(src) -> str:
+    "The image size of a source, or each size and how many images have it (a folder of FITS cutouts of mixed sizes)."
+    shapes = src.meta.get('image_shapes')
+    if shapes is None or len({tuple(s) for s in shapes}) == 1: return '{}x{}'.format(*src.image_shape)
+    import collections
+    counts = collections.Counter(tuple(map(int, s)) for s in shapes)
+    return 'mixed sizes (' + ', '.join(f"{n} of {h}x{w}" for (h, w), n in sorted(counts.items())) + ')'
+
 def cmd_info(a) -> int:
     "`deeplense info`: what a dataset holds (kind, images, classes, label ranges), for any kind the data module reads."
     early = _native_first_line(a.path)           # from the manifests alone: shown before torch and fastai are imported
@@ -270,8 +278,7 @@ def cmd_info(a) -> int:
         with contextlib.redirect_stdout(sys.stderr): src = open_source(a.path, progress=sys.stderr.isatty())
         lab = src.labels
     if kind not in ('native', 'deeplense'):
-        h, w = src.image_shape
-        print(f"{a.path}: {plural(len(src), 'image')} of {h}x{w}, {kind}, "
+        print(f"{a.path}: {plural(len(src), 'image')} of {_sizes(src)}, {kind}, "
               f"{'labelled' if src.meta.get('labelled', True) else 'unlabelled'}")
     if 'class' in lab and lab['class'].astype(str).str.len().gt(0).any():
         print("classes: " + ", ".join(f"{c} {n}" for c, n in lab['class'].value_counts().sort_index().items()))

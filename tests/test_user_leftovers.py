@@ -91,3 +91,14 @@ def test_train_says_which_images_it_leaves_out(tmp_path):
                      env=e))
     # 54 images after the test's tenth, 18 of them axion: 36 left out, in one note naming the target
     assert "note: 36 images of 54 in the training data have no log10_m_axion (another class)" in r.stdout, r.stdout
+
+
+def test_info_names_every_size_of_a_mixed_fits_folder(tmp_path):
+    "`info` on a folder of FITS cutouts of several sizes said '3 images of 64x64' (the first file's size)."
+    from astropy.io import fits
+    d = tmp_path / "cutouts"; d.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("a", 64), ("b", 80), ("c", 64)):
+        fits.PrimaryHDU(rng.random((n, n)).astype(np.float32)).writeto(d / f"{name}.fits")
+    r = ok(deeplense("info", d, env=user_env(tmp_path)))
+    assert f"{d}: 3 images of mixed sizes (2 of 64x64, 1 of 80x80), fits, unlabelled" in r.stdout, r.stdout
