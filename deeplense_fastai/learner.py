@@ -981,7 +981,10 @@ def read_run_config(run_dir:str|Path, # A run directory
     run_dir = Path(run_dir)
     if not run_dir.is_dir(): raise DeepLenseError(f"{run_dir}: no such run directory")
     for f in ('config.json', 'weights.safetensors'):
-        if not (run_dir/f).is_file(): raise DeepLenseError(f"{run_dir}: no {f} (not a deeplense_fastai run directory)")
+        if not (run_dir/f).is_file():
+            unfinished = (run_dir/'models'/'checkpoint.json').is_file()
+            raise DeepLenseError(f"{run_dir}: no {f} (" + ("an unfinished training run: `deeplense train ... --resume` "
+                                 "finishes it" if unfinished else "not a deeplense_fastai run directory") + ")")
     return RunConfig.read(run_dir, check_run_config)
 
 

@@ -171,11 +171,21 @@ def as_source(x, # Images in memory: a numpy array or torch tensor (H, W), (N, H
     return LensSource(a, _unlabelled(len(a)), 'memory', Path(name), None, dict(labelled=False))
 
 # %% ../nbs/03b_sources.ipynb #3eedb60f
+def _what_instead(path:Path) -> str:
+    "What a folder without images is, for the message: a run, an unfinished simulation or run, or empty."
+    if (path/'weights.safetensors').is_file() and (path/'config.json').is_file():
+        return "a trained run: give it as --model, and images or a dataset as the data"
+    if any(path.glob('.images*.progress.json')) or any(path.glob('manifest-*-of-*.json')):
+        return "an unfinished simulation: rerun the same `deeplense simulate` command to finish it"
+    if (path/'models'/'checkpoint.json').is_file():
+        return "an unfinished training run: `deeplense train ... --resume` finishes it"
+    return "empty directory?" if not any(path.iterdir()) else "no images in it"
+
 def _deeplense_files(path:Path) -> list[Path]:
     "The .npy and FITS files under `path` (class sub-folders included, hidden ones not), sorted."
     files = sorted(p for p in path.rglob('*') if (p.suffix == '.npy' or is_fits(p))
                    and not any(part.startswith('.') for part in p.relative_to(path).parts))
-    if not files: raise DeepLenseError(f"{path}: no .npy or FITS files (empty directory?)")
+    if not files: raise DeepLenseError(f"{path}: no .npy or FITS files ({_what_instead(path)})")
     for f in files:
         if not f.is_file(): raise DeepLenseError(f"{f}: not a readable file (a dangling link?)")
     return files

@@ -102,3 +102,17 @@ def test_info_names_every_size_of_a_mixed_fits_folder(tmp_path):
         fits.PrimaryHDU(rng.random((n, n)).astype(np.float32)).writeto(d / f"{name}.fits")
     r = ok(deeplense("info", d, env=user_env(tmp_path)))
     assert f"{d}: 3 images of mixed sizes (2 of 64x64, 1 of 80x80), fits, unlabelled" in r.stdout, r.stdout
+
+
+def test_a_folder_without_images_says_what_it_is(tiny_run, tiny_data, tmp_path):
+    "A run given as data, an interrupted simulation and an interrupted training run were all 'empty directory?'."
+    import shutil
+    e = tiny_data.env
+    refused(deeplense("info", tiny_run[0], env=e), "a trained run: give it as --model")
+    part = tmp_path / "part"; part.mkdir(); (part / ".images.npy.progress.json").write_text("{}")
+    refused(deeplense("info", part, env=e), "an unfinished simulation: rerun the same `deeplense simulate`")
+    half = tmp_path / "half"; shutil.copytree(tiny_run[0], half)
+    (half / "config.json").unlink(); (half / "models").mkdir(exist_ok=True); (half / "models" / "checkpoint.json").write_text("{}")
+    refused(deeplense("predict", "--model", half, tiny_data.data, env=e), "an unfinished training run", "--resume")
+    empty = tmp_path / "empty"; empty.mkdir()
+    refused(deeplense("info", empty, env=e), "empty directory?")
