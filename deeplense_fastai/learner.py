@@ -220,7 +220,9 @@ class EpochLog(Callback):
                 ):
         if fmt not in ('text', 'json'): raise DeepLenseError(f"log format must be text or json, got {fmt!r}")
         self.fmt, self.out = fmt, out
-    def before_fit(self): self.best = math.inf
+    def before_fit(self):               # a resumed fit starts from the best loss before the interruption (`SaveBest`)
+        kept = [c.best0 for c in self.learn.cbs if isinstance(c, SaveBest) and c.best0 is not None]
+        self.best = kept[0] if kept else math.inf
     def before_epoch(self):
         import time
         self.t0, self.n0 = time.perf_counter(), len(self.recorder.values)
@@ -230,6 +232,7 @@ class EpochLog(Callback):
         if rank_distrib() or len(self.recorder.values) == self.n0: return  # another rank, or an epoch skipped on resume
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         vals = dict(zip(names, [float(v) if v is not None else None for v in self.recorder.values[-1]]))
+        if all(v is None for v in vals.values()): return          # an epoch trained before an interruption, skipped
         best = vals.get('valid_loss') is not None and vals['valid_loss'] < self.best
         if best: self.best = vals['valid_loss']
         rec = dict(event='epoch', epoch=self.epoch + 1, epochs=self.n_epoch, **vals,

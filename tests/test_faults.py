@@ -231,6 +231,9 @@ def test_interrupted_training_says_how_to_resume(env, data, tmp_path):
     r = run(*args, "--resume", env=env[1])
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(pd.read_csv(out / "history.csv").epoch) == list(range(12))
+    lines = [l for l in r.stdout.splitlines() if l.startswith("epoch ")]     # the log of the resumed epochs only:
+    assert lines and all("valid_loss" in l for l in lines), r.stdout        # no empty line for those trained before
+    assert int(lines[0].split()[1].split("/")[0]) > 1 and len(lines) < 12, r.stdout
 
 
 # ==== issue 28: the second fault probe ==========================================================================
