@@ -98,7 +98,11 @@ def _scaled(path, scale:float|None, flag:str):
     with contextlib.redirect_stdout(sys.stderr), _naming(flag, path):
         src = open_source(path, progress=sys.stderr.isatty())
     if scale: src.meta['given_scale'] = scale                  # for files that record none (`inference.image_grids`)
-    if scale and not src.meta.get('pixel_scale'): src.meta['pixel_scale'] = scale
+    recorded, per = src.meta.get('pixel_scale'), src.meta.get('pixel_scales')
+    if scale and recorded and (per is None or np.isfinite(per).all()) and not np.isclose(recorded, scale, rtol=1e-6):
+        print(f"note: {flag} {path}: the files record their own pixel scale ({recorded:g}\"/px); --pixel-scale "
+              f"{scale:g} applies only to files that record none", file=sys.stderr)
+    if scale and not recorded: src.meta['pixel_scale'] = scale
     return src
 
 # %% ../nbs/07_cli.ipynb #bc4935f7

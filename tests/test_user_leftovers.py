@@ -116,3 +116,17 @@ def test_a_folder_without_images_says_what_it_is(tiny_run, tiny_data, tmp_path):
     refused(deeplense("predict", "--model", half, tiny_data.data, env=e), "an unfinished training run", "--resume")
     empty = tmp_path / "empty"; empty.mkdir()
     refused(deeplense("info", empty, env=e), "empty directory?")
+
+
+def test_pixel_scale_for_files_that_record_their_own_says_so(tiny_run, tiny_data, tmp_path):
+    "`--pixel-scale` applies to files without a scale; on a FITS file with a WCS it was ignored without a word."
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    w = WCS(naxis=2); w.wcs.cdelt = [-0.101 / 3600, 0.101 / 3600]; w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    f = tmp_path / "c.fits"
+    fits.PrimaryHDU(np.load(tiny_data.data / "images.npy")[0].reshape(64, 64).astype(np.float32),
+                    header=w.to_header()).writeto(f)
+    r = ok(deeplense("predict", "--model", tiny_run[0], f, "--pixel-scale", 0.05, env=tiny_data.env))
+    assert f"note: PATH {f}: the files record their own pixel scale (0.101\"/px); --pixel-scale 0.05 applies only" \
+        in r.stderr, r.stderr
+    assert "record their own" not in ok(deeplense("predict", "--model", tiny_run[0], f, env=tiny_data.env)).stderr
