@@ -218,6 +218,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'deeplense_fastai.core.check_output': ('core.html#check_output', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core.fastai_import': ('core.html#fastai_import', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core.file_digest': ('core.html#file_digest', 'deeplense_fastai/core.py'),
+                                       'deeplense_fastai.core.folder_kind': ('core.html#folder_kind', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core.get_device': ('core.html#get_device', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core.image_seed': ('core.html#image_seed', 'deeplense_fastai/core.py'),
                                        'deeplense_fastai.core.plural': ('core.html#plural', 'deeplense_fastai/core.py'),

@@ -11,7 +11,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['DeepLenseError', 'image_seed', 'set_seed', 'get_device', 'available_cores', 'policy_threads', 'apply_thread_policy',
-           'cache_dir', 'atomic_write', 'check_output', 'file_digest', 'check_keywords', 'fastai_import', 'plural']
+           'cache_dir', 'atomic_write', 'check_output', 'folder_kind', 'file_digest', 'check_keywords', 'fastai_import',
+           'plural']
 
 # %% ../nbs/00_core.ipynb #5e3bf1b9
 class DeepLenseError(ValueError):
@@ -188,12 +189,16 @@ def check_output(path:str|Path, # The output file the user named
     _check_parent(path, flag)
     return path
 
+def folder_kind(d:Path, # A folder
+               ) -> str|None:
+    "'a run' (config.json and weights.safetensors), 'a dataset' (a simulation's manifest, whole or a part's) or None."
+    if (d/'weights.safetensors').is_file() and (d/'config.json').is_file(): return 'a run'
+    if (d/'manifest.json').is_file() or any(d.glob('manifest-*-of-*.json')): return 'a dataset'
+    return None
+
 def _owner(path:Path) -> tuple[Path, str]|None:
     "The run or simulated dataset whose folder holds `path` at any depth, and which it is; None if neither does."
-    for d in path.absolute().parents:
-        if (d/'weights.safetensors').is_file() and (d/'config.json').is_file(): return d, 'a run'
-        if (d/'manifest.json').is_file() or any(d.glob('manifest-*-of-*.json')): return d, 'a dataset'
-    return None
+    return next(((d, k) for d in path.absolute().parents if (k := folder_kind(d))), None)
 
 def _check_clashes(path:Path, flag:str, protected, others):
     "Refuse `path` inside a path the command reads, or named by another output too."

@@ -673,7 +673,7 @@ def _finite(learn:Learner) -> Learner:
     return learn
 
 # %% ../nbs/05_learner.ipynb #567dc246
-OOD_FALSE_ALARM = 0.05     # share of in-distribution (validation) images that `ood` flags, by construction
+OOD_FALSE_ALARM = 0.05     # share of in-distribution images that `ood` may flag (at most, conformally)
 OOD_MAX_IMAGES = 4000      # training images summarised for the reference (more changes the covariance little)
 OOD_THRESHOLD_FIT = 'conformal quantile of all held-out images'   # how `OODReference.fit` sets the threshold
 OOD_SPLIT_FIT = 'quantile of one half of the held-out images'     # references written before (scales: the other half)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import DeepLenseError, cache_dir
+from .core import DeepLenseError, cache_dir, folder_kind
 from deeplense_fastai.readers import (
     load_deeplense_file, is_fits, read_fits, fits_pixel_scale, load_image_file, _read_npy_header, _check_pixel_type,
     FITS_AUXILIARY)
@@ -173,8 +173,7 @@ def as_source(x, # Images in memory: a numpy array or torch tensor (H, W), (N, H
 # %% ../nbs/03b_sources.ipynb #3eedb60f
 def _what_instead(path:Path) -> str:
     "What a folder without images is, for the message: a run, an unfinished simulation or run, or empty."
-    if (path/'weights.safetensors').is_file() and (path/'config.json').is_file():
-        return "a trained run: give it as --model, and images or a dataset as the data"
+    if folder_kind(path) == 'a run': return "a trained run: give it as --model, and images or a dataset as the data"
     if any(path.glob('.images*.progress.json')) or any(path.glob('manifest-*-of-*.json')):
         return "an unfinished simulation: rerun the same `deeplense simulate` command to finish it"
     if (path/'models'/'checkpoint.json').is_file():
