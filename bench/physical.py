@@ -84,13 +84,14 @@ def score_pair(run: Path, test: Path) -> dict:
 
 
 def score() -> None:
-    from deeplense_fastai.core import file_digest
+    from deeplense_fastai.core import cache_dir, file_digest
     table, runs = [], {}
     for w in WORLDS:
         run = folder(w)
         if not (run / "weights.safetensors").exists():
             sys.exit(f"no trained run at {run}: OMP_NUM_THREADS=1 python bench/physical.py train")
-        runs[w] = dict(train=["deeplense", "train", *command(w)],
+        root = str(cache_dir())                                   # no path of this machine in the results
+        runs[w] = dict(train=["deeplense", "train", *(a.replace(root, "$DEEPLENSE_CACHE") for a in command(w))],
                        weights_sha256=file_digest(run / "weights.safetensors"))
         for t in WORLDS:
             row = dict(train=w, test=t, **score_pair(run, dataset(t, N_TEST, TEST_SEED)))
