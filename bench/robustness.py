@@ -29,11 +29,16 @@ The varied world's run at that budget stays near the constant guess, so three lo
 names `model_ii_nuisance@RECIPE`): `init`, the same budget starting from the fixed world's run (`--init`: its network
 already reads the vortex); `online`, new images every batch for 32 epochs of 8,000 (four times the optimiser steps);
 and `init_online`, both; the clumpy varied world is trained `online` too (the issue's "train on clumpy as well").
+For the MAE target (the varied world's run within 1.3x the fixed world's MAE), `init_online_seed1` repeats `init_online`
+with training seed 1 (from the same fixed-world run: the spread of the fine-tuning, not of the whole chain) and
+`init_online_long` trains it for 64 epochs (whether more optimiser steps close the gap).
 Their commands are recorded in the results' settings (`{model_ii}` stands for the fixed
 world's run directory).
 
 The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/robustness); a finished run is not
-retrained. The results file records each run's weights digest and OOD threshold, the commands, the machine and the date.
+retrained. `score --worlds A,B` rescores those runs and keeps the file's rows of the others as they were (each row has
+its weights digest; `settings.scored` says when each run was scored). The results file records each run's weights
+digest and OOD threshold, the commands, the machine and the date.
 """
 import argparse
 import functools
@@ -55,9 +60,14 @@ TRAIN = ["--n", "8000", "--arch", "xresnet_small", "--loss", "flow", "--epochs",
 RECIPES = {"init": ["--init", "{model_ii}", "--n", "8000", "--epochs", "8", "--seed", "0"],
            "online": ["--online", "--epoch-size", "8000", "--arch", "xresnet_small", "--loss", "flow", "--epochs", "32",
                       "--seed", "0"],
-           "init_online": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "32", "--seed", "0"]}
+           "init_online": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "32", "--seed", "0"],
+           "init_online_seed1": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "32", "--seed",
+                                 "1"],
+           "init_online_long": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "64", "--seed",
+                                "0"]}
 LONGER = ("model_ii_nuisance@init", "model_ii_nuisance@online", "model_ii_nuisance@init_online",
-          "model_ii_nuisance_clumpy@online")
+          "model_ii_nuisance_clumpy@online", "model_ii_nuisance@init_online_seed1",
+          "model_ii_nuisance@init_online_long")
 N_TEST, TEST_SEED = 2000, 99
 LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)
 
@@ -241,12 +251,33 @@ def score(worlds) -> None:
             shown = {k: v for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")}
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
     recipes = {k: " ".join(["deeplense train --preset WORLD", *v]) for k, v in RECIPES.items()}
+    kept, scored = _kept_rows(worlds)
     settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), recipes=recipes,
                     ood_refit=" ".join(refit_ood.__doc__.split()),
-                    model_ii="the fixed world's run, bench/robustness.py's model_ii", worlds=list(worlds),
-                    tests=list(TESTS),
-                    n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
-    save("robustness", table=rows, settings=settings)
+                    model_ii="the fixed world's run, bench/robustness.py's model_ii",
+                    worlds=list(dict.fromkeys([*(r["train"] for r in kept), *worlds])), tests=list(TESTS),
+                    n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist(),
+                    scored=dict(scored, **{w: _now() for w in worlds}))
+    save("robustness", table=kept + rows, settings=settings)
+
+
+def _now() -> str:
+    import datetime
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kept_rows(worlds) -> tuple:
+    """The rows of the results file for runs not scored now (kept as they were, each with its weights digest), and
+    when each kept run was scored (`settings.scored`, else the file's date): scoring a subset of runs adds to the
+    file."""
+    import json
+    from _results import RESULTS
+    f = RESULTS / "robustness.json"
+    if not f.is_file(): return [], {}
+    old = json.loads(f.read_text())
+    kept = [r for r in old["table"] if r["train"] not in worlds]
+    when = old["settings"].get("scored", {})
+    return kept, {r["train"]: when.get(r["train"], old["date"]) for r in kept}
 
 
 def main():
