@@ -37,7 +37,8 @@ world's run directory).
 
 The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/robustness); a finished run is not
 retrained. `score --worlds A,B` rescores those runs and keeps the file's rows of the others as they were (each row has
-its weights digest; `settings.scored` says when each run was scored). The results file records each run's weights
+its weights digest; `settings.scored` says when, with which versions and command each run was scored; a kept run whose
+weights changed on disk is refused until it is rescored). The results file records each run's weights
 digest and OOD threshold, the commands, the machine and the date.
 """
 import argparse
@@ -227,6 +228,7 @@ def score(worlds) -> None:
     from sklearn.metrics import roc_auc_score
     from deeplense_fastai.core import file_digest
     from deeplense_fastai.learner import read_run_config
+    kept, scored = _kept_rows(worlds)      # refuses before any work when a kept row's run changed on disk
     rows = []
     for w in worlds:
         run = run_dir(w)
@@ -251,33 +253,49 @@ def score(worlds) -> None:
             shown = {k: v for k, v in rows[-1].items() if k not in ("coverage", "weights_sha256")}
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
     recipes = {k: " ".join(["deeplense train --preset WORLD", *v]) for k, v in RECIPES.items()}
-    kept, scored = _kept_rows(worlds)
+    from _results import header
+    now = {k: v for k, v in header("robustness").items() if k in ("date", "versions", "command")}
+    table = sorted(kept + rows, key=lambda r: (_order(r["train"]), TESTS.index(r["test"])))
     settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), recipes=recipes,
                     ood_refit=" ".join(refit_ood.__doc__.split()),
                     model_ii="the fixed world's run, bench/robustness.py's model_ii",
-                    worlds=list(dict.fromkeys([*(r["train"] for r in kept), *worlds])), tests=list(TESTS),
+                    worlds=sorted({r["train"] for r in table}, key=_order), tests=list(TESTS),
                     n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist(),
-                    scored=dict(scored, **{w: _now() for w in worlds}))
-    save("robustness", table=kept + rows, settings=settings)
+                    scored=dict(scored, **{w: now for w in worlds}))
+    save("robustness", table=table, settings=settings)
 
 
-def _now() -> str:
-    import datetime
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _order(run: str) -> int:
+    "A run's place in the table: the worlds, then the longer recipes, in the order they are listed here."
+    names = [*WORLDS, *LONGER]
+    return names.index(run) if run in names else len(names)
+
+
+SHARED = ("tests", "n_test", "test_seed", "levels")    # settings every row of the file must share
 
 
 def _kept_rows(worlds) -> tuple:
-    """The rows of the results file for runs not scored now (kept as they were, each with its weights digest), and
-    when each kept run was scored (`settings.scored`, else the file's date): scoring a subset of runs adds to the
-    file."""
+    """The rows of the results file for runs not scored now, kept as they were, and when and how each kept run was
+    scored (`settings.scored`; else the file's date, versions and command): scoring a subset of runs adds to the file.
+    Refused (SystemExit) when the kept rows were scored on other test sets, or when a kept run's weights on disk are not
+    the ones its rows were scored with (rescore it; a run no longer on disk keeps its rows, a record of what it was)."""
     import json
+    from deeplense_fastai.core import file_digest
     from _results import RESULTS
     f = RESULTS / "robustness.json"
     if not f.is_file(): return [], {}
     old = json.loads(f.read_text())
+    here = dict(tests=list(TESTS), n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
+    if (diff := [k for k in SHARED if old["settings"].get(k) != here[k]]):
+        sys.exit(f"{f}: its rows were scored with other {', '.join(diff)}; score every run (--worlds with all of them)")
     kept = [r for r in old["table"] if r["train"] not in worlds]
+    for r in kept:
+        w = run_dir(r["train"]) / "weights.safetensors"
+        if w.is_file() and file_digest(w) != r["weights_sha256"]:
+            sys.exit(f"{r['train']}: its weights changed since its rows were scored; add it to --worlds to rescore it")
     when = old["settings"].get("scored", {})
-    return kept, {r["train"]: when.get(r["train"], old["date"]) for r in kept}
+    first = {k: old[k] for k in ("date", "versions", "command")}
+    return kept, {r["train"]: when.get(r["train"], first) for r in kept}
 
 
 def main():
