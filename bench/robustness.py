@@ -37,9 +37,9 @@ world's run directory).
 
 The runs live in the cache (DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/robustness); a finished run is not
 retrained. `score --worlds A,B` rescores those runs and keeps the file's rows of the others as they were (each row has
-its weights digest; `settings.scored` says when, with which versions and command each run was scored; a kept run whose
-weights changed on disk is refused until it is rescored). The results file records each run's weights
-digest and OOD threshold, the commands, the machine and the date.
+its weights digest; `settings.scored` says when, on which machine, with which versions and command each run was
+scored; a kept run whose weights changed on disk is refused until it is rescored). The results file records each run's
+weights digest and OOD threshold, the commands, the machine and the date (its header: the last scoring's).
 """
 import argparse
 import functools
@@ -254,7 +254,7 @@ def score(worlds) -> None:
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in shown.items()}, flush=True)
     recipes = {k: " ".join(["deeplense train --preset WORLD", *v]) for k, v in RECIPES.items()}
     from _results import header
-    now = {k: v for k, v in header("robustness").items() if k in ("date", "versions", "command")}
+    now = {k: v for k, v in header("robustness").items() if k in ("date", "machine", "versions", "command")}
     table = sorted(kept + rows, key=lambda r: (_order(r["train"]), TESTS.index(r["test"])))
     settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), recipes=recipes,
                     ood_refit=" ".join(refit_ood.__doc__.split()),
@@ -294,7 +294,7 @@ def _kept_rows(worlds) -> tuple:
         if w.is_file() and file_digest(w) != r["weights_sha256"]:
             sys.exit(f"{r['train']}: its weights changed since its rows were scored; add it to --worlds to rescore it")
     when = old["settings"].get("scored", {})
-    first = {k: old[k] for k in ("date", "versions", "command")}
+    first = {k: old[k] for k in ("date", "machine", "versions", "command")}
     return kept, {r["train"]: when.get(r["train"], first) for r in kept}
 
 
