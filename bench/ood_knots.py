@@ -95,17 +95,22 @@ def network_features(model, cfg, path, n: int) -> dict:
     return {k: (v if k == "first_layer_map" else v.double().numpy()) for k, v in out.items()}
 
 
+def _images(path, n: int, dtype):
+    "The first n images of a dataset in `dtype`, each min-max scaled to [0, 1] as the runs' DataLoaders scale them."
+    import torch
+    from deeplense_fastai.config import minmax_scale
+    from deeplense_fastai.data import open_source
+    src = open_source(path)
+    return minmax_scale(torch.from_numpy(np.stack([src.image(i) for i in range(n)])).to(dtype))
+
+
 def starlet_features(path, n: int) -> np.ndarray:
     """Network-free statistics of the min-max normalised image's starlet transform (4 scales, B3-spline a trous, Starck
     et al. 2007): per scale the mean |w|, log spread, largest and most negative coefficient, log kurtosis, |w| / spread;
     and the log spread of the coarse residual."""
     import torch
     import torch.nn.functional as F
-    from deeplense_fastai.data import open_source
-    src = open_source(path)
-    x = torch.from_numpy(np.stack([src.image(i) for i in range(n)])).double()
-    lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
-    c = (x - lo) / (hi - lo)
+    c = _images(path, n, torch.float64)
     h = torch.tensor([1, 4, 6, 4, 1], dtype=torch.float64) / 16
     f = []
     for j in range(4):
@@ -195,17 +200,12 @@ def classifier_rates(sets: dict, knots: np.ndarray) -> dict:
     "The labelled reference: an xresnet_small told clumpy from smooth by labels, thresholded on held-out smooth images."
     import torch
     import torch.nn.functional as F
-    from deeplense_fastai.data import open_source
     from deeplense_fastai.dataset import cached_simulation
     from deeplense_fastai.models import get_model
     c = CLASSIFIER
     torch.manual_seed(c["seed"])
 
-    def load(path, n):
-        src = open_source(path)
-        x = torch.from_numpy(np.stack([src.image(i) for i in range(n)])).float()
-        lo, hi = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
-        return (x - lo) / (hi - lo)
+    def load(path, n): return _images(path, n, torch.float32)
     x = torch.cat([load(cached_simulation(WORLD, c["n"], c["seed"]), c["n"]),
                    load(cached_simulation(CLUMPY, c["n"], c["seed"]), c["n"])])
     y = torch.cat([torch.zeros(c["n"]), torch.ones(c["n"])])

@@ -259,8 +259,7 @@ def score(worlds) -> None:
     settings = dict(train=" ".join(["deeplense train --preset WORLD", *TRAIN]), recipes=recipes,
                     ood_refit=" ".join(refit_ood.__doc__.split()),
                     model_ii="the fixed world's run, bench/robustness.py's model_ii",
-                    worlds=sorted({r["train"] for r in table}, key=_order), tests=list(TESTS),
-                    n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist(),
+                    worlds=sorted({r["train"] for r in table}, key=_order), **_shared(),
                     scored=dict(scored, **{w: now for w in worlds}))
     save("robustness", table=table, settings=settings)
 
@@ -271,7 +270,9 @@ def _order(run: str) -> int:
     return names.index(run) if run in names else len(names)
 
 
-SHARED = ("tests", "n_test", "test_seed", "levels")    # settings every row of the file must share
+def _shared() -> dict:
+    "The settings every row of the results file must share: the test worlds, their size and seed, the levels."
+    return dict(tests=list(TESTS), n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
 
 
 def _kept_rows(worlds) -> tuple:
@@ -285,14 +286,14 @@ def _kept_rows(worlds) -> tuple:
     f = RESULTS / "robustness.json"
     if not f.is_file(): return [], {}
     old = json.loads(f.read_text())
-    here = dict(tests=list(TESTS), n_test=N_TEST, test_seed=TEST_SEED, levels=LEVELS.tolist())
-    if (diff := [k for k in SHARED if old["settings"].get(k) != here[k]]):
+    here = _shared()
+    if (diff := [k for k in here if old["settings"].get(k) != here[k]]):
         sys.exit(f"{f}: its rows were scored with other {', '.join(diff)}; score every run (--worlds with all of them)")
     kept = [r for r in old["table"] if r["train"] not in worlds]
-    for r in kept:
-        w = run_dir(r["train"]) / "weights.safetensors"
-        if w.is_file() and file_digest(w) != r["weights_sha256"]:
-            sys.exit(f"{r['train']}: its weights changed since its rows were scored; add it to --worlds to rescore it")
+    for run, digest in {r["train"]: r["weights_sha256"] for r in kept}.items():      # each run's weights read once
+        w = run_dir(run) / "weights.safetensors"
+        if w.is_file() and file_digest(w) != digest:
+            sys.exit(f"{run}: its weights changed since its rows were scored; add it to --worlds to rescore it")
     when = old["settings"].get("scored", {})
     first = {k: old[k] for k in ("date", "machine", "versions", "command")}
     return kept, {r["train"]: when.get(r["train"], first) for r in kept}
