@@ -31,7 +31,8 @@ already reads the vortex); `online`, new images every batch for 32 epochs of 8,0
 and `init_online`, both; the clumpy varied world is trained `online` too (the issue's "train on clumpy as well").
 For the MAE target (the varied world's run within 1.3x the fixed world's MAE), `init_online_seed1` repeats `init_online`
 with training seed 1 (from the same fixed-world run: the spread of the fine-tuning, not of the whole chain) and
-`init_online_long` trains it for 64 epochs (whether more optimiser steps close the gap).
+`init_online_long` trains it for 64 epochs (whether more optimiser steps close the gap), and `init_online_long_seed1`
+repeats that with training seed 1.
 Their commands are recorded in the results' settings (`{model_ii}` stands for the fixed
 world's run directory).
 
@@ -65,10 +66,12 @@ RECIPES = {"init": ["--init", "{model_ii}", "--n", "8000", "--epochs", "8", "--s
            "init_online_seed1": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "32", "--seed",
                                  "1"],
            "init_online_long": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "64", "--seed",
-                                "0"]}
+                                "0"],
+           "init_online_long_seed1": ["--init", "{model_ii}", "--online", "--epoch-size", "8000", "--epochs", "64",
+                                      "--seed", "1"]}
 LONGER = ("model_ii_nuisance@init", "model_ii_nuisance@online", "model_ii_nuisance@init_online",
           "model_ii_nuisance_clumpy@online", "model_ii_nuisance@init_online_seed1",
-          "model_ii_nuisance@init_online_long")
+          "model_ii_nuisance@init_online_long", "model_ii_nuisance@init_online_long_seed1")
 N_TEST, TEST_SEED = 2000, 99
 LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)
 
