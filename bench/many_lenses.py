@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images      # simulate every image once (resumable)
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors  # each run's raw grid posteriors (resumable)
+    OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py fits --seeds 0 --members 0,1  # optional: the ensemble's
+        # members fitted ahead, in parallel processes (each cached; `score` fits the missing ones)
     OMP_NUM_THREADS=1 python bench/many_lenses.py score  # every method -> bench/results/many_lenses.json
 
 Protocol (CPU; Model II, target log10 m_axion, prior U[-24, -22]). The per-lens networks are three flow runs trained by
@@ -30,6 +32,10 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
 - `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as the aggregate's floor is
   (candidate floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` now fits with its default bank of
   30,000 and `combine` reports as method 'summary_likelihood';
+- `summary_nle_ens`, `summary_nle_ens+floor`: a deep ensemble of K = 5 such likelihoods (member 0 is `summary_nle`'s
+  fit; the others differ only in their fitting seed), per lens the mean of their densities; with and without its own
+  floor fitted on the populations. The single fit's own errors are what add up over 200 lenses; averaging members
+  that err differently shrinks them (and widens each lens's likelihood where the members disagree);
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
@@ -82,7 +88,9 @@ WORLDS = {"model_ii": {"results": "many_lenses", "seeds": SEEDS, "train": TRAIN,
                                 "train": "deeplense train --preset model_ii_nuisance --init MODEL_II_RUN --online "
                                          "--epoch-size 8000 --epochs 32 --seed {seed} --out RUN"}}
 WORLD = "model_ii"       # set by --world
-METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre")
+METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre",
+           "summary_nle_ens", "summary_nle_ens+floor")
+ENSEMBLE = 5             # members of the summary likelihoods' ensemble (the issue's K >= 5)
 
 
 def cache(*parts) -> Path:
@@ -183,11 +191,63 @@ class Standard:
     def m(self, m): return ((m - self.m_mu) / self.m_sd)[..., None]
 
 
+def member_seed(seed: int, k: int) -> int:
+    "The fitting seed of member k of run `seed`'s ensemble: member 0 is the single fit (seed = the run's seed)."
+    return seed + 1000 * k
+
+
+def nle_member(seed: int, k: int, s=None, m=None):
+    """Member k of run `seed`'s ensemble of summary likelihoods: the library's `fit_summary_likelihood` (what
+    `calibrate` fits) on the bank's split with fitting seed `member_seed(seed, k)`, cached as safetensors beside the
+    run's posteriors (tied to the run's weights digest), so that members fit in parallel processes and resume."""
+    from safetensors.torch import load_file, save_file
+    from deeplense_fastai.posterior import SUMMARY_FLOW, SummaryLikelihood, fit_summary_likelihood
+    f, digest = cache("fits", f"seed{seed}") / f"nle{k}.safetensors", weights_digest(seed)
+    if f.exists():
+        from safetensors import safe_open
+        with safe_open(str(f), "pt") as h: meta = h.metadata()
+        if meta["weights_sha256"] == digest:
+            q = SummaryLikelihood(**SUMMARY_FLOW)
+            q.load_state_dict(load_file(str(f)))
+            q.validation_loss, q.seconds = float(meta["validation_loss"]), float(meta["seconds"])
+            return q.eval()
+    if s is None: s, m = bank_summaries(seed)
+    t0 = time.time()
+    q = fit_summary_likelihood(s, m, seed=member_seed(seed, k), holdout=(len(s) - FIT_N) / len(s))
+    q.seconds = round(time.time() - t0, 1)
+    tmp = f.with_suffix(".tmp")
+    save_file(q.state_dict(), str(tmp), metadata=dict(weights_sha256=digest, validation_loss=repr(q.validation_loss),
+                                                      seconds=repr(q.seconds), fitting_seed=str(member_seed(seed, k))))
+    tmp.replace(f)
+    print(f"seed {seed} member {k}: fitted in {q.seconds:.0f} s (held-out loss {q.validation_loss:.4f})", flush=True)
+    return q
+
+
+def bank_summaries(seed: int) -> tuple:
+    "The bank's posterior summaries (float32) under run `seed`, and its true masses: what the likelihoods fit."
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.posterior import posterior_summaries, target_grid
+    g = target_grid(load_run(run_dir(seed), calibration=False)[1])[0].double()
+    bank = torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / "bank.npy")).double()
+    return (posterior_summaries(bank, g).float(),
+            torch.from_numpy(np.load(cache("images") / "bank_y.npy")).float())
+
+
 def fit_nle(s, m, seed):
-    "q(s | m): the library's summary likelihood (`fit_summary_likelihood`, what `calibrate` fits), on the bank's split."
-    from deeplense_fastai.posterior import fit_summary_likelihood
-    q = fit_summary_likelihood(s, m, seed=seed, holdout=(len(s) - FIT_N) / len(s))
-    return q.loglik, q.validation_loss
+    "q(s | m): member 0 of the run's ensemble (`nle_member`), the single summary likelihood `calibrate` fits."
+    q = nle_member(seed, 0, s, m)
+    return q.loglik, q.validation_loss, q.seconds
+
+
+def fit_nle_ensemble(s, m, seed, k=ENSEMBLE):
+    """The deep ensemble of K summary likelihoods (Lakshminarayanan et al. 2017; for simulation-based inference Hermans
+    et al. 2022): per lens, the mean of the members' densities, log(1/K sum_k q_k(s | m)); its logarithm adds over
+    lenses. Members differ only in their fitting seed (initialisation, batch order); all share the standardisation of
+    the same bank split, so their densities are on one scale."""
+    qs = [nle_member(seed, j, s, m) for j in range(k)]
+    def loglik(s_test, grid):
+        return torch.logsumexp(torch.stack([q.loglik(s_test, grid) for q in qs]), 0) - np.log(len(qs))
+    return loglik, [q.validation_loss for q in qs], [q.seconds for q in qs]
 
 
 def fit_bnre(s, m, seed, lam=100.):
@@ -204,14 +264,16 @@ def fit_bnre(s, m, seed, lam=100.):
         balance = (torch.sigmoid(d1).mean() + torch.sigmoid(d0).mean() - 1) ** 2
         return bce(d1, torch.ones_like(d1)) + bce(d0, torch.zeros_like(d0)) + lam * balance
     from deeplense_fastai.posterior import fit_early_stopped
+    t0 = time.time()
     val = fit_early_stopped(net, loss, (FIT_N, len(s) - FIT_N), seed, bs=256, what='the ratio estimator')
+    seconds = round(time.time() - t0, 1)
     def loglik(s_test, grid):          # (B, G): log r(s_i, m_g)
         with torch.no_grad():
             G, mg = len(grid), st.m(grid)
             return torch.cat([net(torch.cat([st.s(c)[:, None].expand(-1, G, -1),
                                              mg[None].expand(len(c), -1, -1)], -1))[..., 0]
                               for c in s_test.split(500)])
-    return loglik, val
+    return loglik, val, seconds
 
 
 # ---- scoring --------------------------------------------------------------------------------------------------------
@@ -248,16 +310,15 @@ def _per_lens_terms(seed, grid):
     terms["aggregate"], terms["aggregate+floor"] = (trials - agg, 0.), (trials - agg, float(floor_agg))
     s_trials = posterior_summaries(trials.reshape(-1, len(g)), g)
     s_pop = posterior_summaries(pop.reshape(-1, len(g)), g)
-    for name, fit in (("summary_nle", fit_nle), ("summary_bnre", fit_bnre)):
-        t0 = time.time()
-        loglik, val = fit(s_bank.float(), m.float(), seed)
+    for name, fit in (("summary_nle", fit_nle), ("summary_bnre", fit_bnre), ("summary_nle_ens", fit_nle_ensemble)):
+        loglik, val, seconds = fit(s_bank.float(), m.float(), seed)      # seconds: of the fit (cached members: then)
         terms[name] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
-        info[name] = dict(validation_loss=val, seconds=round(time.time() - t0, 1))
+        info[name] = dict(validation_loss=val, seconds=seconds)
         # the same likelihood, widened by a floor fitted on the populations as the aggregate's is
-        if name == "summary_nle":
+        if name.startswith("summary_nle"):
             on_pop = loglik(s_pop.float(), g.float()).double().reshape(pop.shape)
             floor, _ = fit_systematic(on_pop, pop_truths(), g, widths=SUMMARY_FLOORS)
-            terms["summary_nle+floor"], info["floor_summary_nle"] = (terms[name][0], float(floor)), float(floor)
+            terms[f"{name}+floor"], info[f"floor_{name}"] = (terms[name][0], float(floor)), float(floor)
     return terms, info
 
 
@@ -378,17 +439,22 @@ def _world_settings(seeds) -> dict:
 def main():
     global WORLD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["images", "posteriors", "score"])
+    ap.add_argument("stage", choices=["images", "posteriors", "fits", "score"])
     ap.add_argument("--world", choices=list(WORLDS), default="model_ii",
                     help="the lenses' world: the fixed lens (default) or every nuisance drawn per lens")
     ap.add_argument("--seeds", default=None, help="training seeds (default: the world's)")
     ap.add_argument("--cells-only", action="store_true", help="score: only compute and cache these seeds' cells")
+    ap.add_argument("--members", default=None,
+                    help=f"fits: which members of the summary likelihoods' ensemble to fit (default: all {ENSEMBLE})")
     a = ap.parse_args()
     WORLD = a.world
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(WORLDS[WORLD]["seeds"])
     torch.set_num_threads(1)
     if a.stage == "images": images()
     elif a.stage == "posteriors": posteriors(seeds)
+    elif a.stage == "fits":
+        for s in seeds:
+            for k in ([int(k) for k in a.members.split(",")] if a.members else range(ENSEMBLE)): nle_member(s, k)
     else: score(seeds, a.cells_only)
 
 

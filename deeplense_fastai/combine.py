@@ -22,8 +22,8 @@ __all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BAN
 from .core import DeepLenseError, atomic_write, file_digest, plural
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_recalibration,
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
-                                       posterior_summaries, SummaryLikelihood, fit_summary_likelihood,
-                                       joint_coverage_by_bin, SUMMARY_FLOORS)
+                                       posterior_summaries, SummaryLikelihood, SummaryEnsemble, fit_summary_ensemble,
+                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS)
 from .simulate import get_preset
 from .config import RunConfig
 from .learner import read_run_config, ood_features
@@ -220,9 +220,9 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
      "(posteriors, truths, grid); write its weights; its record.")
     (preset, bank, seed), (pop, truths, grid) = bank_of, populations
     _notice(f"calibrate: simulating {bank:,} lenses from the prior of {preset} and fitting the summary likelihood "
-            f"(a flow) on them")
+            f"(an ensemble of {SUMMARY_MEMBERS} flows) on them")
     lp, m = _bank_posteriors(model, cfg, preset, bank, seed, batching.bs, batching.tta)
-    q = fit_summary_likelihood(posterior_summaries(lp, grid), m, seed=seed)
+    q = fit_summary_ensemble(posterior_summaries(lp, grid), m, seed=seed, members=SUMMARY_MEMBERS)
     g = grid.double()
     terms = q.loglik(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double().reshape(pop.shape)
     width, table = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
@@ -231,7 +231,9 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
                 f"it needs may be larger")
     return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE,
                 sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
-                standardisation=q.standardisation(), validation_loss=q.validation_loss, systematic=width,
+                members=len(q.members), standardisation=q.standardisation(),
+                validation_loss=float(np.mean(q.validation_loss)), member_validation_losses=q.validation_loss,
+                systematic=width,
                 bank=dict(preset=preset, n=bank, seed=seed),
                 validated=_validated(terms, truths, g, width, get_preset(preset).axion.log10_m),
                 joint_check=joint_check(table, width, len(truths)))
@@ -287,8 +289,8 @@ def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
                             f"fitted on",
                 coverage=joint_coverage_by_bin(terms, truths, grid, width, np.linspace(lo, hi, 5), own))
 
-def _save_summary_likelihood(run_dir, q:SummaryLikelihood) -> str:
-    "Write the summary likelihood's state (flow and standardisation) as safetensors, atomically; its SHA-256."
+def _save_summary_likelihood(run_dir, q:SummaryLikelihood|SummaryEnsemble) -> str:
+    "Write the summary likelihood's state (flows and standardisation) as safetensors, atomically; its SHA-256."
     from safetensors.torch import save_file
     f = Path(run_dir)/SUMMARY_FILE
     with atomic_write(f) as tmp: save_file({k: v.detach().contiguous() for k, v in q.state_dict().items()}, str(tmp))

@@ -19,7 +19,8 @@ __all__ = ['MAX_SAMPLES', 'FLOW_MEDIAN_SAMPLES', 'load_run', 'posterior_batches'
 
 # %% ../nbs/05b_inference.ipynb #b68a4259
 from .core import DeepLenseError, file_digest, fastai_import
-from .posterior import (FlowRegressor, grid_quantiles, grid_sample, SummaryLikelihood, SUMMARY_FLOW,
+from .posterior import (FlowRegressor, grid_quantiles, grid_sample, SummaryLikelihood, SummaryEnsemble,
+                                       SUMMARY_FLOW,
                                        flow_regressor, target_grid, run_log_posterior, quantile_columns)
 import torch.nn as nn
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ def _attach_calibration(cfg:RunConfig, run_dir:Path, f:Path) -> None:
     cfg.calibration = dict(tta=bool(cal.get('tta')), weights_sha256=cal.get('weights_sha256'))
 
 # %% ../nbs/05b_inference.ipynb #04340a5e
-def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood:
+def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood|SummaryEnsemble:
     "The summary likelihood a checked joint calibration record names, its file checked against the recorded SHA-256."
     from safetensors.torch import load_file
     f = Path(run_dir)/SUMMARY_FILE
@@ -84,10 +85,13 @@ def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood:
     if not f.is_file(): raise DeepLenseError(f"{f}: missing, and {where} names it; {again}")
     if file_digest(f) != rec['sha256']:
         raise DeepLenseError(f"{f}: not the file calibrate wrote (its SHA-256 differs from {where}'s); {again}")
-    q = SummaryLikelihood(**rec['hparams'])
+    # an ensemble since calibrate fits one (`members`); a single flow in calibrations written before
+    hp = rec['hparams']
+    q = SummaryEnsemble(rec['members'], **hp) if 'members' in rec else SummaryLikelihood(**hp)
     try: q.load_state_dict(load_file(str(f)))
     except Exception as e:
-        raise DeepLenseError(f"{f}: does not fit its recorded hparams ({type(e).__name__}); {again}") from None
+        raise DeepLenseError(f"{f}: does not fit its recorded hparams and members ({type(e).__name__}); {again}"
+                             ) from None
     return q.eval()
 
 def _with_summary_likelihoods(joint:dict, run_dir, where) -> dict:

@@ -11,12 +11,13 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'QUANTILES', 'FlowRegressor', 'flow_settings',
-           'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit',
-           'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp',
-           'smooth_log_density', 'combine_log_posteriors', 'summarise', 'aggregate_log_posterior', 'fit_systematic',
-           'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood',
-           'joint_coverage_by_bin', 'flow_median', 'quantile_columns', 'run_log_posterior']
+__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'SUMMARY_MEMBERS', 'QUANTILES', 'FlowRegressor',
+           'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf',
+           'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
+           'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'summarise',
+           'aggregate_log_posterior', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped',
+           'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median',
+           'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
@@ -451,6 +452,48 @@ def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K
             rows.append(dict(n=n, bin=[float(edges[b]), float(edges[b + 1])], trials=int(sel.sum()),
                              coverage68=c['coverage68'], coverage95=c['coverage95']))
     return rows
+
+# %% ../nbs/04b_posterior.ipynb #e1a5c0d2
+SUMMARY_MEMBERS = 5   # members of the summary likelihood's ensemble (bench/many_lenses.py measured K = 5)
+
+class SummaryEnsemble(nn.Module):
+    ("A deep ensemble of summary likelihoods: per lens the mean of the members' densities q_k(s | m), "
+     "the members sharing one standardisation.")
+    def __init__(self, members:int=SUMMARY_MEMBERS, # How many `SummaryLikelihood`s
+                 **hparams, # Their settings (default `SUMMARY_FLOW`)
+                ):
+        super().__init__()
+        if type(members) is not int or members < 1:
+            raise DeepLenseError(f"members {members!r}: an ensemble needs a whole number >= 1 of summary likelihoods")
+        self.members = nn.ModuleList(SummaryLikelihood(**dict(SUMMARY_FLOW, **hparams)) for _ in range(members))
+        self.hparams = self.members[0].hparams
+        self.validation_loss = None
+    def standardisation(self) -> dict:
+        "The members' shared standardisation as plain numbers (what calibration.json records)."
+        return self.members[0].standardisation()
+    @torch.no_grad()
+    def loglik(self, s:torch.Tensor, # Summaries (B, 2) from `posterior_summaries`
+               grid:torch.Tensor, # Grid (G,) of the shared value
+               chunk:int=512, # Lenses per evaluation
+              ) -> torch.Tensor:
+        ("log of the members' mean density, log (1/K sum_k q_k(s_i | m_g)) (B, G), "
+         "up to the shared standardisation's Jacobian.")
+        return (torch.logsumexp(torch.stack([q.loglik(s, grid, chunk) for q in self.members]), 0)
+                - math.log(len(self.members)))
+
+def fit_summary_ensemble(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
+                         m:torch.Tensor, # Their true values (M,)
+                         seed:int=0, # Member k is fitted with seed `seed + 1000 k` (member 0: the single fit's)
+                         members:int=SUMMARY_MEMBERS, # How many
+                         **kwargs, # `fit_summary_likelihood`'s other settings, the same for every member
+                        ) -> SummaryEnsemble:
+    ("`members` summary likelihoods fitted by `fit_summary_likelihood`, differing only in their seed; "
+     "`validation_loss` is the list of their held-out losses.")
+    qs = [fit_summary_likelihood(s, m, seed=seed + 1000 * k, **kwargs) for k in range(members)]
+    ens = SummaryEnsemble(members, **qs[0].hparams)
+    for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
+    ens.validation_loss = [q.validation_loss for q in qs]
+    return ens.eval()
 
 # %% ../nbs/04b_posterior.ipynb #82050243
 @torch.no_grad()

@@ -373,6 +373,19 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "SHA-256", "--force")
     f.unlink()
     refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "missing")
+    # a summary likelihood written before ensembles (one flow, no 'members') still combines
+    f.write_bytes(good)
+    from safetensors.torch import load_file, save_file
+    one = {k.removeprefix("members.0."): v for k, v in load_file(str(f)).items() if k.startswith("members.0.")}
+    save_file(one, str(f))
+    single = json.loads(json.dumps(cal))
+    sl = single["joint"]["log10_m_axion"]["summary_likelihood"]
+    del sl["members"]
+    sl["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    (run_dir / "calibration.json").write_text(json.dumps(single))
+    r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "c.json", env=env[1])
+    assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
+    assert json.loads((tmp_path / "c.json").read_text())["log10_m_axion"]["median"] != j["median"]   # one member, not five
     f.write_bytes(good)
     for k in ("summary_likelihood", "validated", "method"): del cal["joint"]["log10_m_axion"][k]      # as written before
     (run_dir / "calibration.json").write_text(json.dumps(cal))
