@@ -27,15 +27,17 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
 - `floor`: `product` widened by a systematic floor fitted on the populations;
 - `aggregate+floor`: both: the joint calibration `calibrate(populations='model_ii')` fitted before (now `bank=0`);
 - `summary_nle`: a neural likelihood of each lens's posterior summary s = (median, log 68% half-width) given the mass,
-  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, what `calibrate`
-  fits); log q(s_i | m) adds over lenses exactly whatever the network's bias (the bias is part of what q models);
+  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, one member of what
+  `calibrate` fits); log q(s_i | m) adds over lenses exactly whatever the network's bias (the bias is part of what q
+  models);
 - `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as the aggregate's floor is
-  (candidate floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` now fits with its default bank of
-  30,000 and `combine` reports as method 'summary_likelihood';
+  (candidate floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` fitted with its default bank of
+  30,000 until the ensemble below;
 - `summary_nle_ens`, `summary_nle_ens+floor`: a deep ensemble of K = 5 such likelihoods (member 0 is `summary_nle`'s
   fit; the others differ only in their fitting seed), per lens the mean of their densities; with and without its own
-  floor fitted on the populations. The single fit's own errors are what add up over 200 lenses; averaging members
-  that err differently shrinks them (and widens each lens's likelihood where the members disagree);
+  floor fitted on the populations (`summary_nle_ens+floor` is what `calibrate(populations=...)` now fits, the library's
+  `fit_summary_ensemble`, and `combine` reports as method 'summary_likelihood'). The hypothesis tested: the single
+  fit's own errors are part of what adds up over 200 lenses, and averaging members that err differently damps them;
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
@@ -234,7 +236,7 @@ def bank_summaries(seed: int) -> tuple:
 
 
 def fit_nle(s, m, seed):
-    "q(s | m): member 0 of the run's ensemble (`nle_member`), the single summary likelihood `calibrate` fits."
+    "q(s | m): member 0 of the run's ensemble (`nle_member`), the single summary likelihood `calibrate` fitted before."
     q = nle_member(seed, 0, s, m)
     return q.loglik, q.validation_loss, q.seconds
 

@@ -245,7 +245,7 @@ def _check_images(d:dict, bad) -> None:
 # %% ../nbs/02d_config.ipynb #782bcdb6
 SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
 HPARAM_MAX = dict(transforms=16, hidden=512, bins=64)  # a recorded flow's size, bounded (a file cannot ask for GBs)
-MEMBERS_MAX = 32   # a recorded ensemble's members, bounded for the same reason
+MEMBERS_MAX = 8    # a recorded ensemble's members, bounded for the same reason (8 of the largest flows: ~0.2 GB)
 
 def read_calibration(f:str|Path, # A run's calibration.json
                     ) -> dict:
@@ -296,7 +296,7 @@ def _check_record(rec:dict, method:str, where, name:str) -> None:
                                     f"of two finite numbers and a 'coverage' list of records")
 
 def _check_summary_record(rec, where, name:str) -> None:
-    "A summary likelihood's record: its method and validity, its flow's size (bounded), its file's SHA-256, a floor."
+    "A summary likelihood's record: its method and validity, its flows' size and number (bounded), SHA-256, floor."
     if not isinstance(rec, dict): raise DeepLenseError(f"{where}: {name}'s 'summary_likelihood' must be a record")
     _check_record(rec, 'summary_likelihood', where, f"{name}'s summary_likelihood")
     hp = rec.get('hparams')

@@ -489,6 +489,8 @@ def fit_summary_ensemble(s:torch.Tensor, # Summaries (M, 2) of lenses whose valu
                         ) -> SummaryEnsemble:
     ("`members` summary likelihoods fitted by `fit_summary_likelihood`, differing only in their seed; "
      "`validation_loss` is the list of their held-out losses.")
+    if type(members) is not int or members < 1:
+        raise DeepLenseError(f"members {members!r}: an ensemble needs a whole number >= 1 of summary likelihoods")
     qs = [fit_summary_likelihood(s, m, seed=seed + 1000 * k, **kwargs) for k in range(members)]
     ens = SummaryEnsemble(members, **qs[0].hparams)
     for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
