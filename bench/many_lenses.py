@@ -246,10 +246,11 @@ def fit_nle_ensemble(s, m, seed, k=ENSEMBLE):
     et al. 2022): per lens, the mean of the members' densities, log(1/K sum_k q_k(s | m)); its logarithm adds over
     lenses. Members differ only in their fitting seed (initialisation, batch order); all share the standardisation of
     the same bank split, so their densities are on one scale."""
+    from deeplense_fastai.posterior import SummaryEnsemble
     qs = [nle_member(seed, j, s, m) for j in range(k)]
-    def loglik(s_test, grid):
-        return torch.logsumexp(torch.stack([q.loglik(s_test, grid) for q in qs]), 0) - np.log(len(qs))
-    return loglik, [q.validation_loss for q in qs], [q.seconds for q in qs]
+    ens = SummaryEnsemble(k, **qs[0].hparams)            # the library's averaging (what calibrate fits), cached members
+    for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
+    return ens.eval().loglik, [q.validation_loss for q in qs], [q.seconds for q in qs]
 
 
 def fit_bnre(s, m, seed, lam=100.):
