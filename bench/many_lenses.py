@@ -27,9 +27,9 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
 - `floor`: `product` widened by a systematic floor fitted on the populations;
 - `aggregate+floor`: both: the joint calibration `calibrate(populations='model_ii')` fitted before (now `bank=0`);
 - `summary_nle`: a neural likelihood of each lens's posterior summary s = (median, log 68% half-width) given the mass,
-  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`, one member of what
-  `calibrate` fits); log q(s_i | m) adds over lenses exactly whatever the network's bias (the bias is part of what q
-  models);
+  q(s | m), a zuko neural spline flow fitted on the bank (the library's `fit_summary_likelihood`: 100 epochs on a
+  one-cycle schedule, the best held-out epoch kept; member 0 of what `calibrate` fits); log q(s_i | m) adds over
+  lenses exactly whatever the network's bias (the bias is part of what q models);
 - `summary_nle+floor`: the same likelihood, widened by a floor fitted on the populations as the aggregate's floor is
   (candidate floors 0 to 0.05 dex, 0.001 apart): what `calibrate(populations=...)` fitted with its default bank of
   30,000 until the ensemble below;
@@ -42,7 +42,11 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
 error sqrt(p(1 - p) / trials)), the median 68% half-width and the mean bias of the joint median. Then the mean and sd
-over the three seeds, and the issue's targets checked for each method.
+over the three seeds, and the issue's targets checked for each method. The joint quantiles are the library's
+`joint_quantiles` (what `combine` reports: the joint log density refined by a cubic, since at 200 lenses a joint spans
+a grid step or two); the same figures by the trapezoid rule on the grid itself are kept as `*_grid`, comparable with
+bench/results/many_lenses_early_stopped.json: this bench before the one-cycle fits (every member early-stopped, grid
+quantiles), kept as that ablation.
 
 The varied world (issue 23 item 3), `--world model_ii_nuisance`: the same protocol (bank, populations, bins, trials, N)
 with every lens drawn from `model_ii_nuisance`: each lens's main lens (theta_E, SIE ellipticity), external shear and
@@ -204,11 +208,11 @@ def nle_member(seed: int, k: int, s=None, m=None):
     run's posteriors (tied to the run's weights digest), so that members fit in parallel processes and resume."""
     from safetensors.torch import load_file, save_file
     from deeplense_fastai.posterior import SUMMARY_FLOW, SummaryLikelihood, fit_summary_likelihood
-    f, digest = cache("fits", f"seed{seed}") / f"nle{k}.safetensors", weights_digest(seed)
+    f, digest, how = cache("fits", f"seed{seed}") / f"nle{k}.safetensors", weights_digest(seed), fit_recipe()
     if f.exists():
         from safetensors import safe_open
         with safe_open(str(f), "pt") as h: meta = h.metadata()
-        if meta["weights_sha256"] == digest:
+        if meta["weights_sha256"] == digest and meta.get("recipe") == how:
             q = SummaryLikelihood(**SUMMARY_FLOW)
             q.load_state_dict(load_file(str(f)))
             q.validation_loss, q.seconds = float(meta["validation_loss"]), float(meta["seconds"])
@@ -218,11 +222,22 @@ def nle_member(seed: int, k: int, s=None, m=None):
     q = fit_summary_likelihood(s, m, seed=member_seed(seed, k), holdout=(len(s) - FIT_N) / len(s))
     q.seconds = round(time.time() - t0, 1)
     tmp = f.with_suffix(".tmp")
-    save_file(q.state_dict(), str(tmp), metadata=dict(weights_sha256=digest, validation_loss=repr(q.validation_loss),
+    save_file(q.state_dict(), str(tmp), metadata=dict(weights_sha256=digest, recipe=how,
+                                                      validation_loss=repr(q.validation_loss),
                                                       seconds=repr(q.seconds), fitting_seed=str(member_seed(seed, k))))
     tmp.replace(f)
     print(f"seed {seed} member {k}: fitted in {q.seconds:.0f} s (held-out loss {q.validation_loss:.4f})", flush=True)
     return q
+
+
+def fit_recipe() -> str:
+    """How a member is fitted, as the library fits it (flow settings, epochs, schedule, bank split): a cached member
+    fitted otherwise is refitted."""
+    import inspect
+    from deeplense_fastai.posterior import SUMMARY_FLOW, fit_summary_likelihood
+    d = {k: v.default for k, v in inspect.signature(fit_summary_likelihood).parameters.items()
+         if k in ("epochs", "bs", "patience")}
+    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK, fit=FIT_N), sort_keys=True)
 
 
 def bank_summaries(seed: int) -> tuple:
@@ -235,12 +250,6 @@ def bank_summaries(seed: int) -> tuple:
             torch.from_numpy(np.load(cache("images") / "bank_y.npy")).float())
 
 
-def fit_nle(s, m, seed):
-    "q(s | m): member 0 of the run's ensemble (`nle_member`), the single summary likelihood `calibrate` fitted before."
-    q = nle_member(seed, 0, s, m)
-    return q.loglik, q.validation_loss, q.seconds
-
-
 def fit_nle_ensemble(s, m, seed, k=ENSEMBLE):
     """The deep ensemble of K summary likelihoods (Lakshminarayanan et al. 2017; for simulation-based inference Hermans
     et al. 2022): per lens, the mean of the members' densities, log(1/K sum_k q_k(s | m)); its logarithm adds over
@@ -250,7 +259,7 @@ def fit_nle_ensemble(s, m, seed, k=ENSEMBLE):
     qs = [nle_member(seed, j, s, m) for j in range(k)]
     ens = SummaryEnsemble(k, **qs[0].hparams)            # the library's averaging (what calibrate fits), cached members
     for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
-    return ens.eval().loglik, [q.validation_loss for q in qs], [q.seconds for q in qs]
+    return ens.eval(), [q.validation_loss for q in qs], [q.seconds for q in qs]
 
 
 def fit_bnre(s, m, seed, lam=100.):
@@ -280,20 +289,32 @@ def fit_bnre(s, m, seed, lam=100.):
 
 
 # ---- scoring --------------------------------------------------------------------------------------------------------
-def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> torch.Tensor:
-    "Median, 68% and 95% bounds (K, 5) of unnormalised joint log densities (K, G), widened by a floor of `width`."
-    from deeplense_fastai.posterior import _widened_joint, grid_quantiles
-    return grid_quantiles(_widened_joint(joint, grid, width), grid, [0.5, 0.16, 0.84, 0.025, 0.975])
+LEVELS = [0.5, 0.16, 0.84, 0.025, 0.975]
 
 
-def _cells(q: torch.Tensor, truth: np.ndarray) -> dict:
-    "Coverage (with binomial errors), median 68% half-width and bias of one bin's trials."
-    q, t = q.double().numpy(), truth
-    c68, c95 = float(((q[:, 1] <= t) & (t <= q[:, 2])).mean()), float(((q[:, 3] <= t) & (t <= q[:, 4])).mean())
-    k = len(t)
-    return dict(coverage68=c68, coverage68_err=(c68 * (1 - c68) / k) ** 0.5, coverage95=c95,
-                coverage95_err=(c95 * (1 - c95) / k) ** 0.5, halfwidth68=float(np.median((q[:, 2] - q[:, 1]) / 2)),
-                bias=float((q[:, 0] - t).mean()), mae=float(np.abs(q[:, 0] - t).mean()))
+def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> tuple:
+    """Median, 68% and 95% bounds (K, 5) of unnormalised joint log densities (K, G), widened by a floor of `width`:
+    by the library's `joint_quantiles` (what combine reports: the log density refined by a cubic, so a joint narrower
+    than a few grid steps is integrated right), and by the trapezoid rule on the grid itself (`grid_quantiles`, what
+    this bench measured before: too wide, and covering too often, once the joint spans a grid step or two)."""
+    from deeplense_fastai.posterior import _widened_joint, grid_quantiles, joint_quantiles
+    w = _widened_joint(joint, grid, width)
+    return joint_quantiles(w, grid, LEVELS), grid_quantiles(w, grid, LEVELS)
+
+
+def _cells(qs: tuple, truth: np.ndarray) -> dict:
+    """Coverage (with binomial errors), median 68% half-width and bias of one bin's trials; the same with the grid's
+    trapezoid quantiles as `*_grid`."""
+    out = {}
+    for q, tail in zip(qs, ("", "_grid")):
+        q, t = q.double().numpy(), truth
+        c68, c95 = float(((q[:, 1] <= t) & (t <= q[:, 2])).mean()), float(((q[:, 3] <= t) & (t <= q[:, 4])).mean())
+        k = len(t)
+        out.update({f"{key}{tail}": v for key, v in dict(
+            coverage68=c68, coverage68_err=(c68 * (1 - c68) / k) ** 0.5, coverage95=c95,
+            coverage95_err=(c95 * (1 - c95) / k) ** 0.5, halfwidth68=float(np.median((q[:, 2] - q[:, 1]) / 2)),
+            bias=float((q[:, 0] - t).mean()), mae=float(np.abs(q[:, 0] - t).mean())).items()})
+    return out
 
 
 def _per_lens_terms(seed, grid):
@@ -313,15 +334,20 @@ def _per_lens_terms(seed, grid):
     terms["aggregate"], terms["aggregate+floor"] = (trials - agg, 0.), (trials - agg, float(floor_agg))
     s_trials = posterior_summaries(trials.reshape(-1, len(g)), g)
     s_pop = posterior_summaries(pop.reshape(-1, len(g)), g)
-    for name, fit in (("summary_nle", fit_nle), ("summary_bnre", fit_bnre), ("summary_nle_ens", fit_nle_ensemble)):
-        loglik, val, seconds = fit(s_bank.float(), m.float(), seed)      # seconds: of the fit (cached members: then)
-        terms[name] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
-        info[name] = dict(validation_loss=val, seconds=seconds)
+    loglik, val, seconds = fit_bnre(s_bank.float(), m.float(), seed)
+    terms["summary_bnre"] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
+    info["summary_bnre"] = dict(validation_loss=val, seconds=seconds)
+    # the ensemble's members evaluated once: member 0 alone is the single likelihood, their mean density the ensemble
+    ens, val, seconds = fit_nle_ensemble(s_bank.float(), m.float(), seed)   # seconds: of each fit (cached: then)
+    on_trials = ens.member_logliks(s_trials.float(), g.float())
+    on_pops = ens.member_logliks(s_pop.float(), g.float())
+    for name, pick in (("summary_nle", lambda t: t[0]), ("summary_nle_ens", ens.mean_density)):
+        terms[name] = (pick(on_trials).double().reshape(trials.shape), 0.)
+        info[name] = dict(validation_loss=val[0] if name == "summary_nle" else val,
+                          seconds=seconds[0] if name == "summary_nle" else seconds)
         # the same likelihood, widened by a floor fitted on the populations as the aggregate's is
-        if name.startswith("summary_nle"):
-            on_pop = loglik(s_pop.float(), g.float()).double().reshape(pop.shape)
-            floor, _ = fit_systematic(on_pop, pop_truths(), g, widths=SUMMARY_FLOORS)
-            terms[f"{name}+floor"], info[f"floor_{name}"] = (terms[name][0], float(floor)), float(floor)
+        floor, _ = fit_systematic(pick(on_pops).double().reshape(pop.shape), pop_truths(), g, widths=SUMMARY_FLOORS)
+        terms[f"{name}+floor"], info[f"floor_{name}"] = (terms[name][0], float(floor)), float(floor)
     return terms, info
 
 
@@ -346,9 +372,9 @@ def score_seed(seed: int) -> tuple[list, dict]:
     return rows, info
 
 
-def _within(c: dict) -> bool:
-    "Does a cell's 68% coverage lie within twice the binomial error of nominal?"
-    return abs(c["coverage68"] - 0.68) <= 2 * (0.68 * 0.32 / c["trials"]) ** 0.5
+def _within(c: dict, tail: str = "") -> bool:
+    "Does a cell's 68% coverage (tail '_grid': by the grid's trapezoid quantiles) lie within twice the binomial error?"
+    return abs(c[f"coverage68{tail}"] - 0.68) <= 2 * (0.68 * 0.32 / c["trials"]) ** 0.5
 
 
 def _targets(cells: list) -> dict:
@@ -365,6 +391,8 @@ def _targets(cells: list) -> dict:
     return dict(coverage_cells=len(cov), coverage_cells_within_2sigma=int(sum(map(_within, cov))),
                 cells_per_seed=len(cov) // len(seeds),
                 within_2sigma_per_seed=mean_sd([sum(_within(c) for c in cov if c["seed"] == s) for s in seeds]),
+                within_2sigma_per_seed_grid=mean_sd([sum(_within(c, "_grid") for c in cov if c["seed"] == s)
+                                                     for s in seeds]),
                 light_abs_bias200=mean_sd(bias), floor=mean_sd(floors),
                 halfwidth200_light_max=float(w200.max()), narrowing_50_to_200_light_min=float((w50 / w200).min()),
                 meets=bool(all(map(_within, cov)) and w200.max() <= 0.01 and (w50 / w200).min() >= 1.6
@@ -400,12 +428,14 @@ def choose(targets: dict) -> dict:
 
 
 def cells_of(seed: int) -> dict:
-    "One run's cells and fits, cached (cells/seed<S>.json) so that runs can be scored in parallel processes."
+    """One run's cells and fits, cached (cells/seed<S>.json) so that runs can be scored in parallel processes; tied to
+    the run's weights, the members' fitting recipe and the cells' fields (a cache scored otherwise is scored again)."""
     from _results import write_json
-    f, digest = cache("cells") / f"seed{seed}.json", weights_digest(seed)
-    if not (f.exists() and json.loads(f.read_text()).get("weights_sha256") == digest):
+    f, digest, key = cache("cells") / f"seed{seed}.json", weights_digest(seed), dict(recipe=fit_recipe(), grid=True)
+    if not (f.exists() and {k: json.loads(f.read_text()).get(k) for k in ("weights_sha256", "key")}
+            == dict(weights_sha256=digest, key=key)):
         rows, info = score_seed(seed)
-        write_json(f, dict(rows=rows, info=info, weights_sha256=digest))
+        write_json(f, dict(rows=rows, info=info, weights_sha256=digest, key=key))
         print(f"seed {seed}: scored ({info})", flush=True)
     return json.loads(f.read_text())
 

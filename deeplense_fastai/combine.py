@@ -23,7 +23,8 @@ from .core import DeepLenseError, atomic_write, file_digest, plural
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_recalibration,
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
                                        posterior_summaries, SummaryLikelihood, SummaryEnsemble, fit_summary_ensemble,
-                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS)
+                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS,
+                                       SUMMARY_EPOCHS)
 from .simulate import get_preset
 from .config import RunConfig
 from .learner import read_run_config, ood_features
@@ -220,7 +221,7 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
      "(posteriors, truths, grid); write its weights; its record.")
     (preset, bank, seed), (pop, truths, grid) = bank_of, populations
     _notice(f"calibrate: simulating {bank:,} lenses from the prior of {preset} and fitting the summary likelihood "
-            f"(an ensemble of {SUMMARY_MEMBERS} flows) on them")
+            f"(an ensemble of {SUMMARY_MEMBERS} flows, {SUMMARY_EPOCHS} one-cycle epochs each) on them")
     lp, m = _bank_posteriors(model, cfg, preset, bank, seed, batching.bs, batching.tta)
     q = fit_summary_ensemble(posterior_summaries(lp, grid), m, seed=seed, members=SUMMARY_MEMBERS)
     g = grid.double()
@@ -231,7 +232,8 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
                 f"it needs may be larger")
     return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE,
                 sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
-                members=len(q.members), standardisation=q.standardisation(),
+                members=len(q.members), fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS),
+                standardisation=q.standardisation(),
                 validation_loss=float(np.mean(q.validation_loss)), member_validation_losses=q.validation_loss,
                 systematic=width,
                 bank=dict(preset=preset, n=bank, seed=seed),

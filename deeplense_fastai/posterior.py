@@ -11,13 +11,13 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'SUMMARY_MEMBERS', 'QUANTILES', 'FlowRegressor',
-           'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior', 'grid_cdf',
-           'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
-           'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'summarise',
-           'aggregate_log_posterior', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped',
-           'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median',
-           'quantile_columns', 'run_log_posterior']
+__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'SUMMARY_EPOCHS', 'SUMMARY_MEMBERS', 'QUANTILES',
+           'FlowRegressor', 'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior',
+           'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
+           'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'joint_quantiles',
+           'summarise', 'aggregate_log_posterior', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood',
+           'fit_early_stopped', 'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble',
+           'fit_summary_ensemble', 'flow_median', 'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
@@ -279,11 +279,46 @@ def _widened_joint(joint:torch.Tensor, grid:torch.Tensor, width:float) -> torch.
     "Unnormalised joint log densities (B, G), normalised and widened by the systematic floor: what `combine` reports."
     return smooth_log_density(_normalised(joint[:, None], grid[None])[:, 0], grid, width)
 
+def _cubic(x:torch.Tensor, grid:torch.Tensor, f:torch.Tensor) -> torch.Tensor:
+    ("Cubic Hermite (Catmull-Rom) interpolation of rows f (B, G) on an even grid at points x (B, P): exact for "
+     "quadratics, so for the log density of a Gaussian.")
+    G, dx = f.shape[-1], grid[1] - grid[0]
+    u = ((x - grid[0]) / dx).clamp(0, G - 1)
+    i = u.floor().long().clamp(max=G - 2)
+    t, at = u - i, lambda k: f.gather(-1, k.clamp(0, G - 1))
+    f0, f1 = at(i), at(i + 1)
+    m0 = torch.where(i == 0, f1 - f0, (f1 - at(i - 1)) / 2)              # one-sided slopes at the grid's ends
+    m1 = torch.where(i + 1 == G - 1, f1 - f0, (at(i + 2) - f0) / 2)
+    return ((2 * t**3 - 3 * t**2 + 1) * f0 + (t**3 - 2 * t**2 + t) * m0 + (-2 * t**3 + 3 * t**2) * f1
+            + (t**3 - t**2) * m1)
+
+def joint_quantiles(logp:torch.Tensor, # Normalised log densities (B, G) of joint posteriors
+                    grid:torch.Tensor, # Evenly spaced grid (G,)
+                    levels, # Probability levels in (0, 1)
+                    points:int=512, # Points of each row's refined grid
+                    depth:float=40., # The refined grid spans where the log density is within `depth` of its peak
+                   ) -> torch.Tensor:
+    ("Quantiles (B, len(levels)) of posteriors that may be narrower than a few grid steps: each row's log density is "
+     "interpolated by a cubic onto `points` points spanning its mass, then integrated.")
+    top = logp.max(-1, keepdim=True).values
+    f = torch.maximum(logp, top - depth)                  # far tails flattened: a cubic does not ring at a cliff
+    idx = torch.arange(len(grid)).expand_as(f)
+    inside = f > top - depth
+    lo = torch.where(inside, idx, len(grid)).min(-1).values.sub(1).clamp_min(0)
+    hi = torch.where(inside, idx, -1).max(-1).values.add(1).clamp(max=len(grid) - 1)
+    lo, hi = grid[lo].to(logp.dtype), grid[hi].to(logp.dtype)
+    x = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, points, dtype=logp.dtype)
+    p = (_cubic(x, grid.to(logp.dtype), f) - top).exp()
+    cdf = torch.cat([torch.zeros_like(p[:, :1]), torch.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * (x[:, 1:] - x[:, :-1]),
+                                                              -1)], -1)
+    cdf = cdf / cdf[:, -1:]
+    return _interp(torch.as_tensor(levels, dtype=cdf.dtype).expand(len(cdf), -1), cdf, x)
+
 def summarise(logp:torch.Tensor, # Normalised log density (G,)
-              grid:torch.Tensor, # Grid (G,)
+              grid:torch.Tensor, # Evenly spaced grid (G,)
              ) -> dict:
-    "Median and central 68% and 95% intervals of a grid posterior."
-    q = grid_quantiles(logp[None], grid, [0.5, 0.16, 0.84, 0.025, 0.975])[0].tolist()
+    "Median and central 68% and 95% intervals of a joint posterior on a grid (`joint_quantiles`)."
+    q = joint_quantiles(logp[None], grid, [0.5, 0.16, 0.84, 0.025, 0.975])[0].tolist()
     return dict(zip(('median', 'lo68', 'hi68', 'lo95', 'hi95'), q))
 
 # %% ../nbs/04b_posterior.ipynb #7a52233e
@@ -297,7 +332,7 @@ def aggregate_log_posterior(logp:torch.Tensor, # Normalised per-lens log densiti
 def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:float) -> dict:
     ("Coverage of the joint 68% and 95% intervals of populations of n lenses "
      "(unnormalised joints (K, G)), for one floor.")
-    q = grid_quantiles(_widened_joint(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
+    q = joint_quantiles(_widened_joint(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
     t = torch.as_tensor(truths, dtype=q.dtype)
     return dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
                 coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
@@ -330,6 +365,7 @@ def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K popu
 # %% ../nbs/04b_posterior.ipynb #d13232d1
 SUMMARY_FLOW = dict(transforms=3, hidden=64, bins=8)   # the flow bench/many_lenses.py measured (features 2, context 1)
 SUMMARY_FLOORS = np.linspace(0, 0.05, 51)              # candidate floors of the summary likelihood, 0.001 apart
+SUMMARY_EPOCHS = 100   # one-cycle passes of each fit (bench/many_lenses.py: early stopping left fits that each bias)
 
 def posterior_summaries(logp:torch.Tensor, # Normalised log densities (B, G) of one target
                         grid:torch.Tensor, # Grid (G,)
@@ -380,13 +416,17 @@ def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its st
                       seed:int, # Seed of the batch order
                       epochs:int=60, # At most this many passes
                       bs:int=512, # Pairs per step
-                      patience:int=6, # Stop after this many epochs without a held-out loss lower by 1e-4
+                      # A constant rate 1e-3, stopped after this many epochs without a held-out loss lower by 1e-4;
+                      # None: all `epochs` on fastai's one-cycle schedule (torch's OneCycleLR, peak 1e-3)
+                      patience:int|None=6,
                       what:str='the model', # What the error names if the held-out loss is never finite
                      ) -> float:
-    ("Adam (rate 1e-3) on `loss_of`, early-stopped on the held-out tail; "
-     "the best state restored, its held-out loss returned.")
+    ("Adam on `loss_of` (rate 1e-3 constant and early-stopped, or on a one-cycle schedule); "
+     "the state of the best held-out epoch restored, its held-out loss returned.")
     (n_fit, n_val), opt = split, torch.optim.Adam(module.parameters(), lr=1e-3)
     g, val_idx = torch.Generator().manual_seed(seed), torch.arange(n_fit, n_fit + n_val)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=epochs * math.ceil(n_fit / bs))
+             if patience is None else None)
     best, state, bad = math.inf, None, 0
     for _ in range(epochs):
         module.train()
@@ -394,9 +434,10 @@ def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its st
             opt.zero_grad()
             loss_of(idx, True).backward()
             opt.step()
+            if sched: sched.step()
         with torch.no_grad(): val = float(loss_of(val_idx, False))
         if val < best - 1e-4: best, state, bad = val, {k: v.clone() for k, v in module.state_dict().items()}, 0
-        elif (bad := bad + 1) >= patience: break
+        elif patience is not None and (bad := bad + 1) >= patience: break
     if state is None: raise DeepLenseError(f"{what} could not be fitted: its validation loss never became finite")
     module.load_state_dict(state)
     return best
@@ -404,14 +445,17 @@ def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its st
 def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
                            m:torch.Tensor, # Their true values (M,)
                            seed:int=0, # Seed of the initialisation and the batches
-                           # Last share of the pairs, held out to stop early (bench/many_lenses.py: 5,000 of 30,000)
+                           # Last share of the pairs, held out to keep the best epoch (bench/many_lenses.py: 5,000 of
+                           # 30,000)
                            holdout:float=1/6,
-                           epochs:int=60, # At most this many passes
+                           epochs:int=SUMMARY_EPOCHS, # Passes of the one-cycle schedule (at most, early-stopped)
                            bs:int=512, # Pairs per step
-                           patience:int=6, # Stop after this many epochs without a better validation loss
+                           # None: one-cycle (`fit_early_stopped`); a number: early-stopped after so many epochs without
+                           # a better held-out loss (what calibrate fitted before one-cycle)
+                           patience:int|None=None,
                            **hparams, # `SummaryLikelihood` settings (default `SUMMARY_FLOW`)
                           ) -> SummaryLikelihood:
-    ("q(s | m) fitted by maximum likelihood (Adam); "
+    ("q(s | m) fitted by maximum likelihood (Adam, one-cycle); "
      "`validation_loss` is its best mean negative log-likelihood on the held-out tail.")
     n_val = max(1, int(round(holdout * len(s))))
     n_fit = len(s) - n_val
@@ -472,14 +516,25 @@ class SummaryEnsemble(nn.Module):
         "The members' shared standardisation as plain numbers (what calibration.json records)."
         return self.members[0].standardisation()
     @torch.no_grad()
+    def member_logliks(self, s:torch.Tensor, # Summaries (B, 2) from `posterior_summaries`
+                       grid:torch.Tensor, # Grid (G,) of the shared value
+                       chunk:int=512, # Lenses per evaluation
+                      ) -> torch.Tensor:
+        "Each member's log q_k(s_i | m_g) (K, B, G)."
+        return torch.stack([q.loglik(s, grid, chunk) for q in self.members])
+    @staticmethod
+    def mean_density(terms:torch.Tensor, # Members' log densities (K, ...) from `member_logliks`
+                    ) -> torch.Tensor:
+        "The log of the members' mean density, log (1/K sum_k exp terms_k): the ensemble's log likelihood."
+        return torch.logsumexp(terms, 0) - math.log(len(terms))
+    @torch.no_grad()
     def loglik(self, s:torch.Tensor, # Summaries (B, 2) from `posterior_summaries`
                grid:torch.Tensor, # Grid (G,) of the shared value
                chunk:int=512, # Lenses per evaluation
               ) -> torch.Tensor:
         ("log of the members' mean density, log (1/K sum_k q_k(s_i | m_g)) (B, G), "
          "up to the shared standardisation's Jacobian.")
-        return (torch.logsumexp(torch.stack([q.loglik(s, grid, chunk) for q in self.members]), 0)
-                - math.log(len(self.members)))
+        return self.mean_density(self.member_logliks(s, grid, chunk))
 
 def fit_summary_ensemble(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
                          m:torch.Tensor, # Their true values (M,)
