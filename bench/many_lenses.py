@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors  # each run's raw grid posteriors (resumable)
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py fits --seeds 0 --members 0,1  # optional: the ensemble's
         # members fitted ahead, in parallel processes (each cached; `score` fits the missing ones)
-    OMP_NUM_THREADS=1 python bench/many_lenses.py score  # every method -> bench/results/many_lenses.json
+    OMP_NUM_THREADS=1 python bench/many_lenses.py score --recheck  # every method -> bench/results/many_lenses.json
 
 Protocol (CPU; Model II, target log10 m_axion, prior U[-24, -22]). The per-lens networks are three flow runs trained by
 the user's command, one per seed (seed 0 is bench/robustness.py's `model_ii` run, the same command):
@@ -64,7 +64,9 @@ caches live in the `model_ii_nuisance` subfolder of this bench's cache (the fixe
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors --world model_ii_nuisance
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py score --world model_ii_nuisance
 
-Caches: DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/many_lenses (images, posteriors, runs).
+Caches: DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/many_lenses (images, posteriors, runs, fits, cells). The
+members (fits/) are tied to the run's weights and the library's fitting recipe, the cells (cells/) to those and their
+fields; neither is tied to the scoring code itself: after a change of how joints are read, delete cells/ to rescore.
 """
 import argparse
 import json
@@ -440,7 +442,30 @@ def cells_of(seed: int) -> dict:
     return json.loads(f.read_text())
 
 
-def score(seeds, cells_only=False) -> None:
+def recheck(seed: int) -> dict:
+    """The cached cells against today's library, where that is cheap: the flow-free methods (`product`, `aggregate`)
+    of run `seed` scored again, and the largest difference of each field over their cells. The cells cache is not
+    tied to the scoring code (module docstring): this says how far a change of it since the cells were scored moves
+    them."""
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.posterior import aggregate_log_posterior, target_grid
+    grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0].double()
+    P = lambda name: torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / f"{name}.npy")).double()
+    agg = aggregate_log_posterior(P("bank")[:CAL_N], grid)
+    truths, worst = trial_truths().reshape(len(BINS) - 1, TRIALS), {}
+    cached = {(r["method"], r["n"], r["bin"]): r for r in cells_of(seed)["rows"]}
+    for b in range(len(BINS) - 1):
+        t = P(f"trials_bin{b}").reshape(TRIALS, LENSES, -1)
+        for name, terms in (("product", t), ("aggregate", t - agg)):
+            cum = terms.cumsum(1)
+            for n in NS:
+                c, o = _cells(_joint_summary(cum[:, n - 1], grid, 0.), truths[b]), cached[(name, n, b)]
+                for k in ("coverage68", "coverage95", "halfwidth68", "bias"):
+                    worst[k] = max(worst.get(k, 0.), abs(c[k] - o[k]))
+    return dict(seed=seed, methods=["product", "aggregate"], largest_difference=worst)
+
+
+def score(seeds, cells_only=False, check=False) -> None:
     w = WORLDS[WORLD]
     rows, info = [], {}
     for s in seeds:
@@ -452,10 +477,31 @@ def score(seeds, cells_only=False) -> None:
     ch = choose(targets)
     print("chosen:", ch, flush=True)
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
+         **({"ablation": ab} if (ab := _against_early_stopped(targets)) else {}),
+         **({"recheck": recheck(seeds[0])} if check else {}),
          runs={str(s): dict(command=w["train"].format(seed=s), weights_sha256=weights_digest(s)) for s in seeds},
          settings=dict(**_world_settings(seeds), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS,
                        lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
                        fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED))
+
+
+def _against_early_stopped(targets: dict) -> dict:
+    """The fit recipe's ablation: each summary likelihood's figures against those of the early-stopped fits kept in
+    bench/results/many_lenses_early_stopped.json (same runs, bank, populations and trials; grid quantiles), with
+    `versus` calls (lower is better) of the light-mass |bias| and of the cells missed per seed (by grid quantiles on
+    both sides, so that only the fit differs). Empty for a world without that file."""
+    f = Path(__file__).parent / "results" / f"{WORLDS[WORLD]['results']}_early_stopped.json"
+    if not f.exists(): return {}
+    before = json.loads(f.read_text())["targets"]
+    missed = lambda t, k: dict(t[k], mean=t["cells_per_seed"] - t[k]["mean"])
+    grid_call = lambda m, t: versus(missed(t, "within_2sigma_per_seed_grid"),
+                                    missed(before[m], "within_2sigma_per_seed"))
+    return {m: dict(cells_before=before[m]["within_2sigma_per_seed"], cells_now_grid=t["within_2sigma_per_seed_grid"],
+                    cells_now=t["within_2sigma_per_seed"], cells_call=grid_call(m, t),
+                    light_bias_before=before[m]["light_abs_bias200"], light_bias_now=t["light_abs_bias200"],
+                    light_bias_call=versus(t["light_abs_bias200"], before[m]["light_abs_bias200"]),
+                    floor_before=before[m]["floor"], floor_now=t["floor"])
+            for m, t in targets.items() if m.startswith("summary_nle") and m in before}
 
 
 def _world_settings(seeds) -> dict:
@@ -477,6 +523,9 @@ def main():
                     help="the lenses' world: the fixed lens (default) or every nuisance drawn per lens")
     ap.add_argument("--seeds", default=None, help="training seeds (default: the world's)")
     ap.add_argument("--cells-only", action="store_true", help="score: only compute and cache these seeds' cells")
+    ap.add_argument("--recheck", action="store_true",
+                    help="score: also score the first seed's flow-free methods again with today's library and record "
+                         "how far the cached cells are from them")
     ap.add_argument("--members", default=None,
                     help=f"fits: which members of the summary likelihoods' ensemble to fit (default: all {ENSEMBLE})")
     a = ap.parse_args()
@@ -488,7 +537,7 @@ def main():
     elif a.stage == "fits":
         for s in seeds:
             for k in ([int(k) for k in a.members.split(",")] if a.members else range(ENSEMBLE)): nle_member(s, k)
-    else: score(seeds, a.cells_only)
+    else: score(seeds, a.cells_only, a.recheck)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                'deeplense_fastai/combine.py'),
                                           'deeplense_fastai.combine._population_preset': ( 'combine.html#_population_preset',
                                                                                            'deeplense_fastai/combine.py'),
+                                          'deeplense_fastai.combine._read_before': ( 'combine.html#_read_before',
+                                                                                     'deeplense_fastai/combine.py'),
                                           'deeplense_fastai.combine._run_preset': ( 'combine.html#_run_preset',
                                                                                     'deeplense_fastai/combine.py'),
                                           'deeplense_fastai.combine._save_summary_likelihood': ( 'combine.html#_save_summary_likelihood',

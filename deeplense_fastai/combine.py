@@ -14,9 +14,9 @@ import torch.nn as nn
 
 # %% auto #0
 __all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'JOINT_CHECK_SE', 'OOD_COMBINE_SHARE',
-           'population_images', 'Populations', 'check_bank', 'calibrate', 'joint_check', 'check_ood_share',
-           'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine', 'shared_target',
-           'joint_posterior', 'plot_format', 'save_joint_plot']
+           'QUANTILE_RULE', 'population_images', 'Populations', 'check_bank', 'calibrate', 'joint_check',
+           'check_ood_share', 'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine',
+           'shared_target', 'joint_posterior', 'plot_format', 'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
 from .core import DeepLenseError, atomic_write, file_digest, plural
@@ -206,7 +206,7 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:Populations
     own = aggregate_log_posterior(lp[:, j], grid[j])
     pop, truths, j = _population_posteriors(model, cfg, preset, trials, lenses, seed, bs, tta)
     width, floor = fit_systematic(pop, truths, grid[j], own)
-    rec = dict(method='aggregate+floor', log_aggregate=own.tolist(), systematic=width, tta=tta,
+    rec = dict(method='aggregate+floor', log_aggregate=own.tolist(), systematic=width, tta=tta, quantiles=QUANTILE_RULE,
                populations=dict(preset=preset, trials=trials, lenses=lenses, seed=seed),
                validated=_validated(pop, truths, grid[j], width, get_preset(preset).axion.log10_m, own),
                joint_check=joint_check(floor, width, trials))
@@ -232,7 +232,7 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
                 f"it needs may be larger")
     return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE,
                 sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
-                members=len(q.members), fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS),
+                members=len(q.members), fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS), quantiles=QUANTILE_RULE,
                 standardisation=q.standardisation(),
                 validation_loss=float(np.mean(q.validation_loss)), member_validation_losses=q.validation_loss,
                 systematic=width,
@@ -444,9 +444,21 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
                             f"be far too narrow")
     out = {t: joint_posterior(grid, logp, cfg, t) for t in (targets or cfg.targets)}
     for jp in out.values():
+        _read_before(jp, joint or {}, run_dir, notice or _notice)
         _beyond_validated(jp, notice or _notice)
         _failed_check(jp, run_dir, notice or _notice)
     return out
+
+QUANTILE_RULE = 'joint_quantiles'   # how a joint calibration's floor and checks read joint intervals (recorded)
+
+def _read_before(jp:JointPosterior, joint:dict, run_dir, notice) -> None:
+    ("One note when the joint calibration used was fitted before joint intervals were read on a refined grid "
+     "(`posterior.joint_quantiles`): its floor was fitted to intervals read wider than they are.")
+    rec = joint.get(jp.target) or {}
+    used = rec.get('summary_likelihood') or {} if jp.method == 'summary_likelihood' else rec
+    if jp.method == 'product' or used.get('quantiles') == QUANTILE_RULE: return
+    notice(f"note: {run_dir}: the joint calibration of {jp.target} ({jp.method}) was fitted before joint intervals "
+           f"were read on a refined grid; its floor may be too narrow for many lenses (rerun calibrate to refit it)")
 
 def _failed_check(jp:JointPosterior, run_dir, notice) -> None:
     "One warning when the joint calibration used failed its coverage check in calibrate (an older record: none)."

@@ -282,37 +282,35 @@ def _widened_joint(joint:torch.Tensor, grid:torch.Tensor, width:float) -> torch.
 def _cubic(x:torch.Tensor, grid:torch.Tensor, f:torch.Tensor) -> torch.Tensor:
     ("Cubic Hermite (Catmull-Rom) interpolation of rows f (B, G) on an even grid at points x (B, P): exact for "
      "quadratics, so for the log density of a Gaussian.")
-    G, dx = f.shape[-1], grid[1] - grid[0]
-    u = ((x - grid[0]) / dx).clamp(0, G - 1)
+    G = f.shape[-1]
+    u = ((x - grid[0]) / ((grid[-1] - grid[0]) / (G - 1))).clamp(0, G - 1)   # the step from the ends: float32 grids
     i = u.floor().long().clamp(max=G - 2)
     t, at = u - i, lambda k: f.gather(-1, k.clamp(0, G - 1))
     f0, f1 = at(i), at(i + 1)
-    m0 = torch.where(i == 0, f1 - f0, (f1 - at(i - 1)) / 2)              # one-sided slopes at the grid's ends
-    m1 = torch.where(i + 1 == G - 1, f1 - f0, (at(i + 2) - f0) / 2)
+    # second-order one-sided slopes at the grid's ends (exact for parabolas too), central differences inside
+    m0 = torch.where(i == 0, (-3 * f0 + 4 * f1 - at(i + 2)) / 2, (f1 - at(i - 1)) / 2)
+    m1 = torch.where(i + 1 == G - 1, (3 * f1 - 4 * f0 + at(i - 1)) / 2, (at(i + 2) - f0) / 2)
     return ((2 * t**3 - 3 * t**2 + 1) * f0 + (t**3 - 2 * t**2 + t) * m0 + (-2 * t**3 + 3 * t**2) * f1
             + (t**3 - t**2) * m1)
 
 def joint_quantiles(logp:torch.Tensor, # Normalised log densities (B, G) of joint posteriors
                     grid:torch.Tensor, # Evenly spaced grid (G,)
                     levels, # Probability levels in (0, 1)
-                    points:int=512, # Points of each row's refined grid
-                    depth:float=40., # The refined grid spans where the log density is within `depth` of its peak
+                    factor:int=16, # Points per grid step of the refined grid
+                    depth:float=40., # Log densities more than this below the peak are flattened (no mass there)
                    ) -> torch.Tensor:
     ("Quantiles (B, len(levels)) of posteriors that may be narrower than a few grid steps: each row's log density is "
-     "interpolated by a cubic onto `points` points spanning its mass, then integrated.")
+     "interpolated by a cubic onto `factor` points per grid step, then integrated.")
     top = logp.max(-1, keepdim=True).values
     f = torch.maximum(logp, top - depth)                  # far tails flattened: a cubic does not ring at a cliff
-    idx = torch.arange(len(grid)).expand_as(f)
-    inside = f > top - depth
-    lo = torch.where(inside, idx, len(grid)).min(-1).values.sub(1).clamp_min(0)
-    hi = torch.where(inside, idx, -1).max(-1).values.add(1).clamp(max=len(grid) - 1)
-    lo, hi = grid[lo].to(logp.dtype), grid[hi].to(logp.dtype)
-    x = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, points, dtype=logp.dtype)
-    p = (_cubic(x, grid.to(logp.dtype), f) - top).exp()
+    g = grid.to(device=logp.device, dtype=logp.dtype)
+    x = torch.linspace(float(g[0]), float(g[-1]), (len(g) - 1) * factor + 1, dtype=logp.dtype, device=logp.device)
+    x = x.expand(len(f), -1)
+    p = (_cubic(x, g, f) - top).exp()
     cdf = torch.cat([torch.zeros_like(p[:, :1]), torch.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * (x[:, 1:] - x[:, :-1]),
                                                               -1)], -1)
     cdf = cdf / cdf[:, -1:]
-    return _interp(torch.as_tensor(levels, dtype=cdf.dtype).expand(len(cdf), -1), cdf, x)
+    return _interp(torch.as_tensor(levels, dtype=cdf.dtype, device=cdf.device).expand(len(cdf), -1), cdf, x)
 
 def summarise(logp:torch.Tensor, # Normalised log density (G,)
               grid:torch.Tensor, # Evenly spaced grid (G,)
@@ -417,7 +415,7 @@ def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its st
                       epochs:int=60, # At most this many passes
                       bs:int=512, # Pairs per step
                       # A constant rate 1e-3, stopped after this many epochs without a held-out loss lower by 1e-4;
-                      # None: all `epochs` on fastai's one-cycle schedule (torch's OneCycleLR, peak 1e-3)
+                      # None: all `epochs` on a one-cycle schedule (torch's OneCycleLR with its defaults, peak 1e-3)
                       patience:int|None=6,
                       what:str='the model', # What the error names if the held-out loss is never finite
                      ) -> float:
@@ -448,7 +446,7 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
                            # Last share of the pairs, held out to keep the best epoch (bench/many_lenses.py: 5,000 of
                            # 30,000)
                            holdout:float=1/6,
-                           epochs:int=SUMMARY_EPOCHS, # Passes of the one-cycle schedule (at most, early-stopped)
+                           epochs:int=SUMMARY_EPOCHS, # Passes (one-cycle: all of them; early-stopped: at most)
                            bs:int=512, # Pairs per step
                            # None: one-cycle (`fit_early_stopped`); a number: early-stopped after so many epochs without
                            # a better held-out loss (what calibrate fitted before one-cycle)
@@ -460,6 +458,8 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
     n_val = max(1, int(round(holdout * len(s))))
     n_fit = len(s) - n_val
     if n_fit < 2: raise DeepLenseError(f"fit_summary_likelihood: {len(s)} lenses leave {n_fit} to fit on; give more")
+    if type(epochs) is not int or epochs < 1:
+        raise DeepLenseError(f"fit_summary_likelihood: epochs {epochs!r}; give a whole number >= 1")
     # the initialisation is seeded; the caller's global RNG is left as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -368,6 +368,7 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     j = json.loads((tmp_path / "a.json").read_text())["log10_m_axion"]
     assert j["method"] == "summary_likelihood" and j["validated"]["n_max"] == 5 and j["n"] == 24
     assert len([l for l in r.stderr.splitlines() if "validated on populations of at most 5 lenses" in l]) == 1
+    assert "refined grid" not in r.stderr                              # fitted with the joint_quantiles rule: no note
     good = f.read_bytes()
     f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "SHA-256", "--force")
@@ -380,19 +381,21 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     save_file(one, str(f))
     single = json.loads(json.dumps(cal))
     sl = single["joint"]["log10_m_axion"]["summary_likelihood"]
-    del sl["members"]
+    del sl["members"], sl["quantiles"], sl["fit"]                     # as written before ensembles and joint_quantiles
     sl["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
     (run_dir / "calibration.json").write_text(json.dumps(single))
     r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "c.json", env=env[1])
     assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
     assert json.loads((tmp_path / "c.json").read_text())["log10_m_axion"]["median"] != j["median"]   # one member, not five
+    assert len([l for l in r.stderr.splitlines() if "before joint intervals were read on a refined grid" in l]) == 1
     f.write_bytes(good)
-    for k in ("summary_likelihood", "validated", "method"): del cal["joint"]["log10_m_axion"][k]      # as written before
+    for k in ("summary_likelihood", "validated", "method", "quantiles"): del cal["joint"]["log10_m_axion"][k]  # as before
     (run_dir / "calibration.json").write_text(json.dumps(cal))
     r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "b.json", env=env[1])
     assert r.returncode == 0 and "(aggregate+floor, systematic floor" in r.stdout, r.stderr[-2000:]
     j = json.loads((tmp_path / "b.json").read_text())["log10_m_axion"]
     assert j["method"] == "aggregate+floor" and j["validated"] is None and "validated on" not in r.stderr
+    assert "(aggregate+floor) was fitted before joint intervals were read on a refined grid" in r.stderr
     assert j["systematic"] == cal["joint"]["log10_m_axion"]["systematic"]
 
 
