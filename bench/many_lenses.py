@@ -14,8 +14,8 @@ the user's command, one per seed (seed 0 is bench/robustness.py's `model_ii` run
 (xresnet_small: the cheapest architecture that learns this task in 8 CPU epochs, bench/results/seeds_summary.json.)
 Images, simulated once and shared by the three runs (seeds disjoint from training and from each other):
 - a bank of 30,000 lenses from the prior (seed 30,000): its first 1,000 are the calibration split whose average
-  posterior the aggregate methods divide by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000 to
-  stop);
+  posterior the aggregate methods divide by; all of it trains the summary-likelihood estimators (25,000 to fit, 5,000
+  held out: the flows keep their best held-out epoch, the ratio estimator stops on it);
 - 200 populations of 50 lenses (seed 20,000): the systematic floor, exactly as `calibrate(populations=...)` fits it;
 - the test trials: four true-mass bins [-24, -23.5), [-23.5, -23), [-23, -22.5), [-22.5, -22], 100 trials each, a true
   log10 m uniform in the bin, 200 lenses simulated with it (seed 100,001 + 200 x trial). N in {1, 10, 50, 200} takes the
@@ -387,15 +387,15 @@ def _targets(cells: list) -> dict:
     cov = [c for c in cells if c["n"] in (10, 50, 200)]
     light = lambda n: [c["halfwidth68"] for c in cells if c["n"] == n and c["bin"] in (0, 1)]
     w50, w200 = np.array(light(50)), np.array(light(200))
-    bias = [np.mean([abs(c["bias"]) for c in cells if c["n"] == 200 and c["bin"] in (0, 1) and c["seed"] == s])
-            for s in seeds]
+    bias = lambda tail="": [np.mean([abs(c[f"bias{tail}"]) for c in cells if c["n"] == 200 and c["bin"] in (0, 1)
+                                     and c["seed"] == s]) for s in seeds]
     floors = [next(c["floor"] for c in cells if c["seed"] == s) for s in seeds]
     return dict(coverage_cells=len(cov), coverage_cells_within_2sigma=int(sum(map(_within, cov))),
                 cells_per_seed=len(cov) // len(seeds),
                 within_2sigma_per_seed=mean_sd([sum(_within(c) for c in cov if c["seed"] == s) for s in seeds]),
                 within_2sigma_per_seed_grid=mean_sd([sum(_within(c, "_grid") for c in cov if c["seed"] == s)
                                                      for s in seeds]),
-                light_abs_bias200=mean_sd(bias), floor=mean_sd(floors),
+                light_abs_bias200=mean_sd(bias()), light_abs_bias200_grid=mean_sd(bias("_grid")), floor=mean_sd(floors),
                 halfwidth200_light_max=float(w200.max()), narrowing_50_to_200_light_min=float((w50 / w200).min()),
                 meets=bool(all(map(_within, cov)) and w200.max() <= 0.01 and (w50 / w200).min() >= 1.6
                            and max(floors) <= 0.01))
@@ -429,6 +429,19 @@ def choose(targets: dict) -> dict:
                 light_bias_calls=bias)
 
 
+def _commit() -> str:
+    "The library's git commit (with '+changes' when its tree differs from it), or why not known."
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "deeplense_fastai"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError): return "unknown (not a git checkout)"
+    return head + ("+changes" if dirty else "")
+
+
 def cells_of(seed: int) -> dict:
     """One run's cells and fits, cached (cells/seed<S>.json) so that runs can be scored in parallel processes; tied to
     the run's weights, the members' fitting recipe and the cells' fields (a cache scored otherwise is scored again)."""
@@ -437,7 +450,7 @@ def cells_of(seed: int) -> dict:
     if not (f.exists() and {k: json.loads(f.read_text()).get(k) for k in ("weights_sha256", "key")}
             == dict(weights_sha256=digest, key=key)):
         rows, info = score_seed(seed)
-        write_json(f, dict(rows=rows, info=info, weights_sha256=digest, key=key))
+        write_json(f, dict(rows=rows, info=info, weights_sha256=digest, key=key, scored_with=_commit()))
         print(f"seed {seed}: scored ({info})", flush=True)
     return json.loads(f.read_text())
 
@@ -467,9 +480,9 @@ def recheck(seed: int) -> dict:
 
 def score(seeds, cells_only=False, check=False) -> None:
     w = WORLDS[WORLD]
-    rows, info = [], {}
+    rows, info, docs = [], {}, {}
     for s in seeds:
-        doc = cells_of(s)
+        doc = docs[str(s)] = cells_of(s)
         rows, info[str(s)] = rows + doc["rows"], doc["info"]
     if cells_only: return
     targets = {m: _targets([r for r in rows if r["method"] == m]) for m in METHODS}
@@ -480,16 +493,17 @@ def score(seeds, cells_only=False, check=False) -> None:
          **({"ablation": ab} if (ab := _against_early_stopped(targets)) else {}),
          **({"recheck": recheck(seeds[0])} if check else {}),
          runs={str(s): dict(command=w["train"].format(seed=s), weights_sha256=weights_digest(s)) for s in seeds},
-         settings=dict(**_world_settings(seeds), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS, trials=TRIALS,
-                       lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
+         settings=dict(**_world_settings(seeds, docs), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS,
+                       trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
                        fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED))
 
 
 def _against_early_stopped(targets: dict) -> dict:
     """The fit recipe's ablation: each summary likelihood's figures against those of the early-stopped fits kept in
     bench/results/many_lenses_early_stopped.json (same runs, bank, populations and trials; grid quantiles), with
-    `versus` calls (lower is better) of the light-mass |bias| and of the cells missed per seed (by grid quantiles on
-    both sides, so that only the fit differs). Empty for a world without that file."""
+    `versus` calls (lower is better) of the light-mass |bias| and of the cells missed per seed (both read by grid
+    quantiles on both sides, so that only the fit differs; the floors were fitted by each side's own reading). Empty
+    for a world without that file."""
     f = Path(__file__).parent / "results" / f"{WORLDS[WORLD]['results']}_early_stopped.json"
     if not f.exists(): return {}
     before = json.loads(f.read_text())["targets"]
@@ -499,20 +513,25 @@ def _against_early_stopped(targets: dict) -> dict:
     return {m: dict(cells_before=before[m]["within_2sigma_per_seed"], cells_now_grid=t["within_2sigma_per_seed_grid"],
                     cells_now=t["within_2sigma_per_seed"], cells_call=grid_call(m, t),
                     light_bias_before=before[m]["light_abs_bias200"], light_bias_now=t["light_abs_bias200"],
-                    light_bias_call=versus(t["light_abs_bias200"], before[m]["light_abs_bias200"]),
+                    light_bias_now_grid=t["light_abs_bias200_grid"],
+                    light_bias_call=versus(t["light_abs_bias200_grid"], before[m]["light_abs_bias200"]),
                     floor_before=before[m]["floor"], floor_now=t["floor"])
             for m, t in targets.items() if m.startswith("summary_nle") and m in before}
 
 
-def _world_settings(seeds) -> dict:
-    """What the varied world's results say about where they came from; nothing for the fixed world (its file is
-    unchanged)."""
-    if WORLD == "model_ii": return {}
+def _world_settings(seeds, docs) -> dict:
+    """What the results say about where they came from: how the flows were fitted, how joints were read, the ensemble,
+    the floors' candidates, the library commit that scored each seed's cells; for the varied world its run and
+    lenses."""
     from deeplense_fastai.posterior import SUMMARY_FLOORS
-    return dict(world=WORLD, run=f"bench/robustness.py's {WORLDS[WORLD]['robustness_run']}", seeds=list(seeds),
+    how = dict(fit_recipe=json.loads(fit_recipe()), quantiles="joint_quantiles (and the grid's trapezoid as *_grid)",
+               ensemble=ENSEMBLE, summary_floor_candidates=[float(SUMMARY_FLOORS[0]), float(SUMMARY_FLOORS[-1])],
+               cells_scored_with={s: d.get("scored_with", "not recorded (scored before the bench recorded it; see "
+                                           "recheck)") for s, d in docs.items()})
+    if WORLD == "model_ii": return how
+    return dict(how, world=WORLD, run=f"bench/robustness.py's {WORLDS[WORLD]['robustness_run']}", seeds=list(seeds),
                 seed_spread="not measured: one training seed", per_lens="main lens, shear and source drawn per lens; "
-                "the axion mass fixed within a trial and shared by its lenses",
-                summary_floor_candidates=[float(SUMMARY_FLOORS[0]), float(SUMMARY_FLOORS[-1])])
+                "the axion mass fixed within a trial and shared by its lenses")
 
 
 def main():
