@@ -319,21 +319,24 @@ def _cells(qs: tuple, truth: np.ndarray) -> dict:
     return out
 
 
-def _per_lens_terms(seed, grid):
-    "Each method's per-lens log terms on the trials (bins, K, L, G) and its floor: what adds up over lenses."
+def _per_lens_terms(seed, grid, methods=METHODS):
+    """Each of `methods`' per-lens log terms on the trials (bins, K, L, G) and its floor: what adds up over lenses
+    (floors, the ratio estimator and the summary likelihoods fitted and evaluated only when asked for)."""
     from deeplense_fastai.posterior import aggregate_log_posterior, fit_systematic, posterior_summaries, SUMMARY_FLOORS
     P = lambda name: torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / f"{name}.npy")).double()
     bank, pop = P("bank"), P("populations").reshape(POP_TRIALS, POP_LENSES, -1)
     trials = torch.stack([P(f"trials_bin{b}") for b in range(len(BINS) - 1)])      # (bins, K*L, G)
     g = grid.double()
     agg = aggregate_log_posterior(bank[:CAL_N], g)
-    floor_flat, _ = fit_systematic(pop, pop_truths(), g)
-    floor_agg, _ = fit_systematic(pop, pop_truths(), g, agg)
+    terms, info = dict(product=(trials, 0.), aggregate=(trials - agg, 0.)), {}
+    for name, key, base, own in (("floor", "floor", "product", None), ("aggregate+floor", "floor_with_aggregate",
+                                                                       "aggregate", agg)):
+        if name in methods:
+            info[key] = float(fit_systematic(pop, pop_truths(), g, own)[0])
+            terms[name] = (terms[base][0], info[key])
+    if not any(x.startswith("summary") for x in methods): return {k: terms[k] for k in methods}, info
     m = torch.from_numpy(np.load(cache("images") / "bank_y.npy")).double()
     s_bank = posterior_summaries(bank, g)
-    terms, info = {}, dict(floor=float(floor_flat), floor_with_aggregate=float(floor_agg))
-    terms["product"], terms["floor"] = (trials, 0.), (trials, float(floor_flat))
-    terms["aggregate"], terms["aggregate+floor"] = (trials - agg, 0.), (trials - agg, float(floor_agg))
     s_trials = posterior_summaries(trials.reshape(-1, len(g)), g)
     s_pop = posterior_summaries(pop.reshape(-1, len(g)), g)
     loglik, val, seconds = fit_bnre(s_bank.float(), m.float(), seed)
@@ -350,11 +353,11 @@ def _per_lens_terms(seed, grid):
         # the same likelihood, widened by a floor fitted on the populations as the aggregate's is
         floor, _ = fit_systematic(pick(on_pops).double().reshape(pop.shape), pop_truths(), g, widths=SUMMARY_FLOORS)
         terms[f"{name}+floor"], info[f"floor_{name}"] = (terms[name][0], float(floor)), float(floor)
-    return terms, info
+    return {k: terms[k] for k in methods}, info
 
 
-def score_seed(seed: int) -> tuple[list, dict]:
-    "Every (method, N, bin) cell of one run."
+def score_seed(seed: int, methods=METHODS) -> tuple[list, dict]:
+    "Every (method, N, bin) cell of one run, for `methods`."
     from deeplense_fastai.inference import load_run
     from deeplense_fastai.posterior import target_grid
     stamp = cache("posteriors", f"seed{seed}") / "weights.sha256"
@@ -362,7 +365,7 @@ def score_seed(seed: int) -> tuple[list, dict]:
         raise SystemExit(f"{stamp.parent}: posteriors of other weights than {run_dir(seed)}'s; delete the folder and "
                          "rerun `posteriors`")
     grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0]
-    terms, info = _per_lens_terms(seed, grid)
+    terms, info = _per_lens_terms(seed, grid, methods)
     truths, rows = trial_truths().reshape(len(BINS) - 1, TRIALS), []
     for method, (t, width) in terms.items():
         cum = t.reshape(len(BINS) - 1, TRIALS, LENSES, -1).cumsum(2)
@@ -460,22 +463,13 @@ def recheck(seed: int) -> dict:
     of run `seed` scored again, and the largest difference of each field over their cells. The cells cache is not
     tied to the scoring code (module docstring): this says how far a change of it since the cells were scored moves
     them."""
-    from deeplense_fastai.inference import load_run
-    from deeplense_fastai.posterior import aggregate_log_posterior, target_grid
-    grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0].double()
-    P = lambda name: torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / f"{name}.npy")).double()
-    agg = aggregate_log_posterior(P("bank")[:CAL_N], grid)
-    truths, worst = trial_truths().reshape(len(BINS) - 1, TRIALS), {}
+    methods, worst = ["product", "aggregate"], {}
     cached = {(r["method"], r["n"], r["bin"]): r for r in cells_of(seed)["rows"]}
-    for b in range(len(BINS) - 1):
-        t = P(f"trials_bin{b}").reshape(TRIALS, LENSES, -1)
-        for name, terms in (("product", t), ("aggregate", t - agg)):
-            cum = terms.cumsum(1)
-            for n in NS:
-                c, o = _cells(_joint_summary(cum[:, n - 1], grid, 0.), truths[b]), cached[(name, n, b)]
-                for k in ("coverage68", "coverage95", "halfwidth68", "bias"):
-                    worst[k] = max(worst.get(k, 0.), abs(c[k] - o[k]))
-    return dict(seed=seed, methods=["product", "aggregate"], largest_difference=worst)
+    for c in score_seed(seed, methods)[0]:
+        o = cached[(c["method"], c["n"], c["bin"])]
+        for k in ("coverage68", "coverage95", "halfwidth68", "bias"):
+            worst[k] = max(worst.get(k, 0.), abs(c[k] - o[k]))
+    return dict(seed=seed, methods=methods, largest_difference=worst)
 
 
 def score(seeds, cells_only=False, check=False) -> None:

@@ -150,7 +150,7 @@ def grid_quantiles(logp:torch.Tensor, # Normalised log densities (B, G)
                   ) -> torch.Tensor:
     "Quantiles (B, len(levels)) of each row's distribution."
     cdf = grid_cdf(logp, grid)
-    lv = torch.as_tensor(levels, dtype=cdf.dtype).expand(cdf.shape[0], -1)
+    lv = torch.as_tensor(levels, dtype=cdf.dtype, device=cdf.device).expand(cdf.shape[0], -1)
     return _interp(lv, cdf, grid)
 
 def grid_pit(logp:torch.Tensor, # Normalised log densities (B, G)
@@ -305,12 +305,7 @@ def joint_quantiles(logp:torch.Tensor, # Normalised log densities (B, G) of join
     f = torch.maximum(logp, top - depth)                  # far tails flattened: a cubic does not ring at a cliff
     g = grid.to(device=logp.device, dtype=logp.dtype)
     x = torch.linspace(float(g[0]), float(g[-1]), (len(g) - 1) * factor + 1, dtype=logp.dtype, device=logp.device)
-    x = x.expand(len(f), -1)
-    p = (_cubic(x, g, f) - top).exp()
-    cdf = torch.cat([torch.zeros_like(p[:, :1]), torch.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * (x[:, 1:] - x[:, :-1]),
-                                                              -1)], -1)
-    cdf = cdf / cdf[:, -1:]
-    return _interp(torch.as_tensor(levels, dtype=cdf.dtype, device=cdf.device).expand(len(cdf), -1), cdf, x)
+    return grid_quantiles(_cubic(x.expand(len(f), -1), g, f) - top, x, levels)   # the refined grid's trapezoid
 
 def summarise(logp:torch.Tensor, # Normalised log density (G,)
               grid:torch.Tensor, # Evenly spaced grid (G,)
