@@ -35,9 +35,14 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
   30,000 until the ensemble below;
 - `summary_nle_ens`, `summary_nle_ens+floor`: a deep ensemble of K = 5 such likelihoods (member 0 is `summary_nle`'s
   fit; the others differ only in their fitting seed), per lens the mean of their densities; with and without its own
-  floor fitted on the populations (`summary_nle_ens+floor` is what `calibrate(populations=...)` now fits, the library's
-  `fit_summary_ensemble`, and `combine` reports as method 'summary_likelihood'). The hypothesis tested: the single
-  fit's own errors are part of what adds up over 200 lenses, and averaging members that err differently damps them;
+  floor fitted on the populations (what `calibrate(populations=...)` fitted until the mixture below). The hypothesis
+  tested: the single fit's own errors are part of what adds up over 200 lenses, and averaging members that err
+  differently damps them;
+- `summary_nle_mix`, `summary_nle_mix+floor`: the same five members, each member's joint of the N lenses first, then
+  the mean of their normalised joints (the library's `mixture_of_joints`): a member's fitting error is shared by every
+  lens it reads, so the members' disagreement must not shrink like 1/sqrt(N) as a per-lens mean density makes it
+  shrink; with and without its own floor (`summary_nle_mix+floor` is what `calibrate(populations=...)` now fits and
+  `combine` reports as method 'summary_likelihood', recorded as ensemble='mixture_of_joints');
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
@@ -47,6 +52,10 @@ over the three seeds, and the issue's targets checked for each method. The joint
 a grid step or two); the same figures by the trapezoid rule on the grid itself are kept as `*_grid`, comparable with
 bench/results/many_lenses_early_stopped.json: this bench before the one-cycle fits (every member early-stopped, grid
 quantiles), kept as that ablation.
+The exact-posterior reference (`reference` in the results): a world in which member 0 of each run's ensemble is the
+true likelihood; every trial's lenses are summaries drawn from it at the trial's truth, their joint under it is exact,
+and its coverage per cell is what a perfect estimator reaches (so a miss the reference shares is a property of central
+intervals in that bin, not of the method).
 
 The varied world (issue 23 item 3), `--world model_ii_nuisance`: the same protocol (bank, populations, bins, trials, N)
 with every lens drawn from `model_ii_nuisance`: each lens's main lens (theta_E, SIE ellipticity), external shear and
@@ -66,7 +75,9 @@ caches live in the `model_ii_nuisance` subfolder of this bench's cache (the fixe
 
 Caches: DEEPLENSE_CACHE or ~/.cache/deeplense_fastai/bench/many_lenses (images, posteriors, runs, fits, cells). The
 members (fits/) are tied to the run's weights and the library's fitting recipe, the cells (cells/) to those and their
-fields; neither is tied to the scoring code itself: after a change of how joints are read, delete cells/ to rescore.
+fields; neither is tied to the scoring code itself: after a change of how joints are read, delete cells/ to rescore
+(the members' log likelihoods on the trials and populations are cached beside the posteriors, so a rescore costs
+minutes, not the half hour of evaluating the flows).
 """
 import argparse
 import json
@@ -97,7 +108,7 @@ WORLDS = {"model_ii": {"results": "many_lenses", "seeds": SEEDS, "train": TRAIN,
                                          "--epoch-size 8000 --epochs 32 --seed {seed} --out RUN"}}
 WORLD = "model_ii"       # set by --world
 METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre",
-           "summary_nle_ens", "summary_nle_ens+floor")
+           "summary_nle_ens", "summary_nle_ens+floor", "summary_nle_mix", "summary_nle_mix+floor")
 ENSEMBLE = 5             # members of the summary likelihoods' ensemble (the issue's K >= 5)
 
 
@@ -339,14 +350,25 @@ def _per_lens_terms(seed, grid, methods=METHODS):
     s_bank = posterior_summaries(bank, g)
     s_trials = posterior_summaries(trials.reshape(-1, len(g)), g)
     s_pop = posterior_summaries(pop.reshape(-1, len(g)), g)
-    loglik, val, seconds = fit_bnre(s_bank.float(), m.float(), seed)
-    terms["summary_bnre"] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
-    info["summary_bnre"] = dict(validation_loss=val, seconds=seconds)
-    # the ensemble's members evaluated once: member 0 alone is the single likelihood, their mean density the ensemble
+    if "summary_bnre" in methods:
+        loglik, val, seconds = fit_bnre(s_bank.float(), m.float(), seed)
+        terms["summary_bnre"] = (loglik(s_trials.float(), g.float()).double().reshape(trials.shape), 0.)
+        info["summary_bnre"] = dict(validation_loss=val, seconds=seconds)
+    # the ensemble's members evaluated once (and cached): member 0 alone is the single likelihood, their mean density
+    # the ensemble's per-lens likelihood, the mixture of their joints the ensemble's joint (`mixture_of_joints`)
     ens, val, seconds = fit_nle_ensemble(s_bank.float(), m.float(), seed)   # seconds: of each fit (cached: then)
-    on_trials = ens.member_logliks(s_trials.float(), g.float())
-    on_pops = ens.member_logliks(s_pop.float(), g.float())
+    on_trials = member_terms(seed, ens, s_trials, g, "trials")
+    on_pops = member_terms(seed, ens, s_pop, g, "populations")
+    if any(x.startswith("summary_nle_mix") for x in methods):
+        # each member's terms (M, bins, K*L, G): score_seed mixes the members' joints, as the floor's fit does here
+        terms["summary_nle_mix"] = (on_trials.double().reshape(len(on_trials), *trials.shape), 0.)
+        floor, _ = fit_systematic(on_pops.double().reshape(len(on_pops), *pop.shape), pop_truths(), g,
+                                  widths=SUMMARY_FLOORS)
+        terms["summary_nle_mix+floor"], info["floor_summary_nle_mix"] = (terms["summary_nle_mix"][0], float(floor)), \
+            float(floor)
+        info["summary_nle_mix"] = dict(validation_loss=val, seconds=seconds)
     for name, pick in (("summary_nle", lambda t: t[0]), ("summary_nle_ens", ens.mean_density)):
+        if not any(x.startswith(name) and not x.startswith("summary_nle_mix") for x in methods): continue
         terms[name] = (pick(on_trials).double().reshape(trials.shape), 0.)
         info[name] = dict(validation_loss=val[0] if name == "summary_nle" else val,
                           seconds=seconds[0] if name == "summary_nle" else seconds)
@@ -356,10 +378,23 @@ def _per_lens_terms(seed, grid, methods=METHODS):
     return {k: terms[k] for k in methods}, info
 
 
+def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str) -> torch.Tensor:
+    """Each member's log q_k(s_i | m_g) (M, B, G) on the trials or the populations, float32, cached beside the run's
+    posteriors (tied to its weights and the members' fitting recipe): the costly step of scoring (about 3 s per
+    thousand lenses per member on one thread)."""
+    f = cache("posteriors", f"seed{seed}") / f"members_{name}.npy"
+    key, stamp = json.dumps(dict(weights_sha256=weights_digest(seed), recipe=fit_recipe())), f.with_suffix(".json")
+    if f.exists() and stamp.exists() and stamp.read_text() == key: return torch.from_numpy(np.load(f))
+    out = ens.member_logliks(s.float(), grid.float())
+    _save_atomic(f, out.numpy())
+    stamp.write_text(key)
+    return out
+
+
 def score_seed(seed: int, methods=METHODS) -> tuple[list, dict]:
     "Every (method, N, bin) cell of one run, for `methods`."
     from deeplense_fastai.inference import load_run
-    from deeplense_fastai.posterior import target_grid
+    from deeplense_fastai.posterior import mixture_of_joints, target_grid
     stamp = cache("posteriors", f"seed{seed}") / "weights.sha256"
     if not stamp.exists() or stamp.read_text() != weights_digest(seed):
         raise SystemExit(f"{stamp.parent}: posteriors of other weights than {run_dir(seed)}'s; delete the folder and "
@@ -368,10 +403,12 @@ def score_seed(seed: int, methods=METHODS) -> tuple[list, dict]:
     terms, info = _per_lens_terms(seed, grid, methods)
     truths, rows = trial_truths().reshape(len(BINS) - 1, TRIALS), []
     for method, (t, width) in terms.items():
-        cum = t.reshape(len(BINS) - 1, TRIALS, LENSES, -1).cumsum(2)
+        members = t.shape[:-3]                         # (M,) for the terms of each member of an ensemble, else ()
+        cum = t.reshape(*members, len(BINS) - 1, TRIALS, LENSES, -1).cumsum(-2)
         for n in NS:
             for b in range(len(BINS) - 1):
-                q = _joint_summary(cum[b, :, n - 1], grid.double(), width)
+                joint = (mixture_of_joints(cum[:, b, :, n - 1].double()) if members else cum[b, :, n - 1])
+                q = _joint_summary(joint, grid.double(), width)
                 rows.append(dict(method=method, seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
                                  floor=width, **_cells(q, truths[b])))
     return rows, info
@@ -406,7 +443,8 @@ def _targets(cells: list) -> dict:
 
 def _over_seeds(rows: list) -> list:
     "Mean and sd over the seeds of each (method, N, bin) cell."
-    keys = sorted({(r["method"], r["n"], r["bin"]) for r in rows}, key=lambda k: (METHODS.index(k[0]), k[1], k[2]))
+    order = lambda m: METHODS.index(m) if m in METHODS else len(METHODS)     # the reference last
+    keys = sorted({(r["method"], r["n"], r["bin"]) for r in rows}, key=lambda k: (order(k[0]), k[1], k[2]))
     out = []
     for m, n, b in keys:
         cell = [r for r in rows if (r["method"], r["n"], r["bin"]) == (m, n, b)]
@@ -455,7 +493,44 @@ def cells_of(seed: int) -> dict:
         rows, info = score_seed(seed)
         write_json(f, dict(rows=rows, info=info, weights_sha256=digest, key=key, scored_with=_commit()))
         print(f"seed {seed}: scored ({info})", flush=True)
-    return json.loads(f.read_text())
+    doc = json.loads(f.read_text())
+    if (missing := [m for m in METHODS if m not in {r["method"] for r in doc["rows"]}]):   # methods added since
+        rows, info = score_seed(seed, missing)
+        doc["rows"] += rows
+        doc["info"].update(info)
+        doc.setdefault("methods_scored_with", {}).update({m: _commit() for m in missing})
+        write_json(f, doc)
+        print(f"seed {seed}: scored {missing} ({info})", flush=True)
+    return doc
+
+
+REFERENCE_SEED = 7   # seed of the reference world's draws
+
+
+def reference_cells(seed: int) -> list:
+    """The exact-posterior reference of run `seed`: a world in which member 0 of its ensemble is the true likelihood.
+    Each trial's lenses are summaries drawn from q(s | m_true) (`SummaryLikelihood.sample`), with the same truths,
+    bins and N as the real trials; their joint under q and a flat prior is then the exact posterior, and its coverage
+    in each cell is what a perfect estimator reaches there. A method that misses a cell the reference meets misses
+    by its own error; a cell the reference misses too is a property of central intervals in that bin (the prior's edge,
+    images that hardly tell masses apart), not of the estimator. Cached in cells/seed<S>_reference.json."""
+    from _results import write_json
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.posterior import target_grid
+    f, key = cache("cells") / f"seed{seed}_reference.json", dict(weights_sha256=weights_digest(seed),
+                                                                   recipe=fit_recipe(), seed=REFERENCE_SEED)
+    if f.exists() and json.loads(f.read_text()).get("key") == key: return json.loads(f.read_text())["rows"]
+    grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0]
+    q, truths = nle_member(seed, 0), trial_truths()
+    s = q.sample(torch.from_numpy(truths), LENSES, seed=REFERENCE_SEED)              # (bins * trials, L, 2)
+    cum = q.loglik(s.reshape(-1, 2), grid.float()).double().reshape(len(BINS) - 1, TRIALS, LENSES, -1).cumsum(2)
+    t = truths.reshape(len(BINS) - 1, TRIALS)
+    rows = [dict(method="exact_reference", seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
+                 floor=0., **_cells(_joint_summary(cum[b, :, n - 1], grid.double(), 0.), t[b]))
+            for n in NS for b in range(len(BINS) - 1)]
+    write_json(f, dict(rows=rows, key=key, scored_with=_commit()))
+    print(f"seed {seed}: reference scored", flush=True)
+    return rows
 
 
 def recheck(seed: int) -> dict:
@@ -478,12 +553,15 @@ def score(seeds, cells_only=False, check=False) -> None:
     for s in seeds:
         doc = docs[str(s)] = cells_of(s)
         rows, info[str(s)] = rows + doc["rows"], doc["info"]
+    ref = [r for s in seeds for r in reference_cells(s)]
     if cells_only: return
     targets = {m: _targets([r for r in rows if r["method"] == m]) for m in METHODS}
     for m, t in targets.items(): print(m, t, flush=True)
     ch = choose(targets)
     print("chosen:", ch, flush=True)
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
+         reference=dict(table=_over_seeds(ref), cells=ref, targets=_targets(ref), about=reference_cells.__doc__.split(
+             "Cached")[0].strip(), draws_seed=REFERENCE_SEED, member=0),
          **({"ablation": ab} if (ab := _against_early_stopped(targets)) else {}),
          **({"recheck": recheck(seeds[0])} if check else {}),
          runs={str(s): dict(command=w["train"].format(seed=s), weights_sha256=weights_digest(s)) for s in seeds},

@@ -841,8 +841,9 @@ def _print_summary_likelihood(sl:dict) -> None:
     big = [c for c in v['coverage'] if c['n'] == v['n_max']]
     k = sl.get('members', 1)
     loss = f"{'mean ' if k > 1 else ''}held-out loss {sl['validation_loss']:.3f}"
-    print(f"combine uses the summary likelihood: {plural(k, 'flow')} fitted on {sl['bank']['n']} lenses from the "
-          f"prior ({loss}), floor {sl['systematic']:.4f} dex; on "
+    mixed = ' (their joints mixed)' if k > 1 and sl.get('ensemble') == 'mixture_of_joints' else ''
+    print(f"combine uses the summary likelihood: {plural(k, 'flow')}{mixed} fitted on {sl['bank']['n']} lenses from "
+          f"the prior ({loss}), floor {sl['systematic']:.4f} dex; on "
           f"{v['measured_on']}, {v['n_max']} "
           f"lenses' 68% and 95% intervals held the truth, per quarter of the prior, in "
           + ", ".join(f"[{c['bin'][0]:g}, {c['bin'][1]:g}): {c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)

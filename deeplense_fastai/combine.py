@@ -14,16 +14,16 @@ import torch.nn as nn
 
 # %% auto #0
 __all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'JOINT_CHECK_SE', 'OOD_COMBINE_SHARE',
-           'QUANTILE_RULE', 'population_images', 'Populations', 'check_bank', 'calibrate', 'joint_check',
-           'check_ood_share', 'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded', 'combine',
-           'shared_target', 'joint_posterior', 'plot_format', 'save_joint_plot']
+           'QUANTILE_RULE', 'ENSEMBLE_RULE', 'population_images', 'Populations', 'check_bank', 'calibrate',
+           'joint_check', 'check_ood_share', 'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded',
+           'combine', 'shared_target', 'joint_posterior', 'plot_format', 'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
 from .core import DeepLenseError, atomic_write, file_digest, plural
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_recalibration,
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
                                        posterior_summaries, SummaryLikelihood, SummaryEnsemble, fit_summary_ensemble,
-                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS,
+                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS, _widened_joint,
                                        SUMMARY_EPOCHS)
 from .simulate import get_preset
 from .config import RunConfig
@@ -225,14 +225,17 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
     lp, m = _bank_posteriors(model, cfg, preset, bank, seed, batching.bs, batching.tta)
     q = fit_summary_ensemble(posterior_summaries(lp, grid), m, seed=seed, members=SUMMARY_MEMBERS)
     g = grid.double()
-    terms = q.loglik(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double().reshape(pop.shape)
+    # each member's terms (M, K, N, G): the floor is fitted to, and checked on, the mixture of the members' joints
+    terms = q.member_logliks(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double()
+    terms = terms.reshape(len(q.members), *pop.shape)
     width, table = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
     if (at_cap := width >= float(SUMMARY_FLOORS[-1])):
         _notice(f"note: the summary likelihood's floor reached the largest candidate, {width:.3f} dex, so the floor "
                 f"it needs may be larger")
     return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE,
                 sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
-                members=len(q.members), fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS), quantiles=QUANTILE_RULE,
+                members=len(q.members), ensemble=ENSEMBLE_RULE, fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS),
+                quantiles=QUANTILE_RULE,
                 standardisation=q.standardisation(),
                 validation_loss=float(np.mean(q.validation_loss)), member_validation_losses=q.validation_loss,
                 systematic=width,
@@ -284,7 +287,7 @@ def _say_check(rec:dict) -> None:
 def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
     ("What a joint calibration was checked on: its largest population, the mass range, coverage per quarter of it "
      "and size.")
-    K, N = terms.shape[:2]
+    K, N = terms.shape[-3:-1]
     lo, hi = float(prior[0]), float(prior[1])
     return dict(n_max=int(N), mass_range=[lo, hi],
                 measured_on=f"the {plural(K, 'simulated population')} of {plural(N, 'lens', 'lenses')} the floor was "
@@ -450,15 +453,21 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
     return out
 
 QUANTILE_RULE = 'joint_quantiles'   # how a joint calibration's floor and checks read joint intervals (recorded)
+ENSEMBLE_RULE = 'mixture_of_joints' # how an ensemble's members make one joint (recorded; before: 'mean_density')
 
 def _read_before(jp:JointPosterior, joint:dict, run_dir, notice) -> None:
     ("One note when the joint calibration used was fitted before joint intervals were read on a refined grid "
-     "(`posterior.joint_quantiles`): its floor was fitted to intervals read wider than they are.")
+     "(`posterior.joint_quantiles`: its floor was fitted to intervals read wider than they are), or, for an ensemble, "
+     "before its members' joints were mixed (`ENSEMBLE_RULE`: combine then multiplies their mean densities, as then).")
     rec = joint.get(jp.target) or {}
     used = rec.get('summary_likelihood') or {} if jp.method == 'summary_likelihood' else rec
-    if jp.method == 'product' or used.get('quantiles') == QUANTILE_RULE: return
-    notice(f"note: {run_dir}: the joint calibration of {jp.target} ({jp.method}) was fitted before joint intervals "
-           f"were read on a refined grid; its floor may be too narrow for many lenses (rerun calibrate to refit it)")
+    if jp.method == 'product': return
+    why = [w for w, now in (("before joint intervals were read on a refined grid",
+                             used.get('quantiles') == QUANTILE_RULE),
+                            ("as the product of its ensemble's mean densities, not the mixture of the members' joints",
+                             'members' not in used or used.get('ensemble') == ENSEMBLE_RULE)) if not now]
+    if why: notice(f"note: {run_dir}: the joint calibration of {jp.target} ({jp.method}) was fitted "
+                   f"{' and '.join(why)}; its floor may be too narrow for many lenses (rerun calibrate to refit it)")
 
 def _failed_check(jp:JointPosterior, run_dir, notice) -> None:
     "One warning when the joint calibration used failed its coverage check in calibrate (an older record: none)."
@@ -514,8 +523,12 @@ def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -
      "posteriors (N, G).")
     if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', {}
     if (sl := cal.get('summary_likelihood')) is not None:   # log q(s_i | m) adds over lenses; a flat prior on the grid
-        terms = sl['model'].loglik(posterior_summaries(logp, grid), grid).double()
-        joint = combine_log_posteriors(terms, grid.double(), systematic=float(sl['systematic'])).to(logp.dtype)
+        s, q, g = posterior_summaries(logp, grid), sl['model'], grid.double()
+        if sl.get('ensemble') == ENSEMBLE_RULE and isinstance(q, SummaryEnsemble):   # each member's joint, mixed
+            joint = _widened_joint(q.joint(s, g)[None], g, float(sl['systematic']))[0].to(logp.dtype)
+        else:                                            # a single flow, or an ensemble's mean density (older records)
+            joint = combine_log_posteriors(q.loglik(s, grid).double(), g,
+                                           systematic=float(sl['systematic'])).to(logp.dtype)
         return joint, float(sl['systematic']), 'summary_likelihood', sl
     agg = torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
     if len(agg) != len(grid):

@@ -15,9 +15,9 @@ __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS',
            'FlowRegressor', 'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior',
            'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
            'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'joint_quantiles',
-           'summarise', 'aggregate_log_posterior', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood',
-           'fit_early_stopped', 'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble',
-           'fit_summary_ensemble', 'flow_median', 'quantile_columns', 'run_log_posterior']
+           'summarise', 'aggregate_log_posterior', 'mixture_of_joints', 'fit_systematic', 'posterior_summaries',
+           'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood', 'joint_coverage_by_bin',
+           'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median', 'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
@@ -331,15 +331,23 @@ def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:
                 coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
                 halfwidth68=float(((q[:, 1] - q[:, 0]) / 2).median()))
 
-def _sizes_and_sums(logp:torch.Tensor, grid:torch.Tensor, log_aggregate, ns) -> tuple[list, torch.Tensor]:
-    ("The population sizes to check (default 10, 25 and N, those up to N) "
-     "and the running sums (K, N, G) of the per-lens terms.")
-    N = logp.shape[1]
-    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
-    # the first n lenses, flat prior, once
-    return sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N}), (logp - own).cumsum(1)
+def mixture_of_joints(joints:torch.Tensor, # Unnormalised joint log densities (M, ..., G), even grid, one per member
+                     ) -> torch.Tensor:
+    ("The log of the members' mean normalised joint posterior (..., G), unnormalised: the ensemble's joint when every "
+     "lens shares each member's fitting error.")
+    return torch.logsumexp(joints - torch.logsumexp(joints, -1, keepdim=True), 0) - math.log(len(joints))
 
-def fit_systematic(logp:torch.Tensor, # Per-lens log densities (K, N, G): K populations of N lenses, one truth each
+def _sizes_and_sums(logp:torch.Tensor, grid:torch.Tensor, log_aggregate, ns) -> tuple[list, torch.Tensor]:
+    ("The population sizes to check (default 10, 25 and N, those up to N) and the joints (K, N, G) of the first n "
+     "lenses: running sums of the per-lens terms (K, N, G), or for an ensemble's terms (M, K, N, G) the mixture of "
+     "its members' running sums (`mixture_of_joints`).")
+    N = logp.shape[-2]
+    own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
+    cum = (logp - own).cumsum(-2)                       # the first n lenses, flat prior, once
+    return sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N}), (mixture_of_joints(cum) if logp.dim() == 4 else cum)
+
+def fit_systematic(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K populations of N lenses, one truth each;
+                   # (M, K, N, G): an ensemble's M members' terms, each member's joint mixed (`mixture_of_joints`)
                    truths, # The K true values
                    grid:torch.Tensor, # Grid (G,)
                    log_aggregate:torch.Tensor|None=None, # The network's own prior (`aggregate_log_posterior`)
@@ -400,6 +408,19 @@ class SummaryLikelihood(nn.Module):
         _, ctx = self.scaled(s[:0], grid.to(self.m_mean.dtype))
         dist = self.flow(ctx)                                # batch shape (G,): broadcast against (chunk, 1, 2)
         return torch.cat([dist.log_prob(self.scaled(c, grid[:0])[0][:, None]) for c in s.split(chunk)])
+    @torch.no_grad()
+    def sample(self, m:torch.Tensor, # Values (B,) of the shared parameter
+               n:int, # Summaries drawn per value
+               seed:int=0, # Seed of the draws (the caller's global RNG is left as it was)
+              ) -> torch.Tensor:
+        ("Summaries (B, n, 2) drawn from q(s | m): the lenses of a world in which q is exact, whose joint posterior "
+         "`loglik` gives exactly (the reference a validation compares an estimator with).")
+        self.eval()
+        ctx = ((torch.as_tensor(m, dtype=self.m_mean.dtype) - self.m_mean) / self.m_sd).float()[:, None]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            z = self.flow(ctx).sample((n,))                  # (n, B, 2), standardised
+        return (z * self.s_sd + self.s_mean).transpose(0, 1)
 
 # %% ../nbs/04b_posterior.ipynb #bdc8a8cb
 def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its state restored at the end)
@@ -470,7 +491,7 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
                                           what='the summary likelihood')
     return q.eval()
 
-def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K populations (`fit_systematic`'s input)
+def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) or (M, K, N, G) (`fit_systematic`'s input)
                           truths, # The K true values
                           grid:torch.Tensor, # Grid (G,)
                           width:float, # The floor applied
@@ -530,6 +551,14 @@ class SummaryEnsemble(nn.Module):
         ("log of the members' mean density, log (1/K sum_k q_k(s_i | m_g)) (B, G), "
          "up to the shared standardisation's Jacobian.")
         return self.mean_density(self.member_logliks(s, grid, chunk))
+    @torch.no_grad()
+    def joint(self, s:torch.Tensor, # Summaries (N, 2) of the lenses that share the value
+              grid:torch.Tensor, # Evenly spaced grid (G,) of the shared value
+              chunk:int=512, # Lenses per evaluation
+             ) -> torch.Tensor:
+        ("The ensemble's joint log density (G,) of N lenses under a flat prior, unnormalised: each member's joint "
+         "(its log likelihoods summed over the lenses), then their mixture (`mixture_of_joints`).")
+        return mixture_of_joints(self.member_logliks(s, grid, chunk).double().sum(1))
 
 def fit_summary_ensemble(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
                          m:torch.Tensor, # Their true values (M,)

@@ -366,7 +366,7 @@ def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_pat
     from deeplense_fastai.posterior import SUMMARY_MEMBERS         # an ensemble of flows, each fitted and recorded
     assert sl["members"] == SUMMARY_MEMBERS == len(sl["member_validation_losses"]) and SUMMARY_MEMBERS >= 5
     assert sl["validation_loss"] == pytest.approx(np.mean(sl["member_validation_losses"]))
-    assert f"{SUMMARY_MEMBERS} flows fitted on 400 lenses" in r.stdout and f"an ensemble of {SUMMARY_MEMBERS} flows" in r.stderr
+    assert f"{SUMMARY_MEMBERS} flows (their joints mixed) fitted on 400 lenses" in r.stdout and sl["ensemble"] == "mixture_of_joints" and f"an ensemble of {SUMMARY_MEMBERS} flows" in r.stderr
     assert 0 <= sl["systematic"] <= 0.05 and sl["validated"]["n_max"] == 50 and sl["validated"]["mass_range"] == [-24.0, -22.0]
     assert "simulating 400 lenses from the prior of model_ii" in r.stderr              # the bank's cost is announced
     from deeplense_fastai.posterior import SUMMARY_FLOORS

@@ -368,7 +368,16 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     j = json.loads((tmp_path / "a.json").read_text())["log10_m_axion"]
     assert j["method"] == "summary_likelihood" and j["validated"]["n_max"] == 5 and j["n"] == 24
     assert len([l for l in r.stderr.splitlines() if "validated on populations of at most 5 lenses" in l]) == 1
-    assert "refined grid" not in r.stderr                              # fitted with the joint_quantiles rule: no note
+    assert "refined grid" not in r.stderr and "rerun calibrate" not in r.stderr   # fitted with today's rules: no note
+    assert cal["joint"]["log10_m_axion"]["summary_likelihood"]["ensemble"] == "mixture_of_joints"
+    # an ensemble calibrated before its members' joints were mixed combines as then (mean density), with one note
+    mean_rule = json.loads(json.dumps(cal))
+    del mean_rule["joint"]["log10_m_axion"]["summary_likelihood"]["ensemble"]
+    (run_dir / "calibration.json").write_text(json.dumps(mean_rule))
+    r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "d.json", env=env[1])
+    assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
+    assert len([l for l in r.stderr.splitlines() if "mean densities, not the mixture" in l]) == 1
+    assert json.loads((tmp_path / "d.json").read_text())["log10_m_axion"]["median"] != j["median"]
     good = f.read_bytes()
     f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "SHA-256", "--force")
