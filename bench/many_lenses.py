@@ -559,7 +559,12 @@ def score(seeds, cells_only=False, check=False) -> None:
     for m, t in targets.items(): print(m, t, flush=True)
     ch = choose(targets)
     print("chosen:", ch, flush=True)
+    # the rule of the ensemble's joint, head to head (cells missed per seed: lower is better), with and without floor
+    missed = lambda t: dict(t["within_2sigma_per_seed"], mean=t["cells_per_seed"] - t["within_2sigma_per_seed"]["mean"])
+    rules = {f"{a} vs {b}": versus(missed(targets[a]), missed(targets[b]))
+             for a, b in (("summary_nle_mix", "summary_nle_ens"), ("summary_nle_mix+floor", "summary_nle_ens+floor"))}
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
+         mixture_vs_mean_density=rules,
          reference=dict(table=_over_seeds(ref), cells=ref, targets=_targets(ref), about=reference_cells.__doc__.split(
              "Cached")[0].strip(), draws_seed=REFERENCE_SEED, member=0),
          **({"ablation": ab} if (ab := _against_early_stopped(targets)) else {}),
