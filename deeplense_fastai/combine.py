@@ -26,7 +26,7 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_r
                                        joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS, _widened_joint,
                                        SUMMARY_EPOCHS)
 from .simulate import get_preset
-from .config import RunConfig
+from .config import RunConfig, ENSEMBLE_RULES
 from .learner import read_run_config, ood_features
 from .inputs import _notice, open_checked, pixel_status, BAD_PIXELS, Reading
 from .inference import (load_run, require_flow, Batching, SUMMARY_FILE, _check_tta, _flow_run,
@@ -226,7 +226,7 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
     q = fit_summary_ensemble(posterior_summaries(lp, grid), m, seed=seed, members=SUMMARY_MEMBERS)
     g = grid.double()
     # each member's terms (M, K, N, G): the floor is fitted to, and checked on, the mixture of the members' joints
-    terms = q.member_logliks(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid).double()
+    terms = q.member_logliks(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid)   # float32, summed in double
     terms = terms.reshape(len(q.members), *pop.shape)
     width, table = fit_systematic(terms, truths, g, widths=SUMMARY_FLOORS)
     if (at_cap := width >= float(SUMMARY_FLOORS[-1])):
@@ -453,7 +453,7 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
     return out
 
 QUANTILE_RULE = 'joint_quantiles'   # how a joint calibration's floor and checks read joint intervals (recorded)
-ENSEMBLE_RULE = 'mixture_of_joints' # how an ensemble's members make one joint (recorded; before: 'mean_density')
+ENSEMBLE_RULE = ENSEMBLE_RULES[0]   # how an ensemble's members make one joint (recorded; before: 'mean_density')
 
 def _read_before(jp:JointPosterior, joint:dict, run_dir, notice) -> None:
     ("One note when the joint calibration used was fitted before joint intervals were read on a refined grid "
@@ -467,7 +467,8 @@ def _read_before(jp:JointPosterior, joint:dict, run_dir, notice) -> None:
                             ("as the product of its ensemble's mean densities, not the mixture of the members' joints",
                              'members' not in used or used.get('ensemble') == ENSEMBLE_RULE)) if not now]
     if why: notice(f"note: {run_dir}: the joint calibration of {jp.target} ({jp.method}) was fitted "
-                   f"{' and '.join(why)}; its floor may be too narrow for many lenses (rerun calibrate to refit it)")
+                   f"{' and '.join(why)}; its floor may be too narrow for many lenses (rerun calibrate to refit it: "
+                   f"deeplense calibrate --model {run_dir} --data SPLIT --populations PRESET --force)")
 
 def _failed_check(jp:JointPosterior, run_dir, notice) -> None:
     "One warning when the joint calibration used failed its coverage check in calibrate (an older record: none)."

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'SUMMARY_FILE', 'HPARAM_MAX', 'MEMBERS_MAX', 'RUN_FILES', 'minmax_scale',
-           'resize_images', 'to_grid', 'RunConfig', 'read_calibration', 'check_calibration', 'check_joint_calibration',
-           'TrainPlan', 'run_strangers', 'is_run_dir', 'clear_run']
+__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'SUMMARY_FILE', 'HPARAM_MAX', 'MEMBERS_MAX', 'ENSEMBLE_RULES', 'RUN_FILES',
+           'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'read_calibration', 'check_calibration',
+           'check_joint_calibration', 'TrainPlan', 'run_strangers', 'is_run_dir', 'clear_run']
 
 # %% ../nbs/02d_config.ipynb #2ac298e3
 from .core import DeepLenseError
@@ -246,6 +246,7 @@ def _check_images(d:dict, bad) -> None:
 SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
 HPARAM_MAX = dict(transforms=16, hidden=512, bins=64)  # a recorded flow's size, bounded (a file cannot ask for GBs)
 MEMBERS_MAX = 8    # a recorded ensemble's members, bounded for the same reason (8 of the largest flows: ~0.2 GB)
+ENSEMBLE_RULES = ('mixture_of_joints', 'mean_density')   # how an ensemble's joint may be made (absent: mean density)
 
 def read_calibration(f:str|Path, # A run's calibration.json
                     ) -> dict:
@@ -304,11 +305,12 @@ def _check_summary_record(rec, where, name:str) -> None:
           and all(type(v) is int and 1 <= v <= HPARAM_MAX[k] for k, v in hp.items())
           and isinstance(rec.get('sha256'), str) and isinstance(rec.get('systematic'), (int, float))
           and 0 <= rec['systematic'] < math.inf
-          and ('members' not in rec or (type(rec['members']) is int and 1 <= rec['members'] <= MEMBERS_MAX)))
+          and ('members' not in rec or (type(rec['members']) is int and 1 <= rec['members'] <= MEMBERS_MAX))
+          and rec.get('ensemble', 'mean_density') in ENSEMBLE_RULES)
     if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ("
                                     + ', '.join(f"{k} 1 to {v}" for k, v in HPARAM_MAX.items())
                                     + f"), 'sha256', a 'systematic' width >= 0 and, for an ensemble, 'members' 1 to "
-                                      f"{MEMBERS_MAX}")
+                                      f"{MEMBERS_MAX} and an 'ensemble' rule of {' or '.join(ENSEMBLE_RULES)}")
 
 # %% ../nbs/02d_config.ipynb #c3cced2a
 @dataclass(frozen=True)

@@ -334,8 +334,10 @@ def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:
 def mixture_of_joints(joints:torch.Tensor, # Unnormalised joint log densities (M, ..., G), even grid, one per member
                      ) -> torch.Tensor:
     ("The log of the members' mean normalised joint posterior (..., G), unnormalised: the ensemble's joint when every "
-     "lens shares each member's fitting error.")
-    return torch.logsumexp(joints - torch.logsumexp(joints, -1, keepdim=True), 0) - math.log(len(joints))
+     "lens shares each member's fitting error. Each member is normalised by the trapezoid rule, as `_normalised` does.")
+    ends = torch.zeros(joints.shape[-1], dtype=joints.dtype, device=joints.device)
+    ends[[0, -1]] = math.log(0.5)                        # the trapezoid's weights (the even step cancels)
+    return torch.logsumexp(joints - torch.logsumexp(joints + ends, -1, keepdim=True), 0) - math.log(len(joints))
 
 def _sizes_and_sums(logp:torch.Tensor, grid:torch.Tensor, log_aggregate, ns) -> tuple[list, torch.Tensor]:
     ("The population sizes to check (default 10, 25 and N, those up to N) and the joints (K, N, G) of the first n "
@@ -343,8 +345,12 @@ def _sizes_and_sums(logp:torch.Tensor, grid:torch.Tensor, log_aggregate, ns) -> 
      "its members' running sums (`mixture_of_joints`).")
     N = logp.shape[-2]
     own = torch.zeros_like(grid) if log_aggregate is None else log_aggregate
-    cum = (logp - own).cumsum(-2)                       # the first n lenses, flat prior, once
-    return sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N}), (mixture_of_joints(cum) if logp.dim() == 4 else cum)
+    sizes = sorted({n for n in (ns or (10, 25, N)) if 1 <= n <= N})
+    if logp.dim() == 3: return sizes, (logp - own).cumsum(1)   # the first n lenses, flat prior, once
+    # members: only the sizes checked are mixed (the rows of other n stay zero), summed in double without a copy
+    out = torch.zeros(logp.shape[1:], dtype=torch.float64, device=logp.device)
+    for n in sizes: out[:, n - 1] = mixture_of_joints(torch.sum(logp[:, :, :n], 2, dtype=torch.float64) - n * own)
+    return sizes, out
 
 def fit_systematic(logp:torch.Tensor, # Per-lens log terms (K, N, G) of K populations of N lenses, one truth each;
                    # (M, K, N, G): an ensemble's M members' terms, each member's joint mixed (`mixture_of_joints`)
@@ -517,7 +523,8 @@ def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) or (
 SUMMARY_MEMBERS = 5   # members of the summary likelihood's ensemble (bench/many_lenses.py measured K = 5)
 
 class SummaryEnsemble(nn.Module):
-    ("A deep ensemble of summary likelihoods: per lens the mean of the members' densities q_k(s | m), "
+    ("A deep ensemble of summary likelihoods (for many lenses, `joint`: the mixture of the members' joints; `loglik`: "
+     "per lens the mean of the members' densities q_k(s | m), the rule of older calibrations), "
      "the members sharing one standardisation.")
     def __init__(self, members:int=SUMMARY_MEMBERS, # How many `SummaryLikelihood`s
                  **hparams, # Their settings (default `SUMMARY_FLOW`)
@@ -541,7 +548,7 @@ class SummaryEnsemble(nn.Module):
     @staticmethod
     def mean_density(terms:torch.Tensor, # Members' log densities (K, ...) from `member_logliks`
                     ) -> torch.Tensor:
-        "The log of the members' mean density, log (1/K sum_k exp terms_k): the ensemble's log likelihood."
+        "The log of the members' mean density, log (1/K sum_k exp terms_k): the ensemble's per-lens likelihood."
         return torch.logsumexp(terms, 0) - math.log(len(terms))
     @torch.no_grad()
     def loglik(self, s:torch.Tensor, # Summaries (B, 2) from `posterior_summaries`
