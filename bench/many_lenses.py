@@ -604,7 +604,9 @@ def _world_settings(seeds, docs) -> dict:
     how = dict(fit_recipe=json.loads(fit_recipe()), quantiles="joint_quantiles (and the grid's trapezoid as *_grid)",
                ensemble=ENSEMBLE, summary_floor_candidates=[float(SUMMARY_FLOORS[0]), float(SUMMARY_FLOORS[-1])],
                cells_scored_with={s: d.get("scored_with", "not recorded (scored before the bench recorded it; see "
-                                           "recheck)") for s, d in docs.items()})
+                                           "recheck)") for s, d in docs.items()},
+               methods_scored_since={s: d["methods_scored_with"] for s, d in docs.items()
+                                     if d.get("methods_scored_with")})
     if WORLD == "model_ii": return how
     return dict(how, world=WORLD, run=f"bench/robustness.py's {WORLDS[WORLD]['robustness_run']}", seeds=list(seeds),
                 seed_spread="not measured: one training seed", per_lens="main lens, shear and source drawn per lens; "
