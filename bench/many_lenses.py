@@ -368,7 +368,7 @@ def _per_lens_terms(seed, grid, methods=METHODS):
             float(floor)
         info["summary_nle_mix"] = dict(validation_loss=val, seconds=seconds)
     for name, pick in (("summary_nle", lambda t: t[0]), ("summary_nle_ens", ens.mean_density)):
-        if not any(x.startswith(name) and not x.startswith("summary_nle_mix") for x in methods): continue
+        if not {name, f"{name}+floor"} & set(methods): continue
         terms[name] = (pick(on_trials).double().reshape(trials.shape), 0.)
         info[name] = dict(validation_loss=val[0] if name == "summary_nle" else val,
                           seconds=seconds[0] if name == "summary_nle" else seconds)
