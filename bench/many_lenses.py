@@ -108,7 +108,8 @@ WORLDS = {"model_ii": {"results": "many_lenses", "seeds": SEEDS, "train": TRAIN,
                                          "--epoch-size 8000 --epochs 32 --seed {seed} --out RUN"}}
 WORLD = "model_ii"       # set by --world
 METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre",
-           "summary_nle_ens", "summary_nle_ens+floor", "summary_nle_mix", "summary_nle_mix+floor")
+           "summary_nle_ens", "summary_nle_ens+floor", "summary_nle_mix", "summary_nle_mix+floor", "summary_nle_bag",
+           "summary_nle_bag+floor")
 ENSEMBLE = 5             # members of the summary likelihoods' ensemble (the issue's K >= 5)
 
 
@@ -215,13 +216,15 @@ def member_seed(seed: int, k: int) -> int:
     return seed + 1000 * k
 
 
-def nle_member(seed: int, k: int, s=None, m=None):
+def nle_member(seed: int, k: int, s=None, m=None, bootstrap: bool = False):
     """Member k of run `seed`'s ensemble of summary likelihoods: the library's `fit_summary_likelihood` (what
-    `calibrate` fits) on the bank's split with fitting seed `member_seed(seed, k)`, cached as safetensors beside the
-    run's posteriors (tied to the run's weights digest), so that members fit in parallel processes and resume."""
+    `calibrate` fits) on the bank's split with fitting seed `member_seed(seed, k)` (`bootstrap`: on a bootstrap
+    resample of the fitting split drawn with that seed), cached as safetensors beside the run's posteriors (tied to the
+    run's weights digest), so that members fit in parallel processes and resume."""
     from safetensors.torch import load_file, save_file
     from deeplense_fastai.posterior import SUMMARY_FLOW, SummaryLikelihood, fit_summary_likelihood
-    f, digest, how = cache("fits", f"seed{seed}") / f"nle{k}.safetensors", weights_digest(seed), fit_recipe()
+    f = cache("fits", f"seed{seed}") / f"{'bag' if bootstrap else 'nle'}{k}.safetensors"
+    digest, how = weights_digest(seed), fit_recipe(bootstrap)
     if f.exists():
         from safetensors import safe_open
         with safe_open(str(f), "pt") as h: meta = h.metadata()
@@ -232,25 +235,28 @@ def nle_member(seed: int, k: int, s=None, m=None):
             return q.eval()
     if s is None: s, m = bank_summaries(seed)
     t0 = time.time()
-    q = fit_summary_likelihood(s, m, seed=member_seed(seed, k), holdout=(len(s) - FIT_N) / len(s))
+    q = fit_summary_likelihood(s, m, seed=member_seed(seed, k), holdout=(len(s) - FIT_N) / len(s),
+                               bootstrap=bootstrap)
     q.seconds = round(time.time() - t0, 1)
     tmp = f.with_suffix(".tmp")
     save_file(q.state_dict(), str(tmp), metadata=dict(weights_sha256=digest, recipe=how,
                                                       validation_loss=repr(q.validation_loss),
                                                       seconds=repr(q.seconds), fitting_seed=str(member_seed(seed, k))))
     tmp.replace(f)
-    print(f"seed {seed} member {k}: fitted in {q.seconds:.0f} s (held-out loss {q.validation_loss:.4f})", flush=True)
+    print(f"seed {seed} {'bagged ' if bootstrap else ''}member {k}: fitted in {q.seconds:.0f} s (held-out loss "
+          f"{q.validation_loss:.4f})", flush=True)
     return q
 
 
-def fit_recipe() -> str:
-    """How a member is fitted, as the library fits it (flow settings, epochs, schedule, bank split): a cached member
-    fitted otherwise is refitted."""
+def fit_recipe(bootstrap: bool = False) -> str:
+    """How a member is fitted, as the library fits it (flow settings, epochs, schedule, bank split; a bagged member:
+    on a bootstrap resample): a cached member fitted otherwise is refitted."""
     import inspect
     from deeplense_fastai.posterior import SUMMARY_FLOW, fit_summary_likelihood
     d = {k: v.default for k, v in inspect.signature(fit_summary_likelihood).parameters.items()
          if k in ("epochs", "bs", "patience")}
-    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK, fit=FIT_N), sort_keys=True)
+    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK, fit=FIT_N, **({"bootstrap": True} if bootstrap else {})),
+                      sort_keys=True)
 
 
 def bank_summaries(seed: int) -> tuple:
@@ -263,13 +269,14 @@ def bank_summaries(seed: int) -> tuple:
             torch.from_numpy(np.load(cache("images") / "bank_y.npy")).float())
 
 
-def fit_nle_ensemble(s, m, seed, k=ENSEMBLE):
+def fit_nle_ensemble(s, m, seed, k=ENSEMBLE, bootstrap=False):
     """The deep ensemble of K summary likelihoods (Lakshminarayanan et al. 2017; for simulation-based inference Hermans
     et al. 2022): per lens, the mean of the members' densities, log(1/K sum_k q_k(s | m)); its logarithm adds over
-    lenses. Members differ only in their fitting seed (initialisation, batch order); all share the standardisation of
-    the same bank split, so their densities are on one scale."""
+    lenses. Members differ only in their fitting seed (initialisation, batch order; `bootstrap`: also in the bootstrap
+    resample of the bank they fit, bagging); all share the standardisation of the same bank split, so their densities
+    are on one scale."""
     from deeplense_fastai.posterior import SummaryEnsemble
-    qs = [nle_member(seed, j, s, m) for j in range(k)]
+    qs = [nle_member(seed, j, s, m, bootstrap) for j in range(k)]
     ens = SummaryEnsemble(k, **qs[0].hparams)            # the library's averaging (what calibrate fits), cached members
     for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
     return ens.eval(), [q.validation_loss for q in qs], [q.seconds for q in qs]
@@ -310,8 +317,8 @@ def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> tup
     by the library's `joint_quantiles` (what combine reports: the log density refined by a cubic, so a joint narrower
     than a few grid steps is integrated right), and by the trapezoid rule on the grid itself (`grid_quantiles`, what
     this bench measured before: too wide, and covering too often, once the joint spans a grid step or two)."""
-    from deeplense_fastai.posterior import _widened_joint, grid_quantiles, joint_quantiles
-    w = _widened_joint(joint, grid, width)
+    from deeplense_fastai.posterior import grid_quantiles, joint_quantiles, widened_joint
+    w = widened_joint(joint, grid, width)
     return joint_quantiles(w, grid, LEVELS), grid_quantiles(w, grid, LEVELS)
 
 
@@ -356,17 +363,22 @@ def _per_lens_terms(seed, grid, methods=METHODS):
         info["summary_bnre"] = dict(validation_loss=val, seconds=seconds)
     # the ensemble's members evaluated once (and cached): member 0 alone is the single likelihood, their mean density
     # the ensemble's per-lens likelihood, the mixture of their joints the ensemble's joint (`mixture_of_joints`)
+    for name, bagged in (("summary_nle_mix", False), ("summary_nle_bag", True)):
+        if not {name, f"{name}+floor"} & set(methods): continue
+        # each member's terms (M, bins, K*L, G): score_seed mixes the members' joints, as the floor's fit does here
+        ens, val, seconds = fit_nle_ensemble(s_bank.float(), m.float(), seed, bootstrap=bagged)  # seconds: each fit's
+        on_trials = member_terms(seed, ens, s_trials, g, "trials", bagged)
+        on_pops = member_terms(seed, ens, s_pop, g, "populations", bagged)
+        terms[name] = (on_trials.double().reshape(len(on_trials), *trials.shape), 0.)
+        floor, _ = fit_systematic(on_pops.double().reshape(len(on_pops), *pop.shape), pop_truths(), g,
+                                  widths=SUMMARY_FLOORS)
+        terms[f"{name}+floor"], info[f"floor_{name}"] = (terms[name][0], float(floor)), float(floor)
+        info[name] = dict(validation_loss=val, seconds=seconds)
+    if not {"summary_nle", "summary_nle+floor", "summary_nle_ens", "summary_nle_ens+floor"} & set(methods):
+        return {k: terms[k] for k in methods}, info
     ens, val, seconds = fit_nle_ensemble(s_bank.float(), m.float(), seed)   # seconds: of each fit (cached: then)
     on_trials = member_terms(seed, ens, s_trials, g, "trials")
     on_pops = member_terms(seed, ens, s_pop, g, "populations")
-    if any(x.startswith("summary_nle_mix") for x in methods):
-        # each member's terms (M, bins, K*L, G): score_seed mixes the members' joints, as the floor's fit does here
-        terms["summary_nle_mix"] = (on_trials.double().reshape(len(on_trials), *trials.shape), 0.)
-        floor, _ = fit_systematic(on_pops.double().reshape(len(on_pops), *pop.shape), pop_truths(), g,
-                                  widths=SUMMARY_FLOORS)
-        terms["summary_nle_mix+floor"], info["floor_summary_nle_mix"] = (terms["summary_nle_mix"][0], float(floor)), \
-            float(floor)
-        info["summary_nle_mix"] = dict(validation_loss=val, seconds=seconds)
     for name, pick in (("summary_nle", lambda t: t[0]), ("summary_nle_ens", ens.mean_density)):
         if not {name, f"{name}+floor"} & set(methods): continue
         terms[name] = (pick(on_trials).double().reshape(trials.shape), 0.)
@@ -378,12 +390,13 @@ def _per_lens_terms(seed, grid, methods=METHODS):
     return {k: terms[k] for k in methods}, info
 
 
-def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str) -> torch.Tensor:
+def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str, bagged: bool = False) -> torch.Tensor:
     """Each member's log q_k(s_i | m_g) (M, B, G) on the trials or the populations, float32, cached beside the run's
     posteriors (tied to its weights and the members' fitting recipe): the costly step of scoring (about 3 s per
     thousand lenses per member on one thread)."""
-    f = cache("posteriors", f"seed{seed}") / f"members_{name}.npy"
-    key, stamp = json.dumps(dict(weights_sha256=weights_digest(seed), recipe=fit_recipe())), f.with_suffix(".json")
+    f = cache("posteriors", f"seed{seed}") / f"{'bagged' if bagged else 'members'}_{name}.npy"
+    key = json.dumps(dict(weights_sha256=weights_digest(seed), recipe=fit_recipe(bagged)))
+    stamp = f.with_suffix(".json")
     if f.exists() and stamp.exists() and stamp.read_text() == key: return torch.from_numpy(np.load(f))
     out = ens.member_logliks(s.float(), grid.float())
     _save_atomic(f, out.numpy())
@@ -394,24 +407,34 @@ def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str)
 def score_seed(seed: int, methods=METHODS) -> tuple[list, dict]:
     "Every (method, N, bin) cell of one run, for `methods`."
     from deeplense_fastai.inference import load_run
-    from deeplense_fastai.posterior import mixture_of_joints, target_grid
+    from deeplense_fastai.posterior import target_grid
     stamp = cache("posteriors", f"seed{seed}") / "weights.sha256"
     if not stamp.exists() or stamp.read_text() != weights_digest(seed):
         raise SystemExit(f"{stamp.parent}: posteriors of other weights than {run_dir(seed)}'s; delete the folder and "
                          "rerun `posteriors`")
     grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0]
     terms, info = _per_lens_terms(seed, grid, methods)
-    truths, rows = trial_truths().reshape(len(BINS) - 1, TRIALS), []
-    for method, (t, width) in terms.items():
+    uses = {}                                          # a method and its floored twin share their terms: summed once
+    for method, (t, width) in terms.items(): uses.setdefault(id(t), (t, []))[1].append((method, width))
+    rows = []
+    for t, ms in uses.values():
         members = t.shape[:-3]                         # (M,) for the terms of each member of an ensemble, else ()
         cum = t.reshape(*members, len(BINS) - 1, TRIALS, LENSES, -1).cumsum(-2)
-        for n in NS:
-            for b in range(len(BINS) - 1):
-                joint = (mixture_of_joints(cum[:, b, :, n - 1].double()) if members else cum[b, :, n - 1])
-                q = _joint_summary(joint, grid.double(), width)
-                rows.append(dict(method=method, seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
-                                 floor=width, **_cells(q, truths[b])))
-    return rows, info
+        rows += [r for method, width in ms for r in _rows(method, seed, cum, grid, width, mixed=bool(members))]
+    return sorted(rows, key=lambda r: list(terms).index(r["method"])), info
+
+
+def _rows(method: str, seed: int, cum: torch.Tensor, grid: torch.Tensor, width: float, mixed: bool = False) -> list:
+    """The (N, bin) cells of one method from its running sums over the lenses (bins, trials, L, G), or each member's
+    ((M, bins, trials, L, G), `mixed`: their joints mixed by `mixture_of_joints`), widened by a floor of `width`."""
+    from deeplense_fastai.posterior import mixture_of_joints
+    truths, rows = trial_truths().reshape(len(BINS) - 1, TRIALS), []
+    for n in NS:
+        for b in range(len(BINS) - 1):
+            joint = mixture_of_joints(cum[:, b, :, n - 1].double()) if mixed else cum[b, :, n - 1]
+            rows.append(dict(method=method, seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
+                             floor=width, **_cells(_joint_summary(joint, grid.double(), width), truths[b])))
+    return rows
 
 
 def _within(c: dict, tail: str = "") -> bool:
@@ -504,6 +527,34 @@ def cells_of(seed: int) -> dict:
     return doc
 
 
+def restore(seeds) -> None:
+    """Seed the cells caches (cells/seed<S>.json and the reference's) from the committed results file, for each run
+    whose retrained weights have the SHA-256 the results record (`deeplense train` is deterministic on the CPU): the
+    cells were scored from exactly these weights, so a fresh machine need not score them again. `score --recheck`
+    then scores the first seed's flow-free methods again from the new posteriors and records how far the restored
+    cells are from them. A run whose weights differ is left to be scored."""
+    from _results import write_json
+    res = json.loads((Path(__file__).parent / "results" / f"{WORLDS[WORLD]['results']}.json").read_text())
+    st = res["settings"]
+    for s in seeds:
+        d = weights_digest(s)
+        if res["runs"][str(s)]["weights_sha256"] != d:
+            print(f"seed {s}: weights {d[:12]} are not those the results were scored with; left to be scored",
+                  flush=True)
+            continue
+        rows = [r for r in res["cells"] if r["seed"] == s]
+        doc = dict(rows=rows, info=res["fits"][str(s)], weights_sha256=d, key=dict(recipe=fit_recipe(), grid=True),
+                   scored_with=st["cells_scored_with"][str(s)], restored_from=f"bench/results/{res['benchmark']}.json "
+                   f"of {res['date']}")
+        if (since := st.get("methods_scored_since", {}).get(str(s))): doc["methods_scored_with"] = since
+        write_json(cache("cells") / f"seed{s}.json", doc)
+        ref = [r for r in res["reference"]["cells"] if r["seed"] == s]
+        write_json(cache("cells") / f"seed{s}_reference.json",
+                   dict(rows=ref, key=dict(weights_sha256=d, recipe=fit_recipe(), seed=REFERENCE_SEED),
+                        scored_with=st["cells_scored_with"][str(s)], restored_from=doc["restored_from"]))
+        print(f"seed {s}: {len(rows)} cells and {len(ref)} reference cells restored", flush=True)
+
+
 REFERENCE_SEED = 7   # seed of the reference world's draws
 
 
@@ -524,10 +575,7 @@ def reference_cells(seed: int) -> list:
     q, truths = nle_member(seed, 0), trial_truths()
     s = q.sample(torch.from_numpy(truths), LENSES, seed=REFERENCE_SEED)              # (bins * trials, L, 2)
     cum = q.loglik(s.reshape(-1, 2), grid.float()).double().reshape(len(BINS) - 1, TRIALS, LENSES, -1).cumsum(2)
-    t = truths.reshape(len(BINS) - 1, TRIALS)
-    rows = [dict(method="exact_reference", seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
-                 floor=0., **_cells(_joint_summary(cum[b, :, n - 1], grid.double(), 0.), t[b]))
-            for n in NS for b in range(len(BINS) - 1)]
+    rows = _rows("exact_reference", seed, cum, grid, 0.)
     write_json(f, dict(rows=rows, key=key, scored_with=_commit()))
     print(f"seed {seed}: reference scored", flush=True)
     return rows
@@ -563,8 +611,10 @@ def score(seeds, cells_only=False, check=False) -> None:
     missed = lambda t: dict(t["within_2sigma_per_seed"], mean=t["cells_per_seed"] - t["within_2sigma_per_seed"]["mean"])
     rules = {f"{a} vs {b}": versus(missed(targets[a]), missed(targets[b]))
              for a, b in (("summary_nle_mix", "summary_nle_ens"), ("summary_nle_mix+floor", "summary_nle_ens+floor"))}
+    bagging = {f"{a} vs {b}": versus(missed(targets[a]), missed(targets[b]))
+               for a, b in (("summary_nle_bag", "summary_nle_mix"), ("summary_nle_bag+floor", "summary_nle_mix+floor"))}
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
-         mixture_vs_mean_density=rules,
+         mixture_vs_mean_density=rules, bagged_vs_seeded=bagging,
          reference=dict(table=_over_seeds(ref), cells=ref, targets=_targets(ref), about=reference_cells.__doc__.split(
              "Cached")[0].strip(), draws_seed=REFERENCE_SEED, member=0),
          **({"ablation": ab} if (ab := _against_early_stopped(targets)) else {}),
@@ -616,7 +666,7 @@ def _world_settings(seeds, docs) -> dict:
 def main():
     global WORLD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["images", "posteriors", "fits", "score"])
+    ap.add_argument("stage", choices=["images", "posteriors", "fits", "restore", "score"])
     ap.add_argument("--world", choices=list(WORLDS), default="model_ii",
                     help="the lenses' world: the fixed lens (default) or every nuisance drawn per lens")
     ap.add_argument("--seeds", default=None, help="training seeds (default: the world's)")
@@ -626,6 +676,7 @@ def main():
                          "how far the cached cells are from them")
     ap.add_argument("--members", default=None,
                     help=f"fits: which members of the summary likelihoods' ensemble to fit (default: all {ENSEMBLE})")
+    ap.add_argument("--bagged", action="store_true", help="fits: the bagged ensemble's members instead")
     a = ap.parse_args()
     WORLD = a.world
     seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else list(WORLDS[WORLD]["seeds"])
@@ -634,7 +685,9 @@ def main():
     elif a.stage == "posteriors": posteriors(seeds)
     elif a.stage == "fits":
         for s in seeds:
-            for k in ([int(k) for k in a.members.split(",")] if a.members else range(ENSEMBLE)): nle_member(s, k)
+            for k in ([int(k) for k in a.members.split(",")] if a.members else range(ENSEMBLE)):
+                nle_member(s, k, bootstrap=a.bagged)
+    elif a.stage == "restore": restore(seeds)
     else: score(seeds, a.cells_only, a.recheck)
 
 

@@ -884,6 +884,11 @@ def _check_combine(a) -> None:
         check_output(a.plot, '--plot', a.force, protected=read)
         plot_format(a.plot)
 
+def _mixed(jp) -> str:
+    "How an ensemble's joint was made, for combine's line ('' for one flow, the aggregate or none)."
+    return {'mixture_of_joints': ": its ensemble's joints mixed",
+            'mean_density': ": its ensemble's mean densities multiplied (an older calibration)"}.get(jp.ensemble, '')
+
 def cmd_combine(a) -> int:
     "`deeplense combine`: the joint posterior of the parameter(s) shared by all the lenses given."
     from deeplense_fastai.core import get_device, atomic_write
@@ -896,12 +901,13 @@ def cmd_combine(a) -> int:
         s = jp.summary
         print(f"{t} from {plural(jp.n, 'lens', 'lenses')}: median {s['median']:.4f}, "
               f"68% [{s['lo68']:.4f}, {s['hi68']:.4f}], 95% [{s['lo95']:.4f}, {s['hi95']:.4f}]"
-              + (f" ({jp.method}, systematic floor {jp.systematic:.4f})" if jp.calibrated
+              + (f" ({jp.method}{_mixed(jp)}, systematic floor {jp.systematic:.4f})" if jp.calibrated
                  else " (no joint calibration)"))
     if a.json is not None:
         with atomic_write(a.json) as tmp:
             tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic,
-                                               method=jp.method, validated=jp.validated, check=jp.check)
+                                               method=jp.method, ensemble=jp.ensemble, validated=jp.validated,
+                                               check=jp.check)
                                           for t, jp in joints.items()},
                                       indent=1))
         print(f"wrote {a.json}")

@@ -23,7 +23,7 @@ from .core import DeepLenseError, atomic_write, file_digest, plural
 from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_recalibration,
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
                                        posterior_summaries, SummaryLikelihood, SummaryEnsemble, fit_summary_ensemble,
-                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS, _widened_joint,
+                                       joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS, widened_joint,
                                        SUMMARY_EPOCHS)
 from .simulate import get_preset
 from .config import RunConfig, ENSEMBLE_RULES
@@ -395,6 +395,9 @@ class JointPosterior:
     validated: dict|None = None
     # The calibration's coverage check in calibrate (`joint_check`: 'passed', ...; None: none recorded)
     check: dict|None = None
+    # How an ensemble's members made the joint: 'mixture_of_joints' or, for older calibrations, 'mean_density' (the
+    # product of the members' mean densities); None for one flow, the aggregate or no joint calibration
+    ensemble: str|None = None
     @property
     def n(self) -> int: return len(self.per_lens)
 
@@ -517,7 +520,15 @@ def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
     j = cfg.targets.index(target)
     joint, width, method, rec = _joint_of((cfg.joint_calibration or {}).get(target), logp[:, j], grid[j], target)
     return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width,
-                          method != 'product', method, rec.get('validated'), rec.get('joint_check'))
+                          method != 'product', method, rec.get('validated'), rec.get('joint_check'),
+                          _ensemble_rule(method, rec))
+
+def _ensemble_rule(method:str, rec:dict) -> str|None:
+    ("How a summary-likelihood ensemble's members make the joint: the rule its calibration records (`ENSEMBLE_RULE`), "
+     "else the mean density it was calibrated with; None for anything but an ensemble.")
+    if method != 'summary_likelihood' or not isinstance(rec.get('model'), SummaryEnsemble): return None
+    return ENSEMBLE_RULE if rec.get('ensemble') == ENSEMBLE_RULE else 'mean_density'
+
 
 def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -> tuple:
     ("(joint log density (G,), floor, method, the record used ({} for none)) of one target's raw per-lens "
@@ -525,8 +536,8 @@ def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -
     if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', {}
     if (sl := cal.get('summary_likelihood')) is not None:   # log q(s_i | m) adds over lenses; a flat prior on the grid
         s, q, g = posterior_summaries(logp, grid), sl['model'], grid.double()
-        if sl.get('ensemble') == ENSEMBLE_RULE and isinstance(q, SummaryEnsemble):   # each member's joint, mixed
-            joint = _widened_joint(q.joint(s, g)[None], g, float(sl['systematic']))[0].to(logp.dtype)
+        if _ensemble_rule('summary_likelihood', sl) == ENSEMBLE_RULE:   # each member's joint, mixed
+            joint = widened_joint(q.joint(s, g)[None], g, float(sl['systematic']))[0].to(logp.dtype)
         else:                                            # a single flow, or an ensemble's mean density (older records)
             joint = combine_log_posteriors(q.loglik(s, grid).double(), g,
                                            systematic=float(sl['systematic'])).to(logp.dtype)

@@ -14,10 +14,11 @@ import torch.nn as nn
 __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'SUMMARY_EPOCHS', 'SUMMARY_MEMBERS', 'QUANTILES',
            'FlowRegressor', 'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior',
            'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
-           'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'joint_quantiles',
-           'summarise', 'aggregate_log_posterior', 'mixture_of_joints', 'fit_systematic', 'posterior_summaries',
-           'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood', 'joint_coverage_by_bin',
-           'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median', 'quantile_columns', 'run_log_posterior']
+           'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'widened_joint',
+           'joint_quantiles', 'summarise', 'aggregate_log_posterior', 'mixture_of_joints', 'fit_systematic',
+           'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood',
+           'joint_coverage_by_bin', 'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median', 'quantile_columns',
+           'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError
@@ -273,10 +274,13 @@ def combine_log_posteriors(logp:torch.Tensor, # Normalised per-lens log densitie
      "prior times the product of each lens's posterior over the network's prior.")
     prior = torch.zeros_like(grid) if log_prior is None else log_prior
     own = prior if log_aggregate is None else log_aggregate
-    return _widened_joint((prior + (logp - own).sum(0))[None], grid, systematic)[0]
+    return widened_joint((prior + (logp - own).sum(0))[None], grid, systematic)[0]
 
-def _widened_joint(joint:torch.Tensor, grid:torch.Tensor, width:float) -> torch.Tensor:
-    "Unnormalised joint log densities (B, G), normalised and widened by the systematic floor: what `combine` reports."
+def widened_joint(joint:torch.Tensor, # Unnormalised joint log densities (B, G)
+                  grid:torch.Tensor, # Their evenly spaced grid (G,)
+                  width:float, # The systematic floor (a Gaussian's sd, in the grid's units; 0: none)
+                 ) -> torch.Tensor:
+    "Joint log densities (B, G), normalised and widened by the systematic floor: what `combine` reports."
     return smooth_log_density(_normalised(joint[:, None], grid[None])[:, 0], grid, width)
 
 def _cubic(x:torch.Tensor, grid:torch.Tensor, f:torch.Tensor) -> torch.Tensor:
@@ -325,7 +329,7 @@ def aggregate_log_posterior(logp:torch.Tensor, # Normalised per-lens log densiti
 def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:float) -> dict:
     ("Coverage of the joint 68% and 95% intervals of populations of n lenses "
      "(unnormalised joints (K, G)), for one floor.")
-    q = joint_quantiles(_widened_joint(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
+    q = joint_quantiles(widened_joint(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
     t = torch.as_tensor(truths, dtype=q.dtype)
     return dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
                 coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
@@ -473,6 +477,9 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
                            # None: one-cycle (`fit_early_stopped`); a number: early-stopped after so many epochs without
                            # a better held-out loss (what calibrate fitted before one-cycle)
                            patience:int|None=None,
+                           # Fit on a bootstrap resample of the fitting pairs (drawn with `seed`; the standardisation
+                           # and the held-out tail stay the bank's own): members then also differ by the bank's draw
+                           bootstrap:bool=False,
                            **hparams, # `SummaryLikelihood` settings (default `SUMMARY_FLOW`)
                           ) -> SummaryLikelihood:
     ("q(s | m) fitted by maximum likelihood (Adam, one-cycle); "
@@ -492,7 +499,11 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
     q.m_mean.copy_(m[:n_fit].mean())
     q.m_sd.copy_(m[:n_fit].std().clamp_min(1e-4))
     S, M = q.scaled(s, m)
-    q.validation_loss = fit_early_stopped(q.flow, lambda i, _: -q.flow(M[i]).log_prob(S[i]).mean(),
+    # a bootstrap maps the fitting indices onto a draw with replacement; the held-out indices are read as they are
+    pick = (torch.randint(n_fit, (n_fit,), generator=torch.Generator().manual_seed(seed)) if bootstrap else
+            torch.arange(n_fit))
+    at = lambda i, fitting: pick[i] if fitting else i
+    q.validation_loss = fit_early_stopped(q.flow, lambda i, f: -q.flow(M[at(i, f)]).log_prob(S[at(i, f)]).mean(),
                                           (n_fit, len(s) - n_fit), seed, epochs, bs, patience,
                                           what='the summary likelihood')
     return q.eval()

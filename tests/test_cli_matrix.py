@@ -375,9 +375,11 @@ def test_joint_calibration_then_combine(inputs, native, env, flow_model, tmp_pat
     assert {c["n"] for c in sl["validated"]["coverage"]} == {10, 25, 50}
     assert sum(c["trials"] for c in sl["validated"]["coverage"] if c["n"] == 50) == 200     # every population, in 4 bins
     r = ok(run("combine", "--model", run_dir, native["native"], "--json", tmp_path / "j.json", env=env[1]))
-    assert f"(summary_likelihood, systematic floor {sl['systematic']:.4f})" in r.stdout and "no joint calibration" not in r.stderr
+    assert f"(summary_likelihood: its ensemble's joints mixed, systematic floor {sl['systematic']:.4f})" in r.stdout
+    assert "no joint calibration" not in r.stderr
     j = json.loads((tmp_path / "j.json").read_text())["log10_m_axion"]
     assert j["method"] == "summary_likelihood" and j["validated"] == sl["validated"] and j["systematic"] == sl["systematic"]
+    assert j["ensemble"] == sl["ensemble"] == "mixture_of_joints"
     cal = json.loads((run_dir / "calibration.json").read_text())
     cal["joint"]["log10_m_axion"]["systematic"] = -1
     (run_dir / "calibration.json").write_text(json.dumps(cal))

@@ -364,9 +364,10 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     import hashlib
     assert cal["joint"]["log10_m_axion"]["summary_likelihood"]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "a.json", env=env[1])
-    assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "(summary_likelihood: its ensemble's joints mixed, systematic floor" in r.stdout, r.stderr[-2000:]
     j = json.loads((tmp_path / "a.json").read_text())["log10_m_axion"]
     assert j["method"] == "summary_likelihood" and j["validated"]["n_max"] == 5 and j["n"] == 24
+    assert j["ensemble"] == "mixture_of_joints"                                     # --json names the rule it used
     assert len([l for l in r.stderr.splitlines() if "validated on populations of at most 5 lenses" in l]) == 1
     assert "refined grid" not in r.stderr and "rerun calibrate" not in r.stderr   # fitted with today's rules: no note
     assert cal["joint"]["log10_m_axion"]["summary_likelihood"]["ensemble"] == "mixture_of_joints"
@@ -375,9 +376,11 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     del mean_rule["joint"]["log10_m_axion"]["summary_likelihood"]["ensemble"]
     (run_dir / "calibration.json").write_text(json.dumps(mean_rule))
     r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "d.json", env=env[1])
-    assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "(summary_likelihood: its ensemble's mean densities multiplied (an older calibration), " \
+        "systematic floor" in r.stdout, r.stderr[-2000:]
     assert len([l for l in r.stderr.splitlines() if "mean densities, not the mixture" in l]) == 1
-    assert json.loads((tmp_path / "d.json").read_text())["log10_m_axion"]["median"] != j["median"]
+    d = json.loads((tmp_path / "d.json").read_text())["log10_m_axion"]
+    assert d["median"] != j["median"] and d["ensemble"] == "mean_density"
     good = f.read_bytes()
     f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "SHA-256", "--force")
@@ -395,7 +398,8 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     (run_dir / "calibration.json").write_text(json.dumps(single))
     r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "c.json", env=env[1])
     assert r.returncode == 0 and "(summary_likelihood, systematic floor" in r.stdout, r.stderr[-2000:]
-    assert json.loads((tmp_path / "c.json").read_text())["log10_m_axion"]["median"] != j["median"]   # one member, not five
+    c = json.loads((tmp_path / "c.json").read_text())["log10_m_axion"]
+    assert c["median"] != j["median"] and c["ensemble"] is None                    # one member, not five: no rule
     assert len([l for l in r.stderr.splitlines() if "before joint intervals were read on a refined grid" in l]) == 1
     f.write_bytes(good)
     for k in ("summary_likelihood", "validated", "method", "quantiles"): del cal["joint"]["log10_m_axion"][k]  # as before
@@ -404,6 +408,7 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     assert r.returncode == 0 and "(aggregate+floor, systematic floor" in r.stdout, r.stderr[-2000:]
     j = json.loads((tmp_path / "b.json").read_text())["log10_m_axion"]
     assert j["method"] == "aggregate+floor" and j["validated"] is None and "validated on" not in r.stderr
+    assert j["ensemble"] is None
     assert "(aggregate+floor) was fitted before joint intervals were read on a refined grid" in r.stderr
     assert j["systematic"] == cal["joint"]["log10_m_axion"]["systematic"]
 
