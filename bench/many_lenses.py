@@ -3,7 +3,10 @@
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images      # simulate every image once (resumable)
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py posteriors  # each run's raw grid posteriors (resumable)
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py fits --seeds 0 --members 0,1  # optional: the ensemble's
-        # members fitted ahead, in parallel processes (each cached; `score` fits the missing ones)
+        # members fitted ahead, in parallel processes (each cached; `score` fits the missing ones; --bagged: the bagged
+        # ensemble's)
+    python bench/many_lenses.py restore  # optional, on a fresh machine: the cells of runs retrained to the recorded
+        # weights (the same SHA-256) taken from the results file instead of scored again
     OMP_NUM_THREADS=1 python bench/many_lenses.py score --recheck  # every method -> bench/results/many_lenses.json
 
 Protocol (CPU; Model II, target log10 m_axion, prior U[-24, -22]). The per-lens networks are three flow runs trained by
@@ -43,6 +46,10 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
   lens it reads, so the members' disagreement must not shrink like 1/sqrt(N) as a per-lens mean density makes it
   shrink; with and without its own floor (`summary_nle_mix+floor` is what `calibrate(populations=...)` now fits and
   `combine` reports as method 'summary_likelihood', recorded as ensemble='mixture_of_joints');
+- `summary_nle_bag`, `summary_nle_bag+floor`: five members fitted as above but each on its own bootstrap resample of
+  the bank's fitting split (bagging, `fit_summary_likelihood(bootstrap=True)`; fitting seeds as above), their joints
+  mixed: seeded members all read one bank, so an error its draw puts into every fit is shared by all and hidden from
+  the mixture; bagged members differ by the draw too (the hypothesis tested: the remaining misses come from it);
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
@@ -255,8 +262,8 @@ def fit_recipe(bootstrap: bool = False) -> str:
     from deeplense_fastai.posterior import SUMMARY_FLOW, fit_summary_likelihood
     d = {k: v.default for k, v in inspect.signature(fit_summary_likelihood).parameters.items()
          if k in ("epochs", "bs", "patience")}
-    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK, fit=FIT_N, **({"bootstrap": True} if bootstrap else {})),
-                      sort_keys=True)
+    bag = {"bootstrap": "posterior.bootstrap_indices(n_fit, seed)"} if bootstrap else {}
+    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK, fit=FIT_N, **bag), sort_keys=True)
 
 
 def bank_summaries(seed: int) -> tuple:
@@ -532,22 +539,35 @@ def restore(seeds) -> None:
     whose retrained weights have the SHA-256 the results record (`deeplense train` is deterministic on the CPU): the
     cells were scored from exactly these weights, so a fresh machine need not score them again. `score --recheck`
     then scores the first seed's flow-free methods again from the new posteriors and records how far the restored
-    cells are from them. A run whose weights differ is left to be scored."""
+    cells are from them. Nothing is restored when the results were scored with another fitting recipe or protocol
+    (bins, trials, lenses, N, seeds); a run whose weights differ, or whose cells are cached already, is left alone."""
     from _results import write_json
     res = json.loads((Path(__file__).parent / "results" / f"{WORLDS[WORLD]['results']}.json").read_text())
     st = res["settings"]
+    ours = dict(fit_recipe=json.loads(fit_recipe()), bins=list(BINS), trials=TRIALS, lenses=LENSES, ns=list(NS),
+                bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N, fit=FIT_N, trial_seed=TRIAL_SEED,
+                populations=[POP_TRIALS, POP_LENSES, POP_SEED], draws_seed=REFERENCE_SEED)
+    theirs = dict({k: st.get(k) for k in ours}, draws_seed=res.get("reference", {}).get("draws_seed"))
+    if (differ := [k for k in ours if theirs[k] != ours[k]]):
+        raise SystemExit(f"restore: the results were scored with other {', '.join(differ)}; score instead")
     for s in seeds:
-        d = weights_digest(s)
-        if res["runs"][str(s)]["weights_sha256"] != d:
+        if not (run_dir(s) / "weights.safetensors").exists():
+            print(f"seed {s}: no trained run at {run_dir(s)} yet", flush=True)
+            continue
+        d, f = weights_digest(s), cache("cells") / f"seed{s}.json"
+        if res["runs"].get(str(s), {}).get("weights_sha256") != d:
             print(f"seed {s}: weights {d[:12]} are not those the results were scored with; left to be scored",
                   flush=True)
+            continue
+        if f.exists():
+            print(f"seed {s}: cells cached already ({f}); left as they are", flush=True)
             continue
         rows = [r for r in res["cells"] if r["seed"] == s]
         doc = dict(rows=rows, info=res["fits"][str(s)], weights_sha256=d, key=dict(recipe=fit_recipe(), grid=True),
                    scored_with=st["cells_scored_with"][str(s)], restored_from=f"bench/results/{res['benchmark']}.json "
                    f"of {res['date']}")
         if (since := st.get("methods_scored_since", {}).get(str(s))): doc["methods_scored_with"] = since
-        write_json(cache("cells") / f"seed{s}.json", doc)
+        write_json(f, doc)
         ref = [r for r in res["reference"]["cells"] if r["seed"] == s]
         write_json(cache("cells") / f"seed{s}_reference.json",
                    dict(rows=ref, key=dict(weights_sha256=d, recipe=fit_recipe(), seed=REFERENCE_SEED),
@@ -656,7 +676,8 @@ def _world_settings(seeds, docs) -> dict:
                cells_scored_with={s: d.get("scored_with", "not recorded (scored before the bench recorded it; see "
                                            "recheck)") for s, d in docs.items()},
                methods_scored_since={s: d["methods_scored_with"] for s, d in docs.items()
-                                     if d.get("methods_scored_with")})
+                                     if d.get("methods_scored_with")},
+               cells_restored_from={s: d["restored_from"] for s, d in docs.items() if d.get("restored_from")})
     if WORLD == "model_ii": return how
     return dict(how, world=WORLD, run=f"bench/robustness.py's {WORLDS[WORLD]['robustness_run']}", seeds=list(seeds),
                 seed_spread="not measured: one training seed", per_lens="main lens, shear and source drawn per lens; "

@@ -1037,6 +1037,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                             'deeplense_fastai/posterior.py'),
                                             'deeplense_fastai.posterior.aggregate_log_posterior': ( 'posterior.html#aggregate_log_posterior',
                                                                                                     'deeplense_fastai/posterior.py'),
+                                            'deeplense_fastai.posterior.bootstrap_indices': ( 'posterior.html#bootstrap_indices',
+                                                                                              'deeplense_fastai/posterior.py'),
                                             'deeplense_fastai.posterior.combine_log_posteriors': ( 'posterior.html#combine_log_posteriors',
                                                                                                    'deeplense_fastai/posterior.py'),
                                             'deeplense_fastai.posterior.expected_coverage': ( 'posterior.html#expected_coverage',

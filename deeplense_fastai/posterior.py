@@ -16,12 +16,12 @@ __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS',
            'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
            'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'widened_joint',
            'joint_quantiles', 'summarise', 'aggregate_log_posterior', 'mixture_of_joints', 'fit_systematic',
-           'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'fit_summary_likelihood',
-           'joint_coverage_by_bin', 'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median', 'quantile_columns',
-           'run_log_posterior']
+           'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'bootstrap_indices',
+           'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median',
+           'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
-from .core import DeepLenseError
+from .core import DeepLenseError, image_seed
 from .config import RunConfig
 from .models import get_model
 
@@ -466,9 +466,16 @@ def fit_early_stopped(module:nn.Module, # What is fitted (its parameters, its st
     module.load_state_dict(state)
     return best
 
+def bootstrap_indices(n:int, # How many pairs there are to draw from
+                      seed:int, # The fit's seed
+                     ) -> torch.Tensor:
+    ("A bootstrap resample (n,): n indices drawn with replacement from range(n), by a generator derived from "
+     "(seed, n) (`core.image_seed`, its stream 2), apart from the one that orders the fit's batches.")
+    return torch.randint(n, (n,), generator=torch.Generator().manual_seed(image_seed(seed, n, 2)))
+
 def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose values were drawn from the prior
                            m:torch.Tensor, # Their true values (M,)
-                           seed:int=0, # Seed of the initialisation and the batches
+                           seed:int=0, # Seed of the initialisation, the batches and a bootstrap resample
                            # Last share of the pairs, held out to keep the best epoch (bench/many_lenses.py: 5,000 of
                            # 30,000)
                            holdout:float=1/6,
@@ -500,8 +507,7 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
     q.m_sd.copy_(m[:n_fit].std().clamp_min(1e-4))
     S, M = q.scaled(s, m)
     # a bootstrap maps the fitting indices onto a draw with replacement; the held-out indices are read as they are
-    pick = (torch.randint(n_fit, (n_fit,), generator=torch.Generator().manual_seed(seed)) if bootstrap else
-            torch.arange(n_fit))
+    pick = bootstrap_indices(n_fit, seed) if bootstrap else torch.arange(n_fit)
     at = lambda i, fitting: pick[i] if fitting else i
     q.validation_loss = fit_early_stopped(q.flow, lambda i, f: -q.flow(M[at(i, f)]).log_prob(S[at(i, f)]).mean(),
                                           (n_fit, len(s) - n_fit), seed, epochs, bs, patience,
