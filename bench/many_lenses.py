@@ -513,11 +513,21 @@ def _commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
+def _cells_key() -> dict:
+    "What a run's cached cells are tied to besides its weights: the members' fitting recipe and the cells' fields."
+    return dict(recipe=fit_recipe(), grid=True)
+
+
+def _reference_key(seed: int) -> dict:
+    "What a run's cached reference cells are tied to: its weights, the members' fitting recipe, the draws' seed."
+    return dict(weights_sha256=weights_digest(seed), recipe=fit_recipe(), seed=REFERENCE_SEED)
+
+
 def cells_of(seed: int) -> dict:
     """One run's cells and fits, cached (cells/seed<S>.json) so that runs can be scored in parallel processes; tied to
     the run's weights, the members' fitting recipe and the cells' fields (a cache scored otherwise is scored again)."""
     from _results import write_json
-    f, digest, key = cache("cells") / f"seed{seed}.json", weights_digest(seed), dict(recipe=fit_recipe(), grid=True)
+    f, digest, key = cache("cells") / f"seed{seed}.json", weights_digest(seed), _cells_key()
     if not (f.exists() and {k: json.loads(f.read_text()).get(k) for k in ("weights_sha256", "key")}
             == dict(weights_sha256=digest, key=key)):
         rows, info = score_seed(seed)
@@ -563,14 +573,14 @@ def restore(seeds) -> None:
             print(f"seed {s}: cells cached already ({f}); left as they are", flush=True)
             continue
         rows = [r for r in res["cells"] if r["seed"] == s]
-        doc = dict(rows=rows, info=res["fits"][str(s)], weights_sha256=d, key=dict(recipe=fit_recipe(), grid=True),
+        doc = dict(rows=rows, info=res["fits"][str(s)], weights_sha256=d, key=_cells_key(),
                    scored_with=st["cells_scored_with"][str(s)], restored_from=f"bench/results/{res['benchmark']}.json "
                    f"of {res['date']}")
         if (since := st.get("methods_scored_since", {}).get(str(s))): doc["methods_scored_with"] = since
         write_json(f, doc)
         ref = [r for r in res["reference"]["cells"] if r["seed"] == s]
         write_json(cache("cells") / f"seed{s}_reference.json",
-                   dict(rows=ref, key=dict(weights_sha256=d, recipe=fit_recipe(), seed=REFERENCE_SEED),
+                   dict(rows=ref, key=_reference_key(s),
                         scored_with=st["cells_scored_with"][str(s)], restored_from=doc["restored_from"]))
         print(f"seed {s}: {len(rows)} cells and {len(ref)} reference cells restored", flush=True)
 
@@ -588,8 +598,7 @@ def reference_cells(seed: int) -> list:
     from _results import write_json
     from deeplense_fastai.inference import load_run
     from deeplense_fastai.posterior import target_grid
-    f, key = cache("cells") / f"seed{seed}_reference.json", dict(weights_sha256=weights_digest(seed),
-                                                                   recipe=fit_recipe(), seed=REFERENCE_SEED)
+    f, key = cache("cells") / f"seed{seed}_reference.json", _reference_key(seed)
     if f.exists() and json.loads(f.read_text()).get("key") == key: return json.loads(f.read_text())["rows"]
     grid = target_grid(load_run(run_dir(seed), calibration=False)[1])[0]
     q, truths = nle_member(seed, 0), trial_truths()

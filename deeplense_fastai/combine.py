@@ -468,7 +468,7 @@ def _read_before(jp:JointPosterior, joint:dict, run_dir, notice) -> None:
     why = [w for w, now in (("before joint intervals were read on a refined grid",
                              used.get('quantiles') == QUANTILE_RULE),
                             ("as the product of its ensemble's mean densities, not the mixture of the members' joints",
-                             'members' not in used or used.get('ensemble') == ENSEMBLE_RULE)) if not now]
+                             jp.ensemble != 'mean_density')) if not now]
     if why: notice(f"note: {run_dir}: the joint calibration of {jp.target} ({jp.method}) was fitted "
                    f"{' and '.join(why)}; its floor may be too narrow for many lenses (rerun calibrate to refit it: "
                    f"deeplense calibrate --model {run_dir} --data SPLIT --populations PRESET --force)")
