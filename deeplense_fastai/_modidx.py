@@ -1085,6 +1085,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'deeplense_fastai/posterior.py'),
                                             'deeplense_fastai.posterior.sbc_ranks': ( 'posterior.html#sbc_ranks',
                                                                                       'deeplense_fastai/posterior.py'),
+                                            'deeplense_fastai.posterior.shared_shift': ( 'posterior.html#shared_shift',
+                                                                                         'deeplense_fastai/posterior.py'),
                                             'deeplense_fastai.posterior.smooth_log_density': ( 'posterior.html#smooth_log_density',
                                                                                                'deeplense_fastai/posterior.py'),
                                             'deeplense_fastai.posterior.summarise': ( 'posterior.html#summarise',

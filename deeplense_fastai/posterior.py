@@ -11,14 +11,14 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'SUMMARY_EPOCHS', 'SUMMARY_MEMBERS', 'QUANTILES',
-           'FlowRegressor', 'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid', 'grid_log_posterior',
-           'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage', 'sbc_ranks', 'tarp_coverage',
-           'fit_recalibration', 'recalibrate_logp', 'smooth_log_density', 'combine_log_posteriors', 'widened_joint',
-           'joint_quantiles', 'summarise', 'aggregate_log_posterior', 'mixture_of_joints', 'fit_systematic',
-           'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped', 'bootstrap_indices',
-           'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble', 'fit_summary_ensemble', 'flow_median',
-           'quantile_columns', 'run_log_posterior']
+__all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS', 'SUMMARY_EPOCHS', 'SUMMARY_MEMBERS',
+           'CHI2_1_MEDIAN', 'QUANTILES', 'FlowRegressor', 'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid',
+           'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage',
+           'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp', 'smooth_log_density',
+           'combine_log_posteriors', 'widened_joint', 'joint_quantiles', 'summarise', 'aggregate_log_posterior',
+           'mixture_of_joints', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped',
+           'bootstrap_indices', 'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble',
+           'fit_summary_ensemble', 'shared_shift', 'flow_median', 'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError, image_seed
@@ -599,6 +599,32 @@ def fit_summary_ensemble(s:torch.Tensor, # Summaries (M, 2) of lenses whose valu
     for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
     ens.validation_loss = [q.validation_loss for q in qs]
     return ens.eval()
+
+# %% ../nbs/04b_posterior.ipynb #5h1f7a02
+CHI2_1_MEDIAN = 0.454936423119572   # median of a chi-square with one degree of freedom (scipy.stats.chi2(1).median())
+
+def shared_shift(joints:torch.Tensor, # Unnormalised joint log densities (K, G) of K populations (one value each)
+                 truths, # Their K true values
+                 grid:torch.Tensor, # Evenly spaced grid (G,)
+                ) -> dict:
+    ("The error K populations' joints do not account for, as the sd of a Gaussian floor: `shift`, the s that makes "
+     "the median of (median - truth)^2 / (halfwidth68^2 + s^2) that of a chi-square with one degree of freedom (0 if "
+     "it is below already); `shift_mean` from the mean instead (shift_mean^2 = mean((median - truth)^2 - "
+     "halfwidth68^2), 0 when negative) with its standard error `shift_sq_err`; the rms error and rms 68% half-width.")
+    q = joint_quantiles(widened_joint(joints, grid, 0.), grid, [0.16, 0.5, 0.84]).double()
+    t = torch.as_tensor(np.asarray(truths, dtype=float), dtype=q.dtype)
+    e2, w2 = (q[:, 1] - t)**2, ((q[:, 2] - q[:, 0]) / 2)**2
+    d, ratio = e2 - w2, lambda s: float((e2 / (w2 + s * s)).median())
+    lo, hi = 0., float(e2.max().sqrt()) * 10 + 1e-12       # the median ratio falls as s grows: bisect
+    wider = ratio(0.) > CHI2_1_MEDIAN                       # else the joints cover already: no floor
+    for _ in range(80 if wider else 0):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ratio(mid) > CHI2_1_MEDIAN else (lo, mid)
+    sq = float(d.mean())
+    return dict(shift=(lo + hi) / 2 if wider else 0., shift_mean=math.sqrt(max(sq, 0.)), shift_sq_mean=sq,
+                shift_sq_err=float(d.std() / math.sqrt(len(d))), rms_error=float(e2.mean().sqrt()),
+                rms_halfwidth=float(w2.mean().sqrt()), populations=len(d))
+
 
 # %% ../nbs/04b_posterior.ipynb #82050243
 @torch.no_grad()
