@@ -133,6 +133,19 @@ WORLD = "model_ii"       # set by --world
 METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre",
            "summary_nle_ens", "summary_nle_ens+floor", "summary_nle_mix", "summary_nle_mix+floor", "summary_nle_bag",
            "summary_nle_bag+floor", "summary_nle_bag+shift", "summary_nle_bag+shift_mean")
+SHIFTED = ("summary_nle_bag+shift", "summary_nle_bag+shift_mean")   # need the shift set (the fixed world's only)
+
+
+def methods() -> tuple:
+    "The methods scored in this world: the shift floors only where there is a shift set (the fixed world)."
+    return METHODS if WORLD == "model_ii" else tuple(m for m in METHODS if m not in SHIFTED)
+
+
+def _shift_key() -> list:
+    "What the shift methods' cells are tied to besides the run: the shift set's rounds, populations, lenses and seed."
+    return [SHIFT_ROUNDS, SHIFT_POPS, LENSES, SHIFT_SEED]
+
+
 ENSEMBLE = 5             # members of the summary likelihoods' ensemble (the issue's K >= 5)
 
 
@@ -205,7 +218,7 @@ def images() -> None:
         x = np.concatenate([population_images(p, [truths[k]], LENSES, TRIAL_SEED + LENSES * k) for k in ks])
         _save_atomic(f, x)
         print(f"trials bin {b}: {len(x)} images in {time.time() - t0:.0f} s", flush=True)
-    for r in range(SHIFT_ROUNDS):
+    for r in range(SHIFT_ROUNDS if SHIFTED[0] in methods() else 0):       # the shift set: the fixed world's only
         f, k0 = d / f"{_shift_name(r)}.npy", r * SHIFT_POPS * (len(BINS) - 1)
         if f.exists(): continue
         t0 = time.time()
@@ -218,7 +231,8 @@ def image_sets() -> dict:
     d = cache("images")
     sets = dict(bank=d / "bank.npy", populations=d / "populations.npy")
     sets.update({f"trials_bin{b}": d / f"trials_bin{b}.npy" for b in range(len(BINS) - 1)})
-    return dict(sets, **{_shift_name(r): d / f"{_shift_name(r)}.npy" for r in range(SHIFT_ROUNDS)})
+    rounds = SHIFT_ROUNDS if SHIFTED[0] in methods() else 0
+    return dict(sets, **{_shift_name(r): d / f"{_shift_name(r)}.npy" for r in range(rounds)})
 
 
 def posteriors(seeds) -> None:
@@ -514,7 +528,7 @@ def _rows(method: str, seed: int, cum: torch.Tensor, grid: torch.Tensor, width: 
     for n in NS:
         for b in range(len(BINS) - 1):
             joint = mixture_of_joints(cum[:, b, :, n - 1].double()) if mixed else cum[b, :, n - 1]
-            by_bin = isinstance(width, tuple)    # floors per bin: the largest as `floor`, all as `floor_by_bin`
+            by_bin = isinstance(width, (tuple, list))    # floors per bin: the largest as `floor`, all as `floor_by_bin`
             rows.append(dict(method=method, seed=seed, n=n, bin=b, bin_range=[BINS[b], BINS[b + 1]], trials=TRIALS,
                              floor=max(width) if by_bin else width, **({"floor_by_bin": list(width)} if by_bin else {}),
                              **_cells(_joint_summary(joint, grid.double(), width), truths[b])))
@@ -616,11 +630,14 @@ def cells_of(seed: int) -> dict:
         write_json(f, dict(rows=rows, info=info, weights_sha256=digest, key=key, scored_with=_commit()))
         print(f"seed {seed}: scored ({info})", flush=True)
     doc = json.loads(f.read_text())
-    if (missing := [m for m in METHODS if m not in {r["method"] for r in doc["rows"]}]):   # methods added since
+    if doc.get("shift_key") != _shift_key():           # the shift set changed since: its methods scored again
+        doc["rows"] = [r for r in doc["rows"] if r["method"] not in SHIFTED]
+    if (missing := [m for m in methods() if m not in {r["method"] for r in doc["rows"]}]):   # methods added since
         rows, info = score_seed(seed, missing)
         doc["rows"] += rows
         doc["info"].update(info)
         doc.setdefault("methods_scored_with", {}).update({m: _commit() for m in missing})
+        doc["shift_key"] = _shift_key()
         write_json(f, doc)
         print(f"seed {seed}: scored {missing} ({info})", flush=True)
     return doc
@@ -639,7 +656,7 @@ def restore(seeds) -> None:
     ours = dict(fit_recipe=json.loads(fit_recipe()), bins=list(BINS), trials=TRIALS, lenses=LENSES, ns=list(NS),
                 bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N, fit=FIT_N, trial_seed=TRIAL_SEED,
                 populations=[POP_TRIALS, POP_LENSES, POP_SEED], draws_seed=REFERENCE_SEED,
-                shift_set=[SHIFT_POPS * SHIFT_ROUNDS, LENSES, SHIFT_SEED])
+                shift_set=_shift_key() if SHIFTED[0] in methods() else None)
     theirs = dict({k: st.get(k) for k in ours}, draws_seed=res.get("reference", {}).get("draws_seed"))
     if (differ := [k for k in ours if theirs[k] != ours[k]]):
         raise SystemExit(f"restore: the results were scored with other {', '.join(differ)}; score instead")
@@ -660,6 +677,7 @@ def restore(seeds) -> None:
                    scored_with=st["cells_scored_with"][str(s)], restored_from=f"bench/results/{res['benchmark']}.json "
                    f"of {res['date']}")
         if (since := st.get("methods_scored_since", {}).get(str(s))): doc["methods_scored_with"] = since
+        if SHIFTED[0] in methods(): doc["shift_key"] = _shift_key()    # checked above against the results' shift set
         write_json(f, doc)
         ref = [r for r in res["reference"]["cells"] if r["seed"] == s]
         write_json(cache("cells") / f"seed{s}_reference.json",
@@ -715,7 +733,7 @@ def score(seeds, cells_only=False, check=False) -> None:
         rows, info[str(s)] = rows + doc["rows"], doc["info"]
     ref = [r for s in seeds for r in reference_cells(s)]
     if cells_only: return
-    targets = {m: _targets([r for r in rows if r["method"] == m]) for m in METHODS}
+    targets = {m: _targets([r for r in rows if r["method"] == m]) for m in methods()}
     for m, t in targets.items(): print(m, t, flush=True)
     ch = choose(targets)
     print("chosen:", ch, flush=True)
@@ -728,7 +746,7 @@ def score(seeds, cells_only=False, check=False) -> None:
     others = ("summary_nle_bag", "summary_nle_bag+floor", "summary_nle_mix", "summary_nle_mix+floor",
               "summary_nle_bag+shift_mean")
     shift = {f"summary_nle_bag+shift vs {o}": versus(missed(targets["summary_nle_bag+shift"]), missed(targets[o]))
-             for o in others}
+             for o in others if "summary_nle_bag+shift" in targets}
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
          mixture_vs_mean_density=rules, bagged_vs_seeded=bagging, shift_vs_others=shift,
          shift_by_bin=_shift_by_bin(info),
@@ -740,7 +758,7 @@ def score(seeds, cells_only=False, check=False) -> None:
          settings=dict(**_world_settings(seeds, docs), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS,
                        trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
                        fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED,
-                       shift_set=[SHIFT_POPS * SHIFT_ROUNDS, LENSES, SHIFT_SEED]))
+                       shift_set=_shift_key() if SHIFTED[0] in methods() else None))
 
 
 def _shift_by_bin(info: dict) -> list:

@@ -611,10 +611,16 @@ def shared_shift(joints:torch.Tensor, # Unnormalised joint log densities (K, G) 
      "the median of (median - truth)^2 / (halfwidth68^2 + s^2) that of a chi-square with one degree of freedom (0 if "
      "it is below already); `shift_mean` from the mean instead (shift_mean^2 = mean((median - truth)^2 - "
      "halfwidth68^2), 0 when negative) with its standard error `shift_sq_err`; the rms error and rms 68% half-width.")
+    t = np.asarray(truths, dtype=float)
+    if joints.dim() != 2 or t.shape != (len(joints),) or len(t) < 2:
+        raise DeepLenseError(f"shared_shift: joints {tuple(joints.shape)} and truths {t.shape}: give K >= 2 joints "
+                             f"(K, G) and their K true values")
+    if not (torch.isfinite(joints).any(-1).all() and np.isfinite(t).all()):
+        raise DeepLenseError("shared_shift: a joint with no finite log density, or a truth that is not finite")
     q = joint_quantiles(widened_joint(joints, grid, 0.), grid, [0.16, 0.5, 0.84]).double()
-    t = torch.as_tensor(np.asarray(truths, dtype=float), dtype=q.dtype)
+    t = torch.as_tensor(t, dtype=q.dtype)
     e2, w2 = (q[:, 1] - t)**2, ((q[:, 2] - q[:, 0]) / 2)**2
-    d, ratio = e2 - w2, lambda s: float((e2 / (w2 + s * s)).median())
+    d, ratio = e2 - w2, lambda s: float(torch.quantile(e2 / (w2 + s * s), 0.5))   # the middle of the two for even K
     lo, hi = 0., float(e2.max().sqrt()) * 10 + 1e-12       # the median ratio falls as s grows: bisect
     wider = ratio(0.) > CHI2_1_MEDIAN                       # else the joints cover already: no floor
     for _ in range(80 if wider else 0):
