@@ -136,9 +136,20 @@ METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "s
 SHIFTED = ("summary_nle_bag+shift", "summary_nle_bag+shift_mean")   # need the shift set (the fixed world's only)
 
 
+def _shift_rounds() -> int:
+    "The shift set's rounds in this world: SHIFT_ROUNDS in the fixed world, none elsewhere."
+    return SHIFT_ROUNDS if WORLD == "model_ii" else 0
+
+
 def methods() -> tuple:
     "The methods scored in this world: the shift floors only where there is a shift set (the fixed world)."
-    return METHODS if WORLD == "model_ii" else tuple(m for m in METHODS if m not in SHIFTED)
+    return METHODS if _shift_rounds() else tuple(m for m in METHODS if m not in SHIFTED)
+
+
+def _bin(values) -> np.ndarray:
+    "The bin of BINS each value lies in (the library's rule: an inner edge opens the bin above; outside: the end bins)."
+    from deeplense_fastai.posterior import _bin_of
+    return _bin_of(values, BINS)
 
 
 def _shift_key() -> list:
@@ -218,7 +229,7 @@ def images() -> None:
         x = np.concatenate([population_images(p, [truths[k]], LENSES, TRIAL_SEED + LENSES * k) for k in ks])
         _save_atomic(f, x)
         print(f"trials bin {b}: {len(x)} images in {time.time() - t0:.0f} s", flush=True)
-    for r in range(SHIFT_ROUNDS if SHIFTED[0] in methods() else 0):       # the shift set: the fixed world's only
+    for r in range(_shift_rounds()):                                    # the shift set: the fixed world's only
         f, k0 = d / f"{_shift_name(r)}.npy", r * SHIFT_POPS * (len(BINS) - 1)
         if f.exists(): continue
         t0 = time.time()
@@ -231,8 +242,7 @@ def image_sets() -> dict:
     d = cache("images")
     sets = dict(bank=d / "bank.npy", populations=d / "populations.npy")
     sets.update({f"trials_bin{b}": d / f"trials_bin{b}.npy" for b in range(len(BINS) - 1)})
-    rounds = SHIFT_ROUNDS if SHIFTED[0] in methods() else 0
-    return dict(sets, **{_shift_name(r): d / f"{_shift_name(r)}.npy" for r in range(rounds)})
+    return dict(sets, **{_shift_name(r): d / f"{_shift_name(r)}.npy" for r in range(_shift_rounds())})
 
 
 def posteriors(seeds) -> None:
@@ -373,8 +383,7 @@ def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> tup
     this bench measured before: too wide, and covering too often, once the joint spans a grid step or two)."""
     from deeplense_fastai.posterior import grid_quantiles, joint_quantiles, widened_joint
     if isinstance(width, (tuple, list)):   # a floor per bin: each joint widened by that of the bin its median lies in
-        med = joint_quantiles(widened_joint(joint, grid, 0.), grid, [0.5])[:, 0].numpy()
-        k = np.clip(np.searchsorted(BINS, med, side="right") - 1, 0, len(BINS) - 2)
+        k = _bin(joint_quantiles(widened_joint(joint, grid, 0.), grid, [0.5])[:, 0].numpy())
         out = [torch.empty(len(joint), len(LEVELS), dtype=torch.float64) for _ in range(2)]
         for b in np.unique(k):
             rows = torch.from_numpy(np.flatnonzero(k == b))
@@ -480,7 +489,7 @@ def shift_floors(seed: int, ens, grid: torch.Tensor, bagged: bool) -> list:
         joints.append(mixture_of_joints(terms.double().reshape(len(terms), -1, LENSES, terms.shape[-1]).sum(2)))
         truths.append(shift_truths(r))
     joints, t = torch.cat(joints), np.concatenate(truths)
-    k = np.clip(np.searchsorted(BINS, t, side="right") - 1, 0, len(BINS) - 2)
+    k = _bin(t)
     return [dict(bin=b, bin_range=[BINS[b], BINS[b + 1]], **shared_shift(joints[torch.from_numpy(k == b)], t[k == b],
                                                                           grid.double()))
             for b in range(len(BINS) - 1)]
@@ -656,7 +665,7 @@ def restore(seeds) -> None:
     ours = dict(fit_recipe=json.loads(fit_recipe()), bins=list(BINS), trials=TRIALS, lenses=LENSES, ns=list(NS),
                 bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N, fit=FIT_N, trial_seed=TRIAL_SEED,
                 populations=[POP_TRIALS, POP_LENSES, POP_SEED], draws_seed=REFERENCE_SEED,
-                shift_set=_shift_key() if SHIFTED[0] in methods() else None)
+                shift_set=_shift_key() if _shift_rounds() else None)
     theirs = dict({k: st.get(k) for k in ours}, draws_seed=res.get("reference", {}).get("draws_seed"))
     if (differ := [k for k in ours if theirs[k] != ours[k]]):
         raise SystemExit(f"restore: the results were scored with other {', '.join(differ)}; score instead")
@@ -677,7 +686,7 @@ def restore(seeds) -> None:
                    scored_with=st["cells_scored_with"][str(s)], restored_from=f"bench/results/{res['benchmark']}.json "
                    f"of {res['date']}")
         if (since := st.get("methods_scored_since", {}).get(str(s))): doc["methods_scored_with"] = since
-        if SHIFTED[0] in methods(): doc["shift_key"] = _shift_key()    # checked above against the results' shift set
+        if _shift_rounds(): doc["shift_key"] = _shift_key()    # checked above against the results' shift set
         write_json(f, doc)
         ref = [r for r in res["reference"]["cells"] if r["seed"] == s]
         write_json(cache("cells") / f"seed{s}_reference.json",
@@ -758,11 +767,11 @@ def score(seeds, cells_only=False, check=False) -> None:
          settings=dict(**_world_settings(seeds, docs), nominal=[0.68, 0.95], n_bins=len(BINS) - 1, bins=BINS,
                        trials=TRIALS, lenses=LENSES, ns=NS, bank=BANK, bank_seed=BANK_SEED, calibration=CAL_N,
                        fit=FIT_N, populations=[POP_TRIALS, POP_LENSES, POP_SEED], trial_seed=TRIAL_SEED,
-                       shift_set=_shift_key() if SHIFTED[0] in methods() else None))
+                       shift_set=_shift_key() if _shift_rounds() else None))
 
 
 def _shift_by_bin(info: dict) -> list:
-    "The shift set's measured floor (`shared_shift`) per bin: mean +- sd over the seeds, and each seed's."
+    "The shift set's measured floor (`shared_shift`) per bin: mean +- sd over the seeds (each seed's: in `fits`)."
     per = {s: i["shift_summary_nle_bag"] for s, i in info.items() if "shift_summary_nle_bag" in i}
     if not per: return []
     return [dict(bin=b, bin_range=[BINS[b], BINS[b + 1]], seeds=[int(s) for s in per],
