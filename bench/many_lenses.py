@@ -61,7 +61,10 @@ Methods (each gives a joint posterior on the run's 512-point grid; the prior is 
   away), applied by the bin the trial's own floor-free joint median lies in. The hypothesis tested: the misses left
   are a shift shared by the lenses of one mass that no smooth likelihood models (it varies with the mass faster than
   the bank resolves), largest in the lightest bin; a floor fitted on 50-lens populations cannot see it per bin (their
-  joints are as wide as it), 200-lens populations can. Bagged members, because their terms were cached already;
+  joints are as wide as it), 200-lens populations can. What `calibrate --shift-populations 100` fits (the library's
+  `binned_shift` and `BinnedFloor`, which this bench calls);
+- `summary_nle_mix+shift`, `summary_nle_mix+shift_mean`: the same floors per bin, measured and applied on the seeded
+  mixture (what `calibrate` fits without a shift set): the ablation that says whether the shift needs bagged members;
 - `summary_bnre`: a balanced neural ratio estimator of the same summaries (a classifier of joint against shuffled pairs
   with the balancing term of Delaunoy et al. 2022, lambda 100); its log-ratios add over lenses.
 Per (method, seed, N, bin): the share of trials whose joint 68% and 95% central intervals hold the truth (binomial
@@ -132,8 +135,10 @@ WORLDS = {"model_ii": {"results": "many_lenses", "seeds": SEEDS, "train": TRAIN,
 WORLD = "model_ii"       # set by --world
 METHODS = ("product", "aggregate", "floor", "aggregate+floor", "summary_nle", "summary_nle+floor", "summary_bnre",
            "summary_nle_ens", "summary_nle_ens+floor", "summary_nle_mix", "summary_nle_mix+floor", "summary_nle_bag",
-           "summary_nle_bag+floor", "summary_nle_bag+shift", "summary_nle_bag+shift_mean")
-SHIFTED = ("summary_nle_bag+shift", "summary_nle_bag+shift_mean")   # need the shift set (the fixed world's only)
+           "summary_nle_bag+floor", "summary_nle_bag+shift", "summary_nle_bag+shift_mean", "summary_nle_mix+shift",
+           "summary_nle_mix+shift_mean")
+SHIFTED = ("summary_nle_bag+shift", "summary_nle_bag+shift_mean", "summary_nle_mix+shift",
+           "summary_nle_mix+shift_mean")   # need the shift set (the fixed world's only)
 
 
 def _shift_rounds() -> int:
@@ -144,12 +149,6 @@ def _shift_rounds() -> int:
 def methods() -> tuple:
     "The methods scored in this world: the shift floors only where there is a shift set (the fixed world)."
     return METHODS if _shift_rounds() else tuple(m for m in METHODS if m not in SHIFTED)
-
-
-def _bin(values) -> np.ndarray:
-    "The bin of BINS each value lies in (the library's rule: an inner edge opens the bin above; outside: the end bins)."
-    from deeplense_fastai.posterior import _bin_of
-    return _bin_of(values, BINS)
 
 
 def _shift_key() -> list:
@@ -381,15 +380,9 @@ def _joint_summary(joint: torch.Tensor, grid: torch.Tensor, width: float) -> tup
     by the library's `joint_quantiles` (what combine reports: the log density refined by a cubic, so a joint narrower
     than a few grid steps is integrated right), and by the trapezoid rule on the grid itself (`grid_quantiles`, what
     this bench measured before: too wide, and covering too often, once the joint spans a grid step or two)."""
-    from deeplense_fastai.posterior import grid_quantiles, joint_quantiles, widened_joint
-    if isinstance(width, (tuple, list)):   # a floor per bin: each joint widened by that of the bin its median lies in
-        k = _bin(joint_quantiles(widened_joint(joint, grid, 0.), grid, [0.5])[:, 0].numpy())
-        out = [torch.empty(len(joint), len(LEVELS), dtype=torch.float64) for _ in range(2)]
-        for b in np.unique(k):
-            rows = torch.from_numpy(np.flatnonzero(k == b))
-            for o, part in zip(out, _joint_summary(joint[rows], grid, float(width[b]))): o[rows] = part.double()
-        return tuple(out)
-    w = widened_joint(joint, grid, width)
+    from deeplense_fastai.posterior import BinnedFloor, grid_quantiles, joint_quantiles, widened_joint
+    # a floor per bin: each joint widened by that of the bin its floor-free median lies in (what combine applies)
+    w = widened_joint(joint, grid, BinnedFloor(BINS, tuple(width)) if isinstance(width, (tuple, list)) else width)
     return joint_quantiles(w, grid, LEVELS), grid_quantiles(w, grid, LEVELS)
 
 
@@ -455,12 +448,12 @@ def _per_lens_terms(seed, grid, methods=METHODS):
 def _mixture_terms(seed, which, methods, data, g, out) -> None:
     """Into `out` = (terms, info), for `which` = (name, bagged): an ensemble's members' terms on the trials (M, bins,
     K*L, G; score_seed mixes the members' joints, as the floor's fit does here), with its floor fitted on the
-    populations and, for the bagged ensemble, its floors per bin measured on the shift set; nothing unless `methods`
-    asks for one of them. `data`: the bank's summaries and masses, the trials' and populations' summaries, the trials'
-    shape and the populations' posteriors."""
+    populations and its floors per bin measured on the shift set (where `methods` asks for them); nothing unless
+    `methods` asks for one of them. `data`: the bank's summaries and masses, the trials' and populations' summaries,
+    the trials' shape and the populations' posteriors."""
     from deeplense_fastai.posterior import fit_systematic, SUMMARY_FLOORS
     (name, bagged), (s_bank, m, s_trials, s_pop, trials_shape, pop), (terms, info) = which, data, out
-    shifted = {f"{name}+shift", f"{name}+shift_mean"} if bagged else set()
+    shifted = {f"{name}+shift", f"{name}+shift_mean"}
     if not ({name, f"{name}+floor"} | shifted) & set(methods): return
     ens, val, seconds = fit_nle_ensemble(s_bank.float(), m.float(), seed, bootstrap=bagged)  # seconds: each fit's
     on_trials = member_terms(seed, ens, s_trials, g, "trials", bagged)
@@ -479,20 +472,19 @@ def _mixture_terms(seed, which, methods, data, g, out) -> None:
 def shift_floors(seed: int, ens, grid: torch.Tensor, bagged: bool) -> list:
     """The ensemble's floor per bin, measured on the shift set (SHIFT_ROUNDS x SHIFT_POPS populations of LENSES lenses
     per bin, none of them a trial's): each population's joint of all its lenses (the members' joints mixed), then
-    `shared_shift` over the bin's populations: the sd of the error the joints do not account for. Populations of 200
-    lenses, whose joints are narrow beside the shift, see it where `fit_systematic`'s 50-lens populations do not."""
-    from deeplense_fastai.posterior import mixture_of_joints, posterior_summaries, shared_shift
+    `binned_shift` (`shared_shift` over each bin's populations, as calibrate measures): the sd of the error the joints
+    do not account for. Populations of 200 lenses, whose joints are narrow beside the shift, see it where
+    `fit_systematic`'s 50-lens populations do not."""
+    from deeplense_fastai.posterior import binned_shift, mixture_of_joints, posterior_summaries
     joints, truths = [], []
     for r in range(SHIFT_ROUNDS):
         P = torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / f"{_shift_name(r)}.npy")).double()
         terms = member_terms(seed, ens, posterior_summaries(P, grid.double()), grid, _shift_name(r), bagged)
         joints.append(mixture_of_joints(terms.double().reshape(len(terms), -1, LENSES, terms.shape[-1]).sum(2)))
         truths.append(shift_truths(r))
-    joints, t = torch.cat(joints), np.concatenate(truths)
-    k = _bin(t)
-    return [dict(bin=b, bin_range=[BINS[b], BINS[b + 1]], **shared_shift(joints[torch.from_numpy(k == b)], t[k == b],
-                                                                          grid.double()))
-            for b in range(len(BINS) - 1)]
+    _, rows = binned_shift(torch.cat(joints), np.concatenate(truths), grid.double(), BINS)   # what calibrate measures
+    return [dict(bin=b, bin_range=[BINS[b], BINS[b + 1]], **{k: v for k, v in r.items() if k != "bin"})
+            for b, r in enumerate(rows)]
 
 
 def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str, bagged: bool = False) -> torch.Tensor:
@@ -753,12 +745,14 @@ def score(seeds, cells_only=False, check=False) -> None:
     bagging = {f"{a} vs {b}": versus(missed(targets[a]), missed(targets[b]))
                for a, b in (("summary_nle_bag", "summary_nle_mix"), ("summary_nle_bag+floor", "summary_nle_mix+floor"))}
     others = ("summary_nle_bag", "summary_nle_bag+floor", "summary_nle_mix", "summary_nle_mix+floor",
-              "summary_nle_bag+shift_mean")
+              "summary_nle_bag+shift_mean", "summary_nle_mix+shift")
     shift = {f"summary_nle_bag+shift vs {o}": versus(missed(targets["summary_nle_bag+shift"]), missed(targets[o]))
-             for o in others if "summary_nle_bag+shift" in targets}
+             for o in others if "summary_nle_bag+shift" in targets and o in targets}
+    shift.update({f"summary_nle_mix+shift vs {o}": versus(missed(targets["summary_nle_mix+shift"]), missed(targets[o]))
+                  for o in ("summary_nle_mix", "summary_nle_mix+floor") if "summary_nle_mix+shift" in targets})
     save(w["results"], table=_over_seeds(rows), cells=rows, targets=targets, chosen=ch["method"], choice=ch, fits=info,
          mixture_vs_mean_density=rules, bagged_vs_seeded=bagging, shift_vs_others=shift,
-         shift_by_bin=_shift_by_bin(info),
+         shift_by_bin=_shift_by_bin(info), shift_by_bin_seeded=_shift_by_bin(info, "summary_nle_mix"),
          reference=dict(table=_over_seeds(ref), cells=ref, targets=_targets(ref), about=reference_cells.__doc__.split(
              "Cached")[0].strip(), draws_seed=REFERENCE_SEED, member=0),
          **({"ablation": ab} if (ab := _against_early_stopped(targets)) else {}),
@@ -770,9 +764,10 @@ def score(seeds, cells_only=False, check=False) -> None:
                        shift_set=_shift_key() if _shift_rounds() else None))
 
 
-def _shift_by_bin(info: dict) -> list:
-    "The shift set's measured floor (`shared_shift`) per bin: mean +- sd over the seeds (each seed's: in `fits`)."
-    per = {s: i["shift_summary_nle_bag"] for s, i in info.items() if "shift_summary_nle_bag" in i}
+def _shift_by_bin(info: dict, ensemble: str = "summary_nle_bag") -> list:
+    """The shift set's measured floor (`shared_shift`) per bin of an ensemble's joints (default: the bagged one's):
+    mean +- sd over the seeds (each seed's: in `fits`)."""
+    per = {s: i[f"shift_{ensemble}"] for s, i in info.items() if f"shift_{ensemble}" in i}
     if not per: return []
     return [dict(bin=b, bin_range=[BINS[b], BINS[b + 1]], seeds=[int(s) for s in per],
                  **{k: mean_sd([p[b][k] for p in per.values()]) for k in ("shift", "shift_mean", "shift_sq_mean",

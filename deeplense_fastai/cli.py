@@ -806,6 +806,12 @@ def _calibrate_args(c):
                    help="with --populations: lenses simulated from the prior to fit the summary likelihood combine "
                         "uses (default 30000, as bench/many_lenses.py measured; 0: only the network's prior and its "
                         "floor)")
+    c.add_argument('--shift-populations', type=_seed, default=0, metavar='K',
+                   help='with --populations: K populations of --shift-lenses lenses in each quarter of the prior, '
+                        'on which the floor of each mass range is measured (the members are then bagged: what '
+                        'bench/many_lenses.py chose, with K = 100; about 4 x K x 200 more lenses to simulate and '
+                        'read); 0 (the default): one floor for every mass')
+    c.add_argument('--shift-lenses', type=_positive, default=200, help='lenses per population of the shift set')
     _add(c, '--bs', '--device', '--pixel-scale')
 
 def cmd_calibrate(a) -> int:
@@ -813,12 +819,13 @@ def cmd_calibrate(a) -> int:
     from deeplense_fastai.core import get_device
     from deeplense_fastai.combine import calibrate, check_bank
     from deeplense_fastai.learner import read_run_config
-    check_bank(a.populations, a.bank, flags=True)
+    check_bank(a.populations, a.bank, flags=True, shift=a.shift_populations)
     with _naming('--model', a.model): read_run_config(a.model)
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale, '--data'), bs=a.bs, tta=a.tta,
                       device=get_device(a.device), force=a.force, populations=a.populations, trials=a.trials,
-                      lenses=a.lenses, seed=a.seed, **({} if a.bank is None else {'bank': a.bank}))
+                      lenses=a.lenses, seed=a.seed, shift=a.shift_populations, shift_lenses=a.shift_lenses,
+                      **({} if a.bank is None else {'bank': a.bank}))
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {plural(r['n'], 'image')}, the central 50% intervals held the truth for "
@@ -837,13 +844,17 @@ def cmd_calibrate(a) -> int:
 
 def _print_summary_likelihood(sl:dict) -> None:
     "What calibrate says of the summary likelihood it fitted: what combine will use, and on what it was checked."
+    from deeplense_fastai.combine import floor_said
     v = sl['validated']
     big = [c for c in v['coverage'] if c['n'] == v['n_max']]
     k = sl.get('members', 1)
     loss = f"{'mean ' if k > 1 else ''}held-out loss {sl['validation_loss']:.3f}"
     mixed = ' (their joints mixed)' if k > 1 and sl.get('ensemble') == 'mixture_of_joints' else ''
+    bagged = ', each on its own bootstrap resample' if sl.get('fit', {}).get('bootstrap') else ''
+    shift = (f" (measured on {plural(4 * sl['shift']['populations'], 'population')} of {sl['shift']['lenses']} "
+             f"lenses, the joint's median picks its range)" if sl.get('shift') else '')
     print(f"combine uses the summary likelihood: {plural(k, 'flow')}{mixed} fitted on {sl['bank']['n']} lenses from "
-          f"the prior ({loss}), floor {sl['systematic']:.4f} dex; on "
+          f"the prior{bagged} ({loss}), {floor_said(sl)}{shift}; on "
           f"{v['measured_on']}, {v['n_max']} "
           f"lenses' 68% and 95% intervals held the truth, per quarter of the prior, in "
           + ", ".join(f"[{c['bin'][0]:g}, {c['bin'][1]:g}): {c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)
@@ -901,13 +912,14 @@ def cmd_combine(a) -> int:
         s = jp.summary
         print(f"{t} from {plural(jp.n, 'lens', 'lenses')}: median {s['median']:.4f}, "
               f"68% [{s['lo68']:.4f}, {s['hi68']:.4f}], 95% [{s['lo95']:.4f}, {s['hi95']:.4f}]"
-              + (f" ({jp.method}{_mixed(jp)}, systematic floor {jp.systematic:.4f})" if jp.calibrated
+              + (f" ({jp.method}{_mixed(jp)}, systematic floor {jp.systematic:.4f}"
+                 f"{', that of its mass range' if jp.floors else ''})" if jp.calibrated
                  else " (no joint calibration)"))
     if a.json is not None:
         with atomic_write(a.json) as tmp:
             tmp.write_text(json.dumps({t: dict(jp.summary, n=jp.n, calibrated=jp.calibrated, systematic=jp.systematic,
                                                method=jp.method, ensemble=jp.ensemble, validated=jp.validated,
-                                               check=jp.check)
+                                               check=jp.check, floors=jp.floors)
                                           for t, jp in joints.items()},
                                       indent=1))
         print(f"wrote {a.json}")

@@ -5,7 +5,7 @@
 # %% ../nbs/05e_combine.ipynb #d7cd5965
 from __future__ import annotations
 import json
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'JOINT_CHECK_SE', 'OOD_COMBINE_SHARE',
-           'QUANTILE_RULE', 'ENSEMBLE_RULE', 'population_images', 'Populations', 'check_bank', 'calibrate',
-           'joint_check', 'check_ood_share', 'check_joint', 'JointPosterior', 'joint_posteriors', 'joint_loaded',
-           'combine', 'shared_target', 'joint_posterior', 'plot_format', 'save_joint_plot']
+__all__ = ['MIN_TRIALS', 'MIN_LENSES', 'MAX_POPULATION_IMAGES', 'MIN_BANK', 'BANK', 'MIN_SHIFT', 'SHIFT_RULE', 'JOINT_CHECK_SE',
+           'OOD_COMBINE_SHARE', 'QUANTILE_RULE', 'ENSEMBLE_RULE', 'population_images', 'Populations', 'check_bank',
+           'calibrate', 'joint_check', 'floor_said', 'check_ood_share', 'check_joint', 'JointPosterior',
+           'joint_posteriors', 'joint_loaded', 'combine', 'shared_target', 'joint_posterior', 'plot_format',
+           'save_joint_plot']
 
 # %% ../nbs/05e_combine.ipynb #a0627de6
 from .core import DeepLenseError, atomic_write, file_digest, plural
@@ -24,7 +25,7 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_r
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
                                        posterior_summaries, SummaryLikelihood, SummaryEnsemble, fit_summary_ensemble,
                                        joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS, widened_joint,
-                                       SUMMARY_EPOCHS)
+                                       SUMMARY_EPOCHS, BinnedFloor, binned_shift, floor_table, mixture_of_joints)
 from .simulate import get_preset
 from .config import RunConfig, ENSEMBLE_RULES
 from .learner import read_run_config, ood_features
@@ -100,10 +101,19 @@ def _bank_posteriors(model, cfg, preset:str, bank:int, seed:int, bs, tta) -> tup
     x, lab = simulate(_population_preset(preset, cfg), bank, seed=seed, batch_size=256)
     return _simulated_posteriors(model, cfg, x[:, 0].numpy(), bs, tta), torch.tensor(lab['log10_m_axion'].to_numpy())
 
-def _check_populations(preset:str, cfg:RunConfig, trials:int, lenses:int, bank:int=0) -> None:
-    ("Populations (and a bank) that can fit a floor for this run: its preset and pixel grid, enough of them, "
-     "not more than memory holds.")
+MIN_SHIFT = 10   # populations per quarter of a shift set: fewer cannot place a median (bench/many_lenses.py: 100)
+
+def _check_populations(pops:Populations, cfg:RunConfig) -> None:
+    ("Populations (and a bank, a shift set) that can fit a floor for this run: its preset and pixel grid, enough of "
+     "them, not more than memory holds.")
+    preset, trials, lenses, bank = pops.preset, pops.trials, pops.lenses, pops.bank
     _population_preset(preset, cfg)
+    if pops.shift and (pops.shift < MIN_SHIFT or pops.shift_lenses < MIN_LENSES
+                       or pops.shift * pops.shift_lenses > MAX_POPULATION_IMAGES):
+        raise DeepLenseError(f"shift set: {plural(pops.shift, 'population')} of "
+                             f"{plural(pops.shift_lenses, 'lens', 'lenses')} per quarter of the prior cannot measure "
+                             f"its floors; use at least {MIN_SHIFT} of {MIN_LENSES} lenses and at most "
+                             f"{MAX_POPULATION_IMAGES:,} images per quarter (bench/many_lenses.py: 100 of 200), or 0")
     if bank and not MIN_BANK <= bank <= MAX_POPULATION_IMAGES:
         raise DeepLenseError(f"bank: {plural(bank, 'lens', 'lenses', ',')} cannot fit the summary likelihood; use "
                              f"{MIN_BANK} to {MAX_POPULATION_IMAGES:,} (default {BANK:,}), or 0 for the aggregate and "
@@ -144,16 +154,26 @@ class Populations:
     lenses:int=50 # Lenses per population
     seed:int=20_000 # Seed of the populations (not a seed used for training or testing)
     bank:int=BANK # Lenses simulated from the prior to fit the summary likelihood (0: aggregate and floor only)
+    # Populations per quarter of the prior in a shift set that measures the floor of each mass range (`binned_shift`;
+    # the members are then bagged, as bench/many_lenses.py measured it); 0: one floor for every mass
+    shift:int=0
+    shift_lenses:int=200 # Lenses per population of the shift set
 
 def check_bank(populations, # A preset name, a `Populations`, or None (no joint calibration)
                bank:int|None, # The bank asked for (None: not asked)
                flags:bool=False, # Name the fault by its command-line flags, as `deeplense calibrate`
+               shift:int=0, # The shift set's populations per quarter asked for (0: none)
               ) -> None:
-    "Refuse a bank without populations: the bank fits the summary likelihood of the joint calibration, nothing else."
+    ("Refuse a bank without populations (the bank fits the summary likelihood of the joint calibration, nothing "
+     "else), and a shift set without a summary likelihood to measure floors of.")
     preset = populations.preset if isinstance(populations, Populations) else populations
+    shift = shift or (populations.shift if isinstance(populations, Populations) else 0)
+    b, p, s = ('--bank', '--populations', '--shift-populations') if flags else ('bank', 'populations', 'shift')
     if bank is not None and preset is None:
-        b, p = ('--bank', '--populations') if flags else ('bank', 'populations')
         raise DeepLenseError(f"{b} goes with {p} (the bank fits the summary likelihood of the joint calibration)")
+    if shift and (preset is None or bank == 0):
+        raise DeepLenseError(f"{s} goes with {p} and a bank (not {b} 0): the shift set measures the floors of the "
+                             f"summary likelihood")
 
 def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               # A labelled calibration split drawn from the training prior, separate from training and from the test set
@@ -167,7 +187,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               **kw,
              ) -> dict:
     "Fit quantile recalibration and the joint calibration on `source` into calibration.json; return what was fitted."
-    check_bank(populations, kw.get('bank'))
+    check_bank(populations, kw.get('bank'), shift=kw.get('shift', 0))
     pops = populations if isinstance(populations, Populations) else Populations(populations)
     batching, pops = _plans(kw, 'calibrate', batching, pops)
     f = Path(run_dir)/'calibration.json'
@@ -176,7 +196,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     # an old, stale or corrupt calibration.json is replaced, never read
     model, cfg = load_run(run_dir, device, calibration=False)
     require_flow(model, cfg, run_dir)
-    if pops.preset is not None: _check_populations(pops.preset, cfg, pops.trials, pops.lenses, pops.bank)  # named first
+    if pops.preset is not None: _check_populations(pops, cfg)   # named first
     opened = _open_all(source, cfg)
     hashes = _calibration_images(run_dir, cfg, opened, force)
     grid, logp, srcs, cfg = _posteriors_of(model, cfg, opened, batching.bs, batching.tta)
@@ -201,7 +221,8 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:Populations
                        batching:Batching) -> tuple[dict, pd.DataFrame]:
     ("The joint calibration of log10_m_axion: the network's prior and its floor, and with a bank the summary "
      "likelihood (written).")
-    (preset, trials, lenses, seed, bank), (bs, tta) = astuple(pops), (batching.bs, batching.tta)
+    (preset, trials, lenses, seed, bank), (bs, tta) = (pops.preset, pops.trials, pops.lenses, pops.seed,
+                                                       pops.bank), (batching.bs, batching.tta)
     j = cfg.targets.index('log10_m_axion')
     own = aggregate_log_posterior(lp[:, j], grid[j])
     pop, truths, j = _population_posteriors(model, cfg, preset, trials, lenses, seed, bs, tta)
@@ -212,18 +233,22 @@ def _joint_calibration(run_dir, model, cfg:RunConfig, grid, lp, pops:Populations
                joint_check=joint_check(floor, width, trials))
     if bank:                                  # seeded apart from every population (they use seed + 1 + k, k < trials)
         rec['summary_likelihood'] = _summary_calibration(run_dir, model, cfg, (preset, bank, seed + 1 + trials),
-                                                         (pop, truths, grid[j]), batching)
+                                                         (pop, truths, grid[j]), batching,
+                                                         (pops.shift, pops.shift_lenses, seed + 1 + trials))
     _say_check(rec)
     return {'log10_m_axion': rec}, floor
 
-def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populations:tuple, batching:Batching) -> dict:
+def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populations:tuple, batching:Batching,
+                         shift_of:tuple=(0, 0, 0)) -> dict:
     ("Fit the summary likelihood on a bank of lenses from the prior and its floor on the `populations` "
-     "(posteriors, truths, grid); write its weights; its record.")
-    (preset, bank, seed), (pop, truths, grid) = bank_of, populations
+     "(posteriors, truths, grid), with `shift_of` = (populations per quarter, lenses, seed) also its floors by mass "
+     "range on a shift set; write its weights; its record.")
+    (preset, bank, seed), (pop, truths, grid), bagged = bank_of, populations, bool(shift_of[0])
     _notice(f"calibrate: simulating {bank:,} lenses from the prior of {preset} and fitting the summary likelihood "
-            f"(an ensemble of {SUMMARY_MEMBERS} flows, {SUMMARY_EPOCHS} one-cycle epochs each) on them")
+            f"(an ensemble of {SUMMARY_MEMBERS} flows, {SUMMARY_EPOCHS} one-cycle epochs each"
+            f"{', each on its own bootstrap resample' if bagged else ''}) on them")
     lp, m = _bank_posteriors(model, cfg, preset, bank, seed, batching.bs, batching.tta)
-    q = fit_summary_ensemble(posterior_summaries(lp, grid), m, seed=seed, members=SUMMARY_MEMBERS)
+    q = fit_summary_ensemble(posterior_summaries(lp, grid), m, seed=seed, members=SUMMARY_MEMBERS, bootstrap=bagged)
     g = grid.double()
     # each member's terms (M, K, N, G): the floor is fitted to, and checked on, the mixture of the members' joints
     terms = q.member_logliks(posterior_summaries(pop.reshape(-1, len(grid)), grid), grid)   # float32, summed in double
@@ -232,30 +257,58 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
     if (at_cap := width >= float(SUMMARY_FLOORS[-1])):
         _notice(f"note: the summary likelihood's floor reached the largest candidate, {width:.3f} dex, so the floor "
                 f"it needs may be larger")
+    shift = _shift_floors(model, cfg, preset, q, grid, shift_of, batching) if bagged else None
+    used = BinnedFloor(tuple(shift['edges']), tuple(shift['floors'])) if shift else width   # what combine applies
     return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE,
                 sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
-                members=len(q.members), ensemble=ENSEMBLE_RULE, fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS),
+                members=len(q.members), ensemble=ENSEMBLE_RULE,
+                fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS, bootstrap=bagged),
                 quantiles=QUANTILE_RULE,
                 standardisation=q.standardisation(),
                 validation_loss=float(np.mean(q.validation_loss)), member_validation_losses=q.validation_loss,
-                systematic=width,
+                systematic=width, **({'shift': shift} if shift else {}),
                 bank=dict(preset=preset, n=bank, seed=seed),
-                validated=_validated(terms, truths, g, width, get_preset(preset).axion.log10_m),
-                joint_check=joint_check(table, width, len(truths)))
+                validated=_validated(terms, truths, g, used, get_preset(preset).axion.log10_m),
+                joint_check=joint_check(floor_table(terms, truths, g, used) if shift else table, used, len(truths)))
+
+SHIFT_RULE = 'shared_shift: median of (median - truth)^2 / (halfwidth68^2 + s^2) = chi-square(1) median'
+
+def _shift_floors(model, cfg:RunConfig, preset:str, q:SummaryEnsemble, grid, shift_of:tuple, batching) -> dict:
+    ("The summary likelihood's floors by quarter of the prior, measured on a shift set: `shift` populations of "
+     "`lenses` lenses in each quarter (truths uniform in it; population k simulated with seed + 1 + k, so none is "
+     "another population's or the bank's), each population's joint the mixture of the members' joints, then "
+     "`binned_shift`. A quarter at a time: only its images are held.")
+    (shift, lenses, seed), p = shift_of, _population_preset(preset, cfg)
+    edges = np.linspace(*p.axion.log10_m, 5)
+    rng = np.random.default_rng(seed)
+    truths = np.concatenate([rng.uniform(edges[b], edges[b + 1], shift) for b in range(4)])
+    _notice(f"calibrate: simulating a shift set of {4 * shift * lenses:,} lenses ({shift} populations of {lenses} "
+            f"in each quarter of the prior) to measure the floor of each mass range")
+    joints = []
+    for b in range(4):
+        imgs = population_images(p, truths[b * shift:(b + 1) * shift], lenses, seed + b * shift)
+        lp = _simulated_posteriors(model, cfg, imgs, batching.bs, batching.tta)
+        terms = q.member_logliks(posterior_summaries(lp, grid), grid)          # (M, K * L, G)
+        joints.append(mixture_of_joints(terms.reshape(len(terms), shift, lenses, -1).sum(2, dtype=torch.float64)))
+    floor, rows = binned_shift(torch.cat(joints), truths, grid.double(), edges)
+    return dict(edges=list(floor.edges), floors=list(floor.floors), populations=shift, lenses=lenses, seed=seed,
+                rule=SHIFT_RULE, by_bin=rows)
 
 JOINT_CHECK_SE = 2   # a joint calibration fails its check beyond this many binomial standard errors of 0.68 or 0.95
 
 def joint_check(table:pd.DataFrame, # `fit_systematic`'s table: width, n, coverage68, coverage95 per floor and size
-                width:float, # The floor fitted
+                width:float|BinnedFloor, # The floor fitted (a `BinnedFloor`: `table` holds its rows only)
                 trials:int, # The number of populations each coverage was measured on
                ) -> dict:
     ("Did the joint 68% and 95% intervals at the fitted floor hold the truth as often as they claim, within "
      "`JOINT_CHECK_SE` binomial standard errors over `trials` populations, at every population size checked?")
-    rows = table[np.isclose(table.width, width)]
+    binned = isinstance(width, BinnedFloor)
+    rows = table if binned else table[np.isclose(table.width, width)]
     tol = {p: JOINT_CHECK_SE * float(np.sqrt(p * (1 - p) / trials)) for p in (0.68, 0.95)}
     miss = np.maximum((rows.coverage68 - 0.68).abs() / tol[0.68], (rows.coverage95 - 0.95).abs() / tol[0.95])
     w = rows.loc[miss.idxmax()]
-    return dict(passed=bool((miss <= 1).all()), populations=int(trials), floor=float(width),
+    return dict(passed=bool((miss <= 1).all()), populations=int(trials),
+                floor=list(width.floors) if binned else float(width),
                 rule=f"each population size's 68% and 95% coverage within {JOINT_CHECK_SE} binomial standard errors "
                      f"of 0.68 and 0.95 over the populations",
                 tolerance68=round(tol[0.68], 4), tolerance95=round(tol[0.95], 4),
@@ -276,12 +329,20 @@ def _check_said(check:dict, # `joint_check`'s record (from calibration.json)
     return said, ('too narrow' if c68 < 0.68 and c95 < 0.95 else 'too wide' if c68 > 0.68 and c95 > 0.95
                   else 'miscalibrated')
 
+def floor_said(rec:dict, # A joint calibration's record (calibration.json's, or `calibrate`'s answer)
+              ) -> str:
+    "The floor combine applies, in words: one floor, or the floors by mass range a shift set measured."
+    if (s := rec.get('shift')):
+        return "floors by mass range " + ", ".join(f"[{a:g}, {b:g}): {f:.4f}" for a, b, f in
+                                                  zip(s['edges'], s['edges'][1:], s['floors'])) + " dex"
+    return f"floor {float(rec['systematic']):.4f} dex"
+
 def _say_check(rec:dict) -> None:
     "One warning when the joint calibration combine will use (the summary likelihood, if fitted) failed its check."
     used = rec.get('summary_likelihood') or rec
     if used['joint_check']['passed']: return
     said, off = _check_said(used['joint_check'])
-    _notice(f"warning: the joint intervals are not calibrated ({used['method']}, floor {used['systematic']:.4f} dex): "
+    _notice(f"warning: the joint intervals are not calibrated ({used['method']}, {floor_said(used)}): "
             f"{said}; combine's joint intervals will be {off}")
 
 def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
@@ -398,6 +459,9 @@ class JointPosterior:
     # How an ensemble's members made the joint: 'mixture_of_joints' or, for older calibrations, 'mean_density' (the
     # product of the members' mean densities); None for one flow, the aggregate or no joint calibration
     ensemble: str|None = None
+    # The floors by mass range the calibration measured on a shift set (`edges`, `floors`; `systematic` is the one of
+    # the range this joint's median fell in), None for one floor
+    floors: dict|None = None
     @property
     def n(self) -> int: return len(self.per_lens)
 
@@ -519,9 +583,10 @@ def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
         raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg.targets)}")
     j = cfg.targets.index(target)
     joint, width, method, rec = _joint_of((cfg.joint_calibration or {}).get(target), logp[:, j], grid[j], target)
+    floors = {k: rec['shift'][k] for k in ('edges', 'floors')} if rec.get('shift') else None
     return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width,
                           method != 'product', method, rec.get('validated'), rec.get('joint_check'),
-                          _ensemble_rule(method, rec))
+                          _ensemble_rule(method, rec), floors)
 
 def _ensemble_rule(method:str, rec:dict) -> str|None:
     ("How a summary-likelihood ensemble's members make the joint: the rule its calibration records (`ENSEMBLE_RULE`), "
@@ -537,11 +602,13 @@ def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -
     if (sl := cal.get('summary_likelihood')) is not None:   # log q(s_i | m) adds over lenses; a flat prior on the grid
         s, q, g = posterior_summaries(logp, grid), sl['model'], grid.double()
         if _ensemble_rule('summary_likelihood', sl) == ENSEMBLE_RULE:   # each member's joint, mixed
-            joint = widened_joint(q.joint(s, g)[None], g, float(sl['systematic']))[0].to(logp.dtype)
+            raw = q.joint(s, g)[None]
         else:                                            # a single flow, or an ensemble's mean density (older records)
-            joint = combine_log_posteriors(q.loglik(s, grid).double(), g,
-                                           systematic=float(sl['systematic'])).to(logp.dtype)
-        return joint, float(sl['systematic']), 'summary_likelihood', sl
+            raw = q.loglik(s, grid).double().sum(0)[None]
+        # one floor, or (a shift set measured them) the floor of the mass range the floor-free joint's median is in
+        floor = BinnedFloor(tuple(sl['shift']['edges']), tuple(sl['shift']['floors'])) if sl.get('shift') else None
+        width = float(floor.widths(raw, g)[0]) if floor else float(sl['systematic'])
+        return widened_joint(raw, g, width)[0].to(logp.dtype), width, 'summary_likelihood', sl
     agg = torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
     if len(agg) != len(grid):
         raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, "

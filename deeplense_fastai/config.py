@@ -311,6 +311,16 @@ def _check_summary_record(rec, where, name:str) -> None:
                                     + ', '.join(f"{k} 1 to {v}" for k, v in HPARAM_MAX.items())
                                     + f"), 'sha256', a 'systematic' width >= 0 and, for an ensemble, 'members' 1 to "
                                       f"{MEMBERS_MAX} and an 'ensemble' rule of {' or '.join(ENSEMBLE_RULES)}")
+    if 'shift' in rec: _check_shift_record(rec['shift'], where)
+
+def _check_shift_record(s, where) -> None:
+    "The floors by mass range a shift set measured: B + 1 increasing finite edges and B finite floors >= 0."
+    e, f = (s.get('edges'), s.get('floors')) if isinstance(s, dict) else (None, None)
+    ok = (isinstance(e, list) and isinstance(f, list) and 2 <= len(e) <= 65 and len(f) == len(e) - 1
+          and _finite_list(e, len(e)) and _finite_list(f, len(f)) and all(a < b for a, b in zip(e, e[1:]))
+          and all(x >= 0 for x in f))
+    if not ok: raise DeepLenseError(f"{where}: the summary likelihood's 'shift' must hold 'edges' (B + 1 increasing "
+                                    f"finite numbers) and 'floors' (B finite widths >= 0)")
 
 # %% ../nbs/02d_config.ipynb #c3cced2a
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
 # %% ../nbs/04b_posterior.ipynb #deb47bd2
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
@@ -15,10 +16,11 @@ __all__ = ['FLOW_DEFAULTS', 'COVERAGE_LEVELS', 'SUMMARY_FLOW', 'SUMMARY_FLOORS',
            'CHI2_1_MEDIAN', 'QUANTILES', 'FlowRegressor', 'flow_settings', 'flow_regressor', 'FlowNLL', 'target_grid',
            'grid_log_posterior', 'grid_cdf', 'grid_quantiles', 'grid_pit', 'grid_sample', 'expected_coverage',
            'sbc_ranks', 'tarp_coverage', 'fit_recalibration', 'recalibrate_logp', 'smooth_log_density',
-           'combine_log_posteriors', 'widened_joint', 'joint_quantiles', 'summarise', 'aggregate_log_posterior',
-           'mixture_of_joints', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood', 'fit_early_stopped',
-           'bootstrap_indices', 'fit_summary_likelihood', 'joint_coverage_by_bin', 'SummaryEnsemble',
-           'fit_summary_ensemble', 'shared_shift', 'flow_median', 'quantile_columns', 'run_log_posterior']
+           'combine_log_posteriors', 'BinnedFloor', 'widened_joint', 'joint_quantiles', 'summarise',
+           'aggregate_log_posterior', 'mixture_of_joints', 'fit_systematic', 'posterior_summaries', 'SummaryLikelihood',
+           'fit_early_stopped', 'bootstrap_indices', 'fit_summary_likelihood', 'joint_coverage_by_bin',
+           'SummaryEnsemble', 'fit_summary_ensemble', 'shared_shift', 'binned_shift', 'floor_table', 'flow_median',
+           'quantile_columns', 'run_log_posterior']
 
 # %% ../nbs/04b_posterior.ipynb #fab87c6b
 from .core import DeepLenseError, image_seed
@@ -276,12 +278,42 @@ def combine_log_posteriors(logp:torch.Tensor, # Normalised per-lens log densitie
     own = prior if log_aggregate is None else log_aggregate
     return widened_joint((prior + (logp - own).sum(0))[None], grid, systematic)[0]
 
+@dataclass(frozen=True)
+class BinnedFloor:
+    ("A systematic floor per range of the shared value (`binned_shift` measures one): each joint is widened by the "
+     "floor of the bin its floor-free median lies in (an inner edge opens the bin above it; outside: the end bins).")
+    edges:tuple # Increasing bin edges (B + 1,) in the value's units
+    floors:tuple # The floor of each bin (B,): a Gaussian's sd, >= 0
+    def __post_init__(self):
+        try: e, f = np.asarray(self.edges, dtype=float), np.asarray(self.floors, dtype=float)
+        except (TypeError, ValueError): e = f = np.array([])
+        if not (e.ndim == f.ndim == 1 and len(e) >= 2 and len(f) == len(e) - 1 and np.isfinite(e).all()
+                and (np.diff(e) > 0).all() and np.isfinite(f).all() and (f >= 0).all()):
+            raise DeepLenseError(f"floors by bin: edges {self.edges!r} and floors {self.floors!r}: give B + 1 "
+                                 f"increasing finite edges and B finite floors >= 0")
+        object.__setattr__(self, 'edges', tuple(map(float, e)))
+        object.__setattr__(self, 'floors', tuple(map(float, f)))
+    def widths(self, joint:torch.Tensor, # Unnormalised joint log densities (B, G)
+               grid:torch.Tensor, # Their evenly spaced grid (G,)
+              ) -> np.ndarray:
+        "The floor (B,) of each joint: that of the bin its floor-free median (`joint_quantiles`) lies in."
+        med = joint_quantiles(_normalised(joint[:, None], grid[None])[:, 0], grid, [0.5])[:, 0]
+        return np.asarray(self.floors)[_bin_of(med.cpu().numpy(), self.edges)]
+
 def widened_joint(joint:torch.Tensor, # Unnormalised joint log densities (B, G)
                   grid:torch.Tensor, # Their evenly spaced grid (G,)
-                  width:float, # The systematic floor (a Gaussian's sd, in the grid's units; 0: none)
+                  # The systematic floor (a Gaussian's sd, in the grid's units; 0: none), or a `BinnedFloor`
+                  width:float|BinnedFloor,
                  ) -> torch.Tensor:
-    "Joint log densities (B, G), normalised and widened by the systematic floor: what `combine` reports."
-    return smooth_log_density(_normalised(joint[:, None], grid[None])[:, 0], grid, width)
+    ("Joint log densities (B, G), normalised and widened by the systematic floor (a `BinnedFloor`: each by the floor "
+     "of its median's bin): what `combine` reports.")
+    norm = _normalised(joint[:, None], grid[None])[:, 0]
+    if not isinstance(width, BinnedFloor): return smooth_log_density(norm, grid, width)
+    w, out = width.widths(joint, grid), norm.clone()
+    for v in np.unique(w):                               # the joints of one floor widened together
+        rows = torch.from_numpy(np.flatnonzero(w == v))
+        out[rows] = smooth_log_density(norm[rows], grid, float(v))
+    return out
 
 def _cubic(x:torch.Tensor, grid:torch.Tensor, f:torch.Tensor) -> torch.Tensor:
     ("Cubic Hermite (Catmull-Rom) interpolation of rows f (B, G) on an even grid at points x (B, P): exact for "
@@ -326,12 +358,13 @@ def aggregate_log_posterior(logp:torch.Tensor, # Normalised per-lens log densiti
     mean = torch.logsumexp(logp, 0) - math.log(len(logp))
     return _normalised(mean[None, None], grid[None])[0, 0]
 
-def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:float) -> dict:
+def _joint_coverage(joint:torch.Tensor, truths, grid:torch.Tensor, n:int, width:float|BinnedFloor) -> dict:
     ("Coverage of the joint 68% and 95% intervals of populations of n lenses "
-     "(unnormalised joints (K, G)), for one floor.")
+     "(unnormalised joints (K, G)), for one floor (a `BinnedFloor`: width NaN in the record).")
     q = joint_quantiles(widened_joint(joint, grid, width), grid, [0.16, 0.84, 0.025, 0.975])
     t = torch.as_tensor(truths, dtype=q.dtype)
-    return dict(n=n, width=width, coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
+    return dict(n=n, width=math.nan if isinstance(width, BinnedFloor) else width,
+                coverage68=float(((q[:, 0] <= t) & (t <= q[:, 1])).float().mean()),
                 coverage95=float(((q[:, 2] <= t) & (t <= q[:, 3])).float().mean()),
                 halfwidth68=float(((q[:, 1] - q[:, 0]) / 2).median()))
 
@@ -517,7 +550,7 @@ def fit_summary_likelihood(s:torch.Tensor, # Summaries (M, 2) of lenses whose va
 def joint_coverage_by_bin(logp:torch.Tensor, # Per-lens log terms (K, N, G) or (M, K, N, G) (`fit_systematic`'s input)
                           truths, # The K true values
                           grid:torch.Tensor, # Grid (G,)
-                          width:float, # The floor applied
+                          width:float|BinnedFloor, # The floor applied
                           edges, # Bin edges of the true value (B + 1,)
                           log_aggregate:torch.Tensor|None=None, # Divided out of each term (as in `fit_systematic`)
                           ns=None, # Population sizes (default: 10, 25 and N, those up to N)
@@ -631,6 +664,37 @@ def shared_shift(joints:torch.Tensor, # Unnormalised joint log densities (K, G) 
                 shift_sq_err=float(d.std() / math.sqrt(len(d))), rms_error=float(e2.mean().sqrt()),
                 rms_halfwidth=float(w2.mean().sqrt()), populations=len(d))
 
+
+# %% ../nbs/04b_posterior.ipynb #5h1f7a06
+def binned_shift(joints:torch.Tensor, # Unnormalised joint log densities (K, G) of K populations (one value each)
+                 truths, # Their K true values
+                 grid:torch.Tensor, # Evenly spaced grid (G,)
+                 edges, # Bin edges (B + 1,) of the true value; every bin needs >= 2 populations
+                ) -> tuple[BinnedFloor, list[dict]]:
+    ("The floor of each bin of the value (`shared_shift`'s `shift` over the populations whose truth lies in it) as a "
+     "`BinnedFloor`, and each bin's `shared_shift` record (with its `bin`).")
+    t, edges = np.asarray(truths, dtype=float), np.asarray(edges, dtype=float)
+    if t.shape != (len(joints),):
+        raise DeepLenseError(f"binned_shift: joints {tuple(joints.shape)} and truths {t.shape}: one truth per joint")
+    k = _bin_of(t, edges)
+    if (few := [b for b in range(len(edges) - 1) if (k == b).sum() < 2]):
+        raise DeepLenseError(f"binned_shift: bin [{edges[few[0]]:g}, {edges[few[0] + 1]:g}) holds "
+                             f"{int((k == few[0]).sum())} populations; each bin needs at least 2")
+    rows = [dict(bin=[float(edges[b]), float(edges[b + 1])],
+                 **shared_shift(joints[torch.from_numpy(k == b)], t[k == b], grid)) for b in range(len(edges) - 1)]
+    return BinnedFloor(tuple(edges), tuple(r['shift'] for r in rows)), rows
+
+def floor_table(logp:torch.Tensor, # Per-lens log terms (K, N, G) or (M, K, N, G), as `fit_systematic` takes them
+                truths, # The K true values
+                grid:torch.Tensor, # Grid (G,)
+                width:float|BinnedFloor, # The floor
+                log_aggregate:torch.Tensor|None=None, # Divided out of each term (as in `fit_systematic`)
+                ns=None, # Population sizes (default: 10, 25 and N, those up to N)
+               ) -> pd.DataFrame:
+    ("Coverage of the joint 68% and 95% intervals and the median 68% half-width per population size at one floor: "
+     "`fit_systematic`'s table for that floor (`width` NaN for a `BinnedFloor`).")
+    ns, cum = _sizes_and_sums(logp, grid, log_aggregate, ns)
+    return pd.DataFrame([_joint_coverage(cum[:, n - 1], truths, grid, n, width) for n in ns])
 
 # %% ../nbs/04b_posterior.ipynb #82050243
 @torch.no_grad()

@@ -73,6 +73,8 @@ def test_predict_rows_and_no_overwrite(run_dir, data, tmp_path):
     (["train", "--opt", "ranger21", "--schedule", "one_cycle"], "goes with --opt ranger21"),
     (["train", "--epochs", "0"], "must be positive"),
     (["calibrate", "--model", "/nonexistent", "--data", ".", "--bank", "400"], "--bank goes with --populations"),
+    (["calibrate", "--model", "/nonexistent", "--data", ".", "--shift-populations", "100"],
+     "--shift-populations goes with --populations"),
     (["evaluate", "--model", "/nonexistent", "--data", "."], "no such run directory"),
 ])
 def test_train_errors_are_one_line(args, message, tmp_path):
