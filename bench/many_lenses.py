@@ -775,6 +775,80 @@ def _shift_by_bin(info: dict, ensemble: str = "summary_nle_bag") -> list:
             for b in range(len(BINS) - 1)]
 
 
+# The user's path at this bench's scale: a labelled calibration split simulated by the user's command (a seed no run
+# trains or tests on), then `deeplense calibrate` with a shift set of the bench's size, on a copy of run LIBRARY_RUN
+LIBRARY_RUN = 0
+LIBRARY_SPLIT = "deeplense simulate --preset model_ii --n 1000 --seed 50000 --out SPLIT"
+LIBRARY_CALIBRATE = ("deeplense calibrate --model RUN --data SPLIT --populations model_ii "
+                     "--shift-populations 100")
+
+
+def _library_command(cmd: str, d: Path) -> list:
+    "A command line of LIBRARY_* with its RUN and SPLIT placeholders set to folder `d`'s."
+    return [str(d / "run") if w == "RUN" else str(d / "split") if w == "SPLIT" else w for w in cmd.split()]
+
+
+def library(seed: int = LIBRARY_RUN) -> dict:
+    """`deeplense calibrate --shift-populations 100` run as a user runs it (a subprocess, every other flag at its
+    default) on a copy of run `seed`, its CPU time taken; then the calibration it wrote (bagged members, a floor per
+    quarter of the prior) scored on this bench's trials exactly as `combine` applies it (each trial's joint widened by
+    the floor of the quarter its floor-free median falls in), beside the same members widened by their one fitted
+    floor.
+    Cached in library/seed<S>/ (the run's copy, the split, the record; the members' terms on the trials), so a rerun
+    resumes; tied to the run's weights."""
+    import resource
+    import shutil
+    import subprocess
+    from _results import write_json
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.posterior import posterior_summaries, target_grid
+    d, digest = cache("library", f"seed{seed}"), weights_digest(seed)
+    rec_f = d / "record.json"
+    if rec_f.exists() and json.loads(rec_f.read_text()).get("weights_sha256") == digest:
+        return json.loads(rec_f.read_text())
+    if not (d / "run" / "weights.safetensors").exists():
+        shutil.rmtree(d / "run.tmp", ignore_errors=True)
+        shutil.copytree(run_dir(seed), d / "run.tmp",
+                        ignore=shutil.ignore_patterns("calibration.json", "summary_likelihood.safetensors"))
+        (d / "run.tmp").rename(d / "run")
+    if not (d / "split" / "images.npy").exists():
+        shutil.rmtree(d / "split", ignore_errors=True)
+        subprocess.run(_library_command(LIBRARY_SPLIT, d), check=True, capture_output=True, text=True)
+    cal_f = d / "calibrate.json"
+    if not cal_f.exists():
+        (d / "run" / "calibration.json").unlink(missing_ok=True)
+        before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+        r = subprocess.run(_library_command(LIBRARY_CALIBRATE, d), capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if r.returncode: raise SystemExit(f"calibrate failed ({r.returncode}): {r.stderr[-2000:]}")
+        write_json(cal_f, dict(cpu_seconds=round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime),
+                               wall_seconds=round(time.time() - t0), stdout=r.stdout.splitlines(),
+                               notes=[ln for ln in r.stderr.splitlines()
+                                      if ln.startswith(("calibrate:", "note", "warn"))]))
+    ran = json.loads(cal_f.read_text())
+    model, cfg = load_run(d / "run")
+    sl = cfg.joint_calibration["log10_m_axion"]["summary_likelihood"]
+    grid = target_grid(load_run(d / "run", calibration=False)[1])[0]
+    f = d / "terms_trials.npy"
+    if not f.exists():
+        P = torch.cat([torch.from_numpy(np.load(cache("posteriors", f"seed{seed}") / f"trials_bin{b}.npy"))
+                       for b in range(len(BINS) - 1)]).double()
+        _save_atomic(f, sl["model"].member_logliks(posterior_summaries(P, grid.double()).float(), grid.float()).numpy())
+    t = torch.from_numpy(np.load(f)).double()
+    cum = t.reshape(len(t), len(BINS) - 1, TRIALS, LENSES, -1).cumsum(-2)
+    cells = {"calibrate --shift-populations 100": _rows("library_shift", seed, cum, grid, tuple(sl["shift"]["floors"]),
+                                                        mixed=True),
+             "the same members, one floor": _rows("library_one_floor", seed, cum, grid, float(sl["systematic"]),
+                                                  mixed=True)}
+    rec = dict(weights_sha256=digest, run=seed, split_command=LIBRARY_SPLIT, command=LIBRARY_CALIBRATE,
+               cpu_seconds=ran["cpu_seconds"], wall_seconds=ran["wall_seconds"], stdout=ran["stdout"],
+               notes=ran["notes"], floors=sl["shift"]["floors"], edges=sl["shift"]["edges"],
+               one_floor=sl["systematic"], joint_check=sl["joint_check"], bootstrap=sl["fit"]["bootstrap"],
+               targets={k: _targets(v) for k, v in cells.items()}, cells=cells)
+    write_json(rec_f, rec)
+    return rec
+
+
 def _against_early_stopped(targets: dict) -> dict:
     """The fit recipe's ablation: each summary likelihood's figures against those of the early-stopped fits kept in
     bench/results/many_lenses_early_stopped.json (same runs, bank, populations and trials; grid quantiles), with
@@ -817,7 +891,7 @@ def _world_settings(seeds, docs) -> dict:
 def main():
     global WORLD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["images", "posteriors", "fits", "restore", "score"])
+    ap.add_argument("stage", choices=["images", "posteriors", "fits", "restore", "score", "library"])
     ap.add_argument("--world", choices=list(WORLDS), default="model_ii",
                     help="the lenses' world: the fixed lens (default) or every nuisance drawn per lens")
     ap.add_argument("--seeds", default=None, help="training seeds (default: the world's)")
@@ -839,6 +913,7 @@ def main():
             for k in ([int(k) for k in a.members.split(",")] if a.members else range(ENSEMBLE)):
                 nle_member(s, k, bootstrap=a.bagged)
     elif a.stage == "restore": restore(seeds)
+    elif a.stage == "library": library()
     else: score(seeds, a.cells_only, a.recheck)
 
 
