@@ -805,25 +805,21 @@ def _library_record() -> dict | None:
     return rec if rec.get("weights_sha256") == weights_digest(LIBRARY_RUN) else None
 
 
-def library(seed: int = LIBRARY_RUN) -> dict:
-    """`deeplense calibrate --shift-populations 100` run as a user runs it (a subprocess, every other flag at its
-    default) on a copy of run `seed`, its CPU time taken; then the calibration it wrote (bagged members, a floor per
-    quarter of the prior) scored on this bench's trials exactly as `combine` applies it (each trial's joint widened by
-    the floor of the quarter its floor-free median falls in), beside the same members widened by their one fitted
-    floor.
-    Cached in library/seed<S>/ (the run's copy, the split, the record; the members' terms on the trials), so a rerun
-    resumes; tied to the run's weights."""
-    import resource
+def _library_inputs(seed: int, digest: str) -> Path:
+    """The `library` stage's folder for run `seed`: a copy of the run (without its calibration) and a calibration split
+    made by LIBRARY_SPLIT; wiped first when the run was retrained since (its copy's weights differ)."""
     import shutil
     import subprocess
-    from _results import write_json
-    from deeplense_fastai.inference import load_run
-    from deeplense_fastai.posterior import posterior_summaries, target_grid
-    d, digest = cache("library", f"seed{seed}"), weights_digest(seed)
-    rec_f = d / "record.json"
-    if rec_f.exists() and json.loads(rec_f.read_text()).get("weights_sha256") == digest:
-        return json.loads(rec_f.read_text())
-    if not (d / "run" / "weights.safetensors").exists():
+    from deeplense_fastai.core import file_digest
+    d = cache("library", f"seed{seed}")
+    copy = d / "run" / "weights.safetensors"
+    if copy.exists() and file_digest(copy) != digest:        # the run was retrained since: everything here is stale
+        shutil.rmtree(d)
+        d = cache("library", f"seed{seed}")
+    stamp = cache("posteriors", f"seed{seed}") / "weights.sha256"
+    if not stamp.exists() or stamp.read_text() != digest:
+        raise SystemExit(f"{stamp.parent}: posteriors of other weights than {run_dir(seed)}'s; rerun `posteriors`")
+    if not copy.exists():
         shutil.rmtree(d / "run.tmp", ignore_errors=True)
         shutil.copytree(run_dir(seed), d / "run.tmp",
                         ignore=shutil.ignore_patterns("calibration.json", "summary_likelihood.safetensors"))
@@ -831,20 +827,48 @@ def library(seed: int = LIBRARY_RUN) -> dict:
     if not (d / "split" / "images.npy").exists():
         shutil.rmtree(d / "split", ignore_errors=True)
         subprocess.run(_library_command(LIBRARY_SPLIT, d), check=True, capture_output=True, text=True)
+    return d
+
+
+def _library_calibrate(d: Path) -> dict:
+    """LIBRARY_CALIBRATE run once in folder `d` (a subprocess, as a user runs it): its CPU and wall seconds, its
+    output lines and notes (cached in calibrate.json; the members' terms of an earlier calibration dropped)."""
+    import resource
+    import subprocess
+    from _results import write_json
     cal_f = d / "calibrate.json"
-    if not cal_f.exists():
-        (d / "run" / "calibration.json").unlink(missing_ok=True)
-        before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-        r = subprocess.run(_library_command(LIBRARY_CALIBRATE, d), capture_output=True, text=True)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if r.returncode: raise SystemExit(f"calibrate failed ({r.returncode}): {r.stderr[-2000:]}")
-        write_json(cal_f, dict(cpu_seconds=round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime),
-                               wall_seconds=round(time.time() - t0), stdout=r.stdout.splitlines(),
-                               notes=[ln for ln in r.stderr.splitlines()
-                                      if ln.startswith(("calibrate:", "note", "warn"))]))
-    ran = json.loads(cal_f.read_text())
-    model, cfg = load_run(d / "run")
-    sl = cfg.joint_calibration["log10_m_axion"]["summary_likelihood"]
+    if cal_f.exists(): return json.loads(cal_f.read_text())
+    (d / "run" / "calibration.json").unlink(missing_ok=True)
+    (d / "terms_trials.npy").unlink(missing_ok=True)
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    r = subprocess.run(_library_command(LIBRARY_CALIBRATE, d), capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode: raise SystemExit(f"calibrate failed ({r.returncode}): {r.stderr[-2000:]}")
+    write_json(cal_f, dict(cpu_seconds=round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime),
+                           wall_seconds=round(time.time() - t0), stdout=r.stdout.splitlines(),
+                           notes=[ln for ln in r.stderr.splitlines() if ln.startswith(("calibrate:", "note", "warn"))]))
+    return json.loads(cal_f.read_text())
+
+
+def library(seed: int = LIBRARY_RUN) -> dict:
+    """`deeplense calibrate --shift-populations 100` run as a user runs it (a subprocess, every other flag at its
+    default) on a copy of run `seed`, its CPU time taken; then the calibration it wrote (bagged members, a floor per
+    quarter of the prior) scored on this bench's trials exactly as `combine` applies it (each trial's joint widened by
+    the floor of the quarter its floor-free median falls in), beside the same members widened by their one fitted
+    floor. Cached in library/seed<S>/ (the run's copy, the split, the record; the members' terms on the trials), so a
+    rerun resumes; tied to the run's weights."""
+    from _results import write_json
+    from deeplense_fastai.inference import load_run
+    from deeplense_fastai.posterior import posterior_summaries, target_grid
+    if WORLD != "model_ii": raise SystemExit("library: the fixed world's only (its commands name model_ii)")
+    digest = weights_digest(seed)
+    rec_f = cache("library", f"seed{seed}") / "record.json"
+    if rec_f.exists() and json.loads(rec_f.read_text()).get("weights_sha256") == digest:
+        return json.loads(rec_f.read_text())
+    d = _library_inputs(seed, digest)
+    ran = _library_calibrate(d)
+    sl = load_run(d / "run")[1].joint_calibration["log10_m_axion"]["summary_likelihood"]
+    if tuple(sl["shift"]["edges"]) != BINS: raise SystemExit(f"library: ranges {sl['shift']['edges']}, not {BINS}")
     grid = target_grid(load_run(d / "run", calibration=False)[1])[0]
     f = d / "terms_trials.npy"
     if not f.exists():

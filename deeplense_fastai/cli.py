@@ -808,10 +808,11 @@ def _calibrate_args(c):
                         "floor)")
     c.add_argument('--shift-populations', type=_seed, default=0, metavar='K',
                    help='with --populations: K populations of --shift-lenses lenses in each quarter of the prior, '
-                        'on which the floor of each mass range is measured (the members are then bagged: what '
-                        'bench/many_lenses.py chose, with K = 100; about 4 x K x 200 more lenses to simulate and '
-                        'read); 0 (the default): one floor for every mass')
-    c.add_argument('--shift-lenses', type=_positive, default=200, help='lenses per population of the shift set')
+                        'on which the floor of each mass range is measured (the members are then bagged, as '
+                        'bench/many_lenses.py measured it with K = 100; 4 x K x SHIFT_LENSES more lenses to simulate '
+                        'and read); 0 (the default): one floor for every mass')
+    c.add_argument('--shift-lenses', type=_positive, default=None,
+                   help='with --shift-populations: lenses per population of the shift set (default 200)')
     _add(c, '--bs', '--device', '--pixel-scale')
 
 def cmd_calibrate(a) -> int:
@@ -820,12 +821,16 @@ def cmd_calibrate(a) -> int:
     from deeplense_fastai.combine import calibrate, check_bank
     from deeplense_fastai.learner import read_run_config
     check_bank(a.populations, a.bank, flags=True, shift=a.shift_populations)
+    if a.shift_lenses is not None and not a.shift_populations:
+        raise DeepLenseError("--shift-lenses goes with --shift-populations (the lenses of each population of the shift "
+                             "set)")
     with _naming('--model', a.model): read_run_config(a.model)
     with contextlib.redirect_stdout(sys.stderr):
         r = calibrate(a.model, _scaled(a.data, a.pixel_scale, '--data'), bs=a.bs, tta=a.tta,
                       device=get_device(a.device), force=a.force, populations=a.populations, trials=a.trials,
-                      lenses=a.lenses, seed=a.seed, shift=a.shift_populations, shift_lenses=a.shift_lenses,
-                      **({} if a.bank is None else {'bank': a.bank}))
+                      lenses=a.lenses, seed=a.seed, shift=a.shift_populations,
+                      **({} if a.bank is None else {'bank': a.bank}),
+                      **({} if a.shift_lenses is None else {'shift_lenses': a.shift_lenses}))
     for t in r['coverage_before']:
         c = r['coverage_before'][t]
         print(f"{t}: before recalibration, on {plural(r['n'], 'image')}, the central 50% intervals held the truth for "
@@ -858,7 +863,9 @@ def _print_summary_likelihood(sl:dict) -> None:
           f"{v['measured_on']}, {v['n_max']} "
           f"lenses' 68% and 95% intervals held the truth, per quarter of the prior, in "
           + ", ".join(f"[{c['bin'][0]:g}, {c['bin'][1]:g}): {c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)
-          + f" (checked in-sample, on the populations its floor was fitted on, up to {v['n_max']} lenses)")
+          + (f" (checked on those populations, apart from the shift set, up to {v['n_max']} lenses)" if sl.get('shift')
+             else f" (checked in-sample, on the populations its floor was fitted on, up to {v['n_max']} lenses; one "
+                  f"floor for every mass: --shift-populations 100 measures one per quarter, the bench's best count)"))
 
 COMMANDS['calibrate'] = ('recalibrate a flow run on a labelled calibration split', None, _calibrate_args, cmd_calibrate)
 

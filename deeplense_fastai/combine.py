@@ -25,7 +25,8 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_r
                                        combine_log_posteriors, summarise, aggregate_log_posterior, fit_systematic,
                                        posterior_summaries, SummaryLikelihood, SummaryEnsemble, fit_summary_ensemble,
                                        joint_coverage_by_bin, SUMMARY_FLOORS, SUMMARY_MEMBERS, widened_joint,
-                                       SUMMARY_EPOCHS, BinnedFloor, binned_shift, floor_table, mixture_of_joints)
+                                       SUMMARY_EPOCHS, BinnedFloor, binned_shift, floor_table, mixture_of_joints,
+                                       joint_quantiles, _bin_of)
 from .simulate import get_preset
 from .config import RunConfig, ENSEMBLE_RULES
 from .learner import read_run_config, ood_features
@@ -103,17 +104,27 @@ def _bank_posteriors(model, cfg, preset:str, bank:int, seed:int, bs, tta) -> tup
 
 MIN_SHIFT = 10   # populations per quarter of a shift set: fewer cannot place a median (bench/many_lenses.py: 100)
 
+def _check_shift(pops:Populations) -> None:
+    ("A shift set that can measure floors by mass range: with populations and a bank, whole numbers, enough "
+     "populations of enough lenses, not more than memory holds a quarter at a time (nothing loaded yet).")
+    k, n = pops.shift, pops.shift_lenses
+    if type(k) is not int or type(n) is not int:
+        raise DeepLenseError(f"shift set: shift={k!r} and shift_lenses={n!r} must be whole numbers")
+    if not k: return
+    if pops.preset is None or not pops.bank:
+        raise DeepLenseError("shift goes with populations and a bank (not bank 0): the shift set measures the floors "
+                             "of the summary likelihood")
+    if k < MIN_SHIFT or n < MIN_LENSES or k * n > MAX_POPULATION_IMAGES:
+        raise DeepLenseError(f"shift set: {plural(k, 'population')} of {plural(n, 'lens', 'lenses')} per quarter of "
+                             f"the prior cannot measure its floors; use at least {MIN_SHIFT} populations of at least "
+                             f"{MIN_LENSES} lenses and at most {MAX_POPULATION_IMAGES:,} images per quarter "
+                             f"(bench/many_lenses.py: 100 populations of 200), or 0 for one floor")
+
 def _check_populations(pops:Populations, cfg:RunConfig) -> None:
     ("Populations (and a bank, a shift set) that can fit a floor for this run: its preset and pixel grid, enough of "
      "them, not more than memory holds.")
     preset, trials, lenses, bank = pops.preset, pops.trials, pops.lenses, pops.bank
     _population_preset(preset, cfg)
-    if pops.shift and (pops.shift < MIN_SHIFT or pops.shift_lenses < MIN_LENSES
-                       or pops.shift * pops.shift_lenses > MAX_POPULATION_IMAGES):
-        raise DeepLenseError(f"shift set: {plural(pops.shift, 'population')} of "
-                             f"{plural(pops.shift_lenses, 'lens', 'lenses')} per quarter of the prior cannot measure "
-                             f"its floors; use at least {MIN_SHIFT} of {MIN_LENSES} lenses and at most "
-                             f"{MAX_POPULATION_IMAGES:,} images per quarter (bench/many_lenses.py: 100 of 200), or 0")
     if bank and not MIN_BANK <= bank <= MAX_POPULATION_IMAGES:
         raise DeepLenseError(f"bank: {plural(bank, 'lens', 'lenses', ',')} cannot fit the summary likelihood; use "
                              f"{MIN_BANK} to {MAX_POPULATION_IMAGES:,} (default {BANK:,}), or 0 for the aggregate and "
@@ -190,6 +201,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
     check_bank(populations, kw.get('bank'), shift=kw.get('shift', 0))
     pops = populations if isinstance(populations, Populations) else Populations(populations)
     batching, pops = _plans(kw, 'calibrate', batching, pops)
+    _check_shift(pops)
     f = Path(run_dir)/'calibration.json'
     if f.exists() and not force:
         raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass --force (force=True)")
@@ -292,7 +304,7 @@ def _shift_floors(model, cfg:RunConfig, preset:str, q:SummaryEnsemble, grid, shi
         joints.append(mixture_of_joints(terms.reshape(len(terms), shift, lenses, -1).sum(2, dtype=torch.float64)))
     floor, rows = binned_shift(torch.cat(joints), truths, grid.double(), edges)
     return dict(edges=list(floor.edges), floors=list(floor.floors), populations=shift, lenses=lenses, seed=seed,
-                rule=SHIFT_RULE, by_bin=rows)
+                population_seeds=[seed + 1, seed + 4 * shift], rule=SHIFT_RULE, by_bin=rows)
 
 JOINT_CHECK_SE = 2   # a joint calibration fails its check beyond this many binomial standard errors of 0.68 or 0.95
 
@@ -345,14 +357,16 @@ def _say_check(rec:dict) -> None:
     _notice(f"warning: the joint intervals are not calibrated ({used['method']}, {floor_said(used)}): "
             f"{said}; combine's joint intervals will be {off}")
 
-def _validated(terms, truths, grid, width:float, prior, own=None) -> dict:
+def _validated(terms, truths, grid, width:float|BinnedFloor, prior, own=None) -> dict:
     ("What a joint calibration was checked on: its largest population, the mass range, coverage per quarter of it "
-     "and size.")
+     "and size (`measured_on` says whether the floor was fitted on those populations or, floors by mass range, "
+     "measured apart on a shift set).")
     K, N = terms.shape[-3:-1]
     lo, hi = float(prior[0]), float(prior[1])
+    fitted = ("apart from the shift set its floors came from" if isinstance(width, BinnedFloor)
+              else "the floor was fitted on")
     return dict(n_max=int(N), mass_range=[lo, hi],
-                measured_on=f"the {plural(K, 'simulated population')} of {plural(N, 'lens', 'lenses')} the floor was "
-                            f"fitted on",
+                measured_on=f"the {plural(K, 'simulated population')} of {plural(N, 'lens', 'lenses')} {fitted}",
                 coverage=joint_coverage_by_bin(terms, truths, grid, width, np.linspace(lo, hi, 5), own))
 
 def _save_summary_likelihood(run_dir, q:SummaryLikelihood|SummaryEnsemble) -> str:
@@ -459,8 +473,9 @@ class JointPosterior:
     # How an ensemble's members made the joint: 'mixture_of_joints' or, for older calibrations, 'mean_density' (the
     # product of the members' mean densities); None for one flow, the aggregate or no joint calibration
     ensemble: str|None = None
-    # The floors by mass range the calibration measured on a shift set (`edges`, `floors`; `systematic` is the one of
-    # the range this joint's median fell in), None for one floor
+    # The floors by mass range the calibration measured on a shift set (`edges`, `floors`; `applied`: the range whose
+    # floor is `systematic`, that of the floor-free median; `straddles`: edges inside the floor-free 68% interval
+    # where the floor changes), None for one floor
     floors: dict|None = None
     @property
     def n(self) -> int: return len(self.per_lens)
@@ -516,6 +531,7 @@ def joint_loaded(model:FlowRegressor, # A flow run's model (`run.Run`)
     for jp in out.values():
         _read_before(jp, joint or {}, run_dir, notice or _notice)
         _beyond_validated(jp, notice or _notice)
+        _straddled(jp, notice or _notice)
         _failed_check(jp, run_dir, notice or _notice)
     return out
 
@@ -543,6 +559,16 @@ def _failed_check(jp:JointPosterior, run_dir, notice) -> None:
     said, off = _check_said(jp.check)
     notice(f"warning: {run_dir}: the joint calibration of {jp.target} ({jp.method}) failed its check in calibrate: "
            f"{said}; these joint intervals are not calibrated and are likely {off}")
+
+def _straddled(jp:JointPosterior, notice) -> None:
+    "One notice when the joint's floor-free 68% interval straddles a mass-range edge where the floors differ."
+    if not (jp.floors and jp.floors.get('straddles')): return
+    e, f = jp.floors['edges'], jp.floors['floors']
+    said = ", ".join(f"{x:g} (floors {f[e.index(x) - 1]:.4f} and {f[e.index(x)]:.4f} dex)"
+                     for x in jp.floors['straddles'])
+    a, b = jp.floors['applied']
+    notice(f"note: the joint 68% interval of {jp.target} before its floor straddles the mass-range edge {said}; the "
+           f"floor applied, {jp.systematic:.4f} dex, is that of [{a:g}, {b:g}), where its median lies")
 
 def _beyond_validated(jp:JointPosterior, notice) -> None:
     "One notice when more lenses are combined than the joint calibration was validated for."
@@ -582,8 +608,8 @@ def joint_posterior(grid:torch.Tensor, # (T, G) from `run_posteriors`
     if target not in cfg.targets:
         raise DeepLenseError(f"target {target!r}: the run predicts {', '.join(cfg.targets)}")
     j = cfg.targets.index(target)
-    joint, width, method, rec = _joint_of((cfg.joint_calibration or {}).get(target), logp[:, j], grid[j], target)
-    floors = {k: rec['shift'][k] for k in ('edges', 'floors')} if rec.get('shift') else None
+    cal = (cfg.joint_calibration or {}).get(target)
+    joint, width, method, rec, floors = _joint_of(cal, logp[:, j], grid[j], target)
     return JointPosterior(target, grid[j].numpy(), joint.numpy(), logp[:, j].numpy(), summarise(joint, grid[j]), width,
                           method != 'product', method, rec.get('validated'), rec.get('joint_check'),
                           _ensemble_rule(method, rec), floors)
@@ -596,9 +622,9 @@ def _ensemble_rule(method:str, rec:dict) -> str|None:
 
 
 def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -> tuple:
-    ("(joint log density (G,), floor, method, the record used ({} for none)) of one target's raw per-lens "
-     "posteriors (N, G).")
-    if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', {}
+    ("(joint log density (G,), floor, method, the record used ({} for none), the floors by mass range applied (None "
+     "for one floor: `_floors_used`)) of one target's raw per-lens posteriors (N, G).")
+    if cal is None: return combine_log_posteriors(logp, grid), 0., 'product', {}, None
     if (sl := cal.get('summary_likelihood')) is not None:   # log q(s_i | m) adds over lenses; a flat prior on the grid
         s, q, g = posterior_summaries(logp, grid), sl['model'], grid.double()
         if _ensemble_rule('summary_likelihood', sl) == ENSEMBLE_RULE:   # each member's joint, mixed
@@ -608,13 +634,25 @@ def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -
         # one floor, or (a shift set measured them) the floor of the mass range the floor-free joint's median is in
         floor = BinnedFloor(tuple(sl['shift']['edges']), tuple(sl['shift']['floors'])) if sl.get('shift') else None
         width = float(floor.widths(raw, g)[0]) if floor else float(sl['systematic'])
-        return widened_joint(raw, g, width)[0].to(logp.dtype), width, 'summary_likelihood', sl
+        used = _floors_used(floor, raw, g) if floor else None
+        return widened_joint(raw, g, width)[0].to(logp.dtype), width, 'summary_likelihood', sl, used
     agg = torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
     if len(agg) != len(grid):
         raise DeepLenseError(f"calibration.json: the joint calibration of {target} has {len(agg)} grid points, "
                              f"the posteriors {len(grid)}")
     width = float(cal['systematic'])
-    return combine_log_posteriors(logp, grid, log_aggregate=agg, systematic=width), width, 'aggregate+floor', cal
+    return (combine_log_posteriors(logp, grid, log_aggregate=agg, systematic=width), width, 'aggregate+floor', cal,
+            None)
+
+def _floors_used(floor:BinnedFloor, raw:torch.Tensor, g:torch.Tensor) -> dict:
+    ("The floors by mass range as combine applied them to one joint (1, G): every range's floor, the range whose "
+     "floor was applied (that of the floor-free median), and the inner edges the floor-free 68% interval straddles "
+     "where the floor changes (there the floor of a neighbouring range would have been as plausible).")
+    lo, med, hi = joint_quantiles(widened_joint(raw, g, 0.), g, [0.16, 0.5, 0.84])[0].tolist()
+    e, f = floor.edges, floor.floors
+    k = int(_bin_of([med], e)[0])
+    return dict(edges=list(e), floors=list(f), applied=[e[k], e[k + 1]],
+                straddles=[e[i] for i in range(1, len(e) - 1) if lo < e[i] < hi and f[i - 1] != f[i]])
 
 # %% ../nbs/05e_combine.ipynb #047ea7da
 def plot_format(path:str|Path, # Where a figure will be written

@@ -398,8 +398,8 @@ def test_calibrate_floors_by_mass_range(inputs, native, env, flow_model, tmp_pat
     refused(run(*base, "--populations", "model_ii", "--shift-populations", 3, env=env[1]), "shift set", "at least 10")
     refused(run(*base, "--populations", "model_ii", "--shift-populations", -1, env=env[1]), "--shift-populations")
     assert not (run_dir / "calibration.json").exists()                  # refused before any work: nothing written
-    r = ok(run(*base, "--populations", "model_ii", "--trials", 20, "--lenses", 10, "--bank", 400,
-               "--shift-populations", 10, "--shift-lenses", 5, env=env[1]))
+    r = r_cal = ok(run(*base, "--populations", "model_ii", "--trials", 20, "--lenses", 10, "--bank", 400,
+                       "--shift-populations", 10, "--shift-lenses", 5, env=env[1]))
     assert "a shift set of 200 lenses (10 populations of 5 in each quarter of the prior)" in r.stderr
     assert "each on its own bootstrap resample" in r.stdout and "floors by mass range [-24, -23.5): " in r.stdout
     assert "measured on 40 populations of 5 lenses" in r.stdout
@@ -410,6 +410,11 @@ def test_calibrate_floors_by_mass_range(inputs, native, env, flow_model, tmp_pat
     assert sl["joint_check"]["floor"] == sh["floors"]
     r = ok(run("combine", "--model", run_dir, native["native"], "--json", tmp_path / "j.json", env=env[1]))
     j = json.loads((tmp_path / "j.json").read_text())["log10_m_axion"]
-    # one quarter's floor (which one, by the floor-free joint's median, is tested against an oracle in 05e_combine)
-    assert j["floors"] == dict(edges=sh["edges"], floors=sh["floors"]) and j["systematic"] in sh["floors"]
+    # one quarter's floor, that of the range it says it applied (which range, by the floor-free joint's median, is
+    # tested against an oracle in 05e_combine)
+    assert (j["floors"]["edges"], j["floors"]["floors"]) == (sh["edges"], sh["floors"])
+    a = j["floors"]["applied"]; k = sh["edges"].index(a[0])
+    assert a == sh["edges"][k:k + 2] and j["systematic"] == sh["floors"][k]
+    assert set(j["floors"]["straddles"]) <= set(sh["edges"][1:-1])
+    assert "checked on those populations, apart from the shift set" in r_cal.stdout
     assert f"systematic floor {j['systematic']:.4f}, that of its mass range)" in r.stdout

@@ -75,6 +75,8 @@ def test_predict_rows_and_no_overwrite(run_dir, data, tmp_path):
     (["calibrate", "--model", "/nonexistent", "--data", ".", "--bank", "400"], "--bank goes with --populations"),
     (["calibrate", "--model", "/nonexistent", "--data", ".", "--shift-populations", "100"],
      "--shift-populations goes with --populations"),
+    (["calibrate", "--model", "/nonexistent", "--data", ".", "--populations", "model_ii", "--shift-lenses", "50"],
+     "--shift-lenses goes with --shift-populations"),
     (["evaluate", "--model", "/nonexistent", "--data", "."], "no such run directory"),
 ])
 def test_train_errors_are_one_line(args, message, tmp_path):
