@@ -844,7 +844,8 @@ def _library_calibrate(d: Path) -> dict:
     r = subprocess.run(_library_command(LIBRARY_CALIBRATE, d), capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode: raise SystemExit(f"calibrate failed ({r.returncode}): {r.stderr[-2000:]}")
-    write_json(cal_f, dict(cpu_seconds=round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime),
+    write_json(cal_f, dict(calibrated_with=_commit(),
+                           cpu_seconds=round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime),
                            wall_seconds=round(time.time() - t0), stdout=r.stdout.splitlines(),
                            notes=[ln for ln in r.stderr.splitlines() if ln.startswith(("calibrate:", "note", "warn"))]))
     return json.loads(cal_f.read_text())
@@ -882,6 +883,7 @@ def library(seed: int = LIBRARY_RUN) -> dict:
              "the same members, one floor": _rows("library_one_floor", seed, cum, grid, float(sl["systematic"]),
                                                   mixed=True)}
     rec = dict(weights_sha256=digest, run=seed, split_command=LIBRARY_SPLIT, command=LIBRARY_CALIBRATE,
+               calibrated_with=ran.get("calibrated_with", "not recorded"),
                cpu_seconds=ran["cpu_seconds"], wall_seconds=ran["wall_seconds"], stdout=ran["stdout"],
                notes=ran["notes"], floors=sl["shift"]["floors"], edges=sl["shift"]["edges"],
                one_floor=sl["systematic"], joint_check=sl["joint_check"], bootstrap=sl["fit"]["bootstrap"],
