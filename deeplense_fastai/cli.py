@@ -797,17 +797,19 @@ def _calibrate_args(c):
          force="replace an existing calibration.json; also accept --data holding the run's own images")
     c.add_argument('--populations', metavar='PRESET',
                    help='fit the joint calibration on lenses simulated from this preset: the summary likelihood on a '
-                        '--bank of lenses from the prior, floors on --trials populations')
+                        '--bank of lenses from the prior, floors on --trials populations (with --shift-populations: '
+                        'floors by mass range on a shift set)')
     c.add_argument('--trials', type=_positive, default=200, help='simulated populations (with --populations)')
     c.add_argument('--lenses', type=_positive, default=50, help='lenses per population (with --populations)')
     c.add_argument('--seed', type=_seed, default=20_000,
-                   help='seed of the populations and the bank (not one used for training or testing)')
+                   help='seed of the populations, the bank and the shift set (not one used for training or testing)')
     c.add_argument('--bank', type=_seed, default=None, metavar='N',
                    help="with --populations: lenses simulated from the prior to fit the summary likelihood combine "
                         "uses (default 30000, as bench/many_lenses.py measured; 0: only the network's prior and its "
                         "floor)")
     c.add_argument('--shift-populations', type=_seed, default=0, metavar='K',
-                   help='with --populations: K populations of --shift-lenses lenses in each quarter of the prior, '
+                   help='with --populations and a bank (not --bank 0): K >= 10 populations of --shift-lenses lenses '
+                        'in each quarter of the prior, '
                         'on which the floor of each mass range is measured (the members are then bagged, as '
                         'bench/many_lenses.py measured it with K = 100; 4 x K x SHIFT_LENSES more lenses to simulate '
                         'and read); 0 (the default): one floor for every mass')
@@ -863,7 +865,8 @@ def _print_summary_likelihood(sl:dict) -> None:
           f"{v['measured_on']}, {v['n_max']} "
           f"lenses' 68% and 95% intervals held the truth, per quarter of the prior, in "
           + ", ".join(f"[{c['bin'][0]:g}, {c['bin'][1]:g}): {c['coverage68']:.0%}/{c['coverage95']:.0%}" for c in big)
-          + (f" (checked on those populations, apart from the shift set, up to {v['n_max']} lenses)" if sl.get('shift')
+          + (f" (checked up to {v['n_max']} lenses; the floors were measured on the shift set's populations of "
+             f"{sl['shift']['lenses']} lenses)" if sl.get('shift')
              else f" (checked in-sample, on the populations its floor was fitted on, up to {v['n_max']} lenses; one "
                   f"floor for every mass: --shift-populations 100 measures one per quarter, the bench's best count)"))
 
