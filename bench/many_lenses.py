@@ -882,10 +882,11 @@ def library(seed: int = LIBRARY_RUN) -> dict:
                                                         mixed=True),
              "the same members, one floor": _rows("library_one_floor", seed, cum, grid, float(sl["systematic"]),
                                                   mixed=True)}
+    here = lambda lines: [ln.replace(str(d / "run"), "RUN").replace(str(d / "split"), "SPLIT") for ln in lines]
     rec = dict(weights_sha256=digest, run=seed, split_command=LIBRARY_SPLIT, command=LIBRARY_CALIBRATE,
                calibrated_with=ran.get("calibrated_with", "not recorded"),
-               cpu_seconds=ran["cpu_seconds"], wall_seconds=ran["wall_seconds"], stdout=ran["stdout"],
-               notes=ran["notes"], floors=sl["shift"]["floors"], edges=sl["shift"]["edges"],
+               cpu_seconds=ran["cpu_seconds"], wall_seconds=ran["wall_seconds"], stdout=here(ran["stdout"]),
+               notes=here(ran["notes"]), floors=sl["shift"]["floors"], edges=sl["shift"]["edges"],
                one_floor=sl["systematic"], joint_check=sl["joint_check"], bootstrap=sl["fit"]["bootstrap"],
                targets={k: _targets(v) for k, v in cells.items()}, cells=cells)
     write_json(rec_f, rec)
