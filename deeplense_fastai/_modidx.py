@@ -82,6 +82,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'deeplense_fastai/combine.py'),
                                           'deeplense_fastai.combine._calibration_images': ( 'combine.html#_calibration_images',
                                                                                             'deeplense_fastai/combine.py'),
+                                          'deeplense_fastai.combine._calibration_plans': ( 'combine.html#_calibration_plans',
+                                                                                           'deeplense_fastai/combine.py'),
                                           'deeplense_fastai.combine._check_distinct': ( 'combine.html#_check_distinct',
                                                                                         'deeplense_fastai/combine.py'),
                                           'deeplense_fastai.combine._check_populations': ( 'combine.html#_check_populations',

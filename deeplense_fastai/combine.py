@@ -104,6 +104,15 @@ def _bank_posteriors(model, cfg, preset:str, bank:int, seed:int, bs, tta) -> tup
 
 MIN_SHIFT = 10   # populations per quarter of a shift set: fewer cannot place a median (bench/many_lenses.py: 100)
 
+def _calibration_plans(populations, batching:Batching, kw:dict) -> tuple:
+    ("`calibrate`'s batching and `Populations` with the fields named in `kw`, checked before any work (a bank with "
+     "populations, a shift set it can use).")
+    check_bank(populations, kw.get('bank'), shift=kw.get('shift', 0))
+    pops = populations if isinstance(populations, Populations) else Populations(populations)
+    batching, pops = _plans(kw, 'calibrate', batching, pops)
+    _check_shift(pops)
+    return batching, pops
+
 def _check_shift(pops:Populations) -> None:
     ("A shift set that can measure floors by mass range: with populations and a bank, whole numbers, enough "
      "populations of enough lenses, not more than memory holds a quarter at a time (nothing loaded yet).")
@@ -198,10 +207,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
               **kw,
              ) -> dict:
     "Fit quantile recalibration and the joint calibration on `source` into calibration.json; return what was fitted."
-    check_bank(populations, kw.get('bank'), shift=kw.get('shift', 0))
-    pops = populations if isinstance(populations, Populations) else Populations(populations)
-    batching, pops = _plans(kw, 'calibrate', batching, pops)
-    _check_shift(pops)
+    batching, pops = _calibration_plans(populations, batching, kw)
     f = Path(run_dir)/'calibration.json'
     if f.exists() and not force:
         raise DeepLenseError(f"{f}: exists (the run is already recalibrated); remove it or pass --force (force=True)")
