@@ -639,8 +639,8 @@ def _joint_of(cal:dict|None, logp:torch.Tensor, grid:torch.Tensor, target:str) -
             raw = q.loglik(s, grid).double().sum(0)[None]
         # one floor, or (a shift set measured them) the floor of the mass range the floor-free joint's median is in
         floor = BinnedFloor(tuple(sl['shift']['edges']), tuple(sl['shift']['floors'])) if sl.get('shift') else None
-        width = float(floor.widths(raw, g)[0]) if floor else float(sl['systematic'])
         used = _floors_used(floor, raw, g) if floor else None
+        width = used['floors'][used['edges'].index(used['applied'][0])] if floor else float(sl['systematic'])
         return widened_joint(raw, g, width)[0].to(logp.dtype), width, 'summary_likelihood', sl, used
     agg = torch.tensor(cal['log_aggregate'], dtype=logp.dtype)
     if len(agg) != len(grid):
