@@ -286,15 +286,16 @@ def member_seed(seed: int, k: int) -> int:
     return seed + 1000 * k
 
 
-def nle_member(seed: int, k: int, s=None, m=None, bootstrap: bool = False):
+def nle_member(seed: int, k: int, s=None, m=None, bootstrap: bool = False, n_fit: int = FIT_N):
     """Member k of run `seed`'s ensemble of summary likelihoods: the library's `fit_summary_likelihood` (what
     `calibrate` fits) on the bank's split with fitting seed `member_seed(seed, k)` (`bootstrap`: on a bootstrap
     resample of the fitting split drawn with that seed), cached as safetensors beside the run's posteriors (tied to the
-    run's weights digest), so that members fit in parallel processes and resume."""
+    run's weights digest), so that members fit in parallel processes and resume. `n_fit`: the first so many pairs of
+    `s` are fitted, the rest held out (bench/bank_size.py's other bank sizes; the default is this bench's split)."""
     from safetensors.torch import load_file, save_file
     from deeplense_fastai.posterior import SUMMARY_FLOW, SummaryLikelihood, fit_summary_likelihood
-    f = cache("fits", f"seed{seed}") / f"{'bag' if bootstrap else 'nle'}{k}.safetensors"
-    digest, how = weights_digest(seed), fit_recipe(bootstrap)
+    f = cache("fits", f"seed{seed}") / f"{'bag' if bootstrap else 'nle'}{k}{_sized(n_fit)}.safetensors"
+    digest, how = weights_digest(seed), fit_recipe(bootstrap, n_fit)
     if f.exists():
         from safetensors import safe_open
         with safe_open(str(f), "pt") as h: meta = h.metadata()
@@ -305,7 +306,7 @@ def nle_member(seed: int, k: int, s=None, m=None, bootstrap: bool = False):
             return q.eval()
     if s is None: s, m = bank_summaries(seed)
     t0 = time.time()
-    q = fit_summary_likelihood(s, m, seed=member_seed(seed, k), holdout=(len(s) - FIT_N) / len(s),
+    q = fit_summary_likelihood(s, m, seed=member_seed(seed, k), holdout=(len(s) - n_fit) / len(s),
                                bootstrap=bootstrap)
     q.seconds = round(time.time() - t0, 1)
     tmp = f.with_suffix(".tmp")
@@ -318,15 +319,21 @@ def nle_member(seed: int, k: int, s=None, m=None, bootstrap: bool = False):
     return q
 
 
-def fit_recipe(bootstrap: bool = False) -> str:
-    """How a member is fitted, as the library fits it (flow settings, epochs, schedule, bank split; a bagged member:
-    on a bootstrap resample): a cached member fitted otherwise is refitted."""
+def _sized(n_fit: int) -> str:
+    "The cache names' suffix of members fitted on `n_fit` pairs: none for this bench's own split."
+    return "" if n_fit == FIT_N else f"_fit{n_fit}"
+
+
+def fit_recipe(bootstrap: bool = False, n_fit: int = FIT_N) -> str:
+    """How a member is fitted, as the library fits it (flow settings, epochs, schedule, bank split, `n_fit` pairs
+    fitted and the bank's held-out tail; a bagged member: on a bootstrap resample): a cached member fitted otherwise is
+    refitted."""
     import inspect
     from deeplense_fastai.posterior import SUMMARY_FLOW, fit_summary_likelihood
     d = {k: v.default for k, v in inspect.signature(fit_summary_likelihood).parameters.items()
          if k in ("epochs", "bs", "patience")}
     bag = {"bootstrap": "posterior.bootstrap_indices(n_fit, seed)"} if bootstrap else {}
-    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK, fit=FIT_N, **bag), sort_keys=True)
+    return json.dumps(dict(flow=SUMMARY_FLOW, **d, bank=BANK - FIT_N + n_fit, fit=n_fit, **bag), sort_keys=True)
 
 
 def bank_summaries(seed: int) -> tuple:
@@ -339,14 +346,14 @@ def bank_summaries(seed: int) -> tuple:
             torch.from_numpy(np.load(cache("images") / "bank_y.npy")).float())
 
 
-def fit_nle_ensemble(s, m, seed, k=ENSEMBLE, bootstrap=False):
+def fit_nle_ensemble(s, m, seed, k=ENSEMBLE, bootstrap=False, n_fit=FIT_N):
     """The deep ensemble of K summary likelihoods (Lakshminarayanan et al. 2017; for simulation-based inference Hermans
     et al. 2022): per lens, the mean of the members' densities, log(1/K sum_k q_k(s | m)); its logarithm adds over
     lenses. Members differ only in their fitting seed (initialisation, batch order; `bootstrap`: also in the bootstrap
     resample of the bank they fit, bagging); all share the standardisation of the same bank split, so their densities
-    are on one scale."""
+    are on one scale (`n_fit`: as `nle_member`)."""
     from deeplense_fastai.posterior import SummaryEnsemble
-    qs = [nle_member(seed, j, s, m, bootstrap) for j in range(k)]
+    qs = [nle_member(seed, j, s, m, bootstrap, n_fit) for j in range(k)]
     ens = SummaryEnsemble(k, **qs[0].hparams)            # the library's averaging (what calibrate fits), cached members
     for e, q in zip(ens.members, qs): e.load_state_dict(q.state_dict())
     return ens.eval(), [q.validation_loss for q in qs], [q.seconds for q in qs]
@@ -494,12 +501,13 @@ def shift_floors(seed: int, ens, grid: torch.Tensor, bagged: bool) -> list:
             for b, r in enumerate(rows)]
 
 
-def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str, bagged: bool = False) -> torch.Tensor:
+def member_terms(seed: int, ens, s: torch.Tensor, grid: torch.Tensor, name: str, bagged: bool = False,
+                 n_fit: int = FIT_N) -> torch.Tensor:
     """Each member's log q_k(s_i | m_g) (M, B, G) on the trials or the populations, float32, cached beside the run's
-    posteriors (tied to its weights and the members' fitting recipe): the costly step of scoring (about 3 s per
-    thousand lenses per member on one thread)."""
-    f = cache("posteriors", f"seed{seed}") / f"{'bagged' if bagged else 'members'}_{name}.npy"
-    key = json.dumps(dict(weights_sha256=weights_digest(seed), recipe=fit_recipe(bagged)))
+    posteriors (tied to its weights and the members' fitting recipe, `n_fit` pairs): the costly step of scoring (about
+    3 s per thousand lenses per member on one thread)."""
+    f = cache("posteriors", f"seed{seed}") / f"{'bagged' if bagged else 'members'}{_sized(n_fit)}_{name}.npy"
+    key = json.dumps(dict(weights_sha256=weights_digest(seed), recipe=fit_recipe(bagged, n_fit)))
     stamp = f.with_suffix(".json")
     if f.exists() and stamp.exists() and stamp.read_text() == key: return torch.from_numpy(np.load(f))
     out = ens.member_logliks(s.float(), grid.float())
