@@ -5,7 +5,7 @@ the summary likelihood's estimation error, which a larger bank shrinks, or somet
     OMP_NUM_THREADS=1 nice -n 19 python bench/bank_size.py extra --seeds 0   # the extra bank: images, posteriors
     OMP_NUM_THREADS=1 nice -n 19 python bench/bank_size.py score --seeds 0 --sizes 55000  # one (seed, size), cached:
         # run several in parallel processes
-    OMP_NUM_THREADS=1 python bench/bank_size.py score          # every seed and size -> bench/results/many_lenses_bank.json
+    OMP_NUM_THREADS=1 python bench/bank_size.py score     # every seed and size -> bench/results/many_lenses_bank.json
 
 What `summary_nle_bag+shift` (bench/many_lenses.py's chosen method, what `deeplense calibrate --shift-populations`
 fits) reaches when its five bagged members are fitted on n pairs of (posterior summary, true mass) instead of the
@@ -65,7 +65,7 @@ def pairs(seed: int, n: int, grid: torch.Tensor) -> tuple:
     if n > ml.FIT_N:
         P = torch.from_numpy(np.load(ml.cache("posteriors", f"seed{seed}") / "bank_extra.npy")).double()
         y = torch.from_numpy(np.load(ml.cache("images") / "bank_extra_y.npy")).float()
-        if n - ml.FIT_N > len(P): raise SystemExit(f"bank_size: {n} pairs need {n - ml.FIT_N} extra; there are {len(P)}")
+        if n - ml.FIT_N > len(P): raise SystemExit(f"bank_size: {n} pairs need {n - ml.FIT_N} extra, not {len(P)}")
         fit_s = torch.cat([fit_s, posterior_summaries(P[:n - ml.FIT_N], grid.double()).float()])
         fit_m = torch.cat([fit_m, y[:n - ml.FIT_N]])
     return torch.cat([fit_s, s[ml.FIT_N:]]), torch.cat([fit_m, m[ml.FIT_N:]])
@@ -124,13 +124,14 @@ def size_record(seed: int, n: int) -> dict:
     c = cells(seed, ens, n, grid, bf)
     hw = lambda meth, N: [x["halfwidth68"] for x in c if x["method"] == meth and x["n"] == N]
     cov = [x for x in c if x["method"] == "summary_nle_bag+shift" and x["n"] in (10, 50, 200)]
-    out = dict(seed=seed, size=n, validation_loss=val, validation_loss_mean=float(np.mean(val)), fit_seconds=seconds, floors=list(bf.floors), edges=list(EDGES),
-                shift=[{k: v for k, v in r.items()} for r in rows], cells=c,
-                halfwidth200_light_max=max(hw("summary_nle_bag+shift", 200)),
-                halfwidth200_light_max_floor_free=max(hw("summary_nle_bag", 200)),
-                narrowing_50_to_200_light_min=min(a / b for a, b in zip(hw("summary_nle_bag+shift", 50),
-                                                                         hw("summary_nle_bag+shift", 200))),
-                light_cells_within_2sigma=int(sum(map(ml._within, cov))), light_cells=len(cov))
+    out = dict(seed=seed, size=n, validation_loss=val, validation_loss_mean=float(np.mean(val)), fit_seconds=seconds,
+               floors=list(bf.floors), edges=list(EDGES),
+               shift=[{k: v for k, v in r.items()} for r in rows], cells=c,
+               halfwidth200_light_max=max(hw("summary_nle_bag+shift", 200)),
+               halfwidth200_light_max_floor_free=max(hw("summary_nle_bag", 200)),
+               narrowing_50_to_200_light_min=min(a / b for a, b in zip(hw("summary_nle_bag+shift", 50),
+                                                                        hw("summary_nle_bag+shift", 200))),
+               light_cells_within_2sigma=int(sum(map(ml._within, cov))), light_cells=len(cov))
     out["meets_width_targets"] = bool(out["halfwidth200_light_max"] <= TARGET["halfwidth200_light_max"] and
                                       out["narrowing_50_to_200_light_min"] >= TARGET["narrowing_50_to_200_light_min"])
     return out
@@ -161,7 +162,8 @@ def score(seeds, sizes) -> None:
                   f"{r['halfwidth200_light_max']:.4f} (floor-free {r['halfwidth200_light_max_floor_free']:.4f}), "
                   f"{r['light_cells_within_2sigma']}/{r['light_cells']} light cells within 2 sigma", flush=True)
     save("many_lenses_bank", table=over_seeds(recs, sizes),
-         records=[{k: v for k, v in r.items() if k != "cells"} for r in recs], cells=[c for r in recs for c in r["cells"]],
+         records=[{k: v for k, v in r.items() if k != "cells"} for r in recs],
+         cells=[c for r in recs for c in r["cells"]],
          runs={str(s): dict(command=ml.TRAIN.format(seed=s), weights_sha256=ml.weights_digest(s)) for s in seeds},
          settings=dict(seeds=list(seeds), sizes=list(sizes), held_out=ml.BANK - ml.FIT_N, bench_fit=ml.FIT_N,
                        extra=EXTRA, extra_seed=EXTRA_SEED, edges=list(EDGES), light_bins=LIGHT, trials=ml.TRIALS,

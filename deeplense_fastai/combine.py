@@ -28,10 +28,10 @@ from .posterior import (FlowRegressor, COVERAGE_LEVELS, expected_coverage, fit_r
                                        SUMMARY_EPOCHS, BinnedFloor, binned_shift, floor_table, mixture_of_joints,
                                        joint_quantiles, _bin_of)
 from .simulate import get_preset
-from .config import RunConfig, ENSEMBLE_RULES
+from .config import RunConfig, ENSEMBLE_RULES, SUMMARY_NAME, summary_file_name
 from .learner import read_run_config, ood_features
 from .inputs import _notice, open_checked, pixel_status, BAD_PIXELS, Reading
-from .inference import (load_run, require_flow, Batching, SUMMARY_FILE, _check_tta, _flow_run,
+from .inference import (load_run, require_flow, Batching, _check_tta, _flow_run,
                                        _open_all, _posteriors_of, _source_batches, _plans)
 from .evaluate import image_hashes, seen_images, _hashes_digest, _labelled, _pits
 
@@ -228,8 +228,7 @@ def calibrate(run_dir:str|Path, # A flow run (written into: calibration.json)
                   weights_sha256=file_digest(Path(run_dir)/'weights.safetensors'), preset=_run_preset(cfg),
                   **({'joint': joint} if joint else {}))
     with atomic_write(f) as tmp: tmp.write_text(json.dumps(record))
-    if not (joint and 'summary_likelihood' in joint['log10_m_axion']):
-        (Path(run_dir)/SUMMARY_FILE).unlink(missing_ok=True)
+    _drop_unnamed_summaries(run_dir, (joint or {}).get('log10_m_axion', {}).get('summary_likelihood', {}).get('file'))
     return dict(knots=knots, n=len(pit),
                 coverage_before=pd.DataFrame(expected_coverage(pit), index=COVERAGE_LEVELS, columns=cfg.targets),
                 joint=joint, floor=floor)
@@ -277,8 +276,8 @@ def _summary_calibration(run_dir, model, cfg:RunConfig, bank_of:tuple, populatio
                 f"it needs may be larger")
     shift = _shift_floors(model, cfg, preset, q, grid, shift_of, batching) if bagged else None
     used = BinnedFloor(tuple(shift['edges']), tuple(shift['floors'])) if shift else width   # what combine applies
-    return dict(method='summary_likelihood', at_cap=bool(at_cap), file=SUMMARY_FILE,
-                sha256=_save_summary_likelihood(run_dir, q), hparams=q.hparams,
+    return dict(method='summary_likelihood', at_cap=bool(at_cap), **_save_summary_likelihood(run_dir, q),
+                hparams=q.hparams,
                 members=len(q.members), ensemble=ENSEMBLE_RULE,
                 fit=dict(schedule='one_cycle', epochs=SUMMARY_EPOCHS, bootstrap=bagged),
                 quantiles=QUANTILE_RULE,
@@ -375,12 +374,21 @@ def _validated(terms, truths, grid, width:float|BinnedFloor, prior, own=None) ->
                 measured_on=f"the {plural(K, 'simulated population')} of {plural(N, 'lens', 'lenses')} {fitted}",
                 coverage=joint_coverage_by_bin(terms, truths, grid, width, np.linspace(lo, hi, 5), own))
 
-def _save_summary_likelihood(run_dir, q:SummaryLikelihood|SummaryEnsemble) -> str:
-    "Write the summary likelihood's state (flows and standardisation) as safetensors, atomically; its SHA-256."
-    from safetensors.torch import save_file
-    f = Path(run_dir)/SUMMARY_FILE
-    with atomic_write(f) as tmp: save_file({k: v.detach().contiguous() for k, v in q.state_dict().items()}, str(tmp))
-    return file_digest(f)
+def _save_summary_likelihood(run_dir, q:SummaryLikelihood|SummaryEnsemble) -> dict:
+    ("Write the summary likelihood's state (flows and standardisation) as safetensors, atomically, under a name of "
+     "its own SHA-256 (an earlier calibration's file stays until calibration.json names this one); its `file` and "
+     "`sha256`.")
+    import hashlib
+    from safetensors.torch import save
+    data = save({k: v.detach().contiguous() for k, v in q.state_dict().items()})
+    sha = hashlib.sha256(data).hexdigest()
+    with atomic_write(Path(run_dir)/summary_file_name(sha)) as tmp: tmp.write_bytes(data)
+    return dict(file=summary_file_name(sha), sha256=sha)
+
+def _drop_unnamed_summaries(run_dir, keep:str|None) -> None:
+    "Once calibration.json is written: remove the summary likelihood files it does not name (`keep`: the one it does)."
+    for f in Path(run_dir).iterdir():
+        if SUMMARY_NAME.fullmatch(f.name) and f.name != keep: f.unlink(missing_ok=True)
 
 # %% ../nbs/05e_combine.ipynb #b528cdc2
 def _check_distinct(opened:list) -> None:

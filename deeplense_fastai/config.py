@@ -4,16 +4,17 @@
 
 # %% ../nbs/02d_config.ipynb #edc06e39
 from __future__ import annotations
-import json, math, warnings
+import json, math, re, warnings
 from pathlib import Path
 from dataclasses import dataclass, field, fields, replace
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'SUMMARY_FILE', 'HPARAM_MAX', 'MEMBERS_MAX', 'ENSEMBLE_RULES', 'RUN_FILES',
-           'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'read_calibration', 'check_calibration',
-           'check_joint_calibration', 'TrainPlan', 'run_strangers', 'is_run_dir', 'clear_run']
+__all__ = ['NORMS', 'RUNTIME', 'RUN_FORMAT', 'SUMMARY_FILE', 'SUMMARY_NAME', 'HPARAM_MAX', 'MEMBERS_MAX', 'ENSEMBLE_RULES',
+           'RUN_FILES', 'minmax_scale', 'resize_images', 'to_grid', 'RunConfig', 'summary_file_name',
+           'read_calibration', 'check_calibration', 'check_joint_calibration', 'TrainPlan', 'run_strangers',
+           'is_run_dir', 'clear_run']
 
 # %% ../nbs/02d_config.ipynb #2ac298e3
 from .core import DeepLenseError
@@ -243,7 +244,16 @@ def _check_images(d:dict, bad) -> None:
     if not isinstance(d.get('model_kw', {}), dict): bad(f"model_kw must be an object, got {d['model_kw']!r}")
 
 # %% ../nbs/02d_config.ipynb #782bcdb6
-SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights, beside calibration.json
+SUMMARY_FILE = 'summary_likelihood.safetensors'   # the summary likelihood's weights in calibrations written before
+# they were named by their digest: a new calibration's file is named by its own SHA-256 (`summary_file_name`) and
+# calibration.json names it, so a calibrate stopped before it writes calibration.json leaves the old pair intact
+SUMMARY_NAME = re.compile(r'summary_likelihood(-[0-9a-f]{16})?\.safetensors')   # the names calibration.json may give
+
+def summary_file_name(sha256:str, # The SHA-256 (hex) of the summary likelihood's safetensors bytes
+                     ) -> str:
+    "The file name a summary likelihood's weights are written under: its digest's first 16 hex digits in the name."
+    return f'summary_likelihood-{sha256[:16]}.safetensors'
+
 HPARAM_MAX = dict(transforms=16, hidden=512, bins=64)  # a recorded flow's size, bounded (a file cannot ask for GBs)
 MEMBERS_MAX = 8    # a recorded ensemble's members, bounded for the same reason (8 of the largest flows: ~0.2 GB)
 ENSEMBLE_RULES = ('mixture_of_joints', 'mean_density')   # how an ensemble's joint may be made (absent: mean density)
@@ -306,11 +316,14 @@ def _check_summary_record(rec, where, name:str) -> None:
           and isinstance(rec.get('sha256'), str) and isinstance(rec.get('systematic'), (int, float))
           and 0 <= rec['systematic'] < math.inf
           and ('members' not in rec or (type(rec['members']) is int and 1 <= rec['members'] <= MEMBERS_MAX))
+          and isinstance(rec.get('file', SUMMARY_FILE), str) and SUMMARY_NAME.fullmatch(rec.get('file', SUMMARY_FILE))
           and rec.get('ensemble', 'mean_density') in ENSEMBLE_RULES)
     if not ok: raise DeepLenseError(f"{where}: 'summary_likelihood' must hold 'hparams' ("
                                     + ', '.join(f"{k} 1 to {v}" for k, v in HPARAM_MAX.items())
-                                    + f"), 'sha256', a 'systematic' width >= 0 and, for an ensemble, 'members' 1 to "
-                                      f"{MEMBERS_MAX} and an 'ensemble' rule of {' or '.join(ENSEMBLE_RULES)}")
+                                    + f"), 'sha256', a 'systematic' width >= 0, a 'file' named "
+                                      f"summary_likelihood[-<16 hex digits>].safetensors (no folder) and, for an "
+                                      f"ensemble, 'members' 1 to {MEMBERS_MAX} and an 'ensemble' rule of "
+                                      f"{' or '.join(ENSEMBLE_RULES)}")
     if 'shift' in rec: _check_shift_record(rec['shift'], where)
 
 def _check_shift_record(s, where) -> None:
@@ -420,11 +433,12 @@ def _check_plan_preset(preset:str, task:str, target) -> None:
 # %% ../nbs/02d_config.ipynb #e7b2152e
 RUN_FILES = ('models', 'history.csv', 'config.json', 'weights.safetensors', 'model.pkl', 'metrics.json',
              'calibration.json', 'images_seen.npz', 'ood.safetensors',
-             'summary_likelihood.safetensors')   # besides the plots (*.png)
+             'summary_likelihood.safetensors')   # besides the plots (*.png) and summary_likelihood-<digest>.safetensors
 
 def _is_run_file(name:str) -> bool:
     "Whether a name in a run directory is one `train` or `calibrate` writes (or an atomic write's leftover temporary)."
-    return name in RUN_FILES or name.endswith('.png') or (name.startswith('.') and name.endswith('.tmp'))
+    return (name in RUN_FILES or name.endswith('.png') or bool(SUMMARY_NAME.fullmatch(name))
+            or (name.startswith('.') and name.endswith('.tmp')))
 
 def _is_model_file(name:str) -> bool:
     "What `fit` writes into models/: checkpoints, the best epoch, and atomic writes' temporaries."

@@ -80,7 +80,7 @@ def _attach_calibration(cfg:RunConfig, run_dir:Path, f:Path) -> None:
 def _summary_likelihood(rec, run_dir, where) -> SummaryLikelihood|SummaryEnsemble:
     "The summary likelihood a checked joint calibration record names, its file checked against the recorded SHA-256."
     from safetensors.torch import load_file
-    f = Path(run_dir)/SUMMARY_FILE
+    f = Path(run_dir)/rec.get('file', SUMMARY_FILE)          # the name was checked (`SUMMARY_NAME`): no folder
     again = f"recalibrate: deeplense calibrate --model {run_dir} --data SPLIT --populations PRESET --force"
     if not f.is_file(): raise DeepLenseError(f"{f}: missing, and {where} names it; {again}")
     if file_digest(f) != rec['sha256']:

@@ -359,8 +359,9 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     more lenses than validated: one note); a changed or missing weights file is one line; a calibration.json written
     before the summary likelihood (no entry) combines as before, with the network's prior and its floor."""
     run_dir = calibrated(flow, data, tmp_path, "--populations", "model_ii", "--trials", 20, "--lenses", 5, "--bank", 400, env=env[1])
-    f = run_dir / "summary_likelihood.safetensors"
     cal = json.loads((run_dir / "calibration.json").read_text())
+    f = run_dir / cal["joint"]["log10_m_axion"]["summary_likelihood"]["file"]     # named by its own SHA-256
+    assert [g.name for g in run_dir.glob("summary_likelihood*")] == [f.name] and f.name.startswith("summary_likelihood-")
     import hashlib
     assert cal["joint"]["log10_m_axion"]["summary_likelihood"]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     r = run("combine", "--model", run_dir, data / "cal", "--json", tmp_path / "a.json", env=env[1])
@@ -383,9 +384,9 @@ def test_summary_likelihood_is_checked_and_old_joint_calibrations_still_combine(
     assert d["median"] != j["median"] and d["ensemble"] == "mean_density"
     good = f.read_bytes()
     f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "SHA-256", "--force")
+    refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), f.name, "SHA-256", "--force")
     f.unlink()
-    refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), "summary_likelihood.safetensors", "missing")
+    refused(run("combine", "--model", run_dir, data / "cal", env=env[1]), f.name, "missing")
     # a summary likelihood written before ensembles (one flow, no 'members') still combines
     f.write_bytes(good)
     from safetensors.torch import load_file, save_file
