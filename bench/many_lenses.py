@@ -830,7 +830,7 @@ def _library_inputs(seed: int, digest: str) -> Path:
     if not copy.exists():
         shutil.rmtree(d / "run.tmp", ignore_errors=True)
         shutil.copytree(run_dir(seed), d / "run.tmp",
-                        ignore=shutil.ignore_patterns("calibration.json", "summary_likelihood.safetensors"))
+                        ignore=shutil.ignore_patterns("calibration.json", "summary_likelihood*.safetensors"))
         (d / "run.tmp").rename(d / "run")
     if not (d / "split" / "images.npy").exists():
         shutil.rmtree(d / "split", ignore_errors=True)

@@ -388,7 +388,7 @@ def _save_summary_likelihood(run_dir, q:SummaryLikelihood|SummaryEnsemble) -> di
 def _drop_unnamed_summaries(run_dir, keep:str|None) -> None:
     "Once calibration.json is written: remove the summary likelihood files it does not name (`keep`: the one it does)."
     for f in Path(run_dir).iterdir():
-        if SUMMARY_NAME.fullmatch(f.name) and f.name != keep: f.unlink(missing_ok=True)
+        if SUMMARY_NAME.fullmatch(f.name) and f.name != keep and f.is_file(): f.unlink(missing_ok=True)
 
 # %% ../nbs/05e_combine.ipynb #b528cdc2
 def _check_distinct(opened:list) -> None:
