@@ -2,9 +2,9 @@
 the summary likelihood's estimation error, which a larger bank shrinks, or something a larger bank does not touch?
 
     OMP_NUM_THREADS=1 nice -n 19 python bench/many_lenses.py images && ... posteriors   # the bench's inputs
-    OMP_NUM_THREADS=1 nice -n 19 python bench/bank_size.py extra --seeds 0   # the extra bank: images, posteriors
-    OMP_NUM_THREADS=1 nice -n 19 python bench/bank_size.py score --seeds 0 --sizes 55000  # one (seed, size), cached:
-        # run several in parallel processes
+    OMP_NUM_THREADS=1 nice -n 19 python bench/bank_size.py extra       # the extra bank: images, each run's posteriors
+    OMP_NUM_THREADS=1 nice -n 19 python bench/bank_size.py score --seeds 1 --sizes 55000 --first-seed-sizes ''
+        # optional: one (seed, size) ahead (members and their terms cached), several in parallel processes
     OMP_NUM_THREADS=1 python bench/bank_size.py score     # every seed and size -> bench/results/many_lenses_bank.json
 
 What `summary_nle_bag+shift` (bench/many_lenses.py's chosen method, what `deeplense calibrate --shift-populations`
@@ -17,7 +17,8 @@ shift set (`binned_shift` over the edges -24, -23.5, -23, -22.5: a trial whose f
 takes the third quarter's floor, where the bench would take the heaviest's), then the light trials (true log10 m below
 -23, the issue's width target) scored with and without those floors: 68/95% coverage with binomial errors, the median
 68% half-width and its narrowing from 50 to 200 lenses; per size, mean +- sd over the training seeds measured, and a
-`versus` call of each size's width against the bench's own size (lower is better).
+`versus` call of each size's width against the bench's own size (lower is better). Sizes: SIZES on every run,
+FIRST_SEED_SIZES on the first only.
 """
 import argparse
 import json
@@ -32,7 +33,8 @@ import many_lenses as ml
 from _results import mean_sd, save, versus
 
 SEEDS = ml.SEEDS
-SIZES = (12_500, 25_000, 55_000)
+SIZES = (25_000, 55_000)  # on every run
+FIRST_SEED_SIZES = (12_500,)   # on the first run only (half the bench's bank moved nothing there; CPU is scarce)
 EXTRA, EXTRA_SEED = 30_000, 70_000
 EDGES = ml.BINS[:4]     # the shift set's three lightest quarters
 LIGHT = 2               # the trials' bins scored: the two below -23
@@ -153,20 +155,21 @@ def over_seeds(recs: list, sizes) -> list:
     return out
 
 
-def score(seeds, sizes) -> None:
+def score(seeds, sizes, first_seed_sizes=()) -> None:
     recs = []
-    for s in seeds:
-        for n in sizes:
-            recs.append(r := size_record(s, n))
-            print(f"seed {s}, {n} pairs: floors {np.round(r['floors'], 4).tolist()}, light N=200 half-width "
-                  f"{r['halfwidth200_light_max']:.4f} (floor-free {r['halfwidth200_light_max_floor_free']:.4f}), "
-                  f"{r['light_cells_within_2sigma']}/{r['light_cells']} light cells within 2 sigma", flush=True)
+    for s, n in [(s, n) for s in seeds for n in sizes] + [(seeds[0], n) for n in first_seed_sizes]:
+        recs.append(r := size_record(s, n))
+        print(f"seed {s}, {n} pairs: floors {np.round(r['floors'], 4).tolist()}, light N=200 half-width "
+              f"{r['halfwidth200_light_max']:.4f} (floor-free {r['halfwidth200_light_max_floor_free']:.4f}), "
+              f"{r['light_cells_within_2sigma']}/{r['light_cells']} light cells within 2 sigma", flush=True)
+    sizes = sorted(set(sizes) | set(first_seed_sizes))
     save("many_lenses_bank", table=over_seeds(recs, sizes),
          records=[{k: v for k, v in r.items() if k != "cells"} for r in recs],
          cells=[c for r in recs for c in r["cells"]],
          runs={str(s): dict(command=ml.TRAIN.format(seed=s), weights_sha256=ml.weights_digest(s)) for s in seeds},
          settings=dict(seeds=list(seeds), sizes=list(sizes), held_out=ml.BANK - ml.FIT_N, bench_fit=ml.FIT_N,
-                       extra=EXTRA, extra_seed=EXTRA_SEED, edges=list(EDGES), light_bins=LIGHT, trials=ml.TRIALS,
+                       first_seed_sizes=list(first_seed_sizes), extra=EXTRA, extra_seed=EXTRA_SEED, edges=list(EDGES),
+                       light_bins=LIGHT, trials=ml.TRIALS,
                        lenses=ml.LENSES, ns=list(ml.NS), members=ml.ENSEMBLE, recipe=json.loads(ml.fit_recipe(True)),
                        shift_set=ml._shift_key(), targets=TARGET))
 
@@ -175,13 +178,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["extra", "score"])
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="training seeds (runs of bench/many_lenses.py)")
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="fitting pairs per ensemble")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="fitting pairs per ensemble, on every run")
+    ap.add_argument("--first-seed-sizes", default=",".join(map(str, FIRST_SEED_SIZES)),
+                    help="more sizes, on the first run only ('' for none)")
     a = ap.parse_args()
-    seeds, sizes = [int(x) for x in a.seeds.split(",")], [int(x) for x in a.sizes.split(",")]
+    ints = lambda s: [int(x) for x in s.split(",") if x]
+    seeds, sizes, first = ints(a.seeds), ints(a.sizes), ints(a.first_seed_sizes)
     torch.set_num_threads(1)
     if a.stage == "extra":
         for s in seeds: extra(s)
-    else: score(seeds, sizes)
+    else: score(seeds, sizes, first)
 
 
 if __name__ == "__main__":
