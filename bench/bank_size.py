@@ -44,7 +44,6 @@ TARGET = dict(halfwidth200_light_max=0.01, narrowing_50_to_200_light_min=1.6)
 
 def extra(seed: int) -> None:
     "The extra bank: EXTRA images from the prior (seed EXTRA_SEED) and their posteriors under run `seed`, each kept."
-    from deeplense_fastai.inference import run_posteriors
     from deeplense_fastai.simulate import get_preset, simulate
     d, p = ml.cache("images"), ml.cache("posteriors", f"seed{seed}")
     if not (d / "bank_extra.npy").exists():
@@ -53,9 +52,7 @@ def extra(seed: int) -> None:
         ml._save_atomic(d / "bank_extra.npy", x[:, 0].numpy())
     if not (p / "bank_extra.npy").exists():
         x, run = np.load(d / "bank_extra.npy", mmap_mode="r"), ml.run_dir(seed)
-        parts = [run_posteriors(run, np.ascontiguousarray(x[i:i + 4000]), bs=256, raw=True,
-                                notice=lambda *_: None)[1][:, 0].numpy() for i in range(0, len(x), 4000)]
-        ml._save_atomic(p / "bank_extra.npy", np.concatenate(parts).astype(np.float32))
+        ml._save_atomic(p / "bank_extra.npy", ml.raw_posteriors(run, x))
     print(f"extra bank, seed {seed}: done", flush=True)
 
 
@@ -128,7 +125,7 @@ def size_record(seed: int, n: int) -> dict:
     cov = [x for x in c if x["method"] == "summary_nle_bag+shift" and x["n"] in (10, 50, 200)]
     out = dict(seed=seed, size=n, validation_loss=val, validation_loss_mean=float(np.mean(val)), fit_seconds=seconds,
                floors=list(bf.floors), edges=list(EDGES),
-               shift=[{k: v for k, v in r.items()} for r in rows], cells=c,
+               shift=rows, cells=c,
                halfwidth200_light_max=max(hw("summary_nle_bag+shift", 200)),
                halfwidth200_light_max_floor_free=max(hw("summary_nle_bag", 200)),
                narrowing_50_to_200_light_min=min(a / b for a, b in zip(hw("summary_nle_bag+shift", 50),

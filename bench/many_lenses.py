@@ -251,9 +251,16 @@ def image_sets() -> dict:
     return dict(sets, **{_shift_name(r): d / f"{_shift_name(r)}.npy" for r in range(_shift_rounds())})
 
 
+def raw_posteriors(run: Path, x: np.ndarray) -> np.ndarray:
+    "Run `run`'s raw grid posteriors (N, 512) of images `x` (N, H, W; may be memory-mapped), float32, 4,000 at a time."
+    from deeplense_fastai.inference import run_posteriors
+    parts = [run_posteriors(run, np.ascontiguousarray(x[i:i + 4000]), bs=256, raw=True,
+                            notice=lambda *_: None)[1][:, 0].numpy() for i in range(0, len(x), 4000)]
+    return np.concatenate(parts).astype(np.float32)
+
+
 def posteriors(seeds) -> None:
     "Each run's raw grid posteriors (N, 512) of every image set, float32, cached per (seed, set)."
-    from deeplense_fastai.inference import run_posteriors
     for s in seeds:
         run = run_dir(s)
         if not (run / "weights.safetensors").exists():
@@ -267,9 +274,7 @@ def posteriors(seeds) -> None:
             out = d / f"{name}.npy"
             if out.exists(): continue
             t0, x = time.time(), np.load(f, mmap_mode="r")
-            parts = [run_posteriors(run, np.ascontiguousarray(x[i:i + 4000]), bs=256, raw=True,
-                                    notice=lambda *_: None)[1][:, 0].numpy() for i in range(0, len(x), 4000)]
-            _save_atomic(out, np.concatenate(parts).astype(np.float32))
+            _save_atomic(out, raw_posteriors(run, x))
             print(f"seed {s} {name}: {len(x)} posteriors in {time.time() - t0:.0f} s", flush=True)
 
 

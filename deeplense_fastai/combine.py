@@ -382,8 +382,9 @@ def _save_summary_likelihood(run_dir, q:SummaryLikelihood|SummaryEnsemble) -> di
     from safetensors.torch import save
     data = save({k: v.detach().contiguous() for k, v in q.state_dict().items()})
     sha = hashlib.sha256(data).hexdigest()
-    with atomic_write(Path(run_dir)/summary_file_name(sha)) as tmp: tmp.write_bytes(data)
-    return dict(file=summary_file_name(sha), sha256=sha)
+    name = summary_file_name(sha)
+    with atomic_write(Path(run_dir)/name) as tmp: tmp.write_bytes(data)
+    return dict(file=name, sha256=sha)
 
 def _drop_unnamed_summaries(run_dir, keep:str|None) -> None:
     "Once calibration.json is written: remove the summary likelihood files it does not name (`keep`: the one it does)."
